@@ -1,0 +1,19 @@
+"""Data: LVIS metadata (frequency groups, counts) and the embedded LT-Shapes dataset."""
+
+from .lvis_meta import (  # noqa: F401
+    FREQUENCY_GROUPS,
+    LVISMeta,
+    count_from_annotations,
+    frequency_from_image_count,
+    load_lvis_meta,
+)
+from .lt_shapes import (  # noqa: F401
+    LTShapesSpec,
+    generate as generate_lt_shapes,
+    get_lt_shapes,
+    register_all_lt_shapes,
+    register_lt_shapes,
+)
+
+# registers lt_shapes_train / lt_shapes_val (seed 0) lazily; generates nothing at import
+register_all_lt_shapes()

@@ -1,0 +1,37 @@
+"""Memory stores and learning-status indicators shared by RIO, LOCE (MFS, EBL) and BACL (FHM, FCBL).
+
+All of them are ``nn.Module``s whose state is registered buffers (checkpointed, restored exactly,
+moved by ``.to(device)``, never cast by ``.to(dtype)``), updated with vectorized tensor ops, and with
+a ``sync`` policy, ``"local"`` or ``"global"`` (see :mod:`ltdet2.memory.distributed`).
+"""
+
+from .base import MemorySample, StateModule
+from .class_queue import ClassQueue
+from .distributed import SYNC_POLICIES
+from .indicators import (
+    CumulativeCount,
+    ImageFrequency,
+    InstanceFrequency,
+    LearningStatusIndicator,
+    MeanScore,
+    SoftConfusionMatrix,
+    StaticFrequency,
+    TruePositiveRate,
+)
+from .prototype_bank import PrototypeBank
+
+__all__ = [
+    "SYNC_POLICIES",
+    "StateModule",
+    "MemorySample",
+    "ClassQueue",
+    "PrototypeBank",
+    "LearningStatusIndicator",
+    "StaticFrequency",
+    "ImageFrequency",
+    "InstanceFrequency",
+    "CumulativeCount",
+    "MeanScore",
+    "TruePositiveRate",
+    "SoftConfusionMatrix",
+]

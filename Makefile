@@ -1,0 +1,25 @@
+# ltdet2: `make demo` and `make test` set up the environment on first use.
+# VENV=/path/to/env uses an existing environment (torch / detectron2 found there are kept).
+VENV ?= .venv
+PYTHON_VENV := $(VENV)/bin/python
+READY := $(VENV)/.ltdet2-ready
+DEMO_OUTPUT ?= output/demo
+
+.PHONY: setup test demo clean-venv
+
+setup: $(READY)
+
+# Re-checked when the dependencies or the set-up script change; a second run installs nothing new.
+$(READY): pyproject.toml scripts/setup_env.sh
+	@rm -f $(READY)
+	@bash scripts/setup_env.sh $(VENV)
+
+test: $(READY)
+	$(PYTHON_VENV) -m pytest -q
+
+demo: $(READY)
+	$(PYTHON_VENV) scripts/lazyconfig_train_net.py --config-file projects/baseline.py \
+		train.output_dir=$(DEMO_OUTPUT)
+
+clean-venv:
+	rm -rf .venv

@@ -1,0 +1,20 @@
+# Training settings read by scripts/lazyconfig_train_net.py (Detectron2's `train` namespace, plus seed).
+import torch
+
+train = dict(
+    output_dir="./output",
+    init_checkpoint="",
+    max_iter=90000,
+    amp=dict(enabled=False),
+    ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
+    checkpointer=dict(period=5000, max_to_keep=3),
+    eval_period=0,  # 0: evaluate once, at the end of each phase
+    log_period=20,
+    seed=0,
+    # regexes of the parameters that train (None: all); see ltdet2.engine.freezing
+    trainable=None,
+    # in a project: the earlier phase whose final checkpoint this phase starts from (None: the previous)
+    init_from_phase=None,
+    # chosen where the config is loaded: nothing in ltdet2 assumes CUDA
+    device="cuda" if torch.cuda.is_available() else "cpu",
+)

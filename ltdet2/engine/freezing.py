@@ -1,0 +1,62 @@
+"""Which parameters train in a phase (decoupled fine-tuning freezes the feature extractor)."""
+import logging
+import re
+from collections import OrderedDict
+from typing import Optional, Sequence
+
+from tabulate import tabulate
+from torch import nn
+
+from detectron2.layers import FrozenBatchNorm2d
+
+logger = logging.getLogger("detectron2")
+
+
+def freeze_all_but(model: nn.Module, trainable: Optional[Sequence[str]]):
+    """Freezes every parameter whose name matches none of the regexes in ``trainable`` (matched at
+    the start of the name, e.g. ``"roi_heads.box_predictor."``); ``None`` trains everything.
+
+    BatchNorm layers left with no trainable parameter become ``FrozenBatchNorm2d``, so their running
+    statistics stay fixed too. Logs trainable / frozen parameter counts per top-level module and
+    returns ``(num_trainable, num_frozen)`` element counts.
+    """
+    if trainable is not None:
+        patterns = [re.compile(p) for p in trainable]
+        matched = {p.pattern: 0 for p in patterns}
+        for name, param in model.named_parameters():
+            hits = [p for p in patterns if p.match(name)]
+            param.requires_grad_(bool(hits))
+            for p in hits:
+                matched[p.pattern] += 1
+        unmatched = [p for p, n in matched.items() if n == 0]
+        if unmatched:  # e.g. a mask-head pattern on a model without a mask head
+            logger.warning(f"train.trainable: patterns {unmatched} match no parameter of the model")
+        _freeze_batch_norms(model)
+    return _report(model)
+
+
+def _freeze_batch_norms(model):
+    frozen = [
+        name for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        and not any(p.requires_grad for p in module.parameters())
+    ]
+    for name in frozen:
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child_name, FrozenBatchNorm2d.convert_frozen_batchnorm(getattr(parent, child_name)))
+    return frozen
+
+
+def _report(model):
+    per_module = OrderedDict()
+    for name, param in model.named_parameters():
+        top = name.split(".")[0] if "." in name else name
+        counts = per_module.setdefault(top, [0, 0])
+        counts[0 if param.requires_grad else 1] += param.numel()
+    num_trainable = sum(c[0] for c in per_module.values())
+    num_frozen = sum(c[1] for c in per_module.values())
+    table = tabulate([[k, v[0], v[1]] for k, v in per_module.items()] + [["total", num_trainable, num_frozen]],
+                     headers=["module", "trainable", "frozen"], tablefmt="pipe")
+    logger.info("Trainable / frozen parameters:\n" + table)
+    return num_trainable, num_frozen

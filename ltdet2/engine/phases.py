@@ -1,0 +1,218 @@
+"""Multi-phase training: pretrain -> fine-tune -> incremental phases, each a LazyConfig.
+
+A project config may define ``phases``: an ordered mapping from phase name to a config namespace with
+the usual ``model``, ``dataloader``, ``optimizer``, ``lr_multiplier`` and ``train`` keys. The runner
+trains phase k in ``<train.output_dir>/<name>`` starting from phase k-1's final checkpoint (given as
+``train.init_checkpoint``; ``train.init_from_phase`` names another earlier phase instead), skips phases that already finished, resumes an interrupted one with
+``--resume``, and ends with one table of every phase's results. A config without ``phases`` is one
+phase trained in ``train.output_dir`` itself, exactly as Detectron2's own script does.
+"""
+import copy
+import json
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+from tabulate import tabulate
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.utils import comm
+
+from .train_loop import FINAL_CHECKPOINT, build_model, do_test, do_train
+
+logger = logging.getLogger("detectron2")
+
+PHASE_KEYS = ("model", "dataloader", "optimizer", "lr_multiplier", "train")
+DONE_FILE = "phase_done.json"
+SUMMARY_METRICS = ("AP", "AP50", "APr", "APc", "APf")
+
+
+@dataclass
+class Phase:
+    name: str  # "" for a config without phases
+    cfg: DictConfig
+    output_dir: str
+
+    @property
+    def final_checkpoint(self):
+        return os.path.join(self.output_dir, FINAL_CHECKPOINT)
+
+    @property
+    def done_file(self):
+        return os.path.join(self.output_dir, DONE_FILE)
+
+    def is_done(self):
+        return os.path.isfile(self.done_file) and os.path.isfile(self.final_checkpoint)
+
+    def load_results(self):
+        with open(self.done_file) as f:
+            return json.load(f)["results"]
+
+
+def make_phase(base=None, **keys):
+    """A phase namespace for a project's ``phases`` mapping: a deep copy of ``base`` (a phase or a
+    config module's namespace) with ``keys`` replacing its entries. Edit the copy freely."""
+    phase = {}
+    if base is not None:
+        for key in PHASE_KEYS:
+            if key in base:
+                phase[key] = copy.deepcopy(base[key])
+    for key, value in keys.items():
+        phase[key] = copy.deepcopy(value)
+    return phase
+
+
+def split_overrides(overrides):
+    """Splits ``key=value`` overrides into those naming one phase (``phases.NAME.…``) and the rest."""
+    phase_specific = [o for o in overrides if o.startswith("phases.")]
+    general = [o for o in overrides if not o.startswith("phases.")]
+    return phase_specific, general
+
+
+def load_config(config_file, overrides=()):
+    """Loads a (project) config and applies overrides; general ones apply to every phase too."""
+    cfg = LazyConfig.load(config_file)
+    phase_specific, general = split_overrides(list(overrides))
+    cfg = LazyConfig.apply_overrides(cfg, phase_specific + general)
+    for name in cfg.get("phases", None) or {}:
+        _check_phase(cfg.phases[name], name, config_file)
+        cfg.phases[name] = LazyConfig.apply_overrides(cfg.phases[name], general)
+    return cfg
+
+
+def _check_phase(phase_cfg, name, config_file):
+    missing = [key for key in PHASE_KEYS if key not in phase_cfg]
+    if missing:
+        raise ValueError(f"{config_file}: phase '{name}' lacks {missing}; each phase needs {list(PHASE_KEYS)}")
+
+
+def resolve_phases(cfg):
+    """The ordered list of :class:`Phase` of a loaded config."""
+    root = cfg.train.output_dir
+    if not cfg.get("phases", None):
+        return [Phase("", cfg, root)]
+    phases = []
+    for name, phase_cfg in cfg.phases.items():
+        phase_cfg.train.output_dir = os.path.join(root, name)
+        phases.append(Phase(name, phase_cfg, phase_cfg.train.output_dir))
+    return phases
+
+
+def select_phases(phases, only=None):
+    if only is None:
+        return phases
+    names = [p.name for p in phases]
+    if only not in names:
+        raise ValueError(f"--phase {only!r}: this config's phases are {names}")
+    return [p for p in phases if p.name == only]
+
+
+def input_phase(phases, index):
+    """The phase whose final checkpoint phase ``index`` starts from: ``train.init_from_phase`` if
+    set (an earlier phase, e.g. several fine-tunes of one pretrain), else the previous phase."""
+    if index == 0:
+        return None
+    phase = phases[index]
+    source = phase.cfg.train.get("init_from_phase", None)
+    if source is None:
+        return phases[index - 1]
+    earlier = {p.name: p for p in phases[:index]}
+    if source not in earlier:
+        raise ValueError(f"phase '{phase.name}': train.init_from_phase={source!r} is not an earlier phase "
+                         f"(earlier phases: {list(earlier)})")
+    return earlier[source]
+
+
+def chain_checkpoints(phases):
+    """Phase k > 0 starts from its input phase's final checkpoint (see :func:`input_phase`)."""
+    for index, phase in enumerate(phases[1:], start=1):
+        phase.cfg.train.init_checkpoint = input_phase(phases, index).final_checkpoint
+
+
+def _require_init_checkpoint(phase, previous):
+    if previous is not None and not os.path.isfile(previous.final_checkpoint):
+        raise FileNotFoundError(
+            f"phase '{phase.name}' starts from phase '{previous.name}''s final checkpoint "
+            f"{previous.final_checkpoint}, which does not exist: train phase '{previous.name}' first "
+            f"(--phase {previous.name}), or run all phases"
+        )
+
+
+def run_phase(phase, *, resume=False):
+    """Trains and evaluates one phase; records its results so a later run can skip it."""
+    logger.info(f"===== phase '{phase.name}': training in {phase.output_dir} =====" if phase.name else
+                f"===== training in {phase.output_dir} =====")
+    if comm.is_main_process():
+        os.makedirs(phase.output_dir, exist_ok=True)
+        LazyConfig.save(phase.cfg, os.path.join(phase.output_dir, "config.yaml"))
+    model = do_train(phase.cfg, resume=resume)
+    results = do_test(phase.cfg, model)
+    if comm.is_main_process():
+        _write_json(phase.done_file, {"final_checkpoint": phase.final_checkpoint,
+                                      "results": _plain(results)})
+        log_phase_table([(phase.name or "final", results)])
+    comm.synchronize()
+    return results
+
+
+def evaluate_phase(phase, checkpoint=None):
+    """Evaluates a phase's final checkpoint (or ``checkpoint``)."""
+    checkpoint = checkpoint or phase.final_checkpoint
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"phase '{phase.name}': no checkpoint to evaluate at {checkpoint}")
+    model = create_ddp_model(build_model(phase.cfg))
+    DetectionCheckpointer(model).load(checkpoint)
+    return do_test(phase.cfg, model)
+
+
+def run_phases(cfg, *, resume=False, only=None, eval_only=False):
+    """Runs (or with ``eval_only`` evaluates) the config's phases in order; returns {name: results}."""
+    phases = resolve_phases(cfg)
+    first_init = phases[0].cfg.train.init_checkpoint
+    chain_checkpoints(phases)
+    all_results = OrderedDict()
+    selected = select_phases(phases, only)
+    for phase in selected:
+        previous = input_phase(phases, phases.index(phase))
+        if eval_only:
+            explicit = first_init if (len(phases) == 1 and first_init) else None
+            all_results[phase.name] = evaluate_phase(phase, explicit)
+            continue
+        if phase.name and phase.is_done():
+            logger.info(f"phase '{phase.name}' already finished ({phase.done_file}): skipping it")
+            all_results[phase.name] = phase.load_results()
+            continue
+        _require_init_checkpoint(phase, previous)
+        all_results[phase.name] = run_phase(phase, resume=resume)
+    if comm.is_main_process() and len(all_results) > 1:
+        log_phase_table(list(all_results.items()), title="all phases")
+    return all_results
+
+
+def format_phase_table(rows):
+    """One row per (phase, task) with AP, AP50, APr, APc, APf (percent)."""
+    table = []
+    for name, results in rows:
+        for task, metrics in (results or {}).items():
+            table.append([name, task] + [metrics.get(key, float("nan")) for key in SUMMARY_METRICS])
+    return tabulate(table, headers=["phase", "task", *SUMMARY_METRICS], floatfmt=".2f", tablefmt="pipe")
+
+
+def log_phase_table(rows, title=None):
+    text = format_phase_table(rows)
+    logger.info(("Results of " + title + ":\n" if title else "Results:\n") + text)
+
+
+def _plain(results):
+    return json.loads(json.dumps(results, default=float))
+
+
+def _write_json(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)

@@ -1,0 +1,130 @@
+"""Training and evaluation of one phase: Detectron2's SimpleTrainer/AMPTrainer with its usual hooks.
+
+The same steps as Detectron2's ``tools/lazyconfig_train_net.py``; ltdet2 adds the evaluator's output
+folder, per-phase seeding, and writers that do not need tensorboard.
+"""
+import logging
+import os
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import instantiate
+from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+
+from .freezing import freeze_all_but
+
+logger = logging.getLogger("detectron2")
+
+FINAL_CHECKPOINT = "model_final.pth"
+
+
+def default_writers(output_dir, max_iter):
+    """Detectron2's progress/ETA printer and metrics.json; tensorboard only when installed."""
+    writers = [CommonMetricPrinter(max_iter), JSONWriter(os.path.join(output_dir, "metrics.json"))]
+    try:
+        from detectron2.utils.events import TensorboardXWriter
+        import torch.utils.tensorboard  # noqa: F401
+
+        writers.append(TensorboardXWriter(output_dir))
+    except (ImportError, ModuleNotFoundError):
+        pass
+    return writers
+
+
+def seed_phase(cfg):
+    """Seeds every RNG from ``train.seed`` (+ rank), so a phase run alone equals it run in sequence."""
+    seed = cfg.train.get("seed", -1)
+    seed_all_rng(None if seed is None or seed < 0 else seed + comm.get_rank())
+
+
+def build_evaluator(cfg):
+    if "evaluator" not in cfg.dataloader:
+        return None
+    evaluator_cfg = cfg.dataloader.evaluator
+    if "output_dir" in evaluator_cfg or _accepts_output_dir(evaluator_cfg):
+        if evaluator_cfg.get("output_dir") is None:
+            evaluator_cfg.output_dir = os.path.join(cfg.train.output_dir, "inference")
+    return instantiate(evaluator_cfg)
+
+
+def _accepts_output_dir(lazy_cfg):
+    import inspect
+
+    target = lazy_cfg.get("_target_")
+    if isinstance(target, str):
+        from detectron2.config.instantiate import locate
+
+        target = locate(target)
+    try:
+        return "output_dir" in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def do_test(cfg, model):
+    """Evaluates ``model`` on ``dataloader.test``; returns the evaluator's results (or {})."""
+    evaluator = build_evaluator(cfg)
+    if evaluator is None:
+        return {}
+    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
+    if comm.is_main_process():
+        print_csv_format(results)
+    return results
+
+
+def build_model(cfg):
+    """Instantiates ``cfg.model``, freezes what ``train.trainable`` leaves out, moves it to the device."""
+    model = instantiate(cfg.model)
+    freeze_all_but(model, cfg.train.get("trainable", None))
+    model.to(cfg.train.device)
+    return model
+
+
+def do_train(cfg, *, resume=False):
+    """Trains one phase to ``train.max_iter`` in ``train.output_dir``; returns the model.
+
+    With ``resume`` and a checkpoint in the output folder, training continues from it with the
+    optimizer, scheduler, iteration and every model buffer (memories, indicators) restored.
+    """
+    seed_phase(cfg)
+    model = build_model(cfg)
+    logger.info("Model:\n{}".format(model))
+
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+
+    model = create_ddp_model(model, **cfg.train.ddp)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+            if comm.is_main_process()
+            else None,
+            # periodic evaluation only; the phase runner evaluates the final model itself
+            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model), eval_after_train=False),
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                period=cfg.train.log_period,
+            )
+            if comm.is_main_process()
+            else None,
+        ]
+    )
+
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    if resume and checkpointer.has_checkpoint():
+        # the checkpoint stores the iteration that just finished
+        start_iter = trainer.iter + 1
+    else:
+        start_iter = 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    comm.synchronize()
+    return model

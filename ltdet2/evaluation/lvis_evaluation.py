@@ -1,0 +1,490 @@
+# Copyright (c) ltdet2 authors. Evaluation code modelled on detectron2/evaluation/lvis_evaluation.py.
+"""
+LVIS-style evaluation (AP, AP50, AP75, APs/m/l, APr/c/f and per-class AP) with
+faster-coco-eval's C++ engine in LVIS mode, numerically matching the official ``lvis`` API.
+
+Semantics reproduced from the official LVIS API (lvis 0.5.3):
+
+* at most ``max_dets`` (300) detections per image over all categories, top scores kept
+  (``LVISResults.limit_dets_per_image``);
+* federated filtering: a detection of category c in image i is evaluated only if c is
+  annotated in i or listed in i's ``neg_category_ids``; unmatched detections of a category in
+  i's ``not_exhaustive_category_ids`` are ignored;
+* IoU thresholds .50:.05:.95, 101 recall points, area ranges all/small/medium/large
+  (box area w*h for bbox results, mask area for segm results);
+* APr/APc/APf average the categories whose ``frequency`` is "r"/"c"/"f".
+
+All AP values are returned in percent, NaN where undefined (like Detectron2).
+"""
+import itertools
+import json
+import logging
+import math
+import os
+from collections import OrderedDict
+from numbers import Number
+
+import numpy as np
+import torch
+
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation.lvis_evaluation import LVISEvaluator
+from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import create_small_table
+
+__all__ = [
+    "LVIS_METRICS",
+    "LTLVISEvaluator",
+    "evaluate_lvis",
+    "load_lvis_gt",
+    "load_lvis_results",
+]
+
+logger = logging.getLogger(__name__)
+
+LVIS_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
+_IOU_TYPES = ("bbox", "segm")
+
+
+# ----------------------------------------------------------------------------------------
+# loading and validation
+# ----------------------------------------------------------------------------------------
+def _read_json(path, what):
+    path = os.fspath(path)
+    if not PathManager.exists(path):
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        with PathManager.open(path, "r") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} file {path} is not valid JSON: {e}") from e
+
+
+def load_lvis_gt(gt_json):
+    """
+    Load LVIS ground truth into a faster-coco-eval ``COCO`` object.
+
+    Args:
+        gt_json (str | os.PathLike | dict | faster_coco_eval.COCO): path to an LVIS-format
+            annotation json, the loaded dict, or an already loaded ``COCO`` (returned as is).
+
+    Returns:
+        faster_coco_eval.COCO
+    """
+    from faster_coco_eval import COCO
+
+    if isinstance(gt_json, COCO):
+        return gt_json
+    if isinstance(gt_json, (str, os.PathLike)):
+        source = os.fspath(gt_json)
+        data = _read_json(source, "LVIS ground-truth")
+    elif isinstance(gt_json, dict):
+        source = "<dict>"
+        # shallow copies: the engine adds keys to annotation dicts, not to the containers
+        data = dict(gt_json)
+    else:
+        raise TypeError(f"gt_json must be a path, a dict or a faster_coco_eval.COCO, got {type(gt_json)}")
+    if not isinstance(data, dict):
+        raise ValueError(f"LVIS ground truth {source} must be a json object, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise ValueError(f"LVIS ground truth {source} has no '{key}' field")
+    for img in data["images"][:1]:
+        for key in ("neg_category_ids", "not_exhaustive_category_ids"):
+            if key not in img:
+                raise ValueError(
+                    f"LVIS ground truth {source}: image {img.get('id')} has no '{key}' field "
+                    "(is this an LVIS-format file?)"
+                )
+    bad = [c.get("id") for c in data["categories"] if c.get("frequency") not in ("r", "c", "f")]
+    if bad:
+        raise ValueError(
+            f"LVIS ground truth {source}: categories {bad[:10]} have no valid 'frequency' (r/c/f)"
+        )
+    gt = COCO(data)
+    gt.annotation_file = source
+    return gt
+
+
+def load_lvis_results(results):
+    """
+    Args:
+        results (str | os.PathLike | list[dict]): LVIS results, or a path to a results json.
+
+    Returns:
+        list[dict]: the result dicts (not copied).
+    """
+    if isinstance(results, (str, os.PathLike)):
+        source = os.fspath(results)
+        results = _read_json(source, "LVIS results")
+    else:
+        source = "<results>"
+    if not isinstance(results, (list, tuple)):
+        raise ValueError(
+            f"LVIS results {source} must be a list of dicts, got {type(results).__name__}"
+        )
+    return list(results)
+
+
+def _validate_results(results, gt, iou_type, source):
+    """Check every result dict; raise ValueError naming the offending ids/fields."""
+    img_ids, cat_ids, bad_fields = [], [], []
+    need = ("image_id", "category_id", "score") + (("bbox",) if iou_type == "bbox" else ("segmentation",))
+    for idx, r in enumerate(results):
+        if not isinstance(r, dict):
+            raise ValueError(f"LVIS results {source}: entry {idx} is a {type(r).__name__}, not a dict")
+        try:
+            img_ids.append(r["image_id"])
+            cat_ids.append(r["category_id"])
+            score = r["score"]
+            geom = r["bbox"] if iou_type == "bbox" else r["segmentation"]
+        except KeyError as e:
+            raise ValueError(
+                f"LVIS results {source}: entry {idx} lacks field {e} required for {iou_type} "
+                f"evaluation (needs {list(need)})"
+            ) from None
+        if not isinstance(score, Number) or isinstance(score, bool) or not math.isfinite(score):
+            bad_fields.append((idx, "score", score))
+        elif iou_type == "bbox" and (not isinstance(geom, (list, tuple)) or len(geom) != 4):
+            bad_fields.append((idx, "bbox", geom))
+        elif iou_type == "segm" and not (
+            isinstance(geom, dict) and "counts" in geom and "size" in geom
+        ):
+            bad_fields.append((idx, "segmentation", "not an RLE dict with 'counts' and 'size'"))
+        if len(bad_fields) >= 5:
+            break
+    if bad_fields:
+        desc = "; ".join(f"entry {i}: {k}={v!r}"[:200] for i, k, v in bad_fields)
+        raise ValueError(f"LVIS results {source}: malformed entries: {desc}")
+    unknown_img = set(img_ids) - set(gt.imgs)
+    if unknown_img:
+        raise ValueError(
+            f"LVIS results {source}: {len(unknown_img)} image_id(s) not in the ground truth "
+            f"{gt.annotation_file}: {sorted(unknown_img, key=str)[:20]}"
+        )
+    unknown_cat = set(cat_ids) - set(gt.cats)
+    if unknown_cat:
+        raise ValueError(
+            f"LVIS results {source}: {len(unknown_cat)} category_id(s) not in the ground truth "
+            f"{gt.annotation_file}: {sorted(unknown_cat, key=str)[:20]}"
+        )
+    return np.asarray(img_ids), np.asarray([r["score"] for r in results], dtype=np.float64)
+
+
+def _limit_dets_per_image(results, img_ids, scores, max_dets):
+    """
+    Keep the ``max_dets`` highest-scoring results of each image, as
+    ``lvis.LVISResults.limit_dets_per_image`` (stable for ties). Order of kept results is kept.
+    """
+    if max_dets < 0 or len(results) == 0:
+        return results
+    _, inverse, counts = np.unique(img_ids, return_inverse=True, return_counts=True)
+    if counts.max() <= max_dets:
+        return results
+    # stable sort by (image, -score): earlier results win ties, like Python's sorted()
+    order = np.lexsort((-scores, inverse))
+    sorted_img = inverse[order]
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    rank = np.arange(len(order)) - starts[sorted_img]
+    keep = np.zeros(len(results), dtype=bool)
+    keep[order[rank < max_dets]] = True
+    return [r for r, k in zip(results, keep) if k]
+
+
+def _evaluable_pairs(gt):
+    """Set of (image_id, category_id) whose detections LVIS evaluates (positive or negative)."""
+    pairs = {(a["image_id"], a["category_id"]) for a in gt.anns.values()}
+    for img_id, img in gt.imgs.items():
+        pairs.update((img_id, c) for c in img.get("neg_category_ids", ()))
+    return pairs
+
+
+# ----------------------------------------------------------------------------------------
+# evaluation
+# ----------------------------------------------------------------------------------------
+def _to_percent(x):
+    x = float(x)
+    return x * 100 if x >= 0 else float("nan")
+
+
+def _per_class_ap(precision, cat_ids):
+    """
+    Args:
+        precision (ndarray): [T, R, K, A, M] precisions, -1 where undefined.
+    Returns:
+        ndarray: [K] AP in percent over IoU .50:.95, area "all", last maxDets; NaN if undefined.
+    """
+    p = precision[:, :, :, 0, -1].reshape(-1, len(cat_ids))
+    valid = p > -1
+    n = valid.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = np.where(valid, p, 0).sum(axis=0) / n * 100
+    ap[n == 0] = np.nan
+    return ap
+
+
+def evaluate_lvis(gt_json, results, iou_type="bbox", max_dets=300, *, return_per_class=False):
+    """
+    Evaluate LVIS-format results with LVIS semantics (official ``lvis`` API numbers,
+    faster-coco-eval engine).
+
+    Args:
+        gt_json (str | os.PathLike | dict | faster_coco_eval.COCO): LVIS annotations.
+        results (list[dict] | str | os.PathLike): LVIS results: dicts with "image_id",
+            "category_id" (json category id), "score", "bbox" ([x, y, w, h] absolute pixels;
+            bbox) and/or "segmentation" (compressed RLE; segm), or a path to such a json list.
+            The list is not modified.
+        iou_type (str): "bbox" or "segm".
+        max_dets (int): max detections per image (over all categories); LVIS uses 300.
+            Negative: no limit.
+        return_per_class (bool): also return per-class AP.
+
+    Returns:
+        dict[str, float]: {"AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"}
+        in percent, NaN where undefined (all NaN for empty results, like Detectron2).
+        If ``return_per_class``: ``(metrics, per_class)`` where per_class is an OrderedDict
+        category name -> AP in percent (IoU .50:.95, all areas), in category-id order,
+        NaN for categories without evaluable ground truth.
+    """
+    from faster_coco_eval import COCOeval_faster
+
+    if iou_type not in _IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {_IOU_TYPES}, got {iou_type!r}")
+    source = os.fspath(results) if isinstance(results, (str, os.PathLike)) else "<results>"
+    gt = load_lvis_gt(gt_json)
+    results = load_lvis_results(results)
+    cat_ids = sorted(gt.cats)
+    names = [gt.cats[c]["name"] for c in cat_ids]
+
+    def _nan_output():
+        metrics = {m: float("nan") for m in LVIS_METRICS}
+        per_class = OrderedDict((n, float("nan")) for n in names)
+        return (metrics, per_class) if return_per_class else metrics
+
+    if len(results) == 0:
+        logger.warning("No predictions from the model! Returning NaN for every %s metric.", iou_type)
+        return _nan_output()
+    if len(gt.anns) == 0:
+        logger.warning("Ground truth %s has no annotations; nothing to evaluate.", gt.annotation_file)
+        return _nan_output()
+
+    img_ids, scores = _validate_results(results, gt, iou_type, source)
+    results = _limit_dets_per_image(results, img_ids, scores, max_dets)
+    # Federated filtering (after the per-image limit, as the official API): keep a detection
+    # only if its category is annotated in, or verified absent from, its image. The engine
+    # does the same, but doing it here saves work and avoids faster-coco-eval 1.8 failing
+    # on segm results for images whose detections are all filtered out.
+    # Copies carry only the fields the engine needs (memory: millions of results on LVIS).
+    evaluable = _evaluable_pairs(gt)
+    if iou_type == "bbox":
+        # a shared placeholder stops loadRes from building a box polygon per result
+        no_poly = []
+        results = [
+            {"image_id": r["image_id"], "category_id": r["category_id"], "bbox": r["bbox"],
+             "score": r["score"], "segmentation": no_poly}
+            for r in results
+            if (r["image_id"], r["category_id"]) in evaluable
+        ]  # fmt: skip
+    else:
+        # As Detectron2: no "bbox", so that mask AP uses the mask area for s/m/l ranges.
+        results = [
+            {"image_id": r["image_id"], "category_id": r["category_id"],
+             "segmentation": r["segmentation"], "score": r["score"]}
+            for r in results
+            if (r["image_id"], r["category_id"]) in evaluable
+        ]  # fmt: skip
+
+    dt = gt.loadRes(results)
+    # silence the engine's progress prints (logger.info by default); keep them at debug level
+    coco_eval = COCOeval_faster(
+        gt, dt, iouType=iou_type, lvis_style=True, print_function=logger.debug
+    )
+    coco_eval.params.maxDets = [max_dets if max_dets >= 0 else len(results)]
+    coco_eval.params.catIds = cat_ids
+    coco_eval.params.imgIds = sorted(gt.imgs)
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+    stats = coco_eval.stats_as_dict
+    keys = {
+        "AP": "AP_all", "AP50": "AP_50", "AP75": "AP_75", "APs": "AP_small",
+        "APm": "AP_medium", "APl": "AP_large", "APr": "APr", "APc": "APc", "APf": "APf",
+    }  # fmt: skip
+    metrics = {m: _to_percent(stats[k]) for m, k in keys.items()}
+    if not return_per_class:
+        return metrics
+    precision = np.asarray(coco_eval.eval["precision"])
+    ap = _per_class_ap(precision, cat_ids)
+    per_class = OrderedDict((n, float(a)) for n, a in zip(names, ap))
+    return metrics, per_class
+
+
+def per_class_records(gt, per_class_ap):
+    """
+    Args:
+        gt (faster_coco_eval.COCO): ground truth.
+        per_class_ap (dict): category name -> AP (percent).
+    Returns:
+        list[dict]: one record per category (id order) with keys id, name, frequency,
+        image_count, instance_count, num_gt (annotations in the evaluated set), AP (percent,
+        None where undefined).
+    """
+    num_gt = {}
+    for a in gt.anns.values():
+        num_gt[a["category_id"]] = num_gt.get(a["category_id"], 0) + 1
+    out = []
+    for cid in sorted(gt.cats):
+        c = gt.cats[cid]
+        ap = per_class_ap[c["name"]]
+        out.append(
+            {
+                "id": cid,
+                "name": c["name"],
+                "frequency": c.get("frequency"),
+                "image_count": c.get("image_count"),
+                "instance_count": c.get("instance_count"),
+                "num_gt": num_gt.get(cid, 0),
+                "AP": None if ap is None or math.isnan(ap) else ap,
+            }
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Detectron2 evaluator
+# ----------------------------------------------------------------------------------------
+class LTLVISEvaluator(LVISEvaluator):
+    """
+    Drop-in replacement for :class:`detectron2.evaluation.LVISEvaluator` that evaluates
+    with :func:`evaluate_lvis` (faster-coco-eval engine, official LVIS numbers), and also
+    writes per-class AP to ``<output_dir>/per_class_ap_<task>.json``.
+
+    Reuses detectron2's ``reset`` / ``process`` / ``evaluate`` (gathering across ranks,
+    ``instances_to_coco_json``); only the metric computation is replaced.
+    Box-proposal evaluation is not supported.
+    """
+
+    def __init__(
+        self,
+        dataset_name,
+        tasks=None,
+        distributed=True,
+        output_dir=None,
+        *,
+        max_dets_per_image=300,
+    ):
+        """
+        Args:
+            dataset_name (str): name of the dataset to evaluate. Its metadata must have
+                "json_file": the path to the LVIS-format annotation.
+            tasks (tuple[str]): subset of ("bbox", "segm"); inferred from predictions if None.
+            distributed (bool): if True, gather results from all ranks and evaluate on rank 0.
+            output_dir (str): optional directory for "lvis_instances_results.json",
+                "instances_predictions.pth" and "per_class_ap_<task>.json".
+            max_dets_per_image (int or None): max detections per image (LVIS: 300).
+        """
+        self._logger = logging.getLogger(__name__)
+        if tasks is not None and not isinstance(tasks, (list, tuple, set)):
+            # detectron2 accepted a CfgNode here (deprecated); infer tasks from predictions
+            self._logger.warning(
+                "LTLVISEvaluator got tasks=%s of type %s; inferring tasks from predictions.",
+                tasks, type(tasks).__name__,
+            )  # fmt: skip
+            tasks = None
+        if tasks is not None:
+            tasks = tuple(tasks)
+            if "box_proposals" in tasks or "proposals" in tasks:
+                raise NotImplementedError(
+                    "LTLVISEvaluator does not evaluate box proposals; use "
+                    "detectron2.evaluation.LVISEvaluator for proposal recall."
+                )
+            unknown = set(tasks) - set(_IOU_TYPES)
+            if unknown:
+                raise ValueError(f"Unknown tasks {sorted(unknown)}; supported: {_IOU_TYPES}")
+        self._tasks = tasks
+        self._distributed = distributed
+        self._output_dir = output_dir
+        self._max_dets_per_image = 300 if max_dets_per_image is None else int(max_dets_per_image)
+        self._cpu_device = torch.device("cpu")
+
+        self._metadata = MetadataCatalog.get(dataset_name)
+        if not hasattr(self._metadata, "json_file"):
+            raise AttributeError(
+                f"MetadataCatalog.get({dataset_name!r}) has no 'json_file'; LTLVISEvaluator needs "
+                "the LVIS annotation json (e.g. register with register_lvis_instances)."
+            )
+        json_file = PathManager.get_local_path(self._metadata.json_file)
+        self._lvis_api = load_lvis_gt(json_file)
+        # Test-set json files have no annotations (evaluated by the LVIS server).
+        self._do_evaluation = len(self._lvis_api.anns) > 0
+
+    def _eval_box_proposals(self, predictions):
+        raise NotImplementedError(
+            "LTLVISEvaluator does not evaluate box proposals; use "
+            "detectron2.evaluation.LVISEvaluator for proposal recall."
+        )
+
+    def _contiguous_to_json_ids(self):
+        """
+        Returns: dict contiguous id -> json category id from the metadata's
+        ``thing_dataset_id_to_contiguous_id`` (reversed), or None: then, as Detectron2, the
+        json id is contiguous id + 1 (the inverse of ``load_lvis_json``'s ``category_id - 1``).
+        """
+        if hasattr(self._metadata, "thing_dataset_id_to_contiguous_id"):
+            m = self._metadata.thing_dataset_id_to_contiguous_id
+            return {v: k for k, v in m.items()}
+        return None
+
+    def _eval_predictions(self, predictions):
+        """Evaluate predictions; fill self._results with the metrics of the tasks."""
+        self._logger.info("Preparing results in the LVIS format ...")
+        lvis_results = list(itertools.chain(*[x["instances"] for x in predictions]))
+        tasks = self._tasks or self._tasks_from_predictions(lvis_results)
+
+        reverse_id_mapping = self._contiguous_to_json_ids()
+        if reverse_id_mapping is not None:
+            unknown = {r["category_id"] for r in lvis_results} - set(reverse_id_mapping)
+            if unknown:
+                raise ValueError(
+                    f"Predicted contiguous category ids {sorted(unknown)[:20]} are not in "
+                    "thing_dataset_id_to_contiguous_id of the dataset metadata"
+                )
+            for result in lvis_results:
+                result["category_id"] = reverse_id_mapping[result["category_id"]]
+        else:
+            # unmap the category ids for LVIS (from 0-indexed to 1-indexed), as detectron2
+            for result in lvis_results:
+                result["category_id"] += 1
+
+        if self._output_dir:
+            PathManager.mkdirs(self._output_dir)
+            file_path = os.path.join(self._output_dir, "lvis_instances_results.json")
+            self._logger.info("Saving results to {}".format(file_path))
+            with PathManager.open(file_path, "w") as f:
+                f.write(json.dumps(lvis_results))
+                f.flush()
+
+        if not self._do_evaluation:
+            self._logger.info("Annotations are not available for evaluation.")
+            return
+
+        self._logger.info(
+            "Evaluating predictions with max detections per image = %d ...", self._max_dets_per_image
+        )
+        for task in sorted(tasks):
+            res, per_class = evaluate_lvis(
+                self._lvis_api,
+                lvis_results,
+                iou_type=task,
+                max_dets=self._max_dets_per_image,
+                return_per_class=True,
+            )
+            self._logger.info(
+                "Evaluation results for {}: \n".format(task) + create_small_table(res)
+            )
+            if self._output_dir:
+                file_path = os.path.join(self._output_dir, f"per_class_ap_{task}.json")
+                with PathManager.open(file_path, "w") as f:
+                    json.dump(per_class_records(self._lvis_api, per_class), f)
+                self._logger.info("Per-class %s AP saved to %s", task, file_path)
+            self._results[task] = res

@@ -1,0 +1,228 @@
+"""Per-class ring buffers: the store behind RIO's object replay and LOCE's MFS memory."""
+
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .base import MemorySample, StateModule
+from .distributed import all_gather_rows, check_sync, shared_generator
+
+__all__ = ["ClassQueue"]
+
+_CAST_BLOCK_BYTES = 4 << 20
+
+FieldSpec = Union[int, Sequence[int], Tuple[Sequence[int], torch.dtype]]
+
+
+def _parse_field(name: str, spec) -> Tuple[Tuple[int, ...], torch.dtype]:
+    """``spec`` is a shape (``1024``, ``(256, 7, 7)``, ``()``) or ``(shape, dtype)``."""
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], torch.dtype):
+        shape, dtype = spec
+    else:
+        shape, dtype = spec, torch.float32
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    if not all(isinstance(s, int) and s > 0 for s in shape):
+        raise ValueError(f"field {name!r}: shape must be positive ints, got {spec!r}")
+    return shape, dtype
+
+
+class ClassQueue(StateModule):
+    """``num_classes`` ring buffers of ``capacity`` entries each, one preallocated tensor per field.
+
+    Field ``name`` is stored in the buffer ``store_<name>`` of shape ``[num_classes, capacity, *shape]``;
+    ``write_ptr[c]`` is the slot the next entry of class ``c`` goes to and ``fill_counts[c]`` how many
+    slots hold data. While a queue is not full its entries are slots ``0 .. fill-1``; once full, the
+    oldest entry is at ``write_ptr``. Labels are foreground classes ``0 .. num_classes-1``.
+
+    Args:
+        num_classes: C.
+        capacity: entries per class (M).
+        fields: name -> per-entry shape, or ``(shape, dtype)``; dtype defaults to float32 and is the
+            dtype ``sample`` returns (the caller's compute dtype).
+        storage_dtype: if given, floating fields are stored in this dtype (e.g. ``torch.float16`` to
+            halve LOCE's pre-FC memory). Integer fields keep their dtype.
+        sync: ``"local"`` or ``"global"`` (see :mod:`ltdet2.memory.distributed`).
+
+    Push and sample are vectorized: no Python loop over classes or entries.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        capacity: int,
+        fields: Mapping[str, FieldSpec],
+        *,
+        storage_dtype: Optional[torch.dtype] = None,
+        sync: str = "local",
+    ):
+        super().__init__()
+        if num_classes <= 0 or capacity <= 0:
+            raise ValueError(f"num_classes and capacity must be positive, got {num_classes}, {capacity}")
+        if not fields:
+            raise ValueError("ClassQueue needs at least one field")
+        self.num_classes = int(num_classes)
+        self.capacity = int(capacity)
+        self.sync = check_sync(sync)
+        self.storage_dtype = storage_dtype
+        self.field_shapes: Dict[str, Tuple[int, ...]] = {}
+        self.field_dtypes: Dict[str, torch.dtype] = {}
+        for name, spec in fields.items():
+            if not name.isidentifier() or name in ("labels", "fields", "skipped"):
+                raise ValueError(f"invalid field name {name!r}")
+            shape, dtype = _parse_field(name, spec)
+            self.field_shapes[name] = shape
+            self.field_dtypes[name] = dtype
+            stored = storage_dtype if (storage_dtype is not None and dtype.is_floating_point) else dtype
+            self.register_buffer(
+                f"store_{name}", torch.zeros((self.num_classes, self.capacity) + shape, dtype=stored)
+            )
+        self.register_buffer("write_ptr", torch.zeros(self.num_classes, dtype=torch.int64))
+        self.register_buffer("fill_counts", torch.zeros(self.num_classes, dtype=torch.int64))
+
+    @property
+    def field_names(self) -> Tuple[str, ...]:
+        return tuple(self.field_shapes)
+
+    def storage(self, name: str) -> torch.Tensor:
+        """The ``[C, M, *shape]`` buffer of field ``name`` (physical slot order)."""
+        return self._buffers[f"store_{name}"]
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """``[C]`` int64 fill level of every class queue (a copy)."""
+        return self.fill_counts.clone()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def reset(self):
+        self.write_ptr.zero_()
+        self.fill_counts.zero_()
+
+    @torch.no_grad()
+    def push(self, labels: torch.Tensor, **fields: torch.Tensor) -> None:
+        """Enqueue a batch: ``labels [N]`` and one ``[N, *shape]`` tensor per field.
+
+        Entries of a class go in batch order; the oldest entries are overwritten first. At most
+        ``capacity`` entries per class are written per push: if more arrive, the last ``capacity`` of
+        them (in batch order) are kept, as if pushed one by one. Under ``global`` the batches of all
+        ranks are pushed, rank 0's first (a collective: every rank must call it).
+        """
+        if set(fields) != set(self.field_shapes):
+            missing = sorted(set(self.field_shapes) - set(fields))
+            extra = sorted(set(fields) - set(self.field_shapes))
+            raise ValueError(f"ClassQueue.push: missing fields {missing}, unexpected fields {extra}")
+        labels = self._check_labels(labels, self.num_classes, "push")
+        names = self.field_names
+        values = []
+        for name in names:
+            value = torch.as_tensor(fields[name])
+            expected = (labels.numel(),) + self.field_shapes[name]
+            if tuple(value.shape) != expected:
+                raise ValueError(
+                    f"ClassQueue.push: field {name!r} has shape {tuple(value.shape)}, expected {expected}"
+                )
+            values.append(value if value.device == self.device else value.to(self.device))
+        if self.sync == "global":
+            values = [v.to(device=self.device, dtype=self.storage(n).dtype) for n, v in zip(names, values)]
+            labels, *values = all_gather_rows([labels] + values)
+
+        num = labels.numel()
+        if num == 0:
+            return
+        counts = torch.bincount(labels, minlength=self.num_classes)
+        order = torch.argsort(labels, stable=True)
+        sorted_labels = labels[order]
+        starts = counts.cumsum(0) - counts
+        rank_in_class = torch.arange(num, device=labels.device) - starts[sorted_labels]
+        num_dropped = (counts - self.capacity).clamp_(min=0)
+        rank_in_class -= num_dropped[sorted_labels]
+        keep = rank_in_class >= 0
+        slots = (self.write_ptr[sorted_labels] + rank_in_class) % self.capacity
+        flat_slots = torch.full_like(labels, -1)
+        flat_slots[order] = torch.where(keep, sorted_labels * self.capacity + slots, -1)
+
+        keep_all = bool(keep.all())
+        if not keep_all:
+            kept_rows = flat_slots >= 0
+            flat_slots = flat_slots[kept_rows]
+        for name, value in zip(names, values):
+            store = self.storage(name).view((-1,) + self.field_shapes[name])
+            if not keep_all:
+                value = value[kept_rows]
+            if value.dtype == store.dtype and value.device == store.device:
+                store.index_copy_(0, flat_slots, value)
+                continue
+            # Cast in blocks of rows: a cache-sized temporary instead of one as large as the batch
+            # (on CPU a large temporary costs more in page faults than the cast itself).
+            block = max(1, _CAST_BLOCK_BYTES // max(1, value[0].numel() * value.element_size()))
+            for start in range(0, value.shape[0], block):
+                rows = value[start : start + block].to(device=store.device, dtype=store.dtype)
+                store.index_copy_(0, flat_slots[start : start + block], rows)
+
+        written = counts.clamp(max=self.capacity)
+        self.write_ptr.add_(written).remainder_(self.capacity)
+        self.fill_counts.add_(written).clamp_(max=self.capacity)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        classes: torch.Tensor,
+        per_class: int,
+        *,
+        mode: str = "random",
+        generator: Optional[torch.Generator] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> MemorySample:
+        """Draw entries of ``classes`` (``[K]`` int64, repeats allowed).
+
+        ``mode="random"``: ``per_class`` entries per class, uniformly with replacement among the
+        stored ones. ``mode="recent"``: the ``min(per_class, fill)`` most recent entries, newest first.
+        Rows come grouped by class in request order. Empty classes are left out and reported in
+        ``skipped``. Floating fields are returned in their declared dtype, or ``dtype`` if given.
+        Under ``global`` with ``generator=None`` a seed is broadcast from rank 0 (a collective), so
+        all ranks draw the same rows; with a generator, seed it identically on every rank.
+        """
+        if mode not in ("random", "recent"):
+            raise ValueError(f"mode must be 'random' or 'recent', got {mode!r}")
+        if not isinstance(per_class, int) or per_class < 0:
+            raise ValueError(f"per_class must be a non-negative int, got {per_class!r}")
+        classes = self._check_labels(classes, self.num_classes, "sample")
+        fill = self.fill_counts[classes]
+        present = fill > 0
+        skipped = classes[~present]
+        classes, fill = classes[present], fill[present]
+
+        if mode == "random":
+            generator = shared_generator(self.sync, generator, self.device)
+            rand_device = generator.device if generator is not None else self.device
+            uniform = torch.rand(
+                (classes.numel(), per_class), generator=generator, device=rand_device, dtype=torch.float64
+            ).to(self.device)
+            slots = torch.minimum((uniform * fill[:, None]).long(), fill[:, None] - 1)
+            flat_slots = (classes[:, None] * self.capacity + slots).flatten()
+            labels = classes.repeat_interleave(per_class)
+        else:
+            age = torch.arange(per_class, device=self.device)
+            slots = (self.write_ptr[classes][:, None] - 1 - age).remainder(self.capacity)
+            valid = age[None, :] < fill[:, None]
+            flat_slots = (classes[:, None] * self.capacity + slots)[valid]
+            labels = classes[:, None].expand(-1, per_class)[valid]
+
+        out = {}
+        for name in self.field_names:
+            store = self.storage(name).view((-1,) + self.field_shapes[name])
+            rows = store.index_select(0, flat_slots)
+            out_dtype = self.field_dtypes[name]
+            if dtype is not None and out_dtype.is_floating_point:
+                out_dtype = dtype
+            out[name] = rows.to(out_dtype)
+        return MemorySample(labels, out, skipped)
+
+    def extra_repr(self) -> str:
+        fields = ", ".join(f"{n}={self.field_shapes[n]}" for n in self.field_names)
+        return (
+            f"num_classes={self.num_classes}, capacity={self.capacity}, fields=({fields}), "
+            f"storage_dtype={self.storage_dtype}, sync={self.sync!r}"
+        )

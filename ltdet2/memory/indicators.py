@@ -1,0 +1,292 @@
+"""Learning-status indicators (BACL Tab. II, LOCE's mean score): per-class vectors for losses and samplers.
+
+Conventions: foreground classes are ``0 .. C-1`` and the background index is ``C`` (Detectron2).
+``update`` ignores background rows where they can occur (all RoIs of a batch) and rejects labels
+outside ``[0, C]``. Under ``sync="global"`` the increments of all ranks are summed before they are
+applied (a collective: every rank calls ``update`` every step, possibly with no rows), which gives
+the state a single process would reach on the ranks' batches concatenated.
+"""
+
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .base import StateModule
+from .distributed import all_reduce_sum, check_sync, is_global
+
+__all__ = [
+    "LearningStatusIndicator",
+    "StaticFrequency",
+    "ImageFrequency",
+    "InstanceFrequency",
+    "CumulativeCount",
+    "MeanScore",
+    "TruePositiveRate",
+    "SoftConfusionMatrix",
+]
+
+
+class LearningStatusIndicator(StateModule):
+    """Base class: ``update(labels, ...)`` accumulates, ``vector()`` returns the per-class status.
+
+    ``vector()`` is ``[C]`` (``[C+1]`` for :class:`MeanScore`, whose last entry is background).
+    Indicators with a pairwise form also implement ``matrix()`` (``[C, C]``); ``has_matrix`` says
+    which. Larger values mean a stronger (better learned / more frequent) class throughout.
+    """
+
+    has_matrix = False
+
+    def __init__(self, num_classes: int, *, sync: str = "local"):
+        super().__init__()
+        if num_classes <= 0:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.sync = check_sync(sync)
+
+    def update(self, labels: torch.Tensor, *args, **kwargs) -> None:
+        raise NotImplementedError
+
+    def vector(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def matrix(self) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no matrix form; use vector()")
+
+    def reset(self) -> None:
+        for buf in self.buffers():
+            buf.zero_()
+
+    def forward(self) -> torch.Tensor:
+        return self.vector()
+
+    def _foreground(self, labels, *rows):
+        """Validate ``labels [N]`` (background allowed) and keep the foreground rows of ``rows``."""
+        labels = self._check_labels(labels, self.num_classes, "update", allow_background=True)
+        for r in rows:
+            if r.shape[0] != labels.numel():
+                raise ValueError(
+                    f"{type(self).__name__}.update: {labels.numel()} labels but {r.shape[0]} rows"
+                )
+        keep = labels < self.num_classes
+        return (labels[keep],) + tuple(r.to(self.device)[keep] for r in rows)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, sync={self.sync!r}"
+
+
+class StaticFrequency(LearningStatusIndicator):
+    """A fixed per-class statistic from dataset counts (BACL's static f_i / F_i).
+
+    ``vector()`` is ``counts / counts.sum()`` (``normalize="sum"``, default), ``counts / counts.max()``
+    (``"max"``) or the raw counts (``"none"``), as float32 ``[C]``. ``update`` does nothing.
+    """
+
+    count_field = None  # attribute read by from_lvis_meta
+
+    def __init__(self, counts, *, normalize: str = "sum"):
+        counts = torch.as_tensor(np.asarray(counts), dtype=torch.float64)
+        if counts.dim() != 1 or counts.numel() == 0 or bool((counts < 0).any()):
+            raise ValueError(f"{type(self).__name__}: counts must be a non-empty 1-D array of counts >= 0")
+        if normalize not in ("sum", "max", "none"):
+            raise ValueError(f"normalize must be 'sum', 'max' or 'none', got {normalize!r}")
+        super().__init__(counts.numel())
+        self.normalize = normalize
+        self.register_buffer("counts", counts)
+
+    @classmethod
+    def from_lvis_meta(cls, meta, **kwargs):
+        """Build from an object with ``image_count`` / ``instance_count`` arrays (``LVISMeta``)."""
+        if cls.count_field is None:
+            raise TypeError("use ImageFrequency or InstanceFrequency")
+        counts = getattr(meta, cls.count_field, None)
+        if counts is None:
+            raise ValueError(f"{type(meta).__name__} has no {cls.count_field!r} field")
+        return cls(counts, **kwargs)
+
+    def update(self, *args, **kwargs) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+    def vector(self) -> torch.Tensor:
+        counts = self.counts
+        if self.normalize == "sum":
+            counts = counts / counts.sum().clamp(min=1)
+        elif self.normalize == "max":
+            counts = counts / counts.max().clamp(min=1)
+        return counts.float()
+
+
+class ImageFrequency(StaticFrequency):
+    """Number of training images containing each class (LVIS ``image_count``)."""
+
+    count_field = "image_count"
+
+
+class InstanceFrequency(StaticFrequency):
+    """Number of training instances of each class (LVIS ``instance_count``)."""
+
+    count_field = "instance_count"
+
+
+class CumulativeCount(LearningStatusIndicator):
+    """N_i: number of foreground rows of each class seen so far. ``vector()`` float32 ``[C]``."""
+
+    def __init__(self, num_classes: int, *, sync: str = "local"):
+        super().__init__(num_classes, sync=sync)
+        self.register_buffer("counts", torch.zeros(self.num_classes, dtype=torch.int64))
+
+    @torch.no_grad()
+    def update(self, labels: torch.Tensor) -> None:
+        (labels,) = self._foreground(labels)
+        increment = torch.bincount(labels, minlength=self.num_classes)
+        if is_global(self.sync):
+            all_reduce_sum(increment)
+        self.counts += increment
+
+    def vector(self) -> torch.Tensor:
+        return self.counts.float()
+
+
+class MeanScore(LearningStatusIndicator):
+    """LOCE's mean classification score s, ``[C+1]`` float32 with background at index C.
+
+    Each update entry is a (class, score) pair, the score a probability in [0, 1] (LOCE: per
+    ground-truth box, the mean softmax probability of its class over its positive RoIs; one entry per
+    class for memory rows). A class with n entries in one update becomes
+    ``s <- alpha^n * s + (1 - alpha^n) * mean(entries)``. All classes start at ``initial_score`` and
+    the background entry is the constant ``background_score`` (LOCE uses 0.01 for both).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        alpha: float = 0.9,
+        initial_score: float = 0.01,
+        background_score: float = 0.01,
+        sync: str = "local",
+    ):
+        super().__init__(num_classes, sync=sync)
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+        self.alpha = float(alpha)
+        self.initial_score = float(initial_score)
+        self.background_score = float(background_score)
+        scores = torch.full((self.num_classes + 1,), self.initial_score, dtype=torch.float32)
+        scores[-1] = self.background_score
+        self.register_buffer("mean_scores", scores)
+
+    @torch.no_grad()
+    def update(self, labels: torch.Tensor, scores: torch.Tensor) -> None:
+        """``labels [N]`` (background entries ignored), ``scores [N]`` probabilities."""
+        scores = torch.as_tensor(scores)
+        if scores.dim() != 1:
+            raise ValueError(f"MeanScore.update: scores must be [N], got {tuple(scores.shape)}")
+        labels, scores = self._foreground(labels, scores.detach())
+        # accumulate in float64: alpha**n underflows gracefully and sums of many entries stay exact
+        stats = torch.zeros(2, self.num_classes, dtype=torch.float64, device=self.device)
+        stats[0].index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
+        stats[1].index_add_(0, labels, scores.to(torch.float64))
+        if is_global(self.sync):
+            all_reduce_sum(stats)
+        counts, sums = stats
+        index = (counts > 0).nonzero().squeeze(1)
+        decay = torch.pow(self.alpha, counts[index])
+        means = sums[index] / counts[index]
+        old = self.mean_scores[index].to(torch.float64)
+        self.mean_scores[index] = (decay * old + (1 - decay) * means).to(self.mean_scores.dtype)
+
+    def reset(self) -> None:
+        self.mean_scores.fill_(self.initial_score)
+        self.mean_scores[-1] = self.background_score
+
+    def vector(self) -> torch.Tensor:
+        return self.mean_scores.clone()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, alpha={self.alpha}, background_score={self.background_score}"
+
+
+class TruePositiveRate(LearningStatusIndicator):
+    """Online TPR_i = #(rows labelled i with argmax score == i) / #(rows labelled i), cumulative.
+
+    ``scores [N, C]`` or ``[N, C+1]``: probabilities or logits, whatever the classifier's decision
+    is the argmax of; with C+1 columns a positive whose argmax is background is a miss. Classes never
+    seen have TPR 0. ``vector()`` float32 ``[C]``.
+    """
+
+    def __init__(self, num_classes: int, *, sync: str = "local"):
+        super().__init__(num_classes, sync=sync)
+        self.register_buffer("true_positives", torch.zeros(self.num_classes, dtype=torch.int64))
+        self.register_buffer("positives", torch.zeros(self.num_classes, dtype=torch.int64))
+
+    @torch.no_grad()
+    def update(self, labels: torch.Tensor, scores: torch.Tensor) -> None:
+        if scores.dim() != 2 or scores.shape[1] not in (self.num_classes, self.num_classes + 1):
+            raise ValueError(
+                f"TruePositiveRate.update: scores must be [N, {self.num_classes}] or "
+                f"[N, {self.num_classes + 1}], got {tuple(scores.shape)}"
+            )
+        labels, scores = self._foreground(labels, scores.detach())
+        hits = (scores.argmax(dim=1) == labels).long()
+        stats = torch.zeros(2, self.num_classes, dtype=torch.int64, device=self.device)
+        stats[0].index_add_(0, labels, hits)
+        stats[1] += torch.bincount(labels, minlength=self.num_classes)
+        if is_global(self.sync):
+            all_reduce_sum(stats)
+        self.true_positives += stats[0]
+        self.positives += stats[1]
+
+    def vector(self) -> torch.Tensor:
+        return (self.true_positives.double() / self.positives.clamp(min=1)).float()
+
+
+class SoftConfusionMatrix(LearningStatusIndicator):
+    """BACL's confusion matrix M (Tab. II): cumulative from the last reset (stage start).
+
+    ``M[i, j]`` = mean over foreground rows labelled i of ``softmax(z[:C])[j]``, the softmax taken over
+    the C foreground logits only (the background logit of BACL's sigmoid classifier is left out).
+    Rows of classes never seen are 0, as in the official code (``numerator / max(count, 1)``).
+    ``matrix()`` float32 ``[C, C]``; ``vector()`` is the diagonal ``M[i, i]``, the per-class status
+    BACL's FHM samples by (``p ∝ 1 - M[i, i]``). FCBL's pairwise form uses ``matrix()``.
+    """
+
+    has_matrix = True
+
+    def __init__(self, num_classes: int, *, sync: str = "local"):
+        super().__init__(num_classes, sync=sync)
+        self.register_buffer("numerator", torch.zeros(self.num_classes, self.num_classes, dtype=torch.float64))
+        self.register_buffer("positives", torch.zeros(self.num_classes, dtype=torch.int64))
+
+    @torch.no_grad()
+    def update(self, labels: torch.Tensor, logits: torch.Tensor) -> None:
+        """``labels [N]``, ``logits [N, C]`` or ``[N, C+1]`` (raw classifier outputs)."""
+        if logits.dim() != 2 or logits.shape[1] not in (self.num_classes, self.num_classes + 1):
+            raise ValueError(
+                f"SoftConfusionMatrix.update: logits must be [N, {self.num_classes}] or "
+                f"[N, {self.num_classes + 1}], got {tuple(logits.shape)}"
+            )
+        labels, logits = self._foreground(labels, logits.detach())
+        probs = F.softmax(logits[:, : self.num_classes].float(), dim=1)
+        counts = torch.bincount(labels, minlength=self.num_classes)
+        # rows summed per class present in the batch, not into a dense [C, C] temporary
+        classes, inverse = torch.unique(labels, return_inverse=True)
+        row_sums = probs.new_zeros(classes.numel(), self.num_classes).index_add_(0, inverse, probs)
+        if is_global(self.sync):
+            increment = probs.new_zeros(self.num_classes, self.num_classes).index_copy_(0, classes, row_sums)
+            all_reduce_sum(increment)
+            all_reduce_sum(counts)
+            self.numerator += increment
+        else:
+            self.numerator.index_add_(0, classes, row_sums.to(self.numerator.dtype))
+        self.positives += counts
+
+    def matrix(self) -> torch.Tensor:
+        return (self.numerator / self.positives.clamp(min=1)[:, None]).float()
+
+    def vector(self) -> torch.Tensor:
+        return (self.numerator.diagonal() / self.positives.clamp(min=1)).float()

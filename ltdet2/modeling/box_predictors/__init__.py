@@ -1,0 +1,3 @@
+from .long_tail_output_layers import LongTailOutputLayers
+
+__all__ = ["LongTailOutputLayers"]

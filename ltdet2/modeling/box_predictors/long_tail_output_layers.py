@@ -1,0 +1,101 @@
+"""Detectron2's FastRCNNOutputLayers with a pluggable classifier and classification loss."""
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import cat
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, _log_classification_stats
+
+from ..extra_rows import ExtraRowsBatch
+from ..indicator_binding import bind_named_indicator
+
+
+class LongTailOutputLayers(FastRCNNOutputLayers):
+    """Box predictor whose classifier and classification loss are modules, and which trains on
+    extra rows (memory features) after the sampled RoIs.
+
+    Scores are ``[N, C+1]`` logits with background at index C; inference is Detectron2's (softmax,
+    or sigmoid with ``use_sigmoid_ce``). With ``classifier=None`` and ``cls_loss=None`` and no extra
+    rows, losses and outputs are exactly those of :class:`FastRCNNOutputLayers`.
+
+    Args:
+        classifier: module mapping ``[N, D]`` features to ``[N, C+1]`` logits; replaces the linear
+            ``cls_score`` (and keeps its name, so checkpoints line up).
+        cls_loss: module ``cls_loss(logits, labels, weights=None) -> scalar`` replacing the
+            cross-entropy. If it has ``indicator_name``, the ROI heads bind that indicator to it
+            (``cls_loss.indicator``) before training.
+        other arguments: those of :class:`FastRCNNOutputLayers`.
+    """
+
+    @configurable
+    def __init__(self, input_shape, *, classifier: Optional[nn.Module] = None,
+                 cls_loss: Optional[nn.Module] = None, **kwargs):
+        super().__init__(input_shape, **kwargs)
+        if classifier is not None:
+            self.cls_score = classifier
+        self.cls_loss = cls_loss
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        return super().from_config(cfg, input_shape)
+
+    def bind_indicators(self, indicators: Dict[str, nn.Module]):
+        """Gives the classification loss the indicator it names (not registered twice)."""
+        bind_named_indicator(self.cls_loss, indicators, owner="box_predictor.cls_loss")
+
+    def classification_loss(self, scores, gt_classes, weights=None):
+        if self.cls_loss is not None:
+            return self.cls_loss(scores, gt_classes, weights)
+        if self.use_sigmoid_ce:
+            if weights is not None:
+                raise ValueError("use_sigmoid_ce does not take per-row weights; give a cls_loss")
+            return self.sigmoid_cross_entropy_loss(scores, gt_classes)
+        if scores.numel() == 0:
+            return scores.sum() * 0.0
+        per_row = nn.functional.cross_entropy(scores, gt_classes, reduction="none")
+        if weights is not None:
+            per_row = per_row * weights
+        return per_row.sum() / scores.shape[0]
+
+    def losses(self, predictions, proposals, extra_rows: Optional[ExtraRowsBatch] = None):
+        """
+        Args:
+            predictions: ``(scores [N+R, C+1], deltas [N+R, 4C or 4])`` for the N sampled RoIs of
+                ``proposals`` followed by the R extra rows.
+            proposals (list[Instances]): with ``proposal_boxes``, ``gt_boxes``, ``gt_classes``.
+            extra_rows: the R extra rows; their boxes (if any) train regression, their weights scale
+                their classification terms. Losses are averaged over all N+R rows (regression over
+                the rows that carry boxes), as if the rows were sampled RoIs.
+        """
+        if not extra_rows and self.cls_loss is None:
+            return super().losses(predictions, proposals)
+        scores, proposal_deltas = predictions
+        device = scores.device
+        num_rois = sum(len(p) for p in proposals)
+        extra_rows = extra_rows or ExtraRowsBatch()
+        roi_classes = cat([p.gt_classes for p in proposals], dim=0) if proposals else torch.empty(
+            0, dtype=torch.int64, device=device)
+        gt_classes = torch.cat([roi_classes, extra_rows.labels(device)])
+        _log_classification_stats(scores[:num_rois], roi_classes)
+
+        weights = None
+        if len(extra_rows) and any(r.weights is not None for r in extra_rows.rows):
+            weights = torch.cat([torch.ones(num_rois, dtype=scores.dtype, device=device),
+                                 extra_rows.weights(device, scores.dtype)])
+        loss_cls = self.classification_loss(scores, gt_classes, weights)
+
+        if proposals:
+            proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
+            gt_boxes = cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals], dim=0)
+        else:
+            proposal_boxes = gt_boxes = torch.empty((0, 4), device=device)
+        box_rows = torch.cat([torch.ones(num_rois, dtype=torch.bool, device=device), extra_rows.box_mask(device)])
+        extra_proposal_boxes, extra_gt_boxes = extra_rows.boxes()
+        if extra_proposal_boxes is not None:
+            proposal_boxes = torch.cat([proposal_boxes, extra_proposal_boxes.to(proposal_boxes.dtype)])
+            gt_boxes = torch.cat([gt_boxes, extra_gt_boxes.to(gt_boxes.dtype)])
+        loss_box_reg = self.box_reg_loss(proposal_boxes, gt_boxes, proposal_deltas[box_rows], gt_classes[box_rows])
+        losses = {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg}
+        return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}

@@ -1,0 +1,60 @@
+"""The interface between the long-tail ROI heads and the memories that add training rows."""
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import torch
+from torch import nn
+
+from detectron2.structures import Instances
+
+from ..extra_rows import ExtraRows
+from ..indicator_binding import IndicatorUser
+
+STAGES = ("pooled", "box_head")
+
+
+@dataclass
+class SourceContext:
+    """What a feature source sees in one training iteration of the ROI heads.
+
+    Attributes:
+        proposals: per image, the sampled RoIs with ``proposal_boxes``, ``gt_classes``, ``gt_boxes``
+            and ``gt_indices`` (index into that image's targets; -1 for background).
+        targets: per image, the ground truth (``gt_boxes``, ``gt_classes``, ...).
+        pool: ``pool(list of [B_i, 4] box tensors) -> [sum B_i, ...]`` RoI features of any boxes,
+            from the current feature maps with the box pooler (before the box head).
+        box_head: the box head (pooled features -> box-head features).
+        pooled_features: [N, ...] pooled features of the sampled RoIs.
+        box_features: [N, D] box-head features of the sampled RoIs; None for "pooled" sources,
+            which run before the box head.
+        num_classes: C (foreground classes; background is C).
+    """
+
+    proposals: List[Instances]
+    targets: List[Instances]
+    pool: Callable[[List[torch.Tensor]], torch.Tensor]
+    box_head: nn.Module
+    pooled_features: torch.Tensor
+    box_features: Optional[torch.Tensor]
+    num_classes: int
+
+    @property
+    def image_sizes(self):
+        return [p.image_size for p in self.proposals]
+
+
+class FeatureSource(IndicatorUser, nn.Module):
+    """A memory that sees each training iteration and returns extra rows for the box predictor.
+
+    Subclasses set ``stage`` ("pooled": rows are pooled RoI features that go through the box head
+    with the sampled RoIs; "box_head": rows are box-head features that go straight to the
+    predictor) and implement ``forward(context) -> Optional[ExtraRows]``. A source that steers by
+    an indicator sets ``indicator_name``; the ROI heads then call :meth:`bind_indicator`.
+    State (queues, banks) must be registered buffers or submodules, so it is checkpointed.
+    """
+
+    stage: str = "box_head"
+
+    def forward(self, context: SourceContext) -> Optional[ExtraRows]:
+        raise NotImplementedError
+

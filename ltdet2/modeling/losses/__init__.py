@@ -1,0 +1,3 @@
+from .equilibrium import EquilibriumLoss, equilibrium_loss
+
+__all__ = ["EquilibriumLoss", "equilibrium_loss"]

@@ -1,0 +1,3 @@
+from .long_tail_roi_heads import LongTailROIHeads
+
+__all__ = ["LongTailROIHeads"]

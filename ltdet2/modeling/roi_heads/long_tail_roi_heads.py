@@ -1,0 +1,164 @@
+"""StandardROIHeads whose box predictor also trains on rows from memories (feature sources)."""
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from detectron2.config import configurable, instantiate
+from detectron2.structures import Boxes, Instances
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
+
+from ..extra_rows import ExtraRowsBatch
+from ..feature_sources.base import STAGES, SourceContext
+from ..indicator_binding import bind_named_indicator
+from ..indicator_updates import update_indicator
+
+logger = logging.getLogger(__name__)
+
+
+@ROI_HEADS_REGISTRY.register()
+class LongTailROIHeads(StandardROIHeads):
+    """StandardROIHeads + feature sources + learning-status indicators.
+
+    In training, after proposals are sampled, each feature source sees the iteration
+    (:class:`SourceContext`) and may return extra rows (:class:`ExtraRows`): "pooled" rows go
+    through the box head with the sampled RoIs, "box_head" rows go straight to the predictor.
+    The rows feed the classification loss and, where they carry boxes, the regression loss; never
+    the mask head (which only sees the sampled foreground proposals). After the losses, every
+    indicator is updated from the predictions, detached (see :func:`update_indicator`).
+
+    With no sources and no indicators the heads are exactly :class:`StandardROIHeads`.
+
+    Args:
+        feature_sources: modules with a ``stage`` and ``forward(context) -> ExtraRows or None``.
+        indicators: name -> learning-status indicator (or its LazyConfig); owned (and checkpointed)
+            here and bound by name to the sources and the predictor's loss that read them.
+        other arguments: those of :class:`StandardROIHeads`.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        feature_sources: Sequence[nn.Module] = (),
+        indicators: Optional[Dict[str, nn.Module]] = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.feature_sources = nn.ModuleList(feature_sources)
+        # LazyConfig does not instantiate the values of a plain dict; do it here
+        self.indicators = nn.ModuleDict({name: instantiate(value) for name, value in (indicators or {}).items()})
+        for index, source in enumerate(self.feature_sources):
+            if source.stage not in STAGES:
+                raise ValueError(f"feature source {index} ({type(source).__name__}) has stage "
+                                 f"{source.stage!r}; expected one of {STAGES}")
+            bind_named_indicator(source, self.indicators, owner=f"feature source {type(source).__name__}")
+        if hasattr(self.box_predictor, "bind_indicators"):
+            self.box_predictor.bind_indicators(self.indicators)
+        self._sampled_gt_indices = None
+        self._targets = None
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        # YAML users get the stock heads; sources and indicators are set in LazyConfig files.
+        return super().from_config(cfg, input_shape)
+
+    @property
+    def is_stock(self):
+        return not self.feature_sources and not self.indicators
+
+    # --- sampling: remember which ground-truth box each sampled RoI matched ---------------------
+
+    def _sample_proposals(self, matched_idxs, matched_labels, gt_classes):
+        sampled_idxs, sampled_gt_classes = super()._sample_proposals(matched_idxs, matched_labels, gt_classes)
+        if self._sampled_gt_indices is not None:
+            self._sampled_gt_indices.append(matched_idxs[sampled_idxs])
+        return sampled_idxs, sampled_gt_classes
+
+    @torch.no_grad()
+    def label_and_sample_proposals(self, proposals: List[Instances], targets: List[Instances]):
+        """Stock sampling; also sets ``gt_indices`` (-1 for background) on each image's RoIs."""
+        self._sampled_gt_indices = []
+        try:
+            proposals = super().label_and_sample_proposals(proposals, targets)
+            for proposals_per_image, gt_indices in zip(proposals, self._sampled_gt_indices):
+                is_foreground = proposals_per_image.gt_classes < self.num_classes
+                proposals_per_image.gt_indices = torch.where(is_foreground, gt_indices, -1)
+        finally:
+            self._sampled_gt_indices = None
+        self._targets = targets
+        return proposals
+
+    # --- the box branch ------------------------------------------------------------------------
+
+    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
+        if not self.training or self.is_stock:
+            return super()._forward_box(features, proposals)
+        targets, self._targets = self._targets, None
+
+        feature_maps = [features[f] for f in self.box_in_features]
+        pooled = self.box_pooler(feature_maps, [p.proposal_boxes for p in proposals])
+        context = SourceContext(
+            proposals=proposals,
+            targets=targets,
+            pool=lambda boxes: self.box_pooler(feature_maps, [Boxes(b) for b in boxes]),
+            box_head=self.box_head,
+            pooled_features=pooled,
+            box_features=None,
+            num_classes=self.num_classes,
+        )
+        pooled_rows = self._run_sources("pooled", context)
+        head_output = self.box_head(torch.cat([pooled] + [r.features for r in pooled_rows]))
+        num_rois = pooled.shape[0]
+        context.box_features = head_output[:num_rois]
+        # pooled rows now carry their box-head features
+        offsets = torch.tensor([len(r) for r in pooled_rows], dtype=torch.int64).cumsum(0).tolist()
+        starts = [num_rois] + [num_rois + o for o in offsets[:-1]]
+        pooled_rows = [r.with_features(head_output[s : s + len(r)]) for r, s in zip(pooled_rows, starts)]
+        head_rows = self._run_sources("box_head", context)
+        extra_rows = ExtraRowsBatch(pooled_rows + head_rows)
+
+        predictions = self.box_predictor(torch.cat([head_output] + [r.features for r in head_rows]))
+        del pooled, head_output
+        losses = self.box_predictor.losses(predictions, proposals, extra_rows)
+        self._update_indicators(predictions[0], proposals, targets, extra_rows)
+
+        if self.train_on_pred_boxes:
+            with torch.no_grad():
+                roi_predictions = (predictions[0][:num_rois], predictions[1][:num_rois])
+                pred_boxes = self.box_predictor.predict_boxes_for_gt_classes(roi_predictions, proposals)
+                for proposals_per_image, pred_boxes_per_image in zip(proposals, pred_boxes):
+                    proposals_per_image.proposal_boxes = Boxes(pred_boxes_per_image)
+        return losses
+
+    def _run_sources(self, stage, context):
+        rows = []
+        for index, source in enumerate(self.feature_sources):
+            if source.stage != stage:
+                continue
+            source_rows = source(context)
+            if source_rows is not None and len(source_rows) > 0:
+                source_rows.source_index = index
+                rows.append(source_rows)
+        return rows
+
+    def _update_indicators(self, logits, proposals, targets, extra_rows: ExtraRowsBatch):
+        if not self.indicators:
+            return
+        device = logits.device
+        roi_labels = torch.cat([p.gt_classes for p in proposals])
+        # object ids: (image, ground-truth box) for RoIs; (source, class) for memory rows
+        gt_counts = torch.tensor([len(t) for t in targets], device=device)
+        image_offsets = torch.cumsum(gt_counts, 0) - gt_counts
+        roi_image = torch.repeat_interleave(torch.arange(len(proposals), device=device),
+                                            torch.tensor([len(p) for p in proposals], device=device))
+        roi_gt = torch.cat([p.gt_indices for p in proposals])
+        roi_ids = torch.where(roi_gt >= 0, image_offsets[roi_image] + roi_gt, -1)
+        extra_labels = extra_rows.labels(device)
+        extra_ids = gt_counts.sum() + extra_rows.source_indices(device) * (self.num_classes + 1) + extra_labels
+        labels = torch.cat([roi_labels, extra_labels])
+        object_ids = torch.cat([roi_ids, extra_ids])
+        for indicator in self.indicators.values():
+            update_indicator(indicator, logits, labels, object_ids)
+

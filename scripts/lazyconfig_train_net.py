@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""Trains or evaluates an ltdet2 (or any Detectron2 LazyConfig) config, phase by phase.
+
+Same command line as Detectron2's ``tools/lazyconfig_train_net.py``, plus ``--phase NAME``:
+
+    python scripts/lazyconfig_train_net.py --config-file projects/baseline.py [--resume] \
+        [--eval-only] [--phase NAME] [--num-gpus N] [key=value ...]
+
+A project with ``phases`` trains each phase in ``<train.output_dir>/<phase>`` starting from the
+previous phase's final checkpoint, skips finished phases, and resumes an interrupted one with
+``--resume``. Overrides ``phases.NAME.key=value`` change one phase; other overrides change all.
+"""
+import logging
+
+from detectron2.engine import default_argument_parser, default_setup, launch
+
+from ltdet2.engine.phases import load_config, run_phases
+
+logger = logging.getLogger("detectron2")
+
+
+def argument_parser():
+    parser = default_argument_parser(__doc__)
+    parser.add_argument("--phase", default=None, help="run (or evaluate) only this phase of the project")
+    return parser
+
+
+def main(args):
+    cfg = load_config(args.config_file, args.opts)
+    default_setup(cfg, args)
+    return run_phases(cfg, resume=args.resume, only=args.phase, eval_only=args.eval_only)
+
+
+def invoke_main():
+    args = argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()

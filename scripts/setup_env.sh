@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Creates (or completes) the Python environment ltdet2 runs in.
+#
+#   bash scripts/setup_env.sh [VENV]        (default: .venv; `make setup` calls this)
+#
+# Steps, each reported as "[setup] step k/6"; a failed step says which and what to do.
+# The environment is marked ready (VENV/.ltdet2-ready) only after the last step passed, so an
+# interrupted set-up is never mistaken for a good one. A virtualenv this script created itself is
+# rebuilt from scratch if it is found half-built; an environment the user pointed at
+# (VENV=/path/to/env) is never deleted, and torch / detectron2 already importable there (for example
+# a CUDA build compiled from source) are left as they are.
+set -uo pipefail
+
+VENV=${1:-.venv}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PYTHON_BOOTSTRAP=${PYTHON:-python3}
+TORCH_PIN="torch==2.14.1"
+TORCHVISION_PIN="torchvision==0.29.1"
+DETECTRON2_PIN="sal-detectron2==0.7.2"
+READY="$VENV/.ltdet2-ready"
+MANAGED="$VENV/.ltdet2-managed"
+TOTAL=6
+STEP=0
+
+step() { STEP=$((STEP + 1)); echo "[setup] step $STEP/$TOTAL: $1"; }
+fail() {
+  echo "[setup] FAILED at step $STEP/$TOTAL: $1" >&2
+  echo "[setup] what to do: $2" >&2
+  echo "[setup] the environment in '$VENV' is NOT marked ready; rerun 'make setup' after fixing the cause." >&2
+  exit 1
+}
+
+if [ -f "$READY" ]; then
+  echo "[setup] $VENV is ready (remove $READY to force a re-check)"
+  exit 0
+fi
+
+step "python environment in $VENV"
+if [ -d "$VENV" ] && [ -f "$MANAGED" ]; then
+  echo "[setup] $VENV was left half-built by an earlier set-up: removing it and starting again"
+  rm -rf "$VENV"
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON_BOOTSTRAP" -m venv "$VENV" || fail "could not create a virtualenv with '$PYTHON_BOOTSTRAP -m venv $VENV'" \
+    "install the venv module for Python >= 3.10 (Debian: apt-get install python3-venv), or set PYTHON=/path/to/python3"
+  touch "$MANAGED"
+fi
+PY="$VENV/bin/python"
+"$PY" -c 'import sys; assert sys.version_info >= (3, 10), sys.version' 2>/dev/null \
+  || fail "$PY is older than Python 3.10" "point PYTHON at a Python >= 3.10 and remove $VENV"
+PIP=("$PY" -m pip --disable-pip-version-check)
+
+step "torch and torchvision"
+if "$PY" -c 'import torch, torchvision' 2>/dev/null; then
+  echo "[setup] keeping the installed $("$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)')"
+else
+  "${PIP[@]}" install "$TORCH_PIN" "$TORCHVISION_PIN" \
+    || fail "pip could not install $TORCH_PIN $TORCHVISION_PIN" \
+       "check that PyPI is reachable and has these versions for $("$PY" -V); or install torch yourself in $VENV and rerun"
+fi
+# Every later install is constrained to the torch that is now there, so that no dependency can
+# silently replace it with another build.
+CONSTRAINTS="$VENV/ltdet2-constraints.txt"
+"$PY" - > "$CONSTRAINTS" <<'PYEOF' || fail "could not read the installed torch version" "reinstall torch in $VENV"
+import torch, torchvision
+print(f"torch=={torch.__version__}")
+print(f"torchvision=={torchvision.__version__}")
+PYEOF
+
+step "ltdet2's dependencies (from pyproject.toml)"
+REQS="$VENV/ltdet2-requirements.txt"
+"$PY" "$ROOT/scripts/_read_requirements.py" "$ROOT/pyproject.toml" --extra test --exclude torch torchvision > "$REQS" \
+  || fail "could not read the dependencies from pyproject.toml" "check pyproject.toml is valid TOML"
+"${PIP[@]}" install -c "$CONSTRAINTS" -r "$REQS" \
+  || fail "pip could not install the dependencies listed in $REQS" "read pip's message above; check PyPI is reachable"
+
+step "detectron2"
+if "$PY" -c 'import detectron2.modeling' 2>/dev/null; then
+  echo "[setup] keeping the installed detectron2 $("$PY" -c 'import detectron2; print(detectron2.__version__, "from", detectron2.__path__[0])')"
+else
+  # detectron2's authors do not publish it on PyPI. $DETECTRON2_PIN is upstream detectron2's Python
+  # sources packaged as a cp310 wheel; its pure-Python part runs on newer Pythons (the compiled _C
+  # is not loaded; ltdet2 needs none of rotated boxes, deformable conv or the C++ COCO evaluator).
+  # Its own requirements were installed in the previous step.
+  STAGE=$(mktemp -d)
+  "${PIP[@]}" install --no-deps --only-binary=:all: --python-version 3.10 --implementation cp \
+      --target "$STAGE" "$DETECTRON2_PIN" \
+    || { rm -rf "$STAGE"; fail "pip could not download $DETECTRON2_PIN" "check PyPI is reachable, or install detectron2 from source into $VENV and rerun"; }
+  SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  # Only the package and its metadata: the wheel's top-level tools/ would shadow other 'tools' packages.
+  rm -rf "$SITE/detectron2" "$SITE"/sal_detectron2-*.dist-info
+  mv "$STAGE/detectron2" "$STAGE"/sal_detectron2-*.dist-info "$SITE/" \
+    || { rm -rf "$STAGE"; fail "could not move detectron2 into $SITE" "check that $SITE is writable"; }
+  rm -rf "$STAGE"
+fi
+
+step "ltdet2 itself (editable)"
+"${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT" \
+  || fail "pip could not install ltdet2 from $ROOT" "read pip's message above"
+
+step "check the environment"
+"$PY" - <<'PYEOF' || fail "the environment does not import" "read the traceback above"
+import torch, torchvision, detectron2, numpy, faster_coco_eval, lvis, pycocotools
+from detectron2.modeling import build_model  # noqa: F401
+import ltdet2
+print(f"[setup] torch {torch.__version__} (cuda available: {torch.cuda.is_available()}), "
+      f"detectron2 {detectron2.__version__}, numpy {numpy.__version__}, ltdet2 {ltdet2.__version__}")
+PYEOF
+
+touch "$READY"
+echo "[setup] $VENV is ready"

@@ -1,0 +1,327 @@
+"""
+Tests for ltdet2.evaluation: LVIS metrics against the official ``lvis`` API on real LVIS v0.5
+annotations (100 val images), the Detectron2 evaluator end to end, bad inputs and plots.
+
+The official API (lvis 0.5.3) uses ``np.float`` (removed in numpy 1.24); the shim that
+restores it is scoped to the reference computations of this file only.
+"""
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from ltdet2.evaluation import LTLVISEvaluator, evaluate_lvis
+from ltdet2.evaluation.synthetic import make_lvis_detections, make_lvis_gt
+
+LVIS_JSON = "/work/shared/data/lvis_v0.5_val_100.json"
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
+TOL = 0.05  # AP points
+
+pytestmark = pytest.mark.skipif(not os.path.isfile(LVIS_JSON), reason=f"{LVIS_JSON} not available")
+
+
+@contextlib.contextmanager
+def numpy_float_shim():
+    """Temporarily provide ``np.float`` (= float) for the official lvis API; restore after."""
+    had = "float" in np.__dict__
+    old = np.__dict__.get("float")
+    np.float = float
+    try:
+        yield
+    finally:
+        if had:
+            np.float = old
+        else:
+            del np.float
+
+
+@pytest.fixture(scope="module")
+def gt_dict():
+    with open(LVIS_JSON) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def official_gt():
+    from lvis import LVIS
+
+    return LVIS(LVIS_JSON)
+
+
+def _official(lvis_gt, dets, iou_type, max_dets=300):
+    """Official LVIS API results (fractions) and the LVISEval object."""
+    from lvis import LVISEval, LVISResults
+
+    dets = copy.deepcopy(dets)
+    if iou_type == "segm":
+        for d in dets:  # as Detectron2: mask area for the area ranges
+            d.pop("bbox", None)
+    with numpy_float_shim():
+        res = LVISResults(lvis_gt, dets, max_dets=max_dets)
+        ev = LVISEval(lvis_gt, res, iou_type)
+        ev.params.max_dets = max_dets
+        ev.run()
+    return ev.get_results(), ev
+
+
+def _assert_close(ours, ref, ev, per_class, lvis_gt):
+    for m in METRICS:
+        r = ref[m] * 100 if ref[m] >= 0 else float("nan")
+        if math.isnan(r):
+            assert math.isnan(ours[m]), (m, ours[m], r)
+        else:
+            assert abs(ours[m] - r) <= TOL, (m, ours[m], r)
+    # per-class AP from the official precision array [T, R, K, A]
+    prec = ev.eval["precision"][:, :, :, 0]
+    cats = lvis_gt.load_cats(ev.params.cat_ids)
+    n_defined = 0
+    for k, c in enumerate(cats):
+        p = prec[:, :, k]
+        p = p[p > -1]
+        ref_ap = float(np.mean(p)) * 100 if p.size else float("nan")
+        got = per_class[c["name"]]
+        if math.isnan(ref_ap):
+            assert math.isnan(got), (c["name"], got)
+        else:
+            n_defined += 1
+            assert abs(got - ref_ap) <= TOL, (c["name"], got, ref_ap)
+    assert n_defined > 50  # categories with ground truth in the subset
+
+
+def test_numpy_shim_is_scoped():
+    with numpy_float_shim():
+        assert np.float is float
+    assert "float" not in np.__dict__
+    with pytest.raises(AttributeError):
+        np.float  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    "seed,fp,dets_per_image,max_dets",
+    [(0, 20, None, 300), (1, 40, None, 300), (2, 5, None, 300), (3, None, 305, 300), (4, 30, None, 25)],
+)
+def test_bbox_matches_official(gt_dict, official_gt, seed, fp, dets_per_image, max_dets):
+    dets = make_lvis_detections(gt_dict, seed=seed, fp_per_image=fp, dets_per_image=dets_per_image)
+    before = copy.deepcopy(dets[:50])
+    ours, per_class = evaluate_lvis(LVIS_JSON, dets, "bbox", max_dets=max_dets, return_per_class=True)
+    assert dets[:50] == before  # input not modified
+    ref, ev = _official(official_gt, dets, "bbox", max_dets=max_dets)
+    _assert_close(ours, ref, ev, per_class, official_gt)
+    assert "float" not in np.__dict__
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_segm_matches_official(gt_dict, official_gt, seed):
+    dets = make_lvis_detections(gt_dict, seed=seed, fp_per_image=15, with_masks=True)
+    ours, per_class = evaluate_lvis(gt_dict, dets, "segm", return_per_class=True)
+    ref, ev = _official(official_gt, dets, "segm")
+    _assert_close(ours, ref, ev, per_class, official_gt)
+
+
+def test_results_from_file_and_gt_dict(gt_dict, tmp_path):
+    dets = make_lvis_detections(gt_dict, seed=5, fp_per_image=10)
+    p = tmp_path / "res.json"
+    p.write_text(json.dumps(dets))
+    a = evaluate_lvis(LVIS_JSON, str(p))
+    b = evaluate_lvis(gt_dict, dets)
+    assert a == b
+    assert set(a) == set(METRICS)
+    assert all(isinstance(v, float) for v in a.values())
+
+
+def test_perfect_detections(gt_dict):
+    dets = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in gt_dict["annotations"]
+    ]
+    m = evaluate_lvis(gt_dict, dets)
+    for k in ("AP", "AP50", "AP75", "APc", "APf"):
+        assert m[k] == pytest.approx(100.0), k
+
+
+def test_empty_and_unevaluable_results(gt_dict, caplog):
+    with caplog.at_level(logging.WARNING):
+        m, pc = evaluate_lvis(gt_dict, [], return_per_class=True)
+    assert all(math.isnan(v) for v in m.values())
+    assert all(math.isnan(v) for v in pc.values()) and len(pc) == 1230
+    assert "No predictions" in caplog.text
+    # detections only on categories that are neither annotated nor negative: all filtered out
+    img = gt_dict["images"][0]
+    known = set(img["neg_category_ids"]) | {
+        a["category_id"] for a in gt_dict["annotations"] if a["image_id"] == img["id"]
+    }
+    cat = next(c["id"] for c in gt_dict["categories"] if c["id"] not in known)
+    m = evaluate_lvis(gt_dict, [{"image_id": img["id"], "category_id": cat, "bbox": [0, 0, 10, 10], "score": 0.5}])
+    assert m["AP"] == 0.0 and m["APf"] == 0.0
+
+
+def test_bad_inputs(gt_dict, tmp_path):
+    good = {"image_id": gt_dict["images"][0]["id"], "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        evaluate_lvis(str(tmp_path / "nope.json"), [good])
+    with pytest.raises(FileNotFoundError, match="missing_res.json"):
+        evaluate_lvis(gt_dict, str(tmp_path / "missing_res.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{")
+    with pytest.raises(ValueError, match="bad.json.*not valid JSON"):
+        evaluate_lvis(gt_dict, str(bad))
+    with pytest.raises(ValueError, match="bad.json.*not valid JSON"):
+        evaluate_lvis(str(bad), [good])
+    obj = tmp_path / "obj.json"
+    obj.write_text('{"a": 1}')
+    with pytest.raises(ValueError, match="list of dicts"):
+        evaluate_lvis(gt_dict, str(obj))
+    with pytest.raises(ValueError, match=r"image_id.*987654321"):
+        evaluate_lvis(gt_dict, [good, dict(good, image_id=987654321)])
+    with pytest.raises(ValueError, match=r"category_id.*99999"):
+        evaluate_lvis(gt_dict, [good, dict(good, category_id=99999)])
+    with pytest.raises(ValueError, match="lacks field 'score'"):
+        evaluate_lvis(gt_dict, [{k: v for k, v in good.items() if k != "score"}])
+    with pytest.raises(ValueError, match="bbox"):
+        evaluate_lvis(gt_dict, [dict(good, bbox=[1, 2, 3])])
+    with pytest.raises(ValueError, match="score"):
+        evaluate_lvis(gt_dict, [dict(good, score=float("nan"))])
+    with pytest.raises(ValueError, match="segmentation"):
+        evaluate_lvis(gt_dict, [good], iou_type="segm")
+    with pytest.raises(ValueError, match="iou_type"):
+        evaluate_lvis(gt_dict, [good], iou_type="keypoints")
+    with pytest.raises(ValueError, match="neg_category_ids"):
+        coco_like = dict(gt_dict, images=[{k: v for k, v in gt_dict["images"][0].items() if k != "neg_category_ids"}])
+        evaluate_lvis(coco_like, [good])
+
+
+def test_synthetic_gt_matches_official(tmp_path):
+    """The benchmark's synthetic LVIS data, small: same numbers as the official API."""
+    from lvis import LVIS
+
+    gt = make_lvis_gt(num_images=60, num_classes=80, seed=3)
+    assert {c["frequency"] for c in gt["categories"]} == {"r", "c", "f"}
+    p = tmp_path / "gt.json"
+    p.write_text(json.dumps(gt))
+    dets = make_lvis_detections(gt, seed=3, dets_per_image=40)
+    ours, per_class = evaluate_lvis(gt, dets, return_per_class=True)
+    lvis_gt = LVIS(str(p))
+    ref, ev = _official(lvis_gt, dets, "bbox")
+    for m in METRICS:
+        r = ref[m] * 100 if ref[m] >= 0 else float("nan")
+        assert (math.isnan(r) and math.isnan(ours[m])) or abs(ours[m] - r) <= TOL, (m, ours[m], r)
+
+
+# ------------------------------------------------------------------------------------------
+# Detectron2 evaluator end to end
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def registered_dataset():
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets import register_lvis_instances
+
+    name = "ltdet2_test_lvis_v0.5_val_100"
+    if name not in DatasetCatalog.list():
+        register_lvis_instances(name, {}, LVIS_JSON, "/nonexistent/images")
+    return name
+
+
+def _to_outputs(gt_dict, dets, with_masks):
+    """Per-image Detectron2 inputs/outputs from LVIS results (contiguous id = json id - 1)."""
+    from detectron2.structures import Boxes, Instances
+    from pycocotools import mask as mask_util
+
+    by_img = {}
+    for d in dets:
+        by_img.setdefault(d["image_id"], []).append(d)
+    inputs, outputs = [], []
+    for im in gt_dict["images"]:
+        ds = by_img.get(im["id"], [])
+        inst = Instances((im["height"], im["width"]))
+        xywh = torch.tensor([d["bbox"] for d in ds], dtype=torch.float32).reshape(-1, 4)
+        inst.pred_boxes = Boxes(torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1))
+        inst.scores = torch.tensor([d["score"] for d in ds], dtype=torch.float32)
+        inst.pred_classes = torch.tensor([d["category_id"] - 1 for d in ds], dtype=torch.int64)
+        if with_masks:
+            m = [mask_util.decode(d["segmentation"]) for d in ds]
+            inst.pred_masks = torch.from_numpy(
+                np.stack(m) if m else np.zeros((0, im["height"], im["width"]), np.uint8)
+            ).bool()
+        inputs.append({"image_id": im["id"], "height": im["height"], "width": im["width"]})
+        outputs.append({"instances": inst})
+    return inputs, outputs
+
+
+def test_evaluator_end_to_end(gt_dict, registered_dataset, tmp_path):
+    dets = make_lvis_detections(gt_dict, seed=7, fp_per_image=8, with_masks=True)
+    inputs, outputs = _to_outputs(gt_dict, dets, with_masks=True)
+    ev = LTLVISEvaluator(registered_dataset, distributed=False, output_dir=str(tmp_path))
+    ev.reset()
+    for i in range(0, len(inputs), 10):  # batches of 10 images
+        ev.process(inputs[i : i + 10], outputs[i : i + 10])
+    results = ev.evaluate()
+    assert list(results) == ["bbox", "segm"]
+    for task in ("bbox", "segm"):
+        direct = evaluate_lvis(gt_dict, dets, task)
+        for m in METRICS:
+            assert set(results[task]) == set(METRICS)
+            a, b = results[task][m], direct[m]
+            assert (math.isnan(a) and math.isnan(b)) or abs(a - b) <= TOL, (task, m, a, b)
+        with open(tmp_path / f"per_class_ap_{task}.json") as f:
+            recs = json.load(f)
+        assert len(recs) == 1230
+        assert [r["id"] for r in recs] == sorted(c["id"] for c in gt_dict["categories"])
+        assert {"id", "name", "frequency", "image_count", "AP"} <= set(recs[0])
+        names = {c["id"]: c["name"] for c in gt_dict["categories"]}
+        assert all(r["name"] == names[r["id"]] for r in recs)
+        with_gt = {a["category_id"] for a in gt_dict["annotations"]}
+        assert all((r["AP"] is None) == (r["id"] not in with_gt) for r in recs)
+        assert all(r["AP"] is None or 0.0 <= r["AP"] <= 100.0 for r in recs)
+    with open(tmp_path / "lvis_instances_results.json") as f:
+        saved = json.load(f)
+    assert len(saved) == len(dets)
+    assert {d["category_id"] for d in saved} == {d["category_id"] for d in dets}  # 1-based again
+
+
+def test_evaluator_bbox_only_tasks_and_errors(gt_dict, registered_dataset, tmp_path):
+    dets = make_lvis_detections(gt_dict, seed=8, fp_per_image=5)
+    inputs, outputs = _to_outputs(gt_dict, dets, with_masks=False)
+    ev = LTLVISEvaluator(registered_dataset, tasks=("bbox",), distributed=False)
+    ev.reset()
+    ev.process(inputs, outputs)
+    res = ev.evaluate()
+    assert list(res) == ["bbox"]
+    ref = evaluate_lvis(gt_dict, dets)
+    assert abs(res["bbox"]["AP"] - ref["AP"]) <= TOL
+    # nothing processed: like detectron2, warn and return {}
+    ev.reset()
+    assert ev.evaluate() == {}
+    with pytest.raises(NotImplementedError, match="proposals"):
+        LTLVISEvaluator(registered_dataset, tasks=("box_proposals",), distributed=False)
+
+
+# ------------------------------------------------------------------------------------------
+# plots
+# ------------------------------------------------------------------------------------------
+def test_plot_per_class_ap(tmp_path):
+    from ltdet2.evaluation.plots import plot_per_class_ap
+
+    rng = np.random.default_rng(0)
+    recs = [
+        {"id": i + 1, "name": f"c{i}", "frequency": "rcf"[i % 3], "image_count": int(rng.integers(0, 2000)),
+         "AP": None if i % 7 == 0 else float(rng.uniform(0, 60))}
+        for i in range(30)
+    ]  # fmt: skip
+    ap_file = tmp_path / "per_class_ap_bbox.json"
+    ap_file.write_text(json.dumps(recs))
+    out = plot_per_class_ap(str(ap_file), str(tmp_path / "a.png"))
+    assert open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    np.save(tmp_path / "s.npy", rng.uniform(0, 1, 31))  # C+1 (background last)
+    out = plot_per_class_ap(str(ap_file), str(tmp_path / "b.png"), mean_scores=str(tmp_path / "s.npy"))
+    assert os.path.getsize(out) > 1000
+    (tmp_path / "s.json").write_text(json.dumps({"c1": 0.3, "5": 0.1}))
+    out = plot_per_class_ap(recs, str(tmp_path / "c.png"), mean_scores=str(tmp_path / "s.json"))
+    assert os.path.isfile(out)
+    with pytest.raises(ValueError, match="expected 30"):
+        plot_per_class_ap(recs, str(tmp_path / "d.png"), mean_scores=np.zeros(5))

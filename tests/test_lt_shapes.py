@@ -1,0 +1,274 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ltdet2.data import lt_shapes
+from ltdet2.data.lt_shapes import (
+    COLORS,
+    LTShapesSpec,
+    class_names,
+    generate,
+    get_lt_shapes,
+    is_complete,
+    plan_class_targets,
+    plan_split,
+    register_all_lt_shapes,
+    register_lt_shapes,
+)
+from ltdet2.data.lvis_meta import frequency_from_image_count, load_lvis_meta
+
+# 12 classes with all three LVIS groups, small and fast to render
+MEDIUM = LTShapesSpec(num_train=300, num_val=60, image_size=64, shapes=("circle", "square", "triangle"),
+                      colors=("red", "blue"), fills=("solid", "outline"))
+# 8 classes, rare + common only (too few images for > 100-image classes)
+TINY = LTShapesSpec(num_train=60, num_val=20, image_size=64, shapes=("circle", "star"), colors=("red", "blue"),
+                    fills=("solid", "striped"), group_fractions=(0.5, 0.5, 0.0))
+
+
+def _plan_counts(plan, C):
+    img = np.array([c for classes in plan for c in np.unique(classes)])
+    inst = np.array([c for classes in plan for c in classes])
+    return np.bincount(img, minlength=C), np.bincount(inst, minlength=C)
+
+
+@pytest.fixture(scope="module")
+def medium(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("medium"))
+    paths = generate(root, seed=3, spec=MEDIUM)
+    with open(paths["train_json"]) as f:
+        train = json.load(f)
+    with open(paths["val_json"]) as f:
+        val = json.load(f)
+    return paths, train, val
+
+
+def test_default_spec_plan_groups():
+    spec = LTShapesSpec()
+    C = spec.num_classes
+    assert 60 <= C <= 100 and len(class_names(spec)) == C and class_names(spec)[0] == "red_solid_circle"
+    targets, groups = plan_class_targets(spec, seed=0)
+    plan = plan_split(spec, seed=0, split="train")
+    assert len(plan) == spec.num_train
+    k = np.array([len(p) for p in plan])
+    assert k.min() >= 2 and k.max() <= 5
+    image_count, inst = _plan_counts(plan, C)
+    assert (inst == targets).all()
+    assert (frequency_from_image_count(image_count) == groups).all()
+    assert (image_count >= 1).all()
+    share = {g: (groups == g).mean() for g in "rcf"}
+    assert share["r"] >= 0.2 and share["c"] >= 0.25 and share["f"] >= 0.3
+    assert image_count.max() >= 400 and image_count.min() == 1  # Zipf-like head to tail
+    # tail classes are spread over attributes: every shape has a rare class
+    names = np.array(class_names(spec))
+    assert {n.split("_")[-1] for n in names[groups == "r"]} == set(spec.shapes)
+    # every image with a rare class also has a frequent one
+    rare = groups == "r"
+    freq = groups == "f"
+    assert all(freq[p].any() for p in plan if rare[p].any())
+    val = plan_split(spec, seed=0, split="val")
+    assert len(val) == spec.num_val
+    assert np.bincount(np.concatenate(val), minlength=C).min() >= spec.val_min_instances
+
+
+def test_infeasible_spec_is_explained():
+    with pytest.raises(ValueError, match="num_train=100"):
+        plan_class_targets(LTShapesSpec(num_train=100), seed=0)
+
+
+def test_realised_groups_and_counts(medium):
+    _, train, val = medium
+    C = MEDIUM.num_classes
+    meta = load_lvis_meta(medium[0]["train_json"])
+    recount = load_lvis_meta(medium[0]["train_json"], recompute_counts=True)
+    assert (meta.image_count == recount.image_count).all()
+    assert (meta.instance_count == recount.instance_count).all()
+    assert (frequency_from_image_count(meta.image_count) == meta.frequency).all()
+    assert {g: int(meta.group_mask(g).sum()) for g in "rcf"} == {"r": 3, "c": 4, "f": 5}
+    assert (meta.image_count >= 1).all()
+    # val json carries the TRAIN counts, like LVIS val
+    assert [c["image_count"] for c in val["categories"]] == meta.image_count.tolist()
+    val_inst = np.bincount([a["category_id"] - 1 for a in val["annotations"]], minlength=C)
+    assert val_inst.min() >= MEDIUM.val_min_instances
+    assert len(train["images"]) == 300 and len(val["images"]) == 60
+    per_img = np.bincount([a["image_id"] for a in train["annotations"]])[1:]
+    assert per_img.min() >= 2 and per_img.max() <= 5
+
+
+def test_cooccurrence(medium):
+    _, train, _ = medium
+    freq = {c["id"]: c["frequency"] for c in train["categories"]}
+    by_img = {}
+    for a in train["annotations"]:
+        by_img.setdefault(a["image_id"], set()).add(freq[a["category_id"]])
+    rare_imgs = [g for g in by_img.values() if "r" in g]
+    assert len(rare_imgs) >= 3
+    assert np.mean(["f" in g for g in rare_imgs]) >= 0.9
+
+
+def test_image_records(medium):
+    _, train, val = medium
+    C = MEDIUM.num_classes
+    for d in (train, val):
+        present = {}
+        for a in d["annotations"]:
+            present.setdefault(a["image_id"], set()).add(a["category_id"])
+        for im in d["images"]:
+            assert im["not_exhaustive_category_ids"] == []
+            assert sorted(im["neg_category_ids"]) == sorted(set(range(1, C + 1)) - present[im["id"]])
+            assert im["height"] == im["width"] == 64
+        assert d["licenses"] == [] and "info" in d
+        cat = d["categories"][0]
+        assert cat["id"] == 1 and cat["synset"] == cat["name"] == "red_solid_circle"
+        assert [c["id"] for c in d["categories"]] == list(range(1, C + 1))
+
+
+def test_polygon_box_consistency(medium):
+    _, train, val = medium
+    for d in (train, val):
+        ids = [a["id"] for a in d["annotations"]]
+        assert ids == list(range(1, len(ids) + 1))
+        for a in d["annotations"]:
+            assert len(a["segmentation"]) == 1
+            xy = np.array(a["segmentation"][0]).reshape(-1, 2)
+            assert len(xy) >= 3
+            x, y, w, h = a["bbox"]
+            assert np.allclose([x, y, x + w, y + h], [*xy.min(0), *xy.max(0)], atol=0.011)
+            assert a["area"] > 0 and w > 0 and h > 0
+            assert xy.min() >= 0 and xy.max() <= 64
+            shoelace = abs(np.dot(xy[:, 0], np.roll(xy[:, 1], -1)) - np.dot(xy[:, 1], np.roll(xy[:, 0], -1))) / 2
+            assert a["area"] == pytest.approx(shoelace, abs=0.01)
+
+
+def test_rendered_pixels_match_polygons(medium):
+    import pycocotools.mask as mask_util
+    from PIL import Image
+
+    paths, train, _ = medium
+    cats = {c["id"]: c["name"] for c in train["categories"]}
+    imgs = {im["id"]: im for im in train["images"]}
+    checked = 0
+    for a in train["annotations"][:40]:
+        im = imgs[a["image_id"]]
+        pix = np.asarray(Image.open(os.path.join(paths["image_root"], im["file_name"]))).astype(np.float32)
+        assert pix.shape == (64, 64, 3)
+        mask = mask_util.decode(mask_util.merge(mask_util.frPyObjects(a["segmentation"], 64, 64))).astype(bool)
+        assert abs(mask.sum() - a["area"]) <= 0.12 * a["area"] + 4
+        color, fill, _ = cats[a["category_id"]].split("_")
+        ref = np.array(COLORS[color], dtype=np.float32)
+        close = np.abs(pix - ref).max(-1) < 30
+        if fill == "solid":
+            assert close[mask].mean() > 0.95
+            checked += 1
+        else:  # hollow: the boundary ring is painted, the centre mostly not
+            assert close[mask].mean() > 0.25
+        # nothing of this colour right outside the object (objects never touch)
+        ring = np.zeros_like(mask)
+        ys, xs = np.nonzero(mask)
+        y0, y1, x0, x1 = max(ys.min() - 2, 0), min(ys.max() + 3, 64), max(xs.min() - 2, 0), min(xs.max() + 3, 64)
+        ring[y0:y1, x0:x1] = True
+        ring &= ~lt_shapes._dilate(mask, 1)
+        assert close[ring].mean() < 0.2
+    assert checked >= 5
+
+
+def test_loaders(medium):
+    from detectron2.data.datasets.lvis import load_lvis_json
+    from lvis import LVIS
+
+    paths, train, val = medium
+    for split, d in (("train", train), ("val", val)):
+        api = LVIS(paths[f"{split}_json"])
+        assert len(api.get_img_ids()) == len(d["images"])
+        assert len(api.get_ann_ids()) == len(d["annotations"])
+        dicts = load_lvis_json(paths[f"{split}_json"], paths["image_root"])
+        assert len(dicts) == len(d["images"])
+        assert all(os.path.isfile(r["file_name"]) for r in dicts)
+        cids = [o["category_id"] for r in dicts for o in r["annotations"]]
+        assert min(cids) == 0 and max(cids) == MEDIUM.num_classes - 1
+        assert sum(len(r["annotations"]) for r in dicts) == len(d["annotations"])
+
+
+def test_determinism(tmp_path):
+    a = generate(str(tmp_path / "a"), seed=5, spec=TINY)
+    b = generate(str(tmp_path / "b"), seed=5, spec=TINY)
+    c = generate(str(tmp_path / "c"), seed=6, spec=TINY)
+    for key in ("train_json", "val_json"):
+        with open(a[key], "rb") as fa, open(b[key], "rb") as fb, open(c[key], "rb") as fc:
+            ba, bb, bc = fa.read(), fb.read(), fc.read()
+        assert ba == bb
+        assert ba != bc
+    for rel in ("train/000001.png", "train/000060.png", "val/000007.png"):
+        with open(os.path.join(a["root"], rel), "rb") as fa, open(os.path.join(b["root"], rel), "rb") as fb:
+            assert fa.read() == fb.read()
+    meta = load_lvis_meta(a["train_json"])
+    assert (frequency_from_image_count(meta.image_count) == meta.frequency).all()
+    assert set(meta.frequency.tolist()) == {"r", "c"}
+
+
+def test_done_marker_and_regeneration(tmp_path, monkeypatch):
+    root = str(tmp_path / "ds")
+    # an interrupted generation leaves no DONE marker
+    real = lt_shapes._render_split
+
+    def crash_on_val(out_dir, split, *args, **kw):
+        if split == "val":
+            raise KeyboardInterrupt
+        return real(out_dir, split, *args, **kw)
+
+    monkeypatch.setattr(lt_shapes, "_render_split", crash_on_val)
+    with pytest.raises(KeyboardInterrupt):
+        generate(root, seed=0, spec=TINY)
+    assert not os.path.exists(os.path.join(root, "DONE"))
+    assert not is_complete(root, 0, TINY)
+    monkeypatch.setattr(lt_shapes, "_render_split", real)
+
+    calls = []
+    real_generate = lt_shapes.generate
+    monkeypatch.setattr(lt_shapes, "generate", lambda *a, **k: calls.append(a) or real_generate(*a, **k))
+    paths = get_lt_shapes(root, seed=0, spec=TINY)  # incomplete -> regenerated
+    assert len(calls) == 1 and is_complete(root, 0, TINY)
+    get_lt_shapes(root, seed=0, spec=TINY)  # complete -> reused
+    assert len(calls) == 1
+    assert not is_complete(root, 1, TINY)  # another seed is not this folder
+    get_lt_shapes(root, seed=1, spec=TINY)
+    assert len(calls) == 2 and is_complete(root, 1, TINY) and not is_complete(root, 0, TINY)
+    assert os.path.isfile(paths["train_json"])
+
+
+def test_cache_dir_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTDET2_DATASETS", str(tmp_path / "cache"))
+    assert lt_shapes.default_root(4) == str(tmp_path / "cache" / "lt_shapes_seed4")
+    paths = get_lt_shapes(seed=4, spec=TINY)
+    assert paths["root"].startswith(str(tmp_path / "cache" / "lt_shapes_seed4_"))
+    assert is_complete(paths["root"], 4, TINY)
+
+
+def test_registration_is_lazy(tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    root = str(tmp_path / "tiny")
+    names = register_lt_shapes(root=root, seed=2, spec=TINY, name_prefix="lt_shapes_tiny")
+    assert names == ("lt_shapes_tiny_train", "lt_shapes_tiny_val")
+    assert not os.path.exists(root)  # nothing generated at registration
+    assert register_lt_shapes(root=root, seed=2, spec=TINY, name_prefix="lt_shapes_tiny") == names  # idempotent
+    with pytest.raises(ValueError, match="already registered"):
+        register_lt_shapes(root=str(tmp_path / "other"), seed=2, spec=TINY, name_prefix="lt_shapes_tiny")
+    meta = MetadataCatalog.get("lt_shapes_tiny_val")
+    assert meta.evaluator_type == "lvis"
+    assert meta.thing_classes == class_names(TINY)
+    assert meta.json_file == os.path.join(root, "lt_shapes_val.json")
+    dicts = DatasetCatalog.get("lt_shapes_tiny_train")
+    assert len(dicts) == TINY.num_train and is_complete(root, 2, TINY)
+    rec = dicts[0]
+    assert os.path.isfile(rec["file_name"])
+    assert rec["file_name"] == os.path.join(meta.image_root, "train", "000001.png")
+    assert all(0 <= o["category_id"] < TINY.num_classes for o in rec["annotations"])
+    assert len(MetadataCatalog.get("lt_shapes_tiny_train").class_image_count) == TINY.num_classes
+    # default names registered at import, idempotently, without generating anything
+    register_all_lt_shapes()
+    register_all_lt_shapes()
+    assert "lt_shapes_train" in DatasetCatalog.list() and "lt_shapes_val" in DatasetCatalog.list()
+    assert MetadataCatalog.get("lt_shapes_train").evaluator_type == "lvis"
+    assert len(MetadataCatalog.get("lt_shapes_train").thing_classes) == 72

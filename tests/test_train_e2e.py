@@ -1,0 +1,102 @@
+"""End to end on a tiny LT-Shapes on CPU: a two-phase project trains, skips finished phases,
+resumes an interrupted one, evaluates, and refuses a phase whose input checkpoint is missing."""
+import json
+import logging
+import os
+
+import pytest
+import torch
+
+from detectron2.utils.logger import setup_logger
+
+from ltdet2.data import LTShapesSpec, register_lt_shapes
+from ltdet2.engine.phases import DONE_FILE, load_config, run_phases
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT = os.path.join(ROOT, "tests", "configs", "tiny_two_phase.py")
+TINY = LTShapesSpec(num_train=60, num_val=20, image_size=64, shapes=("circle", "star"), colors=("red", "blue"),
+                    fills=("solid", "striped"), group_fractions=(0.5, 0.5, 0.0))
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("data") / "lt_shapes_e2e")
+    return register_lt_shapes(root=root, seed=3, spec=TINY, name_prefix="lt_shapes_e2e")
+
+
+def load(output_dir, tiny_dataset, *extra):
+    train_name, val_name = tiny_dataset
+    return load_config(PROJECT, [
+        f"train.output_dir={output_dir}",
+        f"dataloader.train.dataset.names={train_name}",
+        f"dataloader.test.dataset.names={val_name}",
+        f"model.roi_heads.num_classes={TINY.num_classes}",
+        "train.device=cpu",
+        *extra,
+    ])
+
+
+def iterations_in(path):
+    with open(path) as f:
+        return [json.loads(line)["iteration"] for line in f if line.strip()]
+
+
+def test_two_phases_train_skip_resume_and_evaluate(tmp_path, tiny_dataset):
+    setup_logger(name="detectron2")
+    out = str(tmp_path / "run")
+    results = run_phases(load(out, tiny_dataset))
+    assert list(results) == ["pretrain", "finetune"]
+    for name in results:
+        bbox = results[name]["bbox"]
+        assert {"AP", "AP50", "APr", "APc", "APf"} <= set(bbox)
+        assert os.path.isfile(os.path.join(out, name, "model_final.pth"))
+        assert os.path.isfile(os.path.join(out, name, DONE_FILE))
+        assert os.path.isfile(os.path.join(out, name, "config.yaml"))
+        assert os.path.isfile(os.path.join(out, name, "inference", "per_class_ap_bbox.json"))
+
+    # finetune started from pretrain's final weights
+    finetune_cfg = load(out, tiny_dataset).phases.finetune
+    assert finetune_cfg.optimizer.lr == pytest.approx(0.002)
+    with open(os.path.join(out, "finetune", "config.yaml")) as f:
+        assert os.path.join(out, "pretrain", "model_final.pth") in f.read()
+
+    # interrupt finetune after its first checkpoint (iteration 1 of 0..3) and resume it
+    finetune_dir = os.path.join(out, "finetune")
+    final_before = torch.load(os.path.join(finetune_dir, "model_final.pth"), weights_only=False)
+    assert final_before["iteration"] == 3
+    os.remove(os.path.join(finetune_dir, DONE_FILE))
+    os.remove(os.path.join(finetune_dir, "model_final.pth"))
+    os.remove(os.path.join(finetune_dir, "metrics.json"))
+    with open(os.path.join(finetune_dir, "last_checkpoint"), "w") as f:
+        f.write("model_0000001.pth")
+    pretrain_done_mtime = os.path.getmtime(os.path.join(out, "pretrain", DONE_FILE))
+
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("detectron2").addHandler(handler)
+    try:
+        resumed = run_phases(load(out, tiny_dataset), resume=True)
+    finally:
+        logging.getLogger("detectron2").removeHandler(handler)
+    assert any("phase 'pretrain' already finished" in m for m in messages)
+    assert any("Starting training from iteration 2" in m for m in messages)
+    assert os.path.getmtime(os.path.join(out, "pretrain", DONE_FILE)) == pretrain_done_mtime
+    assert iterations_in(os.path.join(finetune_dir, "metrics.json"))[0] == 2  # continued, not restarted
+    final_after = torch.load(os.path.join(finetune_dir, "model_final.pth"), weights_only=False)
+    assert final_after["iteration"] == 3
+    assert set(resumed) == {"pretrain", "finetune"}
+
+    # evaluation only, of one phase
+    evaluated = run_phases(load(out, tiny_dataset), only="pretrain", eval_only=True)
+    assert evaluated["pretrain"]["bbox"]["AP"] == pytest.approx(results["pretrain"]["bbox"]["AP"], abs=1e-6)
+
+
+def test_phase_without_its_input_checkpoint_is_refused(tmp_path, tiny_dataset):
+    with pytest.raises(FileNotFoundError, match="phase 'finetune' starts from phase 'pretrain'.*model_final.pth"):
+        run_phases(load(str(tmp_path / "run"), tiny_dataset), only="finetune")
+
+
+def test_unknown_phase_is_refused(tmp_path, tiny_dataset):
+    with pytest.raises(ValueError, match="--phase 'nope'"):
+        run_phases(load(str(tmp_path / "run"), tiny_dataset), only="nope")
