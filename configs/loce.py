@@ -2,19 +2,14 @@
 from detectron2.config import LazyCall as L
 
 from ltdet2.memory import MeanScore
-from ltdet2.modeling import LongTailOutputLayers, LongTailROIHeads
 from ltdet2.modeling.feature_sources import MemoryFeatureSampler
 from ltdet2.modeling.losses import EquilibriumLoss
+
+from .long_tail import use_long_tail_heads
 
 # Decoupled fine-tune: only the classifier, box regressor, RPN and mask head train (LOCE sec. 4.1);
 # backbone, FPN and the shared box-head FCs are frozen.
 LOCE_TRAINABLE = ["roi_heads.box_predictor.", "proposal_generator.", "roi_heads.mask_head."]
-
-
-def use_long_tail_heads(model):
-    model.roi_heads._target_ = LongTailROIHeads
-    model.roi_heads.box_predictor._target_ = LongTailOutputLayers
-    return model
 
 
 def add_mean_score(model, alpha=0.9, background_score=0.01):

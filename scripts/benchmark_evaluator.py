@@ -1,32 +1,43 @@
 #!/usr/bin/env python
 """
-Time ltdet2.evaluation.evaluate_lvis (faster-coco-eval engine) against the official LVIS API
-(lvis.LVISEval) on the same synthetic LVIS-val-sized bbox results.
+Time and measure peak memory of ltdet2.evaluation.evaluate_lvis (faster-coco-eval engine)
+against the official LVIS API (lvis.LVISEval) on the same synthetic LVIS-val-sized bbox results.
+
+The parent process generates the data once (ground truth json + an [N, 7] results array,
+no per-detection Python objects) and runs each side in a fresh worker process, so that each
+side's peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is its own:
+
+* ours:      evaluate_lvis(gt_json_path, results_array)          (columnar input)
+* ours-list: evaluate_lvis(gt_json_path, list of result dicts)   (--ours-list; Detectron2 path)
+* official:  LVIS(gt_json_path), LVISResults(gt, list of dicts), LVISEval(...).run()
+
+"input" is the worker's RSS once its input is loaded (the list of dicts for the official side,
+the array for ours), "peak" its peak RSS; peak - input is what the evaluation adds.
 
 Default sizes are LVIS v1 val-like: 20k images, 300 detections per image, 1203 classes.
-Small run:
+    nice -n 10 python scripts/benchmark_evaluator.py --skip-official           # full size, ours
+    nice -n 10 python scripts/benchmark_evaluator.py --num-images 5000         # both sides
     python scripts/benchmark_evaluator.py --num-images 500 --dets-per-image 100 --num-classes 300
-Full size, official side limited to 30 minutes:
-    nice python scripts/benchmark_evaluator.py --official-timeout 1800
 """
 import argparse
 import contextlib
-import gc
 import json
 import math
-import multiprocessing as mp
 import os
 import platform
+import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
 
-from ltdet2.evaluation import LVIS_METRICS, evaluate_lvis  # noqa: E402
-from ltdet2.evaluation.synthetic import make_lvis_detections_fast, make_lvis_gt  # noqa: E402
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 
 
 @contextlib.contextmanager
@@ -44,21 +55,96 @@ def numpy_float_shim():
             del np.float
 
 
-def run_official(gt_path, dets, max_dets, queue=None):
-    from lvis import LVIS, LVISEval, LVISResults
+def _rss_mib():
+    """Current resident set size in MiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
+
+def _maxrss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _machine():
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    avail = None
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        avail = int(info["MemAvailable"].split()[0]) / 2**20
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    return (
+        f"machine: {platform.platform()}, python {platform.python_version()}, {cpu}, "
+        f"{os.cpu_count()} logical CPUs ({len(os.sched_getaffinity(0))} usable), "
+        f"RAM {mem:.1f} GiB" + (f" ({avail:.1f} GiB available)" if avail is not None else "")
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# workers (fresh processes)
+# ------------------------------------------------------------------------------------------
+def _worker(side, gt_path, dets_path, max_dets):
+    from ltdet2.evaluation.synthetic import detections_array_to_dicts
+
+    arr = np.load(dets_path)
+    if side != "ours":
+        dets = detections_array_to_dicts(arr)
+        del arr
+    else:
+        dets = arr
+    if side == "official":
+        import lvis  # noqa: F401  (import cost outside the timing, as for ours)
+    else:
+        from ltdet2.evaluation import evaluate_lvis
+    rss_in = _rss_mib()
     t0 = time.perf_counter()
-    with numpy_float_shim():
-        gt = LVIS(gt_path)
-        res = LVISResults(gt, dets, max_dets=max_dets)
-        ev = LVISEval(gt, res, "bbox")
-        ev.params.max_dets = max_dets
-        ev.run()
+    if side == "official":
+        from lvis import LVIS, LVISEval, LVISResults
+
+        with numpy_float_shim():
+            gt = LVIS(gt_path)
+            res = LVISResults(gt, dets, max_dets=max_dets)
+            ev = LVISEval(gt, res, "bbox")
+            ev.params.max_dets = max_dets
+            ev.run()
+        metrics = {k: float(ev.results[k]) * 100 if ev.results[k] >= 0 else float("nan") for k in METRICS}
+    else:
+        metrics = evaluate_lvis(gt_path, dets, "bbox", max_dets=max_dets)
     dt = time.perf_counter() - t0
-    out = (dt, {k: float(ev.results[k]) * 100 for k in LVIS_METRICS})
-    if queue is not None:
-        queue.put(out)
-    return out
+    out = {"side": side, "time_s": dt, "rss_input_mib": rss_in, "peak_rss_mib": _maxrss_mib(),
+           "metrics": metrics}  # fmt: skip
+    print("@@RESULT@@" + json.dumps(out), flush=True)
+
+
+def _run_side(side, gt_path, dets_path, max_dets, timeout):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--gt", gt_path,
+           "--dets", dets_path, "--max-dets", str(max_dets)]  # fmt: skip
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"side": side, "error": f"stopped after {time.perf_counter() - t0:.0f}s (timeout)"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("@@RESULT@@"):
+            return json.loads(line[len("@@RESULT@@"):])
+    tail = (proc.stderr or "").strip().splitlines()[-3:]
+    return {"side": side, "error": f"exit code {proc.returncode} (e.g. out of memory: "
+                                   f"{-proc.returncode == 9}): {' | '.join(tail)}"}  # fmt: skip
+
+
+def _report(r):
+    if "error" in r:
+        print(f"{r['side']:>9}: FAILED, {r['error']}")
+        return
+    print(
+        f"{r['side']:>9}: {r['time_s']:.1f}s, peak RSS {r['peak_rss_mib'] / 1024:.2f} GiB "
+        f"(input loaded: {r['rss_input_mib'] / 1024:.2f} GiB, evaluation adds "
+        f"{(r['peak_rss_mib'] - r['rss_input_mib']) / 1024:.2f} GiB)"
+    )
+    print("           " + "  ".join(f"{k}={v:.2f}" for k, v in r["metrics"].items()))
 
 
 def main(argv=None):
@@ -69,73 +155,64 @@ def main(argv=None):
     p.add_argument("--max-objects", type=int, default=22, help="GT objects per image: uniform 1..N")
     p.add_argument("--max-dets", type=int, default=300, help="LVIS per-image detection limit")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-official", action="store_true", help="time only evaluate_lvis")
-    p.add_argument(
-        "--official-timeout", type=float, default=None,
-        help="seconds; run the official API in a forked child and stop it after this long",
-    )  # fmt: skip
+    p.add_argument("--skip-official", action="store_true", help="run only evaluate_lvis")
+    p.add_argument("--ours-list", action="store_true",
+                   help="also run evaluate_lvis on a list of dicts (the Detectron2 evaluator's input)")  # fmt: skip
+    p.add_argument("--official-timeout", type=float, default=None, help="seconds; stop the official side after")
+    p.add_argument("--worker", choices=("ours", "ours-list", "official"), help=argparse.SUPPRESS)
+    p.add_argument("--gt", help=argparse.SUPPRESS)
+    p.add_argument("--dets", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.worker:
+        return _worker(args.worker, args.gt, args.dets, args.max_dets)
 
-    print(
-        f"machine: {platform.platform()}, python {platform.python_version()}, "
-        f"{os.cpu_count()} logical CPUs ({len(os.sched_getaffinity(0))} usable), "
-        f"processor {platform.processor() or platform.machine()}"
-    )
+    from ltdet2.evaluation.synthetic import make_lvis_detections_fast, make_lvis_gt
+
+    print(_machine())
     t0 = time.perf_counter()
     gt = make_lvis_gt(args.num_images, args.num_classes, seed=args.seed, max_objects=args.max_objects)
-    dets = make_lvis_detections_fast(gt, seed=args.seed, dets_per_image=args.dets_per_image)
+    dets = make_lvis_detections_fast(gt, seed=args.seed, dets_per_image=args.dets_per_image, as_array=True)
     freq = {g: sum(c["frequency"] == g for c in gt["categories"]) for g in "rcf"}
     print(
-        f"data: {len(gt['images'])} images, {len(gt['categories'])} classes (r/c/f {freq['r']}/"
+        f"sizes: {len(gt['images'])} images, {len(gt['categories'])} classes (r/c/f {freq['r']}/"
         f"{freq['c']}/{freq['f']}), {len(gt['annotations'])} GT boxes, {len(dets)} detections "
-        f"(generated in {time.perf_counter() - t0:.1f}s)"
+        f"({args.dets_per_image}/image, max_dets {args.max_dets}); generated in "
+        f"{time.perf_counter() - t0:.1f}s"
     )
     tmp = tempfile.mkdtemp(prefix="ltdet2_bench_")
-    gt_path = os.path.join(tmp, "gt.json")
-    with open(gt_path, "w") as f:
-        json.dump(gt, f)
-    del gt
-    gc.collect()
+    try:
+        gt_path, dets_path = os.path.join(tmp, "gt.json"), os.path.join(tmp, "dets.npy")
+        with open(gt_path, "w") as f:
+            json.dump(gt, f)
+        np.save(dets_path, dets)
+        del gt, dets
 
-    # ltdet2 (faster-coco-eval): from the json path, as the official API, for a fair comparison
-    t0 = time.perf_counter()
-    ours = evaluate_lvis(gt_path, dets, "bbox", max_dets=args.max_dets)
-    t_ours = time.perf_counter() - t0
-    print(f"ltdet2 evaluate_lvis: {t_ours:.1f}s")
-    print("  " + "  ".join(f"{k}={v:.2f}" for k, v in ours.items()))
-    gc.collect()
-
-    if args.skip_official:
-        print("official lvis API: skipped (--skip-official)")
-        return
-    if args.official_timeout is None:
-        t_off, ref = run_official(gt_path, dets, args.max_dets)
-    else:
-        ctx = mp.get_context("fork")
-        q = ctx.Queue()
-        proc = ctx.Process(target=run_official, args=(gt_path, dets, args.max_dets, q))
-        t0 = time.perf_counter()
-        proc.start()
-        try:
-            t_off, ref = q.get(timeout=args.official_timeout)
-        except Exception:
-            t_off, ref = None, None
-        proc.join(timeout=5)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join()
-        if ref is None:
-            waited = time.perf_counter() - t0
-            print(f"official lvis API: stopped after {waited:.0f}s (--official-timeout); "
-                  f"ratio > {waited / t_ours:.1f}x")  # fmt: skip
+        sides = ["ours"] + (["ours-list"] if args.ours_list else [])
+        sides += [] if args.skip_official else ["official"]
+        results = {}
+        for side in sides:
+            timeout = args.official_timeout if side == "official" else None
+            results[side] = r = _run_side(side, gt_path, dets_path, args.max_dets, timeout)
+            _report(r)
+        if args.skip_official:
+            print("official lvis API: skipped (--skip-official)")
             return
-    print(f"official lvis API: {t_off:.1f}s")
-    print("  " + "  ".join(f"{k}={v:.2f}" for k, v in ref.items()))
-    diff = max(
-        abs(ours[k] - ref[k]) for k in LVIS_METRICS if not (math.isnan(ours[k]) or ref[k] < 0)
-    )
-    print(f"max |ltdet2 - official| over metrics: {diff:.4f} AP points")
-    print(f"speed-up: {t_off / t_ours:.1f}x (official {t_off:.1f}s / ltdet2 {t_ours:.1f}s)")
+        ours, off = results["ours"], results["official"]
+        if "error" in ours or "error" in off:
+            return
+        diff = max(
+            abs(ours["metrics"][k] - off["metrics"][k]) for k in METRICS
+            if not (math.isnan(ours["metrics"][k]) or math.isnan(off["metrics"][k]))
+        )  # fmt: skip
+        print(f"max |ltdet2 - official| over metrics: {diff:.4f} AP points")
+        print(
+            f"ratio official / ltdet2: time {off['time_s'] / ours['time_s']:.1f}x "
+            f"({off['time_s']:.1f}s / {ours['time_s']:.1f}s), peak RSS "
+            f"{off['peak_rss_mib'] / ours['peak_rss_mib']:.1f}x "
+            f"({off['peak_rss_mib'] / 1024:.2f} / {ours['peak_rss_mib'] / 1024:.2f} GiB)"
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

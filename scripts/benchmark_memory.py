@@ -27,12 +27,10 @@ import argparse
 import collections
 import os
 import random
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 from ltdet2.memory import ClassQueue, CumulativeCount, MeanScore, PrototypeBank, SoftConfusionMatrix, TruePositiveRate
 
 

@@ -9,11 +9,9 @@ Example:
 import argparse
 import logging
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from ltdet2.evaluation.plots import plot_per_class_ap  # noqa: E402
+from ltdet2.evaluation.plots import plot_per_class_ap
 
 
 def main(argv=None):

@@ -17,7 +17,12 @@ import pytest
 import torch
 
 from ltdet2.evaluation import LTLVISEvaluator, evaluate_lvis
-from ltdet2.evaluation.synthetic import make_lvis_detections, make_lvis_gt
+from ltdet2.evaluation.synthetic import (
+    detections_array_to_dicts,
+    make_lvis_detections,
+    make_lvis_detections_fast,
+    make_lvis_gt,
+)
 
 LVIS_JSON = "/work/shared/data/lvis_v0.5_val_100.json"
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
@@ -122,6 +127,92 @@ def test_segm_matches_official(gt_dict, official_gt, seed):
     ours, per_class = evaluate_lvis(gt_dict, dets, "segm", return_per_class=True)
     ref, ev = _official(official_gt, dets, "segm")
     _assert_close(ours, ref, ev, per_class, official_gt)
+
+
+def _to_array(dets):
+    return np.array([[d["image_id"], *d["bbox"], d["score"], d["category_id"]] for d in dets])
+
+
+def _same(a, b):
+    """Identical metrics / per-class dicts (NaN == NaN)."""
+    assert list(a) == list(b)
+    assert np.array_equal(np.array(list(a.values())), np.array(list(b.values())), equal_nan=True), (a, b)
+
+
+@pytest.mark.parametrize("seed,fp,dets_per_image,max_dets", [(0, 20, None, 300), (3, None, 305, 300), (4, 30, None, 25)])
+def test_array_input_identical_to_list(gt_dict, official_gt, seed, fp, dets_per_image, max_dets):
+    """[N, 7] array, dict of columns (numpy and torch) and list of dicts: identical metrics."""
+    dets = make_lvis_detections(gt_dict, seed=seed, fp_per_image=fp, dets_per_image=dets_per_image)
+    ref, ref_pc = evaluate_lvis(LVIS_JSON, dets, max_dets=max_dets, return_per_class=True)
+    arr = _to_array(dets)
+    before = arr.copy()
+    columns = {"image_id": arr[:, 0].astype(np.int64), "category_id": arr[:, 6].astype(np.int32),
+               "bbox": arr[:, 1:5], "score": arr[:, 5]}  # fmt: skip
+    for res in (arr, columns, torch.from_numpy(arr), {k: torch.from_numpy(v) for k, v in columns.items()}):
+        m, pc = evaluate_lvis(gt_dict, res, max_dets=max_dets, return_per_class=True)
+        _same(m, ref)
+        _same(pc, ref_pc)
+    assert np.array_equal(arr, before)  # input not modified
+    # and the official API
+    off, ev = _official(official_gt, dets, "bbox", max_dets=max_dets)
+    _assert_close(ref, off, ev, ref_pc, official_gt)
+
+
+def test_direct_engine_feed_identical_to_engine_path(gt_dict):
+    """The numpy + C++ path (any category chunking) equals faster-coco-eval's loadRes path."""
+    from ltdet2.evaluation import lvis_evaluation as L
+
+    dets = make_lvis_detections(gt_dict, seed=6, dets_per_image=305)
+    gt = L.load_lvis_gt(gt_dict)
+    img = np.array([d["image_id"] for d in dets])
+    score = np.array([d["score"] for d in dets])
+    ref = L._engine_eval_from_dicts(gt, dets, "bbox", 300, img, score)
+    cols = L._columns_from_dicts(dets, gt, "<test>")
+    for pairs_per_call, chunk in ((1 << 20, 1 << 22), (700, 64), (1, 1)):
+        ev = L._bbox_eval_from_columns(gt, *cols, 300, max_pairs_per_call=pairs_per_call, chunk_entries=chunk)
+        for k in ("precision", "recall", "scores"):
+            assert np.array_equal(np.asarray(ref.eval[k]), np.asarray(ev.eval[k])), k
+        assert ref.eval["matched"] == ev.eval["matched"]
+        assert ref.stats_as_dict == ev.stats_as_dict
+
+
+def test_fast_synthetic_array_and_frequency_groups():
+    gt = make_lvis_gt(num_images=200, num_classes=1203, seed=0, max_objects=12)
+    freq = [c["frequency"] for c in gt["categories"]]
+    assert (freq.count("r"), freq.count("c"), freq.count("f")) == (337, 461, 405)  # LVIS v1
+    ic = {g: [c["image_count"] for c in gt["categories"] if c["frequency"] == g] for g in "rcf"}
+    assert max(ic["r"]) <= min(ic["c"]) and max(ic["c"]) <= min(ic["f"])
+    arr = make_lvis_detections_fast(gt, seed=1, dets_per_image=50, as_array=True)
+    dets = make_lvis_detections_fast(gt, seed=1, dets_per_image=50)
+    assert arr.shape == (len(dets), 7) and detections_array_to_dicts(arr) == dets
+    a = evaluate_lvis(gt, arr)
+    b = evaluate_lvis(gt, dets)
+    _same(a, b)
+    assert 0 < a["AP"] < 100
+
+
+def test_array_bad_inputs(gt_dict):
+    good = np.array([[gt_dict["images"][0]["id"], 1, 2, 3, 4, 0.5, 1]], dtype=np.float64)
+    with pytest.raises(ValueError, match=r"shape \[N, 7\]"):
+        evaluate_lvis(gt_dict, good[:, :6])
+    with pytest.raises(ValueError, match=r"image_id.*987654321"):
+        evaluate_lvis(gt_dict, np.r_[good, [[987654321, 1, 2, 3, 4, 0.5, 1]]])
+    with pytest.raises(ValueError, match=r"category_id.*99999"):
+        evaluate_lvis(gt_dict, np.r_[good, [[good[0, 0], 1, 2, 3, 4, 0.5, 99999]]])
+    with pytest.raises(ValueError, match="category_id must be integers"):
+        evaluate_lvis(gt_dict, np.r_[good, [[good[0, 0], 1, 2, 3, 4, 0.5, 1.5]]])
+    with pytest.raises(ValueError, match="non-finite score"):
+        evaluate_lvis(gt_dict, np.r_[good, [[good[0, 0], 1, 2, 3, 4, np.nan, 1]]])
+    with pytest.raises(ValueError, match="non-finite bbox"):
+        evaluate_lvis(gt_dict, np.r_[good, [[good[0, 0], 1, np.inf, 3, 4, 0.5, 1]]])
+    with pytest.raises(ValueError, match="lack.*score"):
+        evaluate_lvis(gt_dict, {"image_id": [1], "category_id": [1], "bbox": [[1, 2, 3, 4]]})
+    with pytest.raises(ValueError, match="bbox shape"):
+        evaluate_lvis(gt_dict, {"image_id": [1], "category_id": [1], "bbox": [1, 2, 3, 4], "score": [1.0]})
+    with pytest.raises(ValueError, match="segmentation"):
+        evaluate_lvis(gt_dict, good, iou_type="segm")
+    m = evaluate_lvis(gt_dict, np.zeros((0, 7)))
+    assert all(math.isnan(v) for v in m.values())
 
 
 def test_results_from_file_and_gt_dict(gt_dict, tmp_path):

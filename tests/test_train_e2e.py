@@ -100,3 +100,61 @@ def test_phase_without_its_input_checkpoint_is_refused(tmp_path, tiny_dataset):
 def test_unknown_phase_is_refused(tmp_path, tiny_dataset):
     with pytest.raises(ValueError, match="--phase 'nope'"):
         run_phases(load(str(tmp_path / "run"), tiny_dataset), only="nope")
+
+
+LOCE_PROJECT = os.path.join(ROOT, "projects", "loce.py")
+
+
+def load_loce(output_dir, tiny_dataset, *extra):
+    train_name, val_name = tiny_dataset
+    return load_config(LOCE_PROJECT, [
+        f"train.output_dir={output_dir}",
+        f"dataloader.train.dataset.names={train_name}",
+        f"dataloader.test.dataset.names={val_name}",
+        f"model.roi_heads.num_classes={TINY.num_classes}",
+        "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
+        "train.device=cpu", "train.max_iter=3", "train.checkpointer.period=1", "train.log_period=1",
+        *extra,
+    ])
+
+
+def memory_state(state_dict):
+    keys = [k for k in state_dict if ".feature_sources." in k or ".indicators." in k]
+    return {k: state_dict[k] for k in keys}
+
+
+def test_loce_project_runs_and_restores_memory_and_mean_scores_exactly(tmp_path, tiny_dataset):
+    from ltdet2.engine.train_loop import do_train
+
+    out = str(tmp_path / "loce")
+    overrides = [f"phases.finetune.model.roi_heads.num_classes={TINY.num_classes}",
+                 f"phases.finetune.model.roi_heads.indicators.mean_score.num_classes={TINY.num_classes}",
+                 f"phases.finetune.model.roi_heads.feature_sources.0.num_classes={TINY.num_classes}",
+                 "phases.finetune.train.memory_warmup={images_per_class: 2}"]
+    results = run_phases(load_loce(out, tiny_dataset, *overrides))
+    assert set(results) == {"pretrain", "finetune"}
+    finetune_dir = os.path.join(out, "finetune")
+    final = torch.load(os.path.join(finetune_dir, "model_final.pth"), weights_only=False)["model"]
+    memory = memory_state(final)
+    mean_scores = memory["roi_heads.indicators.mean_score.mean_scores"]
+    assert (mean_scores[:-1] != 0.01).any() and mean_scores[-1] == pytest.approx(0.01)
+    assert memory["roi_heads.feature_sources.0.queue.fill_counts"].sum() > 0
+    # frozen feature extractor: backbone identical to pretrain's final weights
+    pretrain = torch.load(os.path.join(out, "pretrain", "model_final.pth"), weights_only=False)["model"]
+    for key in pretrain:
+        if key.startswith("backbone.") or key.startswith("roi_heads.box_head."):
+            assert torch.equal(pretrain[key], final[key]), key
+
+    # resume from the checkpoint of iteration 1: memories and mean scores come back exactly
+    checkpoint = torch.load(os.path.join(finetune_dir, "model_0000001.pth"), weights_only=False)["model"]
+    with open(os.path.join(finetune_dir, "last_checkpoint"), "w") as f:
+        f.write("model_0000001.pth")
+    cfg = load_loce(out, tiny_dataset, *overrides, "train.max_iter=2")
+    phase_cfg = cfg.phases.finetune
+    phase_cfg.train.output_dir = finetune_dir
+    resumed = do_train(phase_cfg, resume=True)  # starts at iteration 2 == max_iter: no step taken
+    restored = memory_state(resumed.state_dict())
+    expected = memory_state(checkpoint)
+    assert restored.keys() == expected.keys() and len(expected) >= 5
+    for key in expected:
+        assert torch.equal(restored[key], expected[key]), key

@@ -13,8 +13,11 @@ train = dict(
     seed=0,
     # regexes of the parameters that train (None: all); see ltdet2.engine.freezing
     trainable=None,
-    # in a project: the earlier phase whose final checkpoint this phase starts from (None: the previous)
+    # in a project: the earlier phase whose final checkpoint this phase starts from (None: the
+    # previous phase; "": none, the phase starts from its own init_checkpoint)
     init_from_phase=None,
+    # e.g. dict(images_per_class=5): fill memories and indicators before training (LOCE's code)
+    memory_warmup=None,
     # chosen where the config is loaded: nothing in ltdet2 assumes CUDA
     device="cuda" if torch.cuda.is_available() else "cpu",
 )

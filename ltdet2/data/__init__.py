@@ -17,3 +17,10 @@ from .lt_shapes import (  # noqa: F401
 
 # registers lt_shapes_train / lt_shapes_val (seed 0) lazily; generates nothing at import
 register_all_lt_shapes()
+from .samplers import (  # noqa: F401,E402
+    class_repeat_factors,
+    image_class_pairs,
+    image_repeat_factors,
+    repeat_factor_sampler,
+    repeat_factors_from_dataset_dicts,
+)

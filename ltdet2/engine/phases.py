@@ -113,13 +113,17 @@ def select_phases(phases, only=None):
 
 def input_phase(phases, index):
     """The phase whose final checkpoint phase ``index`` starts from: ``train.init_from_phase`` if
-    set (an earlier phase, e.g. several fine-tunes of one pretrain), else the previous phase."""
+    set (an earlier phase, e.g. several fine-tunes of one pretrain), else the previous phase.
+    ``init_from_phase=""`` makes the phase independent: it keeps its own ``train.init_checkpoint``
+    (e.g. several runs from scratch in one project). Returns None when there is no input phase."""
     if index == 0:
         return None
     phase = phases[index]
     source = phase.cfg.train.get("init_from_phase", None)
     if source is None:
         return phases[index - 1]
+    if source == "":
+        return None
     earlier = {p.name: p for p in phases[:index]}
     if source not in earlier:
         raise ValueError(f"phase '{phase.name}': train.init_from_phase={source!r} is not an earlier phase "
@@ -130,7 +134,9 @@ def input_phase(phases, index):
 def chain_checkpoints(phases):
     """Phase k > 0 starts from its input phase's final checkpoint (see :func:`input_phase`)."""
     for index, phase in enumerate(phases[1:], start=1):
-        phase.cfg.train.init_checkpoint = input_phase(phases, index).final_checkpoint
+        source = input_phase(phases, index)
+        if source is not None:
+            phase.cfg.train.init_checkpoint = source.final_checkpoint
 
 
 def _require_init_checkpoint(phase, previous):

@@ -16,6 +16,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
 from .freezing import freeze_all_but
+from .memory_warmup import warm_up_memories
 
 logger = logging.getLogger("detectron2")
 
@@ -121,10 +122,13 @@ def do_train(cfg, *, resume=False):
 
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     if resume and checkpointer.has_checkpoint():
-        # the checkpoint stores the iteration that just finished
+        # the checkpoint stores the iteration that just finished (and the memories' state)
         start_iter = trainer.iter + 1
     else:
         start_iter = 0
+        warmup = cfg.train.get("memory_warmup", None)
+        if warmup:
+            warm_up_memories(model, cfg, **warmup)
     trainer.train(start_iter, cfg.train.max_iter)
     comm.synchronize()
     return model

@@ -7,16 +7,46 @@ random (unverified) categories, so every branch of LVIS's federated evaluation i
 """
 import numpy as np
 
-__all__ = ["make_lvis_gt", "make_lvis_detections", "make_lvis_detections_fast"]
+__all__ = [
+    "LVIS_V1_FREQUENCY_COUNTS",
+    "detections_array_to_dicts",
+    "make_lvis_gt",
+    "make_lvis_detections",
+    "make_lvis_detections_fast",
+]
+
+# categories per frequency group in LVIS v1 (1203 categories)
+LVIS_V1_FREQUENCY_COUNTS = {"r": 337, "c": 461, "f": 405}
+
+
+def _lvis_like_frequency(img_count, pop):
+    """
+    Frequency group per category by rank of image count (ties: popularity), with the shares of
+    LVIS v1; every group non-empty when there are at least 3 categories.
+    """
+    C = len(img_count)
+    total = sum(LVIS_V1_FREQUENCY_COUNTS.values())
+    n_f = int(round(C * LVIS_V1_FREQUENCY_COUNTS["f"] / total))
+    n_c = int(round(C * LVIS_V1_FREQUENCY_COUNTS["c"] / total))
+    if C >= 3:
+        n_f = min(max(n_f, 1), C - 2)
+        n_c = min(max(n_c, 1), C - n_f - 1)
+    order = np.lexsort((-pop, -img_count))  # most images first
+    freq = np.full(C, "r")
+    freq[order[:n_f]] = "f"
+    freq[order[n_f : n_f + n_c]] = "c"
+    return freq
 
 
 def make_lvis_gt(num_images=100, num_classes=1203, *, seed=0, max_objects=8, image_size=(480, 640)):
     """
     Build an LVIS-format ground-truth dict in memory.
 
-    Categories get ids 1..C, a Zipf-like image frequency, LVIS frequency groups from it
-    (r: < 10 images scaled to the set size, c: < 100, f: otherwise) and each image gets
-    annotations, ``neg_category_ids`` and ``not_exhaustive_category_ids``.
+    Categories get ids 1..C and a Zipf-like image frequency; the LVIS frequency groups are
+    quantiles of it with LVIS v1's shares (337 r / 461 c / 405 f of 1203 categories): the
+    405/1203 categories in most images are "f", the next 461/1203 "c", the rest "r" (LVIS's
+    absolute thresholds, 10 and 100 training images, do not transfer to a small set). Each
+    image gets annotations, ``neg_category_ids`` and ``not_exhaustive_category_ids``.
 
     Returns:
         dict: with "images", "annotations" (bbox only; area = w*h), "categories".
@@ -43,8 +73,7 @@ def make_lvis_gt(num_images=100, num_classes=1203, *, seed=0, max_objects=8, ima
     img_count = np.zeros(C + 1, dtype=np.int64)
     for i in np.unique(np.stack([ann_img, ann_cat], 1), axis=0):
         img_count[i[1]] += 1
-    scale = max(num_images, 1) / 1000.0  # LVIS: r < 10, c < 100 images (per ~1000-image slice)
-    freq = np.where(img_count[1:] < 10 * scale, "r", np.where(img_count[1:] < 100 * scale, "c", "f"))
+    freq = _lvis_like_frequency(img_count[1:], pop)
     categories = [
         {"id": int(c + 1), "name": f"class_{c + 1:04d}", "frequency": str(freq[c]),
          "image_count": int(img_count[c + 1]), "instance_count": int((ann_cat == c + 1).sum()),
@@ -161,15 +190,22 @@ def make_lvis_detections(gt, *, seed=0, dets_per_image=None, fp_per_image=10, wi
     return out
 
 
-def make_lvis_detections_fast(gt, *, seed=0, dets_per_image=300):
+def make_lvis_detections_fast(gt, *, seed=0, dets_per_image=300, as_array=False):
     """
     Vectorised bbox-only variant of :func:`make_lvis_detections` for large benchmarks:
     0-2 jittered copies per ground-truth box (5% with a wrong label), then false positives
     up to ``dets_per_image`` per image, their categories drawn in equal shares from the image's
     negative, not-exhaustive and annotated categories and from all categories.
 
+    Args:
+        as_array (bool): return an ``[N, 7]`` float64 array with columns
+            ``image_id, x, y, w, h, score, category_id`` (the columnar input of
+            :func:`ltdet2.evaluation.evaluate_lvis`) instead of a list of dicts: no Python
+            object per detection (LVIS-val size: 6M detections).
+
     Returns:
-        list[dict]: LVIS bbox results.
+        list[dict] | ndarray: LVIS bbox results; the same detections in the same order either
+        way (``detections_array_to_dicts`` converts).
     """
     rng = np.random.default_rng(seed)
     images = sorted(gt["images"], key=lambda im: im["id"])
@@ -234,11 +270,22 @@ def make_lvis_detections_fast(gt, *, seed=0, dets_per_image=300):
     fp_box = np.stack([x, y, w, h], 1)
     fp_score = rng.uniform(0.0, 0.9, size=M)
 
-    img = img_ids[np.r_[tp_img, fp_img]].tolist()
-    cat = np.r_[tp_cat, fp_cat].tolist()
-    box = np.round(np.r_[tp_box, fp_box], 2).tolist()
-    score = np.r_[tp_score, fp_score].tolist()
+    out = np.empty((len(tp_img) + M, 7), dtype=np.float64)
+    out[:, 0] = img_ids[np.r_[tp_img, fp_img]]
+    out[:, 1:5] = np.round(np.r_[tp_box, fp_box], 2)
+    out[:, 5] = np.r_[tp_score, fp_score]
+    out[:, 6] = np.r_[tp_cat, fp_cat]
+    if as_array:
+        return out
+    return detections_array_to_dicts(out)
+
+
+def detections_array_to_dicts(arr):
+    """``[N, 7]`` results array (image_id, x, y, w, h, score, category_id) -> list of dicts."""
+    arr = np.asarray(arr, dtype=np.float64).reshape(-1, 7)
+    img = arr[:, 0].astype(np.int64).tolist()
+    cat = arr[:, 6].astype(np.int64).tolist()
     return [
         {"image_id": i, "category_id": c, "bbox": bb, "score": sc}
-        for i, c, bb, sc in zip(img, cat, box, score)
+        for i, c, bb, sc in zip(img, cat, arr[:, 1:5].tolist(), arr[:, 5].tolist())
     ]

@@ -1,0 +1,61 @@
+"""Classifier heads for :class:`LongTailOutputLayers` (``classifier=``): ``[N, D] -> [N, C+1]`` logits,
+background at index C (Detectron2's convention).
+"""
+import torch
+from torch import nn
+
+__all__ = ["CosineClassifier"]
+
+
+class CosineClassifier(nn.Module):
+    """Scaled cosine-similarity classifier (RIO, LST; as in TFA / "A closer look at few-shot").
+
+    ``logits[n, j] = s * g_j * <x_n / (||x_n|| + eps), w_j / (||w_j|| + eps)>`` for the C+1 rows
+    ``w_j`` (background is row C, an ordinary row), scale ``s`` and per-row multipliers ``g_j``
+    (1 unless ``learnable_norm``). The ``+ eps`` normalisation is the official code's (TFA's
+    ``CosineSimOutputLayers``, which RIO's Detectron2 fork builds on).
+
+    Args:
+        input_dim: D (features of more dimensions are flattened, as ``FastRCNNOutputLayers`` does).
+        num_classes: C foreground classes; the weight has C+1 rows.
+        scale: initial s. RIO's official code: 48; LST: 10 (learnable).
+        learnable_scale: s is a parameter (``scale``), else a fixed buffer.
+        learnable_norm: learn ``g`` (``norm``, [C+1], init 1): a per-class magnitude on top of the
+            cosine, off by default (pure cosine).
+        eps: added to the norms.
+
+    Parameters are named ``weight`` (``[C+1, D]``, init N(0, 0.01) as Detectron2's linear
+    ``cls_score``, so a linear checkpoint's weight loads), ``scale`` and ``norm``.
+    """
+
+    def __init__(self, input_dim: int, num_classes: int, *, scale: float = 48.0, learnable_scale: bool = True,
+                 learnable_norm: bool = False, eps: float = 1e-5):
+        super().__init__()
+        self.input_dim = int(input_dim)
+        self.num_classes = int(num_classes)
+        self.eps = float(eps)
+        self.weight = nn.Parameter(torch.empty(self.num_classes + 1, self.input_dim))
+        nn.init.normal_(self.weight, std=0.01)
+        scale_tensor = torch.tensor(float(scale))
+        if learnable_scale:
+            self.scale = nn.Parameter(scale_tensor)
+        else:
+            self.register_buffer("scale", scale_tensor)
+        self.norm = nn.Parameter(torch.ones(self.num_classes + 1)) if learnable_norm else None
+
+    def cosine(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, C+1] cosine similarities of ``x`` ([N, D] or [N, ...]) with every row."""
+        x = x.flatten(1)
+        x = x / (x.norm(p=2, dim=1, keepdim=True) + self.eps)
+        w = self.weight / (self.weight.norm(p=2, dim=1, keepdim=True) + self.eps)
+        return x @ w.t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.scale * self.cosine(x)
+        if self.norm is not None:
+            logits = logits * self.norm
+        return logits
+
+    def extra_repr(self):
+        return (f"input_dim={self.input_dim}, num_classes={self.num_classes}, scale={float(self.scale.detach()):.3g}, "
+                f"learnable_scale={isinstance(self.scale, nn.Parameter)}, learnable_norm={self.norm is not None}")

@@ -1,0 +1,32 @@
+# LOCE ablation on LT-Shapes (the README's LOCE table): one softmax-CE pretrain, then four
+# fine-tunes of equal length from that same checkpoint: CE, EBL only, MFS only, EBL + MFS (LOCE).
+# Run: python scripts/lazyconfig_train_net.py --config-file projects/loce_ablation.py train.seed=N
+from ltdet2.engine import make_phase
+
+from ..configs.long_tail import use_long_tail_heads
+from ..configs.loce import LOCE_TRAINABLE, add_ebl, add_mfs
+from ..configs.models.mask_rcnn_r18_fpn_small import FPN_CHANNELS
+from .loce import finetune, pretrain
+
+train = pretrain["train"]
+train.output_dir = "output/loce_ablation"
+
+finetune_ce = make_phase(pretrain, lr_multiplier=finetune["lr_multiplier"])
+finetune_ce["train"].update(trainable=LOCE_TRAINABLE, max_iter=finetune["train"].max_iter,
+                            checkpointer=finetune["train"].checkpointer, init_from_phase="pretrain")
+use_long_tail_heads(finetune_ce["model"])  # same heads, stock loss: identical to StandardROIHeads
+
+finetune_ebl = make_phase(finetune_ce)
+add_ebl(finetune_ebl["model"])
+
+finetune_mfs = make_phase(finetune_ce)
+add_mfs(finetune_mfs["model"], feature_channels=FPN_CHANNELS)
+
+finetune_loce = make_phase(finetune_ce)
+add_ebl(finetune_loce["model"])
+add_mfs(finetune_loce["model"], feature_channels=FPN_CHANNELS)
+
+phases = dict(pretrain=pretrain, finetune_ce=finetune_ce, finetune_ebl=finetune_ebl, finetune_mfs=finetune_mfs,
+              finetune_loce=finetune_loce)
+model, dataloader, optimizer, lr_multiplier = (pretrain[k] for k in ("model", "dataloader", "optimizer",
+                                                                     "lr_multiplier"))

@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""Training-step time of one phase of a project against another, same weights and batches.
+
+    # LOCE (EBL + MFS) fine-tune against the CE fine-tune (goal: at most 1.10x)
+    python scripts/benchmark_step_time.py --config-file projects/loce_ablation.py \
+        --baseline-phase finetune_ce --method-phase finetune_loce
+    # RIO (RFS + replay) against RFS alone (goal: at most 1.10x)
+    python scripts/benchmark_step_time.py --config-file projects/rio_ablation.py \
+        --baseline-phase rfs --method-phase rio
+
+Both phases' models are built from the same weights and trained on the same real batches of the
+baseline phase's train loader (loaded once, before timing: data loading and sampling are not
+timed). Timing alternates blocks of ``--steps`` steps of each model for ``--rounds`` rounds, so
+machine noise hits both alike, and reports the median step time of each and their ratio.
+"""
+import argparse
+import itertools
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from detectron2.config import instantiate
+from detectron2.utils.events import EventStorage
+
+from ltdet2.engine.phases import load_config
+from ltdet2.engine.train_loop import build_model
+
+
+def build(cfg, state=None):
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    if state is not None:
+        model.load_state_dict(state, strict=False)
+    model.train()
+    cfg.optimizer.params.model = model
+    return model, instantiate(cfg.optimizer)
+
+
+def step(model, optimizer, batch):
+    losses = model(batch)
+    total = sum(losses.values())
+    optimizer.zero_grad()
+    total.backward()
+    optimizer.step()
+
+
+def timed_block(model, optimizer, batches):
+    times = []
+    for batch in batches:
+        start = time.perf_counter()
+        step(model, optimizer, batch)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--baseline-phase", required=True)
+    parser.add_argument("--method-phase", required=True)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+
+    cfg = load_config(args.config_file, args.overrides)
+    baseline_cfg, method_cfg = cfg.phases[args.baseline_phase], cfg.phases[args.method_phase]
+    baseline, baseline_optimizer = build(baseline_cfg)
+    method, method_optimizer = build(method_cfg, baseline.state_dict())
+    loader = instantiate(baseline_cfg.dataloader.train)
+    batches = list(itertools.islice(iter(loader), args.warmup + args.steps))
+
+    baseline_times, method_times = [], []
+    with EventStorage(0):
+        for model, optimizer in ((baseline, baseline_optimizer), (method, method_optimizer)):
+            timed_block(model, optimizer, batches[: args.warmup])  # warm-up: allocator, memory fill
+        for _ in range(args.rounds):
+            baseline_times += timed_block(baseline, baseline_optimizer, batches[args.warmup:])
+            method_times += timed_block(method, method_optimizer, batches[args.warmup:])
+
+    baseline_median, method_median = statistics.median(baseline_times), statistics.median(method_times)
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {baseline_cfg.train.device}")
+    print(f"batch: {baseline_cfg.dataloader.train.total_batch_size} images; "
+          f"{args.rounds} rounds x {args.steps} steps per model, after {args.warmup} warm-up steps")
+    print(f"{args.baseline_phase}: median step {baseline_median * 1000:.1f} ms")
+    print(f"{args.method_phase}: median step {method_median * 1000:.1f} ms")
+    print(f"ratio {args.method_phase} / {args.baseline_phase}: {method_median / baseline_median:.3f}x")
+
+
+if __name__ == "__main__":
+    main()
