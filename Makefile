@@ -9,7 +9,8 @@ DEMO_OUTPUT ?= output/demo
 
 setup: $(READY)
 
-# Re-checked when the dependencies or the set-up script change; a second run installs nothing new.
+# Re-checked (in place) when the dependencies or the set-up script change; a second run installs
+# nothing new.
 $(READY): pyproject.toml scripts/setup_env.sh
 	@rm -f $(READY)
 	@bash scripts/setup_env.sh $(VENV)

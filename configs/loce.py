@@ -1,7 +1,8 @@
 # LOCE's fine-tune pieces (EBL + MFS), to apply to any R-CNN phase config (see projects/loce.py).
 from detectron2.config import LazyCall as L
 
-from ltdet2.memory import MeanScore
+from ltdet2.data.lvis_meta import lvis_meta_from_dataset
+from ltdet2.memory import InstanceFrequency, MeanScore
 from ltdet2.modeling.feature_sources import MemoryFeatureSampler
 from ltdet2.modeling.losses import EquilibriumLoss
 
@@ -13,35 +14,54 @@ LOCE_TRAINABLE = ["roi_heads.box_predictor.", "proposal_generator.", "roi_heads.
 
 
 def add_mean_score(model, alpha=0.9, background_score=0.01):
-    model.roi_heads.indicators = {
-        "mean_score": L(MeanScore)(
-            num_classes=model.roi_heads.num_classes, alpha=alpha, background_score=background_score
-        )
-    }
-    return model
-
-
-def add_ebl(model, background_score=0.01):
-    use_long_tail_heads(model)
-    add_mean_score(model, background_score=background_score)
-    model.roi_heads.box_predictor.cls_loss = L(EquilibriumLoss)(
-        indicator="mean_score", background_score=background_score
+    indicators = dict(model.roi_heads.get("indicators") or {})
+    indicators["mean_score"] = L(MeanScore)(
+        num_classes="${...num_classes}", alpha=alpha, background_score=background_score
     )
+    model.roi_heads.indicators = indicators
     return model
 
 
-def add_mfs(model, feature_channels, capacity=80, num_sampled_classes=8, per_class=4, storage_dtype=None):
+def add_instance_frequency(model, dataset_name):
+    """The paper's dataset-guided ablation: a static indicator of normalised instance counts."""
+    indicators = dict(model.roi_heads.get("indicators") or {})
+    indicators["instance_frequency"] = L(InstanceFrequency.from_lvis_meta)(
+        meta=L(lvis_meta_from_dataset)(dataset_name=dataset_name)
+    )
+    model.roi_heads.indicators = indicators
+    return model
+
+
+def add_ebl(model, background_score=0.01, guide="mean_score", dataset_name=None):
+    """EBL on the mean scores (paper), or with ``guide="instance_frequency"`` on the training
+    instance frequencies of ``dataset_name`` (the paper's dataset-guided ablation)."""
     use_long_tail_heads(model)
-    if "mean_score" not in (model.roi_heads.get("indicators") or {}):
+    if guide == "mean_score":
+        add_mean_score(model, background_score=background_score)
+    elif guide == "instance_frequency":
+        add_instance_frequency(model, dataset_name)
+    else:
+        raise ValueError(f"add_ebl: guide must be 'mean_score' or 'instance_frequency', got {guide!r}")
+    model.roi_heads.box_predictor.cls_loss = L(EquilibriumLoss)(indicator=guide, background_score=background_score)
+    return model
+
+
+def add_mfs(model, feature_channels, capacity=80, num_sampled_classes=8, per_class=4, storage_dtype=None,
+            guide="mean_score"):
+    """MFS sampling classes with p ∝ 1/s for the ``guide`` indicator's scores s."""
+    use_long_tail_heads(model)
+    if guide not in (model.roi_heads.get("indicators") or {}):
+        if guide != "mean_score":
+            raise ValueError(f"add_mfs: add the {guide!r} indicator first (add_ebl(..., guide={guide!r}))")
         add_mean_score(model)
     model.roi_heads.feature_sources = [
         L(MemoryFeatureSampler)(
-            num_classes=model.roi_heads.num_classes,
+            num_classes="${...num_classes}",
             feature_shape=(feature_channels, 7, 7),
             capacity=capacity,
             num_sampled_classes=num_sampled_classes,
             per_class=per_class,
-            indicator="mean_score",
+            indicator=guide,
             storage_dtype=storage_dtype,
         )
     ]

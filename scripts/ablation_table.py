@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from ltdet2.engine.phases import DONE_FILE, SUMMARY_METRICS, load_config, resolve_phases
+from ltdet2.engine.phases import SUMMARY_METRICS, load_config, resolve_phases
 
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lazyconfig_train_net.py")
 

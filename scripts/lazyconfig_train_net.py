@@ -25,10 +25,18 @@ def argument_parser():
     return parser
 
 
+def checkpoint_to_evaluate(opts):
+    """With --eval-only, a ``train.init_checkpoint=...`` given on the command line is the checkpoint to
+    evaluate (as in Detectron2's script); otherwise each phase's final checkpoint is."""
+    given = [o.split("=", 1)[1] for o in opts if o.startswith("train.init_checkpoint=")]
+    return given[-1] if given else None
+
+
 def main(args):
     cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
-    return run_phases(cfg, resume=args.resume, only=args.phase, eval_only=args.eval_only)
+    return run_phases(cfg, resume=args.resume, only=args.phase, eval_only=args.eval_only,
+                      eval_checkpoint=checkpoint_to_evaluate(args.opts) if args.eval_only else None)
 
 
 def invoke_main():

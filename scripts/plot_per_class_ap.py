@@ -8,7 +8,6 @@ Example:
 """
 import argparse
 import logging
-import os
 
 
 from ltdet2.evaluation.plots import plot_per_class_ap

@@ -5,8 +5,9 @@
 #
 # Steps, each reported as "[setup] step k/6"; a failed step says which and what to do.
 # The environment is marked ready (VENV/.ltdet2-ready) only after the last step passed, so an
-# interrupted set-up is never mistaken for a good one. A virtualenv this script created itself is
-# rebuilt from scratch if it is found half-built; an environment the user pointed at
+# interrupted set-up is never mistaken for a good one. A virtualenv whose creation by this script
+# did not finish (VENV/.ltdet2-creating) is removed and made again; any other environment is
+# completed in place by re-running the (idempotent) steps: an environment the user pointed at
 # (VENV=/path/to/env) is never deleted, and torch / detectron2 already importable there (for example
 # a CUDA build compiled from source) are left as they are.
 set -uo pipefail
@@ -14,11 +15,9 @@ set -uo pipefail
 VENV=${1:-.venv}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON_BOOTSTRAP=${PYTHON:-python3}
-TORCH_PIN="torch==2.14.1"
-TORCHVISION_PIN="torchvision==0.29.1"
 DETECTRON2_PIN="sal-detectron2==0.7.2"
 READY="$VENV/.ltdet2-ready"
-MANAGED="$VENV/.ltdet2-managed"
+CREATING="$VENV/.ltdet2-creating"
 TOTAL=6
 STEP=0
 
@@ -36,26 +35,36 @@ if [ -f "$READY" ]; then
 fi
 
 step "python environment in $VENV"
-if [ -d "$VENV" ] && [ -f "$MANAGED" ]; then
-  echo "[setup] $VENV was left half-built by an earlier set-up: removing it and starting again"
+if [ -f "$CREATING" ]; then
+  echo "[setup] creating $VENV did not finish last time: removing it and starting again"
   rm -rf "$VENV"
 fi
-if [ ! -x "$VENV/bin/python" ]; then
+if [ ! -e "$VENV" ]; then
+  mkdir -p "$VENV" && touch "$CREATING"
   "$PYTHON_BOOTSTRAP" -m venv "$VENV" || fail "could not create a virtualenv with '$PYTHON_BOOTSTRAP -m venv $VENV'" \
     "install the venv module for Python >= 3.10 (Debian: apt-get install python3-venv), or set PYTHON=/path/to/python3"
-  touch "$MANAGED"
+  rm -f "$CREATING"
 fi
 PY="$VENV/bin/python"
+[ -x "$PY" ] || fail "$VENV exists but has no bin/python" "remove $VENV (make clean-venv) or point VENV at a Python environment"
 "$PY" -c 'import sys; assert sys.version_info >= (3, 10), sys.version' 2>/dev/null \
   || fail "$PY is older than Python 3.10" "point PYTHON at a Python >= 3.10 and remove $VENV"
+"$PY" -m pip --version >/dev/null 2>&1 \
+  || fail "$PY has no pip" "remove $VENV (make clean-venv) and rerun; on Debian install python3-venv first"
 PIP=("$PY" -m pip --disable-pip-version-check)
+if ! "$PY" -c 'import tomllib' 2>/dev/null; then  # Python 3.10 reads pyproject.toml with tomli
+  "${PIP[@]}" install tomli || fail "pip could not install tomli" "check that PyPI is reachable"
+fi
 
 step "torch and torchvision"
 if "$PY" -c 'import torch, torchvision' 2>/dev/null; then
   echo "[setup] keeping the installed $("$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)')"
 else
-  "${PIP[@]}" install "$TORCH_PIN" "$TORCHVISION_PIN" \
-    || fail "pip could not install $TORCH_PIN $TORCHVISION_PIN" \
+  TORCH_PINS=$("$PY" "$ROOT/scripts/_read_requirements.py" "$ROOT/pyproject.toml" --only torch torchvision) \
+    || fail "could not read the torch pins from pyproject.toml" "check pyproject.toml is valid TOML"
+  # shellcheck disable=SC2086
+  "${PIP[@]}" install $TORCH_PINS \
+    || fail "pip could not install $(echo $TORCH_PINS)" \
        "check that PyPI is reachable and has these versions for $("$PY" -V); or install torch yourself in $VENV and rerun"
 fi
 # Every later install is constrained to the torch that is now there, so that no dependency can

@@ -60,8 +60,9 @@ def test_project_phases_are_complete(path):
 def test_overrides_reach_every_phase_and_one_phase():
     cfg = load_config(
         os.path.join(ROOT, "projects", "baseline.py"),
-        ["train.max_iter=7", "phases.baseline.train.log_period=3"],
+        ["phases.baseline.train.log_period=3", "train.max_iter=7", "train.log_period=5"],
     )
     assert cfg.train.max_iter == 7
     assert cfg.phases.baseline.train.max_iter == 7
-    assert cfg.phases.baseline.train.log_period == 3
+    assert cfg.phases.baseline.train.log_period == 3  # the phase's own override wins
+    assert cfg.train.log_period == 5

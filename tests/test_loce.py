@@ -107,3 +107,13 @@ def test_mfs_and_mean_scores_survive_a_checkpoint_exactly():
     torch.manual_seed(5)
     b = restored.sample_classes()
     assert torch.equal(a, b)
+
+
+def test_equilibrium_loss_stays_finite_with_float16_logits():
+    logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(4)).half()
+    labels = torch.tensor([0, 1, 2, 0])
+    scores = torch.tensor([1e-10, 0.5, 0.01])  # 1e-10 is 0 in float16
+    loss = equilibrium_loss(logits, labels, scores)
+    assert loss.dtype == torch.float16 and torch.isfinite(loss)
+    expected = equilibrium_loss(logits.float(), labels, scores)
+    assert loss.float().item() == pytest.approx(expected.item(), rel=1e-3)

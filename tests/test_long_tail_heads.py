@@ -1,79 +1,15 @@
 """LongTailROIHeads / LongTailOutputLayers: stock-equal when all options are off; extra rows and
 indicators behave as specified."""
-import copy
-import os
-
 import pytest
 import torch
 
-from detectron2.config import LazyConfig, instantiate
-from detectron2.structures import BitMasks, Boxes, Instances
-from detectron2.utils.events import EventStorage
-
 from ltdet2.memory import MeanScore
-from ltdet2.modeling import LongTailOutputLayers, LongTailROIHeads
 from ltdet2.modeling.extra_rows import ExtraRows
 from ltdet2.modeling.feature_sources import FeatureSource, MemoryFeatureSampler
 from ltdet2.modeling.indicator_updates import object_mean_probabilities
 from ltdet2.modeling.losses import EquilibriumLoss
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_CLASSES = 6
-
-
-def small_model_cfg(mask=False):
-    name = "mask_rcnn_r18_fpn_small.py" if mask else "faster_rcnn_r18_fpn_small.py"
-    cfg = LazyConfig.load(os.path.join(ROOT, "configs", "models", name)).model
-    cfg.roi_heads.num_classes = NUM_CLASSES
-    cfg.roi_heads.batch_size_per_image = 32
-    return cfg
-
-
-def long_tail_cfg(cfg, **roi_head_options):
-    cfg = copy.deepcopy(cfg)
-    cfg.roi_heads._target_ = LongTailROIHeads
-    cfg.roi_heads.box_predictor._target_ = LongTailOutputLayers
-    for key, value in roi_head_options.items():
-        cfg.roi_heads[key] = value
-    return cfg
-
-
-def make_batch(num_images=2, size=96, seed=0, mask=False):
-    generator = torch.Generator().manual_seed(seed)
-    batch = []
-    for _ in range(num_images):
-        image = torch.randint(0, 255, (3, size, size), generator=generator, dtype=torch.uint8)
-        num_boxes = 3
-        xy = torch.rand(num_boxes, 2, generator=generator) * size * 0.5
-        wh = 12 + torch.rand(num_boxes, 2, generator=generator) * size * 0.4
-        boxes = torch.cat([xy, (xy + wh).clamp(max=size - 1)], dim=1)
-        instances = Instances((size, size))
-        instances.gt_boxes = Boxes(boxes)
-        instances.gt_classes = torch.randint(0, NUM_CLASSES, (num_boxes,), generator=generator)
-        if mask:
-            masks = torch.zeros(num_boxes, size, size, dtype=torch.bool)
-            for i, (x0, y0, x1, y1) in enumerate(boxes.round().int().tolist()):
-                masks[i, y0:y1, x0:x1] = True
-            instances.gt_masks = BitMasks(masks)
-        batch.append({"image": image, "instances": instances, "height": size, "width": size})
-    return batch
-
-
-def paired_models(mask=False, **roi_head_options):
-    stock_cfg = small_model_cfg(mask)
-    torch.manual_seed(0)
-    stock = instantiate(stock_cfg)
-    ours = instantiate(long_tail_cfg(stock_cfg, **roi_head_options))
-    missing, unexpected = ours.load_state_dict(stock.state_dict(), strict=False)
-    assert not unexpected
-    return stock, ours
-
-
-def train_losses(model, batch, seed=1):
-    model.train()
-    torch.manual_seed(seed)
-    with EventStorage(0):
-        return model(batch)
+from model_helpers import NUM_CLASSES, make_batch, paired_models, train_losses
 
 
 @pytest.mark.parametrize("mask", [False, True])

@@ -14,7 +14,7 @@ from ltdet2.data.lvis_meta import (
     load_lvis_meta,
 )
 
-LVIS_VAL_100 = "/work/shared/data/lvis_v0.5_val_100.json"
+LVIS_VAL_100 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "lvis_v0.5_val_100.json")
 
 
 def _tiny():

@@ -1,6 +1,5 @@
 """RIO: repeat-factor sampling, cosine classifier, object-centric memory replay, configs, a short run."""
 import copy
-import importlib.util
 import math
 import os
 
@@ -12,8 +11,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data.samplers import RepeatFactorTrainingSampler
-from detectron2.structures import BitMasks, Boxes, Instances
-from detectron2.utils.events import EventStorage
+from detectron2.structures import Boxes, Instances
 
 from ltdet2.data import LTShapesSpec, load_lvis_meta, register_lt_shapes
 from ltdet2.data.samplers import (
@@ -23,12 +21,11 @@ from ltdet2.data.samplers import (
     repeat_factors_from_dataset_dicts,
 )
 from ltdet2.engine.phases import load_config, run_phases
-from ltdet2.modeling import CosineClassifier, LongTailOutputLayers, LongTailROIHeads
+from ltdet2.modeling import CosineClassifier
 from ltdet2.modeling.feature_sources import ObjectReplay, SourceContext
 from ltdet2.modeling.feature_sources.object_replay import image_count_from_dataset, targeted_classes
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_CLASSES = 6
+from model_helpers import NUM_CLASSES, ROOT, long_tail_cfg, make_batch, small_model_cfg, train_losses
 
 # --- repeat-factor sampling ---------------------------------------------------------------------
 
@@ -133,11 +130,8 @@ def test_cosine_classifier_equals_direct_computation():
 
 
 def test_cosine_classifier_in_the_box_predictor():
-    cfg = small_model_cfg()
-    spec = importlib.util.spec_from_file_location("rio_config_helpers", os.path.join(ROOT, "configs", "rio.py"))
-    rio = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rio)
-    rio.add_cosine_classifier(cfg, scale=10.0)
+    cfg = LazyConfig.load(os.path.join(ROOT, "tests", "configs", "cosine_classifier_small.py")).model
+    cfg.roi_heads.num_classes = NUM_CLASSES
     model = instantiate(cfg)
     classifier = model.roi_heads.box_predictor.cls_score
     assert isinstance(classifier, CosineClassifier)
@@ -235,54 +229,16 @@ def test_targeted_classes_from_counts_meta_and_dataset_name():
 # --- object replay inside the ROI heads ---------------------------------------------------------
 
 
-def small_model_cfg(mask=False):
-    name = "mask_rcnn_r18_fpn_small.py" if mask else "faster_rcnn_r18_fpn_small.py"
-    cfg = LazyConfig.load(os.path.join(ROOT, "configs", "models", name)).model
-    cfg.roi_heads.num_classes = NUM_CLASSES
-    cfg.roi_heads.batch_size_per_image = 32
-    return cfg
-
-
-def make_batch(num_images=2, size=96, seed=0, mask=False):
-    generator = torch.Generator().manual_seed(seed)
-    batch = []
-    for _ in range(num_images):
-        image = torch.randint(0, 255, (3, size, size), generator=generator, dtype=torch.uint8)
-        xy = torch.rand(3, 2, generator=generator) * size * 0.5
-        wh = 12 + torch.rand(3, 2, generator=generator) * size * 0.4
-        boxes = torch.cat([xy, (xy + wh).clamp(max=size - 1)], dim=1)
-        instances = Instances((size, size))
-        instances.gt_boxes = Boxes(boxes)
-        instances.gt_classes = torch.randint(0, NUM_CLASSES, (3,), generator=generator)
-        if mask:
-            masks = torch.zeros(3, size, size, dtype=torch.bool)
-            for i, (x0, y0, x1, y1) in enumerate(boxes.round().int().tolist()):
-                masks[i, y0:y1, x0:x1] = True
-            instances.gt_masks = BitMasks(masks)
-        batch.append({"image": image, "instances": instances, "height": size, "width": size})
-    return batch
-
-
 def replay_model(mask=False, stock_too=False, **replay_options):
     stock_cfg = small_model_cfg(mask)
     torch.manual_seed(0)
     stock = instantiate(stock_cfg) if stock_too else None
-    cfg = copy.deepcopy(stock_cfg)
-    cfg.roi_heads._target_ = LongTailROIHeads
-    cfg.roi_heads.box_predictor._target_ = LongTailOutputLayers
-    model = instantiate(cfg)
+    model = instantiate(long_tail_cfg(stock_cfg))
     model.roi_heads.feature_sources.append(ObjectReplay(num_classes=NUM_CLASSES, feature_dim=256, **replay_options))
     if stock is not None:
         missing, unexpected = model.load_state_dict(stock.state_dict(), strict=False)
         assert not unexpected
     return stock, model
-
-
-def train_losses(model, batch, seed=1):
-    model.train()
-    torch.manual_seed(seed)
-    with EventStorage(0):
-        return model(batch)
 
 
 class Recorder:

@@ -158,3 +158,22 @@ def test_loce_project_runs_and_restores_memory_and_mean_scores_exactly(tmp_path,
     assert restored.keys() == expected.keys() and len(expected) >= 5
     for key in expected:
         assert torch.equal(restored[key], expected[key]), key
+
+
+
+def test_dataset_guided_ebl_and_mfs_read_instance_counts(tiny_dataset):
+    """The paper's dataset-guided ablation: EBL margins and MFS sampling from instance counts."""
+    from detectron2.config import LazyConfig, instantiate
+    from detectron2.data import MetadataCatalog
+
+    from ltdet2.data import load_lvis_meta
+
+    cfg = LazyConfig.load(os.path.join(ROOT, "tests", "configs", "dataset_guided_loce.py"))
+    assert cfg.model.roi_heads.indicators.instance_frequency.meta.dataset_name == tiny_dataset[0]
+    model = instantiate(cfg.model)
+    frequency = model.roi_heads.indicators["instance_frequency"].vector()
+    counts = load_lvis_meta(MetadataCatalog.get(tiny_dataset[0]).json_file).instance_count
+    assert torch.allclose(frequency, torch.as_tensor(counts / counts.sum(), dtype=torch.float32))
+    mfs = model.roi_heads.feature_sources[0]
+    assert mfs.bound_indicator is model.roi_heads.indicators["instance_frequency"]
+    assert model.roi_heads.box_predictor.cls_loss.bound_indicator is mfs.bound_indicator

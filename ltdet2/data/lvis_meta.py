@@ -321,3 +321,18 @@ def load_lvis_meta(json_file_or_dict: Union[str, os.PathLike, Mapping[str, Any]]
         _CACHE[key] = meta
     logger.debug("Loaded LVIS metadata from %s: %s", path, meta.summary())
     return meta
+
+
+def lvis_meta_from_dataset(dataset_name: str, **kwargs) -> LVISMeta:
+    """:class:`LVISMeta` of a registered Detectron2 dataset, read from its metadata's ``json_file``.
+
+    A dataset whose json is made on first load (LT-Shapes) is loaded once to create it.
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
+    if json_file is None:
+        raise ValueError(f"dataset {dataset_name!r} has no 'json_file' in its metadata (not LVIS-format?)")
+    if not os.path.isfile(json_file):
+        DatasetCatalog.get(dataset_name)
+    return load_lvis_meta(json_file, **kwargs)

@@ -41,6 +41,10 @@ def _freeze_batch_norms(model):
         if isinstance(module, nn.modules.batchnorm._BatchNorm)
         and not any(p.requires_grad for p in module.parameters())
     ]
+    other = [n for n in frozen if not isinstance(model.get_submodule(n), (nn.BatchNorm2d, nn.SyncBatchNorm))]
+    if other:  # FrozenBatchNorm2d replaces 2-D BatchNorm only
+        raise ValueError(f"train.trainable freezes {other}, BatchNorm layers that are not 2-D; "
+                         "ltdet2 can only freeze BatchNorm2d / SyncBatchNorm statistics")
     for name in frozen:
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from detectron2.config import instantiate
+from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
 logger = logging.getLogger("detectron2")
@@ -43,9 +44,18 @@ def warm_up_memories(model, cfg, images_per_class=5):
     dataset_dicts = instantiate(cfg.dataloader.train.dataset)
     mapper = instantiate(cfg.dataloader.train.mapper)
     num_classes = cfg.model.roi_heads.num_classes
-    selected = class_balanced_images(dataset_dicts, num_classes, images_per_class, seed=cfg.train.get("seed", 0))
-    batch_size = cfg.dataloader.train.total_batch_size
-    logger.info(f"Memory warm-up: {len(selected)} images ({images_per_class} per class), no backward")
+    seed = cfg.train.get("seed", None)
+    selected = class_balanced_images(dataset_dicts, num_classes, images_per_class,
+                                     seed=seed if seed is not None and seed >= 0 else None)
+    # each rank takes its share of every global batch; the list is padded (wrapping around) to whole
+    # global batches, so all ranks make the same number of forward calls (global sync collectives)
+    world_size, rank = comm.get_world_size(), comm.get_rank()
+    total_batch_size = cfg.dataloader.train.total_batch_size
+    batch_size = max(total_batch_size // world_size, 1)
+    global_batch = batch_size * world_size
+    num_padded = -(-len(selected) // global_batch) * global_batch if len(selected) else 0
+    selected = np.resize(selected, num_padded)[rank::world_size]
+    logger.info(f"Memory warm-up: {len(selected)} images on this rank ({images_per_class} per class), no backward")
     was_training = model.training
     model.train()
     for module in model.modules():

@@ -14,7 +14,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tabulate import tabulate
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -48,9 +48,17 @@ class Phase:
     def is_done(self):
         return os.path.isfile(self.done_file) and os.path.isfile(self.final_checkpoint)
 
-    def load_results(self):
+    def load_done(self):
         with open(self.done_file) as f:
-            return json.load(f)["results"]
+            return json.load(f)
+
+
+def checkpoint_identity(path):
+    """Path, size and modification time of a local checkpoint (None for URLs or missing files)."""
+    if not path or "://" in path or not os.path.isfile(path):
+        return None
+    stat = os.stat(path)
+    return {"path": os.path.abspath(path), "size": stat.st_size, "mtime": stat.st_mtime}
 
 
 def make_phase(base=None, **keys):
@@ -77,11 +85,12 @@ def load_config(config_file, overrides=()):
     """Loads a (project) config and applies overrides; general ones apply to every phase too."""
     cfg = LazyConfig.load(config_file)
     phase_specific, general = split_overrides(list(overrides))
-    cfg = LazyConfig.apply_overrides(cfg, phase_specific + general)
+    cfg = LazyConfig.apply_overrides(cfg, general)
     for name in cfg.get("phases", None) or {}:
         _check_phase(cfg.phases[name], name, config_file)
         cfg.phases[name] = LazyConfig.apply_overrides(cfg.phases[name], general)
-    return cfg
+    # last, so that a phase's own override wins over a general one
+    return LazyConfig.apply_overrides(cfg, phase_specific)
 
 
 def _check_phase(phase_cfg, name, config_file):
@@ -159,6 +168,7 @@ def run_phase(phase, *, resume=False):
     results = do_test(phase.cfg, model)
     if comm.is_main_process():
         _write_json(phase.done_file, {"final_checkpoint": phase.final_checkpoint,
+                                      "input_checkpoint": checkpoint_identity(phase.cfg.train.init_checkpoint),
                                       "results": _plain(results)})
         log_phase_table([(phase.name or "final", results)])
     comm.synchronize()
@@ -166,33 +176,44 @@ def run_phase(phase, *, resume=False):
 
 
 def evaluate_phase(phase, checkpoint=None):
-    """Evaluates a phase's final checkpoint (or ``checkpoint``)."""
+    """Evaluates a phase's final checkpoint (or ``checkpoint``: a path or a Detectron2 URL)."""
     checkpoint = checkpoint or phase.final_checkpoint
-    if not os.path.isfile(checkpoint):
+    if "://" not in checkpoint and not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"phase '{phase.name}': no checkpoint to evaluate at {checkpoint}")
     model = create_ddp_model(build_model(phase.cfg))
     DetectionCheckpointer(model).load(checkpoint)
     return do_test(phase.cfg, model)
 
 
-def run_phases(cfg, *, resume=False, only=None, eval_only=False):
-    """Runs (or with ``eval_only`` evaluates) the config's phases in order; returns {name: results}."""
+def run_phases(cfg, *, resume=False, only=None, eval_only=False, eval_checkpoint=None):
+    """Runs the config's phases in order; returns {name: results}.
+
+    With ``eval_only`` each selected phase's final checkpoint is evaluated instead (phases not
+    trained yet are skipped with a warning), or ``eval_checkpoint`` for a single selected phase.
+    """
     phases = resolve_phases(cfg)
-    first_init = phases[0].cfg.train.init_checkpoint
     chain_checkpoints(phases)
     all_results = OrderedDict()
     selected = select_phases(phases, only)
+    if eval_only and eval_checkpoint and len(selected) > 1:
+        raise ValueError(f"a checkpoint to evaluate ({eval_checkpoint}) needs one phase: add --phase NAME")
     for phase in selected:
-        previous = input_phase(phases, phases.index(phase))
         if eval_only:
-            explicit = first_init if (len(phases) == 1 and first_init) else None
-            all_results[phase.name] = evaluate_phase(phase, explicit)
+            if eval_checkpoint is None and len(selected) > 1 and not os.path.isfile(phase.final_checkpoint):
+                logger.warning(f"phase '{phase.name}' has no {FINAL_CHECKPOINT} yet: not evaluated")
+                continue
+            all_results[phase.name] = evaluate_phase(phase, eval_checkpoint)
             continue
         if phase.name and phase.is_done():
             logger.info(f"phase '{phase.name}' already finished ({phase.done_file}): skipping it")
-            all_results[phase.name] = phase.load_results()
+            done = phase.load_done()
+            if done.get("input_checkpoint") != checkpoint_identity(phase.cfg.train.init_checkpoint):
+                logger.warning(f"phase '{phase.name}' was trained from another version of "
+                               f"{phase.cfg.train.init_checkpoint} than the one there now; delete "
+                               f"{phase.done_file} to train it again")
+            all_results[phase.name] = done["results"]
             continue
-        _require_init_checkpoint(phase, previous)
+        _require_init_checkpoint(phase, input_phase(phases, phases.index(phase)))
         all_results[phase.name] = run_phase(phase, resume=resume)
     if comm.is_main_process() and len(all_results) > 1:
         log_phase_table(list(all_results.items()), title="all phases")

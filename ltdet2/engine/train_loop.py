@@ -97,6 +97,7 @@ def do_train(cfg, *, resume=False):
 
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
+    cfg.optimizer.params.model = None  # the config outlives the phase; don't keep the model alive
     train_loader = instantiate(cfg.dataloader.train)
 
     model = create_ddp_model(model, **cfg.train.ddp)

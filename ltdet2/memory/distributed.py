@@ -7,6 +7,10 @@ behaves as ``local`` and nothing in torch.distributed is called.
 
 Under ``global`` every update is a collective: all ranks must call it at every step, also with an
 empty batch.
+
+Checkpoints: Detectron2 saves rank 0's model, so a ``global`` store resumes exactly on every rank,
+while with ``local`` every rank resumes from rank 0's state (the other ranks' own states are not
+saved). Use ``global`` where multi-process runs must resume exactly.
 """
 
 import math

@@ -7,8 +7,6 @@ applied (a collective: every rank calls ``update`` every step, possibly with no 
 the state a single process would reach on the ranks' batches concatenated.
 """
 
-from typing import Optional
-
 import numpy as np
 import torch
 import torch.nn.functional as F

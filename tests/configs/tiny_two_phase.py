@@ -4,7 +4,7 @@
 from ltdet2.engine import make_phase
 
 from ...configs.common.schedules import multi_step
-from ...configs.lt_shapes_defaults import dataloader, lr_multiplier, model, optimizer, train
+from ...configs.lt_shapes_defaults import dataloader, model, optimizer, train
 
 dataloader.train.total_batch_size = 2
 dataloader.train.num_workers = 0

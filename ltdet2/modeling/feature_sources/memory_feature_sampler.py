@@ -67,8 +67,8 @@ class MemoryFeatureSampler(FeatureSource):
     def push_ground_truth(self, context):
         """Pools dense boxes around every ground-truth box of the batch and enqueues them."""
         dense = [dense_boxes(t.gt_boxes.tensor, t.image_size) for t in context.targets]
-        if sum(len(b) for b in dense) == 0:
-            return
+        if sum(len(b) for b in dense) == 0 and self.queue.sync != "global":
+            return  # under "global" every rank must take part in the push, even with nothing
         features = context.pool(dense)
         labels = torch.cat([t.gt_classes.repeat_interleave(16) for t in context.targets])
         gt_boxes = torch.cat([t.gt_boxes.tensor.repeat_interleave(16, dim=0) for t in context.targets])

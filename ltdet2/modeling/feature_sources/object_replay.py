@@ -185,6 +185,13 @@ class ObjectReplay(FeatureSource):
         # A checkpoint holding the memory fixes the targeted classes (and the store's size): allocate
         # them before the buffers are copied, so a source built from a dataset name resumes exactly.
         key = prefix + "slot_to_class"
+        saved_map = state_dict.get(prefix + "class_to_slot")
+        if key not in state_dict and saved_map is not None and bool((saved_map >= 0).any()) and self._resolved:
+            # fvcore's checkpointer drops tensors whose shape differs from the model's before they
+            # get here: a checkpoint with another number of targeted classes would load half-way
+            raise ValueError(f"{prefix}: the checkpoint's replay memory targets a different number of classes "
+                             f"than this model ({self.slot_to_class.numel()}); build the model with the "
+                             "checkpoint's targeted classes")
         if key in state_dict:
             saved = state_dict[key]
             if not self._resolved or not torch.equal(saved.to(self.slot_to_class.device), self.slot_to_class):

@@ -28,11 +28,13 @@ def equilibrium_loss(logits, labels, mean_scores, weights=None):
     """
     if logits.numel() == 0:
         return logits.sum() * 0.0
-    log_scores = mean_scores.detach().to(logits.dtype).clamp(min=MIN_SCORE).log()
-    per_row = F.cross_entropy(logits + log_scores, labels, reduction="none")
+    # at least float32: under AMP, float16 would round MIN_SCORE to 0 and log() to -inf
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    log_scores = mean_scores.detach().to(dtype).clamp(min=MIN_SCORE).log()
+    per_row = F.cross_entropy(logits.to(dtype) + log_scores, labels, reduction="none")
     if weights is not None:
         per_row = per_row * weights
-    return per_row.sum() / logits.shape[0]
+    return (per_row.sum() / logits.shape[0]).to(logits.dtype)
 
 
 class EquilibriumLoss(IndicatorUser, nn.Module):

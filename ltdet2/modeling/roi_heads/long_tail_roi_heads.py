@@ -54,6 +54,9 @@ class LongTailROIHeads(StandardROIHeads):
                 raise ValueError(f"feature source {index} ({type(source).__name__}) has stage "
                                  f"{source.stage!r}; expected one of {STAGES}")
             bind_named_indicator(source, self.indicators, owner=f"feature source {type(source).__name__}")
+        if not self.is_stock and not hasattr(self.box_predictor, "bind_indicators"):
+            raise TypeError(f"LongTailROIHeads with feature sources or indicators needs a LongTailOutputLayers "
+                            f"box predictor (it trains on extra rows); got {type(self.box_predictor).__name__}")
         if hasattr(self.box_predictor, "bind_indicators"):
             self.box_predictor.bind_indicators(self.indicators)
         self._sampled_gt_indices = None
@@ -93,9 +96,9 @@ class LongTailROIHeads(StandardROIHeads):
     # --- the box branch ------------------------------------------------------------------------
 
     def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
+        targets, self._targets = self._targets, None
         if not self.training or self.is_stock:
             return super()._forward_box(features, proposals)
-        targets, self._targets = self._targets, None
 
         feature_maps = [features[f] for f in self.box_in_features]
         pooled = self.box_pooler(feature_maps, [p.proposal_boxes for p in proposals])
