@@ -23,19 +23,21 @@ class CosineClassifier(nn.Module):
         learnable_norm: learn ``g`` (``norm``, [C+1], init 1): a per-class magnitude on top of the
             cosine, off by default (pure cosine).
         eps: added to the norms.
+        init_std: std of the weight's normal init (0.01: Detectron2's / TFA's). The cosine makes the
+            effective learning rate of a row's direction ``lr / ||w_j||^2``.
 
     Parameters are named ``weight`` (``[C+1, D]``, init N(0, 0.01) as Detectron2's linear
     ``cls_score``, so a linear checkpoint's weight loads), ``scale`` and ``norm``.
     """
 
     def __init__(self, input_dim: int, num_classes: int, *, scale: float = 48.0, learnable_scale: bool = True,
-                 learnable_norm: bool = False, eps: float = 1e-5):
+                 learnable_norm: bool = False, eps: float = 1e-5, init_std: float = 0.01):
         super().__init__()
         self.input_dim = int(input_dim)
         self.num_classes = int(num_classes)
         self.eps = float(eps)
         self.weight = nn.Parameter(torch.empty(self.num_classes + 1, self.input_dim))
-        nn.init.normal_(self.weight, std=0.01)
+        nn.init.normal_(self.weight, std=init_std)
         scale_tensor = torch.tensor(float(scale))
         if learnable_scale:
             self.scale = nn.Parameter(scale_tensor)
