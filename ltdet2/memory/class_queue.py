@@ -143,23 +143,22 @@ class ClassQueue(StateModule):
         flat_slots = torch.full_like(labels, -1)
         flat_slots[order] = torch.where(keep, sorted_labels * self.capacity + slots, -1)
 
+        # Write in blocks of rows, selecting the kept rows block by block: temporaries stay
+        # cache-sized instead of as large as the batch (on CPU a large temporary costs more in page
+        # faults than the copy itself), for the dtype cast as for dropping rows past the cap.
         keep_all = bool(keep.all())
-        if not keep_all:
-            kept_rows = flat_slots >= 0
-            flat_slots = flat_slots[kept_rows]
         for name, value in zip(names, values):
             store = self.storage(name).view((-1,) + self.field_shapes[name])
-            if not keep_all:
-                value = value[kept_rows]
-            if value.dtype == store.dtype and value.device == store.device:
+            if keep_all and value.dtype == store.dtype and value.device == store.device:
                 store.index_copy_(0, flat_slots, value)
                 continue
-            # Cast in blocks of rows: a cache-sized temporary instead of one as large as the batch
-            # (on CPU a large temporary costs more in page faults than the cast itself).
             block = max(1, _CAST_BLOCK_BYTES // max(1, value[0].numel() * value.element_size()))
             for start in range(0, value.shape[0], block):
-                rows = value[start : start + block].to(device=store.device, dtype=store.dtype)
-                store.index_copy_(0, flat_slots[start : start + block], rows)
+                rows, slots = value[start : start + block], flat_slots[start : start + block]
+                if not keep_all:
+                    kept = slots >= 0
+                    rows, slots = rows[kept], slots[kept]
+                store.index_copy_(0, slots, rows.to(device=store.device, dtype=store.dtype))
 
         written = counts.clamp(max=self.capacity)
         self.write_ptr.add_(written).remainder_(self.capacity)
