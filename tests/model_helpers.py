@@ -8,6 +8,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from ltdet2.data import LTShapesSpec
 from ltdet2.modeling import LongTailOutputLayers, LongTailROIHeads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,3 +69,22 @@ def train_losses(model, batch, seed=1):
     torch.manual_seed(seed)
     with EventStorage(0):
         return model(batch)
+
+
+# A tiny LT-Shapes for end-to-end runs (registered once per test session by conftest.py).
+TINY_LT_SHAPES = LTShapesSpec(num_train=60, num_val=20, image_size=64, shapes=("circle", "star"),
+                              colors=("red", "blue"), fills=("solid", "striped"), group_fractions=(0.5, 0.5, 0.0))
+
+
+def tiny_run_overrides(tiny_dataset, output_dir):
+    """Overrides that point a project at the tiny LT-Shapes, on the CPU, without loader workers."""
+    train_name, val_name = tiny_dataset
+    return [
+        f"train.output_dir={output_dir}",
+        f"dataloader.train.dataset.names={train_name}",
+        f"dataloader.test.dataset.names={val_name}",
+        f"model.roi_heads.num_classes={TINY_LT_SHAPES.num_classes}",
+        "train.device=cpu",
+        "dataloader.train.num_workers=0",
+        "dataloader.test.num_workers=0",
+    ]

@@ -66,3 +66,20 @@ def test_overrides_reach_every_phase_and_one_phase():
     assert cfg.phases.baseline.train.max_iter == 7
     assert cfg.phases.baseline.train.log_period == 3  # the phase's own override wins
     assert cfg.train.log_period == 5
+
+
+def test_init_from_phase_names_an_earlier_phase_or_none():
+    from ltdet2.engine.phases import chain_checkpoints
+
+    cfg = load_config(os.path.join(ROOT, "projects", "loce_ablation.py"))
+    cfg.phases.finetune_ebl.train.init_from_phase = ""  # independent: keeps its own init_checkpoint
+    cfg.phases.finetune_ebl.train.init_checkpoint = "some/weights.pth"
+    phases = resolve_phases(cfg)
+    chain_checkpoints(phases)
+    by_name = {p.name: p for p in phases}
+    assert by_name["finetune_ebl"].cfg.train.init_checkpoint == "some/weights.pth"
+    assert by_name["finetune_mfs"].cfg.train.init_checkpoint == by_name["pretrain"].final_checkpoint
+
+    cfg.phases.finetune_ce.train.init_from_phase = "finetune_loce"  # a later phase
+    with pytest.raises(ValueError, match="finetune_ce.*not an earlier phase"):
+        chain_checkpoints(resolve_phases(cfg))

@@ -13,7 +13,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.structures import Boxes, Instances
 
-from ltdet2.data import LTShapesSpec, load_lvis_meta, register_lt_shapes
+from ltdet2.data import load_lvis_meta
 from ltdet2.data.samplers import (
     class_repeat_factors,
     image_class_pairs,
@@ -25,7 +25,7 @@ from ltdet2.modeling import CosineClassifier
 from ltdet2.modeling.feature_sources import ObjectReplay, SourceContext
 from ltdet2.modeling.feature_sources.object_replay import image_count_from_dataset, targeted_classes
 
-from model_helpers import NUM_CLASSES, ROOT, long_tail_cfg, make_batch, small_model_cfg, train_losses
+from model_helpers import NUM_CLASSES, ROOT, long_tail_cfg, make_batch, small_model_cfg, tiny_run_overrides, train_losses
 
 # --- repeat-factor sampling ---------------------------------------------------------------------
 
@@ -300,30 +300,13 @@ def test_replay_memory_survives_a_checkpoint_round_trip(tmp_path):
 
 # --- configs and a short run --------------------------------------------------------------------
 
-TINY = LTShapesSpec(num_train=40, num_val=16, image_size=64, shapes=("circle", "star"), colors=("red", "blue"),
-                    fills=("solid", "striped"), group_fractions=(0.5, 0.5, 0.0))
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("data") / "lt_shapes_rio")
-    return register_lt_shapes(root=root, seed=5, spec=TINY, name_prefix="lt_shapes_rio")
-
-
 def load_tiny(project, output_dir, tiny_dataset, *extra):
-    train_name, val_name = tiny_dataset
     return load_config(os.path.join(ROOT, "projects", project), [
-        f"train.output_dir={output_dir}",
-        f"dataloader.train.dataset.names={train_name}",
-        f"dataloader.test.dataset.names={val_name}",
-        f"model.roi_heads.num_classes={TINY.num_classes}",
-        "train.device=cpu",
+        *tiny_run_overrides(tiny_dataset, output_dir),
         "train.max_iter=3",
         "train.log_period=1",
         "train.checkpointer.period=100",
         "dataloader.train.total_batch_size=2",
-        "dataloader.train.num_workers=0",
-        "dataloader.test.num_workers=0",
         "model.roi_heads.batch_size_per_image=32",
         "model.proposal_generator.pre_nms_topk=[200,100]",
         "model.proposal_generator.post_nms_topk=[100,50]",
@@ -361,11 +344,11 @@ def test_rio_project_trains_a_few_iterations(tmp_path, tiny_dataset):
     assert "roi_heads.box_predictor.cls_score.scale" in final["model"]
 
 
-def test_ablation_phases_are_independent():
+def test_ablation_phases_start_from_the_same_pretrain():
     cfg = load_config(os.path.join(ROOT, "projects", "rio_ablation.py"))
-    assert list(cfg.phases) == ["baseline", "rfs", "replay", "rio"]
-    for name, phase in cfg.phases.items():
-        assert phase.train.init_from_phase == "" and phase.train.init_checkpoint == ""
+    assert list(cfg.phases) == ["pretrain", "baseline", "rfs", "replay", "rio"]
+    for name, phase in list(cfg.phases.items())[1:]:
+        assert phase.train.init_from_phase == "pretrain"
         assert phase.model.roi_heads.box_predictor.classifier._target_ is CosineClassifier
         assert ("sampler" in phase.dataloader.train) == (name in ("rfs", "rio"))
         assert bool(phase.model.roi_heads.get("feature_sources")) == (name in ("replay", "rio"))
@@ -373,4 +356,5 @@ def test_ablation_phases_are_independent():
 
     phases = resolve_phases(cfg)
     chain_checkpoints(phases)
-    assert all(p.cfg.train.init_checkpoint == "" for p in phases)
+    assert phases[0].cfg.train.init_checkpoint == ""
+    assert all(p.cfg.train.init_checkpoint == phases[0].final_checkpoint for p in phases[1:])

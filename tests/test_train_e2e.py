@@ -9,31 +9,15 @@ import torch
 
 from detectron2.utils.logger import setup_logger
 
-from ltdet2.data import LTShapesSpec, register_lt_shapes
 from ltdet2.engine.phases import DONE_FILE, load_config, run_phases
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from model_helpers import ROOT, tiny_run_overrides
+
 PROJECT = os.path.join(ROOT, "tests", "configs", "tiny_two_phase.py")
-TINY = LTShapesSpec(num_train=60, num_val=20, image_size=64, shapes=("circle", "star"), colors=("red", "blue"),
-                    fills=("solid", "striped"), group_fractions=(0.5, 0.5, 0.0))
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("data") / "lt_shapes_e2e")
-    return register_lt_shapes(root=root, seed=3, spec=TINY, name_prefix="lt_shapes_e2e")
 
 
 def load(output_dir, tiny_dataset, *extra):
-    train_name, val_name = tiny_dataset
-    return load_config(PROJECT, [
-        f"train.output_dir={output_dir}",
-        f"dataloader.train.dataset.names={train_name}",
-        f"dataloader.test.dataset.names={val_name}",
-        f"model.roi_heads.num_classes={TINY.num_classes}",
-        "train.device=cpu",
-        *extra,
-    ])
+    return load_config(PROJECT, [*tiny_run_overrides(tiny_dataset, output_dir), *extra])
 
 
 def iterations_in(path):
@@ -106,15 +90,10 @@ LOCE_PROJECT = os.path.join(ROOT, "projects", "loce.py")
 
 
 def load_loce(output_dir, tiny_dataset, *extra):
-    train_name, val_name = tiny_dataset
     return load_config(LOCE_PROJECT, [
-        f"train.output_dir={output_dir}",
-        f"dataloader.train.dataset.names={train_name}",
-        f"dataloader.test.dataset.names={val_name}",
-        f"model.roi_heads.num_classes={TINY.num_classes}",
-        "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
-        "train.device=cpu", "train.max_iter=3", "train.checkpointer.period=1", "train.log_period=1",
-        *extra,
+        *tiny_run_overrides(tiny_dataset, output_dir),
+        "dataloader.train.total_batch_size=2", "train.max_iter=3", "train.checkpointer.period=1",
+        "train.log_period=1", *extra,
     ])
 
 
@@ -127,10 +106,7 @@ def test_loce_project_runs_and_restores_memory_and_mean_scores_exactly(tmp_path,
     from ltdet2.engine.train_loop import do_train
 
     out = str(tmp_path / "loce")
-    overrides = [f"phases.finetune.model.roi_heads.num_classes={TINY.num_classes}",
-                 f"phases.finetune.model.roi_heads.indicators.mean_score.num_classes={TINY.num_classes}",
-                 f"phases.finetune.model.roi_heads.feature_sources.0.num_classes={TINY.num_classes}",
-                 "phases.finetune.train.memory_warmup={images_per_class: 2}"]
+    overrides = ["phases.finetune.train.memory_warmup={images_per_class: 2}"]
     results = run_phases(load_loce(out, tiny_dataset, *overrides))
     assert set(results) == {"pretrain", "finetune"}
     finetune_dir = os.path.join(out, "finetune")
