@@ -4,9 +4,9 @@
     # LOCE (EBL + MFS) fine-tune against the CE fine-tune (goal: at most 1.10x)
     python scripts/benchmark_step_time.py --config-file projects/loce_ablation.py \
         --baseline-phase finetune_ce --method-phase finetune_loce
-    # RIO (RFS + replay) against RFS alone (goal: at most 1.10x)
+    # RIO (RFS + replay) against RFS alone (goal: at most 1.10x), from the CE pretrain
     python scripts/benchmark_step_time.py --config-file projects/rio_ablation.py \
-        --baseline-phase rfs --method-phase rio
+        --baseline-phase rfs --method-phase rio --checkpoint output/rio_ablation/seed0/pretrain/model_final.pth
 
 Both phases' models are built from the same weights and trained on the same real batches of the
 baseline phase's train loader (loaded once, before timing: data loading and sampling are not
@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.utils.events import EventStorage
 
@@ -64,12 +65,16 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--checkpoint", default=None,
+                        help="weights to start both models from (e.g. the pretrain's model_final.pth)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
     cfg = load_config(args.config_file, args.overrides)
     baseline_cfg, method_cfg = cfg.phases[args.baseline_phase], cfg.phases[args.method_phase]
     baseline, baseline_optimizer = build(baseline_cfg)
+    if args.checkpoint:
+        DetectionCheckpointer(baseline).load(args.checkpoint)
     method, method_optimizer = build(method_cfg, baseline.state_dict())
     loader = instantiate(baseline_cfg.dataloader.train)
     batches = list(itertools.islice(iter(loader), args.warmup + args.steps))
