@@ -46,9 +46,9 @@ def build_evaluator(cfg):
     if "evaluator" not in cfg.dataloader:
         return None
     evaluator_cfg = cfg.dataloader.evaluator
-    if "output_dir" in evaluator_cfg or _accepts_output_dir(evaluator_cfg):
-        if evaluator_cfg.get("output_dir") is None:
-            evaluator_cfg.output_dir = os.path.join(cfg.train.output_dir, "inference")
+    # like Detectron2's train_net: results and per-class AP go to <phase output>/inference
+    if evaluator_cfg.get("output_dir") is None and _accepts_output_dir(evaluator_cfg):
+        evaluator_cfg.output_dir = os.path.join(cfg.train.output_dir, "inference")
     return instantiate(evaluator_cfg)
 
 

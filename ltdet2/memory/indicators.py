@@ -59,6 +59,14 @@ class LearningStatusIndicator(StateModule):
     def forward(self) -> torch.Tensor:
         return self.vector()
 
+    def _check_class_columns(self, scores, name):
+        """``scores`` must be ``[N, C]`` or ``[N, C+1]``."""
+        if scores.dim() != 2 or scores.shape[1] not in (self.num_classes, self.num_classes + 1):
+            raise ValueError(
+                f"{type(self).__name__}.update: {name} must be [N, {self.num_classes}] or "
+                f"[N, {self.num_classes + 1}], got {tuple(scores.shape)}"
+            )
+
     def _foreground(self, labels, *rows):
         """Validate ``labels [N]`` (background allowed) and keep the foreground rows of ``rows``."""
         labels = self._check_labels(labels, self.num_classes, "update", allow_background=True)
@@ -224,11 +232,7 @@ class TruePositiveRate(LearningStatusIndicator):
 
     @torch.no_grad()
     def update(self, labels: torch.Tensor, scores: torch.Tensor) -> None:
-        if scores.dim() != 2 or scores.shape[1] not in (self.num_classes, self.num_classes + 1):
-            raise ValueError(
-                f"TruePositiveRate.update: scores must be [N, {self.num_classes}] or "
-                f"[N, {self.num_classes + 1}], got {tuple(scores.shape)}"
-            )
+        self._check_class_columns(scores, "scores")
         labels, scores = self._foreground(labels, scores.detach())
         hits = (scores.argmax(dim=1) == labels).long()
         stats = torch.zeros(2, self.num_classes, dtype=torch.int64, device=self.device)
@@ -263,11 +267,7 @@ class SoftConfusionMatrix(LearningStatusIndicator):
     @torch.no_grad()
     def update(self, labels: torch.Tensor, logits: torch.Tensor) -> None:
         """``labels [N]``, ``logits [N, C]`` or ``[N, C+1]`` (raw classifier outputs)."""
-        if logits.dim() != 2 or logits.shape[1] not in (self.num_classes, self.num_classes + 1):
-            raise ValueError(
-                f"SoftConfusionMatrix.update: logits must be [N, {self.num_classes}] or "
-                f"[N, {self.num_classes + 1}], got {tuple(logits.shape)}"
-            )
+        self._check_class_columns(logits, "logits")
         labels, logits = self._foreground(labels, logits.detach())
         probs = F.softmax(logits[:, : self.num_classes].float(), dim=1)
         counts = torch.bincount(labels, minlength=self.num_classes)
