@@ -108,7 +108,7 @@ def test_lvis_v05_val_subset():
     assert int(r.instance_count.sum()) == 977
     assert (m.image_count == exp_img).all()  # the file's fields were recomputed for the subset
     assert (r.frequency == m.frequency).all()
-    assert int((m.image_count == 0).sum()) == 1230 - int((exp_img > 0).sum())
+    assert int((m.image_count > 0).sum()) == 190  # classes annotated in the 100 images
 
 
 def test_cache_by_mtime(tmp_path):
@@ -127,13 +127,13 @@ def test_cache_by_mtime(tmp_path):
 
 def test_missing_file(tmp_path):
     p = str(tmp_path / "nope.json")
-    with pytest.raises(FileNotFoundError, match="nope.json"):
+    with pytest.raises(FileNotFoundError, match=r"LVIS json file not found: .*nope\.json"):
         load_lvis_meta(p)
 
 
 def test_malformed_json(tmp_path):
     p = _write(tmp_path, '{"categories": [1, 2', "bad.json")
-    with pytest.raises(ValueError, match=r"bad\.json.*malformed json.*Expecting"):
+    with pytest.raises(ValueError, match=r"LVIS json file .*bad\.json is not valid JSON: Expecting"):
         load_lvis_meta(p)
 
 

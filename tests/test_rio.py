@@ -13,10 +13,9 @@ from detectron2.data import MetadataCatalog
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.structures import Boxes, Instances
 
-from ltdet2.data import load_lvis_meta
+from ltdet2.data import dataset_dict_pairs, load_lvis_meta
 from ltdet2.data.samplers import (
     class_repeat_factors,
-    image_class_pairs,
     repeat_factor_sampler,
     repeat_factors_from_dataset_dicts,
 )
@@ -63,7 +62,7 @@ def test_repeat_factors_match_direct_computation(threshold, power):
 
 
 def test_repeat_factor_values_and_pairs():
-    images, classes = image_class_pairs(handmade_dicts())
+    images, classes = dataset_dict_pairs(handmade_dicts())
     assert list(zip(images.tolist(), classes.tolist())) == [
         (0, 0), (0, 1), (1, 0), (2, 0), (2, 2), (3, 0), (3, 1), (4, 0), (5, 0), (5, 3), (7, 0), (7, 1)]
     # f = (7/8, 3/8, 1/8, 1/8, 0) at t=0.5, sqrt: r = (1, 1.1547, 2, 2, 1)

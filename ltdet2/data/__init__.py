@@ -1,5 +1,13 @@
-"""Data: LVIS metadata (frequency groups, counts) and the embedded LT-Shapes dataset."""
+"""Data: LVIS metadata (frequency groups, counts), per-class counting, the embedded LT-Shapes dataset
+and repeat-factor sampling."""
 
+# the function class_counts stays in its module: exported here it would hide the module
+# ltdet2.data.class_counts (import-by-name, e.g. LazyConfig's "_target_", would no longer find it)
+from .class_counts import (  # noqa: F401
+    dataset_class_image_count,
+    dataset_dict_pairs,
+    unique_image_class_pairs,
+)
 from .lvis_meta import (  # noqa: F401
     FREQUENCY_GROUPS,
     LVISMeta,
@@ -19,7 +27,6 @@ from .lt_shapes import (  # noqa: F401
 register_all_lt_shapes()
 from .samplers import (  # noqa: F401,E402
     class_repeat_factors,
-    image_class_pairs,
     image_repeat_factors,
     repeat_factor_sampler,
     repeat_factors_from_dataset_dicts,

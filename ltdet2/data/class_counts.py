@@ -4,7 +4,7 @@ Every caller that needs "how many images hold class c" goes through here: LVIS m
 repeat-factor sampling, the class-balanced warm-up, replay targets. Class indices are contiguous
 (``0 .. C-1``); image keys are any integers (json ids or positions in a list).
 """
-from typing import Sequence, Tuple
+from typing import Sequence, Tuple, Union
 
 import numpy as np
 
@@ -20,7 +20,7 @@ def unique_image_class_pairs(image_keys, class_index) -> Tuple[np.ndarray, np.nd
     """Unique (image, class) pairs of per-annotation arrays, sorted by image key, then class.
 
     Args:
-        image_keys: [A] integer image key of each annotation.
+        image_keys: [A] integer image key of each annotation (any int64 value, e.g. a json id).
         class_index: [A] integer class (>= 0) of each annotation.
     Returns:
         (image_keys [P], class_index [P]) int64: pair p says image ``image_keys[p]`` holds at least one
@@ -34,24 +34,36 @@ def unique_image_class_pairs(image_keys, class_index) -> Tuple[np.ndarray, np.nd
         return image_keys, class_index
     if class_index.min() < 0:
         raise ValueError(f"class indices must be >= 0, got {int(class_index.min())}")
+    # keys are replaced by their rank among the unique keys, so key * stride + class cannot overflow
     images, image_position = np.unique(image_keys, return_inverse=True)
     stride = int(class_index.max()) + 1
-    pairs = np.unique(image_position * stride + class_index)
+    pairs = np.unique(image_position.reshape(-1) * stride + class_index)
     return images[pairs // stride], pairs % stride
 
 
 def class_counts(image_keys, class_index, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
-    """``(image_count [C], instance_count [C])`` int64 from per-annotation image keys and classes.
+    """Per-class numbers of images and of instances from per-annotation arrays.
 
-    Raises ValueError if a class index is outside ``[0, num_classes)``.
+    Args:
+        image_keys: [A] integer image key of each annotation.
+        class_index: [A] contiguous class of each annotation, in ``[0, num_classes)``.
+        num_classes: C.
+    Returns:
+        (image_count [C], instance_count [C]) int64: images holding the class, annotations of the class.
+    Raises:
+        ValueError: a class index outside ``[0, num_classes)`` (some of them named, and how many
+            annotations), or arrays of different lengths.
     """
     class_index = np.asarray(class_index, dtype=np.int64).reshape(-1)
-    if class_index.size and (class_index.min() < 0 or class_index.max() >= num_classes):
-        bad = np.unique(class_index[(class_index < 0) | (class_index >= num_classes)])
-        raise ValueError(f"class indices {bad[:10].tolist()} outside [0, {num_classes})")
-    instance_count = np.bincount(class_index, minlength=num_classes).astype(np.int64)
+    if num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+    outside = (class_index < 0) | (class_index >= num_classes)
+    if outside.any():
+        raise ValueError(f"{int(outside.sum())} annotations have class indices outside [0, {num_classes}): "
+                         f"{np.unique(class_index[outside])[:10].tolist()}")
     _, pair_classes = unique_image_class_pairs(image_keys, class_index)
     image_count = np.bincount(pair_classes, minlength=num_classes).astype(np.int64)
+    instance_count = np.bincount(class_index, minlength=num_classes).astype(np.int64)
     return image_count, instance_count
 
 
@@ -59,8 +71,8 @@ def dataset_dict_pairs(dataset_dicts: Sequence[dict]) -> Tuple[np.ndarray, np.nd
     """Unique (image position, class) pairs of Detectron2 dataset dicts (``category_id`` contiguous).
 
     Returns:
-        (image_index [P], class_index [P]) int64, image_index the position in ``dataset_dicts``;
-        sorted by image, then class.
+        (image_index [P], class_index [P]) int64, ``image_index`` the position in ``dataset_dicts``;
+        sorted by image, then class. A dict without ``annotations`` has no pair.
     """
     lengths = np.fromiter((len(d.get("annotations", ())) for d in dataset_dicts), dtype=np.int64,
                           count=len(dataset_dicts))
@@ -70,15 +82,37 @@ def dataset_dict_pairs(dataset_dicts: Sequence[dict]) -> Tuple[np.ndarray, np.nd
     return unique_image_class_pairs(images, classes)
 
 
-def dataset_class_image_count(dataset_names) -> np.ndarray:
-    """``[C]`` int64 training images per class of one registered LVIS-format dataset, or the sum over
-    several (same categories), counted from its json (:func:`ltdet2.data.lvis_meta.lvis_meta_from_dataset`)."""
+def _registered_image_count(dataset_name: str) -> Tuple[tuple, np.ndarray]:
+    """(json category ids ascending, [C] image count) of one registered dataset."""
+    from detectron2.data import MetadataCatalog
+
     from .lvis_meta import lvis_meta_from_dataset
 
+    metadata = MetadataCatalog.get(dataset_name)
+    records = metadata.get("class_image_count", None)
+    if records is not None:
+        records = sorted(records, key=lambda r: r["id"])
+        return (tuple(int(r["id"]) for r in records),
+                np.asarray([int(r["image_count"]) for r in records], dtype=np.int64))
+    if metadata.get("json_file", None) is None:
+        raise ValueError(f"dataset {dataset_name!r} has neither 'class_image_count' nor 'json_file' in its metadata")
+    meta = lvis_meta_from_dataset(dataset_name)
+    return meta.category_ids, np.array(meta.image_count, dtype=np.int64)
+
+
+def dataset_class_image_count(dataset_names: Union[str, Sequence[str]]) -> np.ndarray:
+    """``[C]`` int64 training images per contiguous class of a registered dataset, or the sum over
+    several (as ``get_detection_dataset_dicts`` takes them; same categories).
+
+    Read from the dataset's metadata: Detectron2's ``class_image_count`` when set (its LVIS v1
+    registration; LT-Shapes once its train split is loaded), else the LVIS-format ``json_file``
+    through :func:`ltdet2.data.lvis_meta.lvis_meta_from_dataset`.
+    """
     names = [dataset_names] if isinstance(dataset_names, str) else list(dataset_names)
     if not names:
         raise ValueError("dataset_class_image_count needs at least one dataset name")
-    counts = [np.asarray(lvis_meta_from_dataset(name).image_count, dtype=np.int64) for name in names]
-    if len({c.shape for c in counts}) > 1:
-        raise ValueError(f"datasets {names} have different numbers of classes: {[c.size for c in counts]}")
-    return np.sum(counts, axis=0)
+    category_ids, counts = zip(*(_registered_image_count(name) for name in names))
+    if len(set(category_ids)) > 1:
+        raise ValueError(f"datasets {names} have different categories ({[len(ids) for ids in category_ids]} "
+                         "category ids); their image counts cannot be summed")
+    return np.sum(counts, axis=0, dtype=np.int64)

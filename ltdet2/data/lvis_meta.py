@@ -12,7 +12,6 @@ Detectron2's ``category_id - 1`` in ``load_lvis_json``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -20,6 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Union
 
 import numpy as np
+
+from ..utils.json_io import read_json
+from .class_counts import class_counts
 
 __all__ = [
     "FREQUENCY_GROUPS",
@@ -163,7 +165,8 @@ def _sorted_category_ids(categories, source: str) -> np.ndarray:
 
 
 def count_from_annotations(dataset_dict_json: Mapping[str, Any], *, source: str = "<dict>"):
-    """Per-category (image_count, instance_count) from an LVIS-format json's annotations.
+    """Per-category (image_count, instance_count) from an LVIS-format json's annotations, counted by
+    :func:`ltdet2.data.class_counts.class_counts` once the ids are checked.
 
     Arrays are aligned with the sorted category ids (contiguous index). Annotations pointing at
     an image id not in ``images`` or a category id not in ``categories`` are an error (listing
@@ -202,22 +205,7 @@ def count_from_annotations(dataset_dict_json: Mapping[str, Any], *, source: str 
     if bad_cat.any():
         raise ValueError(f"{source}: {int(bad_cat.sum())} annotations point at unknown category ids "
                          f"{_fmt_ids(np.unique(ann_cat[bad_cat]))}")
-    C = len(cat_ids)
-    instance_count = np.bincount(cat_idx, minlength=C).astype(np.int64)
-    img_idx = np.searchsorted(img_ids, ann_img)
-    pairs = np.unique(img_idx * C + cat_idx)
-    image_count = np.bincount(pairs % C, minlength=C).astype(np.int64) if C else np.zeros(0, np.int64)
-    return image_count, instance_count
-
-
-def _read_json(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"LVIS json file not found: {path}")
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: malformed json: {e}") from e
+    return class_counts(ann_img, cat_idx, len(cat_ids))
 
 
 def _build_meta(d: Mapping[str, Any], source: str, recompute_counts: bool, derive_frequency: bool) -> LVISMeta:
@@ -314,7 +302,7 @@ def load_lvis_meta(json_file_or_dict: Union[str, os.PathLike, Mapping[str, Any]]
         hit = _CACHE.get(key)
     if hit is not None:
         return hit
-    meta = _build_meta(_read_json(path), path, recompute_counts, derive_frequency)
+    meta = _build_meta(read_json(path, what="LVIS json"), path, recompute_counts, derive_frequency)
     with _CACHE_LOCK:
         if len(_CACHE) >= _CACHE_MAX:
             _CACHE.pop(next(iter(_CACHE)))

@@ -1,9 +1,9 @@
 """Repeat-factor sampling (RFS, LVIS paper appendix B.2) on Detectron2's own sampler.
 
 The factors are computed here, vectorized with numpy over a flat array of unique (image, class)
-pairs, and handed to :class:`detectron2.data.samplers.RepeatFactorTrainingSampler`, which already
-shards the infinite index stream across ranks with a shared seed and rounds fractional factors
-stochastically each epoch.
+pairs (:func:`ltdet2.data.class_counts.dataset_dict_pairs`), and handed to
+:class:`detectron2.data.samplers.RepeatFactorTrainingSampler`, which already shards the infinite
+index stream across ranks with a shared seed and rounds fractional factors stochastically each epoch.
 
 Definitions (``f_c``: fraction of the training images that contain class ``c``):
 
@@ -15,43 +15,20 @@ Definitions (``f_c``: fraction of the training images that contain class ``c``):
 Class indices are Detectron2's contiguous ``category_id`` of the dataset dicts; for LVIS-format
 data this is the contiguous index of :class:`ltdet2.data.LVISMeta` (json id order).
 """
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from .class_counts import dataset_dict_pairs
 from .lvis_meta import LVISMeta
 
 __all__ = [
-    "image_class_pairs",
     "class_repeat_factors",
     "image_repeat_factors",
     "repeat_factors_from_dataset_dicts",
     "repeat_factor_sampler",
 ]
-
-
-def image_class_pairs(dataset_dicts: Sequence[dict]) -> Tuple[np.ndarray, np.ndarray]:
-    """Unique (image, class) pairs of Detectron2 dataset dicts.
-
-    Returns:
-        (image_index [P], class_index [P]): int64 arrays; pair p says image ``image_index[p]`` (its
-        position in ``dataset_dicts``) holds at least one annotation of class ``class_index[p]``.
-        Sorted by image, then class.
-    """
-    lengths = np.fromiter((len(d.get("annotations", ())) for d in dataset_dicts), dtype=np.int64,
-                          count=len(dataset_dicts))
-    total = int(lengths.sum())
-    classes = np.fromiter((a["category_id"] for d in dataset_dicts for a in d.get("annotations", ())),
-                          dtype=np.int64, count=total)
-    images = np.repeat(np.arange(len(dataset_dicts), dtype=np.int64), lengths)
-    if total == 0:
-        return images, classes
-    if classes.min() < 0:
-        raise ValueError("dataset dicts hold negative category_id values")
-    stride = int(classes.max()) + 1
-    pairs = np.unique(images * stride + classes)
-    return pairs // stride, pairs % stride
 
 
 def class_repeat_factors(image_fraction, *, threshold: float = 0.001, power: float = 0.5) -> np.ndarray:
@@ -107,7 +84,7 @@ def repeat_factors_from_dataset_dicts(
     Returns:
         [len(dataset_dicts)] float32 tensor, what :class:`RepeatFactorTrainingSampler` takes.
     """
-    images, classes = image_class_pairs(dataset_dicts)
+    images, classes = dataset_dict_pairs(dataset_dicts)
     num_images = len(dataset_dicts) if num_images is None else int(num_images)
     if num_images <= 0:
         raise ValueError("repeat factors need at least one image")

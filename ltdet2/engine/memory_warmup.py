@@ -14,20 +14,19 @@ from detectron2.config import instantiate
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
+from ..data.class_counts import dataset_dict_pairs
+
 logger = logging.getLogger("detectron2")
 
 
 def class_balanced_images(dataset_dicts, num_classes, images_per_class, seed=0):
     """Indices of up to ``images_per_class`` images per class (drawn without replacement, seeded),
-    deduplicated, in dataset order."""
-    image_index, classes = [], []
-    for index, record in enumerate(dataset_dicts):
-        labels = np.unique([a["category_id"] for a in record.get("annotations", [])])
-        image_index.append(np.full(len(labels), index))
-        classes.append(labels)
-    if not classes:
-        return np.zeros(0, dtype=np.int64)
-    image_index, classes = np.concatenate(image_index), np.concatenate(classes).astype(np.int64)
+    deduplicated, in dataset order.
+
+    Returns:
+        int64 array of positions in ``dataset_dicts``, ascending.
+    """
+    image_index, classes = dataset_dict_pairs(dataset_dicts)
     # a random rank within each class, then keep ranks < images_per_class
     rng = np.random.default_rng(seed)
     order = np.lexsort((rng.random(len(classes)), classes))

@@ -15,7 +15,7 @@ def read_json(path, what: str = "JSON"):
     Raises:
         FileNotFoundError: ``"<what> file not found: <path>"``.
         ValueError: ``"<what> file <path> is not valid JSON: <parser message>"`` (truncated or
-            malformed content), with the line and column of the error.
+            malformed content, with the line and column of the error; or not UTF-8 text).
     """
     path = os.fspath(path)
     if not _local_files.exists(path):
@@ -23,7 +23,7 @@ def read_json(path, what: str = "JSON"):
     try:
         with _local_files.open(path, "r", encoding="utf-8") as f:
             return json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{what} file {path} is not valid JSON: {e}") from e
 
 
