@@ -5,7 +5,7 @@ PYTHON_VENV := $(VENV)/bin/python
 READY := $(VENV)/.ltdet2-ready
 DEMO_OUTPUT ?= output/demo
 
-.PHONY: setup test demo clean-venv
+.PHONY: setup test lint format demo clean-venv
 
 setup: $(READY)
 
@@ -15,8 +15,17 @@ $(READY): pyproject.toml scripts/setup_env.sh
 	@rm -f $(READY)
 	@bash scripts/setup_env.sh $(VENV)
 
-test: $(READY)
+# lint first: a lint or format error fails `make test` (and CI)
+test: lint
 	$(PYTHON_VENV) -m pytest -q
+
+lint: $(READY)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(READY)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 demo: $(READY)
 	$(PYTHON_VENV) scripts/lazyconfig_train_net.py --config-file projects/baseline.py \
