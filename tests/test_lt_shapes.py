@@ -1,14 +1,18 @@
+import glob
+import hashlib
 import json
 import os
 
 import numpy as np
 import pytest
 
-from ltdet2.data import lt_shapes
+from ltdet2.data.class_counts import dataset_dict_pairs
 from ltdet2.data.lt_shapes import (
     COLORS,
+    NUM_CLASSES,
     LTShapesSpec,
     class_names,
+    default_root,
     generate,
     get_lt_shapes,
     is_complete,
@@ -17,6 +21,8 @@ from ltdet2.data.lt_shapes import (
     register_all_lt_shapes,
     register_lt_shapes,
 )
+from ltdet2.data.lt_shapes import build
+from ltdet2.data.lt_shapes.__main__ import main as lt_shapes_cli
 from ltdet2.data.lvis_meta import frequency_from_image_count, load_lvis_meta
 
 # 12 classes with all three LVIS groups, small and fast to render
@@ -25,6 +31,55 @@ MEDIUM = LTShapesSpec(num_train=300, num_val=60, image_size=64, shapes=("circle"
 # 8 classes, rare + common only (too few images for > 100-image classes)
 TINY = LTShapesSpec(num_train=60, num_val=20, image_size=64, shapes=("circle", "star"), colors=("red", "blue"),
                     fills=("solid", "striped"), group_fractions=(0.5, 0.5, 0.0))
+# 18 classes: every shape and fill (one colour), rare + common, 46 images of 48 px: generates in < 1 s
+SMALL = LTShapesSpec(num_train=40, num_val=6, image_size=48, colors=("red",), group_fractions=(0.5, 0.5, 0.0),
+                     val_min_instances=1)
+
+# sha256 of the files the generator wrote BEFORE it was split into a package (ltdet2/data/lt_shapes.py at
+# commit 1ea0987), recorded with `generate(dir, seed, spec)` and, per dataset folder,
+#   sha256sum DONE lt_shapes_train.json lt_shapes_val.json
+#   sha256sum train/*.png val/*.png | sha256sum     (-> "png")
+# The output must stay byte-identical for a (spec, seed): a change here needs a GENERATOR_VERSION bump.
+# PNG bytes also depend on Pillow's zlib: if only "png" differs after such an upgrade, compare decoded pixels.
+DIGESTS = {
+    ("SMALL", 1): {
+        "DONE": "54e8208b7f206be60cef3e46c3bc805453a070d9e9aef2652c8942ba1a2a93ee",
+        "lt_shapes_train.json": "8c25764ec982a131e1fc22ac493406689b9d755023545f66dd4a9985d805bd37",
+        "lt_shapes_val.json": "7b09dccca8af96b280e2ed1ffa21dc7b8d45fd3806432390c48a0d5745cb75da",
+        "png": "3f18df4088ce5e2a91573975c83a810a2ee72af41b14a4b024107a396ee9fc6d",
+    },
+    ("TINY", 5): {
+        "DONE": "7d6d312373fba84369edb0c30ecc8183fd3b6fa301fac94eaf0afa870524e839",
+        "lt_shapes_train.json": "f158e3300ddf928bb1fde3214abbf6eb13d5f8a24a7e2fc6bbd5ca4aaf6faad0",
+        "lt_shapes_val.json": "b4622c8d77964c00b19b60c0cfaa1e9171c0dc39396e723bff73ff8501152312",
+        "png": "aceb1b825ac8fb3d5fd6e596b59f4a20c9497c88ecfb86eaaedd0086c8f44dc5",
+    },
+    ("MEDIUM", 3): {
+        "DONE": "af90deee966e3d53d603e51afdfc51e55ef6fe5da7cd0939a27859a1ebc6d79a",
+        "lt_shapes_train.json": "e2f7a3959d6ab493802a290bcf6ec46fa9a07b9851228a9ac8130ca54e1d181e",
+        "lt_shapes_val.json": "cd524c5f870338d39bc5b488028ce052530b7cede7a67bff4b010e98eab06eab",
+        "png": "1906f36941ced199a5da62442e9f4ba7f992285fc43856f2271594fa4a15233e",
+    },
+}
+# the default dataset (seed 0, 2500 + 400 images, ~30 s; checked by hand, not here):
+# DONE 7028dd7bfac61ad015d7913f8efb086fb8717804a6ac4654dc8318545fd3c9f4,
+# lt_shapes_train.json ff0edd65fa8bc59d81cab97c00dd2318b2da7bc5e01860f78bba17359f82a9ce,
+# lt_shapes_val.json 6574646df64c0a8e2e6a5418c36bc41a9516e388a059230b18c0491cefa5f6fe,
+# png e706a1297a53829f617d71d567b96254e68dc0dfaaf7b163abab1bbb64dca8cc
+
+
+def _sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _digests(root):
+    """The digests of :data:`DIGESTS` for the dataset folder ``root``."""
+    out = {name: _sha256(os.path.join(root, name)) for name in ("DONE", "lt_shapes_train.json", "lt_shapes_val.json")}
+    pngs = [p for split in ("train", "val") for p in sorted(glob.glob(os.path.join(root, split, "*.png")))]
+    listing = "".join(f"{_sha256(p)}  {os.path.relpath(p, root)}\n" for p in pngs)
+    out["png"] = hashlib.sha256(listing.encode()).hexdigest()
+    return out
 
 
 def _plan_counts(plan, C):
@@ -44,10 +99,16 @@ def medium(tmp_path_factory):
     return paths, train, val
 
 
+def test_output_is_byte_identical_to_recorded(tmp_path, medium):
+    paths = generate(str(tmp_path / "small"), seed=1, spec=SMALL)
+    assert _digests(paths["root"]) == DIGESTS[("SMALL", 1)]
+    assert _digests(medium[0]["root"]) == DIGESTS[("MEDIUM", 3)]
+
+
 def test_default_spec_plan_groups():
     spec = LTShapesSpec()
     C = spec.num_classes
-    assert 60 <= C <= 100 and len(class_names(spec)) == C and class_names(spec)[0] == "red_solid_circle"
+    assert C == NUM_CLASSES == 72 and len(class_names(spec)) == C and class_names(spec)[0] == "red_solid_circle"
     targets, groups = plan_class_targets(spec, seed=0)
     plan = plan_split(spec, seed=0, split="train")
     assert len(plan) == spec.num_train
@@ -57,9 +118,9 @@ def test_default_spec_plan_groups():
     assert (inst == targets).all()
     assert (frequency_from_image_count(image_count) == groups).all()
     assert (image_count >= 1).all()
-    share = {g: (groups == g).mean() for g in "rcf"}
-    assert share["r"] >= 0.2 and share["c"] >= 0.25 and share["f"] >= 0.3
-    assert image_count.max() >= 400 and image_count.min() == 1  # Zipf-like head to tail
+    assert {g: int((groups == g).sum()) for g in "rcf"} == {"r": 18, "c": 25, "f": 29}
+    assert targets.sum() == 8750 and targets.max() == 467 and image_count.max() == 434  # Zipf-like head ...
+    assert image_count.min() == 1  # ... to tail
     # tail classes are spread over attributes: every shape has a rare class
     names = np.array(class_names(spec))
     assert {n.split("_")[-1] for n in names[groups == "r"]} == set(spec.shapes)
@@ -103,8 +164,8 @@ def test_cooccurrence(medium):
     for a in train["annotations"]:
         by_img.setdefault(a["image_id"], set()).add(freq[a["category_id"]])
     rare_imgs = [g for g in by_img.values() if "r" in g]
-    assert len(rare_imgs) >= 3
-    assert np.mean(["f" in g for g in rare_imgs]) >= 0.9
+    assert len(rare_imgs) == 13
+    assert all("f" in g for g in rare_imgs)
 
 
 def test_image_records(medium):
@@ -135,7 +196,9 @@ def test_polygon_box_consistency(medium):
             assert len(xy) >= 3
             x, y, w, h = a["bbox"]
             assert np.allclose([x, y, x + w, y + h], [*xy.min(0), *xy.max(0)], atol=0.011)
-            assert a["area"] > 0 and w > 0 and h > 0
+            # extent: the drawn size (within the spec's range; ~0.95 of it for the star), to 0.01 px
+            lo, hi = MEDIUM.size_range
+            assert 0.95 * lo - 0.02 <= max(w, h) <= hi + 0.02
             assert xy.min() >= 0 and xy.max() <= 64
             shoelace = abs(np.dot(xy[:, 0], np.roll(xy[:, 1], -1)) - np.dot(xy[:, 1], np.roll(xy[:, 0], -1))) / 2
             assert a["area"] == pytest.approx(shoelace, abs=0.01)
@@ -144,6 +207,7 @@ def test_polygon_box_consistency(medium):
 def test_rendered_pixels_match_polygons(medium):
     import pycocotools.mask as mask_util
     from PIL import Image
+    from scipy import ndimage
 
     paths, train, _ = medium
     cats = {c["id"]: c["name"] for c in train["categories"]}
@@ -168,7 +232,7 @@ def test_rendered_pixels_match_polygons(medium):
         ys, xs = np.nonzero(mask)
         y0, y1, x0, x1 = max(ys.min() - 2, 0), min(ys.max() + 3, 64), max(xs.min() - 2, 0), min(xs.max() + 3, 64)
         ring[y0:y1, x0:x1] = True
-        ring &= ~lt_shapes._dilate(mask, 1)
+        ring &= ~ndimage.binary_dilation(mask)
         assert close[ring].mean() < 0.2
     assert checked >= 5
 
@@ -199,9 +263,7 @@ def test_determinism(tmp_path):
             ba, bb, bc = fa.read(), fb.read(), fc.read()
         assert ba == bb
         assert ba != bc
-    for rel in ("train/000001.png", "train/000060.png", "val/000007.png"):
-        with open(os.path.join(a["root"], rel), "rb") as fa, open(os.path.join(b["root"], rel), "rb") as fb:
-            assert fa.read() == fb.read()
+    assert _digests(a["root"]) == _digests(b["root"]) == DIGESTS[("TINY", 5)]
     meta = load_lvis_meta(a["train_json"])
     assert (frequency_from_image_count(meta.image_count) == meta.frequency).all()
     assert set(meta.frequency.tolist()) == {"r", "c"}
@@ -210,23 +272,23 @@ def test_determinism(tmp_path):
 def test_done_marker_and_regeneration(tmp_path, monkeypatch):
     root = str(tmp_path / "ds")
     # an interrupted generation leaves no DONE marker
-    real = lt_shapes._render_split
+    real = build.render_split
 
     def crash_on_val(out_dir, split, *args, **kw):
         if split == "val":
             raise KeyboardInterrupt
         return real(out_dir, split, *args, **kw)
 
-    monkeypatch.setattr(lt_shapes, "_render_split", crash_on_val)
+    monkeypatch.setattr(build, "render_split", crash_on_val)
     with pytest.raises(KeyboardInterrupt):
         generate(root, seed=0, spec=TINY)
     assert not os.path.exists(os.path.join(root, "DONE"))
     assert not is_complete(root, 0, TINY)
-    monkeypatch.setattr(lt_shapes, "_render_split", real)
+    monkeypatch.setattr(build, "render_split", real)
 
     calls = []
-    real_generate = lt_shapes.generate
-    monkeypatch.setattr(lt_shapes, "generate", lambda *a, **k: calls.append(a) or real_generate(*a, **k))
+    real_generate = build.generate
+    monkeypatch.setattr(build, "generate", lambda *a, **k: calls.append(a) or real_generate(*a, **k))
     paths = get_lt_shapes(root, seed=0, spec=TINY)  # incomplete -> regenerated
     assert len(calls) == 1 and is_complete(root, 0, TINY)
     get_lt_shapes(root, seed=0, spec=TINY)  # complete -> reused
@@ -235,11 +297,12 @@ def test_done_marker_and_regeneration(tmp_path, monkeypatch):
     get_lt_shapes(root, seed=1, spec=TINY)
     assert len(calls) == 2 and is_complete(root, 1, TINY) and not is_complete(root, 0, TINY)
     assert os.path.isfile(paths["train_json"])
+    assert os.path.isfile(os.path.join(root, "DONE.lock"))  # iopath's file_lock(<root>/DONE)
 
 
 def test_cache_dir_env(tmp_path, monkeypatch):
     monkeypatch.setenv("LTDET2_DATASETS", str(tmp_path / "cache"))
-    assert lt_shapes.default_root(4) == str(tmp_path / "cache" / "lt_shapes_seed4")
+    assert default_root(4) == str(tmp_path / "cache" / "lt_shapes_seed4")
     paths = get_lt_shapes(seed=4, spec=TINY)
     assert paths["root"].startswith(str(tmp_path / "cache" / "lt_shapes_seed4_"))
     assert is_complete(paths["root"], 4, TINY)
@@ -265,10 +328,20 @@ def test_registration_is_lazy(tmp_path):
     assert os.path.isfile(rec["file_name"])
     assert rec["file_name"] == os.path.join(meta.image_root, "train", "000001.png")
     assert all(0 <= o["category_id"] < TINY.num_classes for o in rec["annotations"])
-    assert len(MetadataCatalog.get("lt_shapes_tiny_train").class_image_count) == TINY.num_classes
+    _, pair_classes = dataset_dict_pairs(dicts)
+    image_count = np.bincount(pair_classes, minlength=TINY.num_classes)
+    assert MetadataCatalog.get("lt_shapes_tiny_train").class_image_count == [
+        {"id": i + 1, "image_count": int(n)} for i, n in enumerate(image_count)]
     # default names registered at import, idempotently, without generating anything
     register_all_lt_shapes()
     register_all_lt_shapes()
     assert "lt_shapes_train" in DatasetCatalog.list() and "lt_shapes_val" in DatasetCatalog.list()
     assert MetadataCatalog.get("lt_shapes_train").evaluator_type == "lvis"
-    assert len(MetadataCatalog.get("lt_shapes_train").thing_classes) == 72
+    assert MetadataCatalog.get("lt_shapes_train").thing_classes == class_names(LTShapesSpec())
+
+
+def test_cli(tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    with pytest.raises(ValueError, match="num_train=100"):
+        lt_shapes_cli(["--out", out, "--seed", "2", "--num-train", "100"])
+    assert not is_complete(out, 2, LTShapesSpec(num_train=100))
