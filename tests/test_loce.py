@@ -55,7 +55,7 @@ def test_equilibrium_loss_is_stable_for_tiny_scores_and_has_correct_gradient():
 def test_equilibrium_loss_module_reads_indicator_and_appends_background():
     frequency = InstanceFrequency([10, 30, 60], normalize="sum")
     loss = EquilibriumLoss(indicator="instance_frequency", background_score=0.01)
-    loss.bind_indicator(frequency)
+    loss.bind_indicators({"instance_frequency": frequency})
     logits = torch.randn(4, 4, generator=torch.Generator().manual_seed(3))
     labels = torch.tensor([0, 1, 2, 3])
     expected = equilibrium_loss(logits, labels, torch.tensor([0.1, 0.3, 0.6, 0.01]))
@@ -101,7 +101,7 @@ def test_mfs_and_mean_scores_survive_a_checkpoint_exactly():
     for key, value in source.state_dict().items():
         assert torch.equal(value, restored.state_dict()[key]), key
     assert torch.equal(scores.vector(), restored_scores.vector())
-    source.bind_indicator(scores), restored.bind_indicator(restored_scores)
+    source.bind_indicators({"mean_score": scores}), restored.bind_indicators({"mean_score": restored_scores})
     torch.manual_seed(5)
     a = source.sample_classes()
     torch.manual_seed(5)

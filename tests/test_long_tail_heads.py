@@ -1,15 +1,21 @@
 """LongTailROIHeads / LongTailOutputLayers: stock-equal when all options are off; extra rows and
 indicators behave as specified."""
+import numpy as np
 import pytest
 import torch
 
-from ltdet2.memory import MeanScore
+from detectron2.config import LazyCall as L
+from detectron2.config import instantiate
+from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
+
+from ltdet2.memory import LearningStatusIndicator, MeanScore, SoftConfusionMatrix, TruePositiveRate
+from ltdet2.memory.indicators import object_mean_scores
+from ltdet2.modeling import LongTailOutputLayers
 from ltdet2.modeling.extra_rows import ExtraRows
 from ltdet2.modeling.feature_sources import FeatureSource, MemoryFeatureSampler
-from ltdet2.modeling.indicator_updates import object_mean_probabilities
 from ltdet2.modeling.losses import EquilibriumLoss
 
-from model_helpers import NUM_CLASSES, make_batch, paired_models, train_losses
+from model_helpers import NUM_CLASSES, long_tail_cfg, make_batch, paired_models, small_model_cfg, train_losses
 
 
 @pytest.mark.parametrize("mask", [False, True])
@@ -105,18 +111,21 @@ def test_mean_score_entries_per_ground_truth_box_and_memory_class():
                            [0.0, 0.5, 0.0], [0.0, 0.0, 0.0]])
     labels = torch.tensor([1, 1, 0, 2, 1, 1])
     object_ids = torch.tensor([0, 0, 1, -1, 10, 10])
-    entry_labels, entry_scores = object_mean_probabilities(logits, labels, object_ids)
     probs = torch.softmax(logits, 1)
+    entry_labels, entry_scores = object_mean_scores(probs, labels, object_ids)
     assert entry_labels.tolist() == [1, 0, 1]
     expected = [(probs[0, 1] + probs[1, 1]) / 2, probs[2, 0], (probs[4, 1] + probs[5, 1]) / 2]
     assert torch.allclose(entry_scores, torch.stack(expected))
 
 
 def test_mean_scores_update_from_roi_heads_with_any_roi_count():
-    indicator = MeanScore(NUM_CLASSES, alpha=0.9)
-    stock, ours = paired_models(indicators={"mean_score": indicator})
+    indicator, recorder = MeanScore(NUM_CLASSES, alpha=0.9), BatchRecorder(NUM_CLASSES)
+    memory_labels = torch.tensor([1, 4, 1])
+    source = FixedRows(ExtraRows(features=torch.randn(3, 256, generator=torch.Generator().manual_seed(0)),
+                                 labels=memory_labels))
+    stock, ours = paired_models(indicators={"mean_score": indicator, "recorder": recorder}, feature_sources=[source])
     ours.roi_heads.box_predictor.cls_loss = EquilibriumLoss(indicator="mean_score")
-    ours.roi_heads.box_predictor.bind_indicators(ours.roi_heads.indicators)
+    ours.roi_heads.bind_indicators()
     ours.roi_heads.batch_size_per_image = 17  # not a fixed per-image count
     batch = make_batch()
     before = indicator.vector().clone()
@@ -124,9 +133,25 @@ def test_mean_scores_update_from_roi_heads_with_any_roi_count():
     after = indicator.vector()
     seen = torch.cat([b["instances"].gt_classes for b in batch]).unique()
     changed = (after != before).nonzero().flatten()
-    assert set(changed.tolist()) <= set(seen.tolist()) and len(changed) > 0
+    assert set(changed.tolist()) <= set(seen.tolist()) | {4} and len(changed) > 0
     assert after[-1] == pytest.approx(0.01)
     assert torch.isfinite(losses["loss_cls"])
+    # object ids: a foreground RoI's ground-truth box (numbered across images), one id per memory class
+    recorded = recorder.batches[0]
+    proposals, targets = source.seen.proposals, source.seen.targets
+    num_rois = sum(len(p) for p in proposals)
+    roi_ids, roi_labels = recorded.object_ids[:num_rois], recorded.labels[:num_rois]
+    foreground = roi_labels < NUM_CLASSES
+    assert torch.equal(foreground, roi_ids >= 0)
+    gt_boxes = torch.cat([t.gt_boxes.tensor for t in targets])
+    roi_gt_boxes = torch.cat([p.gt_boxes.tensor for p in proposals])
+    assert torch.equal(gt_boxes[roi_ids[foreground]], roi_gt_boxes[foreground])
+    assert torch.equal(torch.cat([t.gt_classes for t in targets])[roi_ids[foreground]], roi_labels[foreground])
+    memory_ids = recorded.object_ids[num_rois:]
+    assert torch.equal(recorded.labels[num_rois:], memory_labels)
+    assert memory_ids[0] == memory_ids[2] != memory_ids[1] and (memory_ids >= len(gt_boxes)).all()
+    np.testing.assert_allclose(after.numpy(), expected_mean_scores(recorded, torch.softmax(recorded.logits, 1)),
+                               rtol=1e-6)
 
 
 def test_mfs_rows_come_from_memory_and_keep_mask_loss():
@@ -146,3 +171,170 @@ def test_mfs_rows_come_from_memory_and_keep_mask_loss():
     present = mfs.queue.counts > 0
     assert torch.allclose(weights[present], 1 / indicator.mean_scores[:NUM_CLASSES][present])
     assert (weights[~present] == 0).all()
+
+
+# --- indicators: binding and updates from the predictor's own probabilities -----------------------
+
+
+class BatchRecorder(LearningStatusIndicator):
+    """Records the PredictorBatch the heads give the indicators."""
+
+    reads_probabilities = True
+
+    def __init__(self, num_classes):
+        super().__init__(num_classes)
+        self.batches = []
+
+    def update_from_predictions(self, batch):
+        self.batches.append(batch)
+
+    def vector(self):
+        return torch.zeros(self.num_classes)
+
+
+class BackgroundSigmoidOutputLayers(LongTailOutputLayers):
+    """Overrides only the scoring: BACL's [sigmoid(z_i) * (1 - sigmoid(z_C)), sigmoid(z_C)]."""
+
+    def predict_class_probabilities(self, scores):
+        p = scores.sigmoid()
+        return torch.cat([p[:, :-1] * (1 - p[:, -1:]), p[:, -1:]], dim=1)
+
+
+def expected_mean_scores(batch, probabilities, alpha=0.9):
+    """MeanScore after one update from ``batch``, object by object (LOCE)."""
+    expected = np.full(NUM_CLASSES + 1, 0.01)
+    labels, object_ids = batch.labels.numpy(), batch.object_ids.numpy()
+    for c in range(NUM_CLASSES):
+        entries = [probabilities[object_ids == obj, c].double().mean().item()
+                   for obj in np.unique(object_ids[(labels == c) & (object_ids >= 0)])]
+        if entries:
+            decay = alpha ** len(entries)
+            expected[c] = decay * 0.01 + (1 - decay) * np.mean(entries)
+    return expected
+
+
+def expected_true_positive_rate(batch, probabilities):
+    fg = batch.labels < NUM_CLASSES
+    labels = batch.labels[fg]
+    hits = probabilities[fg, :NUM_CLASSES].argmax(1) == labels
+    positives = torch.bincount(labels, minlength=NUM_CLASSES)
+    return (torch.bincount(labels[hits], minlength=NUM_CLASSES) / positives.clamp(min=1)).numpy()
+
+
+def scoring_model(predictor_class):
+    cfg = long_tail_cfg(small_model_cfg(), indicators={
+        "mean_score": L(MeanScore)(num_classes=NUM_CLASSES), "tpr": L(TruePositiveRate)(num_classes=NUM_CLASSES),
+        "recorder": L(BatchRecorder)(num_classes=NUM_CLASSES)})
+    cfg.roi_heads.box_predictor._target_ = predictor_class
+    cfg.roi_heads.box_predictor.test_score_thresh = 0.0  # keep detections of an untrained model
+    torch.manual_seed(0)
+    return instantiate(cfg)
+
+
+def roi_head_detections(model, batch):
+    """(proposals, box-predictor outputs, detections) of the ROI heads at inference."""
+    seen = {}
+    hooks = [model.roi_heads.register_forward_pre_hook(lambda m, args: seen.update(proposals=args[2])),
+             model.roi_heads.box_predictor.register_forward_hook(lambda m, args, out: seen.update(predictions=out)),
+             model.roi_heads.register_forward_hook(lambda m, args, out: seen.update(detections=out[0]))]
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+    for hook in hooks:
+        hook.remove()
+    return seen["proposals"], seen["predictions"], seen["detections"]
+
+
+@pytest.mark.parametrize("predictor_class", [LongTailOutputLayers, BackgroundSigmoidOutputLayers])
+def test_inference_and_indicators_share_the_predictors_scoring(predictor_class):
+    def scoring(logits):
+        if predictor_class is LongTailOutputLayers:
+            return torch.softmax(logits, dim=1)
+        p = logits.sigmoid()
+        return torch.cat([p[:, :-1] * (1 - p[:, -1:]), p[:, -1:]], dim=1)
+
+    model = scoring_model(predictor_class)
+    stock_scoring = scoring_model(LongTailOutputLayers)
+    stock_scoring.load_state_dict(model.state_dict())
+    batch = make_batch(boxes_per_image=4)
+    train_losses(model, batch)
+    train_losses(stock_scoring, batch)
+    indicators = model.roi_heads.indicators
+    recorded = indicators["recorder"].batches[0]
+    assert recorded.probabilities.dtype == torch.float32 and not recorded.probabilities.requires_grad
+    probabilities = scoring(recorded.logits.float())
+    assert torch.equal(recorded.probabilities, probabilities)
+    np.testing.assert_allclose(indicators["mean_score"].vector().numpy(), expected_mean_scores(recorded, probabilities),
+                               rtol=1e-6)
+    np.testing.assert_allclose(indicators["tpr"].vector().numpy(), expected_true_positive_rate(recorded, probabilities))
+    stock_indicators = stock_scoring.roi_heads.indicators
+    assert torch.equal(stock_indicators["recorder"].batches[0].logits, recorded.logits)  # same rows, same logits
+    if predictor_class is BackgroundSigmoidOutputLayers:
+        assert not torch.allclose(stock_indicators["mean_score"].vector(), indicators["mean_score"].vector())
+
+    # inference scores detections with the same function
+    proposals, predictions, detections = roi_head_detections(model, batch)
+    predictor = model.roi_heads.box_predictor
+    expected, _ = fast_rcnn_inference(
+        predictor.predict_boxes(predictions, proposals),
+        scoring(predictions[0]).split([len(p) for p in proposals]),
+        [p.image_size for p in proposals], 0.0, predictor.test_nms_thresh, predictor.test_topk_per_image)
+    _, _, stock_detections = roi_head_detections(stock_scoring, batch)
+    for ours, theirs, stock in zip(detections, expected, stock_detections):
+        assert len(ours) > 0
+        assert torch.equal(ours.scores, theirs.scores) and torch.equal(ours.pred_classes, theirs.pred_classes)
+        assert torch.equal(ours.pred_boxes.tensor, theirs.pred_boxes.tensor)
+        if predictor_class is BackgroundSigmoidOutputLayers:
+            assert not torch.equal(ours.scores, stock.scores)  # softmax scores would differ
+
+
+class TwoIndicatorRows(FeatureSource):
+    """A source that reads two indicators and returns no rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.indicator_names = ("confusion", "tpr")
+        self.seen = []
+
+    def forward(self, context):
+        self.seen.append((self.indicator("confusion").matrix().clone(), self.indicator("tpr").vector().clone()))
+        return None
+
+
+def test_a_module_reads_two_indicators_bound_once():
+    source = TwoIndicatorRows()
+    stock, ours = paired_models(feature_sources=[source], indicators={
+        "confusion": SoftConfusionMatrix(NUM_CLASSES), "tpr": TruePositiveRate(NUM_CLASSES),
+        "mean_score": MeanScore(NUM_CLASSES)})
+    indicators = ours.roi_heads.indicators
+    assert source.indicator("confusion") is indicators["confusion"] and source.indicator("tpr") is indicators["tpr"]
+    with pytest.raises(ValueError, match=r"reads 2 indicators \['confusion', 'tpr'\]; name the one"):
+        source.indicator()
+    # plain references: the buffers are saved once, under the heads
+    assert list(source.state_dict()) == []
+    keys = [k for k in ours.state_dict() if k.endswith("numerator")]
+    assert keys == ["roi_heads.indicators.confusion.numerator"]
+    batch = make_batch()
+    train_losses(ours, batch)
+    after_first = indicators["confusion"].matrix().clone(), indicators["tpr"].vector().clone()
+    train_losses(ours, batch, seed=2)
+    # the first iteration reads the empty indicators (updated after the losses), the second what the first left
+    assert source.seen[0][0].abs().sum() == 0 and source.seen[0][1].abs().sum() == 0
+    assert torch.equal(source.seen[1][0], after_first[0]) and torch.equal(source.seen[1][1], after_first[1])
+    seen_classes = torch.cat([b["instances"].gt_classes for b in batch]).unique()
+    np.testing.assert_allclose(after_first[0][seen_classes].sum(1).numpy(), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("where", ["cls_loss", "source"])
+def test_missing_indicator_is_a_build_error_naming_it(where):
+    cfg = long_tail_cfg(small_model_cfg(), indicators={"mean_score": L(MeanScore)(num_classes=NUM_CLASSES)})
+    if where == "cls_loss":
+        cfg.roi_heads.box_predictor.cls_loss = L(EquilibriumLoss)(indicator="confusion")
+        owner = r"box_predictor.cls_loss \(EquilibriumLoss\)"
+    else:
+        cfg.roi_heads.feature_sources = [L(MemoryFeatureSampler)(num_classes=NUM_CLASSES, indicator="tpr")]
+        owner = r"feature_sources.0 \(MemoryFeatureSampler\)"
+    missing = "confusion" if where == "cls_loss" else "tpr"
+    with pytest.raises(ValueError, match=rf"{owner} reads indicator\(s\) \['{missing}'\], but the ROI heads "
+                                         r"have \['mean_score'\]"):
+        instantiate(cfg)

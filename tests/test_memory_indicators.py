@@ -12,6 +12,7 @@ from ltdet2.memory import (
     InstanceFrequency,
     LearningStatusIndicator,
     MeanScore,
+    PredictorBatch,
     SoftConfusionMatrix,
     TruePositiveRate,
 )
@@ -156,3 +157,118 @@ def test_indicator_state_dict_round_trip_and_dtype(cls):
         assert torch.equal(restored.get_buffer(name), buf)
     indicator.reset()
     assert torch.equal(indicator.vector(), cls(C).vector())
+
+
+# --- updates from the box predictor's rows --------------------------------------------------------
+
+
+def background_sigmoid(logits):
+    """A non-softmax scoring (BACL's): [sigmoid(z_i) * (1 - sigmoid(z_C)), sigmoid(z_C)]."""
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    return np.concatenate([p[:, :C] * (1 - p[:, C:]), p[:, C:]], axis=1).astype(np.float32)
+
+
+def predictor_batches(seed=0, steps=4):
+    """Rows of objects (one class each, several rows) and background rows (id -1), with logits and
+    non-softmax probabilities, as numpy arrays."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(steps):
+        object_classes = rng.integers(0, C, 7)
+        object_classes[object_classes == 3] = 4  # class 3 is never seen
+        num = int(rng.integers(1, 30))
+        object_ids = rng.integers(-1, 7, num)  # -1: background
+        labels = np.where(object_ids >= 0, object_classes[np.maximum(object_ids, 0)], C)
+        object_ids[object_ids >= 0] += 100 * len(out)  # ids need not be contiguous
+        logits = rng.normal(size=(num, C + 1)).astype(np.float32) * 2
+        out.append((labels, object_ids, logits, background_sigmoid(logits)))
+    return out
+
+
+def as_batch(labels, object_ids, logits, probabilities):
+    return PredictorBatch(logits=torch.tensor(logits), labels=torch.tensor(labels),
+                          object_ids=torch.tensor(object_ids), probabilities=torch.tensor(probabilities))
+
+
+def test_static_and_count_indicators_update_from_predictions():
+    static = ImageFrequency([4, 0, 2, 9, 1])
+    count = CumulativeCount(C)
+    expected = np.zeros(C)
+    for rows in predictor_batches(5):
+        static.update_from_predictions(as_batch(*rows))
+        count.update_from_predictions(as_batch(*rows))
+        expected += np.bincount(rows[0], minlength=C + 1)[:C]
+    np.testing.assert_allclose(static.vector().numpy(), np.array([4, 0, 2, 9, 1]) / 16)
+    np.testing.assert_array_equal(count.vector().numpy(), expected)
+    assert expected[3] == 0 and expected.sum() > 10
+
+
+def test_mean_score_updates_per_object_from_predictor_probabilities():
+    indicator = MeanScore(C, alpha=0.8)
+    expected = np.full(C + 1, 0.01)
+    for labels, object_ids, logits, probabilities in predictor_batches(6):
+        indicator.update_from_predictions(as_batch(labels, object_ids, logits, probabilities))
+        entries = {c: [] for c in range(C)}
+        for obj in np.unique(object_ids[object_ids >= 0]):  # one entry per object: mean over its rows
+            rows = object_ids == obj
+            entries[labels[rows][0]].append(probabilities[rows, labels[rows][0]].astype(np.float64).mean())
+        for c, values in entries.items():  # sequential definition: n single-entry EMAs with their mean
+            if values:
+                decay = 0.8 ** len(values)
+                expected[c] = decay * expected[c] + (1 - decay) * np.mean(values)
+    np.testing.assert_allclose(indicator.vector().numpy(), expected, rtol=1e-6)
+    assert expected[3] == 0.01 and (expected[[0, 1, 2, 4]] != 0.01).all()
+    with pytest.raises(ValueError, match="MeanScore reads the predictor's class probabilities"):
+        indicator.update_from_predictions(PredictorBatch(torch.zeros(1, C + 1), torch.tensor([0]), torch.tensor([0])))
+
+
+def test_true_positive_rate_updates_by_foreground_argmax_of_probabilities():
+    indicator = TruePositiveRate(C)
+    tp, pos = np.zeros(C), np.zeros(C)
+    for labels, object_ids, logits, probabilities in predictor_batches(7):
+        indicator.update_from_predictions(as_batch(labels, object_ids, logits, probabilities))
+        fg = labels < C
+        np.add.at(tp, labels[fg], probabilities[fg, :C].argmax(1) == labels[fg])
+        np.add.at(pos, labels[fg], 1)
+    np.testing.assert_allclose(indicator.vector().numpy(), tp / np.maximum(pos, 1), rtol=1e-6)
+    assert tp.sum() > 0 and pos[3] == 0
+
+
+def test_true_positive_rate_counts_a_background_winner_by_its_best_foreground_class():
+    # C = 5; background (column 5) has the highest probability in every row
+    probabilities = torch.tensor([[0.20, 0.05, 0.0, 0.0, 0.0, 0.75],   # label 0: best foreground 0 -> hit
+                                  [0.20, 0.05, 0.0, 0.0, 0.0, 0.75],   # label 1: best foreground 0 -> miss
+                                  [0.00, 0.10, 0.3, 0.0, 0.0, 0.60]])  # label 2: hit
+    labels = torch.tensor([0, 1, 2])
+    batch = PredictorBatch(logits=probabilities.log(), labels=labels, object_ids=torch.arange(3),
+                           probabilities=probabilities)
+    indicator = TruePositiveRate(C)
+    indicator.update_from_predictions(batch)
+    assert indicator.vector().tolist() == [1.0, 0.0, 1.0, 0.0, 0.0]
+    over_all_columns = TruePositiveRate(C)
+    over_all_columns.update(labels, probabilities)  # ``update`` with C+1 columns: background wins are misses
+    assert over_all_columns.vector().tolist() == [0.0] * C
+
+
+def test_soft_confusion_matrix_updates_from_foreground_logits_not_probabilities():
+    indicator = SoftConfusionMatrix(C)
+    numerator, pos = np.zeros((C, C)), np.zeros(C)
+    for labels, object_ids, logits, probabilities in predictor_batches(8):
+        indicator.update_from_predictions(as_batch(labels, object_ids, logits, probabilities))
+        fg = labels < C
+        z = logits[fg, :C].astype(np.float64)
+        p = np.exp(z - z.max(1, keepdims=True))
+        np.add.at(numerator, labels[fg], p / p.sum(1, keepdims=True))
+        np.add.at(pos, labels[fg], 1)
+    np.testing.assert_allclose(indicator.matrix().numpy(), numerator / np.maximum(pos, 1)[:, None], rtol=1e-5,
+                               atol=1e-7)
+    assert not SoftConfusionMatrix.reads_probabilities
+
+
+def test_predictor_batch_checks_shapes():
+    logits = torch.zeros(3, C + 1)
+    with pytest.raises(ValueError, match=r"labels must be \[3\]"):
+        PredictorBatch(logits, torch.zeros(2, dtype=torch.int64), torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="probabilities"):
+        PredictorBatch(logits, torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=torch.int64),
+                       probabilities=torch.zeros(3, C))

@@ -9,11 +9,13 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.structures import Boxes, Instances
 
 from ltdet2.data import dataset_dict_pairs, load_lvis_meta
+from ltdet2.data.class_counts import dataset_class_image_count
+from ltdet2.data.lvis_meta import LVISMeta
 from ltdet2.data.samplers import (
     class_repeat_factors,
     repeat_factor_sampler,
@@ -22,9 +24,19 @@ from ltdet2.data.samplers import (
 from ltdet2.engine.phases import load_config, run_phases
 from ltdet2.modeling import CosineClassifier
 from ltdet2.modeling.feature_sources import ObjectReplay, SourceContext
-from ltdet2.modeling.feature_sources.object_replay import image_count_from_dataset, targeted_classes
+from ltdet2.modeling.feature_sources.object_replay import targeted_classes
+from ltdet2.utils.json_io import write_json_atomic
 
-from model_helpers import NUM_CLASSES, ROOT, long_tail_cfg, make_batch, small_model_cfg, tiny_run_overrides, train_losses
+from model_helpers import (
+    NUM_CLASSES,
+    ROOT,
+    TINY_LT_SHAPES,
+    long_tail_cfg,
+    make_batch,
+    small_model_cfg,
+    tiny_run_overrides,
+    train_losses,
+)
 
 # --- repeat-factor sampling ---------------------------------------------------------------------
 
@@ -206,23 +218,34 @@ def test_replay_random_mode_draws_per_class_from_stored_entries():
     assert set(rows.features[:, 0].tolist()) <= {0.0, 1.0, 2.0}
 
 
-def test_targeted_classes_from_counts_meta_and_dataset_name():
+def test_targeted_classes_from_counts_and_meta():
     counts = np.array([0, 1, 30, 31, 500, 12])
     assert targeted_classes(counts).tolist() == [1, 2, 5]
     assert targeted_classes(counts, max_images=10).tolist() == [1]
+    meta = LVISMeta(category_ids=tuple(range(1, 7)), names=tuple("abcdef"), frequency=np.array(list("rrccfc")),
+                    image_count=counts, instance_count=counts * 2)
+    assert targeted_classes(meta).tolist() == [1, 2, 5]
     replay = ObjectReplay(num_classes=6, feature_dim=8, image_count=counts)
     assert replay.targeted_classes.tolist() == [1, 2, 5]
     assert replay.queue.storage("features").shape == (3, 60, 8)  # only targeted classes are stored
-
-    name = "rio_test_counts_meta"
-    MetadataCatalog.get(name).set(class_image_count=[{"id": i + 1, "image_count": int(n)}
-                                                     for i, n in reversed(list(enumerate(counts)))])
-    assert image_count_from_dataset(name).tolist() == counts.tolist()
-    lazy = ObjectReplay(num_classes=6, feature_dim=8, dataset_name=name)
-    assert lazy.queue is None and "slot_to_class" not in lazy.state_dict()  # nothing read yet
-    assert lazy.targeted_classes.tolist() == [1, 2, 5]
     with pytest.raises(ValueError, match="exactly one"):
         ObjectReplay(num_classes=6, feature_dim=8, image_count=counts, targeted_classes=[1])
+
+
+def test_targeted_classes_from_dataset_name_read_lazily(tiny_dataset):
+    train_name = tiny_dataset[0]
+    DatasetCatalog.get(train_name)  # LT-Shapes sets its class_image_count metadata when loaded
+    records = sorted(MetadataCatalog.get(train_name).class_image_count, key=lambda r: r["id"])
+    counts = np.array([r["image_count"] for r in records])
+    # the one route for a dataset's per-class image counts gives LT-Shapes' own metadata
+    assert dataset_class_image_count(train_name).tolist() == counts.tolist() == [1, 13, 20, 2, 9, 4, 48, 31]
+    num_classes = TINY_LT_SHAPES.num_classes
+    lazy = ObjectReplay(num_classes=num_classes, feature_dim=8, dataset_name=train_name)
+    assert lazy.queue is None and "slot_to_class" not in lazy.state_dict()  # nothing read yet
+    assert lazy.targeted_classes.tolist() == [0, 1, 2, 3, 4, 5]  # 1..30 images
+    assert lazy.queue.storage("features").shape == (6, 60, 8)
+    both = ObjectReplay(num_classes=num_classes, feature_dim=8, dataset_name=[train_name, train_name])
+    assert both.targeted_classes.tolist() == [0, 1, 3, 4, 5]  # counts summed: 2, 26, 40, 4, 18, 8, 96, 62
 
 
 # --- object replay inside the ROI heads ---------------------------------------------------------
@@ -271,10 +294,18 @@ def test_replayed_rows_train_box_losses_but_not_the_mask_head():
     assert not torch.equal(stock_losses["loss_box_reg"], our_losses["loss_box_reg"])
 
 
+def register_counts_only_dataset(name, image_count, folder):
+    """Registers metadata whose LVIS-format json has only categories with the given image counts."""
+    categories = [{"id": i + 1, "name": f"class_{i}", "frequency": "r", "image_count": int(n), "instance_count": int(n)}
+                  for i, n in enumerate(image_count)]
+    json_file = os.path.join(str(folder), f"{name}.json")
+    write_json_atomic(json_file, {"images": [], "annotations": [], "categories": categories})
+    MetadataCatalog.get(name).set(json_file=json_file)
+
+
 def test_replay_memory_survives_a_checkpoint_round_trip(tmp_path):
     name = "rio_test_counts_resume"
-    MetadataCatalog.get(name).set(class_image_count=[{"id": i + 1, "image_count": n}
-                                                     for i, n in enumerate([3, 100, 7, 40, 12, 500])])
+    register_counts_only_dataset(name, [3, 100, 7, 40, 12, 500], tmp_path)
     _, model = replay_model(dataset_name=name)
     for seed in range(2):
         train_losses(model, make_batch(seed=seed))

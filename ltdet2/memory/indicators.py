@@ -7,6 +7,9 @@ applied (a collective: every rank calls ``update`` every step, possibly with no 
 the state a single process would reach on the ranks' batches concatenated.
 """
 
+from dataclasses import dataclass
+from typing import Optional
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -15,6 +18,8 @@ from .base import StateModule
 from .distributed import all_reduce_sum, check_sync, is_global
 
 __all__ = [
+    "PredictorBatch",
+    "object_mean_scores",
     "LearningStatusIndicator",
     "StaticFrequency",
     "ImageFrequency",
@@ -26,15 +31,83 @@ __all__ = [
 ]
 
 
+@dataclass
+class PredictorBatch:
+    """One training iteration's box-predictor rows, as the indicators read them (all detached).
+
+    Attributes:
+        logits: [N, C+1] classification logits, background column C: the sampled RoIs, then the
+            extra (memory) rows.
+        labels: [N] int64 classes in [0, C] (C = background).
+        object_ids: [N] int64; rows of one object (one ground-truth box, or one (source, class) of
+            memory rows) share an id; rows with id < 0 (background) belong to no object.
+        probabilities: [N, C+1] float32 class probabilities from the box predictor's own test-time
+            scoring (background column C); None when no indicator reads them
+            (``reads_probabilities``).
+    """
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    object_ids: torch.Tensor
+    probabilities: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        num_rows = self.logits.shape[0]
+        if self.logits.dim() != 2:
+            raise ValueError(f"PredictorBatch: logits must be [N, C+1], got {tuple(self.logits.shape)}")
+        for name in ("labels", "object_ids"):
+            value = getattr(self, name)
+            if tuple(value.shape) != (num_rows,):
+                raise ValueError(f"PredictorBatch: {name} must be [{num_rows}], got {tuple(value.shape)}")
+        if self.probabilities is not None and self.probabilities.shape != self.logits.shape:
+            raise ValueError(f"PredictorBatch: probabilities {tuple(self.probabilities.shape)} and logits "
+                             f"{tuple(self.logits.shape)} differ in shape")
+
+    def class_probabilities(self, reader: str) -> torch.Tensor:
+        """``probabilities``, or a clear error naming the indicator that needs them."""
+        if self.probabilities is None:
+            raise ValueError(f"{reader} reads the predictor's class probabilities, but the batch has none "
+                             "(set reads_probabilities = True on the indicator)")
+        return self.probabilities
+
+
+@torch.no_grad()
+def object_mean_scores(probabilities, labels, object_ids):
+    """Per object, the mean over its rows of the probability of its class (LOCE's mean-score entries).
+
+    Args:
+        probabilities: [N, C+1] class probabilities (background index C).
+        labels: [N] classes; rows labelled C (background) are ignored.
+        object_ids: [N] int64, rows of one object share an id; rows with id < 0 are ignored.
+
+    Returns:
+        (labels [K], mean probabilities [K]) of the K objects, in increasing id order.
+    """
+    num_classes = probabilities.shape[1] - 1
+    keep = (labels < num_classes) & (object_ids >= 0)
+    labels, object_ids = labels[keep], object_ids[keep]
+    scores = probabilities[keep].gather(1, labels[:, None]).squeeze(1)
+    unique_ids, inverse = torch.unique(object_ids, return_inverse=True)
+    sums = scores.new_zeros(unique_ids.numel()).index_add_(0, inverse, scores)
+    counts = scores.new_zeros(unique_ids.numel()).index_add_(0, inverse, torch.ones_like(scores))
+    object_labels = labels.new_zeros(unique_ids.numel()).scatter_(0, inverse, labels)
+    return object_labels, sums / counts.clamp(min=1)
+
+
 class LearningStatusIndicator(StateModule):
     """Base class: ``update(labels, ...)`` accumulates, ``vector()`` returns the per-class status.
 
     ``vector()`` is ``[C]`` (``[C+1]`` for :class:`MeanScore`, whose last entry is background).
     Indicators with a pairwise form also implement ``matrix()`` (``[C, C]``); ``has_matrix`` says
     which. Larger values mean a stronger (better learned / more frequent) class throughout.
+
+    In training, the ROI heads call ``update_from_predictions(batch)`` once per iteration, after the
+    losses, with the box predictor's rows (:class:`PredictorBatch`); each indicator says there what
+    it reads. ``reads_probabilities`` asks for the predictor's class probabilities in the batch.
     """
 
     has_matrix = False
+    reads_probabilities = False
 
     def __init__(self, num_classes: int, *, sync: str = "local"):
         super().__init__()
@@ -45,6 +118,11 @@ class LearningStatusIndicator(StateModule):
 
     def update(self, labels: torch.Tensor, *args, **kwargs) -> None:
         raise NotImplementedError
+
+    def update_from_predictions(self, batch: PredictorBatch) -> None:
+        """Updates from one iteration's box-predictor rows (see :class:`PredictorBatch`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no rule to update from the box predictor's outputs; "
+                                  "implement update_from_predictions")
 
     def vector(self) -> torch.Tensor:
         raise NotImplementedError
@@ -114,6 +192,9 @@ class StaticFrequency(LearningStatusIndicator):
     def update(self, *args, **kwargs) -> None:
         pass
 
+    def update_from_predictions(self, batch: PredictorBatch) -> None:
+        pass
+
     def reset(self) -> None:
         pass
 
@@ -153,6 +234,10 @@ class CumulativeCount(LearningStatusIndicator):
             all_reduce_sum(increment)
         self.counts += increment
 
+    def update_from_predictions(self, batch: PredictorBatch) -> None:
+        """Counts the foreground rows (sampled RoIs and memory rows)."""
+        self.update(batch.labels)
+
     def vector(self) -> torch.Tensor:
         return self.counts.float()
 
@@ -165,7 +250,12 @@ class MeanScore(LearningStatusIndicator):
     class for memory rows). A class with n entries in one update becomes
     ``s <- alpha^n * s + (1 - alpha^n) * mean(entries)``. All classes start at ``initial_score`` and
     the background entry is the constant ``background_score`` (LOCE uses 0.01 for both).
+
+    From the box predictor (:meth:`update_from_predictions`): one entry per object, the mean over the
+    object's rows of the predictor's probability of its class (:func:`object_mean_scores`).
     """
+
+    reads_probabilities = True
 
     def __init__(
         self,
@@ -206,6 +296,10 @@ class MeanScore(LearningStatusIndicator):
         old = self.mean_scores[index].to(torch.float64)
         self.mean_scores[index] = (decay * old + (1 - decay) * means).to(self.mean_scores.dtype)
 
+    def update_from_predictions(self, batch: PredictorBatch) -> None:
+        probabilities = batch.class_probabilities(type(self).__name__)
+        self.update(*object_mean_scores(probabilities, batch.labels, batch.object_ids))
+
     def reset(self) -> None:
         self.mean_scores.fill_(self.initial_score)
         self.mean_scores[-1] = self.background_score
@@ -220,10 +314,15 @@ class MeanScore(LearningStatusIndicator):
 class TruePositiveRate(LearningStatusIndicator):
     """Online TPR_i = #(rows labelled i with argmax score == i) / #(rows labelled i), cumulative.
 
-    ``scores [N, C]`` or ``[N, C+1]``: probabilities or logits, whatever the classifier's decision
-    is the argmax of; with C+1 columns a positive whose argmax is background is a miss. Classes never
-    seen have TPR 0. ``vector()`` float32 ``[C]``.
+    ``update``: ``scores [N, C]`` or ``[N, C+1]``, probabilities or logits, whatever the classifier's
+    decision is the argmax of; with C+1 columns a positive whose argmax is background is a miss.
+    From the box predictor (:meth:`update_from_predictions`): the argmax over the C foreground
+    columns of the predictor's probabilities (BACL Tab. II; with a background channel, the argmax of
+    the detection scores), so a positive counts by its best foreground class even when background
+    scores higher. Classes never seen have TPR 0. ``vector()`` float32 ``[C]``.
     """
+
+    reads_probabilities = True
 
     def __init__(self, num_classes: int, *, sync: str = "local"):
         super().__init__(num_classes, sync=sync)
@@ -243,6 +342,10 @@ class TruePositiveRate(LearningStatusIndicator):
         self.true_positives += stats[0]
         self.positives += stats[1]
 
+    def update_from_predictions(self, batch: PredictorBatch) -> None:
+        probabilities = batch.class_probabilities(type(self).__name__)
+        self.update(batch.labels, probabilities[:, : self.num_classes])
+
     def vector(self) -> torch.Tensor:
         return (self.true_positives.double() / self.positives.clamp(min=1)).float()
 
@@ -255,6 +358,8 @@ class SoftConfusionMatrix(LearningStatusIndicator):
     Rows of classes never seen are 0, as in the official code (``numerator / max(count, 1)``).
     ``matrix()`` float32 ``[C, C]``; ``vector()`` is the diagonal ``M[i, i]``, the per-class status
     BACL's FHM samples by (``p ∝ 1 - M[i, i]``). FCBL's pairwise form uses ``matrix()``.
+    From the box predictor (:meth:`update_from_predictions`) it reads the logits, not the predictor's
+    probabilities: the definition is a softmax over the foreground logits whatever the classifier.
     """
 
     has_matrix = True
@@ -282,6 +387,9 @@ class SoftConfusionMatrix(LearningStatusIndicator):
         else:
             self.numerator.index_add_(0, classes, row_sums.to(self.numerator.dtype))
         self.positives += counts
+
+    def update_from_predictions(self, batch: PredictorBatch) -> None:
+        self.update(batch.labels, batch.logits)
 
     def matrix(self) -> torch.Tensor:
         return (self.numerator / self.positives.clamp(min=1)[:, None]).float()

@@ -1,31 +1,35 @@
 """Detectron2's FastRCNNOutputLayers with a pluggable classifier and classification loss."""
-from typing import Dict, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, _log_classification_stats
+from detectron2.structures import Instances
 
 from ..extra_rows import ExtraRowsBatch
-from ..indicator_binding import bind_named_indicator
 
 
 class LongTailOutputLayers(FastRCNNOutputLayers):
     """Box predictor whose classifier and classification loss are modules, and which trains on
     extra rows (memory features) after the sampled RoIs.
 
-    Scores are ``[N, C+1]`` logits with background at index C; inference is Detectron2's (softmax,
-    or sigmoid with ``use_sigmoid_ce``). With ``classifier=None`` and ``cls_loss=None`` and no extra
-    rows, losses and outputs are exactly those of :class:`FastRCNNOutputLayers`.
+    Scores are ``[N, C+1]`` logits with background at index C. Their class probabilities come from
+    one function, :meth:`predict_class_probabilities` (Detectron2's: softmax, or sigmoid with
+    ``use_sigmoid_ce``): inference scores detections with it and the learning-status indicators
+    read it, so a classifier with another test-time activation overrides that one method. With
+    ``classifier=None`` and ``cls_loss=None`` and no extra rows, losses and outputs are exactly those
+    of :class:`FastRCNNOutputLayers`.
 
     Args:
         classifier: module mapping ``[N, D]`` features to ``[N, C+1]`` logits; replaces the linear
             ``cls_score`` (and keeps its name, so checkpoints line up).
         cls_loss: module ``cls_loss(logits, labels, weights=None) -> scalar`` replacing the
-            cross-entropy. If it has ``indicator_name``, the ROI heads bind that indicator to it
-            (``cls_loss.indicator``) before training.
+            cross-entropy. If it reads indicators (an ``IndicatorUser``), the ROI heads bind the ones
+            it names to it when they are built.
         other arguments: those of :class:`FastRCNNOutputLayers`.
     """
 
@@ -41,9 +45,17 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
     def from_config(cls, cfg, input_shape):
         return super().from_config(cfg, input_shape)
 
-    def bind_indicators(self, indicators: Dict[str, nn.Module]):
-        """Gives the classification loss the indicator it names (not registered twice)."""
-        bind_named_indicator(self.cls_loss, indicators, owner="box_predictor.cls_loss")
+    def predict_class_probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        """``[N, C+1]`` class probabilities (background column C) from ``[N, C+1]`` logits: the test-time
+        scoring, shared by inference and the learning-status indicators."""
+        if self.use_sigmoid_ce:
+            return scores.sigmoid()
+        return F.softmax(scores, dim=-1)
+
+    def predict_probs(self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]):
+        """Per image, ``[R_i, C+1]`` class probabilities from :meth:`predict_class_probabilities`."""
+        scores, _ = predictions
+        return self.predict_class_probabilities(scores).split([len(p) for p in proposals], dim=0)
 
     def classification_loss(self, scores, gt_classes, weights=None):
         if self.cls_loss is not None:

@@ -8,7 +8,7 @@ from torch import nn
 from detectron2.structures import Instances
 
 from ..extra_rows import ExtraRows
-from ..indicator_binding import IndicatorUser
+from ..indicator_links import IndicatorUser
 
 STAGES = ("pooled", "box_head")
 
@@ -49,7 +49,7 @@ class FeatureSource(IndicatorUser, nn.Module):
     Subclasses set ``stage`` ("pooled": rows are pooled RoI features that go through the box head
     with the sampled RoIs; "box_head": rows are box-head features that go straight to the
     predictor) and implement ``forward(context) -> Optional[ExtraRows]``. A source that steers by
-    an indicator sets ``indicator_name``; the ROI heads then call :meth:`bind_indicator`.
+    indicators names them in ``indicator_names``; the ROI heads bind them (read with :meth:`indicator`).
     State (queues, banks) must be registered buffers or submodules, so it is checkpointed.
     """
 

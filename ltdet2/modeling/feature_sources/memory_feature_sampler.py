@@ -54,7 +54,7 @@ class MemoryFeatureSampler(FeatureSource):
         self.num_classes = num_classes
         self.num_sampled_classes = num_sampled_classes
         self.per_class = per_class
-        self.indicator_name = indicator
+        self.indicator_names = (indicator,) if indicator is not None else ()
         self.queue = ClassQueue(
             num_classes,
             capacity,
@@ -103,4 +103,4 @@ class MemoryFeatureSampler(FeatureSource):
 
     def extra_repr(self):
         return (f"num_sampled_classes={self.num_sampled_classes}, per_class={self.per_class}, "
-                f"indicator={self.indicator_name!r}")
+                f"indicators={self.indicator_names}")

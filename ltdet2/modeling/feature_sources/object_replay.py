@@ -5,44 +5,18 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ltdet2.data.lvis_meta import LVISMeta, load_lvis_meta
+from ltdet2.data.class_counts import dataset_class_image_count
+from ltdet2.data.lvis_meta import LVISMeta
 from ltdet2.memory import ClassQueue
 
 from ..extra_rows import ExtraRows
 from .base import FeatureSource
 
-__all__ = ["ObjectReplay", "image_count_from_dataset", "targeted_classes"]
+__all__ = ["ObjectReplay", "targeted_classes"]
 
 logger = logging.getLogger(__name__)
 
 REPLAY_MODES = ("recent", "random")
-
-
-def image_count_from_dataset(dataset_name: Union[str, Sequence[str]]) -> np.ndarray:
-    """[C] int64 training-image count per contiguous class of a registered Detectron2 dataset.
-
-    Reads the dataset's metadata: ``class_image_count`` if set (Detectron2's LVIS v1 registration
-    ships it; LT-Shapes sets it when its train split is loaded), else ``json_file`` through
-    :func:`ltdet2.data.load_lvis_meta` (an LVIS-format json, e.g. LVIS v0.5 train). Several names
-    (as ``get_detection_dataset_dicts`` takes): the counts are summed.
-    """
-    from detectron2.data import MetadataCatalog
-
-    if not isinstance(dataset_name, str):
-        counts = [image_count_from_dataset(name) for name in dataset_name]
-        if len({len(c) for c in counts}) != 1:
-            raise ValueError(f"datasets {list(dataset_name)} have different numbers of classes")
-        return np.sum(counts, axis=0)
-    meta = MetadataCatalog.get(dataset_name)
-    records = meta.get("class_image_count", None)
-    if records is not None:
-        records = sorted(records, key=lambda r: r["id"])
-        return np.asarray([int(r["image_count"]) for r in records], dtype=np.int64)
-    json_file = meta.get("json_file", None)
-    if json_file is None:
-        raise ValueError(f"dataset {dataset_name!r} has neither 'class_image_count' nor 'json_file' in its "
-                         "metadata; give ObjectReplay an image_count or targeted_classes instead")
-    return np.asarray(load_lvis_meta(json_file).image_count, dtype=np.int64)
 
 
 def targeted_classes(image_count: Union[np.ndarray, Sequence[int], LVISMeta, torch.Tensor],
@@ -89,9 +63,10 @@ class ObjectReplay(FeatureSource):
         targeted_classes: explicit class indices.
         image_count: [C] training images per class (array, tensor or :class:`LVISMeta`); targeted
             are classes with 1..``max_images`` images.
-        dataset_name: a registered Detectron2 dataset; its counts are read by
-            :func:`image_count_from_dataset` when first needed (first training iteration or loading
-            a checkpoint that holds the memory), so a config can be instantiated without the data.
+        dataset_name: a registered LVIS-format Detectron2 dataset (or several, counts summed); its
+            counts are read by :func:`ltdet2.data.class_counts.dataset_class_image_count` when first
+            needed (first training iteration or loading a checkpoint that holds the memory), so a
+            config can be instantiated without the data.
 
     Args:
         num_classes: C.
@@ -172,7 +147,7 @@ class ObjectReplay(FeatureSource):
     def resolve(self):
         """Reads the targeted classes of ``dataset_name`` if not done yet (no-op otherwise)."""
         if not self._resolved:
-            self._allocate(_targeted(image_count_from_dataset(self.dataset_name), self.max_images))
+            self._allocate(_targeted(dataset_class_image_count(self.dataset_name), self.max_images))
 
     @property
     def targeted_classes(self) -> torch.Tensor:

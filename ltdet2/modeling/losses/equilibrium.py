@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..indicator_binding import IndicatorUser
+from ..indicator_links import IndicatorUser
 
 # Mean scores below this are treated as this value, so log(s) stays finite.
 MIN_SCORE = 1e-12
@@ -49,7 +49,7 @@ class EquilibriumLoss(IndicatorUser, nn.Module):
 
     def __init__(self, *, indicator: str = "mean_score", background_score: float = 0.01):
         super().__init__()
-        self.indicator_name = indicator
+        self.indicator_names = (indicator,)
         self.background_score = float(background_score)
 
     def scores(self, num_classes):
@@ -57,7 +57,7 @@ class EquilibriumLoss(IndicatorUser, nn.Module):
         if scores.numel() == num_classes:
             scores = torch.cat([scores, scores.new_full((1,), self.background_score)])
         if scores.numel() != num_classes + 1:
-            raise ValueError(f"EquilibriumLoss: indicator {self.indicator_name!r} has {scores.numel()} "
+            raise ValueError(f"EquilibriumLoss: indicator {self.indicator_names[0]!r} has {scores.numel()} "
                              f"entries; expected {num_classes} or {num_classes + 1}")
         return scores
 
@@ -65,4 +65,4 @@ class EquilibriumLoss(IndicatorUser, nn.Module):
         return equilibrium_loss(logits, labels, self.scores(logits.shape[1] - 1).to(logits.device), weights)
 
     def extra_repr(self):
-        return f"indicator={self.indicator_name!r}, background_score={self.background_score}"
+        return f"indicator={self.indicator_names[0]!r}, background_score={self.background_score}"

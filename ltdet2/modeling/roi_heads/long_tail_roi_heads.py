@@ -9,10 +9,10 @@ from detectron2.config import configurable, instantiate
 from detectron2.structures import Boxes, Instances
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 
+from ..box_predictors import LongTailOutputLayers
 from ..extra_rows import ExtraRowsBatch
 from ..feature_sources.base import STAGES, SourceContext
-from ..indicator_binding import bind_named_indicator
-from ..indicator_updates import update_indicator
+from ..indicator_links import bind_indicator_users, predictor_row_objects, update_indicators
 
 logger = logging.getLogger(__name__)
 
@@ -26,14 +26,16 @@ class LongTailROIHeads(StandardROIHeads):
     through the box head with the sampled RoIs, "box_head" rows go straight to the predictor.
     The rows feed the classification loss and, where they carry boxes, the regression loss; never
     the mask head (which only sees the sampled foreground proposals). After the losses, every
-    indicator is updated from the predictions, detached (see :func:`update_indicator`).
+    indicator updates itself from the predictor's rows, detached (``update_from_predictions``; the
+    class probabilities are the predictor's own, :meth:`LongTailOutputLayers.predict_class_probabilities`).
 
     With no sources and no indicators the heads are exactly :class:`StandardROIHeads`.
 
     Args:
         feature_sources: modules with a ``stage`` and ``forward(context) -> ExtraRows or None``.
         indicators: name -> learning-status indicator (or its LazyConfig); owned (and checkpointed)
-            here and bound by name to the sources and the predictor's loss that read them.
+            here and bound by name to every module under the heads that reads them (feature sources,
+            the predictor's loss or classifier: :class:`~ltdet2.modeling.indicator_links.IndicatorUser`).
         other arguments: those of :class:`StandardROIHeads`.
     """
 
@@ -53,12 +55,14 @@ class LongTailROIHeads(StandardROIHeads):
             if source.stage not in STAGES:
                 raise ValueError(f"feature source {index} ({type(source).__name__}) has stage "
                                  f"{source.stage!r}; expected one of {STAGES}")
-            bind_named_indicator(source, self.indicators, owner=f"feature source {type(source).__name__}")
-        if not self.is_stock and not hasattr(self.box_predictor, "bind_indicators"):
+        for name, indicator in self.indicators.items():
+            if not callable(getattr(indicator, "update_from_predictions", None)):
+                raise TypeError(f"indicator {name!r} ({type(indicator).__name__}) has no "
+                                "update_from_predictions(batch); use a LearningStatusIndicator")
+        if not self.is_stock and not isinstance(self.box_predictor, LongTailOutputLayers):
             raise TypeError(f"LongTailROIHeads with feature sources or indicators needs a LongTailOutputLayers "
                             f"box predictor (it trains on extra rows); got {type(self.box_predictor).__name__}")
-        if hasattr(self.box_predictor, "bind_indicators"):
-            self.box_predictor.bind_indicators(self.indicators)
+        self.bind_indicators()
         self._sampled_gt_indices = None
         self._targets = None
 
@@ -70,6 +74,11 @@ class LongTailROIHeads(StandardROIHeads):
     @property
     def is_stock(self):
         return not self.feature_sources and not self.indicators
+
+    def bind_indicators(self):
+        """Gives every module under the heads that reads indicators the ones it names (done at build;
+        call again after replacing such a module)."""
+        bind_indicator_users(self, self.indicators)
 
     # --- sampling: remember which ground-truth box each sampled RoI matched ---------------------
 
@@ -149,19 +158,6 @@ class LongTailROIHeads(StandardROIHeads):
     def _update_indicators(self, logits, proposals, targets, extra_rows: ExtraRowsBatch):
         if not self.indicators:
             return
-        device = logits.device
-        roi_labels = torch.cat([p.gt_classes for p in proposals])
-        # object ids: (image, ground-truth box) for RoIs; (source, class) for memory rows
-        gt_counts = torch.tensor([len(t) for t in targets], device=device)
-        image_offsets = torch.cumsum(gt_counts, 0) - gt_counts
-        roi_image = torch.repeat_interleave(torch.arange(len(proposals), device=device),
-                                            torch.tensor([len(p) for p in proposals], device=device))
-        roi_gt = torch.cat([p.gt_indices for p in proposals])
-        roi_ids = torch.where(roi_gt >= 0, image_offsets[roi_image] + roi_gt, -1)
-        extra_labels = extra_rows.labels(device)
-        extra_ids = gt_counts.sum() + extra_rows.source_indices(device) * (self.num_classes + 1) + extra_labels
-        labels = torch.cat([roi_labels, extra_labels])
-        object_ids = torch.cat([roi_ids, extra_ids])
-        for indicator in self.indicators.values():
-            update_indicator(indicator, logits, labels, object_ids)
-
+        labels, object_ids = predictor_row_objects(proposals, targets, extra_rows, self.num_classes)
+        update_indicators(self.indicators, logits, labels, object_ids,
+                          self.box_predictor.predict_class_probabilities)
