@@ -201,11 +201,11 @@ def test_direct_feed_only_for_supported_engine_version(monkeypatch, caplog):
             "faster-coco-eval 1.9.0: ltdet2's direct feed of its C++ engine is written for 1.8.x; using "
             "faster-coco-eval's public LVIS path instead (same numbers, slower, more memory)."
         ]
+        monkeypatch.setattr(faster_coco_eval, "__version__", "1.8.3")
+        fast_lvis_feed._supported_engine.cache_clear()
+        assert fast_lvis_feed.available()
     finally:
         fast_lvis_feed._supported_engine.cache_clear()
-    monkeypatch.setattr(faster_coco_eval, "__version__", "1.8.3")
-    assert fast_lvis_feed.available()
-    fast_lvis_feed._supported_engine.cache_clear()
 
 
 def test_fast_synthetic_array_and_frequency_groups():
