@@ -1,22 +1,27 @@
 #!/usr/bin/env python
 """
-Time and measure peak memory of ltdet2.evaluation.evaluate_lvis (faster-coco-eval engine)
-against the official LVIS API (lvis.LVISEval) on the same synthetic LVIS-val-sized bbox results.
+Time and measure peak memory of ltdet2.evaluation.evaluate_lvis (direct feed of faster-coco-eval's
+C++ engine) against faster-coco-eval's own public LVIS path and the official LVIS API
+(lvis.LVISEval), on the same synthetic LVIS-val-sized bbox results.
 
 The parent process generates the data once (ground truth json + an [N, 7] results array,
 no per-detection Python objects) and runs each side in a fresh worker process, so that each
 side's peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is its own:
 
-* ours:      evaluate_lvis(gt_json_path, results_array)          (columnar input)
+* ours:      evaluate_lvis(gt_json_path, results_array)          (array input, direct feed)
 * ours-list: evaluate_lvis(gt_json_path, list of result dicts)   (--ours-list; Detectron2 path)
+* public:    evaluate_lvis(gt_json_path, results_array) with the direct feed switched off
+             (ltdet2.evaluation.fast_lvis_feed.enabled = False): the same validation, per-image
+             limit and federated filtering, then faster-coco-eval's public LVIS path,
+             COCO.loadRes + COCOeval_faster(lvis_style=True) (--skip-public to leave out)
 * official:  LVIS(gt_json_path), LVISResults(gt, list of dicts), LVISEval(...).run()
 
 "input" is the worker's RSS once its input is loaded (the list of dicts for the official side,
 the array for ours), "peak" its peak RSS; peak - input is what the evaluation adds.
 
 Default sizes are LVIS v1 val-like: 20k images, 300 detections per image, 1203 classes.
-    nice -n 10 python scripts/benchmark_evaluator.py --skip-official           # full size, ours
-    nice -n 10 python scripts/benchmark_evaluator.py --num-images 5000         # both sides
+    nice -n 10 python scripts/benchmark_evaluator.py --skip-official --skip-public  # full size, ours
+    nice -n 10 python scripts/benchmark_evaluator.py --num-images 5000              # all sides
     python scripts/benchmark_evaluator.py --num-images 500 --dets-per-image 100 --num-classes 300
 """
 import argparse
@@ -36,6 +41,7 @@ import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # the synthetic LVIS fixture
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 
@@ -87,10 +93,10 @@ def _machine():
 # workers (fresh processes)
 # ------------------------------------------------------------------------------------------
 def _worker(side, gt_path, dets_path, max_dets):
-    from ltdet2.evaluation.synthetic import detections_array_to_dicts
+    from fixtures.synthetic_lvis import detections_array_to_dicts
 
     arr = np.load(dets_path)
-    if side != "ours":
+    if side in ("ours-list", "official"):
         dets = detections_array_to_dicts(arr)
         del arr
     else:
@@ -98,7 +104,11 @@ def _worker(side, gt_path, dets_path, max_dets):
     if side == "official":
         import lvis  # noqa: F401  (import cost outside the timing, as for ours)
     else:
-        from ltdet2.evaluation import evaluate_lvis
+        from ltdet2.evaluation import evaluate_lvis, fast_lvis_feed
+
+        fast_lvis_feed.enabled = side != "public"
+        if fast_lvis_feed.enabled and not fast_lvis_feed.available():
+            raise RuntimeError("the direct feed is not available with this faster-coco-eval version")
     rss_in = _rss_mib()
     t0 = time.perf_counter()
     if side == "official":
@@ -147,6 +157,24 @@ def _report(r):
     print("           " + "  ".join(f"{k}={v:.2f}" for k, v in r["metrics"].items()))
 
 
+def _compare(ours, other):
+    """Metric difference and time / peak-RSS ratios of another side against ours."""
+    if "error" in ours or "error" in other:
+        return
+    name = other["side"]
+    diff = max(
+        abs(ours["metrics"][k] - other["metrics"][k]) for k in METRICS
+        if not (math.isnan(ours["metrics"][k]) or math.isnan(other["metrics"][k]))
+    )  # fmt: skip
+    print(f"max |ours - {name}| over metrics: {diff:.4f} AP points")
+    print(
+        f"ratio {name} / ours: time {other['time_s'] / ours['time_s']:.1f}x "
+        f"({other['time_s']:.1f}s / {ours['time_s']:.1f}s), peak RSS "
+        f"{other['peak_rss_mib'] / ours['peak_rss_mib']:.1f}x "
+        f"({other['peak_rss_mib'] / 1024:.2f} / {ours['peak_rss_mib'] / 1024:.2f} GiB)"
+    )
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num-images", type=int, default=20000)
@@ -155,18 +183,19 @@ def main(argv=None):
     p.add_argument("--max-objects", type=int, default=22, help="GT objects per image: uniform 1..N")
     p.add_argument("--max-dets", type=int, default=300, help="LVIS per-image detection limit")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-official", action="store_true", help="run only evaluate_lvis")
+    p.add_argument("--skip-official", action="store_true", help="leave out the official lvis API")
+    p.add_argument("--skip-public", action="store_true", help="leave out faster-coco-eval's public LVIS path")
     p.add_argument("--ours-list", action="store_true",
                    help="also run evaluate_lvis on a list of dicts (the Detectron2 evaluator's input)")  # fmt: skip
     p.add_argument("--official-timeout", type=float, default=None, help="seconds; stop the official side after")
-    p.add_argument("--worker", choices=("ours", "ours-list", "official"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("ours", "ours-list", "public", "official"), help=argparse.SUPPRESS)
     p.add_argument("--gt", help=argparse.SUPPRESS)
     p.add_argument("--dets", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         return _worker(args.worker, args.gt, args.dets, args.max_dets)
 
-    from ltdet2.evaluation.synthetic import make_lvis_detections_fast, make_lvis_gt
+    from fixtures.synthetic_lvis import make_lvis_detections_fast, make_lvis_gt
 
     print(_machine())
     t0 = time.perf_counter()
@@ -188,29 +217,16 @@ def main(argv=None):
         del gt, dets
 
         sides = ["ours"] + (["ours-list"] if args.ours_list else [])
+        sides += [] if args.skip_public else ["public"]
         sides += [] if args.skip_official else ["official"]
         results = {}
         for side in sides:
             timeout = args.official_timeout if side == "official" else None
             results[side] = r = _run_side(side, gt_path, dets_path, args.max_dets, timeout)
             _report(r)
-        if args.skip_official:
-            print("official lvis API: skipped (--skip-official)")
-            return
-        ours, off = results["ours"], results["official"]
-        if "error" in ours or "error" in off:
-            return
-        diff = max(
-            abs(ours["metrics"][k] - off["metrics"][k]) for k in METRICS
-            if not (math.isnan(ours["metrics"][k]) or math.isnan(off["metrics"][k]))
-        )  # fmt: skip
-        print(f"max |ltdet2 - official| over metrics: {diff:.4f} AP points")
-        print(
-            f"ratio official / ltdet2: time {off['time_s'] / ours['time_s']:.1f}x "
-            f"({off['time_s']:.1f}s / {ours['time_s']:.1f}s), peak RSS "
-            f"{off['peak_rss_mib'] / ours['peak_rss_mib']:.1f}x "
-            f"({off['peak_rss_mib'] / 1024:.2f} / {ours['peak_rss_mib'] / 1024:.2f} GiB)"
-        )
+        for side in ("public", "official"):
+            if side in results:
+                _compare(results["ours"], results[side])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,6 +1,8 @@
 """
 Tests for ltdet2.evaluation: LVIS metrics against the official ``lvis`` API on real LVIS v0.5
 annotations (100 val images), the Detectron2 evaluator end to end, bad inputs and plots.
+Every evaluation test runs on both engine paths: the direct feed of faster-coco-eval's C++
+engine (ltdet2.evaluation.fast_lvis_feed) and faster-coco-eval's public LVIS path.
 
 The official API (lvis 0.5.3) uses ``np.float`` (removed in numpy 1.24); the shim that
 restores it is scoped to the reference computations of this file only.
@@ -16,8 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from ltdet2.evaluation import LTLVISEvaluator, evaluate_lvis
-from ltdet2.evaluation.synthetic import (
+from ltdet2.evaluation import LTLVISEvaluator, evaluate_lvis, fast_lvis_feed
+
+from fixtures.synthetic_lvis import (
     detections_array_to_dicts,
     make_lvis_detections,
     make_lvis_detections_fast,
@@ -27,7 +30,16 @@ from ltdet2.evaluation.synthetic import (
 LVIS_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "lvis_v0.5_val_100.json")
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 TOL = 0.05  # AP points
+# for tests the engine switch does not change (segm always takes the public path)
+ONE_PATH = pytest.mark.parametrize("engine_path", ["direct_feed"], indirect=True)
 
+
+@pytest.fixture(params=["direct_feed", "public_api"], autouse=True)
+def engine_path(request, monkeypatch):
+    """Runs the test with evaluate_lvis on the direct feed, then on faster-coco-eval's public path."""
+    monkeypatch.setattr(fast_lvis_feed, "enabled", request.param == "direct_feed")
+    assert fast_lvis_feed.available() == (request.param == "direct_feed")  # 1.8.x is installed
+    return request.param
 
 
 @contextlib.contextmanager
@@ -98,6 +110,7 @@ def _assert_close(ours, ref, ev, per_class, lvis_gt):
     assert n_defined > 50  # categories with ground truth in the subset
 
 
+@ONE_PATH
 def test_numpy_shim_is_scoped():
     with numpy_float_shim():
         assert np.float is float
@@ -120,6 +133,7 @@ def test_bbox_matches_official(gt_dict, official_gt, seed, fp, dets_per_image, m
     assert "float" not in np.__dict__
 
 
+@ONE_PATH
 @pytest.mark.parametrize("seed", [0, 1])
 def test_segm_matches_official(gt_dict, official_gt, seed):
     dets = make_lvis_detections(gt_dict, seed=seed, fp_per_image=15, with_masks=True)
@@ -140,39 +154,58 @@ def _same(a, b):
 
 @pytest.mark.parametrize("seed,fp,dets_per_image,max_dets", [(0, 20, None, 300), (3, None, 305, 300), (4, 30, None, 25)])
 def test_array_input_identical_to_list(gt_dict, official_gt, seed, fp, dets_per_image, max_dets):
-    """[N, 7] array, dict of columns (numpy and torch) and list of dicts: identical metrics."""
+    """[N, 7] array and list of dicts: identical metrics."""
     dets = make_lvis_detections(gt_dict, seed=seed, fp_per_image=fp, dets_per_image=dets_per_image)
     ref, ref_pc = evaluate_lvis(LVIS_JSON, dets, max_dets=max_dets, return_per_class=True)
     arr = _to_array(dets)
     before = arr.copy()
-    columns = {"image_id": arr[:, 0].astype(np.int64), "category_id": arr[:, 6].astype(np.int32),
-               "bbox": arr[:, 1:5], "score": arr[:, 5]}  # fmt: skip
-    for res in (arr, columns, torch.from_numpy(arr), {k: torch.from_numpy(v) for k, v in columns.items()}):
-        m, pc = evaluate_lvis(gt_dict, res, max_dets=max_dets, return_per_class=True)
-        _same(m, ref)
-        _same(pc, ref_pc)
+    m, pc = evaluate_lvis(gt_dict, arr, max_dets=max_dets, return_per_class=True)
+    _same(m, ref)
+    _same(pc, ref_pc)
     assert np.array_equal(arr, before)  # input not modified
     # and the official API
     off, ev = _official(official_gt, dets, "bbox", max_dets=max_dets)
     _assert_close(ref, off, ev, ref_pc, official_gt)
 
 
+@ONE_PATH
 def test_direct_engine_feed_identical_to_engine_path(gt_dict):
     """The numpy + C++ path (any category chunking) equals faster-coco-eval's loadRes path."""
     from ltdet2.evaluation import lvis_evaluation as L
 
     dets = make_lvis_detections(gt_dict, seed=6, dets_per_image=305)
     gt = L.load_lvis_gt(gt_dict)
-    img = np.array([d["image_id"] for d in dets])
-    score = np.array([d["score"] for d in dets])
-    ref = L._engine_eval_from_dicts(gt, dets, "bbox", 300, img, score)
-    cols = L._columns_from_dicts(dets, gt, "<test>")
+    cols = L._limit_columns_per_image(L._columns_from_dicts(dets, gt, "<test>"), 300)
+    assert len(cols[0]) < len(dets)
+    ref = L._evaluate_public(gt, L._column_dicts(*cols), "bbox", 300)
     for pairs_per_call, chunk in ((1 << 20, 1 << 22), (700, 64), (1, 1)):
-        ev = L._bbox_eval_from_columns(gt, *cols, 300, max_pairs_per_call=pairs_per_call, chunk_entries=chunk)
+        ev = fast_lvis_feed.evaluate_bbox(gt, *cols, 300, max_pairs_per_call=pairs_per_call, chunk_entries=chunk)
         for k in ("precision", "recall", "scores"):
             assert np.array_equal(np.asarray(ref.eval[k]), np.asarray(ev.eval[k])), k
         assert ref.eval["matched"] == ev.eval["matched"]
         assert ref.stats_as_dict == ev.stats_as_dict
+
+
+@ONE_PATH
+def test_direct_feed_only_for_supported_engine_version(monkeypatch, caplog):
+    """Another faster-coco-eval version: the direct feed is not used, and that is logged once."""
+    import faster_coco_eval
+
+    monkeypatch.setattr(faster_coco_eval, "__version__", "1.9.0")
+    fast_lvis_feed._supported_engine.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger=fast_lvis_feed.__name__):
+            assert not fast_lvis_feed.available()
+            assert not fast_lvis_feed.available()
+        assert [r.getMessage() for r in caplog.records if "1.9.0" in r.getMessage()] == [
+            "faster-coco-eval 1.9.0: ltdet2's direct feed of its C++ engine is written for 1.8.x; using "
+            "faster-coco-eval's public LVIS path instead (same numbers, slower, more memory)."
+        ]
+        monkeypatch.setattr(faster_coco_eval, "__version__", "1.8.3")
+        fast_lvis_feed._supported_engine.cache_clear()
+        assert fast_lvis_feed.available()
+    finally:
+        fast_lvis_feed._supported_engine.cache_clear()
 
 
 def test_fast_synthetic_array_and_frequency_groups():
@@ -204,10 +237,12 @@ def test_array_bad_inputs(gt_dict):
         evaluate_lvis(gt_dict, np.r_[good, [[good[0, 0], 1, 2, 3, 4, np.nan, 1]]])
     with pytest.raises(ValueError, match="non-finite bbox"):
         evaluate_lvis(gt_dict, np.r_[good, [[good[0, 0], 1, np.inf, 3, 4, 0.5, 1]]])
-    with pytest.raises(ValueError, match="lack.*score"):
-        evaluate_lvis(gt_dict, {"image_id": [1], "category_id": [1], "bbox": [[1, 2, 3, 4]]})
-    with pytest.raises(ValueError, match="bbox shape"):
-        evaluate_lvis(gt_dict, {"image_id": [1], "category_id": [1], "bbox": [1, 2, 3, 4], "score": [1.0]})
+    with pytest.raises(ValueError, match="must be numeric"):
+        evaluate_lvis(gt_dict, good.astype(str))
+    with pytest.raises(ValueError, match="list of dicts.*got Tensor"):  # only numpy arrays
+        evaluate_lvis(gt_dict, torch.from_numpy(good))
+    with pytest.raises(ValueError, match="list of dicts.*got dict"):  # no dict of columns
+        evaluate_lvis(gt_dict, {"image_id": [1], "category_id": [1], "bbox": [[1, 2, 3, 4]], "score": [0.5]})
     with pytest.raises(ValueError, match="segmentation"):
         evaluate_lvis(gt_dict, good, iou_type="segm")
     m = evaluate_lvis(gt_dict, np.zeros((0, 7)))
@@ -353,7 +388,7 @@ def test_evaluator_end_to_end(gt_dict, registered_dataset, tmp_path):
     results = ev.evaluate()
     assert list(results) == ["bbox", "segm"]
     for task in ("bbox", "segm"):
-        direct = evaluate_lvis(gt_dict, dets, task)
+        direct, direct_pc = evaluate_lvis(gt_dict, dets, task, return_per_class=True)
         for m in METRICS:
             assert set(results[task]) == set(METRICS)
             a, b = results[task][m], direct[m]
@@ -367,7 +402,9 @@ def test_evaluator_end_to_end(gt_dict, registered_dataset, tmp_path):
         assert all(r["name"] == names[r["id"]] for r in recs)
         with_gt = {a["category_id"] for a in gt_dict["annotations"]}
         assert all((r["AP"] is None) == (r["id"] not in with_gt) for r in recs)
-        assert all(r["AP"] is None or 0.0 <= r["AP"] <= 100.0 for r in recs)
+        for r in recs:
+            ref = direct_pc[r["name"]]
+            assert (r["AP"] is None and math.isnan(ref)) or abs(r["AP"] - ref) <= TOL, (task, r, ref)
     with open(tmp_path / "lvis_instances_results.json") as f:
         saved = json.load(f)
     assert len(saved) == len(dets)
@@ -394,6 +431,7 @@ def test_evaluator_bbox_only_tasks_and_errors(gt_dict, registered_dataset, tmp_p
 # ------------------------------------------------------------------------------------------
 # plots
 # ------------------------------------------------------------------------------------------
+@ONE_PATH
 def test_plot_per_class_ap(tmp_path):
     from ltdet2.evaluation.plots import plot_per_class_ap
 
@@ -405,13 +443,24 @@ def test_plot_per_class_ap(tmp_path):
     ]  # fmt: skip
     ap_file = tmp_path / "per_class_ap_bbox.json"
     ap_file.write_text(json.dumps(recs))
+
+    def png_size(path):
+        head = open(path, "rb").read(24)
+        assert head[:8] == b"\x89PNG\r\n\x1a\n"
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
     out = plot_per_class_ap(str(ap_file), str(tmp_path / "a.png"))
-    assert open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert png_size(out) == (960, 432)  # one panel, 8 x 3.6 in at 120 dpi
     np.save(tmp_path / "s.npy", rng.uniform(0, 1, 31))  # C+1 (background last)
     out = plot_per_class_ap(str(ap_file), str(tmp_path / "b.png"), mean_scores=str(tmp_path / "s.npy"))
-    assert os.path.getsize(out) > 1000
+    assert png_size(out) == (960, 864)  # AP and mean-score panels
     (tmp_path / "s.json").write_text(json.dumps({"c1": 0.3, "5": 0.1}))
     out = plot_per_class_ap(recs, str(tmp_path / "c.png"), mean_scores=str(tmp_path / "s.json"))
-    assert os.path.isfile(out)
+    assert png_size(out) == (960, 864)
+    with pytest.raises(FileNotFoundError, match="mean-score file not found"):
+        plot_per_class_ap(recs, str(tmp_path / "d.png"), mean_scores=str(tmp_path / "none.json"))
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="per-class AP file .*bad.json is not valid JSON"):
+        plot_per_class_ap(str(tmp_path / "bad.json"), str(tmp_path / "d.png"))
     with pytest.raises(ValueError, match="expected 30"):
         plot_per_class_ap(recs, str(tmp_path / "d.png"), mean_scores=np.zeros(5))

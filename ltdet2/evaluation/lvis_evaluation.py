@@ -16,15 +16,13 @@ Semantics reproduced from the official LVIS API (lvis 0.5.3):
 
 All AP values are returned in percent, NaN where undefined (like Detectron2).
 
-Memory: bbox results (a list of dicts, an ``[N, 7]`` array or a dict of columns) are reduced
-to numpy columns; the per-image limit, the federated filtering and the box IoUs are computed
-with numpy, and faster-coco-eval's C++ engine is fed directly with one small dict per kept
-detection (the engine's ``COCO.loadRes`` / ``COCOeval.evaluate`` would build several dicts per
-detection and a Python object per image x category pair: > 23 GB at LVIS-val size).
+Engine paths: bbox results (a list of dicts or an ``[N, 7]`` array) are reduced to numpy
+columns and limited per image with numpy; with faster-coco-eval 1.8.x,
+:mod:`ltdet2.evaluation.fast_lvis_feed` feeds its C++ engine from the columns (less time and
+memory); otherwise, and for segm, faster-coco-eval's public LVIS path (``COCO.loadRes`` +
+``COCOeval_faster(lvis_style=True)``) evaluates them. Both give the same numbers.
 """
-import copy
 import itertools
-import json
 import logging
 import math
 import os
@@ -38,6 +36,10 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation.lvis_evaluation import LVISEvaluator
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
+
+from ltdet2.utils.json_io import read_json, write_json_atomic
+
+from . import fast_lvis_feed
 
 __all__ = [
     "LVIS_METRICS",
@@ -59,17 +61,6 @@ RESULT_ARRAY_COLUMNS = ("image_id", "x", "y", "w", "h", "score", "category_id")
 # ----------------------------------------------------------------------------------------
 # loading and validation
 # ----------------------------------------------------------------------------------------
-def _read_json(path, what):
-    path = os.fspath(path)
-    if not PathManager.exists(path):
-        raise FileNotFoundError(f"{what} file not found: {path}")
-    try:
-        with PathManager.open(path, "r") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} file {path} is not valid JSON: {e}") from e
-
-
 def load_lvis_gt(gt_json):
     """
     Load LVIS ground truth into a faster-coco-eval ``COCO`` object.
@@ -87,7 +78,7 @@ def load_lvis_gt(gt_json):
         return gt_json
     if isinstance(gt_json, (str, os.PathLike)):
         source = os.fspath(gt_json)
-        data = _read_json(source, "LVIS ground-truth")
+        data = read_json(source, "LVIS ground-truth")
     elif isinstance(gt_json, dict):
         source = "<dict>"
         # shallow copies: the engine adds keys to annotation dicts, not to the containers
@@ -119,31 +110,33 @@ def load_lvis_gt(gt_json):
 def load_lvis_results(results):
     """
     Args:
-        results (str | os.PathLike | list[dict] | ndarray | dict[str, array]): LVIS results,
-            a path to a results json, or bbox results in columnar form (see
-            :func:`evaluate_lvis`).
+        results (str | os.PathLike | list[dict] | ndarray): LVIS results, a path to a results
+            json, or an ``[N, 7]`` bbox results array (see :func:`evaluate_lvis`).
 
     Returns:
-        list[dict] | ndarray | dict: the result dicts (not copied), or columnar results as given.
+        list[dict] | ndarray: the result dicts (not copied), or the array as given (its shape
+        and dtype checked).
     """
-    if _is_columnar(results):
+    if isinstance(results, np.ndarray):
+        if results.ndim != 2 or results.shape[1] != len(RESULT_ARRAY_COLUMNS):
+            raise ValueError(
+                f"LVIS results <array>: an array of results must have shape [N, 7] "
+                f"(columns {', '.join(RESULT_ARRAY_COLUMNS)}), got {list(results.shape)}"
+            )
+        if results.dtype.kind not in "iuf":
+            raise ValueError(f"LVIS results <array>: array must be numeric, got dtype {results.dtype}")
         return results
     if isinstance(results, (str, os.PathLike)):
         source = os.fspath(results)
-        results = _read_json(source, "LVIS results")
+        results = read_json(source, "LVIS results")
     else:
         source = "<results>"
     if not isinstance(results, (list, tuple)):
         raise ValueError(
-            f"LVIS results {source} must be a list of dicts, got {type(results).__name__}"
+            f"LVIS results {source} must be a list of dicts (or a path to one, or an [N, 7] array), "
+            f"got {type(results).__name__}"
         )
     return list(results)
-
-
-def _is_columnar(results):
-    return isinstance(results, (np.ndarray, torch.Tensor)) or (
-        isinstance(results, dict) and "image_id" in results
-    )
 
 
 def _validate_results(results, gt, iou_type, source):
@@ -203,12 +196,9 @@ def _check_ids(img_ids, cat_ids, gt, source):
 
 
 def _integer_ids(values, name, source):
-    """float/int array -> int64 array; ValueError if not all integral and finite."""
-    values = np.asarray(values)
+    """Numeric array -> int64 array; ValueError if not all integral and finite."""
     if values.dtype.kind in "iu":
         return values.astype(np.int64, copy=False)
-    if values.dtype.kind != "f":
-        raise ValueError(f"LVIS results {source}: {name} must be numeric, got dtype {values.dtype}")
     ids = np.rint(values)
     bad = np.flatnonzero(~np.isfinite(values) | (ids != values))
     if bad.size:
@@ -221,69 +211,35 @@ def _integer_ids(values, name, source):
 
 def _columns_from_array(results, gt, source):
     """
-    Columnar bbox results -> (image_id int64 [N], category_id int64 [N], bbox float64 [N, 4],
-    score float64 [N]), validated against ``gt``.
+    ``[N, 7]`` bbox results array (checked by :func:`load_lvis_results`) -> (image_id int64 [N],
+    category_id int64 [N], bbox float64 [N, 4], score float64 [N]), validated against ``gt``.
     """
-    if isinstance(results, torch.Tensor):
-        results = results.detach().cpu().numpy()
-    if isinstance(results, np.ndarray):
-        if results.ndim != 2 or results.shape[1] != 7:
-            raise ValueError(
-                f"LVIS results {source}: an array of results must have shape [N, 7] "
-                f"(columns {', '.join(RESULT_ARRAY_COLUMNS)}), got {list(results.shape)}"
-            )
-        if results.dtype.kind not in "iuf":
-            raise ValueError(f"LVIS results {source}: array must be numeric, got dtype {results.dtype}")
-        img, box, score, cat = results[:, 0], results[:, 1:5], results[:, 5], results[:, 6]
-    else:
-        missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in results]
-        if missing:
-            raise ValueError(
-                f"LVIS results {source}: columnar results lack {missing} (needs 'image_id', "
-                "'category_id', 'bbox' [N, 4] xywh, 'score')"
-            )
-        cols = {
-            k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
-            for k, v in results.items() if k in ("image_id", "category_id", "bbox", "score")
-        }  # fmt: skip
-        img, cat, box, score = cols["image_id"], cols["category_id"], cols["bbox"], cols["score"]
-        n = len(img)
-        box = box.reshape(-1, 4) if box.size == 0 else box
-        if box.ndim != 2 or box.shape[1] != 4 or not (len(box) == len(cat) == len(score) == n):
-            raise ValueError(
-                f"LVIS results {source}: columns must have lengths N (image_id {img.shape}, "
-                f"category_id {cat.shape}, score {score.shape}) and bbox shape [N, 4] "
-                f"(got {box.shape})"
-            )
-        if img.ndim != 1 or cat.ndim != 1 or score.ndim != 1:
-            raise ValueError(f"LVIS results {source}: image_id, category_id, score must be 1-d")
-        if box.dtype.kind not in "iuf" or score.dtype.kind not in "iuf":
-            raise ValueError(f"LVIS results {source}: bbox and score must be numeric")
+    img, box, score, cat = results[:, 0], results[:, 1:5], results[:, 5], results[:, 6]
     img = _integer_ids(img, "image_id", source)
     cat = _integer_ids(cat, "category_id", source)
     box = np.asarray(box, dtype=np.float64)
     score = np.asarray(score, dtype=np.float64)
-    for name, v in (("score", score), ("bbox", box)):
-        bad = np.flatnonzero(~np.isfinite(v).reshape(len(v), -1).all(axis=1))
-        if bad.size:
-            raise ValueError(
-                f"LVIS results {source}: malformed entries: non-finite {name} at entries "
-                f"{bad[:5].tolist()}: {v[bad[:5]].tolist()}"
-            )
+    _check_finite(score, "score", source)
+    _check_finite(box, "bbox", source)
     _check_ids(np.unique(img).tolist(), np.unique(cat).tolist(), gt, source)
     return img, cat, box, score
+
+
+def _check_finite(values, name, source):
+    """ValueError naming the first entries whose ``values`` ([N] or [N, 4]) are not all finite."""
+    bad = np.flatnonzero(~np.isfinite(values).reshape(len(values), -1).all(axis=1))
+    if bad.size:
+        raise ValueError(
+            f"LVIS results {source}: malformed entries: non-finite {name} at entries "
+            f"{bad[:5].tolist()}: {values[bad[:5]].tolist()}"
+        )
 
 
 def _columns_from_dicts(results, gt, source):
     """Validated bbox result dicts -> the columns of :func:`_columns_from_array`."""
     img, cat, score = _validate_results(results, gt, "bbox", source)
     box = np.array([r["bbox"] for r in results], dtype=np.float64).reshape(-1, 4)
-    bad = np.flatnonzero(~np.isfinite(box).all(axis=1))
-    if bad.size:
-        raise ValueError(
-            f"LVIS results {source}: malformed entries: non-finite bbox at entries "
-            f"{bad[:5].tolist()}: {box[bad[:5]].tolist()}"
-        )
+    _check_finite(box, "bbox", source)
     return img.astype(np.int64), cat.astype(np.int64), box, score
 
 
@@ -315,211 +271,25 @@ def _limit_dets_per_image(results, img_ids, scores, max_dets):
     return [r for r, k in zip(results, keep) if k]
 
 
+def _limit_columns_per_image(columns, max_dets):
+    """:func:`_topk_per_image` on (image_id, category_id, bbox, score) columns."""
+    img, _, _, score = columns
+    keep = _topk_per_image(img, score, max_dets)
+    return columns if keep is None else tuple(c[keep] for c in columns)
+
+
+def _column_dicts(img, cat, box, score):
+    """Result dicts (image_id, category_id, bbox, score) of bbox columns, one at a time."""
+    for i, c, b, s in zip(img.tolist(), cat.tolist(), box.tolist(), score.tolist()):
+        yield {"image_id": i, "category_id": c, "bbox": b, "score": s}
+
+
 def _evaluable_pairs(gt):
     """Set of (image_id, category_id) whose detections LVIS evaluates (positive or negative)."""
     pairs = {(a["image_id"], a["category_id"]) for a in gt.anns.values()}
     for img_id, img in gt.imgs.items():
         pairs.update((img_id, c) for c in img.get("neg_category_ids", ()))
     return pairs
-
-
-class _PairIndex:
-    """(image id, category id) <-> int64 key ``image index * C + category index``."""
-
-    def __init__(self, gt):
-        self.img_ids = np.array(sorted(gt.imgs), dtype=np.int64)
-        self.cat_ids = np.array(sorted(gt.cats), dtype=np.int64)
-        self.C = len(self.cat_ids)
-
-    def keys(self, img, cat):
-        """Keys of known (image, category) pairs; -1 where an id is not in the ground truth."""
-        img, cat = np.asarray(img, dtype=np.int64), np.asarray(cat, dtype=np.int64)
-        i = np.searchsorted(self.img_ids, img).clip(max=max(len(self.img_ids) - 1, 0))
-        c = np.searchsorted(self.cat_ids, cat).clip(max=max(self.C - 1, 0))
-        ok = (self.img_ids[i] == img) & (self.cat_ids[c] == cat) if img.size else np.ones(0, bool)
-        return np.where(ok, i * self.C + c, -1)
-
-    def image_list_keys(self, gt, field):
-        """Sorted unique keys of (image, c) for c in each image's list ``field``."""
-        lists = [(img_id, gt.imgs[img_id].get(field) or ()) for img_id in self.img_ids.tolist()]
-        lens = np.fromiter((len(x) for _, x in lists), dtype=np.int64, count=len(lists))
-        cats = np.fromiter((c for _, x in lists for c in x), dtype=np.int64, count=int(lens.sum()))
-        k = self.keys(np.repeat(self.img_ids, lens), cats)
-        return np.unique(k[k >= 0])
-
-
-def _box_iou(d, g, crowd):
-    """
-    Elementwise IoU of xywh boxes d[k] and g[k] (float64), bit-identical to faster-coco-eval's
-    (and pycocotools') ``bbIou``: union = det area for crowd ground truth.
-    """
-    w = np.minimum(d[:, 2] + d[:, 0], g[:, 2] + g[:, 0]) - np.maximum(d[:, 0], g[:, 0])
-    h = np.minimum(d[:, 3] + d[:, 1], g[:, 3] + g[:, 1]) - np.maximum(d[:, 1], g[:, 1])
-    inter = w * h
-    da = d[:, 2] * d[:, 3]
-    union = np.where(crowd, da, da + g[:, 2] * g[:, 3] - inter)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = inter / union
-    return np.where((w > 0) & (h > 0), iou, 0.0)
-
-
-def _engine_supports_direct_feed():
-    try:
-        import faster_coco_eval.faster_eval_api_cpp as _C
-        from faster_coco_eval import COCOeval_faster
-    except ImportError:  # pragma: no cover
-        return False
-    return (
-        hasattr(_C, "COCOevalEvaluateAccumulate")
-        and hasattr(_C.Dataset, "append_ref")
-        and hasattr(COCOeval_faster, "_prepare_freq_group")
-    )
-
-
-def _concat_category_chunks(parts, params):
-    """Merge the engine's accumulate() outputs of disjoint, consecutive category chunks."""
-    if len(parts) == 1:
-        out = parts[0]
-        out["params"] = params
-        return out
-    out = dict(parts[0])
-    out["params"] = params
-    out["precision"] = np.concatenate([e["precision"] for e in parts], axis=2)  # [T, R, K, A, M]
-    out["scores"] = np.concatenate([e["scores"] for e in parts], axis=2)
-    out["recall"] = np.concatenate([e["recall"] for e in parts], axis=1)  # [T, K, A, M]
-    out["counts"] = list(out["precision"].shape)
-    out["matched"] = {k: v for e in parts for k, v in e.get("matched", {}).items()}
-    if "evaluations_size" in out:
-        out["evaluations_size"] = sum(e["evaluations_size"] for e in parts)
-    return out
-
-
-def _bbox_eval_from_columns(
-    gt, img, cat, box, score, max_dets, *, chunk_entries=1 << 22, max_pairs_per_call=1 << 20
-):
-    """
-    LVIS bbox evaluation of validated columns with faster-coco-eval's C++ engine, without
-    ``COCO.loadRes`` / ``COCOeval.evaluate``: numpy does the per-image limit, the federated
-    filtering, the not-exhaustive marks and the IoUs (bit-identical to the engine's); the
-    engine gets one small dict per kept detection and does matching and accumulation.
-
-    Returns:
-        COCOeval_faster: evaluated, accumulated and summarized.
-    """
-    import faster_coco_eval.faster_eval_api_cpp as _C
-    from faster_coco_eval import COCOeval_faster
-
-    index = _PairIndex(gt)
-    C = index.C
-    # 1. at most max_dets per image (before the federated filtering, as the official API)
-    keep = _topk_per_image(img, score, max_dets)
-    sel = np.arange(len(img)) if keep is None else np.flatnonzero(keep)
-    # 2. federated filtering: (image, category) annotated or in the image's neg_category_ids
-    gt_anns = gt.dataset["annotations"]
-    g_img = np.fromiter((a["image_id"] for a in gt_anns), dtype=np.int64, count=len(gt_anns))
-    g_cat = np.fromiter((a["category_id"] for a in gt_anns), dtype=np.int64, count=len(gt_anns))
-    g_key = index.keys(g_img, g_cat)
-    g_in = g_key >= 0  # annotations of unknown categories/images are never evaluated
-    evaluable = np.union1d(g_key[g_in], index.image_list_keys(gt, "neg_category_ids"))
-    d_key = index.keys(img[sel], cat[sel])
-    ok = np.isin(d_key, evaluable, assume_unique=False)
-    sel, d_key = sel[ok], d_key[ok]
-    del ok
-    n = len(sel)
-    d_score = score[sel]
-    d_box = box[sel]
-    # 3. unmatched detections of not-exhaustive categories are ignored (engine: "lvis_mark")
-    d_mark = np.isin(d_key, index.image_list_keys(gt, "not_exhaustive_category_ids"))
-    d_area = d_box[:, 2] * d_box[:, 3]
-    max_det = max_dets if max_dets >= 0 else max(n, 1)
-
-    # 4. the engine's datasets: ground truth as in COCOeval._prepare (ignore = iscrowd),
-    # detections with the fields the engine reads, in results order within (image, category)
-    gt_ds, dt_ds = _C.Dataset(), _C.Dataset()
-    g_crowd = np.zeros(len(gt_anns), dtype=bool)
-    g_box = np.zeros((len(gt_anns), 4), dtype=np.float64)
-    for k, a in enumerate(gt_anns):
-        if not g_in[k]:
-            continue
-        crowd = int(a.get("iscrowd", 0))
-        g_crowd[k] = bool(crowd)
-        g_box[k] = a["bbox"]
-        gt_ds.append_ref(
-            a["image_id"], a["category_id"],
-            {"id": a["id"], "area": a.get("area", 0.0), "iscrowd": crowd, "ignore": crowd},
-        )  # fmt: skip
-    d_img, d_cat = index.img_ids[d_key // C].tolist(), index.cat_ids[d_key % C].tolist()
-    for i, c, did, s, ar, m in zip(
-        d_img, d_cat, range(1, n + 1), d_score.tolist(), d_area.tolist(), d_mark.tolist()
-    ):
-        dt_ds.append_ref(i, c, {"id": did, "score": s, "area": ar, "iscrowd": 0, "lvis_mark": m})
-    del d_img, d_cat, d_area, d_mark
-
-    # 5. IoUs of the (image, category) pairs with ground truth and detections: [D, G] with the
-    # detections sorted by score (stable) and cut at max_det, as COCOeval.computeIoU
-    d_order = np.lexsort((-d_score, d_key))
-    d_sorted = d_key[d_order]
-    g_order = np.flatnonzero(g_in)[np.argsort(g_key[g_in], kind="stable")]
-    g_sorted = g_key[g_order]
-    pairs = np.intersect1d(d_sorted, g_sorted)
-    d_start = np.searchsorted(d_sorted, pairs)
-    d_cnt = np.minimum(np.searchsorted(d_sorted, pairs, side="right") - d_start, max_det)
-    g_start = np.searchsorted(g_sorted, pairs)
-    g_cnt = np.searchsorted(g_sorted, pairs, side="right") - g_start
-    size = d_cnt * g_cnt
-    pair_ious = []  # [D, G] lists, in the order of ``pairs``
-    p0 = 0
-    while p0 < len(pairs):
-        # chunks of pairs with about chunk_entries IoU values in all
-        csum = np.cumsum(size[p0:])
-        p1 = p0 + max(int(np.searchsorted(csum, chunk_entries, side="right")), 1)
-        sz = size[p0:p1]
-        off = np.r_[0, np.cumsum(sz)]
-        pair = np.repeat(np.arange(p0, p1), sz)
-        local = np.arange(off[-1]) - np.repeat(off[:-1], sz)
-        di = d_order[d_start[pair] + local // g_cnt[pair]]
-        gi = g_order[g_start[pair] + local % g_cnt[pair]]
-        flat = _box_iou(d_box[di], g_box[gi], g_crowd[gi])
-        del pair, local, di, gi
-        for j, q in enumerate(range(p0, p1)):
-            pair_ious.append(flat[off[j] : off[j + 1]].reshape(d_cnt[q], g_cnt[q]).tolist())
-        del flat
-        p0 = p1
-    del d_order, d_sorted, g_sorted, d_box, d_key, d_score
-
-    # 6. evaluate + accumulate in C++ (as COCOeval_faster.evaluate), summarize in Python.
-    # The engine holds about 1 KB per image x category pair while it runs (> 20 GB for
-    # LVIS val); LVIS accumulates every category on its own, so the engine runs on chunks
-    # of categories and the per-category arrays are concatenated (identical numbers).
-    coco_eval = COCOeval_faster(gt, None, iouType="bbox", lvis_style=True, print_function=logger.debug)
-    p = coco_eval.params
-    p.imgIds = index.img_ids.tolist()
-    p.catIds = index.cat_ids.tolist()
-    p.maxDets = [max_det]
-    coco_eval.freq_groups = coco_eval._prepare_freq_group()
-    coco_eval.gt_dataset, coco_eval.dt_dataset = gt_ds, dt_ds
-    coco_eval._paramsEval = copy.deepcopy(p)
-    I = len(index.img_ids)
-    cats_per_call = max(1, min(C, max_pairs_per_call // max(I, 1)))
-    pair_img, pair_cat = pairs // C, pairs % C
-    parts = []
-    for c0 in range(0, C, cats_per_call):
-        c1 = min(c0 + cats_per_call, C)
-        empty = []
-        ious = [[empty] * (c1 - c0) for _ in range(I)]
-        sel = np.flatnonzero((pair_cat >= c0) & (pair_cat < c1))
-        for j, i, c in zip(sel.tolist(), pair_img[sel].tolist(), (pair_cat[sel] - c0).tolist()):
-            ious[i][c] = pair_ious[j]
-        params = copy.deepcopy(p)
-        params.catIds = p.catIds[c0:c1]
-        parts.append(
-            _C.COCOevalEvaluateAccumulate(params, ious, gt_ds, dt_ds, p.imgIds, params.catIds, True)
-        )
-        del ious
-    coco_eval.eval = _concat_category_chunks(parts, coco_eval._paramsEval)
-    coco_eval.matched = False
-    coco_eval.summarize()
-    return coco_eval
 
 
 # ----------------------------------------------------------------------------------------
@@ -546,11 +316,19 @@ def _per_class_ap(precision, cat_ids):
     return ap
 
 
-def _engine_eval_from_dicts(gt, results, iou_type, max_dets, img_ids, scores):
-    """faster-coco-eval's own path (COCO.loadRes + COCOeval_faster.evaluate): segm results."""
+def _evaluate_public(gt, results, iou_type, max_dets):
+    """
+    faster-coco-eval's public LVIS path: ``COCO.loadRes`` + ``COCOeval_faster(lvis_style=True)``.
+
+    Args:
+        results (iterable[dict]): validated results, at most ``max_dets`` per image (the
+            engine limits per image x category only); not modified.
+
+    Returns:
+        COCOeval_faster: evaluated, accumulated and summarized.
+    """
     from faster_coco_eval import COCOeval_faster
 
-    results = _limit_dets_per_image(results, img_ids, scores, max_dets)
     # Federated filtering (after the per-image limit, as the official API): keep a detection
     # only if its category is annotated in, or verified absent from, its image. The engine
     # does the same, but doing it here saves work and avoids faster-coco-eval 1.8 failing
@@ -600,13 +378,11 @@ def evaluate_lvis(gt_json, results, iou_type="bbox", max_dets=300, *, return_per
             * list[dict]: dicts with "image_id", "category_id" (json category id), "score",
               "bbox" ([x, y, w, h] absolute pixels; bbox) and/or "segmentation" (compressed
               RLE; segm). The list is not modified;
-            * str | os.PathLike: a path to such a json list;
-            * bbox only, columnar (memory-efficient at LVIS scale: no per-detection dicts
-              are built but one small dict per kept detection for the engine):
-              an ``[N, 7]`` numpy array / torch tensor with columns
+            * str | os.PathLike: a path to such a json list (e.g. the evaluator's
+              ``lvis_instances_results.json``);
+            * bbox only: an ``[N, 7]`` numeric array with columns
               ``image_id, x, y, w, h, score, category_id`` (:data:`RESULT_ARRAY_COLUMNS`, as
-              ``faster_coco_eval.COCO.loadNumpyAnnotations``), or a dict of arrays
-              ``{"image_id": [N], "category_id": [N], "bbox": [N, 4] xywh, "score": [N]}``.
+              ``faster_coco_eval.COCO.loadNumpyAnnotations``): no Python object per detection.
               Ids must be integral. Not modified.
 
             All forms give identical bbox metrics.
@@ -625,10 +401,9 @@ def evaluate_lvis(gt_json, results, iou_type="bbox", max_dets=300, *, return_per
     if iou_type not in _IOU_TYPES:
         raise ValueError(f"iou_type must be one of {_IOU_TYPES}, got {iou_type!r}")
     source = os.fspath(results) if isinstance(results, (str, os.PathLike)) else "<results>"
-    columnar = _is_columnar(results)
-    if columnar and iou_type != "bbox":
+    if isinstance(results, np.ndarray) and iou_type != "bbox":
         raise ValueError(
-            f"LVIS results {source}: array/columnar results hold boxes only; {iou_type} "
+            f"LVIS results {source}: array results hold boxes only; {iou_type} "
             "evaluation needs a list of dicts with RLE 'segmentation'"
         )
     gt = load_lvis_gt(gt_json)
@@ -641,7 +416,7 @@ def evaluate_lvis(gt_json, results, iou_type="bbox", max_dets=300, *, return_per
         per_class = OrderedDict((n, float("nan")) for n in names)
         return (metrics, per_class) if return_per_class else metrics
 
-    if (_num_columnar(results) if columnar else len(results)) == 0:
+    if len(results) == 0:
         logger.warning("No predictions from the model! Returning NaN for every %s metric.", iou_type)
         return _nan_output()
     if len(gt.anns) == 0:
@@ -649,23 +424,21 @@ def evaluate_lvis(gt_json, results, iou_type="bbox", max_dets=300, *, return_per
         return _nan_output()
 
     if iou_type == "bbox":
-        if columnar:
-            cols = _columns_from_array(results, gt, source)
+        if isinstance(results, np.ndarray):
+            columns = _columns_from_array(results, gt, source)
         else:
-            cols = _columns_from_dicts(results, gt, source)
+            columns = _columns_from_dicts(results, gt, source)
         del results  # our reference only: lets a caller's temporaries be freed
-        if _engine_supports_direct_feed():
-            coco_eval = _bbox_eval_from_columns(gt, *cols, max_dets)
-        else:  # pragma: no cover - other faster-coco-eval versions: the engine's own path
-            img, cat, box, score = cols
-            dicts = [
-                {"image_id": i, "category_id": c, "bbox": b, "score": s}
-                for i, c, b, s in zip(img.tolist(), cat.tolist(), box.tolist(), score.tolist())
-            ]  # fmt: skip
-            coco_eval = _engine_eval_from_dicts(gt, dicts, "bbox", max_dets, img, score)
+        # at most max_dets per image (before the federated filtering, as the official API)
+        columns = _limit_columns_per_image(columns, max_dets)
+        if fast_lvis_feed.available():
+            coco_eval = fast_lvis_feed.evaluate_bbox(gt, *columns, max_dets)
+        else:
+            coco_eval = _evaluate_public(gt, _column_dicts(*columns), "bbox", max_dets)
     else:
         img_ids, _, scores = _validate_results(results, gt, iou_type, source)
-        coco_eval = _engine_eval_from_dicts(gt, results, iou_type, max_dets, img_ids, scores)
+        results = _limit_dets_per_image(results, img_ids, scores, max_dets)
+        coco_eval = _evaluate_public(gt, results, iou_type, max_dets)
 
     stats = coco_eval.stats_as_dict
     keys = {
@@ -679,13 +452,6 @@ def evaluate_lvis(gt_json, results, iou_type="bbox", max_dets=300, *, return_per
     ap = _per_class_ap(precision, cat_ids)
     per_class = OrderedDict((n, float(a)) for n, a in zip(names, ap))
     return metrics, per_class
-
-
-def _num_columnar(results):
-    """Number of detections in columnar results."""
-    if isinstance(results, (np.ndarray, torch.Tensor)):
-        return results.shape[0] if results.ndim >= 1 else 1
-    return len(results["image_id"])
 
 
 def per_class_records(gt, per_class_ap):
@@ -829,9 +595,7 @@ class LTLVISEvaluator(LVISEvaluator):
             PathManager.mkdirs(self._output_dir)
             file_path = os.path.join(self._output_dir, "lvis_instances_results.json")
             self._logger.info("Saving results to {}".format(file_path))
-            with PathManager.open(file_path, "w") as f:
-                f.write(json.dumps(lvis_results))
-                f.flush()
+            write_json_atomic(file_path, lvis_results)
 
         if not self._do_evaluation:
             self._logger.info("Annotations are not available for evaluation.")
@@ -853,7 +617,6 @@ class LTLVISEvaluator(LVISEvaluator):
             )
             if self._output_dir:
                 file_path = os.path.join(self._output_dir, f"per_class_ap_{task}.json")
-                with PathManager.open(file_path, "w") as f:
-                    json.dump(per_class_records(self._lvis_api, per_class), f)
+                write_json_atomic(file_path, per_class_records(self._lvis_api, per_class))
                 self._logger.info("Per-class %s AP saved to %s", task, file_path)
             self._results[task] = res

@@ -3,12 +3,13 @@ Per-class AP (and per-class mean score) against training image count, coloured b
 frequency group. Reads the ``per_class_ap_<task>.json`` written by
 :class:`ltdet2.evaluation.LTLVISEvaluator`.
 """
-import json
 import logging
 import math
 import os
 
 import numpy as np
+
+from ltdet2.utils.json_io import read_json
 
 __all__ = ["load_per_class_ap", "load_mean_scores", "plot_per_class_ap"]
 
@@ -28,13 +29,7 @@ def load_per_class_ap(path_or_records):
     """
     if isinstance(path_or_records, (str, os.PathLike)):
         path = os.fspath(path_or_records)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"per-class AP file not found: {path}")
-        try:
-            with open(path) as f:
-                records = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"per-class AP file {path} is not valid JSON: {e}") from e
+        records = read_json(path, "per-class AP")
     else:
         path, records = "<records>", path_or_records
     if not isinstance(records, list):
@@ -66,22 +61,18 @@ def load_mean_scores(path_or_obj, records):
     obj, src = path_or_obj, "<scores>"
     if isinstance(path_or_obj, (str, os.PathLike)):
         src = os.fspath(path_or_obj)
-        if not os.path.isfile(src):
+        if not src.endswith((".npy", ".pt", ".pth")):
+            obj = read_json(src, "mean-score")
+        elif not os.path.isfile(src):
             raise FileNotFoundError(f"mean-score file not found: {src}")
-        if src.endswith(".npy"):
+        elif src.endswith(".npy"):
             obj = np.load(src)
-        elif src.endswith((".pt", ".pth")):
+        else:
             import torch
 
             obj = torch.load(src, map_location="cpu")
             if isinstance(obj, dict) and not all(isinstance(k, (str, int)) for k in obj):
                 raise ValueError(f"mean-score file {src}: unsupported content")
-        else:
-            try:
-                with open(src) as f:
-                    obj = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"mean-score file {src} is not valid JSON: {e}") from e
     C = len(records)
     if isinstance(obj, dict):
         by_name = {r["name"]: i for i, r in enumerate(records)}
