@@ -176,3 +176,23 @@ def test_dataset_class_image_count_of_lt_shapes_train(tiny_dataset):
     meta = load_lvis_meta(MetadataCatalog.get(train).json_file, recompute_counts=True)
     expected = np.bincount(classes, minlength=meta.num_classes)
     assert dataset_class_image_count(train).tolist() == expected.tolist() == meta.image_count.tolist()
+
+
+def test_counts_come_from_annotations_not_from_builtin_or_stored_counts(register):
+    # Detectron2's register_lvis_instances with LVIS v1's metadata (what its loader gives any name with "v1"):
+    # 1203 built-in class counts, and a json whose categories store counts that disagree with its annotations
+    from detectron2.data.datasets.lvis import get_lvis_instances_meta
+
+    d = lvis_json([[0, 0, 1], [0], [1, 0], []])
+    for c, stored in zip(d["categories"], (40, 50, 60)):
+        c.update(image_count=stored, instance_count=stored)
+    name = register("class_counts_test_custom_v1", d, **get_lvis_instances_meta("lvis_v1"))
+    assert len(MetadataCatalog.get(name).class_image_count) == 1203
+    assert dataset_class_image_count(name).tolist() == [3, 2, 0]
+
+
+def test_unique_pairs_sort_based_matches_numpy_unique():
+    image_keys, classes = random_annotations(seed=3, num_annotations=5000, num_classes=40)
+    images, pair_classes = unique_image_class_pairs(image_keys, classes)
+    expected = np.unique(np.stack([image_keys, classes], axis=1), axis=0)
+    assert np.array_equal(np.stack([images, pair_classes], axis=1), expected)

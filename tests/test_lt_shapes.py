@@ -2,6 +2,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -345,3 +346,41 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(ValueError, match="num_train=100"):
         lt_shapes_cli(["--out", out, "--seed", "2", "--num-train", "100"])
     assert not is_complete(out, 2, LTShapesSpec(num_train=100))
+
+
+def test_registered_splits_load_like_detectron2_through_the_validated_loader(tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets.lvis import load_lvis_json
+
+    train, val = register_lt_shapes(root=str(tmp_path / "tiny"), seed=5, spec=TINY, name_prefix="lt_shapes_loader")
+    lists = ("neg_category_ids", "not_exhaustive_category_ids")
+    for name in (train, val):
+        meta = MetadataCatalog.get(name)
+        dicts = DatasetCatalog.get(name)
+        reference = load_lvis_json(meta.json_file, meta.image_root)
+        assert [{k: v for k, v in r.items() if k not in lists} for r in dicts] == [
+            {k: v for k, v in r.items() if k not in lists} for r in reference]
+        # the federated lists are contiguous indices, like category_id (Detectron2 keeps the json ids)
+        for key in lists:
+            assert [r[key] for r in dicts] == [[c - 1 for c in r[key]] for r in reference]
+        assert sum(len(r["neg_category_ids"]) for r in dicts) > 0
+    # the val split carries the training counts (its json stores them, checked against the train json)
+    _, pair_classes = dataset_dict_pairs(DatasetCatalog.get(train))
+    image_count = np.bincount(pair_classes, minlength=TINY.num_classes).tolist()
+    assert MetadataCatalog.get(val).image_count == MetadataCatalog.get(train).image_count == image_count
+    with open(MetadataCatalog.get(val).json_file) as f:
+        assert [c["image_count"] for c in json.load(f)["categories"]] == image_count
+
+
+def test_truncated_json_names_the_file(tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    train, _ = register_lt_shapes(root=str(tmp_path / "tiny"), seed=5, spec=TINY, name_prefix="lt_shapes_truncated")
+    DatasetCatalog.get(train)  # generates
+    path = MetadataCatalog.get(train).json_file
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"dataset json file {re.escape(path)} is not valid JSON"):
+        DatasetCatalog.get(train)

@@ -184,3 +184,60 @@ def test_bad_frequency_value(tmp_path):
     p = _write(tmp_path, d, "badfreq.json")
     with pytest.raises(ValueError, match=r"badfreq\.json.*\[2 "):
         load_lvis_meta(p)
+
+
+def _register_plain(name, path):
+    """A dataset registered the Detectron2 way (metadata json_file only), removed by the caller."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    DatasetCatalog.register(name, lambda: [])
+    MetadataCatalog.get(name).set(json_file=path)
+    return name
+
+
+def test_lvis_meta_from_dataset_counts_from_annotations(tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from ltdet2.data.lvis_meta import lvis_meta_from_dataset
+
+    # the json's stored counts (500 / 40 / 3 images) disagree with its annotations
+    name = _register_plain("lvis_meta_test_stale_counts", _write(tmp_path, _tiny()))
+    try:
+        m = lvis_meta_from_dataset(name)
+        assert m.image_count.tolist() == [2, 2, 0] and m.instance_count.tolist() == [3, 2, 0]
+        assert m.frequency.tolist() == ["f", "c", "r"]  # stored frequency kept: on LVIS val it is the training one
+        assert lvis_meta_from_dataset(name, recompute_counts=False).image_count.tolist() == [500, 40, 3]
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def test_category_table_without_annotations_keeps_stored_counts(tmp_path):
+    d = _tiny()
+    d["annotations"] = []  # like LVIS test-dev: nothing to count, nothing to disagree
+    m = load_lvis_meta(_write(tmp_path, d), recompute_counts=True)
+    assert m.image_count.tolist() == [500, 40, 3] and m.instance_count.tolist() == [900, 50, 3]
+
+
+def test_lvis_meta_from_dataset_of_a_registered_lvis_format_dataset(tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from ltdet2.data import register_lvis_format_dataset
+    from ltdet2.data.lvis_meta import lvis_meta_from_dataset
+
+    d = _tiny()
+    for c in d["categories"]:
+        del c["image_count"], c["instance_count"], c["frequency"]
+    for a in d["annotations"]:
+        a["bbox"] = [0.0, 0.0, 4.0, 4.0]
+    name = register_lvis_format_dataset("lvis_meta_test_registered", _write(tmp_path, d), str(tmp_path))
+    try:
+        m = lvis_meta_from_dataset(name)
+        assert m.category_ids == (2, 5, 9) and m.names == ("two", "five", "nine")
+        assert m.image_count.tolist() == [2, 2, 0] and m.instance_count.tolist() == [3, 2, 0]
+        assert m.frequency.tolist() == ["r", "r", "r"]  # LVIS groups of the counted images
+        with pytest.raises(TypeError, match="recompute_counts"):
+            lvis_meta_from_dataset(name, recompute_counts=False)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)

@@ -1,5 +1,5 @@
-"""Data: LVIS metadata (frequency groups, counts), per-class counting, the embedded LT-Shapes dataset
-and repeat-factor sampling."""
+"""Data: LVIS metadata (frequency groups, counts), per-class counting, validated registration of
+LVIS- / COCO-format datasets, the embedded LT-Shapes dataset and repeat-factor sampling."""
 
 # the function class_counts stays in its module: exported here it would hide the module
 # ltdet2.data.class_counts (import-by-name, e.g. LazyConfig's "_target_", would no longer find it)
@@ -8,12 +8,18 @@ from .class_counts import (  # noqa: F401
     dataset_dict_pairs,
     unique_image_class_pairs,
 )
+from .datasets import (  # noqa: F401
+    evaluation_ground_truth,
+    load_lvis_format_json,
+    register_lvis_format_dataset,
+)
 from .lvis_meta import (  # noqa: F401
     FREQUENCY_GROUPS,
     LVISMeta,
     count_from_annotations,
     frequency_from_image_count,
     load_lvis_meta,
+    lvis_meta_from_dataset,
 )
 from .lt_shapes import (  # noqa: F401
     LTShapesSpec,

@@ -32,6 +32,7 @@ __all__ = [
     "load_lvis_meta",
     "count_from_annotations",
     "clear_lvis_meta_cache",
+    "lvis_meta_from_dataset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -229,6 +230,10 @@ def _build_meta(d: Mapping[str, Any], source: str, recompute_counts: bool, deriv
         raise ValueError(f"{source}: categories without 'name' (or 'synset'): ids {_fmt_ids(unnamed)}")
 
     has_counts = all("image_count" in c and "instance_count" in c for c in ordered)
+    if recompute_counts and has_counts and not d.get("annotations"):
+        # a category table (LVIS test-dev, a cat-info file): no annotation to count, none to disagree
+        logger.info("%s has no annotations: its stored image_count / instance_count are used", source)
+        recompute_counts = False
     if recompute_counts or not has_counts:
         if not recompute_counts:
             missing = [c["id"] for c in ordered if "image_count" not in c or "instance_count" not in c]
@@ -284,7 +289,8 @@ def load_lvis_meta(json_file_or_dict: Union[str, os.PathLike, Mapping[str, Any]]
         recompute_counts: count images / instances per category from ``annotations`` instead of
             the categories' ``image_count`` / ``instance_count`` fields (which are also counted
             from annotations when any category lacks them). A category without ``frequency``
-            then gets it from its (recomputed) image count instead of raising.
+            then gets it from its (recomputed) image count instead of raising. A file without
+            any annotation (a category table such as LVIS test-dev) keeps its stored counts.
         derive_frequency: ignore the json's ``frequency`` fields and derive every category's
             group from the image counts (LVIS thresholds). Off by default: on LVIS val files the
             ``frequency`` field refers to the *training* set, which is what AP_r/c/f needs.
@@ -312,15 +318,31 @@ def load_lvis_meta(json_file_or_dict: Union[str, os.PathLike, Mapping[str, Any]]
 
 
 def lvis_meta_from_dataset(dataset_name: str, **kwargs) -> LVISMeta:
-    """:class:`LVISMeta` of a registered Detectron2 dataset, read from its metadata's ``json_file``.
+    """:class:`LVISMeta` of a registered Detectron2 dataset, with counts from its annotations.
+
+    A dataset registered by :func:`ltdet2.data.register_lvis_format_dataset` (or LT-Shapes) gives its
+    validated metadata: counts of its training annotations (its ``train_json``'s for an evaluation
+    split) and frequency groups by LVIS's thresholds on them (``kwargs`` are not accepted). Any other
+    dataset is read from its metadata's ``json_file`` with :func:`load_lvis_meta`, by default with
+    ``recompute_counts=True``: counts from the annotations, not from the categories' stored fields;
+    the stored ``frequency`` is kept (on LVIS val files it refers to the training set, as AP_r/c/f
+    needs), derived from the counts where absent.
 
     A dataset whose json is made on first load (LT-Shapes) is loaded once to create it.
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
+    from .datasets import dataset_lvis_meta, is_lvis_format_dataset
+
+    if is_lvis_format_dataset(dataset_name):
+        if kwargs:
+            raise TypeError(f"dataset {dataset_name!r} is registered by register_lvis_format_dataset: its counts "
+                            f"and groups come from its annotations; {sorted(kwargs)} do not apply")
+        return dataset_lvis_meta(dataset_name)
     json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
     if json_file is None:
         raise ValueError(f"dataset {dataset_name!r} has no 'json_file' in its metadata (not LVIS-format?)")
     if not os.path.isfile(json_file):
         DatasetCatalog.get(dataset_name)
+    kwargs.setdefault("recompute_counts", True)
     return load_lvis_meta(json_file, **kwargs)

@@ -2,6 +2,7 @@
 import os
 from typing import Optional
 
+from ..datasets import register_lvis_format_dataset
 from .build import dataset_paths
 from .cache import default_root, get_lt_shapes
 from .spec import LTShapesSpec, class_names
@@ -13,56 +14,30 @@ def register_lt_shapes(root: Optional[str] = None, seed: int = 0, spec: Optional
                        name_prefix: str = "lt_shapes") -> tuple:
     """Register ``{name_prefix}_train`` and ``{name_prefix}_val`` in Detectron2's catalogs.
 
-    Lazy: the data is generated (via :func:`get_lt_shapes`) when the dataset is first loaded.
-    Dicts come from Detectron2's own ``load_lvis_json`` (``category_id`` 0-based contiguous =
-    json id - 1). Metadata: ``evaluator_type="lvis"``, ``json_file``, ``image_root``,
-    ``thing_classes`` (contiguous order), ``seed``, ``lt_shapes_spec``; ``class_image_count``
-    (Detectron2's federated-loss format, ``[{"id", "image_count"}]``) is added when the train split
-    is loaded. Names already registered for the same json are skipped; a name registered for
-    another dataset is an error.
+    Lazy: the data is generated (via :func:`get_lt_shapes`) when the dataset is first loaded (or its
+    per-class metadata first read). Both splits go through
+    :func:`ltdet2.data.register_lvis_format_dataset`'s validated loader (the val split with the train
+    json as ``train_json``: its stored counts and groups are the training ones, like LVIS val).
+    Metadata: ``evaluator_type="lvis"``, ``json_file``, ``image_root``, ``thing_classes`` (contiguous
+    order, known without generating), ``seed``, ``lt_shapes_spec``, and, read from the json,
+    ``class_image_count`` (Detectron2's ``[{"id", "image_count"}]``) and the other keys of
+    :class:`~ltdet2.data.datasets.LVISFormatMetadata`. Names already registered for the same
+    dataset are skipped; a name registered for another dataset is an error.
 
     Returns the two dataset names.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
     spec = spec or LTShapesSpec()
     root = os.path.abspath(os.path.expanduser(root or default_root(seed, spec)))
     p = dataset_paths(root)
-    thing_classes = class_names(spec)
-    names = []
-    for split in ("train", "val"):
-        name = f"{name_prefix}_{split}"
-        json_file = p[f"{split}_json"]
-        names.append(name)
-        if name in DatasetCatalog.list():
-            registered = MetadataCatalog.get(name).get("json_file", None)
-            if registered == json_file:
-                continue
-            raise ValueError(f"dataset name {name!r} is already registered (json_file={registered!r}); "
-                             f"use another name_prefix than {name_prefix!r}")
-
-        def _load(split=split, name=name):
-            from detectron2.data.datasets.lvis import load_lvis_json
-
-            from ..lvis_meta import lvis_meta_from_dataset
-
-            paths = get_lt_shapes(root, seed, spec)
-            dicts = load_lvis_json(paths[f"{split}_json"], paths["image_root"])
-            meta = MetadataCatalog.get(name)
-            if split == "train" and not hasattr(meta, "class_image_count"):
-                meta.set(class_image_count=lvis_meta_from_dataset(name).class_image_count())
-            return dicts
-
-        DatasetCatalog.register(name, _load)
-        MetadataCatalog.get(name).set(
-            evaluator_type="lvis",
-            json_file=json_file,
-            image_root=p["image_root"],
-            thing_classes=list(thing_classes),
-            seed=int(seed),
-            lt_shapes_spec=spec.to_dict(),
-        )
-    return tuple(names)
+    names = tuple(f"{name_prefix}_{split}" for split in ("train", "val"))
+    for name, split in zip(names, ("train", "val")):
+        register_lvis_format_dataset(
+            name, p[f"{split}_json"], p["image_root"],
+            train_json=p["train_json"] if split == "val" else None,
+            prepare=lambda: get_lt_shapes(root, seed, spec),
+            thing_classes=list(class_names(spec)), seed=int(seed), lt_shapes_spec=spec.to_dict(),
+        )  # fmt: skip
+    return names
 
 
 def register_all_lt_shapes(root: Optional[str] = None) -> tuple:
