@@ -380,9 +380,6 @@ def test_coco_format_dataset_evaluates_with_exhaustive_negatives(register):
     assert metrics["APc"] == pytest.approx(100.0)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "LTLVISEvaluator reads the metadata's json_file as is: a COCO-format file has no neg_category_ids. Fixed by "
-    "LTLVISEvaluator loading ltdet2.data.evaluation_ground_truth(dataset_name); then remove this mark."))
 def test_evaluator_on_a_registered_coco_format_dataset(register):
     _, val_name, val = _train_and_val(register, val_format="coco")
     evaluator = LTLVISEvaluator(val_name, tasks=("bbox",), distributed=False)

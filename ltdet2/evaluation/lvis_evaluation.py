@@ -37,6 +37,7 @@ from detectron2.evaluation.lvis_evaluation import LVISEvaluator
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
+from ltdet2.data.datasets import evaluation_ground_truth
 from ltdet2.utils.json_io import read_json, write_json_atomic
 
 from . import fast_lvis_feed
@@ -548,8 +549,12 @@ class LTLVISEvaluator(LVISEvaluator):
                 f"MetadataCatalog.get({dataset_name!r}) has no 'json_file'; LTLVISEvaluator needs "
                 "the LVIS annotation json (e.g. register with register_lvis_instances)."
             )
-        json_file = PathManager.get_local_path(self._metadata.json_file)
-        self._lvis_api = load_lvis_gt(json_file)
+        # a registered dataset's checked json, completed with what LVIS evaluation needs (COCO-format
+        # files: exhaustive negatives, training frequencies); otherwise the metadata's json_file
+        ground_truth = evaluation_ground_truth(dataset_name)
+        if isinstance(ground_truth, str):
+            ground_truth = PathManager.get_local_path(ground_truth)
+        self._lvis_api = load_lvis_gt(ground_truth)
         # Test-set json files have no annotations (evaluated by the LVIS server).
         self._do_evaluation = len(self._lvis_api.anns) > 0
 
