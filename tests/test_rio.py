@@ -208,14 +208,46 @@ def test_replay_recent_first_counts_and_drawn_before_push():
     assert torch.equal(replay.queue.counts, before)
 
 
-def test_replay_random_mode_draws_per_class_from_stored_entries():
+def test_replay_random_mode_draws_all_stored_up_to_per_class():
+    # official RANDOM_SELECT with 20 or fewer stored: every stored entry once (no replacement, no padding)
     torch.manual_seed(0)
     replay = ObjectReplay(num_classes=NUM_CLASSES, feature_dim=4, targeted_classes=[2], capacity=60, per_class=20,
                           mode="random")
     replay(make_context([3], [2, 2, 2], feature_offset=0))
     rows = replay(make_context([2], [2, 0], feature_offset=10))
-    assert rows.labels.tolist() == [2] * 20
-    assert set(rows.features[:, 0].tolist()) <= {0.0, 1.0, 2.0}
+    assert rows.labels.tolist() == [2, 2, 2]
+    assert sorted(rows.features[:, 0].tolist()) == [0.0, 1.0, 2.0]
+    assert torch.equal(rows.proposal_boxes[:, 0], rows.features[:, 0])  # rows stay whole
+
+
+def test_replay_random_mode_draws_without_replacement_per_class():
+    # classes 1, 3, 5 hold 40, 20 and 25 entries (values 0..39, 100..119, 200..224): per call 20 distinct
+    # entries of each class holding more than 20, all 20 of class 3; uniform over the stored entries
+    replay = ObjectReplay(num_classes=NUM_CLASSES, feature_dim=4, targeted_classes=[1, 3, 5], capacity=60,
+                          per_class=20, mode="random")
+    for cls, num, offset in ((1, 40, 0), (3, 20, 100), (5, 25, 200)):
+        replay(make_context([num], [cls] * num, feature_offset=offset))
+    assert replay.queue.counts.tolist() == [40, 20, 25]
+    torch.manual_seed(0)
+    draws = 2000
+    frequency = {1: np.zeros(40), 3: np.zeros(20), 5: np.zeros(25)}
+    offsets = {1: 0, 3: 100, 5: 200}
+    probe = make_context([3], [1, 3, 5], feature_offset=1000)
+    for _ in range(draws):
+        rows = replay.replay(replay.class_to_slot[torch.tensor([1, 3, 5])])
+        labels = replay.slot_to_class[rows.labels]
+        assert labels.tolist() == [1] * 20 + [3] * 20 + [5] * 20  # grouped by class, request order
+        for cls in (1, 3, 5):
+            values = rows.features[labels == cls, 0].long() - offsets[cls]
+            assert values.unique().numel() == 20  # without replacement
+            frequency[cls][values.numpy()] += 1
+    assert (frequency[3] == draws).all()
+    for cls, num in ((1, 40), (5, 25)):
+        expected = draws * 20 / num  # each stored entry is in a draw with probability 20 / num
+        chi_square = ((frequency[cls] - expected) ** 2 / expected).sum()
+        # without replacement the statistic is about (1 - 20/num) (num - 1): 19.5 and 4.8 here
+        assert chi_square < num, (cls, chi_square)
+    assert replay(probe).labels.tolist() == [1] * 20 + [3] * 20 + [5] * 20
 
 
 def test_targeted_classes_from_counts_and_meta():
