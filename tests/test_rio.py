@@ -22,7 +22,7 @@ from ltdet2.data.samplers import (
     repeat_factors_from_dataset_dicts,
 )
 from ltdet2.engine.phases import load_config, run_phases
-from ltdet2.modeling import CosineClassifier
+from ltdet2.modeling import CosineClassifier, WeightNormCosineClassifier
 from ltdet2.modeling.feature_sources import ObjectReplay, SourceContext
 from ltdet2.modeling.feature_sources.object_replay import targeted_classes
 from ltdet2.utils.json_io import write_json_atomic
@@ -140,6 +140,42 @@ def test_cosine_classifier_equals_direct_computation():
     assert fixed(x).abs().max() <= 10.0 + 1e-5
 
 
+def test_weight_norm_classifier_is_rios_official_dist_linear():
+    # g starts at the row norms of nn.Linear's default init, as torch's weight_norm sets it: E||v_j||^2 =
+    # D * (1/sqrt(D))^2 / 3, so g ~ 1/sqrt(3) = 0.577 whatever D
+    torch.manual_seed(0)
+    classifier = WeightNormCosineClassifier(1024, 300)
+    g, v = classifier.norm, classifier.weight
+    assert isinstance(g, torch.nn.Parameter) and isinstance(v, torch.nn.Parameter) and g.shape == (301,)
+    assert [name for name, _ in classifier.named_parameters()] == ["weight", "norm"]
+    assert not isinstance(classifier.scale, torch.nn.Parameter) and classifier.scale.item() == 48.0
+    assert torch.equal(g.detach(), v.detach().norm(dim=1))
+    assert g.mean().item() == pytest.approx(3 ** -0.5, abs=2e-3) and g.std().item() < 0.02
+    assert v.abs().max().item() <= 1024 ** -0.5  # uniform in +-1/sqrt(D)
+
+    # the official layer, same seed: weight_norm(nn.Linear(D, C+1, bias=False)) on x / (||x|| + 1e-5), times 48
+    torch.manual_seed(1)
+    ours = WeightNormCosineClassifier(6, 3)
+    torch.manual_seed(1)
+    official = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(6, 4, bias=False), "weight", dim=0)
+    assert torch.equal(official.parametrizations.weight.original1, ours.weight)
+    assert torch.allclose(official.parametrizations.weight.original0.flatten(), ours.norm)
+    with torch.no_grad():  # trained values: g and v no longer tied
+        ours.norm.mul_(torch.tensor([1.0, 2.0, 0.5, 1.5]))
+        official.parametrizations.weight.original0.mul_(torch.tensor([[1.0], [2.0], [0.5], [1.5]]))
+    x = torch.randn(5, 6, dtype=torch.float32)
+    logits = ours(x)
+    expected = 48.0 * official(x / (x.norm(dim=1, keepdim=True) + 1e-5))
+    assert torch.allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    w = ours.weight.detach()
+    for n in range(5):
+        for j in range(4):
+            cos = float(x[n] @ w[j]) / ((float(x[n].norm()) + 1e-5) * float(w[j].norm()))
+            assert logits[n, j].item() == pytest.approx(48.0 * ours.norm[j].item() * cos, rel=1e-5, abs=1e-5)
+    logits.sum().backward()
+    assert ours.norm.grad is not None and ours.weight.grad is not None
+
+
 def test_cosine_classifier_in_the_box_predictor():
     cfg = LazyConfig.load(os.path.join(ROOT, "tests", "configs", "cosine_classifier_small.py")).model
     cfg.roi_heads.num_classes = NUM_CLASSES
@@ -147,6 +183,23 @@ def test_cosine_classifier_in_the_box_predictor():
     classifier = model.roi_heads.box_predictor.cls_score
     assert isinstance(classifier, CosineClassifier)
     assert classifier.weight.shape == (NUM_CLASSES + 1, 256) and classifier.scale.item() == 10.0
+
+
+def test_weight_norm_classifier_in_the_box_predictor():
+    from detectron2.config import LazyCall as L
+
+    cfg = long_tail_cfg(small_model_cfg())
+    cfg.roi_heads.box_predictor.classifier = L(WeightNormCosineClassifier)(
+        input_dim="${..input_shape.channels}", num_classes="${..num_classes}")
+    torch.manual_seed(0)
+    model = instantiate(cfg)
+    classifier = model.roi_heads.box_predictor.cls_score
+    assert isinstance(classifier, WeightNormCosineClassifier) and classifier.weight.shape == (NUM_CLASSES + 1, 256)
+    keys = [k for k in model.state_dict() if k.startswith("roi_heads.box_predictor.cls_score.")]
+    assert sorted(keys) == ["roi_heads.box_predictor.cls_score." + k for k in ("norm", "scale", "weight")]
+    losses = train_losses(model, make_batch())
+    sum(losses.values()).backward()
+    assert classifier.norm.grad.abs().sum() > 0 and classifier.scale.item() == 48.0
 
 
 # --- object replay: the source alone ------------------------------------------------------------

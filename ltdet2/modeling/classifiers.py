@@ -27,8 +27,9 @@ class CosineClassifier(nn.Module):
             cosine, off by default (pure cosine).
         eps: added to the feature norms (and to the weight norms unless ``weight_eps`` is given).
         weight_eps: added to the weight norms; None: ``eps``.
-        init_std: std of the weight's normal init (0.01: Detectron2's / TFA's). The cosine makes the
-            effective learning rate of a row's direction ``lr / ||w_j||^2``.
+        init_std: std of the weight's normal init (0.01: Detectron2's / TFA's); None: ``nn.Linear``'s
+            default init (uniform in ``±1/sqrt(D)``). The cosine makes the effective learning rate of a
+            row's direction ``lr / ||w_j||^2``.
 
     Parameters are named ``weight`` (``[C+1, D]``, init N(0, 0.01) as Detectron2's linear
     ``cls_score``, so a linear checkpoint's weight loads), ``scale`` and ``norm``.
@@ -36,14 +37,17 @@ class CosineClassifier(nn.Module):
 
     def __init__(self, input_dim: int, num_classes: int, *, scale: float = 48.0, learnable_scale: bool = True,
                  learnable_norm: bool = False, eps: float = 1e-5, weight_eps: Optional[float] = None,
-                 init_std: float = 0.01):
+                 init_std: Optional[float] = 0.01):
         super().__init__()
         self.input_dim = int(input_dim)
         self.num_classes = int(num_classes)
         self.eps = float(eps)
         self.weight_eps = self.eps if weight_eps is None else float(weight_eps)
         self.weight = nn.Parameter(torch.empty(self.num_classes + 1, self.input_dim))
-        nn.init.normal_(self.weight, std=init_std)
+        if init_std is None:
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's default
+        else:
+            nn.init.normal_(self.weight, std=init_std)
         scale_tensor = torch.tensor(float(scale))
         if learnable_scale:
             self.scale = nn.Parameter(scale_tensor)
@@ -90,7 +94,6 @@ class WeightNormCosineClassifier(CosineClassifier):
 
     def __init__(self, input_dim: int, num_classes: int, *, scale: float = 48.0, eps: float = 1e-5):
         super().__init__(input_dim, num_classes, scale=scale, learnable_scale=False, learnable_norm=True,
-                         eps=eps, weight_eps=0.0)
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's default
+                         eps=eps, weight_eps=0.0, init_std=None)
         with torch.no_grad():
             self.norm.copy_(self.weight.norm(p=2, dim=1))
