@@ -111,8 +111,9 @@ def test_sources_train_on_images_without_annotations(source_class, empty):
     else:
         context, gt_boxes = source.seen[-1]
         assert num_rows == foreground.numel()
+        starts = torch.tensor([0] + [len(p) for p in context.proposals]).cumsum(0).tolist()
         for image, proposals in enumerate(context.proposals):
-            rows = slice(sum(len(p) for p in context.proposals[:image]), sum(len(p) for p in context.proposals[:image + 1]))
+            rows = slice(starts[image], starts[image + 1])
             expected = proposals.gt_boxes if image not in empty_images else proposals.proposal_boxes
             assert proposals.has("gt_boxes") == (image not in empty_images)
             assert torch.equal(gt_boxes[rows], expected.tensor)

@@ -264,12 +264,29 @@ class ScoreReader(FeatureSource):
         return None
 
 
-def test_mean_score_defaults_are_the_official_codes():
+def test_mean_score_defaults_are_the_official_codes(monkeypatch):
     indicator = MeanScore(5)
     assert indicator.update_timing == "before_loss" and indicator.sync == "global"
     assert CumulativeCount(5).update_timing == "after_loss"
     with pytest.raises(ValueError, match="update_timing must be one of"):
         MeanScore(5, update_timing="during")
+
+    # one process: "global" never communicates
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.distributed called in a single process")
+
+    for name in ("all_reduce", "all_gather", "broadcast", "get_world_size"):
+        monkeypatch.setattr(torch.distributed, name, refuse)
+    indicator.update(torch.tensor([1, 1, 3, 5]), torch.tensor([0.5, 0.7, 0.2, 0.9]))
+    expected = torch.full((6,), 0.01)
+    expected[1] = 0.81 * 0.01 + 0.19 * 0.6
+    expected[3] = 0.9 * 0.01 + 0.1 * 0.2
+    assert torch.allclose(indicator.vector(), expected)
+    mfs = MemoryFeatureSampler(num_classes=NUM_CLASSES, feature_shape=(128, 7, 7), capacity=20)
+    _, model = paired_models(indicators={"mean_score": MeanScore(NUM_CLASSES)}, feature_sources=[mfs])
+    model.roi_heads.box_predictor.cls_loss = EquilibriumLoss(indicator="mean_score")
+    model.roi_heads.bind_indicators()
+    assert torch.isfinite(train_losses(model, make_batch())["loss_cls"])
 
 
 # --- dataset-guided ablation: raw background count 1 ----------------------------------------------

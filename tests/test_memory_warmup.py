@@ -93,7 +93,7 @@ def test_warm_up_fills_every_class_with_training_images_on_every_rank(tmp_path, 
         torch.manual_seed(0)
         model = build_model(cfg)
         seen = []
-        model.register_forward_pre_hook(lambda m, args: seen.append([d["image_id"] for d in args[0]]))
+        model.register_forward_pre_hook(lambda m, args, seen=seen: seen.append([d["image_id"] for d in args[0]]))
         warm_up_memories(model, cfg, images_per_class=5)
         assert model.training  # restored
         # this rank ran 5 images per class, in batches of the per-rank batch size (8 / 2)

@@ -96,8 +96,8 @@ def object_mean_scores(probabilities, labels, object_ids):
     """
     num_classes = probabilities.shape[1] - 1
     keep = (labels < num_classes) & (object_ids >= 0)
+    scores = probabilities.gather(1, labels[:, None]).squeeze(1)[keep]  # no copy of the kept [K, C+1] rows
     labels, object_ids = labels[keep], object_ids[keep]
-    scores = probabilities[keep].gather(1, labels[:, None]).squeeze(1)
     unique_ids, inverse = torch.unique(object_ids, return_inverse=True)
     sums = scores.new_zeros(unique_ids.numel()).index_add_(0, inverse, scores)
     counts = scores.new_zeros(unique_ids.numel()).index_add_(0, inverse, torch.ones_like(scores))
