@@ -32,20 +32,25 @@ def long_tail_cfg(cfg, **roi_head_options):
     return cfg
 
 
-def make_batch(num_images=2, size=96, seed=0, mask=False, boxes_per_image=3):
-    """Random images with ``boxes_per_image`` random boxes of random classes (and box masks)."""
+def make_batch(num_images=2, size=96, seed=0, mask=False, boxes_per_image=3, empty_images=()):
+    """Random images with ``boxes_per_image`` random boxes of random classes (and box masks); the images
+    whose index is in ``empty_images`` have no annotation (empty ``Instances``, as Detectron2's mapper
+    makes them). The random draws do not depend on ``empty_images``."""
     generator = torch.Generator().manual_seed(seed)
     batch = []
-    for _ in range(num_images):
+    for index in range(num_images):
         image = torch.randint(0, 255, (3, size, size), generator=generator, dtype=torch.uint8)
         xy = torch.rand(boxes_per_image, 2, generator=generator) * size * 0.5
         wh = 12 + torch.rand(boxes_per_image, 2, generator=generator) * size * 0.4
         boxes = torch.cat([xy, (xy + wh).clamp(max=size - 1)], dim=1)
+        classes = torch.randint(0, NUM_CLASSES, (boxes_per_image,), generator=generator)
+        if index in empty_images:
+            boxes, classes = boxes[:0], classes[:0]
         instances = Instances((size, size))
         instances.gt_boxes = Boxes(boxes)
-        instances.gt_classes = torch.randint(0, NUM_CLASSES, (boxes_per_image,), generator=generator)
+        instances.gt_classes = classes
         if mask:
-            masks = torch.zeros(boxes_per_image, size, size, dtype=torch.bool)
+            masks = torch.zeros(len(boxes), size, size, dtype=torch.bool)
             for i, (x0, y0, x1, y1) in enumerate(boxes.round().int().tolist()):
                 masks[i, y0:y1, x0:x1] = True
             instances.gt_masks = BitMasks(masks)

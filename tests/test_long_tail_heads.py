@@ -165,10 +165,14 @@ def test_mfs_rows_come_from_memory_and_keep_mask_loss():
     gt_classes = torch.cat([b["instances"].gt_classes for b in batch])
     expected_counts = torch.bincount(gt_classes, minlength=NUM_CLASSES) * 16
     assert torch.equal(mfs.queue.counts, expected_counts.clamp(max=20))
-    # sampling probability is 1/s over non-empty queues only
+    # one draw's probability is 1/s over all classes (official; draws of empty queues are dropped after),
+    # over the non-empty queues only with class_draw="distinct"
     indicator.mean_scores[:NUM_CLASSES] = torch.linspace(0.1, 0.6, NUM_CLASSES)
-    weights = mfs.sampling_weights()
     present = mfs.queue.counts > 0
+    assert 0 < present.sum() < NUM_CLASSES
+    assert torch.allclose(mfs.sampling_weights(), 1 / indicator.mean_scores[:NUM_CLASSES])
+    mfs.class_draw = "distinct"
+    weights = mfs.sampling_weights()
     assert torch.allclose(weights[present], 1 / indicator.mean_scores[:NUM_CLASSES][present])
     assert (weights[~present] == 0).all()
 

@@ -108,6 +108,52 @@ def test_random_sampling_is_uniform_over_stored_entries():
     assert torch.equal(again.value, sample.value)
 
 
+def test_random_distinct_sampling_without_replacement():
+    queue = ClassQueue(4, 8, {"value": ((), torch.int64)})
+    # class 0: 3 stored; class 1: 8 (full, ring wrapped: 100..103 overwritten); class 3: 6
+    queue.push(torch.tensor([0] * 3 + [1] * 12 + [3] * 6),
+               value=torch.cat([torch.arange(3), torch.arange(100, 112), torch.arange(300, 306)]))
+    gen = torch.Generator().manual_seed(7)
+    draws = 3000
+    frequency = {1: collections.Counter(), 3: collections.Counter()}
+    for _ in range(draws):
+        sample = queue.sample(torch.tensor([0, 1, 2, 3]), 5, mode="random_distinct", generator=gen)
+        assert sample.skipped.tolist() == [2]
+        assert sample.labels.tolist() == [0] * 3 + [1] * 5 + [3] * 5  # min(per_class, fill) per class
+        assert sorted(sample.value[:3].tolist()) == [0, 1, 2]  # fill <= per_class: every entry once
+        for cls in (1, 3):
+            values = sample.value[sample.labels == cls].tolist()
+            assert len(set(values)) == 5  # no replacement
+            frequency[cls].update(values)
+    for cls, allowed in ((1, range(104, 112)), (3, range(300, 306))):
+        assert set(frequency[cls]) == set(allowed)  # only stored entries
+        observed = np.array([frequency[cls][v] for v in allowed])
+        expected = draws * 5 / len(allowed)
+        chi2 = ((observed - expected) ** 2 / expected).sum()
+        assert chi2 < 24.3, (cls, observed, chi2)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        queue.sample(torch.tensor([0]), 2, mode="newest")
+
+
+def test_kept_by_push_marks_the_rows_one_push_writes():
+    queue = make_queue()  # capacity 5
+    labels = torch.tensor([1, 3, 1, 1, 1, 1, 3, 1, 1, 1, 0])
+    kept = queue.kept_by_push(labels)
+    # class 1 keeps its last 5 of 8, classes 3 and 0 everything
+    assert kept.tolist() == [False, True, False, False, True, True, True, True, True, True, True]
+    values = torch.arange(11)
+    whole = make_queue()
+    whole.push(labels, value=values, feat=values[:, None].float().expand(-1, 3))
+    # the kept rows pushed in two consecutive pushes leave the same queue
+    for rows in (slice(0, 6), slice(6, 11)):
+        part = kept.clone()
+        part[[i for i in range(11) if i not in range(11)[rows]]] = False
+        queue.push(labels[part], value=values[part], feat=values[part][:, None].float().expand(-1, 3))
+    for key, value in whole.state_dict().items():
+        assert torch.equal(queue.state_dict()[key], value), key
+    assert queue.kept_by_push(torch.tensor([], dtype=torch.int64)).shape == (0,)
+
+
 def test_float16_storage_and_output_dtype():
     queue = ClassQueue(2, 4, {"features": (2, 3), "targets": 4}, storage_dtype=torch.float16)
     assert queue.storage("features").dtype == torch.float16

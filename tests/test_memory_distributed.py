@@ -65,12 +65,15 @@ def run_steps(modules, batches):
         classes = torch.arange(C)
         seeded = modules["queue"].sample(classes, 3, generator=torch.Generator().manual_seed(step))
         recent = modules["queue"].sample(classes, 2, mode="recent")
+        distinct = modules["queue"].sample(classes, 3, mode="random_distinct",
+                                           generator=torch.Generator().manual_seed(50 + step))
         shared = modules["queue"].sample(classes, 3)  # no generator: seed broadcast under global
         hallucinated = modules["bank"].sample(classes, 2, generator=torch.Generator().manual_seed(step))
         samples.append(
             {
                 "seeded": (seeded.labels, seeded.ids, seeded.features),
                 "recent": (recent.labels, recent.ids),
+                "distinct": (distinct.labels, distinct.ids),
                 "shared": (shared.labels, shared.ids),
                 "hallucinated": (hallucinated.labels, hallucinated.features),
             }
@@ -147,6 +150,7 @@ def test_global_sync_matches_single_process(tmp_path, monkeypatch):
     for got_step, ref_step in zip(results[0]["samples"], single_samples):
         assert_nested_equal(got_step["seeded"], ref_step["seeded"])
         assert_nested_equal(got_step["recent"], ref_step["recent"])
+        assert_nested_equal(got_step["distinct"], ref_step["distinct"])
         assert_nested_equal(got_step["hallucinated"], ref_step["hallucinated"], exact=False)
 
     # local policy: each rank counted only its own batches

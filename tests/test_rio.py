@@ -22,7 +22,7 @@ from ltdet2.data.samplers import (
     repeat_factors_from_dataset_dicts,
 )
 from ltdet2.engine.phases import load_config, run_phases
-from ltdet2.modeling import CosineClassifier
+from ltdet2.modeling import CosineClassifier, WeightNormCosineClassifier
 from ltdet2.modeling.feature_sources import ObjectReplay, SourceContext
 from ltdet2.modeling.feature_sources.object_replay import targeted_classes
 from ltdet2.utils.json_io import write_json_atomic
@@ -140,6 +140,42 @@ def test_cosine_classifier_equals_direct_computation():
     assert fixed(x).abs().max() <= 10.0 + 1e-5
 
 
+def test_weight_norm_classifier_is_rios_official_dist_linear():
+    # g starts at the row norms of nn.Linear's default init, as torch's weight_norm sets it: E||v_j||^2 =
+    # D * (1/sqrt(D))^2 / 3, so g ~ 1/sqrt(3) = 0.577 whatever D
+    torch.manual_seed(0)
+    classifier = WeightNormCosineClassifier(1024, 300)
+    g, v = classifier.norm, classifier.weight
+    assert isinstance(g, torch.nn.Parameter) and isinstance(v, torch.nn.Parameter) and g.shape == (301,)
+    assert [name for name, _ in classifier.named_parameters()] == ["weight", "norm"]
+    assert not isinstance(classifier.scale, torch.nn.Parameter) and classifier.scale.item() == 48.0
+    assert torch.equal(g.detach(), v.detach().norm(dim=1))
+    assert g.mean().item() == pytest.approx(3 ** -0.5, abs=2e-3) and g.std().item() < 0.02
+    assert v.abs().max().item() <= 1024 ** -0.5  # uniform in +-1/sqrt(D)
+
+    # the official layer, same seed: weight_norm(nn.Linear(D, C+1, bias=False)) on x / (||x|| + 1e-5), times 48
+    torch.manual_seed(1)
+    ours = WeightNormCosineClassifier(6, 3)
+    torch.manual_seed(1)
+    official = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(6, 4, bias=False), "weight", dim=0)
+    assert torch.equal(official.parametrizations.weight.original1, ours.weight)
+    assert torch.allclose(official.parametrizations.weight.original0.flatten(), ours.norm)
+    with torch.no_grad():  # trained values: g and v no longer tied
+        ours.norm.mul_(torch.tensor([1.0, 2.0, 0.5, 1.5]))
+        official.parametrizations.weight.original0.mul_(torch.tensor([[1.0], [2.0], [0.5], [1.5]]))
+    x = torch.randn(5, 6, dtype=torch.float32)
+    logits = ours(x)
+    expected = 48.0 * official(x / (x.norm(dim=1, keepdim=True) + 1e-5))
+    assert torch.allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    w = ours.weight.detach()
+    for n in range(5):
+        for j in range(4):
+            cos = float(x[n] @ w[j]) / ((float(x[n].norm()) + 1e-5) * float(w[j].norm()))
+            assert logits[n, j].item() == pytest.approx(48.0 * ours.norm[j].item() * cos, rel=1e-5, abs=1e-5)
+    logits.sum().backward()
+    assert ours.norm.grad is not None and ours.weight.grad is not None
+
+
 def test_cosine_classifier_in_the_box_predictor():
     cfg = LazyConfig.load(os.path.join(ROOT, "tests", "configs", "cosine_classifier_small.py")).model
     cfg.roi_heads.num_classes = NUM_CLASSES
@@ -147,6 +183,23 @@ def test_cosine_classifier_in_the_box_predictor():
     classifier = model.roi_heads.box_predictor.cls_score
     assert isinstance(classifier, CosineClassifier)
     assert classifier.weight.shape == (NUM_CLASSES + 1, 256) and classifier.scale.item() == 10.0
+
+
+def test_weight_norm_classifier_in_the_box_predictor():
+    from detectron2.config import LazyCall as L
+
+    cfg = long_tail_cfg(small_model_cfg())
+    cfg.roi_heads.box_predictor.classifier = L(WeightNormCosineClassifier)(
+        input_dim="${..input_shape.channels}", num_classes="${..num_classes}")
+    torch.manual_seed(0)
+    model = instantiate(cfg)
+    classifier = model.roi_heads.box_predictor.cls_score
+    assert isinstance(classifier, WeightNormCosineClassifier) and classifier.weight.shape == (NUM_CLASSES + 1, 256)
+    keys = [k for k in model.state_dict() if k.startswith("roi_heads.box_predictor.cls_score.")]
+    assert sorted(keys) == ["roi_heads.box_predictor.cls_score." + k for k in ("norm", "scale", "weight")]
+    losses = train_losses(model, make_batch())
+    sum(losses.values()).backward()
+    assert classifier.norm.grad.abs().sum() > 0 and classifier.scale.item() == 48.0
 
 
 # --- object replay: the source alone ------------------------------------------------------------
@@ -208,14 +261,46 @@ def test_replay_recent_first_counts_and_drawn_before_push():
     assert torch.equal(replay.queue.counts, before)
 
 
-def test_replay_random_mode_draws_per_class_from_stored_entries():
+def test_replay_random_mode_draws_all_stored_up_to_per_class():
+    # official RANDOM_SELECT with 20 or fewer stored: every stored entry once (no replacement, no padding)
     torch.manual_seed(0)
     replay = ObjectReplay(num_classes=NUM_CLASSES, feature_dim=4, targeted_classes=[2], capacity=60, per_class=20,
                           mode="random")
     replay(make_context([3], [2, 2, 2], feature_offset=0))
     rows = replay(make_context([2], [2, 0], feature_offset=10))
-    assert rows.labels.tolist() == [2] * 20
-    assert set(rows.features[:, 0].tolist()) <= {0.0, 1.0, 2.0}
+    assert rows.labels.tolist() == [2, 2, 2]
+    assert sorted(rows.features[:, 0].tolist()) == [0.0, 1.0, 2.0]
+    assert torch.equal(rows.proposal_boxes[:, 0], rows.features[:, 0])  # rows stay whole
+
+
+def test_replay_random_mode_draws_without_replacement_per_class():
+    # classes 1, 3, 5 hold 40, 20 and 25 entries (values 0..39, 100..119, 200..224): per call 20 distinct
+    # entries of each class holding more than 20, all 20 of class 3; uniform over the stored entries
+    replay = ObjectReplay(num_classes=NUM_CLASSES, feature_dim=4, targeted_classes=[1, 3, 5], capacity=60,
+                          per_class=20, mode="random")
+    for cls, num, offset in ((1, 40, 0), (3, 20, 100), (5, 25, 200)):
+        replay(make_context([num], [cls] * num, feature_offset=offset))
+    assert replay.queue.counts.tolist() == [40, 20, 25]
+    torch.manual_seed(0)
+    draws = 2000
+    frequency = {1: np.zeros(40), 3: np.zeros(20), 5: np.zeros(25)}
+    offsets = {1: 0, 3: 100, 5: 200}
+    probe = make_context([3], [1, 3, 5], feature_offset=1000)
+    for _ in range(draws):
+        rows = replay.replay(replay.class_to_slot[torch.tensor([1, 3, 5])])
+        labels = replay.slot_to_class[rows.labels]
+        assert labels.tolist() == [1] * 20 + [3] * 20 + [5] * 20  # grouped by class, request order
+        for cls in (1, 3, 5):
+            values = rows.features[labels == cls, 0].long() - offsets[cls]
+            assert values.unique().numel() == 20  # without replacement
+            frequency[cls][values.numpy()] += 1
+    assert (frequency[3] == draws).all()
+    for cls, num in ((1, 40), (5, 25)):
+        expected = draws * 20 / num  # each stored entry is in a draw with probability 20 / num
+        chi_square = ((frequency[cls] - expected) ** 2 / expected).sum()
+        # without replacement the statistic is about (1 - 20/num) (num - 1): 19.5 and 4.8 here
+        assert chi_square < num, (cls, chi_square)
+    assert replay(probe).labels.tolist() == [1] * 20 + [3] * 20 + [5] * 20
 
 
 def test_targeted_classes_from_counts_and_meta():

@@ -1,9 +1,11 @@
-"""Filling memories and indicators before a phase trains (LOCE's official code, as an option).
+"""Filling memories and indicators before a phase trains (LOCE's official code).
 
 LOCE's official implementation runs a class-balanced pass over the training set before the
 fine-tune: a few images per class, no backward, so the feature memory and the mean scores start
-from the pretrained model's view instead of empty / 0.01. The paper does not describe it; ltdet2
-offers it as ``train.memory_warmup = dict(images_per_class=5)``.
+from the pretrained model's view instead of empty / 0.01. The paper's supplement says the memory
+is initialised with 5 randomly selected instances per class; the official code takes 5 images per
+class on every GPU (``queue_size // 16``). ltdet2 turns it on with
+``train.memory_warmup = dict(images_per_class=5)``.
 """
 import logging
 
@@ -19,41 +21,73 @@ from ..data.class_counts import dataset_dict_pairs
 logger = logging.getLogger("detectron2")
 
 
+def class_balanced_passes(dataset_dicts, num_classes, images_per_class, seed=0, rank=0, world_size=1):
+    """One rank's warm-up list: for every class that has images, ``images_per_class`` images holding it.
+
+    As the official sampler (``DistributedBalancedSampler``): the images of a class, in a seeded random
+    order (the same on every rank), are repeated cyclically to ``images_per_class * world_size``
+    entries and rank r takes entries r, r + world_size, ...; so every rank gets the full
+    ``images_per_class`` per class (different images on different ranks while the class has enough,
+    repeats where it has fewer). Classes come in index order; an image drawn for several classes is
+    listed once per class.
+
+    Returns:
+        int64 array of positions in ``dataset_dicts``, ``images_per_class`` per class that has images.
+    """
+    image_index, classes = dataset_dict_pairs(dataset_dicts)
+    # pairs grouped by class, in a random order within each class
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(len(classes)), classes))
+    counts = np.bincount(classes, minlength=num_classes)
+    starts = np.cumsum(counts) - counts
+    present = np.nonzero(counts)[0]
+    positions = rank + world_size * np.arange(images_per_class)  # in the cyclic list of every class
+    picks = starts[present][:, None] + positions[None, :] % counts[present][:, None]
+    return image_index[order[picks.reshape(-1)]].astype(np.int64)
+
+
 def class_balanced_images(dataset_dicts, num_classes, images_per_class, seed=0):
     """Indices of up to ``images_per_class`` images per class (drawn without replacement, seeded),
-    deduplicated, in dataset order.
+    deduplicated, in dataset order: the distinct images of one process's :func:`class_balanced_passes`.
 
     Returns:
         int64 array of positions in ``dataset_dicts``, ascending.
     """
-    image_index, classes = dataset_dict_pairs(dataset_dicts)
-    # a random rank within each class, then keep ranks < images_per_class
-    rng = np.random.default_rng(seed)
-    order = np.lexsort((rng.random(len(classes)), classes))
-    sorted_classes = classes[order]
-    starts = np.searchsorted(sorted_classes, np.arange(num_classes))
-    rank = np.arange(len(order)) - starts[sorted_classes]
-    return np.unique(image_index[order[rank < images_per_class]])
+    return np.unique(class_balanced_passes(dataset_dicts, num_classes, images_per_class, seed=seed))
+
+
+def warmup_images(dataset_dicts, num_classes, images_per_class, seed=0, rank=0, world_size=1, deduplicate=False):
+    """The images rank ``rank`` runs in the warm-up, padded (cyclically) to the longest rank's list, so
+    every rank makes the same number of forward calls (``global`` sync updates are collectives).
+
+    ``deduplicate=False`` (official): :func:`class_balanced_passes`; ``True``: each image once per rank.
+    """
+    def passes(r):
+        selected = class_balanced_passes(dataset_dicts, num_classes, images_per_class, seed, r, world_size)
+        return np.unique(selected) if deduplicate else selected
+
+    selected = passes(rank)
+    longest = max(len(passes(r)) for r in range(world_size)) if deduplicate else len(selected)
+    return np.resize(selected, longest) if len(selected) else selected
 
 
 @torch.no_grad()
-def warm_up_memories(model, cfg, images_per_class=5):
+def warm_up_memories(model, cfg, images_per_class=5, deduplicate=False):
     """One pass of the training forward (sampling, feature sources, indicator updates) without
-    backward and with BatchNorm in eval mode, over a class-balanced set of training images."""
+    backward and with BatchNorm in eval mode, over class-balanced training images: on every rank
+    ``images_per_class`` images per class (:func:`warmup_images`), in batches of the per-rank batch size.
+
+    The image choice is seeded with ``train.seed`` (0 when unset), the same on every rank.
+    """
     dataset_dicts = instantiate(cfg.dataloader.train.dataset)
     mapper = instantiate(cfg.dataloader.train.mapper)
     num_classes = cfg.model.roi_heads.num_classes
     seed = cfg.train.get("seed", None)
-    selected = class_balanced_images(dataset_dicts, num_classes, images_per_class,
-                                     seed=seed if seed is not None and seed >= 0 else None)
-    # each rank takes its share of every global batch; the list is padded (wrapping around) to whole
-    # global batches, so all ranks make the same number of forward calls (global sync collectives)
+    seed = seed if seed is not None and seed >= 0 else 0
     world_size, rank = comm.get_world_size(), comm.get_rank()
-    total_batch_size = cfg.dataloader.train.total_batch_size
-    batch_size = max(total_batch_size // world_size, 1)
-    global_batch = batch_size * world_size
-    num_padded = -(-len(selected) // global_batch) * global_batch if len(selected) else 0
-    selected = np.resize(selected, num_padded)[rank::world_size]
+    selected = warmup_images(dataset_dicts, num_classes, images_per_class, seed=seed, rank=rank,
+                             world_size=world_size, deduplicate=deduplicate)
+    batch_size = max(cfg.dataloader.train.total_batch_size // world_size, 1)
     logger.info(f"Memory warm-up: {len(selected)} images on this rank ({images_per_class} per class), no backward")
     was_training = model.training
     model.train()

@@ -11,6 +11,8 @@ __all__ = ["ClassQueue"]
 
 _CAST_BLOCK_BYTES = 4 << 20
 
+SAMPLE_MODES = ("random", "random_distinct", "recent")
+
 FieldSpec = Union[int, Sequence[int], Tuple[Sequence[int], torch.dtype]]
 
 
@@ -128,16 +130,9 @@ class ClassQueue(StateModule):
             values = [v.to(device=self.device, dtype=self.storage(n).dtype) for n, v in zip(names, values)]
             labels, *values = all_gather_rows([labels] + values)
 
-        num = labels.numel()
-        if num == 0:
+        if labels.numel() == 0:
             return
-        counts = torch.bincount(labels, minlength=self.num_classes)
-        order = torch.argsort(labels, stable=True)
-        sorted_labels = labels[order]
-        starts = counts.cumsum(0) - counts
-        rank_in_class = torch.arange(num, device=labels.device) - starts[sorted_labels]
-        num_dropped = (counts - self.capacity).clamp_(min=0)
-        rank_in_class -= num_dropped[sorted_labels]
+        counts, order, sorted_labels, rank_in_class = self._ranks_among_kept(labels)
         keep = rank_in_class >= 0
         slots = (self.write_ptr[sorted_labels] + rank_in_class) % self.capacity
         flat_slots = torch.full_like(labels, -1)
@@ -164,6 +159,30 @@ class ClassQueue(StateModule):
         self.write_ptr.add_(written).remainder_(self.capacity)
         self.fill_counts.add_(written).clamp_(max=self.capacity)
 
+    def _ranks_among_kept(self, labels):
+        """Per-class bookkeeping of a push: ``counts [C]``, the stable ``order`` sorting ``labels`` by
+        class, the sorted labels, and each sorted row's rank among the rows of its class that the push
+        keeps (the last ``capacity``), negative for rows it drops."""
+        counts = torch.bincount(labels, minlength=self.num_classes)
+        order = torch.argsort(labels, stable=True)
+        sorted_labels = labels[order]
+        starts = counts.cumsum(0) - counts
+        rank_in_class = torch.arange(labels.numel(), device=labels.device) - starts[sorted_labels]
+        rank_in_class -= (counts - self.capacity).clamp_(min=0)[sorted_labels]
+        return counts, order, sorted_labels, rank_in_class
+
+    @torch.no_grad()
+    def kept_by_push(self, labels: torch.Tensor) -> torch.Tensor:
+        """``[N]`` bool: the rows a (local) push of ``labels`` would write, the last ``capacity`` of each
+        class in batch order. Pushing only those rows, in order and in any number of consecutive
+        pushes, leaves the queue as one push of all of them."""
+        labels = self._check_labels(labels, self.num_classes, "kept_by_push")
+        kept = torch.zeros(labels.numel(), dtype=torch.bool, device=labels.device)
+        if labels.numel():
+            _, order, _, rank_in_class = self._ranks_among_kept(labels)
+            kept[order] = rank_in_class >= 0
+        return kept
+
     @torch.no_grad()
     def sample(
         self,
@@ -177,14 +196,17 @@ class ClassQueue(StateModule):
         """Draw entries of ``classes`` (``[K]`` int64, repeats allowed).
 
         ``mode="random"``: ``per_class`` entries per class, uniformly with replacement among the
-        stored ones. ``mode="recent"``: the ``min(per_class, fill)`` most recent entries, newest first.
+        stored ones (LOCE's MFS). ``mode="random_distinct"``: ``min(per_class, fill)`` distinct entries,
+        uniformly without replacement (all stored entries, in random order, when ``fill <= per_class``;
+        RIO's official random replay). ``mode="recent"``: the ``min(per_class, fill)`` most recent
+        entries, newest first.
         Rows come grouped by class in request order. Empty classes are left out and reported in
         ``skipped``. Floating fields are returned in their declared dtype, or ``dtype`` if given.
         Under ``global`` with ``generator=None`` a seed is broadcast from rank 0 (a collective), so
         all ranks draw the same rows; with a generator, seed it identically on every rank.
         """
-        if mode not in ("random", "recent"):
-            raise ValueError(f"mode must be 'random' or 'recent', got {mode!r}")
+        if mode not in SAMPLE_MODES:
+            raise ValueError(f"mode must be one of {SAMPLE_MODES}, got {mode!r}")
         if not isinstance(per_class, int) or per_class < 0:
             raise ValueError(f"per_class must be a non-negative int, got {per_class!r}")
         classes = self._check_labels(classes, self.num_classes, "sample")
@@ -194,14 +216,20 @@ class ClassQueue(StateModule):
         classes, fill = classes[present], fill[present]
 
         if mode == "random":
-            generator = shared_generator(self.sync, generator, self.device)
-            rand_device = generator.device if generator is not None else self.device
-            uniform = torch.rand(
-                (classes.numel(), per_class), generator=generator, device=rand_device, dtype=torch.float64
-            ).to(self.device)
+            uniform = self._uniform((classes.numel(), per_class), generator)
             slots = torch.minimum((uniform * fill[:, None]).long(), fill[:, None] - 1)
             flat_slots = (classes[:, None] * self.capacity + slots).flatten()
             labels = classes.repeat_interleave(per_class)
+        elif mode == "random_distinct":
+            # a random key per slot, +inf past the fill; the smallest keys are a uniform draw without
+            # replacement among the stored slots
+            take = min(per_class, self.capacity)
+            keys = self._uniform((classes.numel(), self.capacity), generator)
+            keys.masked_fill_(torch.arange(self.capacity, device=self.device)[None, :] >= fill[:, None], float("inf"))
+            slots = keys.topk(take, dim=1, largest=False).indices
+            valid = torch.arange(take, device=self.device)[None, :] < fill[:, None]
+            flat_slots = (classes[:, None] * self.capacity + slots)[valid]
+            labels = classes[:, None].expand(-1, take)[valid]
         else:
             age = torch.arange(per_class, device=self.device)
             slots = (self.write_ptr[classes][:, None] - 1 - age).remainder(self.capacity)
@@ -218,6 +246,13 @@ class ClassQueue(StateModule):
                 out_dtype = dtype
             out[name] = rows.to(out_dtype)
         return MemorySample(labels, out, skipped)
+
+    def _uniform(self, shape, generator):
+        """U(0, 1) float64 of ``shape`` on this module's device, from ``generator`` (or the seed shared
+        under ``global``, see :func:`shared_generator`)."""
+        generator = shared_generator(self.sync, generator, self.device)
+        rand_device = generator.device if generator is not None else self.device
+        return torch.rand(shape, generator=generator, device=rand_device, dtype=torch.float64).to(self.device)
 
     def extra_repr(self) -> str:
         fields = ", ".join(f"{n}={self.field_shapes[n]}" for n in self.field_names)

@@ -1,9 +1,13 @@
 """Multi-process policy shared by the memory stores and the learning-status indicators.
 
-``sync="local"``: every rank keeps its own state (what the official LOCE / RIO code does).
-``sync="global"``: what a rank pushes or accumulates is all-gathered / all-reduced first, so every
-rank holds the same state. With one process, or torch.distributed not initialized, ``global``
-behaves as ``local`` and nothing in torch.distributed is called.
+``sync="local"``: every rank keeps its own state. ``sync="global"``: what a rank pushes or
+accumulates is all-gathered / all-reduced first, so every rank holds the same state. With one
+process, or torch.distributed not initialized, ``global`` behaves as ``local`` and nothing in
+torch.distributed is called.
+
+The official code: LOCE's MFS feature memory and RIO's replay memory are per GPU (``local``), while
+LOCE's mean score is updated from the entries gathered over all GPUs (``global``, the default of
+:class:`~ltdet2.memory.MeanScore`).
 
 Under ``global`` every update is a collective: all ranks must call it at every step, also with an
 empty batch.

@@ -18,6 +18,7 @@ from .base import StateModule
 from .distributed import all_reduce_sum, check_sync, is_global
 
 __all__ = [
+    "UPDATE_TIMINGS",
     "PredictorBatch",
     "object_mean_scores",
     "LearningStatusIndicator",
@@ -29,6 +30,16 @@ __all__ = [
     "TruePositiveRate",
     "SoftConfusionMatrix",
 ]
+
+# When in a training iteration the ROI heads update an indicator from the box predictor's rows: before the
+# losses are computed (the losses read this iteration's update) or after them.
+UPDATE_TIMINGS = ("before_loss", "after_loss")
+
+
+def check_update_timing(timing: str) -> str:
+    if timing not in UPDATE_TIMINGS:
+        raise ValueError(f"update_timing must be one of {UPDATE_TIMINGS}, got {timing!r}")
+    return timing
 
 
 @dataclass
@@ -85,8 +96,8 @@ def object_mean_scores(probabilities, labels, object_ids):
     """
     num_classes = probabilities.shape[1] - 1
     keep = (labels < num_classes) & (object_ids >= 0)
+    scores = probabilities.gather(1, labels[:, None]).squeeze(1)[keep]  # no copy of the kept [K, C+1] rows
     labels, object_ids = labels[keep], object_ids[keep]
-    scores = probabilities[keep].gather(1, labels[:, None]).squeeze(1)
     unique_ids, inverse = torch.unique(object_ids, return_inverse=True)
     sums = scores.new_zeros(unique_ids.numel()).index_add_(0, inverse, scores)
     counts = scores.new_zeros(unique_ids.numel()).index_add_(0, inverse, torch.ones_like(scores))
@@ -97,17 +108,23 @@ def object_mean_scores(probabilities, labels, object_ids):
 class LearningStatusIndicator(StateModule):
     """Base class: ``update(labels, ...)`` accumulates, ``vector()`` returns the per-class status.
 
-    ``vector()`` is ``[C]`` (``[C+1]`` for :class:`MeanScore`, whose last entry is background).
+    ``vector()`` is ``[C]`` (``[C+1]`` for :class:`MeanScore` and a :class:`StaticFrequency` with a
+    ``background_count``, whose last entry is background).
     Indicators with a pairwise form also implement ``matrix()`` (``[C, C]``); ``has_matrix`` says
     which. Larger values mean a stronger (better learned / more frequent) class throughout.
 
-    In training, the ROI heads call ``update_from_predictions(batch)`` once per iteration, after the
-    losses, with the box predictor's rows (:class:`PredictorBatch`); each indicator says there what
-    it reads. ``reads_probabilities`` asks for the predictor's class probabilities in the batch.
+    In training, the ROI heads call ``update_from_predictions(batch)`` once per iteration with the box
+    predictor's rows (:class:`PredictorBatch`); each indicator says there what it reads.
+    ``reads_probabilities`` asks for the predictor's class probabilities in the batch.
+    ``update_timing`` says when: ``"after_loss"`` (the default: this iteration's losses read the state
+    the previous iterations left, e.g. BACL's confusion matrix) or ``"before_loss"`` (the losses read
+    this iteration's update, e.g. LOCE's mean score). Feature sources run before the predictor and
+    always read the previous iterations' state.
     """
 
     has_matrix = False
     reads_probabilities = False
+    update_timing = "after_loss"
 
     def __init__(self, num_classes: int, *, sync: str = "local"):
         super().__init__()
@@ -165,18 +182,26 @@ class StaticFrequency(LearningStatusIndicator):
 
     ``vector()`` is ``counts / counts.sum()`` (``normalize="sum"``, default), ``counts / counts.max()``
     (``"max"``) or the raw counts (``"none"``), as float32 ``[C]``. ``update`` does nothing.
+
+    With ``background_count`` the vector is ``[C+1]``: the raw count ``background_count`` is appended as
+    the background entry (index C) and normalised with the same divisor as the foreground counts, so
+    ratios to it are those of the raw counts. LOCE's dataset-guided EBL (supplement eq. 1) uses raw
+    instance counts with ``n_{C+1} = 1``: ``InstanceFrequency(..., background_count=1)``.
     """
 
     count_field = None  # attribute read by from_lvis_meta
 
-    def __init__(self, counts, *, normalize: str = "sum"):
+    def __init__(self, counts, *, normalize: str = "sum", background_count: Optional[float] = None):
         counts = torch.as_tensor(np.asarray(counts), dtype=torch.float64)
         if counts.dim() != 1 or counts.numel() == 0 or bool((counts < 0).any()):
             raise ValueError(f"{type(self).__name__}: counts must be a non-empty 1-D array of counts >= 0")
         if normalize not in ("sum", "max", "none"):
             raise ValueError(f"normalize must be 'sum', 'max' or 'none', got {normalize!r}")
+        if background_count is not None and not background_count > 0:
+            raise ValueError(f"{type(self).__name__}: background_count must be > 0, got {background_count!r}")
         super().__init__(counts.numel())
         self.normalize = normalize
+        self.background_count = None if background_count is None else float(background_count)
         self.register_buffer("counts", counts)
 
     @classmethod
@@ -200,11 +225,17 @@ class StaticFrequency(LearningStatusIndicator):
 
     def vector(self) -> torch.Tensor:
         counts = self.counts
+        if self.background_count is not None:
+            counts = torch.cat([counts, counts.new_full((1,), self.background_count)])
+        foreground = self.counts
         if self.normalize == "sum":
-            counts = counts / counts.sum().clamp(min=1)
+            counts = counts / foreground.sum().clamp(min=1)
         elif self.normalize == "max":
-            counts = counts / counts.max().clamp(min=1)
+            counts = counts / foreground.max().clamp(min=1)
         return counts.float()
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, normalize={self.normalize!r}, background_count={self.background_count}"
 
 
 class ImageFrequency(StaticFrequency):
@@ -253,6 +284,14 @@ class MeanScore(LearningStatusIndicator):
 
     From the box predictor (:meth:`update_from_predictions`): one entry per object, the mean over the
     object's rows of the predictor's probability of its class (:func:`object_mean_scores`).
+
+    Timing and multi-process (the paper is silent on both; defaults are the official code's):
+    ``update_timing="before_loss"`` (official: EBL of an iteration uses the scores updated with that
+    iteration's entries; ``"after_loss"``: the previous iterations' scores). The official code gathers
+    the entries of all GPUs before updating: ``sync="global"``, the default here (every rank then holds
+    the same s, which a checkpoint restores exactly); ``"local"`` updates each rank from its own
+    entries. ``global`` is a collective on several processes (every rank updates every iteration) and
+    touches nothing in torch.distributed in a single process.
     """
 
     reads_probabilities = True
@@ -264,9 +303,11 @@ class MeanScore(LearningStatusIndicator):
         alpha: float = 0.9,
         initial_score: float = 0.01,
         background_score: float = 0.01,
-        sync: str = "local",
+        update_timing: str = "before_loss",
+        sync: str = "global",
     ):
         super().__init__(num_classes, sync=sync)
+        self.update_timing = check_update_timing(update_timing)
         if not 0.0 <= alpha < 1.0:
             raise ValueError(f"alpha must be in [0, 1), got {alpha}")
         self.alpha = float(alpha)
@@ -308,7 +349,8 @@ class MeanScore(LearningStatusIndicator):
         return self.mean_scores.clone()
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, alpha={self.alpha}, background_score={self.background_score}"
+        return (f"{super().extra_repr()}, alpha={self.alpha}, background_score={self.background_score}, "
+                f"update_timing={self.update_timing!r}")
 
 
 class TruePositiveRate(LearningStatusIndicator):

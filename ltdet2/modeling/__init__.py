@@ -1,7 +1,9 @@
-"""ltdet2's Detectron2 components: ROI heads, box predictors, feature sources, losses."""
+"""ltdet2's Detectron2 components: ROI heads, box predictors, classifiers, mask heads, feature sources, losses."""
 from .box_generator import dense_boxes
 from .box_predictors import LongTailOutputLayers
-from .classifiers import CosineClassifier
+from .classifiers import CosineClassifier, WeightNormCosineClassifier
+from .mask_heads import NormalizedConv2d, NormalizedMaskRCNNConvUpsampleHead
 from .roi_heads import LongTailROIHeads
 
-__all__ = ["dense_boxes", "LongTailOutputLayers", "LongTailROIHeads", "CosineClassifier"]
+__all__ = ["dense_boxes", "LongTailOutputLayers", "LongTailROIHeads", "CosineClassifier",
+           "WeightNormCosineClassifier", "NormalizedConv2d", "NormalizedMaskRCNNConvUpsampleHead"]

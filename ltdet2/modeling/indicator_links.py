@@ -2,9 +2,10 @@
 
 Binding: a loss, classifier or feature source that reads indicators is an :class:`IndicatorUser`
 naming them in ``indicator_names``; the ROI heads bind every such module under them at build time
-(:func:`bind_indicator_users`). Updating: once per training iteration, after the losses, every
-indicator gets the box predictor's rows as a :class:`~ltdet2.memory.PredictorBatch` and applies its
-own rule (``update_from_predictions``; see :func:`update_indicators`).
+(:func:`bind_indicator_users`). Updating: once per training iteration every indicator gets the box
+predictor's rows as a :class:`~ltdet2.memory.PredictorBatch` (:func:`predictor_batch`) and applies its
+own rule (``update_from_predictions``; see :func:`update_indicators`), before or after the losses as
+its ``update_timing`` says.
 """
 from typing import Callable, List, Mapping, Optional, Tuple
 
@@ -17,7 +18,7 @@ from ltdet2.memory import PredictorBatch
 
 from .extra_rows import ExtraRowsBatch
 
-__all__ = ["IndicatorUser", "bind_indicator_users", "predictor_row_objects", "update_indicators"]
+__all__ = ["IndicatorUser", "bind_indicator_users", "predictor_row_objects", "predictor_batch", "update_indicators"]
 
 
 class IndicatorUser:
@@ -100,32 +101,34 @@ def predictor_row_objects(
 
 
 @torch.no_grad()
-def update_indicators(
+def predictor_batch(
     indicators: Mapping[str, nn.Module],
     logits: torch.Tensor,
     labels: torch.Tensor,
     object_ids: torch.Tensor,
     class_probabilities: Callable[[torch.Tensor], torch.Tensor],
-) -> Optional[PredictorBatch]:
-    """Feeds one iteration's predictor rows to every indicator (name -> indicator).
+) -> PredictorBatch:
+    """One iteration's predictor rows as the indicators read them (built once, for every indicator).
 
     Args:
+        indicators: name -> indicator; the class probabilities are computed only if one of them reads
+            them (``reads_probabilities``).
         logits: [N, C+1] classification logits (background C); detached here.
         labels, object_ids: [N] each, see :func:`predictor_row_objects`.
         class_probabilities: the box predictor's scoring, ``[N, C+1] logits -> [N, C+1]`` probabilities
-            (what its inference uses); called once on float32 logits, only if an indicator reads
-            probabilities.
-
-    Returns:
-        the :class:`PredictorBatch` given to the indicators (None without indicators).
+            (what its inference uses); called once on float32 logits.
     """
-    if not indicators:
-        return None
     logits = logits.detach()
     probabilities = None
     if any(getattr(indicator, "reads_probabilities", False) for indicator in indicators.values()):
         probabilities = class_probabilities(logits.float()).float()
-    batch = PredictorBatch(logits=logits, labels=labels, object_ids=object_ids, probabilities=probabilities)
+    return PredictorBatch(logits=logits, labels=labels, object_ids=object_ids, probabilities=probabilities)
+
+
+@torch.no_grad()
+def update_indicators(indicators: Mapping[str, nn.Module], batch: PredictorBatch, timing: Optional[str] = None):
+    """Feeds ``batch`` to the indicators (name -> indicator) whose ``update_timing`` is ``timing``
+    (``"before_loss"`` / ``"after_loss"``; None: all), in the order of ``indicators``."""
     for indicator in indicators.values():
-        indicator.update_from_predictions(batch)
-    return batch
+        if timing is None or getattr(indicator, "update_timing", "after_loss") == timing:
+            indicator.update_from_predictions(batch)

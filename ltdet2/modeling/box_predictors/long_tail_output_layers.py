@@ -103,11 +103,14 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
             gt_boxes = cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals], dim=0)
         else:
             proposal_boxes = gt_boxes = torch.empty((0, 4), device=device)
-        box_rows = torch.cat([torch.ones(num_rois, dtype=torch.bool, device=device), extra_rows.box_mask(device)])
         extra_proposal_boxes, extra_gt_boxes = extra_rows.boxes()
         if extra_proposal_boxes is not None:
             proposal_boxes = torch.cat([proposal_boxes, extra_proposal_boxes.to(proposal_boxes.dtype)])
             gt_boxes = torch.cat([gt_boxes, extra_gt_boxes.to(gt_boxes.dtype)])
-        loss_box_reg = self.box_reg_loss(proposal_boxes, gt_boxes, proposal_deltas[box_rows], gt_classes[box_rows])
+        box_deltas, box_classes = proposal_deltas, gt_classes
+        if not all(r.has_boxes for r in extra_rows.rows):  # else no copy of the [N+R, 4C] deltas
+            box_rows = torch.cat([torch.ones(num_rois, dtype=torch.bool, device=device), extra_rows.box_mask(device)])
+            box_deltas, box_classes = proposal_deltas[box_rows], gt_classes[box_rows]
+        loss_box_reg = self.box_reg_loss(proposal_boxes, gt_boxes, box_deltas, box_classes)
         losses = {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg}
         return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}

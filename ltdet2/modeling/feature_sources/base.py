@@ -18,9 +18,12 @@ class SourceContext:
     """What a feature source sees in one training iteration of the ROI heads.
 
     Attributes:
-        proposals: per image, the sampled RoIs with ``proposal_boxes``, ``gt_classes``, ``gt_boxes``
-            and ``gt_indices`` (index into that image's targets; -1 for background).
-        targets: per image, the ground truth (``gt_boxes``, ``gt_classes``, ...).
+        proposals: per image, the sampled RoIs with ``proposal_boxes``, ``gt_classes``, ``gt_indices``
+            (index into that image's targets; -1 for background) and, only for images with ground
+            truth, ``gt_boxes`` (Detectron2 sets no ``gt_*`` field on the RoIs of an image without
+            annotations: read boxes with :meth:`roi_gt_boxes`).
+        targets: per image, the ground truth (``gt_boxes``, ``gt_classes``, ...; empty for an image
+            without annotations).
         pool: ``pool(list of [B_i, 4] box tensors) -> [sum B_i, ...]`` RoI features of any boxes,
             from the current feature maps with the box pooler (before the box head).
         box_head: the box head (pooled features -> box-head features).
@@ -41,6 +44,11 @@ class SourceContext:
     @property
     def image_sizes(self):
         return [p.image_size for p in self.proposals]
+
+    def roi_gt_boxes(self) -> torch.Tensor:
+        """[N, 4] matched ground-truth box of every sampled RoI, images concatenated; the RoI's own box
+        for the RoIs of an image without ground truth (all background there), as Detectron2's losses do."""
+        return torch.cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in self.proposals])
 
 
 class FeatureSource(IndicatorUser, nn.Module):

@@ -57,7 +57,11 @@ class ObjectReplay(FeatureSource):
 
     Paper vs official code: the paper replays stored objects of the classes in the batch; the
     official code takes the most recent ones (``mode="recent"``, newest first, the default here);
-    ``mode="random"`` draws ``per_class`` entries uniformly with replacement.
+    ``mode="random"`` is the official ``RANDOM_SELECT`` option: ``per_class`` distinct entries drawn
+    uniformly without replacement when more than ``per_class`` are stored, else every stored entry.
+
+    Images without annotations (their RoIs are all background, with no ``gt_boxes``) add nothing
+    and push nothing.
 
     Targeted classes (give exactly one of):
         targeted_classes: explicit class indices.
@@ -74,7 +78,7 @@ class ObjectReplay(FeatureSource):
         max_images: targeting threshold on the image count (RIO: 30).
         capacity: entries per targeted class (RIO: 60).
         per_class: entries replayed per present targeted class (RIO: 20).
-        mode: "recent" (official code) or "random".
+        mode: "recent" (official default) or "random" (official option, without replacement).
         storage_dtype: e.g. torch.float16 to halve the store.
         sync: "local" (per rank, as the official code) or "global" (see :class:`ClassQueue`).
     """
@@ -193,11 +197,12 @@ class ObjectReplay(FeatureSource):
         keep = slots >= 0
         present = torch.unique(slots[keep])
         sample = self.replay(present, dtype=features.dtype)
+        rows = keep.to(features.device)
         self.queue.push(
             slots[keep],
-            features=features.detach()[keep.to(features.device)],
-            proposal_boxes=torch.cat([p.proposal_boxes.tensor for p in proposals])[keep.to(features.device)],
-            gt_boxes=torch.cat([p.gt_boxes.tensor for p in proposals])[keep.to(features.device)],
+            features=features.detach()[rows],
+            proposal_boxes=torch.cat([p.proposal_boxes.tensor for p in proposals])[rows],
+            gt_boxes=context.roi_gt_boxes()[rows],
         )
         if sample.labels.numel() == 0:
             return None
@@ -213,7 +218,8 @@ class ObjectReplay(FeatureSource):
     def replay(self, slots: torch.Tensor, dtype=None):
         """Draws ``per_class`` entries of each queue in ``slots`` ([K'] compact indices); labels of the
         returned :class:`MemorySample` are compact indices too (``slot_to_class`` maps them back)."""
-        return self.queue.sample(slots, self.per_class, mode=self.mode, dtype=dtype)
+        queue_mode = "random_distinct" if self.mode == "random" else self.mode
+        return self.queue.sample(slots, self.per_class, mode=queue_mode, dtype=dtype)
 
     def extra_repr(self):
         targeted = int(self.slot_to_class.numel()) if self._resolved else f"from {self.dataset_name!r}"

@@ -42,9 +42,13 @@ class EquilibriumLoss(IndicatorUser, nn.Module):
 
     Args:
         indicator: name of the ROI heads' indicator whose ``vector()`` gives the scores s: LOCE's
-            ``MeanScore`` ([C+1], background fixed), or for the paper's dataset-guided ablation a
-            static ``InstanceFrequency`` ([C]; ``background_score`` is appended).
-        background_score: hat-s_{C+1} appended to a [C] vector (LOCE: 0.01).
+            ``MeanScore`` ([C+1], background fixed at 0.01), or for the paper's dataset-guided ablation
+            ``InstanceFrequency(..., background_count=1)`` ([C+1]: normalised instance counts with a raw
+            background count of 1, LOCE supplement eq. 1).
+        background_score: appended to an indicator's [C] vector as hat-s_{C+1}; only meaningful for
+            scores on a fixed scale (mean scores: LOCE's 0.01). Normalised counts are not: 0.01 there
+            exceeds most classes' entries and flips the background margins; give such an indicator its
+            own background entry (``background_count``) instead.
     """
 
     def __init__(self, *, indicator: str = "mean_score", background_score: float = 0.01):

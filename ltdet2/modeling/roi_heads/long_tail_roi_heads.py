@@ -9,10 +9,12 @@ from detectron2.config import configurable, instantiate
 from detectron2.structures import Boxes, Instances
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 
+from ltdet2.memory.indicators import UPDATE_TIMINGS
+
 from ..box_predictors import LongTailOutputLayers
 from ..extra_rows import ExtraRowsBatch
 from ..feature_sources.base import STAGES, SourceContext
-from ..indicator_links import bind_indicator_users, predictor_row_objects, update_indicators
+from ..indicator_links import bind_indicator_users, predictor_batch, predictor_row_objects, update_indicators
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +27,15 @@ class LongTailROIHeads(StandardROIHeads):
     (:class:`SourceContext`) and may return extra rows (:class:`ExtraRows`): "pooled" rows go
     through the box head with the sampled RoIs, "box_head" rows go straight to the predictor.
     The rows feed the classification loss and, where they carry boxes, the regression loss; never
-    the mask head (which only sees the sampled foreground proposals). After the losses, every
-    indicator updates itself from the predictor's rows, detached (``update_from_predictions``; the
-    class probabilities are the predictor's own, :meth:`LongTailOutputLayers.predict_class_probabilities`).
+    the mask head (which only sees the sampled foreground proposals). Every indicator updates itself
+    from the predictor's rows, detached (``update_from_predictions``; the class probabilities are the
+    predictor's own, :meth:`LongTailOutputLayers.predict_class_probabilities`), before the losses or
+    after them as its ``update_timing`` says (LOCE's mean score before, so EBL reads this iteration's
+    update; the default after).
+
+    Pooled rows go through the box head in a call of their own, after the sampled RoIs' (no copy of
+    the RoIs' pooled features), unless the box head normalises over the batch (BatchNorm in training),
+    where they go through with the RoIs as one batch.
 
     With no sources and no indicators the heads are exactly :class:`StandardROIHeads`.
 
@@ -59,6 +67,10 @@ class LongTailROIHeads(StandardROIHeads):
             if not callable(getattr(indicator, "update_from_predictions", None)):
                 raise TypeError(f"indicator {name!r} ({type(indicator).__name__}) has no "
                                 "update_from_predictions(batch); use a LearningStatusIndicator")
+            timing = getattr(indicator, "update_timing", "after_loss")
+            if timing not in UPDATE_TIMINGS:
+                raise ValueError(f"indicator {name!r} ({type(indicator).__name__}) has update_timing {timing!r}; "
+                                 f"expected one of {UPDATE_TIMINGS}")
         if not self.is_stock and not isinstance(self.box_predictor, LongTailOutputLayers):
             raise TypeError(f"LongTailROIHeads with feature sources or indicators needs a LongTailOutputLayers "
                             f"box predictor (it trains on extra rows); got {type(self.box_predictor).__name__}")
@@ -121,20 +133,17 @@ class LongTailROIHeads(StandardROIHeads):
             num_classes=self.num_classes,
         )
         pooled_rows = self._run_sources("pooled", context)
-        head_output = self.box_head(torch.cat([pooled] + [r.features for r in pooled_rows]))
         num_rois = pooled.shape[0]
-        context.box_features = head_output[:num_rois]
-        # pooled rows now carry their box-head features
-        offsets = torch.tensor([len(r) for r in pooled_rows], dtype=torch.int64).cumsum(0).tolist()
-        starts = [num_rois] + [num_rois + o for o in offsets[:-1]]
-        pooled_rows = [r.with_features(head_output[s : s + len(r)]) for r, s in zip(pooled_rows, starts)]
+        context.box_features, pooled_rows = self._box_head_with_rows(pooled, pooled_rows)
         head_rows = self._run_sources("box_head", context)
         extra_rows = ExtraRowsBatch(pooled_rows + head_rows)
 
-        predictions = self.box_predictor(torch.cat([head_output] + [r.features for r in head_rows]))
-        del pooled, head_output
+        predictions = self.box_predictor(torch.cat([context.box_features] + [r.features for r in extra_rows.rows]))
+        del pooled
+        batch = self._predictor_batch(predictions[0], proposals, targets, extra_rows)
+        self._update_indicators(batch, "before_loss")
         losses = self.box_predictor.losses(predictions, proposals, extra_rows)
-        self._update_indicators(predictions[0], proposals, targets, extra_rows)
+        self._update_indicators(batch, "after_loss")
 
         if self.train_on_pred_boxes:
             with torch.no_grad():
@@ -155,9 +164,29 @@ class LongTailROIHeads(StandardROIHeads):
                 rows.append(source_rows)
         return rows
 
-    def _update_indicators(self, logits, proposals, targets, extra_rows: ExtraRowsBatch):
+    def _box_head_with_rows(self, pooled, pooled_rows):
+        """Box-head features of the sampled RoIs ([N, D]) and the pooled rows carrying theirs."""
+        if not pooled_rows:
+            return self.box_head(pooled), []
+        row_features = torch.cat([r.features for r in pooled_rows])
+        if self._box_head_normalizes_over_batch():
+            head_output = self.box_head(torch.cat([pooled, row_features]))
+            roi_output, row_output = head_output[: pooled.shape[0]], head_output[pooled.shape[0]:]
+        else:
+            roi_output, row_output = self.box_head(pooled), self.box_head(row_features)
+        row_outputs = row_output.split([len(r) for r in pooled_rows])
+        return roi_output, [r.with_features(f) for r, f in zip(pooled_rows, row_outputs)]
+
+    def _box_head_normalizes_over_batch(self):
+        return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in self.box_head.modules())
+
+    def _predictor_batch(self, logits, proposals, targets, extra_rows: ExtraRowsBatch):
         if not self.indicators:
-            return
+            return None
         labels, object_ids = predictor_row_objects(proposals, targets, extra_rows, self.num_classes)
-        update_indicators(self.indicators, logits, labels, object_ids,
-                          self.box_predictor.predict_class_probabilities)
+        return predictor_batch(self.indicators, logits, labels, object_ids,
+                               self.box_predictor.predict_class_probabilities)
+
+    def _update_indicators(self, batch, timing):
+        if batch is not None:
+            update_indicators(self.indicators, batch, timing)
