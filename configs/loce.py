@@ -1,4 +1,5 @@
 # LOCE's fine-tune pieces (EBL + MFS), to apply to any R-CNN phase config (see projects/loce.py).
+# They read the class count and feature sizes from the model config when they are added.
 from detectron2.config import LazyCall as L
 
 from ltdet2.data.lvis_meta import lvis_meta_from_dataset
@@ -6,7 +7,7 @@ from ltdet2.memory import InstanceFrequency, MeanScore
 from ltdet2.modeling.feature_sources import MemoryFeatureSampler
 from ltdet2.modeling.losses import EquilibriumLoss
 
-from .long_tail import use_long_tail_heads
+from .long_tail import pooled_feature_shape, roi_heads_num_classes, use_long_tail_heads
 
 # Decoupled fine-tune: only the classifier, box regressor, RPN and mask head train (LOCE sec. 4.1);
 # backbone, FPN and the shared box-head FCs are frozen.
@@ -16,7 +17,7 @@ LOCE_TRAINABLE = ["roi_heads.box_predictor.", "proposal_generator.", "roi_heads.
 def add_mean_score(model, alpha=0.9, background_score=0.01):
     indicators = dict(model.roi_heads.get("indicators") or {})
     indicators["mean_score"] = L(MeanScore)(
-        num_classes="${...num_classes}", alpha=alpha, background_score=background_score
+        num_classes=roi_heads_num_classes(model), alpha=alpha, background_score=background_score
     )
     model.roi_heads.indicators = indicators
     return model
@@ -46,9 +47,9 @@ def add_ebl(model, background_score=0.01, guide="mean_score", dataset_name=None)
     return model
 
 
-def add_mfs(model, feature_channels, capacity=80, num_sampled_classes=8, per_class=4, storage_dtype=None,
-            guide="mean_score"):
-    """MFS sampling classes with p ∝ 1/s for the ``guide`` indicator's scores s."""
+def add_mfs(model, capacity=80, num_sampled_classes=8, per_class=4, storage_dtype=None, guide="mean_score"):
+    """MFS sampling classes with p ∝ 1/s for the ``guide`` indicator's scores s; it stores pooled RoI
+    features of the box head's input shape."""
     use_long_tail_heads(model)
     if guide not in (model.roi_heads.get("indicators") or {}):
         if guide != "mean_score":
@@ -56,8 +57,8 @@ def add_mfs(model, feature_channels, capacity=80, num_sampled_classes=8, per_cla
         add_mean_score(model)
     model.roi_heads.feature_sources = [
         L(MemoryFeatureSampler)(
-            num_classes="${...num_classes}",
-            feature_shape=(feature_channels, 7, 7),
+            num_classes=roi_heads_num_classes(model),
+            feature_shape=pooled_feature_shape(model),
             capacity=capacity,
             num_sampled_classes=num_sampled_classes,
             per_class=per_class,

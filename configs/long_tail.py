@@ -1,5 +1,7 @@
 # Shared by the method pieces (configs/loce.py, configs/rio.py, ...): switch a Detectron2 R-CNN
-# config to ltdet2's heads. With nothing else added they compute exactly what the stock heads do.
+# config to ltdet2's heads, and read the sizes a method piece is built with from the model config.
+# The pieces copy these sizes when they are added (no interpolation reaches outside the piece), so
+# set the class count and head sizes before adding them.
 from ltdet2.modeling import LongTailOutputLayers, LongTailROIHeads
 
 
@@ -7,3 +9,23 @@ def use_long_tail_heads(model):
     model.roi_heads._target_ = LongTailROIHeads
     model.roi_heads.box_predictor._target_ = LongTailOutputLayers
     return model
+
+
+def roi_heads_num_classes(model):
+    """C, the model config's ``roi_heads.num_classes`` (an int: set it before adding method pieces)."""
+    num_classes = model.roi_heads.num_classes
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool):
+        raise ValueError(f"model.roi_heads.num_classes must be an int before method pieces are added, "
+                         f"got {num_classes!r}")
+    return num_classes
+
+
+def box_feature_dim(model):
+    """D, the channels of the box head's output (the box predictor's input), e.g. 1024 for R-50-FPN."""
+    return model.roi_heads.box_predictor.input_shape.channels
+
+
+def pooled_feature_shape(model):
+    """(channels, height, width) of the pooled RoI features the box head takes, e.g. (256, 7, 7)."""
+    shape = model.roi_heads.box_head.input_shape
+    return (shape.channels, shape.height, shape.width)

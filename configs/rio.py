@@ -1,14 +1,16 @@
 # RIO's pieces (Chang et al., ICML 2021), to apply to any R-CNN phase config (see projects/rio.py):
 # image-level repeat-factor sampling, object-level memory replay, and the cosine classifier.
-# Sizes are interpolations ("${...}"), so later overrides of the class count, the box head's output
-# size or the training dataset reach them.
+# They read the class count, feature sizes and training dataset from the model and dataloader
+# configs they are given, when they are added: set those first.
+import copy
+
 from detectron2.config import LazyCall as L
 
 from ltdet2.data.samplers import repeat_factor_sampler
 from ltdet2.modeling import CosineClassifier
 from ltdet2.modeling.feature_sources import ObjectReplay
 
-from .long_tail import use_long_tail_heads
+from .long_tail import box_feature_dim, roi_heads_num_classes, use_long_tail_heads
 
 # RIO sec. 4.1 / official code
 RFS_THRESHOLD = 0.001
@@ -21,10 +23,10 @@ REPLAY_PER_CLASS = 20
 def add_rfs(dataloader, threshold=RFS_THRESHOLD, power=0.5, seed=None):
     """Repeat-factor sampling on ``dataloader.train`` (Detectron2's RepeatFactorTrainingSampler).
 
-    The sampler's dataset dicts are an interpolation of ``dataloader.train.dataset`` (built a second
-    time, identically, for the sampler)."""
+    The sampler's dataset dicts are a copy of the ``dataloader.train.dataset`` config as it is now
+    (built a second time, identically, for the sampler)."""
     dataloader.train.sampler = L(repeat_factor_sampler)(
-        dataset_dicts="${..dataset}", threshold=threshold, power=power, seed=seed
+        dataset_dicts=copy.deepcopy(dataloader.train.dataset), threshold=threshold, power=power, seed=seed
     )
     return dataloader
 
@@ -33,8 +35,8 @@ def add_cosine_classifier(model, scale=COSINE_SCALE, learnable_scale=True, learn
     """Replaces the linear ``cls_score`` with a :class:`CosineClassifier` (C+1 rows)."""
     use_long_tail_heads(model)
     model.roi_heads.box_predictor.classifier = L(CosineClassifier)(
-        input_dim="${..input_shape.channels}",
-        num_classes="${..num_classes}",
+        input_dim=box_feature_dim(model),
+        num_classes=roi_heads_num_classes(model),
         scale=scale,
         learnable_scale=learnable_scale,
         learnable_norm=learnable_norm,
@@ -42,23 +44,22 @@ def add_cosine_classifier(model, scale=COSINE_SCALE, learnable_scale=True, learn
     return model
 
 
-def add_object_replay(model, *, dataset_name="${.....dataloader.train.dataset.names}", image_count=None,
-                      targeted_classes=None, max_images=REPLAY_MAX_IMAGES, capacity=REPLAY_CAPACITY,
-                      per_class=REPLAY_PER_CLASS, mode="recent", storage_dtype=None, sync="local"):
+def add_object_replay(model, *, dataset_name=None, image_count=None, targeted_classes=None,
+                      max_images=REPLAY_MAX_IMAGES, capacity=REPLAY_CAPACITY, per_class=REPLAY_PER_CLASS,
+                      mode="recent", storage_dtype=None, sync="local"):
     """Adds :class:`ObjectReplay` to the ROI heads' feature sources.
 
-    By default the targeted classes are read (lazily, at the first training iteration) from the
-    training dataset of the same config namespace (``dataloader.train.dataset.names``, a sibling of
-    ``model``); give ``image_count`` or ``targeted_classes`` instead to fix them in the config.
+    The targeted classes (those in at most ``max_images`` training images) come from exactly one of:
+    ``dataset_name``, the training dataset(s), e.g. ``dataloader.train.dataset.names`` (its counts are
+    read at the first training iteration); ``image_count`` ([C] images per class); or
+    ``targeted_classes`` (class ids).
     """
     use_long_tail_heads(model)
-    if image_count is not None or targeted_classes is not None:
-        dataset_name = None
     sources = list(model.roi_heads.get("feature_sources", None) or [])
     sources.append(
         L(ObjectReplay)(
-            num_classes="${...num_classes}",
-            feature_dim="${...box_predictor.input_shape.channels}",
+            num_classes=roi_heads_num_classes(model),
+            feature_dim=box_feature_dim(model),
             dataset_name=dataset_name,
             image_count=image_count,
             targeted_classes=targeted_classes,
@@ -75,8 +76,11 @@ def add_object_replay(model, *, dataset_name="${.....dataloader.train.dataset.na
 
 
 def add_rio(model, dataloader, **replay_options):
-    """RIO: RFS + object replay + cosine classifier."""
+    """RIO: RFS + object replay + cosine classifier. Replay targets the classes of
+    ``dataloader.train``'s dataset unless ``replay_options`` give ``image_count`` or ``targeted_classes``."""
     add_rfs(dataloader)
     add_cosine_classifier(model)
+    if replay_options.get("image_count") is None and replay_options.get("targeted_classes") is None:
+        replay_options.setdefault("dataset_name", dataloader.train.dataset.names)
     add_object_replay(model, **replay_options)
     return model, dataloader

@@ -1,13 +1,6 @@
-# Baseline: plain softmax cross-entropy Faster R-CNN, one phase ("baseline").
-# Defaults: LT-Shapes on a CPU. For LVIS, import the model/data/schedule from projects/baseline_lvis.py.
-from ltdet2.engine import make_phase
-
-from ..configs.lt_shapes_defaults import dataloader, lr_multiplier, model, optimizer, train
+# Baseline: plain softmax cross-entropy Faster R-CNN on LT-Shapes on a CPU. One phase, so a plain
+# single-phase config: it trains in train.output_dir, with ltdet2's script or Detectron2's own
+# tools/lazyconfig_train_net.py. For LVIS v1: projects/baseline_lvis_v1.py.
+from ..configs.lt_shapes_defaults import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
 train.output_dir = "output/baseline"
-
-phases = dict(
-    baseline=make_phase(
-        model=model, dataloader=dataloader, optimizer=optimizer, lr_multiplier=lr_multiplier, train=train
-    ),
-)

@@ -7,16 +7,15 @@ from ltdet2.engine import make_phase
 from ..configs.common.schedules import multi_step
 from ..configs.loce import LOCE_TRAINABLE, add_ebl, add_mfs
 from ..configs.lt_shapes_defaults import MAX_ITER, dataloader, lr_multiplier, model, optimizer, train
-from ..configs.models.mask_rcnn_r18_fpn_small import FPN_CHANNELS
 
-train.output_dir = "output/loce"
+train.output_dir = "output/loce"  # the phases train in output/loce/<phase>
 pretrain = make_phase(model=model, dataloader=dataloader, optimizer=optimizer, lr_multiplier=lr_multiplier,
                       train=train)
 
 FINETUNE_ITERS = MAX_ITER // 4
 finetune = make_phase(pretrain)
 add_ebl(finetune["model"])
-add_mfs(finetune["model"], feature_channels=FPN_CHANNELS)
+add_mfs(finetune["model"])
 finetune["train"].trainable = LOCE_TRAINABLE
 finetune["train"].max_iter = FINETUNE_ITERS
 finetune["train"].checkpointer.period = 50
@@ -24,5 +23,4 @@ finetune["lr_multiplier"] = multi_step(  # steps at 3/6 and 5/6 of the fine-tune
     FINETUNE_ITERS, steps=(FINETUNE_ITERS // 2, FINETUNE_ITERS * 5 // 6), warmup_iters=10)
 
 phases = dict(pretrain=pretrain, finetune=finetune)
-model, dataloader, optimizer, lr_multiplier, train = (finetune[k] for k in
-                                                      ("model", "dataloader", "optimizer", "lr_multiplier", "train"))
+del model, dataloader, optimizer, lr_multiplier, pretrain, finetune  # a project's root: `train` and `phases`

@@ -5,11 +5,11 @@ from ltdet2.engine import make_phase
 
 from ..configs.long_tail import use_long_tail_heads
 from ..configs.loce import LOCE_TRAINABLE, add_ebl, add_mfs
-from ..configs.models.mask_rcnn_r18_fpn_small import FPN_CHANNELS
-from .loce import finetune, pretrain
+from .loce import phases as loce_phases
+from .loce import train
 
-train = pretrain["train"]
 train.output_dir = "output/loce_ablation"
+pretrain, finetune = loce_phases["pretrain"], loce_phases["finetune"]
 
 finetune_ce = make_phase(pretrain, lr_multiplier=finetune["lr_multiplier"])
 finetune_ce["train"].update(trainable=LOCE_TRAINABLE, max_iter=finetune["train"].max_iter,
@@ -20,13 +20,13 @@ finetune_ebl = make_phase(finetune_ce)
 add_ebl(finetune_ebl["model"])
 
 finetune_mfs = make_phase(finetune_ce)
-add_mfs(finetune_mfs["model"], feature_channels=FPN_CHANNELS)
+add_mfs(finetune_mfs["model"])
 
 finetune_loce = make_phase(finetune_ce)
 add_ebl(finetune_loce["model"])
-add_mfs(finetune_loce["model"], feature_channels=FPN_CHANNELS)
+add_mfs(finetune_loce["model"])
 
 phases = dict(pretrain=pretrain, finetune_ce=finetune_ce, finetune_ebl=finetune_ebl, finetune_mfs=finetune_mfs,
               finetune_loce=finetune_loce)
-model, dataloader, optimizer, lr_multiplier = (pretrain[k] for k in ("model", "dataloader", "optimizer",
-                                                                     "lr_multiplier"))
+# a project's root: `train` and `phases`
+del loce_phases, pretrain, finetune, finetune_ce, finetune_ebl, finetune_mfs, finetune_loce

@@ -29,11 +29,10 @@ pretrain = make_phase(model=model, dataloader=dataloader, optimizer=optimizer, t
 
 finetune = make_phase(pretrain)
 add_ebl(finetune["model"])
-add_mfs(finetune["model"], feature_channels=256, storage_dtype=torch.float16)  # 1203x80x256x7x7: 2.4 GB
+add_mfs(finetune["model"], storage_dtype=torch.float16)  # 1203x80x256x7x7: 2.4 GB
 finetune["train"].trainable = LOCE_TRAINABLE
 finetune["train"].max_iter = iters(6)
 finetune["lr_multiplier"] = multi_step(iters(6), steps=(iters(3), iters(5)), warmup_iters=500)
 
 phases = dict(pretrain=pretrain, finetune=finetune)
-model, dataloader, optimizer, lr_multiplier, train = (finetune[k] for k in
-                                                      ("model", "dataloader", "optimizer", "lr_multiplier", "train"))
+del model, dataloader, optimizer, pretrain, finetune  # a project's root: `train` and `phases`

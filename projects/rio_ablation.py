@@ -1,6 +1,6 @@
 # RIO ablation on LT-Shapes (the paper's Tab. 5 rows, plus replay alone): one softmax-CE pretrain
-# (the baseline project's phase), then four end-to-end trainings of equal length from it, all with
-# the cosine classifier (scale 48):
+# (projects/loce.py's, the baseline's schedule), then four end-to-end trainings of equal length from
+# it, all with the cosine classifier (scale 48):
 #   baseline   uniform image sampling
 #   rfs        + repeat-factor sampling (image level)
 #   replay     + object replay only (object level, OCS)
@@ -14,9 +14,11 @@ from ltdet2.engine import make_phase
 
 from ..configs.common.schedules import multi_step
 from ..configs.rio import add_cosine_classifier, add_object_replay, add_rfs
-from .loce import pretrain
+from .loce import phases as loce_phases
+from .loce import train
 
-pretrain["train"].output_dir = "output/rio_ablation"
+train.output_dir = "output/rio_ablation"
+pretrain = loce_phases["pretrain"]
 
 TRAIN_ITERS = 200
 baseline = make_phase(pretrain, lr_multiplier=multi_step(TRAIN_ITERS, steps=(150, 185), warmup_iters=20))
@@ -27,12 +29,11 @@ rfs = make_phase(baseline)
 add_rfs(rfs["dataloader"])
 
 replay = make_phase(baseline)
-add_object_replay(replay["model"])
+add_object_replay(replay["model"], dataset_name=replay["dataloader"].train.dataset.names)
 
 rio = make_phase(baseline)
 add_rfs(rio["dataloader"])
-add_object_replay(rio["model"])
+add_object_replay(rio["model"], dataset_name=rio["dataloader"].train.dataset.names)
 
 phases = dict(pretrain=pretrain, baseline=baseline, rfs=rfs, replay=replay, rio=rio)
-model, dataloader, optimizer, lr_multiplier, train = (pretrain[k] for k in
-                                                      ("model", "dataloader", "optimizer", "lr_multiplier", "train"))
+del loce_phases, pretrain, baseline, rfs, replay, rio  # a project's root: `train` and `phases`

@@ -6,9 +6,12 @@ Same command line as Detectron2's ``tools/lazyconfig_train_net.py``, plus ``--ph
     python scripts/lazyconfig_train_net.py --config-file projects/baseline.py [--resume] \
         [--eval-only] [--phase NAME] [--num-gpus N] [key=value ...]
 
-A project with ``phases`` trains each phase in ``<train.output_dir>/<phase>`` starting from the
-previous phase's final checkpoint, skips finished phases, and resumes an interrupted one with
-``--resume``. Overrides ``phases.NAME.key=value`` change one phase; other overrides change all.
+A project with ``phases`` (its root holds only ``train`` and ``phases``) trains each phase in
+``<train.output_dir>/<phase>`` starting from the previous phase's final checkpoint, skips finished
+phases, and resumes an interrupted one with ``--resume``. Overrides ``phases.NAME.key=value`` change
+one phase; other overrides change the root ``train`` and every phase. A config without ``phases`` (a
+one-phase project, or any Detectron2 LazyConfig) trains in ``train.output_dir`` as Detectron2's
+own script does.
 """
 import logging
 

@@ -1,14 +1,19 @@
-"""Every file in configs/ and projects/ loads, and its model / optimizer / schedule instantiate."""
+"""Every file in configs/ and projects/ loads, and its model / optimizer / schedule instantiate; a
+project's root holds `train` and `phases` only, and a one-phase project is a plain config."""
 import ast
 import glob
 import os
 
 import pytest
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError
 
 from detectron2.config import LazyConfig, instantiate
+from detectron2.model_zoo import get_config
 
-from ltdet2.engine.phases import PHASE_KEYS, load_config, resolve_phases
+from ltdet2.data.lt_shapes import LTShapesSpec
+from ltdet2.engine.phases import PHASE_KEYS, PROJECT_ROOT_KEYS, load_config, resolve_phases
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(
@@ -46,10 +51,18 @@ def test_config_instantiates(path):
     _instantiate_namespace(cfg)
 
 
-@pytest.mark.parametrize("path", PROJECT_FILES, ids=lambda p: os.path.relpath(p, ROOT))
-def test_project_phases_are_complete(path):
-    cfg = load_config(path)
-    assert "phases" in cfg and len(cfg.phases) >= 1
+MULTI_PHASE_PROJECTS = ["loce.py", "loce_ablation.py", "loce_lvis_v1.py", "rio_ablation.py"]
+ONE_PHASE_PROJECTS = ["baseline.py", "baseline_lvis_v1.py", "rio.py", "rio_lvis_v0_5.py", "rio_lvis_v1.py"]
+
+
+def test_every_project_is_listed_once():
+    assert sorted(MULTI_PHASE_PROJECTS + ONE_PHASE_PROJECTS) == [os.path.basename(p) for p in PROJECT_FILES]
+
+
+@pytest.mark.parametrize("name", MULTI_PHASE_PROJECTS)
+def test_project_phases_are_complete(name):
+    cfg = load_config(os.path.join(ROOT, "projects", name))
+    assert sorted(cfg.keys()) == sorted(PROJECT_ROOT_KEYS) and len(cfg.phases) >= 2
     phases = resolve_phases(cfg)
     for phase in phases:
         assert set(PHASE_KEYS) <= set(phase.cfg.keys())
@@ -57,15 +70,94 @@ def test_project_phases_are_complete(path):
     _instantiate_namespace(phases[-1].cfg)
 
 
+@pytest.mark.parametrize("name", MULTI_PHASE_PROJECTS)
+def test_detectron2_script_refuses_a_multi_phase_project(name):
+    """Detectron2's tools/lazyconfig_train_net.py loads the file, applies overrides and instantiates
+    ``cfg.model`` first: with no phase's pieces at the root it stops there, naming the missing key."""
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(os.path.join(ROOT, "projects", name)), ["train.max_iter=7"])
+    with pytest.raises(ConfigAttributeError, match="Missing key model"):
+        instantiate(cfg.model)
+
+
+@pytest.mark.parametrize("name", ONE_PHASE_PROJECTS)
+def test_one_phase_project_is_a_plain_config(name):
+    """What Detectron2's script reads is at the root; ltdet2's runner trains it in train.output_dir."""
+    cfg = load_config(os.path.join(ROOT, "projects", name), ["train.output_dir=some/dir"])
+    assert "phases" not in cfg and set(PHASE_KEYS) <= set(cfg.keys())
+    [phase] = resolve_phases(cfg)
+    assert phase.name == "" and phase.output_dir == "some/dir" and phase.cfg is cfg
+
+
 def test_overrides_reach_every_phase_and_one_phase():
     cfg = load_config(
-        os.path.join(ROOT, "projects", "baseline.py"),
-        ["phases.baseline.train.log_period=3", "train.max_iter=7", "train.log_period=5"],
+        os.path.join(ROOT, "projects", "loce.py"),
+        ["phases.pretrain.train.log_period=3", "train.max_iter=7", "train.log_period=5"],
     )
     assert cfg.train.max_iter == 7
-    assert cfg.phases.baseline.train.max_iter == 7
-    assert cfg.phases.baseline.train.log_period == 3  # the phase's own override wins
+    assert cfg.phases.pretrain.train.max_iter == cfg.phases.finetune.train.max_iter == 7
+    assert cfg.phases.pretrain.train.log_period == 3  # the phase's own override wins
+    assert cfg.phases.finetune.train.log_period == 5
     assert cfg.train.log_period == 5
+
+    cfg = load_config(os.path.join(ROOT, "projects", "baseline.py"), ["train.max_iter=7"])
+    assert cfg.train.max_iter == 7
+    with pytest.raises(ValueError, match="baseline.py has no phases.*phases.baseline.train.max_iter=7"):
+        load_config(os.path.join(ROOT, "projects", "baseline.py"), ["phases.baseline.train.max_iter=7"])
+
+
+def test_project_root_holds_only_train_and_phases(tmp_path):
+    config = tmp_path / "unpacked.py"
+    config.write_text(
+        f"from ltdet2.engine import make_phase\n"
+        f"from detectron2.config import LazyConfig\n"
+        f"base = LazyConfig.load({os.path.join(ROOT, 'projects', 'baseline.py')!r})\n"
+        f"train = base.train\n"
+        f"phases = dict(only=make_phase(base))\n"
+        f"model = phases['only']['model']\n"
+    )
+    with pytest.raises(ValueError, match=r"unpacked.py: a project with phases holds only 'train' and 'phases' at "
+                                         r"its root, but it also has \['base', 'model'\]"):
+        load_config(str(config))
+
+
+def test_lt_shapes_class_count_is_set_once_by_the_lt_shapes_defaults():
+    detectron2_default = get_config("common/models/mask_rcnn_fpn.py").model.roi_heads.num_classes
+    for name in ("mask_rcnn_r18_fpn_small.py", "faster_rcnn_r18_fpn_small.py", "mask_rcnn_r50_fpn.py"):
+        model = LazyConfig.load(os.path.join(ROOT, "configs", "models", name)).model
+        assert model.roi_heads.num_classes == detectron2_default, name  # the data's defaults set it
+    defaults = LazyConfig.load(os.path.join(ROOT, "configs", "lt_shapes_defaults.py"))
+    assert defaults.model.roi_heads.num_classes == LTShapesSpec().num_classes == 72
+
+
+def test_method_pieces_hold_their_sizes_and_datasets_and_resolve_anywhere():
+    """The method pieces copy the class count, feature sizes and training dataset when added: a phase
+    resolves the same nested anywhere (no interpolation reaches outside the piece)."""
+    loce = load_config(os.path.join(ROOT, "projects", "loce.py")).phases.finetune
+    roi_heads = loce.model.roi_heads
+    assert roi_heads.indicators.mean_score.num_classes == 72
+    assert roi_heads.feature_sources[0].num_classes == 72
+    assert list(roi_heads.feature_sources[0].feature_shape) == [128, 7, 7]
+    rio = load_config(os.path.join(ROOT, "projects", "rio_ablation.py")).phases.rio
+    roi_heads = rio.model.roi_heads
+    assert roi_heads.box_predictor.classifier.num_classes == roi_heads.feature_sources[0].num_classes == 72
+    assert roi_heads.box_predictor.classifier.input_dim == roi_heads.feature_sources[0].feature_dim == 256
+    assert roi_heads.feature_sources[0].dataset_name == "lt_shapes_train"
+    assert rio.dataloader.train.sampler.dataset_dicts == rio.dataloader.train.dataset
+    for phase in (loce, rio):
+        for key in ("model", "dataloader"):
+            in_place = OmegaConf.to_container(phase[key], resolve=True)
+            elsewhere = OmegaConf.create({"outer": {key: phase[key]}}, flags={"allow_objects": True}).outer[key]
+            assert OmegaConf.to_container(elsewhere, resolve=True) == in_place, key
+
+
+def test_class_count_override_that_misses_the_method_pieces_is_refused():
+    with pytest.raises(ValueError, match=r"loce.py, phase 'finetune': model.roi_heads.indicators.mean_score"
+                                         r".num_classes is 72 but model.roi_heads.num_classes is 8"):
+        load_config(os.path.join(ROOT, "projects", "loce.py"), ["model.roi_heads.num_classes=8"])
+    cfg = load_config(os.path.join(ROOT, "projects", "loce.py"), [
+        "model.roi_heads.num_classes=8", "phases.finetune.model.roi_heads.indicators.mean_score.num_classes=8",
+        "phases.finetune.model.roi_heads.feature_sources.0.num_classes=8"])
+    assert cfg.phases.finetune.model.roi_heads.num_classes == 8
 
 
 def test_init_from_phase_names_an_earlier_phase_or_none():

@@ -1,5 +1,6 @@
 """End to end on a tiny LT-Shapes on CPU: a two-phase project trains, skips finished phases,
 resumes an interrupted one, evaluates, and refuses a phase whose input checkpoint is missing."""
+import glob
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ from detectron2.utils.logger import setup_logger
 
 from ltdet2.engine.phases import DONE_FILE, load_config, run_phases
 
-from model_helpers import ROOT, tiny_run_overrides
+from model_helpers import ROOT, TINY_LT_SHAPES, tiny_run_overrides
 
 PROJECT = os.path.join(ROOT, "tests", "configs", "tiny_two_phase.py")
 
@@ -23,6 +24,16 @@ def load(output_dir, tiny_dataset, *extra):
 def iterations_in(path):
     with open(path) as f:
         return [json.loads(line)["iteration"] for line in f if line.strip()]
+
+
+def tensorboard_scalars(output_dir):
+    """{tag: [step, ...]} of the scalars in the one TensorBoard events file in ``output_dir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    [events_file] = glob.glob(os.path.join(output_dir, "events.out.tfevents.*"))
+    accumulator = EventAccumulator(events_file)
+    accumulator.Reload()
+    return {tag: [event.step for event in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
 
 
 def test_two_phases_train_skip_resume_and_evaluate(tmp_path, tiny_dataset):
@@ -37,6 +48,8 @@ def test_two_phases_train_skip_resume_and_evaluate(tmp_path, tiny_dataset):
         assert os.path.isfile(os.path.join(out, name, DONE_FILE))
         assert os.path.isfile(os.path.join(out, name, "config.yaml"))
         assert os.path.isfile(os.path.join(out, name, "inference", "per_class_ap_bbox.json"))
+        assert tensorboard_scalars(os.path.join(out, name))["total_loss"] == iterations_in(
+            os.path.join(out, name, "metrics.json"))  # Detectron2's TensorBoard writer, every log period
 
     # finetune started from pretrain's final weights
     finetune_cfg = load(out, tiny_dataset).phases.finetune
@@ -90,8 +103,11 @@ LOCE_PROJECT = os.path.join(ROOT, "projects", "loce.py")
 
 
 def load_loce(output_dir, tiny_dataset, *extra):
+    num_classes = TINY_LT_SHAPES.num_classes  # the fine-tune's pieces hold a copy of the class count
     return load_config(LOCE_PROJECT, [
         *tiny_run_overrides(tiny_dataset, output_dir),
+        f"phases.finetune.model.roi_heads.indicators.mean_score.num_classes={num_classes}",
+        f"phases.finetune.model.roi_heads.feature_sources.0.num_classes={num_classes}",
         "dataloader.train.total_batch_size=2", "train.max_iter=3", "train.checkpointer.period=1",
         "train.log_period=1", *extra,
     ])

@@ -1,6 +1,7 @@
 # A Mask R-CNN small enough to train from scratch on a 2-core CPU on LT-Shapes (128x128 images):
 # ResNet-18 with BatchNorm (no pretrained weights), FPN and heads at 128 channels, anchors 16-256,
-# 128 RoIs per image, LVIS-style test settings (300 detections, score threshold 1e-4).
+# 128 RoIs per image, LVIS-style test settings (300 detections, score threshold 1e-4). The class
+# count is the data's: the *_defaults.py configs set it.
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BasicStem, ResNet
@@ -21,7 +22,6 @@ model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256
 model.proposal_generator.pre_nms_topk = (1000, 500)  # small images: fewer proposals
 model.proposal_generator.post_nms_topk = (500, 300)
 
-model.roi_heads.num_classes = 72
 model.roi_heads.batch_size_per_image = 128
 model.roi_heads.box_head.input_shape = ShapeSpec(channels=FPN_CHANNELS, height=7, width=7)
 model.roi_heads.box_head.fc_dims = [256, 256]

@@ -1,11 +1,19 @@
 """Multi-phase training: pretrain -> fine-tune -> incremental phases, each a LazyConfig.
 
-A project config may define ``phases``: an ordered mapping from phase name to a config namespace with
-the usual ``model``, ``dataloader``, ``optimizer``, ``lr_multiplier`` and ``train`` keys. The runner
-trains phase k in ``<train.output_dir>/<name>`` starting from phase k-1's final checkpoint (given as
-``train.init_checkpoint``; ``train.init_from_phase`` names another earlier phase instead), skips phases that already finished, resumes an interrupted one with
-``--resume``, and ends with one table of every phase's results. A config without ``phases`` is one
-phase trained in ``train.output_dir`` itself, exactly as Detectron2's own script does.
+A project config holds two keys at its root: ``phases``, an ordered mapping from phase name to a
+config namespace with the usual ``model``, ``dataloader``, ``optimizer``, ``lr_multiplier`` and
+``train`` keys, and ``train``, the run's own: ``train.output_dir`` (phase ``NAME`` trains in
+``<train.output_dir>/NAME``) and what Detectron2's ``default_setup`` reads (``seed``,
+``cudnn_benchmark``). Nothing else of the root ``train`` reaches a phase: each phase has its own
+complete ``train``. An override ``key=value`` applies to the root and to every phase,
+``phases.NAME.key=value`` to one phase (after the others, so it wins).
+
+The runner trains phase k starting from phase k-1's final checkpoint (given as
+``train.init_checkpoint``; ``train.init_from_phase`` names another earlier phase instead), skips
+phases that already finished, resumes an interrupted one with ``--resume``, and ends with one table
+of every phase's results. A config without ``phases`` is one phase trained in ``train.output_dir``
+itself, exactly as Detectron2's own script does (a one-phase project is such a plain config).
+Detectron2's script refuses a project with phases: its root has no ``model``.
 """
 import copy
 import json
@@ -14,7 +22,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tabulate import tabulate
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -22,11 +30,13 @@ from detectron2.config import LazyConfig
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 
+from ..utils.json_io import read_json, write_json_atomic
 from .train_loop import FINAL_CHECKPOINT, build_model, do_test, do_train
 
 logger = logging.getLogger("detectron2")
 
 PHASE_KEYS = ("model", "dataloader", "optimizer", "lr_multiplier", "train")
+PROJECT_ROOT_KEYS = ("train", "phases")
 DONE_FILE = "phase_done.json"
 SUMMARY_METRICS = ("AP", "AP50", "APr", "APc", "APf")
 
@@ -49,8 +59,7 @@ class Phase:
         return os.path.isfile(self.done_file) and os.path.isfile(self.final_checkpoint)
 
     def load_done(self):
-        with open(self.done_file) as f:
-            return json.load(f)
+        return read_json(self.done_file, what=f"phase '{self.name}' record")
 
 
 def checkpoint_identity(path):
@@ -85,18 +94,72 @@ def load_config(config_file, overrides=()):
     """Loads a (project) config and applies overrides; general ones apply to every phase too."""
     cfg = LazyConfig.load(config_file)
     phase_specific, general = split_overrides(list(overrides))
+    if "phases" in cfg:
+        _check_project_root(cfg, config_file)
+    elif phase_specific:
+        raise ValueError(f"{config_file} has no phases (it is one phase in train.output_dir): "
+                         f"{phase_specific} name a phase; drop the 'phases.NAME.' prefix")
     cfg = LazyConfig.apply_overrides(cfg, general)
     for name in cfg.get("phases", None) or {}:
         _check_phase(cfg.phases[name], name, config_file)
         cfg.phases[name] = LazyConfig.apply_overrides(cfg.phases[name], general)
     # last, so that a phase's own override wins over a general one
-    return LazyConfig.apply_overrides(cfg, phase_specific)
+    cfg = LazyConfig.apply_overrides(cfg, phase_specific)
+    namespaces = cfg.phases.items() if "phases" in cfg else [("", cfg)]
+    for name, namespace in namespaces:
+        if "model" in namespace:
+            _check_class_counts(namespace.model, config_file, name)
+    return cfg
+
+
+def _check_project_root(cfg, config_file):
+    """A project's root holds ``train`` (the run's: output_dir, seed) and a non-empty ``phases``, nothing
+    else: no phase's pieces there for Detectron2's own script to train instead."""
+    extra = [key for key in cfg if key not in PROJECT_ROOT_KEYS]
+    if extra:
+        raise ValueError(
+            f"{config_file}: a project with phases holds only 'train' and 'phases' at its root, but it also has "
+            f"{extra}. Build the phases with ltdet2.engine.make_phase, then `del` the other module-level config "
+            f"objects (a one-phase project is a plain config without 'phases')"
+        )
+    if "train" not in cfg or not cfg.phases:
+        raise ValueError(f"{config_file}: a project needs a root 'train' (train.output_dir: phase NAME trains in "
+                         f"<train.output_dir>/NAME) and at least one phase; it has {sorted(cfg)}")
 
 
 def _check_phase(phase_cfg, name, config_file):
     missing = [key for key in PHASE_KEYS if key not in phase_cfg]
     if missing:
         raise ValueError(f"{config_file}: phase '{name}' lacks {missing}; each phase needs {list(PHASE_KEYS)}")
+
+
+def _check_class_counts(model_cfg, config_file, phase_name):
+    """Every integer ``num_classes`` under ``model.roi_heads`` (method pieces copy the class count when
+    they are added) equals ``model.roi_heads.num_classes``."""
+    roi_heads = model_cfg.get("roi_heads", None)
+    if not isinstance(roi_heads, DictConfig) or not isinstance(roi_heads.get("num_classes", None), int):
+        return
+    expected = roi_heads.num_classes
+    where = f"{config_file}" + (f", phase '{phase_name}'" if phase_name else "")
+    for path, value in _entries_named(OmegaConf.to_container(roi_heads, resolve=False), "num_classes"):
+        if isinstance(value, int) and value != expected:
+            raise ValueError(
+                f"{where}: model.roi_heads{path}.num_classes is {value} but model.roi_heads.num_classes is "
+                f"{expected}. Method pieces (configs/loce.py, configs/rio.py) copy the class count when they "
+                f"are added: set model.roi_heads.num_classes before adding them, or override both"
+            )
+
+
+def _entries_named(node, key, path=""):
+    """(path, value) of every entry called ``key`` in nested dicts and lists below ``node``."""
+    if isinstance(node, dict):
+        for name, child in node.items():
+            if name == key and path:
+                yield path, child
+            yield from _entries_named(child, key, f"{path}.{name}")
+    elif isinstance(node, (list, tuple)):
+        for index, child in enumerate(node):
+            yield from _entries_named(child, key, f"{path}.{index}")
 
 
 def resolve_phases(cfg):
@@ -167,9 +230,9 @@ def run_phase(phase, *, resume=False):
     model = do_train(phase.cfg, resume=resume)
     results = do_test(phase.cfg, model)
     if comm.is_main_process():
-        _write_json(phase.done_file, {"final_checkpoint": phase.final_checkpoint,
-                                      "input_checkpoint": checkpoint_identity(phase.cfg.train.init_checkpoint),
-                                      "results": _plain(results)})
+        write_json_atomic(phase.done_file, {"final_checkpoint": phase.final_checkpoint,
+                                            "input_checkpoint": checkpoint_identity(phase.cfg.train.init_checkpoint),
+                                            "results": _plain(results)}, indent=2)
         log_phase_table([(phase.name or "final", results)])
     comm.synchronize()
     return results
@@ -236,10 +299,3 @@ def log_phase_table(rows, title=None):
 
 def _plain(results):
     return json.loads(json.dumps(results, default=float))
-
-
-def _write_json(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)

@@ -1,19 +1,19 @@
 """Training and evaluation of one phase: Detectron2's SimpleTrainer/AMPTrainer with its usual hooks.
 
-The same steps as Detectron2's ``tools/lazyconfig_train_net.py``; ltdet2 adds the evaluator's output
-folder, per-phase seeding, and writers that do not need tensorboard.
+The same steps and writers (progress printer, metrics.json, TensorBoard events) as Detectron2's
+``tools/lazyconfig_train_net.py``; ltdet2 adds the evaluator's output folder, per-phase seeding,
+freezing (``train.trainable``) and the memory warm-up (``train.memory_warmup``).
 """
 import logging
 import os
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
-from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
 from .freezing import freeze_all_but
 from .memory_warmup import warm_up_memories
@@ -21,19 +21,6 @@ from .memory_warmup import warm_up_memories
 logger = logging.getLogger("detectron2")
 
 FINAL_CHECKPOINT = "model_final.pth"
-
-
-def default_writers(output_dir, max_iter):
-    """Detectron2's progress/ETA printer and metrics.json; tensorboard only when installed."""
-    writers = [CommonMetricPrinter(max_iter), JSONWriter(os.path.join(output_dir, "metrics.json"))]
-    try:
-        from detectron2.utils.events import TensorboardXWriter
-        import torch.utils.tensorboard  # noqa: F401
-
-        writers.append(TensorboardXWriter(output_dir))
-    except (ImportError, ModuleNotFoundError):
-        pass
-    return writers
 
 
 def seed_phase(cfg):

@@ -15,11 +15,11 @@ model.proposal_generator.post_nms_topk = (100, 50)
 train.max_iter = 4
 train.checkpointer.period = 2
 train.log_period = 1
-lr_multiplier = multi_step(4, steps=(3,), warmup_iters=1)
 
-pretrain = make_phase(model=model, dataloader=dataloader, optimizer=optimizer, lr_multiplier=lr_multiplier,
-                      train=train)
+pretrain = make_phase(model=model, dataloader=dataloader, optimizer=optimizer, train=train,
+                      lr_multiplier=multi_step(4, steps=(3,), warmup_iters=1))
 finetune = make_phase(pretrain)
 finetune["optimizer"].lr = 0.002
 
 phases = dict(pretrain=pretrain, finetune=finetune)
+del model, dataloader, optimizer, pretrain, finetune  # a project's root: `train` and `phases`
