@@ -14,20 +14,24 @@ from .long_tail import pooled_feature_shape, roi_heads_num_classes, use_long_tai
 LOCE_TRAINABLE = ["roi_heads.box_predictor.", "proposal_generator.", "roi_heads.mask_head."]
 
 
-def add_mean_score(model, alpha=0.9, background_score=0.01):
+def add_mean_score(model, alpha=0.9, background_score=0.01, sync="global", update_timing="before_loss"):
+    """LOCE's mean score. Official code: updated before the loss (EBL sees this batch's update) and
+    gathered over all GPUs; ``update_timing="after_loss"`` / ``sync="local"`` are the other options."""
     indicators = dict(model.roi_heads.get("indicators") or {})
     indicators["mean_score"] = L(MeanScore)(
-        num_classes=roi_heads_num_classes(model), alpha=alpha, background_score=background_score
+        num_classes=roi_heads_num_classes(model), alpha=alpha, background_score=background_score, sync=sync,
+        update_timing=update_timing,
     )
     model.roi_heads.indicators = indicators
     return model
 
 
 def add_instance_frequency(model, dataset_name):
-    """The paper's dataset-guided ablation: a static indicator of normalised instance counts."""
+    """The paper's dataset-guided ablation: normalised training instance counts with a raw background
+    count of 1 (LOCE supplement eq. 1)."""
     indicators = dict(model.roi_heads.get("indicators") or {})
     indicators["instance_frequency"] = L(InstanceFrequency.from_lvis_meta)(
-        meta=L(lvis_meta_from_dataset)(dataset_name=dataset_name)
+        meta=L(lvis_meta_from_dataset)(dataset_name=dataset_name), background_count=1
     )
     model.roi_heads.indicators = indicators
     return model

@@ -2,12 +2,10 @@
 # image-level repeat-factor sampling, object-level memory replay, and the cosine classifier.
 # They read the class count, feature sizes and training dataset from the model and dataloader
 # configs they are given, when they are added: set those first.
-import copy
-
 from detectron2.config import LazyCall as L
 
 from ltdet2.data.samplers import repeat_factor_sampler
-from ltdet2.modeling import CosineClassifier
+from ltdet2.modeling import CosineClassifier, WeightNormCosineClassifier
 from ltdet2.modeling.feature_sources import ObjectReplay
 
 from .long_tail import box_feature_dim, roi_heads_num_classes, use_long_tail_heads
@@ -23,24 +21,30 @@ REPLAY_PER_CLASS = 20
 def add_rfs(dataloader, threshold=RFS_THRESHOLD, power=0.5, seed=None):
     """Repeat-factor sampling on ``dataloader.train`` (Detectron2's RepeatFactorTrainingSampler).
 
-    The sampler's dataset dicts are a copy of the ``dataloader.train.dataset`` config as it is now
-    (built a second time, identically, for the sampler)."""
+    The sampler's dataset dicts are its sibling ``dataloader.train.dataset`` (built a second time,
+    identically, for the sampler): an interpolation one level up, so an override of the training
+    dataset reaches the sampler too, however the phase is nested."""
     dataloader.train.sampler = L(repeat_factor_sampler)(
-        dataset_dicts=copy.deepcopy(dataloader.train.dataset), threshold=threshold, power=power, seed=seed
+        dataset_dicts="${..dataset}", threshold=threshold, power=power, seed=seed
     )
     return dataloader
 
 
-def add_cosine_classifier(model, scale=COSINE_SCALE, learnable_scale=True, learnable_norm=False):
-    """Replaces the linear ``cls_score`` with a :class:`CosineClassifier` (C+1 rows)."""
+def add_cosine_classifier(model, variant="weight_norm", scale=COSINE_SCALE, learnable_scale=True):
+    """Replaces the linear ``cls_score`` with a cosine classifier (C+1 rows).
+
+    ``variant="weight_norm"`` (RIO's official ``distLinear``, the default): per-class learnable norms,
+    fixed ``scale``; ``variant="cosine"``: pure cosine with a global ``scale``, learnable if
+    ``learnable_scale`` (LST's, and ltdet2's RIO default before the official one was added)."""
     use_long_tail_heads(model)
-    model.roi_heads.box_predictor.classifier = L(CosineClassifier)(
-        input_dim=box_feature_dim(model),
-        num_classes=roi_heads_num_classes(model),
-        scale=scale,
-        learnable_scale=learnable_scale,
-        learnable_norm=learnable_norm,
-    )
+    sizes = dict(input_dim=box_feature_dim(model), num_classes=roi_heads_num_classes(model), scale=scale)
+    if variant == "weight_norm":
+        classifier = L(WeightNormCosineClassifier)(**sizes)
+    elif variant == "cosine":
+        classifier = L(CosineClassifier)(**sizes, learnable_scale=learnable_scale)
+    else:
+        raise ValueError(f"add_cosine_classifier: variant must be 'weight_norm' or 'cosine', got {variant!r}")
+    model.roi_heads.box_predictor.classifier = classifier
     return model
 
 

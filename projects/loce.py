@@ -17,6 +17,7 @@ finetune = make_phase(pretrain)
 add_ebl(finetune["model"])
 add_mfs(finetune["model"])
 finetune["train"].trainable = LOCE_TRAINABLE
+finetune["train"].memory_warmup = dict(images_per_class=5)  # official: memory and mean scores filled first
 finetune["train"].max_iter = FINETUNE_ITERS
 finetune["train"].checkpointer.period = 50
 finetune["lr_multiplier"] = multi_step(  # steps at 3/6 and 5/6 of the fine-tune (paper: epochs 3, 5 of 6)

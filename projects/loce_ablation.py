@@ -16,15 +16,19 @@ finetune_ce["train"].update(trainable=LOCE_TRAINABLE, max_iter=finetune["train"]
                             checkpointer=finetune["train"].checkpointer, init_from_phase="pretrain")
 use_long_tail_heads(finetune_ce["model"])  # same heads, stock loss: identical to StandardROIHeads
 
+# the memory phases start with LOCE's official warm-up (the CE fine-tune has nothing to fill)
 finetune_ebl = make_phase(finetune_ce)
 add_ebl(finetune_ebl["model"])
+finetune_ebl["train"].memory_warmup = finetune["train"].memory_warmup
 
 finetune_mfs = make_phase(finetune_ce)
 add_mfs(finetune_mfs["model"])
+finetune_mfs["train"].memory_warmup = finetune["train"].memory_warmup
 
 finetune_loce = make_phase(finetune_ce)
 add_ebl(finetune_loce["model"])
 add_mfs(finetune_loce["model"])
+finetune_loce["train"].memory_warmup = finetune["train"].memory_warmup
 
 phases = dict(pretrain=pretrain, finetune_ce=finetune_ce, finetune_ebl=finetune_ebl, finetune_mfs=finetune_mfs,
               finetune_loce=finetune_loce)

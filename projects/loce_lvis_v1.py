@@ -5,6 +5,7 @@
 import torch
 
 from ltdet2.engine import make_phase
+from ltdet2.modeling import NormalizedMaskRCNNConvUpsampleHead
 
 from ..configs.common.schedules import epochs_to_iters, multi_step
 from ..configs.loce import LOCE_TRAINABLE, add_ebl, add_mfs
@@ -23,6 +24,7 @@ def iters(epochs):
 
 
 train.output_dir = "output/loce_lvis_v1"
+model.roi_heads.mask_head._target_ = NormalizedMaskRCNNConvUpsampleHead  # official LOCE configs, both stages
 train.max_iter = iters(24)
 pretrain = make_phase(model=model, dataloader=dataloader, optimizer=optimizer, train=train,
                       lr_multiplier=multi_step(iters(24), steps=(iters(16), iters(22)), warmup_iters=1000))
@@ -31,6 +33,7 @@ finetune = make_phase(pretrain)
 add_ebl(finetune["model"])
 add_mfs(finetune["model"], storage_dtype=torch.float16)  # 1203x80x256x7x7: 2.4 GB
 finetune["train"].trainable = LOCE_TRAINABLE
+finetune["train"].memory_warmup = dict(images_per_class=5)  # official: memory and mean scores filled first
 finetune["train"].max_iter = iters(6)
 finetune["lr_multiplier"] = multi_step(iters(6), steps=(iters(3), iters(5)), warmup_iters=500)
 

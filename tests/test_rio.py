@@ -425,12 +425,16 @@ def load_tiny(project, output_dir, tiny_dataset, *extra):
         "model.roi_heads.batch_size_per_image=32",
         "model.proposal_generator.pre_nms_topk=[200,100]",
         "model.proposal_generator.post_nms_topk=[100,50]",
+        # RIO's pieces hold a copy of the class count (configs/rio.py)
+        f"model.roi_heads.box_predictor.classifier.num_classes={TINY_LT_SHAPES.num_classes}",
+        f"model.roi_heads.feature_sources.0.num_classes={TINY_LT_SHAPES.num_classes}",
+        f"model.roi_heads.feature_sources.0.dataset_name={tiny_dataset[0]}",
         *extra,
     ])
 
 
 def test_rfs_sampler_config_builds_detectron2_loader(tmp_path, tiny_dataset):
-    cfg = load_tiny("rio.py", str(tmp_path), tiny_dataset).phases.rio
+    cfg = load_tiny("rio.py", str(tmp_path), tiny_dataset)  # one phase: a plain config
     sampler = instantiate(cfg.dataloader.train.sampler)
     dicts = instantiate(cfg.dataloader.train.dataset)
     assert isinstance(sampler, RepeatFactorTrainingSampler)
@@ -444,19 +448,28 @@ def test_rfs_sampler_config_builds_detectron2_loader(tmp_path, tiny_dataset):
     source = model.roi_heads.feature_sources[0]
     counts = load_lvis_meta(MetadataCatalog.get(tiny_dataset[0]).json_file).image_count
     assert source.targeted_classes.tolist() == np.nonzero((counts >= 1) & (counts <= 30))[0].tolist()
-    assert isinstance(model.roi_heads.box_predictor.cls_score, CosineClassifier)
+    assert isinstance(model.roi_heads.box_predictor.cls_score, WeightNormCosineClassifier)  # official default
     assert model.roi_heads.box_predictor.cls_score.scale.item() == 48.0
 
 
 def test_rio_project_trains_a_few_iterations(tmp_path, tiny_dataset):
     out = str(tmp_path / "run")
     results = run_phases(load_tiny("rio.py", out, tiny_dataset))
-    assert {"AP", "APr"} <= set(results["rio"]["bbox"])
-    final = torch.load(os.path.join(out, "rio", "model_final.pth"), weights_only=False)
+    assert {"AP", "APr"} <= set(results[""]["bbox"])  # a config without phases: one phase named ""
+    final = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)
     prefix = "roi_heads.feature_sources.0."
     assert final["model"][prefix + "queue.fill_counts"].sum() > 0  # replay memory filled and checkpointed
     assert prefix + "slot_to_class" in final["model"]
     assert "roi_heads.box_predictor.cls_score.scale" in final["model"]
+
+
+def test_replay_dataset_that_is_not_the_training_dataset_is_refused(tmp_path, tiny_dataset):
+    overrides = [o for o in tiny_run_overrides(tiny_dataset, str(tmp_path))]
+    overrides += [f"model.roi_heads.box_predictor.classifier.num_classes={TINY_LT_SHAPES.num_classes}",
+                  f"model.roi_heads.feature_sources.0.num_classes={TINY_LT_SHAPES.num_classes}"]
+    with pytest.raises(ValueError, match=r"model.roi_heads.feature_sources.0.dataset_name is 'lt_shapes_train' but "
+                                         rf"dataloader.train.dataset.names is '{tiny_dataset[0]}'"):
+        load_config(os.path.join(ROOT, "projects", "rio.py"), overrides)
 
 
 def test_ablation_phases_start_from_the_same_pretrain():
@@ -464,7 +477,7 @@ def test_ablation_phases_start_from_the_same_pretrain():
     assert list(cfg.phases) == ["pretrain", "baseline", "rfs", "replay", "rio"]
     for name, phase in list(cfg.phases.items())[1:]:
         assert phase.train.init_from_phase == "pretrain"
-        assert phase.model.roi_heads.box_predictor.classifier._target_ is CosineClassifier
+        assert phase.model.roi_heads.box_predictor.classifier._target_ is WeightNormCosineClassifier
         assert ("sampler" in phase.dataloader.train) == (name in ("rfs", "rio"))
         assert bool(phase.model.roi_heads.get("feature_sources")) == (name in ("replay", "rio"))
     from ltdet2.engine.phases import chain_checkpoints, resolve_phases

@@ -6,6 +6,7 @@ import logging
 import os
 
 import pytest
+import numpy as np
 import torch
 
 from detectron2.utils.logger import setup_logger
@@ -165,7 +166,9 @@ def test_dataset_guided_ebl_and_mfs_read_instance_counts(tiny_dataset):
     model = instantiate(cfg.model)
     frequency = model.roi_heads.indicators["instance_frequency"].vector()
     counts = load_lvis_meta(MetadataCatalog.get(tiny_dataset[0]).json_file).instance_count
-    assert torch.allclose(frequency, torch.as_tensor(counts / counts.sum(), dtype=torch.float32))
+    # normalised instance counts, then the raw background count 1 over the same divisor (LOCE supplement)
+    expected = np.append(counts, 1.0) / counts.sum()
+    assert torch.allclose(frequency, torch.as_tensor(expected, dtype=torch.float32))
     mfs = model.roi_heads.feature_sources[0]
     assert mfs.bound_indicator is model.roi_heads.indicators["instance_frequency"]
     assert model.roi_heads.box_predictor.cls_loss.bound_indicator is mfs.bound_indicator

@@ -109,6 +109,7 @@ def load_config(config_file, overrides=()):
     for name, namespace in namespaces:
         if "model" in namespace:
             _check_class_counts(namespace.model, config_file, name)
+            _check_dataset_names(namespace, config_file, name)
     return cfg
 
 
@@ -147,6 +148,25 @@ def _check_class_counts(model_cfg, config_file, phase_name):
                 f"{where}: model.roi_heads{path}.num_classes is {value} but model.roi_heads.num_classes is "
                 f"{expected}. Method pieces (configs/loce.py, configs/rio.py) copy the class count when they "
                 f"are added: set model.roi_heads.num_classes before adding them, or override both"
+            )
+
+
+def _check_dataset_names(namespace, config_file, phase_name):
+    """Every ``dataset_name`` under ``model`` (replay targets, dataset-guided indicators: method pieces copy
+    the training dataset's name when they are added) names ``dataloader.train.dataset.names``."""
+    try:
+        expected = OmegaConf.to_container(namespace.dataloader.train.dataset, resolve=False).get("names")
+    except (AttributeError, KeyError, ValueError):
+        return
+    if not isinstance(expected, (str, list)):
+        return
+    where = f"{config_file}" + (f", phase '{phase_name}'" if phase_name else "")
+    for path, value in _entries_named(OmegaConf.to_container(namespace.model, resolve=False), "dataset_name"):
+        if isinstance(value, (str, list)) and value != expected:
+            raise ValueError(
+                f"{where}: model{path}.dataset_name is {value!r} but dataloader.train.dataset.names is "
+                f"{expected!r}. Method pieces (configs/loce.py, configs/rio.py) copy the training dataset's name "
+                f"when they are added: override both"
             )
 
 

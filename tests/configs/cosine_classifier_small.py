@@ -4,4 +4,4 @@ from ...configs.models.faster_rcnn_r18_fpn_small import model
 from ...configs.rio import add_cosine_classifier
 
 model.roi_heads.num_classes = 6
-add_cosine_classifier(model, scale=10.0)
+add_cosine_classifier(model, variant="cosine", scale=10.0)
