@@ -109,7 +109,9 @@ def load_loce(output_dir, tiny_dataset, *extra):
         f"phases.finetune.model.roi_heads.indicators.mean_score.num_classes={num_classes}",
         f"phases.finetune.model.roi_heads.feature_sources.0.num_classes={num_classes}",
         "dataloader.train.total_batch_size=2", "train.max_iter=3", "train.checkpointer.period=1",
-        "train.log_period=1", *extra,
+        "train.log_period=1",
+        # 3 iterations leave LOCE's pretrain without a detection; this test checks memories, not AP
+        "train.allow_empty_eval=True", *extra,
     ])
 
 
