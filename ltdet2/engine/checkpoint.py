@@ -92,6 +92,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
             try:
                 loaded = self.load(candidate)
             except DamagedCheckpointError as e:
+                self._parsed_url_during_load = None  # Detectron2's load leaves it set when reading fails
                 logger.warning(f"{e}: trying an earlier checkpoint")
                 damaged.append(candidate)
                 continue
