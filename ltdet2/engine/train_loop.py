@@ -23,6 +23,25 @@ logger = logging.getLogger("detectron2")
 FINAL_CHECKPOINT = "model_final.pth"
 
 
+class _NamedLossCheck:
+    """Detectron2's trainers stop on a non-finite loss; this names each loss term's value in the error."""
+
+    def _write_metrics(self, loss_dict, data_time, prefix=""):
+        try:
+            super()._write_metrics(loss_dict, data_time, prefix)
+        except FloatingPointError as e:
+            terms = ", ".join(f"{name}={float(value):.4g}" for name, value in loss_dict.items())
+            raise FloatingPointError(f"the loss became infinite or NaN at iteration {self.iter}: {terms}") from e
+
+
+class Trainer(_NamedLossCheck, SimpleTrainer):
+    pass
+
+
+class AMPTrainerWithNamedLosses(_NamedLossCheck, AMPTrainer):
+    pass
+
+
 def seed_phase(cfg):
     """Seeds every RNG from ``train.seed`` (+ rank), so a phase run alone equals it run in sequence."""
     seed = cfg.train.get("seed", -1)
@@ -88,7 +107,7 @@ def do_train(cfg, *, resume=False):
     train_loader = instantiate(cfg.dataloader.train)
 
     model = create_ddp_model(model, **cfg.train.ddp)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    trainer = (AMPTrainerWithNamedLosses if cfg.train.amp.enabled else Trainer)(model, train_loader, optimizer)
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     trainer.register_hooks(
         [
