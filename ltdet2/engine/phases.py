@@ -357,7 +357,8 @@ def empty_evaluation(results):
     if not results:
         return ["the evaluator returned no results"]
     return [f"every {task} metric is NaN" for task, metrics in results.items()
-            if isinstance(metrics, dict) and metrics and all(isinstance(v, float) and math.isnan(v) for v in metrics.values())]
+            if isinstance(metrics, dict) and metrics
+            and all(isinstance(v, float) and math.isnan(v) for v in metrics.values())]
 
 
 def non_finite_parameters(model):
