@@ -4,12 +4,13 @@
 Same command line as Detectron2's ``tools/lazyconfig_train_net.py``, plus ``--phase NAME``:
 
     python scripts/lazyconfig_train_net.py --config-file projects/baseline.py [--resume] \
-        [--eval-only] [--phase NAME] [--num-gpus N] [key=value ...]
+        [--eval-only] [--phase NAME] [--num-gpus N] [key=value ...] [flags]
 
 A project with ``phases`` (its root holds only ``train`` and ``phases``) trains each phase in
 ``<train.output_dir>/<phase>`` starting from the previous phase's final checkpoint, skips finished
 phases, and resumes an interrupted one with ``--resume``. Overrides ``phases.NAME.key=value`` change
-one phase; other overrides change the root ``train`` and every phase. A config without ``phases`` (a
+one phase; other overrides change the root ``train`` and every phase holding the key. An override must
+name an existing key (``+key=value`` adds a new one). A config without ``phases`` (a
 one-phase project, or any Detectron2 LazyConfig) trains in ``train.output_dir`` as Detectron2's
 own script does.
 """
@@ -28,6 +29,27 @@ def argument_parser():
     return parser
 
 
+def parse_args(argv=None):
+    """Parses the command line; flags may also follow the ``key=value`` overrides (Detectron2's parser
+    hands everything after the first override to ``opts``): they are taken out of ``opts`` here."""
+    parser = argument_parser()
+    args = parser.parse_args(argv)
+    overrides, flags = [], []
+    opts = iter(args.opts)
+    for token in opts:
+        if not token.startswith("-"):
+            overrides.append(token)
+            continue
+        flags.append(token)
+        action = parser._option_string_actions.get(token)
+        if action is not None and action.nargs != 0:  # a flag with a value: --phase NAME
+            flags.append(next(opts, ""))
+    if flags:
+        parser.parse_args(flags, namespace=args)
+    args.opts = overrides
+    return args
+
+
 def checkpoint_to_evaluate(opts):
     """With --eval-only, a ``train.init_checkpoint=...`` given on the command line is the checkpoint to
     evaluate (as in Detectron2's script); otherwise each phase's final checkpoint is."""
@@ -43,7 +65,7 @@ def main(args):
 
 
 def invoke_main():
-    args = argument_parser().parse_args()
+    args = parse_args()
     launch(
         main,
         args.num_gpus,

@@ -175,3 +175,40 @@ def test_init_from_phase_names_an_earlier_phase_or_none():
     cfg.phases.finetune_ce.train.init_from_phase = "finetune_loce"  # a later phase
     with pytest.raises(ValueError, match="finetune_ce.*not an earlier phase"):
         chain_checkpoints(resolve_phases(cfg))
+
+
+LOCE = os.path.join(ROOT, "projects", "loce.py")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.max_itr=5", r"'train.max_itr=5'.*has no key 'train.max_itr'; did you mean train.max_iter\? "
+                        r"\(to add a new key, write \+train.max_itr=5\)"),
+    ("trian.max_iter=5", r"has no key 'trian.max_iter'; did you mean train.max_iter\?"),
+    ("model.roi_heads.num_clases=5", r"did you mean model.roi_heads.num_classes"),
+    ("phases.finetune.train.max_itr=5", r"phase 'finetune' of .*loce.py has no key 'train.max_itr'; did you mean "
+                                        r"train.max_iter"),
+    ("phases.finetun.train.max_iter=5", r"loce.py has no phase 'finetun'; did you mean 'phases.finetune'\? "
+                                        r"\(its phases: \['pretrain', 'finetune'\]\)"),
+    ("+train.max_iter=5", r"'train.max_iter' already exists .*drop the '\+'"),
+])
+def test_mistyped_override_is_refused_with_the_closest_names(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(LOCE, [override])
+
+
+def test_mistyped_override_of_a_plain_config_is_refused():
+    with pytest.raises(ValueError, match=r"baseline.py has no key 'train.max_itr'; did you mean train.max_iter"):
+        load_config(os.path.join(ROOT, "projects", "baseline.py"), ["train.max_itr=5"])
+
+
+def test_plus_adds_a_key_and_overrides_change_only_the_phases_holding_the_key():
+    cfg = load_config(LOCE, ["+train.new_key=5", "++train.max_iter=9", "+phases.pretrain.train.other=1",
+                             "model.roi_heads.indicators.mean_score.num_classes=8",
+                             "phases.finetune.model.roi_heads.feature_sources.0.num_classes=8",
+                             "model.roi_heads.num_classes=8", "dataloader.train.num_workers=0"])
+    assert cfg.train.new_key == cfg.phases.pretrain.train.new_key == cfg.phases.finetune.train.new_key == 5
+    assert cfg.train.max_iter == cfg.phases.pretrain.train.max_iter == cfg.phases.finetune.train.max_iter == 9
+    assert cfg.phases.pretrain.train.other == 1 and "other" not in cfg.phases.finetune.train
+    assert cfg.phases.finetune.model.roi_heads.indicators.mean_score.num_classes == 8
+    assert "indicators" not in cfg.phases.pretrain.model.roi_heads  # only the fine-tune has indicators
+    assert sorted(cfg.keys()) == sorted(PROJECT_ROOT_KEYS)  # nothing but train reaches the root

@@ -110,7 +110,9 @@ def load_loce(output_dir, tiny_dataset, *extra):
         f"phases.finetune.model.roi_heads.indicators.mean_score.num_classes={num_classes}",
         f"phases.finetune.model.roi_heads.feature_sources.0.num_classes={num_classes}",
         "dataloader.train.total_batch_size=2", "train.max_iter=3", "train.checkpointer.period=1",
-        "train.log_period=1", *extra,
+        "train.log_period=1",
+        # 3 iterations leave LOCE's pretrain without a detection; this test checks memories, not AP
+        "train.allow_empty_eval=True", *extra,
     ])
 
 
@@ -172,3 +174,65 @@ def test_dataset_guided_ebl_and_mfs_read_instance_counts(tiny_dataset):
     mfs = model.roi_heads.feature_sources[0]
     assert mfs.bound_indicator is model.roi_heads.indicators["instance_frequency"]
     assert model.roi_heads.box_predictor.cls_loss.bound_indicator is mfs.bound_indicator
+
+
+def poison_predictions(monkeypatch, *, training_from_iter=None, evaluation=False):
+    """Makes the box predictor's class scores NaN in training from iteration ``training_from_iter`` on
+    and/or in evaluation: a model whose predictions become non-finite."""
+    from detectron2.utils.events import get_event_storage
+
+    from ltdet2.engine import train_loop
+
+    def poison(module, inputs, output):
+        if module.training:
+            poisoned = training_from_iter is not None and get_event_storage().iter >= training_from_iter
+        else:
+            poisoned = evaluation
+        return (output[0] * float("nan"), *output[1:]) if poisoned else output
+
+    build_model = train_loop.build_model
+
+    def build_poisoned_model(cfg):
+        model = build_model(cfg)
+        model.roi_heads.box_predictor.register_forward_hook(poison)
+        return model
+
+    monkeypatch.setattr(train_loop, "build_model", build_poisoned_model)
+
+
+def test_divergence_stops_the_run_naming_phase_iteration_and_loss_terms(tmp_path, tiny_dataset, monkeypatch):
+    poison_predictions(monkeypatch, training_from_iter=1)
+    out = str(tmp_path / "run")
+    with pytest.raises(FloatingPointError, match=r"(?s)phase 'pretrain' diverged \(not marked done\): .*"
+                                                 r"the loss became infinite or NaN at iteration 1: "
+                                                 r"loss_cls=nan, loss_box_reg=[0-9.]+, loss_rpn_cls="):
+        run_phases(load(out, tiny_dataset, "train.max_iter=3"))
+    assert not os.path.exists(os.path.join(out, "pretrain", DONE_FILE))
+    assert not os.path.exists(os.path.join(out, "finetune"))
+
+
+def test_empty_evaluation_is_not_marked_done_unless_allowed(tmp_path, tiny_dataset, monkeypatch):
+    poison_predictions(monkeypatch, evaluation=True)  # Detectron2 drops non-finite boxes: no detection
+    out = str(tmp_path / "run")
+    with pytest.raises(RuntimeError, match=r"phase 'pretrain': the evaluation of .*pretrain/model_final.pth found "
+                                           r"nothing \(every bbox metric is NaN\).*Not marked done; to accept it, "
+                                           r"run again with phases.pretrain.train.allow_empty_eval=True"):
+        run_phases(load(out, tiny_dataset, "train.max_iter=1"), only="pretrain")
+    assert os.path.isfile(os.path.join(out, "pretrain", "model_final.pth"))
+    assert not os.path.exists(os.path.join(out, "pretrain", DONE_FILE))
+
+    results = run_phases(load(out, tiny_dataset, "train.max_iter=1", "phases.pretrain.train.allow_empty_eval=True"),
+                         only="pretrain", resume=True)
+    assert all(v != v for v in results["pretrain"]["bbox"].values())  # NaN, accepted
+    assert os.path.isfile(os.path.join(out, "pretrain", DONE_FILE))
+
+
+def test_non_finite_weights_are_named():
+    from ltdet2.engine.phases import non_finite_parameters
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    assert non_finite_parameters(model) == []
+    with torch.no_grad():
+        model[0].bias[1] = float("inf")
+    model[1].running_var[0] = float("nan")
+    assert non_finite_parameters(model) == ["0.bias", "1.running_var"]

@@ -18,6 +18,9 @@ train = dict(
     init_from_phase=None,
     # e.g. dict(images_per_class=5): fill memories and indicators before training (LOCE's code)
     memory_warmup=None,
+    # a phase whose evaluation finds nothing (no results, or every metric NaN: no detection) is not
+    # recorded as done unless this is True
+    allow_empty_eval=False,
     # chosen where the config is loaded: nothing in ltdet2 assumes CUDA
     device="cuda" if torch.cuda.is_available() else "cpu",
 )

@@ -16,21 +16,24 @@ itself, exactly as Detectron2's own script does (a one-phase project is such a p
 Detectron2's script refuses a project with phases: its root has no ``model``.
 """
 import copy
+import difflib
 import json
 import logging
+import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from omegaconf import DictConfig, OmegaConf
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from tabulate import tabulate
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 
 from ..utils.json_io import read_json, write_json_atomic
+from .checkpoint import AtomicCheckpointer
 from .train_loop import FINAL_CHECKPOINT, build_model, do_test, do_train
 
 logger = logging.getLogger("detectron2")
@@ -83,28 +86,118 @@ def make_phase(base=None, **keys):
     return phase
 
 
-def split_overrides(overrides):
-    """Splits ``key=value`` overrides into those naming one phase (``phases.NAME.…``) and the rest."""
-    phase_specific = [o for o in overrides if o.startswith("phases.")]
-    general = [o for o in overrides if not o.startswith("phases.")]
-    return phase_specific, general
+@dataclass
+class Override:
+    """One ``key=value`` of the command line. ``+key=value`` adds a key that does not exist yet,
+    ``++key=value`` sets it whether it exists or not (Hydra's markers); a plain one changes an existing key."""
+    text: str
+    key: str
+    value: str
+    marker: str  # "", "+" or "++"
+
+    @classmethod
+    def parse(cls, text):
+        if text.startswith("-"):
+            raise ValueError(f"{text!r} is a flag, not a key=value override: write flags before the overrides")
+        if "=" not in text or text.startswith("~"):
+            raise ValueError(f"override {text!r} is not key=value (+key=value adds a new key; deleting keys with "
+                             f"~ is not supported)")
+        key, value = text.split("=", 1)
+        marker = "++" if key.startswith("++") else "+" if key.startswith("+") else ""
+        return cls(text, key[len(marker):], value, marker)
+
+    def assignment(self, key=None):
+        """The ``key=value`` LazyConfig.apply_overrides reads (Detectron2 ignores Hydra's markers)."""
+        return f"{key or self.key}={self.value}"
+
+
+def has_key(cfg, key):
+    """Whether the dotted ``key`` exists in ``cfg`` (its value may be None or ``???``)."""
+    parent_key, _, last = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+    if isinstance(parent, DictConfig):
+        return last in parent.keys()
+    if isinstance(parent, ListConfig):
+        return last.isdigit() and int(last) < len(parent)
+    return False
+
+
+def _dotted_keys(node, prefix=""):
+    """Every dotted key below a plain container (``OmegaConf.to_container(resolve=False)``)."""
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for name, child in children:
+        yield f"{prefix}{name}"
+        yield from _dotted_keys(child, f"{prefix}{name}.")
+
+
+def _unknown_key_error(override, namespaces, where):
+    """ValueError for an override naming no existing key, with the closest existing keys."""
+    known = sorted({key for namespace in namespaces
+                    for key in _dotted_keys(OmegaConf.to_container(namespace, resolve=False))
+                    if not key.startswith("phases.")})  # a project root's own: its train
+    close = difflib.get_close_matches(override.key, known, n=3, cutoff=0.8)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return ValueError(f"override {override.text!r}: {where} has no key {override.key!r}{hint} "
+                      f"(to add a new key, write +{override.key}={override.value})")
+
+
+def _apply_override(override, targets, where):
+    """Applies ``override`` to the namespaces of ``targets`` ({label: namespace}) that hold its key
+    (a plain override, which must name an existing key in at least one) or to all (``+`` / ``++``)."""
+    holding = [label for label, namespace in targets.items() if has_key(namespace, override.key)]
+    if override.marker == "" and not holding:
+        raise _unknown_key_error(override, targets.values(), where)
+    if override.marker == "+" and holding:
+        raise ValueError(f"override {override.text!r}: {override.key!r} already exists in {where} ({holding}): "
+                         f"drop the '+' to change it (or write ++ to set it everywhere)")
+    for label in holding if override.marker == "" else targets:
+        LazyConfig.apply_overrides(targets[label], [override.assignment()])
+
+
+def _apply_phase_override(cfg, override, config_file):
+    """Applies ``phases.NAME.key=value`` to phase NAME, which must be one of the project's phases."""
+    _, name, key = (override.key.split(".", 2) + ["", ""])[:3]
+    names = list(cfg.phases)
+    if name not in cfg.phases:
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        hint = f"; did you mean 'phases.{close[0]}'?" if close else ""
+        raise ValueError(f"override {override.text!r}: {config_file} has no phase {name!r}{hint} "
+                         f"(its phases: {names})")
+    if not key:
+        raise ValueError(f"override {override.text!r}: override a phase's keys (phases.{name}.KEY=value), "
+                         f"not the whole phase")
+    phase_override = Override(override.text, key, override.value, override.marker)
+    _apply_override(phase_override, {name: cfg.phases[name]}, f"phase {name!r} of {config_file}")
 
 
 def load_config(config_file, overrides=()):
-    """Loads a (project) config and applies overrides; general ones apply to every phase too."""
+    """Loads a (project) config and applies overrides; general ones apply to every phase too.
+
+    An override must name an existing key (``+key=value`` adds one): a general override changes the
+    root ``train`` and every phase that hold the key, ``phases.NAME.key=value`` one phase (after the
+    general ones, so it wins). Mistyped keys and phase names are refused with the closest names."""
     cfg = LazyConfig.load(config_file)
-    phase_specific, general = split_overrides(list(overrides))
+    parsed = [Override.parse(o) for o in overrides]
+    phase_specific = [o for o in parsed if o.key.startswith("phases.")]
+    general = [o for o in parsed if not o.key.startswith("phases.")]
     if "phases" in cfg:
         _check_project_root(cfg, config_file)
+        for name in cfg.phases:
+            _check_phase(cfg.phases[name], name, config_file)
     elif phase_specific:
         raise ValueError(f"{config_file} has no phases (it is one phase in train.output_dir): "
-                         f"{phase_specific} name a phase; drop the 'phases.NAME.' prefix")
-    cfg = LazyConfig.apply_overrides(cfg, general)
-    for name in cfg.get("phases", None) or {}:
-        _check_phase(cfg.phases[name], name, config_file)
-        cfg.phases[name] = LazyConfig.apply_overrides(cfg.phases[name], general)
+                         f"{[o.text for o in phase_specific]} name a phase; drop the 'phases.NAME.' prefix")
+    for override in general:
+        if "phases" not in cfg:
+            _apply_override(override, {"": cfg}, config_file)
+            continue
+        targets = {name: cfg.phases[name] for name in cfg.phases}
+        if override.key.split(".", 1)[0] == "train":  # the root holds the run's train, nothing else
+            targets = {"(root)": cfg, **targets}
+        _apply_override(override, targets, f"{config_file} (root 'train' and phases {list(cfg.phases)})")
     # last, so that a phase's own override wins over a general one
-    cfg = LazyConfig.apply_overrides(cfg, phase_specific)
+    for override in phase_specific:
+        _apply_phase_override(cfg, override, config_file)
     namespaces = cfg.phases.items() if "phases" in cfg else [("", cfg)]
     for name, namespace in namespaces:
         if "model" in namespace:
@@ -241,14 +334,34 @@ def _require_init_checkpoint(phase, previous):
 
 
 def run_phase(phase, *, resume=False):
-    """Trains and evaluates one phase; records its results so a later run can skip it."""
+    """Trains and evaluates one phase; records its results so a later run can skip it.
+
+    A phase is recorded as done only when its final weights are finite and its evaluation found
+    something (see :func:`empty_evaluation`; ``train.allow_empty_eval=True`` accepts an empty one)."""
+    where = f"phase '{phase.name}'" if phase.name else f"training in {phase.output_dir}"
     logger.info(f"===== phase '{phase.name}': training in {phase.output_dir} =====" if phase.name else
                 f"===== training in {phase.output_dir} =====")
     if comm.is_main_process():
         os.makedirs(phase.output_dir, exist_ok=True)
         LazyConfig.save(phase.cfg, os.path.join(phase.output_dir, "config.yaml"))
-    model = do_train(phase.cfg, resume=resume)
+    try:
+        model = do_train(phase.cfg, resume=resume)
+    except FloatingPointError as e:
+        raise FloatingPointError(f"{where} diverged (not marked done): {e}") from e
+    non_finite = non_finite_parameters(model)
+    if non_finite:
+        raise FloatingPointError(f"{where}: its final weights hold NaN or infinite values ({non_finite[:5]}"
+                                 f"{' ...' if len(non_finite) > 5 else ''}); not marked done")
     results = do_test(phase.cfg, model)
+    empty = empty_evaluation(results) if "evaluator" in phase.cfg.dataloader else []
+    if empty and not phase.cfg.train.get("allow_empty_eval", False):
+        name = f"phases.{phase.name}.train" if phase.name else "train"
+        raise RuntimeError(
+            f"{where}: the evaluation of {phase.final_checkpoint} found nothing ({'; '.join(empty)}): the model "
+            f"made no detection (too short a training, or non-finite predictions). Not marked done; to accept it, "
+            f"run again with {name}.allow_empty_eval=True")
+    if empty:
+        logger.warning(f"{where}: empty evaluation ({'; '.join(empty)}), accepted (train.allow_empty_eval)")
     if comm.is_main_process():
         write_json_atomic(phase.done_file, {"final_checkpoint": phase.final_checkpoint,
                                             "input_checkpoint": checkpoint_identity(phase.cfg.train.init_checkpoint),
@@ -258,13 +371,33 @@ def run_phase(phase, *, resume=False):
     return results
 
 
+def empty_evaluation(results):
+    """Why evaluator ``results`` ({task: {metric: value}}) are empty: no task, or a task whose
+    metrics are all NaN (what an evaluator returns when the model made no prediction). [] if not."""
+    if not results:
+        return ["the evaluator returned no results"]
+    return [f"every {task} metric is NaN" for task, metrics in results.items()
+            if isinstance(metrics, dict) and metrics
+            and all(isinstance(v, float) and math.isnan(v) for v in metrics.values())]
+
+
+def non_finite_parameters(model):
+    """Names of the parameters and buffers of ``model`` holding NaN or infinite values."""
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    floating = [(name, t) for name, t in tensors if t.is_floating_point()]
+    if not floating:
+        return []
+    finite = torch.stack([torch.isfinite(t).all() for _, t in floating]).tolist()
+    return [name for (name, _), ok in zip(floating, finite) if not ok]
+
+
 def evaluate_phase(phase, checkpoint=None):
     """Evaluates a phase's final checkpoint (or ``checkpoint``: a path or a Detectron2 URL)."""
     checkpoint = checkpoint or phase.final_checkpoint
     if "://" not in checkpoint and not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"phase '{phase.name}': no checkpoint to evaluate at {checkpoint}")
     model = create_ddp_model(build_model(phase.cfg))
-    DetectionCheckpointer(model).load(checkpoint)
+    AtomicCheckpointer(model).load(checkpoint)
     return do_test(phase.cfg, model)
 
 
@@ -298,6 +431,10 @@ def run_phases(cfg, *, resume=False, only=None, eval_only=False, eval_checkpoint
             continue
         _require_init_checkpoint(phase, input_phase(phases, phases.index(phase)))
         all_results[phase.name] = run_phase(phase, resume=resume)
+    if eval_only and not all_results:
+        raise FileNotFoundError(f"--eval-only: nothing to evaluate, no phase has a {FINAL_CHECKPOINT} yet "
+                                f"({[p.final_checkpoint for p in selected]}); train them first, or evaluate a "
+                                f"checkpoint with --phase NAME train.init_checkpoint=PATH")
     if comm.is_main_process() and len(all_results) > 1:
         log_phase_table(list(all_results.items()), title="all phases")
     return all_results

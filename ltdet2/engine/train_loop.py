@@ -7,7 +7,6 @@ freezing (``train.trainable``) and the memory warm-up (``train.memory_warmup``).
 import logging
 import os
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
@@ -15,12 +14,32 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
+from .checkpoint import AtomicCheckpointer, PeriodicCheckpointer
 from .freezing import freeze_all_but
 from .memory_warmup import warm_up_memories
 
 logger = logging.getLogger("detectron2")
 
 FINAL_CHECKPOINT = "model_final.pth"
+
+
+class _NamedLossCheck:
+    """Detectron2's trainers stop on a non-finite loss; this names each loss term's value in the error."""
+
+    def _write_metrics(self, loss_dict, data_time, prefix=""):
+        try:
+            super()._write_metrics(loss_dict, data_time, prefix)
+        except FloatingPointError as e:
+            terms = ", ".join(f"{name}={float(value):.4g}" for name, value in loss_dict.items())
+            raise FloatingPointError(f"the loss became infinite or NaN at iteration {self.iter}: {terms}") from e
+
+
+class Trainer(_NamedLossCheck, SimpleTrainer):
+    pass
+
+
+class AMPTrainerWithNamedLosses(_NamedLossCheck, AMPTrainer):
+    pass
 
 
 def seed_phase(cfg):
@@ -88,13 +107,13 @@ def do_train(cfg, *, resume=False):
     train_loader = instantiate(cfg.dataloader.train)
 
     model = create_ddp_model(model, **cfg.train.ddp)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    trainer = (AMPTrainerWithNamedLosses if cfg.train.amp.enabled else Trainer)(model, train_loader, optimizer)
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
             if comm.is_main_process()
             else None,
             # periodic evaluation only; the phase runner evaluates the final model itself

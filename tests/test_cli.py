@@ -1,0 +1,52 @@
+"""The training script's command line: flags after the key=value overrides, and --eval-only with
+nothing to evaluate."""
+import importlib.util
+import os
+
+import pytest
+
+from ltdet2.engine.phases import load_config, run_phases
+
+from model_helpers import ROOT, tiny_run_overrides
+
+SCRIPT = os.path.join(ROOT, "scripts", "lazyconfig_train_net.py")
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("lazyconfig_train_net", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flags_after_the_overrides_are_flags(script):
+    args = script.parse_args(["--config-file", "projects/loce.py", "train.max_iter=5", "--resume",
+                              "phases.finetune.train.log_period=2", "--phase", "finetune", "--eval-only",
+                              "--num-gpus=1", "train.init_checkpoint=a.pth"])
+    assert args.resume and args.eval_only and args.phase == "finetune" and args.num_gpus == 1
+    assert args.opts == ["train.max_iter=5", "phases.finetune.train.log_period=2", "train.init_checkpoint=a.pth"]
+    assert script.checkpoint_to_evaluate(args.opts) == "a.pth"
+
+    args = script.parse_args(["--config-file", "projects/loce.py", "--resume", "train.max_iter=5"])
+    assert args.resume and not args.eval_only and args.phase is None and args.opts == ["train.max_iter=5"]
+
+
+def test_unknown_flag_after_the_overrides_is_refused(script, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--config-file", "projects/loce.py", "train.max_iter=5", "--no-such-flag"])
+    assert exit_info.value.code != 0
+    assert "--no-such-flag" in capsys.readouterr().err
+
+
+def test_a_flag_among_overrides_given_to_load_config_says_where_flags_go():
+    with pytest.raises(ValueError, match="'--resume' is a flag.*write flags before the overrides"):
+        load_config(os.path.join(ROOT, "projects", "loce.py"), ["train.max_iter=5", "--resume"])
+
+
+def test_eval_only_with_nothing_to_evaluate_fails(tmp_path, tiny_dataset):
+    project = os.path.join(ROOT, "tests", "configs", "tiny_two_phase.py")
+    cfg = load_config(project, tiny_run_overrides(tiny_dataset, str(tmp_path / "run")))
+    with pytest.raises(FileNotFoundError, match=r"--eval-only: nothing to evaluate.*pretrain/model_final.pth.*"
+                                                r"finetune/model_final.pth"):
+        run_phases(cfg, eval_only=True)
