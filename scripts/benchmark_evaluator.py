@@ -41,24 +41,9 @@ import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))  # the synthetic LVIS fixture
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # the synthetic LVIS fixture and the lvis API shim
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
-
-
-@contextlib.contextmanager
-def numpy_float_shim():
-    """lvis 0.5.3 uses np.float (removed in numpy 1.24): provide it only inside this block."""
-    had = "float" in np.__dict__
-    old = np.__dict__.get("float")
-    np.float = float
-    try:
-        yield
-    finally:
-        if had:
-            np.float = old
-        else:
-            del np.float
 
 
 def _rss_mib():
@@ -112,6 +97,7 @@ def _worker(side, gt_path, dets_path, max_dets):
     rss_in = _rss_mib()
     t0 = time.perf_counter()
     if side == "official":
+        from fixtures.lvis_api import numpy_float_shim
         from lvis import LVIS, LVISEval, LVISResults
 
         with numpy_float_shim():

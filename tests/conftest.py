@@ -2,7 +2,7 @@ import pytest
 
 from ltdet2.data import register_lt_shapes
 
-from model_helpers import TINY_LT_SHAPES
+from fixtures.models import TINY_LT_SHAPES
 
 
 @pytest.fixture(scope="session")

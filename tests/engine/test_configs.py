@@ -12,10 +12,10 @@ from omegaconf.errors import ConfigAttributeError
 from detectron2.config import LazyConfig, instantiate
 from detectron2.model_zoo import get_config
 
+from fixtures.models import ROOT
 from ltdet2.data.lt_shapes import LTShapesSpec
 from ltdet2.engine.phases import PHASE_KEYS, PROJECT_ROOT_KEYS, load_config, resolve_phases
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(
     glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True)
     + glob.glob(os.path.join(ROOT, "projects", "*.py"))
@@ -28,8 +28,10 @@ def _instantiate_namespace(cfg):
     model = None
     if "model" in cfg:
         model = instantiate(cfg.model)
-        assert isinstance(model, torch.nn.Module)
-        assert sum(p.numel() for p in model.parameters()) > 0
+        # the classifier gives C+1 columns (background last) for the model's class count
+        predictor = model.roi_heads.box_predictor
+        features = torch.zeros(2, predictor.bbox_pred.in_features)
+        assert predictor.cls_score(features).shape == (2, model.roi_heads.num_classes + 1)
     if "optimizer" in cfg and model is not None:
         cfg.optimizer.params.model = model
         optimizer = instantiate(cfg.optimizer)

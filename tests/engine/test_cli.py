@@ -7,7 +7,7 @@ import pytest
 
 from ltdet2.engine.phases import load_config, run_phases
 
-from model_helpers import ROOT, tiny_run_overrides
+from fixtures.models import ROOT, tiny_run_overrides
 
 SCRIPT = os.path.join(ROOT, "scripts", "lazyconfig_train_net.py")
 

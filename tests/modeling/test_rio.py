@@ -27,7 +27,7 @@ from ltdet2.modeling.feature_sources import ObjectReplay, SourceContext
 from ltdet2.modeling.feature_sources.object_replay import targeted_classes
 from ltdet2.utils.json_io import write_json_atomic
 
-from model_helpers import (
+from fixtures.models import (
     NUM_CLASSES,
     ROOT,
     TINY_LT_SHAPES,
@@ -429,6 +429,8 @@ def load_tiny(project, output_dir, tiny_dataset, *extra):
         f"model.roi_heads.box_predictor.classifier.num_classes={TINY_LT_SHAPES.num_classes}",
         f"model.roi_heads.feature_sources.0.num_classes={TINY_LT_SHAPES.num_classes}",
         f"model.roi_heads.feature_sources.0.dataset_name={tiny_dataset[0]}",
+        # 3 iterations leave the model without a detection; these tests check sampling and memories, not AP
+        "train.allow_empty_eval=True",
         *extra,
     ])
 

@@ -13,7 +13,7 @@ from detectron2.utils.logger import setup_logger
 
 from ltdet2.engine.phases import DONE_FILE, load_config, run_phases
 
-from model_helpers import ROOT, TINY_LT_SHAPES, tiny_run_overrides
+from fixtures.models import ROOT, TINY_LT_SHAPES, loce_tiny_overrides, tiny_run_overrides
 
 PROJECT = os.path.join(ROOT, "tests", "configs", "tiny_two_phase.py")
 
@@ -104,11 +104,8 @@ LOCE_PROJECT = os.path.join(ROOT, "projects", "loce.py")
 
 
 def load_loce(output_dir, tiny_dataset, *extra):
-    num_classes = TINY_LT_SHAPES.num_classes  # the fine-tune's pieces hold a copy of the class count
     return load_config(LOCE_PROJECT, [
-        *tiny_run_overrides(tiny_dataset, output_dir),
-        f"phases.finetune.model.roi_heads.indicators.mean_score.num_classes={num_classes}",
-        f"phases.finetune.model.roi_heads.feature_sources.0.num_classes={num_classes}",
+        *loce_tiny_overrides(tiny_dataset, output_dir),
         "dataloader.train.total_batch_size=2", "train.max_iter=3", "train.checkpointer.period=1",
         "train.log_period=1",
         # 3 iterations leave LOCE's pretrain without a detection; this test checks memories, not AP

@@ -15,7 +15,7 @@ from ltdet2.modeling.extra_rows import ExtraRows
 from ltdet2.modeling.feature_sources import FeatureSource, MemoryFeatureSampler
 from ltdet2.modeling.losses import EquilibriumLoss
 
-from model_helpers import NUM_CLASSES, long_tail_cfg, make_batch, paired_models, small_model_cfg, train_losses
+from fixtures.models import NUM_CLASSES, long_tail_cfg, make_batch, paired_models, small_model_cfg, train_losses
 
 
 @pytest.mark.parametrize("mask", [False, True])

@@ -25,6 +25,8 @@ from ltdet2.evaluation import LTLVISEvaluator, evaluate_lvis
 from ltdet2.memory import InstanceFrequency
 from ltdet2.modeling.feature_sources import ObjectReplay
 
+from fixtures.models import ROOT
+
 # json category ids 3, 7, 20 -> contiguous 0, 1, 2 (sorted ids), names in json order deliberately unsorted
 CATEGORIES = [{"id": 20, "name": "twenty"}, {"id": 3, "name": "three"}, {"id": 7, "name": "seven"}]
 # (annotation id, image id, category id); images 101..104
@@ -412,7 +414,7 @@ def test_lt_shapes_subset_script(tiny_dataset, tmp_path):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("make_lt_shapes_subset", os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "make_lt_shapes_subset.py"))
+        ROOT, "scripts", "make_lt_shapes_subset.py"))
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     train_name, val_name = tiny_dataset

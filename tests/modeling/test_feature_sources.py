@@ -10,7 +10,7 @@ from ltdet2.memory import MeanScore
 from ltdet2.modeling.extra_rows import ExtraRows
 from ltdet2.modeling.feature_sources import FeatureSource, MemoryFeatureSampler, ObjectReplay
 
-from model_helpers import NUM_CLASSES, make_batch, paired_models, train_losses
+from fixtures.models import NUM_CLASSES, make_batch, paired_models, train_losses
 
 CAPACITY = 20
 

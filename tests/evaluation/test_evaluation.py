@@ -20,6 +20,8 @@ import torch
 
 from ltdet2.evaluation import LTLVISEvaluator, evaluate_lvis, fast_lvis_feed
 
+from fixtures.lvis_api import numpy_float_shim
+from fixtures.models import RESOURCES
 from fixtures.synthetic_lvis import (
     detections_array_to_dicts,
     make_lvis_detections,
@@ -27,7 +29,7 @@ from fixtures.synthetic_lvis import (
     make_lvis_gt,
 )
 
-LVIS_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "lvis_v0.5_val_100.json")
+LVIS_JSON = os.path.join(RESOURCES, "lvis_v0.5_val_100.json")
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 TOL = 0.05  # AP points
 # for tests the engine switch does not change (segm always takes the public path)
@@ -40,21 +42,6 @@ def engine_path(request, monkeypatch):
     monkeypatch.setattr(fast_lvis_feed, "enabled", request.param == "direct_feed")
     assert fast_lvis_feed.available() == (request.param == "direct_feed")  # 1.8.x is installed
     return request.param
-
-
-@contextlib.contextmanager
-def numpy_float_shim():
-    """Temporarily provide ``np.float`` (= float) for the official lvis API; restore after."""
-    had = "float" in np.__dict__
-    old = np.__dict__.get("float")
-    np.float = float
-    try:
-        yield
-    finally:
-        if had:
-            np.float = old
-        else:
-            del np.float
 
 
 @pytest.fixture(scope="module")
@@ -108,15 +95,6 @@ def _assert_close(ours, ref, ev, per_class, lvis_gt):
             n_defined += 1
             assert abs(got - ref_ap) <= TOL, (c["name"], got, ref_ap)
     assert n_defined > 50  # categories with ground truth in the subset
-
-
-@ONE_PATH
-def test_numpy_shim_is_scoped():
-    with numpy_float_shim():
-        assert np.float is float
-    assert "float" not in np.__dict__
-    with pytest.raises(AttributeError):
-        np.float  # noqa: B018
 
 
 @pytest.mark.parametrize(

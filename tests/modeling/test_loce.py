@@ -15,7 +15,7 @@ from ltdet2.modeling import NormalizedConv2d, NormalizedMaskRCNNConvUpsampleHead
 from ltdet2.modeling.feature_sources import FeatureSource, MemoryFeatureSampler
 from ltdet2.modeling.losses import EquilibriumLoss, equilibrium_loss
 
-from model_helpers import NUM_CLASSES, long_tail_cfg, make_batch, paired_models, small_model_cfg, train_losses
+from fixtures.models import NUM_CLASSES, long_tail_cfg, make_batch, paired_models, small_model_cfg, train_losses
 
 
 def direct_ebl(logits, labels, scores):

@@ -14,7 +14,7 @@ from ltdet2.engine.memory_warmup import class_balanced_passes, warm_up_memories,
 from ltdet2.engine.phases import load_config
 from ltdet2.engine.train_loop import build_model
 
-from model_helpers import ROOT, TINY_LT_SHAPES, tiny_run_overrides
+from fixtures.models import ROOT, TINY_LT_SHAPES, loce_tiny_overrides
 
 # 12 images, 5 classes; class 4 in no image, class 3 in one, class 0 in 11; image 5 has none
 IMAGE_CLASSES = [[0, 1], [0], [0, 2, 2], [0, 1], [1, 0], [], [0, 3], [0], [2, 0], [0, 1], [0], [0, 0, 1]]
@@ -79,7 +79,7 @@ def test_deduplicated_lists_are_padded_to_the_longest_rank():
 
 def test_warm_up_fills_every_class_with_training_images_on_every_rank(tmp_path, tiny_dataset, monkeypatch):
     cfg = load_config(os.path.join(ROOT, "projects", "loce.py"),
-                      [*tiny_run_overrides(tiny_dataset, str(tmp_path)), "dataloader.train.total_batch_size=8"])
+                      [*loce_tiny_overrides(tiny_dataset, str(tmp_path)), "dataloader.train.total_batch_size=8"])
     cfg = cfg.phases.finetune
     cfg.train.seed = 3
     dataset_dicts = instantiate(cfg.dataloader.train.dataset)

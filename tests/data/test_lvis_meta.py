@@ -5,6 +5,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
+from fixtures.models import RESOURCES
 from ltdet2.data.lvis_meta import (
     FREQUENCY_GROUPS,
     LVISMeta,
@@ -14,7 +15,7 @@ from ltdet2.data.lvis_meta import (
     load_lvis_meta,
 )
 
-LVIS_VAL_100 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "lvis_v0.5_val_100.json")
+LVIS_VAL_100 = os.path.join(RESOURCES, "lvis_v0.5_val_100.json")
 
 
 def _tiny():
