@@ -19,7 +19,10 @@ def add_mean_score(model, alpha=0.9, background_score=0.01, sync="global", updat
     gathered over all GPUs; ``update_timing="after_loss"`` / ``sync="local"`` are the other options."""
     indicators = dict(model.roi_heads.get("indicators") or {})
     indicators["mean_score"] = L(MeanScore)(
-        num_classes=roi_heads_num_classes(model), alpha=alpha, background_score=background_score, sync=sync,
+        num_classes=roi_heads_num_classes(model),
+        alpha=alpha,
+        background_score=background_score,
+        sync=sync,
         update_timing=update_timing,
     )
     model.roi_heads.indicators = indicators

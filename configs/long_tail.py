@@ -15,8 +15,9 @@ def roi_heads_num_classes(model):
     """C, the model config's ``roi_heads.num_classes`` (an int: set it before adding method pieces)."""
     num_classes = model.roi_heads.num_classes
     if not isinstance(num_classes, int) or isinstance(num_classes, bool):
-        raise ValueError(f"model.roi_heads.num_classes must be an int before method pieces are added, "
-                         f"got {num_classes!r}")
+        raise ValueError(
+            f"model.roi_heads.num_classes must be an int before method pieces are added, got {num_classes!r}"
+        )
     return num_classes
 
 

@@ -1,13 +1,13 @@
 # Shared defaults for every project on LT-Shapes on a CPU: the small Faster R-CNN trained from
 # scratch, batch 8, lr 0.02 with 100 warm-up iterations, 400 iterations (about 8 minutes on 2 cores).
 # A single-phase config: projects use it as is, or copy it into their phases (ltdet2.engine.make_phase).
+from ltdet2.data.lt_shapes import LTShapesSpec
+
 from .common.optim import SGD as optimizer
 from .common.schedules import multi_step
 from .common.train import train
 from .data.lt_shapes import dataloader
 from .models.faster_rcnn_r18_fpn_small import model
-
-from ltdet2.data.lt_shapes import LTShapesSpec
 
 model.roi_heads.num_classes = LTShapesSpec().num_classes  # the one place that sets LT-Shapes' class count
 

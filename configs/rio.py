@@ -48,9 +48,19 @@ def add_cosine_classifier(model, variant="weight_norm", scale=COSINE_SCALE, lear
     return model
 
 
-def add_object_replay(model, *, dataset_name=None, image_count=None, targeted_classes=None,
-                      max_images=REPLAY_MAX_IMAGES, capacity=REPLAY_CAPACITY, per_class=REPLAY_PER_CLASS,
-                      mode="recent", storage_dtype=None, sync="local"):
+def add_object_replay(
+    model,
+    *,
+    dataset_name=None,
+    image_count=None,
+    targeted_classes=None,
+    max_images=REPLAY_MAX_IMAGES,
+    capacity=REPLAY_CAPACITY,
+    per_class=REPLAY_PER_CLASS,
+    mode="recent",
+    storage_dtype=None,
+    sync="local",
+):
     """Adds :class:`ObjectReplay` to the ROI heads' feature sources.
 
     The targeted classes (those in at most ``max_images`` training images) come from exactly one of:

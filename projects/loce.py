@@ -9,8 +9,7 @@ from ..configs.loce import LOCE_TRAINABLE, add_ebl, add_mfs
 from ..configs.lt_shapes_defaults import MAX_ITER, dataloader, lr_multiplier, model, optimizer, train
 
 train.output_dir = "output/loce"  # the phases train in output/loce/<phase>
-pretrain = make_phase(model=model, dataloader=dataloader, optimizer=optimizer, lr_multiplier=lr_multiplier,
-                      train=train)
+pretrain = make_phase(model=model, dataloader=dataloader, optimizer=optimizer, lr_multiplier=lr_multiplier, train=train)
 
 FINETUNE_ITERS = MAX_ITER // 4
 finetune = make_phase(pretrain)
@@ -21,7 +20,8 @@ finetune["train"].memory_warmup = dict(images_per_class=5)  # official: memory a
 finetune["train"].max_iter = FINETUNE_ITERS
 finetune["train"].checkpointer.period = 50
 finetune["lr_multiplier"] = multi_step(  # steps at 3/6 and 5/6 of the fine-tune (paper: epochs 3, 5 of 6)
-    FINETUNE_ITERS, steps=(FINETUNE_ITERS // 2, FINETUNE_ITERS * 5 // 6), warmup_iters=10)
+    FINETUNE_ITERS, steps=(FINETUNE_ITERS // 2, FINETUNE_ITERS * 5 // 6), warmup_iters=10
+)
 
 phases = dict(pretrain=pretrain, finetune=finetune)
 del model, dataloader, optimizer, lr_multiplier, pretrain, finetune  # a project's root: `train` and `phases`

@@ -3,8 +3,8 @@
 # Run: python scripts/lazyconfig_train_net.py --config-file projects/loce_ablation.py train.seed=N
 from ltdet2.engine import make_phase
 
-from ..configs.long_tail import use_long_tail_heads
 from ..configs.loce import LOCE_TRAINABLE, add_ebl, add_mfs
+from ..configs.long_tail import use_long_tail_heads
 from .loce import phases as loce_phases
 from .loce import train
 
@@ -12,8 +12,12 @@ train.output_dir = "output/loce_ablation"
 pretrain, finetune = loce_phases["pretrain"], loce_phases["finetune"]
 
 finetune_ce = make_phase(pretrain, lr_multiplier=finetune["lr_multiplier"])
-finetune_ce["train"].update(trainable=LOCE_TRAINABLE, max_iter=finetune["train"].max_iter,
-                            checkpointer=finetune["train"].checkpointer, init_from_phase="pretrain")
+finetune_ce["train"].update(
+    trainable=LOCE_TRAINABLE,
+    max_iter=finetune["train"].max_iter,
+    checkpointer=finetune["train"].checkpointer,
+    init_from_phase="pretrain",
+)
 use_long_tail_heads(finetune_ce["model"])  # same heads, stock loss: identical to StandardROIHeads
 
 # the memory phases start with LOCE's official warm-up (the CE fine-tune has nothing to fill)
@@ -30,7 +34,12 @@ add_ebl(finetune_loce["model"])
 add_mfs(finetune_loce["model"])
 finetune_loce["train"].memory_warmup = finetune["train"].memory_warmup
 
-phases = dict(pretrain=pretrain, finetune_ce=finetune_ce, finetune_ebl=finetune_ebl, finetune_mfs=finetune_mfs,
-              finetune_loce=finetune_loce)
+phases = dict(
+    pretrain=pretrain,
+    finetune_ce=finetune_ce,
+    finetune_ebl=finetune_ebl,
+    finetune_mfs=finetune_mfs,
+    finetune_loce=finetune_loce,
+)
 # a project's root: `train` and `phases`
 del loce_phases, pretrain, finetune, finetune_ce, finetune_ebl, finetune_mfs, finetune_loce

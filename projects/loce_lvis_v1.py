@@ -26,8 +26,13 @@ def iters(epochs):
 train.output_dir = "output/loce_lvis_v1"
 model.roi_heads.mask_head._target_ = NormalizedMaskRCNNConvUpsampleHead  # official LOCE configs, both stages
 train.max_iter = iters(24)
-pretrain = make_phase(model=model, dataloader=dataloader, optimizer=optimizer, train=train,
-                      lr_multiplier=multi_step(iters(24), steps=(iters(16), iters(22)), warmup_iters=1000))
+pretrain = make_phase(
+    model=model,
+    dataloader=dataloader,
+    optimizer=optimizer,
+    train=train,
+    lr_multiplier=multi_step(iters(24), steps=(iters(16), iters(22)), warmup_iters=1000),
+)
 
 finetune = make_phase(pretrain)
 add_ebl(finetune["model"])

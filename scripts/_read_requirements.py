@@ -1,7 +1,8 @@
 """Prints the dependencies declared in pyproject.toml, one per line (used by setup_env.sh).
 
-    python scripts/_read_requirements.py pyproject.toml [--extra NAME ...] [--exclude PKG ...] [--only PKG ...]
+python scripts/_read_requirements.py pyproject.toml [--extra NAME ...] [--exclude PKG ...] [--only PKG ...]
 """
+
 import argparse
 import re
 

@@ -9,6 +9,7 @@ are skipped, so an interrupted run continues). The table (markdown) gives, per p
 seeds of bbox AP, AP50, APr, APc, APf (percent) and the per-seed values; it is also written to
 ``<output-dir>/ablation_table.md``.
 """
+
 import argparse
 import json
 import os
@@ -23,8 +24,16 @@ TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lazycon
 
 
 def run_seed(config_file, seed, output_dir, overrides):
-    command = [sys.executable, TRAIN_SCRIPT, "--config-file", config_file, "--resume",
-               f"train.seed={seed}", f"train.output_dir={output_dir}", *overrides]
+    command = [
+        sys.executable,
+        TRAIN_SCRIPT,
+        "--config-file",
+        config_file,
+        "--resume",
+        f"train.seed={seed}",
+        f"train.output_dir={output_dir}",
+        *overrides,
+    ]
     print("+", " ".join(command), flush=True)
     subprocess.run(command, check=True)
 
@@ -42,9 +51,12 @@ def collect(config_file, output_dir, overrides, task):
 
 def format_table(per_seed, seeds, task):
     phases = list(per_seed[0])
-    lines = [f"| phase ({task}, mean of seeds {', '.join(map(str, seeds))}) | "
-             + " | ".join(SUMMARY_METRICS) + " | APr per seed |",
-             "|---|" + "---:|" * (len(SUMMARY_METRICS) + 1)]
+    lines = [
+        f"| phase ({task}, mean of seeds {', '.join(map(str, seeds))}) | "
+        + " | ".join(SUMMARY_METRICS)
+        + " | APr per seed |",
+        "|---|" + "---:|" * (len(SUMMARY_METRICS) + 1),
+    ]
     for phase in phases:
         values = np.array([[seed_results[phase][m] for m in SUMMARY_METRICS] for seed_results in per_seed])
         means = np.nanmean(values, axis=0)

@@ -6,6 +6,7 @@
 The json is built in memory (LVIS v1 train's sizes by default: boxes, one 8-point polygon per object,
 federated image lists); parsing the real file (about 1 GB) is not included.
 """
+
 import argparse
 import time
 
@@ -20,12 +21,28 @@ def synthetic_lvis(num_annotations: int, num_images: int, num_classes: int, seed
     image_of = rng.integers(1, num_images + 1, num_annotations).tolist()
     class_of = rng.integers(1, num_classes + 1, num_annotations).tolist()
     boxes = np.round(rng.uniform(1, 300, (num_annotations, 4)), 2).tolist()
-    images = [{"id": i, "coco_url": f"http://images.cocodataset.org/train2017/{i:012d}.jpg", "height": 480,
-               "width": 640, "neg_category_ids": [1, 2, 3], "not_exhaustive_category_ids": [4]}
-              for i in range(1, num_images + 1)]
-    annotations = [{"id": k + 1, "image_id": i, "category_id": c, "bbox": b, "area": b[2] * b[3],
-                    "segmentation": [[b[0], b[1], b[0] + b[2], b[1], b[0] + b[2], b[1] + b[3], b[0], b[1] + b[3]]]}
-                   for k, (i, c, b) in enumerate(zip(image_of, class_of, boxes))]
+    images = [
+        {
+            "id": i,
+            "coco_url": f"http://images.cocodataset.org/train2017/{i:012d}.jpg",
+            "height": 480,
+            "width": 640,
+            "neg_category_ids": [1, 2, 3],
+            "not_exhaustive_category_ids": [4],
+        }
+        for i in range(1, num_images + 1)
+    ]
+    annotations = [
+        {
+            "id": k + 1,
+            "image_id": i,
+            "category_id": c,
+            "bbox": b,
+            "area": b[2] * b[3],
+            "segmentation": [[b[0], b[1], b[0] + b[2], b[1], b[0] + b[2], b[1] + b[3], b[0], b[1] + b[3]]],
+        }
+        for k, (i, c, b) in enumerate(zip(image_of, class_of, boxes))
+    ]
     categories = [{"id": c, "name": f"class_{c}"} for c in range(1, num_classes + 1)]
     return {"images": images, "annotations": annotations, "categories": categories}
 

@@ -24,6 +24,7 @@ Default sizes are LVIS v1 val-like: 20k images, 300 detections per image, 1203 c
     nice -n 10 python scripts/benchmark_evaluator.py --num-images 5000              # all sides
     python scripts/benchmark_evaluator.py --num-images 500 --dets-per-image 100 --num-classes 300
 """
+
 import argparse
 import contextlib
 import json
@@ -97,8 +98,9 @@ def _worker(side, gt_path, dets_path, max_dets):
     rss_in = _rss_mib()
     t0 = time.perf_counter()
     if side == "official":
-        from fixtures.lvis_api import numpy_float_shim
         from lvis import LVIS, LVISEval, LVISResults
+
+        from fixtures.lvis_api import numpy_float_shim
 
         with numpy_float_shim():
             gt = LVIS(gt_path)
@@ -125,7 +127,7 @@ def _run_side(side, gt_path, dets_path, max_dets, timeout):
         return {"side": side, "error": f"stopped after {time.perf_counter() - t0:.0f}s (timeout)"}
     for line in proc.stdout.splitlines():
         if line.startswith("@@RESULT@@"):
-            return json.loads(line[len("@@RESULT@@"):])
+            return json.loads(line[len("@@RESULT@@") :])
     tail = (proc.stderr or "").strip().splitlines()[-3:]
     return {"side": side, "error": f"exit code {proc.returncode} (e.g. out of memory: "
                                    f"{-proc.returncode == 9}): {' | '.join(tail)}"}  # fmt: skip

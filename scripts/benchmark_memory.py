@@ -46,7 +46,9 @@ def parse_args():
     parser.add_argument("--mfs-classes", type=int, default=8)
     parser.add_argument("--mfs-per-class", type=int, default=4)
     parser.add_argument("--rio-capacity", type=int, default=60)
-    parser.add_argument("--rio-fraction", type=float, default=0.59, help="share of classes targeted (706/1203 in LVIS v0.5)")
+    parser.add_argument(
+        "--rio-fraction", type=float, default=0.59, help="share of classes targeted (706/1203 in LVIS v0.5)"
+    )
     parser.add_argument("--rio-replay", type=int, default=20)
     parser.add_argument("--rio-positives-per-gt", type=int, default=24, help="positive RoIs per targeted GT box")
     parser.add_argument("--dim", type=int, default=1024)
@@ -176,7 +178,11 @@ class NaiveMemories:
         self.means = [None] * C
         self.variances = [None] * C
         self.mean_scores = torch.full((C + 1,), 0.01, device=device)
-        self.indicators = [CumulativeCount(C).to(device), TruePositiveRate(C).to(device), SoftConfusionMatrix(C).to(device)]
+        self.indicators = [
+            CumulativeCount(C).to(device),
+            TruePositiveRate(C).to(device),
+            SoftConfusionMatrix(C).to(device),
+        ]
         self.rng = random.Random(args.seed)
 
     def sample_queue(self, queues, classes, per_class, recent):
@@ -244,7 +250,8 @@ def input_bytes(inp, lab):
     """Bytes handed to the memories in one iteration, in the caller's dtype."""
     n_rio = lab["rio"].numel()
     tensors_bytes = (
-        inp.mfs_features.numel() * 4 + inp.mfs_targets.numel() * 4  # MFS push
+        inp.mfs_features.numel() * 4
+        + inp.mfs_targets.numel() * 4  # MFS push
         + n_rio * (inp.rio_features.shape[1] + 8) * 4  # RIO push
         + inp.fhm_features.numel() * 4  # FHM update
         + 2 * inp.roi_logits.numel() * 4  # TPR and confusion matrix inputs
@@ -263,11 +270,15 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} torch threads, device {device}")
+    print(
+        f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
+        f"device {device}"
+    )
     gen = torch.Generator().manual_seed(args.seed)
     inp = Inputs(args, device, gen)
     print(
-        f"per iteration: {args.images} images x {args.rois_per_image} RoIs = {inp.num_rois} RoIs, {inp.num_gt} GT boxes, "
+        f"per iteration: {args.images} images x {args.rois_per_image} RoIs = {inp.num_rois} RoIs, "
+        f"{inp.num_gt} GT boxes, "
         f"{inp.num_dense} dense boxes (MFS push / FHM update)"
     )
 
@@ -310,15 +321,18 @@ def main():
         dst.copy_(src)
         sync(device)
         copy_times.append(time.perf_counter() - t0)
-    copy_time = median(copy_times[args.warmup:])
-    best_copy_time = min(copy_times[args.warmup:])
+    copy_time = median(copy_times[args.warmup :])
+    best_copy_time = min(copy_times[args.warmup :])
     del src, dst
 
     print(
         f"bytes pushed + sampled per iteration: {bytes_per_iter / 2**20:.1f} MiB; "
         f"plain copy {copy_time * 1e3:.2f} ms (best {best_copy_time * 1e3:.2f} ms)"
     )
-    print(f"{'ms / iteration (median)':<24}" + "".join(f"{k:>12}" for k in ("queues", "prototypes", "indicators", "total")))
+    print(
+        f"{'ms / iteration (median)':<24}"
+        + "".join(f"{k:>12}" for k in ("queues", "prototypes", "indicators", "total"))
+    )
     for name, res in results.items():
         print(f"{name:<24}" + "".join(f"{res[k] * 1e3:12.2f}" for k in ("queues", "prototypes", "indicators", "total")))
     for suffix, copy in (("", copy_time), (" (best)", best_copy_time)):
@@ -326,7 +340,9 @@ def main():
         label = "median" if not suffix else "best"
         if "naive" + suffix in results:
             naive = results["naive" + suffix]
-            ratios = "  ".join(f"{k} {naive[k] / tensor[k]:.1f}x" for k in ("queues", "prototypes", "indicators", "total"))
+            ratios = "  ".join(
+                f"{k} {naive[k] / tensor[k]:.1f}x" for k in ("queues", "prototypes", "indicators", "total")
+            )
             print(f"[{label}] speed-up over per-class lists: {ratios}")
         print(f"[{label}] tensor total / plain copy: {tensor['total'] / copy:.2f}x")
 

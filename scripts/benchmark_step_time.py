@@ -13,6 +13,7 @@ baseline phase's train loader (loaded once, before timing: data loading and samp
 timed). Timing alternates blocks of ``--steps`` steps of each model for ``--rounds`` rounds, so
 machine noise hits both alike, and reports the median step time of each and their ratio.
 """
+
 import argparse
 import itertools
 import os
@@ -65,8 +66,9 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--checkpoint", default=None,
-                        help="weights to start both models from (e.g. the pretrain's model_final.pth)")
+    parser.add_argument(
+        "--checkpoint", default=None, help="weights to start both models from (e.g. the pretrain's model_final.pth)"
+    )
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
@@ -84,14 +86,18 @@ def main():
         for model, optimizer in ((baseline, baseline_optimizer), (method, method_optimizer)):
             timed_block(model, optimizer, batches[: args.warmup])  # warm-up: allocator, memory fill
         for _ in range(args.rounds):
-            baseline_times += timed_block(baseline, baseline_optimizer, batches[args.warmup:])
-            method_times += timed_block(method, method_optimizer, batches[args.warmup:])
+            baseline_times += timed_block(baseline, baseline_optimizer, batches[args.warmup :])
+            method_times += timed_block(method, method_optimizer, batches[args.warmup :])
 
     baseline_median, method_median = statistics.median(baseline_times), statistics.median(method_times)
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {baseline_cfg.train.device}")
-    print(f"batch: {baseline_cfg.dataloader.train.total_batch_size} images; "
-          f"{args.rounds} rounds x {args.steps} steps per model, after {args.warmup} warm-up steps")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {baseline_cfg.train.device}"
+    )
+    print(
+        f"batch: {baseline_cfg.dataloader.train.total_batch_size} images; "
+        f"{args.rounds} rounds x {args.steps} steps per model, after {args.warmup} warm-up steps"
+    )
     print(f"{args.baseline_phase}: median step {baseline_median * 1000:.1f} ms")
     print(f"{args.method_phase}: median step {method_median * 1000:.1f} ms")
     print(f"ratio {args.method_phase} / {args.baseline_phase}: {method_median / baseline_median:.3f}x")

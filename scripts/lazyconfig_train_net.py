@@ -14,6 +14,7 @@ name an existing key (``+key=value`` adds a new one). A config without ``phases`
 one-phase project, or any Detectron2 LazyConfig) trains in ``train.output_dir`` as Detectron2's
 own script does.
 """
+
 import logging
 
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -60,8 +61,13 @@ def checkpoint_to_evaluate(opts):
 def main(args):
     cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
-    return run_phases(cfg, resume=args.resume, only=args.phase, eval_only=args.eval_only,
-                      eval_checkpoint=checkpoint_to_evaluate(args.opts) if args.eval_only else None)
+    return run_phases(
+        cfg,
+        resume=args.resume,
+        only=args.phase,
+        eval_only=args.eval_only,
+        eval_checkpoint=checkpoint_to_evaluate(args.opts) if args.eval_only else None,
+    )
 
 
 def invoke_main():

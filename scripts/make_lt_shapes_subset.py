@@ -11,6 +11,7 @@ annotations when the dataset is loaded. ``--format lvis`` (default) keeps LVIS's
 lists and gives the val json the training frequency groups and counts, as LVIS val files do;
 ``--format coco`` writes plain COCO files (exhaustive annotation, ``file_name`` only, no groups).
 """
+
 import argparse
 import os
 import shutil
@@ -42,8 +43,12 @@ def subset_split(d: dict, kept_ids: np.ndarray, lvis_format: bool) -> dict:
             record["not_exhaustive_category_ids"] = []
         images.append(record)
     categories = [{k: c[k] for k in CATEGORY_FIELDS} for c in d["categories"] if c["id"] in kept]
-    return {"info": dict(d["info"], description="a subset of LT-Shapes"), "images": images,
-            "annotations": annotations, "categories": categories}
+    return {
+        "info": dict(d["info"], description="a subset of LT-Shapes"),
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
 
 
 def link_images(source_root: str, out_dir: str) -> None:
@@ -75,19 +80,26 @@ def main(argv=None):
     if lvis_format:  # like LVIS val: the val categories store the training counts and groups
         image_count, instance_count = class_counts(
             [a["image_id"] for a in train_subset["annotations"]],
-            np.searchsorted(kept_ids, [a["category_id"] for a in train_subset["annotations"]]), len(kept_ids))
-        for c, n_images, n_instances, group in zip(val_subset["categories"], image_count, instance_count,
-                                                   frequency_from_image_count(image_count)):
+            np.searchsorted(kept_ids, [a["category_id"] for a in train_subset["annotations"]]),
+            len(kept_ids),
+        )
+        for c, n_images, n_instances, group in zip(
+            val_subset["categories"], image_count, instance_count, frequency_from_image_count(image_count)
+        ):
             c.update(image_count=int(n_images), instance_count=int(n_instances), frequency=str(group))
 
     os.makedirs(args.out, exist_ok=True)
     link_images(source["root"], args.out)
     for name, subset in (("train", train_subset), ("val", val_subset)):
         write_json_atomic(os.path.join(args.out, f"{name}.json"), subset)
-        print(f"{os.path.join(args.out, name + '.json')}: {len(subset['images'])} images, "
-              f"{len(subset['annotations'])} annotations, {len(subset['categories'])} classes")
-    print(f"json category ids {kept_ids[:6].tolist()} ... {kept_ids[-1]} (contiguous classes 0..{len(kept_ids) - 1}); "
-          f"set model.roi_heads.num_classes={len(kept_ids)}")
+        print(
+            f"{os.path.join(args.out, name + '.json')}: {len(subset['images'])} images, "
+            f"{len(subset['annotations'])} annotations, {len(subset['categories'])} classes"
+        )
+    print(
+        f"json category ids {kept_ids[:6].tolist()} ... {kept_ids[-1]} (contiguous classes 0..{len(kept_ids) - 1}); "
+        f"set model.roi_heads.num_classes={len(kept_ids)}"
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ images per class, no backward; LOCE's official warm-up) measures them. Writes ``
 background last) and, with ``--per-class-ap``, ``<out>.png``. Measuring the pretrained and the
 fine-tuned checkpoint the same way gives the before / after comparison of the README.
 """
+
 import argparse
 import os
 

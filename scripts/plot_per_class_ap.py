@@ -6,9 +6,9 @@ Example:
     python scripts/plot_per_class_ap.py output/inference/per_class_ap_bbox.json \\
         --mean-scores output/mean_score.pt --out per_class_ap.png
 """
+
 import argparse
 import logging
-
 
 from ltdet2.evaluation.plots import plot_per_class_ap
 

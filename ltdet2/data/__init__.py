@@ -13,6 +13,13 @@ from .datasets import (  # noqa: F401
     load_lvis_format_json,
     register_lvis_format_dataset,
 )
+from .lt_shapes import (  # noqa: F401
+    LTShapesSpec,
+    get_lt_shapes,
+    register_all_lt_shapes,
+    register_lt_shapes,
+)
+from .lt_shapes import generate as generate_lt_shapes  # noqa: F401
 from .lvis_meta import (  # noqa: F401
     FREQUENCY_GROUPS,
     LVISMeta,
@@ -20,13 +27,6 @@ from .lvis_meta import (  # noqa: F401
     frequency_from_image_count,
     load_lvis_meta,
     lvis_meta_from_dataset,
-)
-from .lt_shapes import (  # noqa: F401
-    LTShapesSpec,
-    generate as generate_lt_shapes,
-    get_lt_shapes,
-    register_all_lt_shapes,
-    register_lt_shapes,
 )
 
 # registers lt_shapes_train / lt_shapes_val (seed 0) lazily; generates nothing at import

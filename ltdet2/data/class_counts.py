@@ -4,7 +4,8 @@ Every caller that needs "how many images hold class c" goes through here: LVIS m
 repeat-factor sampling, the class-balanced warm-up, replay targets. Class indices are contiguous
 (``0 .. C-1``); image keys are any integers (json ids or positions in a list).
 """
-from typing import Sequence, Tuple, Union
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -16,7 +17,7 @@ __all__ = [
 ]
 
 
-def unique_image_class_pairs(image_keys, class_index) -> Tuple[np.ndarray, np.ndarray]:
+def unique_image_class_pairs(image_keys, class_index) -> tuple[np.ndarray, np.ndarray]:
     """Unique (image, class) pairs of per-annotation arrays, sorted by image key, then class.
 
     Args:
@@ -48,7 +49,7 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
     return values[np.concatenate([[True], values[1:] != values[:-1]])] if len(values) else values
 
 
-def class_counts(image_keys, class_index, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
+def class_counts(image_keys, class_index, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-class numbers of images and of instances from per-annotation arrays.
 
     Args:
@@ -66,30 +67,36 @@ def class_counts(image_keys, class_index, num_classes: int) -> Tuple[np.ndarray,
         raise ValueError(f"num_classes must be >= 0, got {num_classes}")
     outside = (class_index < 0) | (class_index >= num_classes)
     if outside.any():
-        raise ValueError(f"{int(outside.sum())} annotations have class indices outside [0, {num_classes}): "
-                         f"{np.unique(class_index[outside])[:10].tolist()}")
+        raise ValueError(
+            f"{int(outside.sum())} annotations have class indices outside [0, {num_classes}): "
+            f"{np.unique(class_index[outside])[:10].tolist()}"
+        )
     _, pair_classes = unique_image_class_pairs(image_keys, class_index)
     image_count = np.bincount(pair_classes, minlength=num_classes).astype(np.int64)
     instance_count = np.bincount(class_index, minlength=num_classes).astype(np.int64)
     return image_count, instance_count
 
 
-def dataset_dict_pairs(dataset_dicts: Sequence[dict]) -> Tuple[np.ndarray, np.ndarray]:
+def dataset_dict_pairs(dataset_dicts: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
     """Unique (image position, class) pairs of Detectron2 dataset dicts (``category_id`` contiguous).
 
     Returns:
         (image_index [P], class_index [P]) int64, ``image_index`` the position in ``dataset_dicts``;
         sorted by image, then class. A dict without ``annotations`` has no pair.
     """
-    lengths = np.fromiter((len(d.get("annotations", ())) for d in dataset_dicts), dtype=np.int64,
-                          count=len(dataset_dicts))
-    classes = np.fromiter((a["category_id"] for d in dataset_dicts for a in d.get("annotations", ())),
-                          dtype=np.int64, count=int(lengths.sum()))
+    lengths = np.fromiter(
+        (len(d.get("annotations", ())) for d in dataset_dicts), dtype=np.int64, count=len(dataset_dicts)
+    )
+    classes = np.fromiter(
+        (a["category_id"] for d in dataset_dicts for a in d.get("annotations", ())),
+        dtype=np.int64,
+        count=int(lengths.sum()),
+    )
     images = np.repeat(np.arange(len(dataset_dicts), dtype=np.int64), lengths)
     return unique_image_class_pairs(images, classes)
 
 
-def _registered_image_count(dataset_name: str) -> Tuple[tuple, np.ndarray]:
+def _registered_image_count(dataset_name: str) -> tuple[tuple, np.ndarray]:
     """(json category ids ascending, [C] image count) of one registered dataset."""
     from detectron2.data import MetadataCatalog
 
@@ -103,11 +110,10 @@ def _registered_image_count(dataset_name: str) -> Tuple[tuple, np.ndarray]:
     if records is None:
         raise ValueError(f"dataset {dataset_name!r} has neither 'class_image_count' nor 'json_file' in its metadata")
     records = sorted(records, key=lambda r: r["id"])
-    return (tuple(int(r["id"]) for r in records),
-            np.asarray([int(r["image_count"]) for r in records], dtype=np.int64))
+    return (tuple(int(r["id"]) for r in records), np.asarray([int(r["image_count"]) for r in records], dtype=np.int64))
 
 
-def dataset_class_image_count(dataset_names: Union[str, Sequence[str]]) -> np.ndarray:
+def dataset_class_image_count(dataset_names: str | Sequence[str]) -> np.ndarray:
     """``[C]`` int64 training images per contiguous class of a registered dataset, or the sum over
     several (as ``get_detection_dataset_dicts`` takes them; same categories).
 
@@ -122,6 +128,8 @@ def dataset_class_image_count(dataset_names: Union[str, Sequence[str]]) -> np.nd
         raise ValueError("dataset_class_image_count needs at least one dataset name")
     category_ids, counts = zip(*(_registered_image_count(name) for name in names))
     if len(set(category_ids)) > 1:
-        raise ValueError(f"datasets {names} have different categories ({[len(ids) for ids in category_ids]} "
-                         "category ids); their image counts cannot be summed")
+        raise ValueError(
+            f"datasets {names} have different categories ({[len(ids) for ids in category_ids]} "
+            "category ids); their image counts cannot be summed"
+        )
     return np.sum(counts, axis=0, dtype=np.int64)

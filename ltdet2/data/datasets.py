@@ -12,13 +12,14 @@ json for an evaluation split, given as ``train_json``), never from stored fields
 against them instead (:func:`ltdet2.data.validation.check_annotations`); frequency groups are LVIS's
 thresholds on those image counts.
 """
+
 import contextlib
 import gc
 import logging
 import os
 import threading
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -80,8 +81,10 @@ class LVISFormatMetadata(Metadata):
         }
         for key, value in values.items():
             if key in self.__dict__ and self.__dict__[key] != value:
-                raise ValueError(f"dataset {self.name!r}: metadata {key!r} was registered as {self.__dict__[key]!r} "
-                                 f"but {self.__dict__['json_file']} gives {value!r}")
+                raise ValueError(
+                    f"dataset {self.name!r}: metadata {key!r} was registered as {self.__dict__[key]!r} "
+                    f"but {self.__dict__['json_file']} gives {value!r}"
+                )
         self.__dict__.update(values)
 
 
@@ -97,7 +100,7 @@ _CACHE_LOCK = threading.Lock()
 _CACHE_MAX = 16
 
 
-def _file_key(path: Optional[str]):
+def _file_key(path: str | None):
     if path is None:
         return None
     try:
@@ -107,22 +110,25 @@ def _file_key(path: Optional[str]):
     return path, st.st_mtime_ns, st.st_size
 
 
-def _read_checked(json_file: str, skip_invalid: bool, train_json: Optional[str]):
+def _read_checked(json_file: str, skip_invalid: bool, train_json: str | None):
     """(json dict, :class:`CheckedAnnotations`, :class:`LVISMeta`) of a file; the meta is cached
     by the files' (path, mtime, size), and the skip_invalid warning logged once per version."""
     key = (_file_key(json_file), _file_key(train_json), bool(skip_invalid))
     reference = None
     if train_json is not None:
         train = _checked_meta(train_json, skip_invalid, None)
-        reference = CountReference(np.asarray(train.category_ids), train.image_count, train.instance_count,
-                                   f"the annotations of {train.source}")
+        reference = CountReference(
+            np.asarray(train.category_ids),
+            train.image_count,
+            train.instance_count,
+            f"the annotations of {train.source}",
+        )
     d = read_json(json_file, what="dataset json")
     if reference is None and isinstance(d, dict) and not d.get("annotations"):
         reference = _stored_counts(d, json_file)
     with _CACHE_LOCK:
         meta = _CACHE.get(key)
-    checked = check_annotations(d, source=json_file, skip_invalid=skip_invalid, reference=reference,
-                                log=meta is None)
+    checked = check_annotations(d, source=json_file, skip_invalid=skip_invalid, reference=reference, log=meta is None)
     if meta is None:
         counts = reference if reference is not None else checked
         meta = LVISMeta(
@@ -140,7 +146,7 @@ def _read_checked(json_file: str, skip_invalid: bool, train_json: Optional[str])
     return d, checked, meta
 
 
-def _stored_counts(d: dict, source: str) -> Optional[CountReference]:
+def _stored_counts(d: dict, source: str) -> CountReference | None:
     """The stored counts of a file without annotations (a category table such as LVIS test-dev): with
     nothing to count, they are its counts. None if some category lacks them."""
     categories = d.get("categories") or []
@@ -148,13 +154,15 @@ def _stored_counts(d: dict, source: str) -> Optional[CountReference]:
         return None
     ordered = sorted(categories, key=lambda c: c["id"])
     logger.info("%s has no annotations: its stored image_count / instance_count are used", source)
-    return CountReference(np.array([c["id"] for c in ordered], dtype=np.int64),
-                          np.array([c["image_count"] for c in ordered], dtype=np.int64),
-                          np.array([c["instance_count"] for c in ordered], dtype=np.int64),
-                          "its stored counts (it has no annotations)")
+    return CountReference(
+        np.array([c["id"] for c in ordered], dtype=np.int64),
+        np.array([c["image_count"] for c in ordered], dtype=np.int64),
+        np.array([c["instance_count"] for c in ordered], dtype=np.int64),
+        "its stored counts (it has no annotations)",
+    )
 
 
-def _checked_meta(json_file: str, skip_invalid: bool, train_json: Optional[str]) -> LVISMeta:
+def _checked_meta(json_file: str, skip_invalid: bool, train_json: str | None) -> LVISMeta:
     key = (_file_key(json_file), _file_key(train_json), bool(skip_invalid))
     with _CACHE_LOCK:
         meta = _CACHE.get(key)
@@ -249,13 +257,14 @@ def _build_dataset_dicts(d: dict, checked, image_root: str) -> list:
             if key in checked.category_lists:
                 record[key] = checked.category_lists[key][p]
         record["image_id"] = image["id"]
-        record["annotations"] = instances[starts[p]:starts[p + 1]]
+        record["annotations"] = instances[starts[p] : starts[p + 1]]
         records.append(record)
     return records
 
 
-def load_lvis_format_json(json_file, image_root, dataset_name: Optional[str] = None, *, skip_invalid: bool = False,
-                          train_json=None) -> list:
+def load_lvis_format_json(
+    json_file, image_root, dataset_name: str | None = None, *, skip_invalid: bool = False, train_json=None
+) -> list:
     """Detectron2 dataset dicts of an LVIS- or COCO-format json, validated first.
 
     Like Detectron2's ``load_lvis_json`` / ``load_coco_json``: one record per image, sorted by image id,
@@ -280,9 +289,14 @@ def load_lvis_format_json(json_file, image_root, dataset_name: Optional[str] = N
     if dataset_name is not None:
         _registered(dataset_name).fill_from(meta)
     records = _dataset_dicts(d, checked, os.fspath(image_root))
-    logger.info("Loaded %d images and %d annotations in the %s format from %s in %.1f s", len(records),
-                int(checked.keep.sum()), "LVIS" if checked.lvis_format else "COCO", json_file,
-                time.perf_counter() - t0)
+    logger.info(
+        "Loaded %d images and %d annotations in the %s format from %s in %.1f s",
+        len(records),
+        int(checked.keep.sum()),
+        "LVIS" if checked.lvis_format else "COCO",
+        json_file,
+        time.perf_counter() - t0,
+    )
     return records
 
 
@@ -295,8 +309,16 @@ def _local_path(path) -> str:
     return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 
-def register_lvis_format_dataset(name: str, json_file, image_root, *, skip_invalid: bool = False, train_json=None,
-                                 prepare: Optional[Callable[[], object]] = None, **metadata) -> str:
+def register_lvis_format_dataset(
+    name: str,
+    json_file,
+    image_root,
+    *,
+    skip_invalid: bool = False,
+    train_json=None,
+    prepare: Callable[[], object] | None = None,
+    **metadata,
+) -> str:
     """Register an LVIS- or COCO-format dataset in Detectron2's ``DatasetCatalog`` / ``MetadataCatalog``.
 
     Nothing is read now: the json is read, validated (once, one report) and counted when the dataset
@@ -330,16 +352,25 @@ def register_lvis_format_dataset(name: str, json_file, image_root, *, skip_inval
     json_file = _local_path(json_file)
     train_json = None if train_json is None else _local_path(train_json)
     image_root = os.fspath(image_root)
-    options = dict(metadata, json_file=json_file, image_root=image_root, evaluator_type="lvis",
-                   skip_invalid=bool(skip_invalid), train_json=train_json)
+    options = dict(
+        metadata,
+        json_file=json_file,
+        image_root=image_root,
+        evaluator_type="lvis",
+        skip_invalid=bool(skip_invalid),
+        train_json=train_json,
+    )
     if name in DatasetCatalog:
         existing = MetadataCatalog.data.get(name)
-        if isinstance(existing, LVISFormatMetadata) and all(existing.__dict__.get(k, _MISSING) == v
-                                                            for k, v in options.items()):
+        if isinstance(existing, LVISFormatMetadata) and all(
+            existing.__dict__.get(k, _MISSING) == v for k, v in options.items()
+        ):
             return name
         registered = existing.__dict__.get("json_file") if existing is not None else None
-        raise ValueError(f"dataset name {name!r} is already registered (json_file={registered!r}); "
-                         f"choose another name to register {json_file}")
+        raise ValueError(
+            f"dataset name {name!r} is already registered (json_file={registered!r}); "
+            f"choose another name to register {json_file}"
+        )
 
     def _load():
         if prepare is not None:
@@ -349,8 +380,7 @@ def register_lvis_format_dataset(name: str, json_file, image_root, *, skip_inval
     DatasetCatalog.register(name, _load)
     existing = MetadataCatalog.data.pop(name, None)  # keys someone set before registering are kept
     meta = LVISFormatMetadata(name=name)
-    meta.__dict__.update({k: v for k, v in (existing.__dict__ if existing is not None else {}).items()
-                          if k != "name"})
+    meta.__dict__.update({k: v for k, v in (existing.__dict__ if existing is not None else {}).items() if k != "name"})
     from_file = {k: options.pop(k) for k in FROM_FILE_KEYS if k in options}
     meta.set(**options)
     meta.__dict__.update(from_file)  # checked against the file when it is read
@@ -379,9 +409,12 @@ def evaluation_ground_truth(dataset_name: str):
     d, checked, meta = _read_checked(metadata.json_file, metadata.skip_invalid, metadata.train_json)
     metadata.fill_from(meta)
     if metadata.train_json is None and any("frequency" not in c for c in d["categories"]):
-        logger.warning("%s: no train_json and no stored 'frequency': the AP_r / AP_c / AP_f groups come from "
-                       "this file's own annotation counts (register it with train_json=<training json> for "
-                       "groups by training counts)", metadata.json_file)
+        logger.warning(
+            "%s: no train_json and no stored 'frequency': the AP_r / AP_c / AP_f groups come from "
+            "this file's own annotation counts (register it with train_json=<training json> for "
+            "groups by training counts)",
+            metadata.json_file,
+        )
 
     annotations = [a if "area" in a else dict(a, area=float(a["bbox"][2]) * float(a["bbox"][3]))
                    for a, keep in zip(d["annotations"], checked.keep.tolist()) if keep]  # fmt: skip
@@ -391,8 +424,10 @@ def evaluation_ground_truth(dataset_name: str):
     else:
         present = np.zeros((len(d["images"]), len(category_ids)), dtype=bool)
         present[checked.image_position[checked.keep], checked.class_index[checked.keep]] = True
-        lists = {"neg_category_ids": [category_ids[~row].tolist() for row in present],
-                 "not_exhaustive_category_ids": [[] for _ in d["images"]]}
+        lists = {
+            "neg_category_ids": [category_ids[~row].tolist() for row in present],
+            "not_exhaustive_category_ids": [[] for _ in d["images"]],
+        }
     images = [dict(im, **{key: lists[key][p] for key in CATEGORY_LIST_KEYS}) for p, im in enumerate(d["images"])]
     by_id = {int(c["id"]): c for c in d["categories"]}
     categories = [

@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Union
+from typing import Any
 
 import numpy as np
 
@@ -65,8 +66,9 @@ def frequency_from_image_count(image_count) -> np.ndarray:
     """
     counts = np.asarray(image_count)
     if counts.size and (counts < 0).any():
-        raise ValueError(f"image_count must be >= 0, got negative values at indices "
-                         f"{_fmt_ids(np.nonzero(counts < 0)[0])}")
+        raise ValueError(
+            f"image_count must be >= 0, got negative values at indices {_fmt_ids(np.nonzero(counts < 0)[0])}"
+        )
     out = np.full(counts.shape, "r", dtype="<U1")
     out[counts > RARE_MAX_IMAGES] = "c"
     out[counts > COMMON_MAX_IMAGES] = "f"
@@ -98,14 +100,16 @@ class LVISMeta:
         for field_name in ("names", "frequency", "image_count", "instance_count"):
             n = len(getattr(self, field_name))
             if n != c:
-                raise ValueError(f"LVISMeta({self.source}): {field_name} has {n} entries, "
-                                 f"expected {c} (one per category)")
+                raise ValueError(
+                    f"LVISMeta({self.source}): {field_name} has {n} entries, expected {c} (one per category)"
+                )
         bad = ~np.isin(self.frequency, FREQUENCY_GROUPS)
         if bad.any():
             raise ValueError(
                 f"LVISMeta({self.source}): frequency must be one of {FREQUENCY_GROUPS}; "
                 f"category ids {_fmt_ids(np.asarray(self.category_ids)[bad])} have "
-                f"{sorted(set(np.asarray(self.frequency)[bad].tolist()))}")
+                f"{sorted(set(np.asarray(self.frequency)[bad].tolist()))}"
+            )
         # arrays are shared through the cache: make them read-only
         for arr in (self.frequency, self.image_count, self.instance_count):
             arr.setflags(write=False)
@@ -189,23 +193,26 @@ def count_from_annotations(dataset_dict_json: Mapping[str, Any], *, source: str 
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{source}: every annotation needs integer 'image_id' and 'category_id' ({e!r})") from e
     try:
-        img_ids = np.unique(np.fromiter((im["id"] for im in d["images"]), dtype=np.int64,
-                                        count=len(d["images"])))
+        img_ids = np.unique(np.fromiter((im["id"] for im in d["images"]), dtype=np.int64, count=len(d["images"])))
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{source}: every record in 'images' needs an integer 'id' ({e!r})") from e
 
     bad_img = ~np.isin(ann_img, img_ids)
     if bad_img.any():
-        raise ValueError(f"{source}: {int(bad_img.sum())} annotations point at unknown image ids "
-                         f"{_fmt_ids(np.unique(ann_img[bad_img]))}")
+        raise ValueError(
+            f"{source}: {int(bad_img.sum())} annotations point at unknown image ids "
+            f"{_fmt_ids(np.unique(ann_img[bad_img]))}"
+        )
     cat_idx = np.searchsorted(cat_ids, ann_cat)
     if len(cat_ids):
         bad_cat = cat_ids[np.minimum(cat_idx, len(cat_ids) - 1)] != ann_cat
     else:
         bad_cat = np.ones(n, dtype=bool)
     if bad_cat.any():
-        raise ValueError(f"{source}: {int(bad_cat.sum())} annotations point at unknown category ids "
-                         f"{_fmt_ids(np.unique(ann_cat[bad_cat]))}")
+        raise ValueError(
+            f"{source}: {int(bad_cat.sum())} annotations point at unknown category ids "
+            f"{_fmt_ids(np.unique(ann_cat[bad_cat]))}"
+        )
     return class_counts(ann_img, cat_idx, len(cat_ids))
 
 
@@ -237,8 +244,9 @@ def _build_meta(d: Mapping[str, Any], source: str, recompute_counts: bool, deriv
     if recompute_counts or not has_counts:
         if not recompute_counts:
             missing = [c["id"] for c in ordered if "image_count" not in c or "instance_count" not in c]
-            logger.info("%s: %d categories lack image_count/instance_count; counting from annotations",
-                        source, len(missing))
+            logger.info(
+                "%s: %d categories lack image_count/instance_count; counting from annotations", source, len(missing)
+            )
         image_count, instance_count = count_from_annotations(d, source=source)
     else:
         try:
@@ -253,13 +261,16 @@ def _build_meta(d: Mapping[str, Any], source: str, recompute_counts: bool, deriv
     else:
         missing = [int(c["id"]) for c in ordered if "frequency" not in c]
         if missing and not recompute_counts:
-            raise ValueError(f"{source}: categories without 'frequency': ids {_fmt_ids(missing)} "
-                             f"(pass recompute_counts=True to derive it from image counts)")
+            raise ValueError(
+                f"{source}: categories without 'frequency': ids {_fmt_ids(missing)} "
+                f"(pass recompute_counts=True to derive it from image counts)"
+            )
         frequency = np.array([c.get("frequency", d_) for c, d_ in zip(ordered, derived)], dtype="<U1")
         bad = [int(c["id"]) for c in ordered if c.get("frequency", "r") not in FREQUENCY_GROUPS]
         if bad:
-            raise ValueError(f"{source}: 'frequency' must be one of {FREQUENCY_GROUPS}; bad category ids "
-                             f"{_fmt_ids(bad)}")
+            raise ValueError(
+                f"{source}: 'frequency' must be one of {FREQUENCY_GROUPS}; bad category ids {_fmt_ids(bad)}"
+            )
     return LVISMeta(
         category_ids=tuple(int(i) for i in cat_ids),
         names=tuple(str(n) for n in names),
@@ -280,8 +291,12 @@ def clear_lvis_meta_cache() -> None:
         _CACHE.clear()
 
 
-def load_lvis_meta(json_file_or_dict: Union[str, os.PathLike, Mapping[str, Any]], *,
-                   recompute_counts: bool = False, derive_frequency: bool = False) -> LVISMeta:
+def load_lvis_meta(
+    json_file_or_dict: str | os.PathLike | Mapping[str, Any],
+    *,
+    recompute_counts: bool = False,
+    derive_frequency: bool = False,
+) -> LVISMeta:
     """Read :class:`LVISMeta` from an LVIS-format json file (or an already loaded dict).
 
     Args:
@@ -336,8 +351,10 @@ def lvis_meta_from_dataset(dataset_name: str, **kwargs) -> LVISMeta:
 
     if is_lvis_format_dataset(dataset_name):
         if kwargs:
-            raise TypeError(f"dataset {dataset_name!r} is registered by register_lvis_format_dataset: its counts "
-                            f"and groups come from its annotations; {sorted(kwargs)} do not apply")
+            raise TypeError(
+                f"dataset {dataset_name!r} is registered by register_lvis_format_dataset: its counts "
+                f"and groups come from its annotations; {sorted(kwargs)} do not apply"
+            )
         return dataset_lvis_meta(dataset_name)
     json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
     if json_file is None:

@@ -15,7 +15,8 @@ Definitions (``f_c``: fraction of the training images that contain class ``c``):
 Class indices are Detectron2's contiguous ``category_id`` of the dataset dicts; for LVIS-format
 data this is the contiguous index of :class:`ltdet2.data.LVISMeta` (json id order).
 """
-from typing import Optional, Sequence, Union
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -68,8 +69,8 @@ def repeat_factors_from_dataset_dicts(
     *,
     threshold: float = 0.001,
     power: float = 0.5,
-    image_count: Union[None, np.ndarray, Sequence[int], LVISMeta] = None,
-    num_images: Optional[int] = None,
+    image_count: None | np.ndarray | Sequence[int] | LVISMeta = None,
+    num_images: int | None = None,
 ) -> torch.Tensor:
     """Per-image repeat factors of a Detectron2 dataset.
 
@@ -91,11 +92,13 @@ def repeat_factors_from_dataset_dicts(
     if image_count is None:
         counts = np.bincount(classes, minlength=int(classes.max()) + 1 if len(classes) else 0)
     else:
-        counts = np.asarray(image_count.image_count if isinstance(image_count, LVISMeta) else image_count,
-                            dtype=np.float64)
+        counts = np.asarray(
+            image_count.image_count if isinstance(image_count, LVISMeta) else image_count, dtype=np.float64
+        )
         if len(classes) and classes.max() >= len(counts):
-            raise ValueError(f"dataset dicts hold category_id {int(classes.max())} but image_count has only "
-                             f"{len(counts)} classes")
+            raise ValueError(
+                f"dataset dicts hold category_id {int(classes.max())} but image_count has only {len(counts)} classes"
+            )
     class_factors = class_repeat_factors(counts / num_images, threshold=threshold, power=power)
     factors = image_repeat_factors(images, classes, len(dataset_dicts), class_factors)
     return torch.as_tensor(factors, dtype=torch.float32)
@@ -106,10 +109,10 @@ def repeat_factor_sampler(
     *,
     threshold: float = 0.001,
     power: float = 0.5,
-    image_count: Union[None, np.ndarray, Sequence[int], LVISMeta] = None,
-    num_images: Optional[int] = None,
+    image_count: None | np.ndarray | Sequence[int] | LVISMeta = None,
+    num_images: int | None = None,
     shuffle: bool = True,
-    seed: Optional[int] = None,
+    seed: int | None = None,
 ):
     """Detectron2's :class:`RepeatFactorTrainingSampler` with ltdet2's repeat factors.
 
@@ -129,6 +132,7 @@ def repeat_factor_sampler(
     """
     from detectron2.data.samplers import RepeatFactorTrainingSampler
 
-    factors = repeat_factors_from_dataset_dicts(dataset_dicts, threshold=threshold, power=power,
-                                                image_count=image_count, num_images=num_images)
+    factors = repeat_factors_from_dataset_dicts(
+        dataset_dicts, threshold=threshold, power=power, image_count=image_count, num_images=num_images
+    )
     return RepeatFactorTrainingSampler(factors, shuffle=shuffle, seed=seed)

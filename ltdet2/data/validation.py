@@ -17,10 +17,12 @@ Checked:
 Structural problems (no ``images``, a record without an integer id, repeated image or category
 ids) are raised at once: nothing can be counted without them.
 """
+
 import itertools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import numpy as np
 
@@ -127,8 +129,10 @@ def _bad_polygons(annotations) -> np.ndarray:
     (Detectron2's LVIS loader asserts on them, its COCO loader drops the mask without a word)."""
     segmentations = [a.get("segmentation") for a in annotations]
     polygons = [s for s in segmentations if type(s) is list]  # RLE dicts and missing masks are not polygons
-    owner = np.repeat(np.fromiter((type(s) is list for s in segmentations), dtype=bool, count=len(annotations))
-                      .nonzero()[0], np.fromiter(map(len, polygons), dtype=np.int64, count=len(polygons)))
+    owner = np.repeat(
+        np.fromiter((type(s) is list for s in segmentations), dtype=bool, count=len(annotations)).nonzero()[0],
+        np.fromiter(map(len, polygons), dtype=np.int64, count=len(polygons)),
+    )
     lengths = np.fromiter(map(len, itertools.chain.from_iterable(polygons)), dtype=np.int64, count=len(owner))
     bad = np.zeros(len(annotations), dtype=bool)
     bad[owner[(lengths < 6) | (lengths % 2 == 1)]] = True
@@ -139,8 +143,9 @@ def _category_lists(images, key: str, category_ids: np.ndarray):
     """Contiguous class lists of an image field (one per image) and the unknown (image ids, category ids)."""
     lengths = np.fromiter((len(im.get(key) or ()) for im in images), dtype=np.int64, count=len(images))
     try:
-        flat = np.fromiter(itertools.chain.from_iterable(im.get(key) or () for im in images), dtype=np.int64,
-                           count=int(lengths.sum()))
+        flat = np.fromiter(
+            itertools.chain.from_iterable(im.get(key) or () for im in images), dtype=np.int64, count=int(lengths.sum())
+        )
     except (TypeError, ValueError) as e:
         raise ValueError(f"'{key}' of images must be lists of integer category ids ({e!r})") from e
     position, known = _lookup(category_ids, flat)
@@ -160,16 +165,18 @@ def _stored_mismatch(categories_by_index, field: str, expected: np.ndarray):
     if field == "frequency":
         comparable = np.array([s if isinstance(s, str) else None for s in stored], dtype=object)
     else:
-        comparable = np.array([s if isinstance(s, (int, float)) and not isinstance(s, bool) else np.nan
-                               for s in stored], dtype=np.float64)
+        comparable = np.array(
+            [s if isinstance(s, (int, float)) and not isinstance(s, bool) else np.nan for s in stored], dtype=np.float64
+        )
     written = np.empty(len(stored), dtype=object)
     written[:] = [s if np.isscalar(s) else repr(s) for s in stored]  # scalars only: no broadcasting
     return present & (comparable != expected), written
 
 
 def _fmt_pairs(ids, stored, counted, limit: int = 10) -> str:
-    shown = ", ".join(f"{int(i)} (stored {s!r}, counted {c!r})"
-                      for i, s, c in zip(ids[:limit], stored[:limit], counted[:limit]))
+    shown = ", ".join(
+        f"{int(i)} (stored {s!r}, counted {c!r})" for i, s, c in zip(ids[:limit], stored[:limit], counted[:limit])
+    )
     return shown + (f", ... ({len(ids)} in total)" if len(ids) > limit else "")
 
 
@@ -178,7 +185,7 @@ def check_annotations(
     *,
     source: str = "<dict>",
     skip_invalid: bool = False,
-    reference: Optional[CountReference] = None,
+    reference: CountReference | None = None,
     log: bool = True,
 ) -> CheckedAnnotations:
     """Check an LVIS- or COCO-format json (the loaded dict) and count its valid annotations.
@@ -223,8 +230,10 @@ def check_annotations(
     lvis_format = bool(has_lists.any())
     if lvis_format and not has_lists.all():
         lacking = image_ids[~has_lists.all(axis=1)]
-        raise ValueError(f"{source}: some images have {CATEGORY_LIST_KEYS} (LVIS format) and images "
-                         f"{_fmt_ids(lacking)} lack them; give them to every image or to none (COCO format)")
+        raise ValueError(
+            f"{source}: some images have {CATEGORY_LIST_KEYS} (LVIS format) and images "
+            f"{_fmt_ids(lacking)} lack them; give them to every image or to none (COCO format)"
+        )
 
     ann_ids = _int_column(annotations, "id", source, "annotations")
     ann_image = _int_column(annotations, "image_id", source, "annotations")
@@ -270,21 +279,28 @@ def check_annotations(
         lists, unknown_images, unknown_ids = _category_lists(images, key, category_ids)
         category_lists[key] = lists
         if len(unknown_ids):
-            lines.append(f"{len(np.unique(unknown_images))} images list unknown category ids "
-                         f"{_fmt_ids(np.unique(unknown_ids))} in '{key}': image ids "
-                         f"{_fmt_ids(image_ids[np.unique(unknown_images)])}")
+            lines.append(
+                f"{len(np.unique(unknown_images))} images list unknown category ids "
+                f"{_fmt_ids(np.unique(unknown_ids))} in '{key}': image ids "
+                f"{_fmt_ids(image_ids[np.unique(unknown_images)])}"
+            )
 
     own_counts = reference is None
     if own_counts:
         # stored fields describe the annotations as written: an empty box still counted when they were made
         written = image_known & category_known
-        written_counts = ((image_count, instance_count) if np.array_equal(written, keep)
-                          else class_counts(ann_image[written], class_index[written], len(category_ids)))
+        written_counts = (
+            (image_count, instance_count)
+            if np.array_equal(written, keep)
+            else class_counts(ann_image[written], class_index[written], len(category_ids))
+        )
         reference = CountReference(category_ids, *written_counts, "its annotations")
     elif not np.array_equal(reference.category_ids, category_ids):
-        raise ValueError(f"{source}: its categories ({len(category_ids)} ids) differ from those of "
-                         f"{reference.source} ({len(reference.category_ids)} ids); its stored counts and frequency "
-                         "groups must refer to the same categories")
+        raise ValueError(
+            f"{source}: its categories ({len(category_ids)} ids) differ from those of "
+            f"{reference.source} ({len(reference.category_ids)} ids); its stored counts and frequency "
+            "groups must refer to the same categories"
+        )
     expected = {
         "image_count": reference.image_count,
         "instance_count": reference.instance_count,
@@ -296,21 +312,33 @@ def check_annotations(
         if stale.any():
             num_stale += 1
             rule = " (LVIS groups of the counted image counts)" if field == "frequency" else ""
-            lines.append(f"{int(stale.sum())} categories have a stored '{field}' that disagrees with "
-                         f"{reference.source}{rule}: category id "
-                         f"{_fmt_pairs(category_ids[stale], stored[stale].tolist(), counted[stale].tolist())}")
+            lines.append(
+                f"{int(stale.sum())} categories have a stored '{field}' that disagrees with "
+                f"{reference.source}{rule}: category id "
+                f"{_fmt_pairs(category_ids[stale], stored[stale].tolist(), counted[stale].tolist())}"
+            )
 
     if lines and not skip_invalid:
-        hint = ("; for an evaluation split whose stored counts are the training set's (like LVIS val), give the "
-                "training json as train_json" if num_stale and own_counts else "")
-        raise ValueError(f"{source}: {len(lines)} kinds of problems (pass skip_invalid=True to drop the invalid "
-                         f"annotations and use the counted numbers instead of the stored ones{hint}):\n  * "
-                         + "\n  * ".join(lines))
+        hint = (
+            "; for an evaluation split whose stored counts are the training set's (like LVIS val), give the "
+            "training json as train_json"
+            if num_stale and own_counts
+            else ""
+        )
+        raise ValueError(
+            f"{source}: {len(lines)} kinds of problems (pass skip_invalid=True to drop the invalid "
+            f"annotations and use the counted numbers instead of the stored ones{hint}):\n  * " + "\n  * ".join(lines)
+        )
     if lines and log:
-        logger.warning("%s: skip_invalid=True: dropped %d of %d annotations%s:\n  * %s%s", source,
-                       int(invalid.sum()), len(annotations),
-                       ", ignored stored per-category fields (the counted numbers are used)" if num_stale else "",
-                       "\n  * ".join(lines), _dropped_per_class(class_index[invalid], names, category_ids))
+        logger.warning(
+            "%s: skip_invalid=True: dropped %d of %d annotations%s:\n  * %s%s",
+            source,
+            int(invalid.sum()),
+            len(annotations),
+            ", ignored stored per-category fields (the counted numbers are used)" if num_stale else "",
+            "\n  * ".join(lines),
+            _dropped_per_class(class_index[invalid], names, category_ids),
+        )
     return CheckedAnnotations(
         source=source,
         lvis_format=lvis_format,
@@ -338,4 +366,3 @@ def _dropped_per_class(dropped_classes: np.ndarray, names, category_ids) -> str:
     if unknown:
         rows.append(("(unknown category)", "-", unknown))
     return "\ndropped annotations per class:\n" + tabulate(rows, headers=["class", "id", "dropped"])
-

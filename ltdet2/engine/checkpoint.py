@@ -5,6 +5,7 @@ Detectron2's :class:`DetectionCheckpointer` writes ``model_XXXXXXX.pth`` and ``l
 place (a kill during a save leaves a truncated file that ``--resume`` then fails to read), and its
 ``PeriodicCheckpointer`` only counts the checkpoints of the current run towards ``max_to_keep``.
 """
+
 import logging
 import os
 import re
@@ -38,8 +39,9 @@ def checkpoints_in(folder):
     ``model_final.pth``, then ``model_XXXXXXX.pth`` by decreasing iteration."""
     if not os.path.isdir(folder):
         return []
-    periodic = sorted(((int(m.group(1)), name) for name in os.listdir(folder)
-                       if (m := _PERIODIC_NAME.match(name))), reverse=True)
+    periodic = sorted(
+        ((int(m.group(1)), name) for name in os.listdir(folder) if (m := _PERIODIC_NAME.match(name))), reverse=True
+    )
     names = ([_FINAL_NAME] if os.path.isfile(os.path.join(folder, _FINAL_NAME)) else []) + [n for _, n in periodic]
     return [os.path.join(folder, name) for name in names]
 
@@ -97,17 +99,26 @@ class AtomicCheckpointer(DetectionCheckpointer):
                 damaged.append(candidate)
                 continue
             if candidate != tagged:
-                what = f"{LAST_CHECKPOINT} names {tagged}, which" if tagged else (
-                    f"{os.path.join(self.save_dir, LAST_CHECKPOINT)} names no checkpoint in the folder and")
-                logger.warning(f"{what} cannot be read: resumed from {candidate}, the newest intact checkpoint"
-                               + (f" (damaged: {damaged})" if damaged else ""))
+                what = (
+                    f"{LAST_CHECKPOINT} names {tagged}, which"
+                    if tagged
+                    else (f"{os.path.join(self.save_dir, LAST_CHECKPOINT)} names no checkpoint in the folder and")
+                )
+                logger.warning(
+                    f"{what} cannot be read: resumed from {candidate}, the newest intact checkpoint"
+                    + (f" (damaged: {damaged})" if damaged else "")
+                )
             return loaded
         last = os.path.join(self.save_dir, LAST_CHECKPOINT)
         if damaged:
-            raise RuntimeError(f"cannot resume in {self.save_dir}: no checkpoint there can be read (damaged: "
-                               f"{damaged}). Remove them and {last} to train this phase from its beginning")
-        raise RuntimeError(f"cannot resume in {self.save_dir}: {last} names no checkpoint in the folder and there "
-                           f"is none. Remove {last} to train this phase from its beginning")
+            raise RuntimeError(
+                f"cannot resume in {self.save_dir}: no checkpoint there can be read (damaged: "
+                f"{damaged}). Remove them and {last} to train this phase from its beginning"
+            )
+        raise RuntimeError(
+            f"cannot resume in {self.save_dir}: {last} names no checkpoint in the folder and there "
+            f"is none. Remove {last} to train this phase from its beginning"
+        )
 
     def _tagged_checkpoint(self):
         """The checkpoint ``last_checkpoint`` names, or None when it is empty or names no file."""
@@ -118,8 +129,10 @@ class AtomicCheckpointer(DetectionCheckpointer):
             return None
         path = os.path.join(self.save_dir, name)
         if not name or not os.path.isfile(path):
-            logger.warning(f"{os.path.join(self.save_dir, LAST_CHECKPOINT)} holds {name[:80]!r}, not the name of a "
-                           f"checkpoint in the folder")
+            logger.warning(
+                f"{os.path.join(self.save_dir, LAST_CHECKPOINT)} holds {name[:80]!r}, not the name of a "
+                f"checkpoint in the folder"
+            )
             return None
         return path
 
@@ -133,10 +146,13 @@ class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
         if self.max_to_keep is None:
             return
         start_iter = self.trainer.start_iter
-        earlier = [path for path in checkpoints_in(self.checkpointer.save_dir)
-                   if (m := _PERIODIC_NAME.match(os.path.basename(path))) and int(m.group(1)) < start_iter]
+        earlier = [
+            path
+            for path in checkpoints_in(self.checkpointer.save_dir)
+            if (m := _PERIODIC_NAME.match(os.path.basename(path))) and int(m.group(1)) < start_iter
+        ]
         earlier = earlier[::-1]  # oldest first, as the hook keeps them
-        for path in earlier[:-self.max_to_keep] if self.max_to_keep > 0 else earlier:
+        for path in earlier[: -self.max_to_keep] if self.max_to_keep > 0 else earlier:
             logger.info(f"train.checkpointer.max_to_keep={self.max_to_keep}: removing {path}")
             os.remove(path)
-        self.recent_checkpoints = earlier[-self.max_to_keep:] if self.max_to_keep > 0 else []
+        self.recent_checkpoints = earlier[-self.max_to_keep :] if self.max_to_keep > 0 else []

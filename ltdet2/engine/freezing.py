@@ -1,8 +1,9 @@
 """Which parameters train in a phase (decoupled fine-tuning freezes the feature extractor)."""
+
 import logging
 import re
 from collections import OrderedDict
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from tabulate import tabulate
 from torch import nn
@@ -12,7 +13,7 @@ from detectron2.layers import FrozenBatchNorm2d
 logger = logging.getLogger("detectron2")
 
 
-def freeze_all_but(model: nn.Module, trainable: Optional[Sequence[str]]):
+def freeze_all_but(model: nn.Module, trainable: Sequence[str] | None):
     """Freezes every parameter whose name matches none of the regexes in ``trainable`` (matched at
     the start of the name, e.g. ``"roi_heads.box_predictor."``); ``None`` trains everything.
 
@@ -37,14 +38,16 @@ def freeze_all_but(model: nn.Module, trainable: Optional[Sequence[str]]):
 
 def _freeze_batch_norms(model):
     frozen = [
-        name for name, module in model.named_modules()
-        if isinstance(module, nn.modules.batchnorm._BatchNorm)
-        and not any(p.requires_grad for p in module.parameters())
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters())
     ]
     other = [n for n in frozen if not isinstance(model.get_submodule(n), (nn.BatchNorm2d, nn.SyncBatchNorm))]
     if other:  # FrozenBatchNorm2d replaces 2-D BatchNorm only
-        raise ValueError(f"train.trainable freezes {other}, BatchNorm layers that are not 2-D; "
-                         "ltdet2 can only freeze BatchNorm2d / SyncBatchNorm statistics")
+        raise ValueError(
+            f"train.trainable freezes {other}, BatchNorm layers that are not 2-D; "
+            "ltdet2 can only freeze BatchNorm2d / SyncBatchNorm statistics"
+        )
     for name in frozen:
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -60,7 +63,10 @@ def _report(model):
         counts[0 if param.requires_grad else 1] += param.numel()
     num_trainable = sum(c[0] for c in per_module.values())
     num_frozen = sum(c[1] for c in per_module.values())
-    table = tabulate([[k, v[0], v[1]] for k, v in per_module.items()] + [["total", num_trainable, num_frozen]],
-                     headers=["module", "trainable", "frozen"], tablefmt="pipe")
+    table = tabulate(
+        [[k, v[0], v[1]] for k, v in per_module.items()] + [["total", num_trainable, num_frozen]],
+        headers=["module", "trainable", "frozen"],
+        tablefmt="pipe",
+    )
     logger.info("Trainable / frozen parameters:\n" + table)
     return num_trainable, num_frozen

@@ -7,6 +7,7 @@ is initialised with 5 randomly selected instances per class; the official code t
 class on every GPU (``queue_size // 16``). ltdet2 turns it on with
 ``train.memory_warmup = dict(images_per_class=5)``.
 """
+
 import logging
 
 import numpy as np
@@ -62,6 +63,7 @@ def warmup_images(dataset_dicts, num_classes, images_per_class, seed=0, rank=0, 
 
     ``deduplicate=False`` (official): :func:`class_balanced_passes`; ``True``: each image once per rank.
     """
+
     def passes(r):
         selected = class_balanced_passes(dataset_dicts, num_classes, images_per_class, seed, r, world_size)
         return np.unique(selected) if deduplicate else selected
@@ -85,8 +87,15 @@ def warm_up_memories(model, cfg, images_per_class=5, deduplicate=False):
     seed = cfg.train.get("seed", None)
     seed = seed if seed is not None and seed >= 0 else 0
     world_size, rank = comm.get_world_size(), comm.get_rank()
-    selected = warmup_images(dataset_dicts, num_classes, images_per_class, seed=seed, rank=rank,
-                             world_size=world_size, deduplicate=deduplicate)
+    selected = warmup_images(
+        dataset_dicts,
+        num_classes,
+        images_per_class,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        deduplicate=deduplicate,
+    )
     batch_size = max(cfg.dataloader.train.total_batch_size // world_size, 1)
     logger.info(f"Memory warm-up: {len(selected)} images on this rank ({images_per_class} per class), no backward")
     was_training = model.training
@@ -96,5 +105,5 @@ def warm_up_memories(model, cfg, images_per_class=5, deduplicate=False):
             module.eval()
     with EventStorage(0):
         for start in range(0, len(selected), batch_size):
-            model([mapper(dataset_dicts[i]) for i in selected[start:start + batch_size]])
+            model([mapper(dataset_dicts[i]) for i in selected[start : start + batch_size]])
     model.train(was_training)

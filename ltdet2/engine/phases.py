@@ -15,6 +15,7 @@ of every phase's results. A config without ``phases`` is one phase trained in ``
 itself, exactly as Detectron2's own script does (a one-phase project is such a plain config).
 Detectron2's script refuses a project with phases: its root has no ``model``.
 """
+
 import copy
 import difflib
 import json
@@ -90,6 +91,7 @@ def make_phase(base=None, **keys):
 class Override:
     """One ``key=value`` of the command line. ``+key=value`` adds a key that does not exist yet,
     ``++key=value`` sets it whether it exists or not (Hydra's markers); a plain one changes an existing key."""
+
     text: str
     key: str
     value: str
@@ -100,11 +102,12 @@ class Override:
         if text.startswith("-"):
             raise ValueError(f"{text!r} is a flag, not a key=value override: write flags before the overrides")
         if "=" not in text or text.startswith("~"):
-            raise ValueError(f"override {text!r} is not key=value (+key=value adds a new key; deleting keys with "
-                             f"~ is not supported)")
+            raise ValueError(
+                f"override {text!r} is not key=value (+key=value adds a new key; deleting keys with ~ is not supported)"
+            )
         key, value = text.split("=", 1)
         marker = "++" if key.startswith("++") else "+" if key.startswith("+") else ""
-        return cls(text, key[len(marker):], value, marker)
+        return cls(text, key[len(marker) :], value, marker)
 
     def assignment(self, key=None):
         """The ``key=value`` LazyConfig.apply_overrides reads (Detectron2 ignores Hydra's markers)."""
@@ -132,13 +135,20 @@ def _dotted_keys(node, prefix=""):
 
 def _unknown_key_error(override, namespaces, where):
     """ValueError for an override naming no existing key, with the closest existing keys."""
-    known = sorted({key for namespace in namespaces
-                    for key in _dotted_keys(OmegaConf.to_container(namespace, resolve=False))
-                    if not key.startswith("phases.")})  # a project root's own: its train
+    known = sorted(
+        {
+            key
+            for namespace in namespaces
+            for key in _dotted_keys(OmegaConf.to_container(namespace, resolve=False))
+            if not key.startswith("phases.")
+        }
+    )  # a project root's own: its train
     close = difflib.get_close_matches(override.key, known, n=3, cutoff=0.8)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
-    return ValueError(f"override {override.text!r}: {where} has no key {override.key!r}{hint} "
-                      f"(to add a new key, write +{override.key}={override.value})")
+    return ValueError(
+        f"override {override.text!r}: {where} has no key {override.key!r}{hint} "
+        f"(to add a new key, write +{override.key}={override.value})"
+    )
 
 
 def _apply_override(override, targets, where):
@@ -148,8 +158,10 @@ def _apply_override(override, targets, where):
     if override.marker == "" and not holding:
         raise _unknown_key_error(override, targets.values(), where)
     if override.marker == "+" and holding:
-        raise ValueError(f"override {override.text!r}: {override.key!r} already exists in {where} ({holding}): "
-                         f"drop the '+' to change it (or write ++ to set it everywhere)")
+        raise ValueError(
+            f"override {override.text!r}: {override.key!r} already exists in {where} ({holding}): "
+            f"drop the '+' to change it (or write ++ to set it everywhere)"
+        )
     for label in holding if override.marker == "" else targets:
         LazyConfig.apply_overrides(targets[label], [override.assignment()])
 
@@ -161,11 +173,11 @@ def _apply_phase_override(cfg, override, config_file):
     if name not in cfg.phases:
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
         hint = f"; did you mean 'phases.{close[0]}'?" if close else ""
-        raise ValueError(f"override {override.text!r}: {config_file} has no phase {name!r}{hint} "
-                         f"(its phases: {names})")
+        raise ValueError(f"override {override.text!r}: {config_file} has no phase {name!r}{hint} (its phases: {names})")
     if not key:
-        raise ValueError(f"override {override.text!r}: override a phase's keys (phases.{name}.KEY=value), "
-                         f"not the whole phase")
+        raise ValueError(
+            f"override {override.text!r}: override a phase's keys (phases.{name}.KEY=value), not the whole phase"
+        )
     phase_override = Override(override.text, key, override.value, override.marker)
     _apply_override(phase_override, {name: cfg.phases[name]}, f"phase {name!r} of {config_file}")
 
@@ -185,8 +197,10 @@ def load_config(config_file, overrides=()):
         for name in cfg.phases:
             _check_phase(cfg.phases[name], name, config_file)
     elif phase_specific:
-        raise ValueError(f"{config_file} has no phases (it is one phase in train.output_dir): "
-                         f"{[o.text for o in phase_specific]} name a phase; drop the 'phases.NAME.' prefix")
+        raise ValueError(
+            f"{config_file} has no phases (it is one phase in train.output_dir): "
+            f"{[o.text for o in phase_specific]} name a phase; drop the 'phases.NAME.' prefix"
+        )
     for override in general:
         if "phases" not in cfg:
             _apply_override(override, {"": cfg}, config_file)
@@ -217,8 +231,10 @@ def _check_project_root(cfg, config_file):
             f"objects (a one-phase project is a plain config without 'phases')"
         )
     if "train" not in cfg or not cfg.phases:
-        raise ValueError(f"{config_file}: a project needs a root 'train' (train.output_dir: phase NAME trains in "
-                         f"<train.output_dir>/NAME) and at least one phase; it has {sorted(cfg)}")
+        raise ValueError(
+            f"{config_file}: a project needs a root 'train' (train.output_dir: phase NAME trains in "
+            f"<train.output_dir>/NAME) and at least one phase; it has {sorted(cfg)}"
+        )
 
 
 def _check_phase(phase_cfg, name, config_file):
@@ -311,8 +327,10 @@ def input_phase(phases, index):
         return None
     earlier = {p.name: p for p in phases[:index]}
     if source not in earlier:
-        raise ValueError(f"phase '{phase.name}': train.init_from_phase={source!r} is not an earlier phase "
-                         f"(earlier phases: {list(earlier)})")
+        raise ValueError(
+            f"phase '{phase.name}': train.init_from_phase={source!r} is not an earlier phase "
+            f"(earlier phases: {list(earlier)})"
+        )
     return earlier[source]
 
 
@@ -339,8 +357,11 @@ def run_phase(phase, *, resume=False):
     A phase is recorded as done only when its final weights are finite and its evaluation found
     something (see :func:`empty_evaluation`; ``train.allow_empty_eval=True`` accepts an empty one)."""
     where = f"phase '{phase.name}'" if phase.name else f"training in {phase.output_dir}"
-    logger.info(f"===== phase '{phase.name}': training in {phase.output_dir} =====" if phase.name else
-                f"===== training in {phase.output_dir} =====")
+    logger.info(
+        f"===== phase '{phase.name}': training in {phase.output_dir} ====="
+        if phase.name
+        else f"===== training in {phase.output_dir} ====="
+    )
     if comm.is_main_process():
         os.makedirs(phase.output_dir, exist_ok=True)
         LazyConfig.save(phase.cfg, os.path.join(phase.output_dir, "config.yaml"))
@@ -350,8 +371,10 @@ def run_phase(phase, *, resume=False):
         raise FloatingPointError(f"{where} diverged (not marked done): {e}") from e
     non_finite = non_finite_parameters(model)
     if non_finite:
-        raise FloatingPointError(f"{where}: its final weights hold NaN or infinite values ({non_finite[:5]}"
-                                 f"{' ...' if len(non_finite) > 5 else ''}); not marked done")
+        raise FloatingPointError(
+            f"{where}: its final weights hold NaN or infinite values ({non_finite[:5]}"
+            f"{' ...' if len(non_finite) > 5 else ''}); not marked done"
+        )
     results = do_test(phase.cfg, model)
     empty = empty_evaluation(results) if "evaluator" in phase.cfg.dataloader else []
     if empty and not phase.cfg.train.get("allow_empty_eval", False):
@@ -359,13 +382,20 @@ def run_phase(phase, *, resume=False):
         raise RuntimeError(
             f"{where}: the evaluation of {phase.final_checkpoint} found nothing ({'; '.join(empty)}): the model "
             f"made no detection (too short a training, or non-finite predictions). Not marked done; to accept it, "
-            f"run again with {name}.allow_empty_eval=True")
+            f"run again with {name}.allow_empty_eval=True"
+        )
     if empty:
         logger.warning(f"{where}: empty evaluation ({'; '.join(empty)}), accepted (train.allow_empty_eval)")
     if comm.is_main_process():
-        write_json_atomic(phase.done_file, {"final_checkpoint": phase.final_checkpoint,
-                                            "input_checkpoint": checkpoint_identity(phase.cfg.train.init_checkpoint),
-                                            "results": _plain(results)}, indent=2)
+        write_json_atomic(
+            phase.done_file,
+            {
+                "final_checkpoint": phase.final_checkpoint,
+                "input_checkpoint": checkpoint_identity(phase.cfg.train.init_checkpoint),
+                "results": _plain(results),
+            },
+            indent=2,
+        )
         log_phase_table([(phase.name or "final", results)])
     comm.synchronize()
     return results
@@ -376,9 +406,13 @@ def empty_evaluation(results):
     metrics are all NaN (what an evaluator returns when the model made no prediction). [] if not."""
     if not results:
         return ["the evaluator returned no results"]
-    return [f"every {task} metric is NaN" for task, metrics in results.items()
-            if isinstance(metrics, dict) and metrics
-            and all(isinstance(v, float) and math.isnan(v) for v in metrics.values())]
+    return [
+        f"every {task} metric is NaN"
+        for task, metrics in results.items()
+        if isinstance(metrics, dict)
+        and metrics
+        and all(isinstance(v, float) and math.isnan(v) for v in metrics.values())
+    ]
 
 
 def non_finite_parameters(model):
@@ -424,17 +458,21 @@ def run_phases(cfg, *, resume=False, only=None, eval_only=False, eval_checkpoint
             logger.info(f"phase '{phase.name}' already finished ({phase.done_file}): skipping it")
             done = phase.load_done()
             if done.get("input_checkpoint") != checkpoint_identity(phase.cfg.train.init_checkpoint):
-                logger.warning(f"phase '{phase.name}' was trained from another version of "
-                               f"{phase.cfg.train.init_checkpoint} than the one there now; delete "
-                               f"{phase.done_file} to train it again")
+                logger.warning(
+                    f"phase '{phase.name}' was trained from another version of "
+                    f"{phase.cfg.train.init_checkpoint} than the one there now; delete "
+                    f"{phase.done_file} to train it again"
+                )
             all_results[phase.name] = done["results"]
             continue
         _require_init_checkpoint(phase, input_phase(phases, phases.index(phase)))
         all_results[phase.name] = run_phase(phase, resume=resume)
     if eval_only and not all_results:
-        raise FileNotFoundError(f"--eval-only: nothing to evaluate, no phase has a {FINAL_CHECKPOINT} yet "
-                                f"({[p.final_checkpoint for p in selected]}); train them first, or evaluate a "
-                                f"checkpoint with --phase NAME train.init_checkpoint=PATH")
+        raise FileNotFoundError(
+            f"--eval-only: nothing to evaluate, no phase has a {FINAL_CHECKPOINT} yet "
+            f"({[p.final_checkpoint for p in selected]}); train them first, or evaluate a "
+            f"checkpoint with --phase NAME train.init_checkpoint=PATH"
+        )
     if comm.is_main_process() and len(all_results) > 1:
         log_phase_table(list(all_results.items()), title="all phases")
     return all_results

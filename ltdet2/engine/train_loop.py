@@ -4,6 +4,7 @@ The same steps and writers (progress printer, metrics.json, TensorBoard events) 
 ``tools/lazyconfig_train_net.py``; ltdet2 adds the evaluator's output folder, per-phase seeding,
 freezing (``train.trainable``) and the memory warm-up (``train.memory_warmup``).
 """
+
 import logging
 import os
 
@@ -99,7 +100,7 @@ def do_train(cfg, *, resume=False):
     """
     seed_phase(cfg)
     model = build_model(cfg)
-    logger.info("Model:\n{}".format(model))
+    logger.info(f"Model:\n{model}")
 
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -113,9 +114,7 @@ def do_train(cfg, *, resume=False):
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
-            if comm.is_main_process()
-            else None,
+            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
             # periodic evaluation only; the phase runner evaluates the final model itself
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model), eval_after_train=False),
             hooks.PeriodicWriter(

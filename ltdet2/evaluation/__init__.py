@@ -1,4 +1,5 @@
 """LVIS evaluation with a fast engine (faster-coco-eval, LVIS mode), per-class AP and plots."""
+
 from .lvis_evaluation import (
     LVIS_METRICS,
     LTLVISEvaluator,

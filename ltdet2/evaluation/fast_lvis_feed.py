@@ -12,6 +12,7 @@ so it is used only with the faster-coco-eval versions it was written for (1.8.x)
 version :func:`available` is False (logged once) and :func:`ltdet2.evaluation.evaluate_lvis`
 uses the public path, which gives the same numbers.
 """
+
 import copy
 import functools
 import logging
@@ -34,7 +35,7 @@ def available():
     return enabled and _supported_engine()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _supported_engine():
     try:
         import faster_coco_eval
@@ -168,9 +169,7 @@ def evaluate_bbox(gt, img, cat, box, score, max_dets, *, chunk_entries=1 << 22, 
             {"id": a["id"], "area": a.get("area", 0.0), "iscrowd": crowd, "ignore": crowd},
         )  # fmt: skip
     d_img, d_cat = index.img_ids[d_key // C].tolist(), index.cat_ids[d_key % C].tolist()
-    for i, c, did, s, ar, m in zip(
-        d_img, d_cat, range(1, n + 1), d_score.tolist(), d_area.tolist(), d_mark.tolist()
-    ):
+    for i, c, did, s, ar, m in zip(d_img, d_cat, range(1, n + 1), d_score.tolist(), d_area.tolist(), d_mark.tolist()):
         dt_ds.append_ref(i, c, {"id": did, "score": s, "area": ar, "iscrowd": 0, "lvis_mark": m})
     del d_img, d_cat, d_area, d_mark
 
@@ -217,22 +216,20 @@ def evaluate_bbox(gt, img, cat, box, score, max_dets, *, chunk_entries=1 << 22, 
     coco_eval.freq_groups = coco_eval._prepare_freq_group()
     coco_eval.gt_dataset, coco_eval.dt_dataset = gt_ds, dt_ds
     coco_eval._paramsEval = copy.deepcopy(p)
-    I = len(index.img_ids)
-    cats_per_call = max(1, min(C, max_pairs_per_call // max(I, 1)))
+    num_images = len(index.img_ids)
+    cats_per_call = max(1, min(C, max_pairs_per_call // max(num_images, 1)))
     pair_img, pair_cat = pairs // C, pairs % C
     parts = []
     for c0 in range(0, C, cats_per_call):
         c1 = min(c0 + cats_per_call, C)
         empty = []
-        ious = [[empty] * (c1 - c0) for _ in range(I)]
+        ious = [[empty] * (c1 - c0) for _ in range(num_images)]
         sel = np.flatnonzero((pair_cat >= c0) & (pair_cat < c1))
         for j, i, c in zip(sel.tolist(), pair_img[sel].tolist(), (pair_cat[sel] - c0).tolist()):
             ious[i][c] = pair_ious[j]
         params = copy.deepcopy(p)
         params.catIds = p.catIds[c0:c1]
-        parts.append(
-            _C.COCOevalEvaluateAccumulate(params, ious, gt_ds, dt_ds, p.imgIds, params.catIds, True)
-        )
+        parts.append(_C.COCOevalEvaluateAccumulate(params, ious, gt_ds, dt_ds, p.imgIds, params.catIds, True))
         del ious
     coco_eval.eval = _concat_category_chunks(parts, coco_eval._paramsEval)
     coco_eval.matched = False

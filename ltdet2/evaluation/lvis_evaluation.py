@@ -22,6 +22,7 @@ columns and limited per image with numpy; with faster-coco-eval 1.8.x,
 memory); otherwise, and for segm, faster-coco-eval's public LVIS path (``COCO.loadRes`` +
 ``COCOeval_faster(lvis_style=True)``) evaluates them. Both give the same numbers.
 """
+
 import itertools
 import logging
 import math
@@ -100,9 +101,7 @@ def load_lvis_gt(gt_json):
                 )
     bad = [c.get("id") for c in data["categories"] if c.get("frequency") not in ("r", "c", "f")]
     if bad:
-        raise ValueError(
-            f"LVIS ground truth {source}: categories {bad[:10]} have no valid 'frequency' (r/c/f)"
-        )
+        raise ValueError(f"LVIS ground truth {source}: categories {bad[:10]} have no valid 'frequency' (r/c/f)")
     gt = COCO(data)
     gt.annotation_file = source
     return gt
@@ -167,9 +166,7 @@ def _validate_results(results, gt, iou_type, source):
             bad_fields.append((idx, "score", score))
         elif iou_type == "bbox" and (not isinstance(geom, (list, tuple)) or len(geom) != 4):
             bad_fields.append((idx, "bbox", geom))
-        elif iou_type == "segm" and not (
-            isinstance(geom, dict) and "counts" in geom and "size" in geom
-        ):
+        elif iou_type == "segm" and not (isinstance(geom, dict) and "counts" in geom and "size" in geom):
             bad_fields.append((idx, "segmentation", "not an RLE dict with 'counts' and 'size'"))
         if len(bad_fields) >= 5:
             break
@@ -204,8 +201,7 @@ def _integer_ids(values, name, source):
     bad = np.flatnonzero(~np.isfinite(values) | (ids != values))
     if bad.size:
         raise ValueError(
-            f"LVIS results {source}: {name} must be integers; entries {bad[:5].tolist()} are "
-            f"{values[bad[:5]].tolist()}"
+            f"LVIS results {source}: {name} must be integers; entries {bad[:5].tolist()} are {values[bad[:5]].tolist()}"
         )
     return ids.astype(np.int64)
 
@@ -355,9 +351,7 @@ def _evaluate_public(gt, results, iou_type, max_dets):
         ]  # fmt: skip
     dt = gt.loadRes(results)
     # silence the engine's progress prints (logger.info by default); keep them at debug level
-    coco_eval = COCOeval_faster(
-        gt, dt, iouType=iou_type, lvis_style=True, print_function=logger.debug
-    )
+    coco_eval = COCOeval_faster(gt, dt, iouType=iou_type, lvis_style=True, print_function=logger.debug)
     coco_eval.params.maxDets = [max_dets if max_dets >= 0 else max(len(results), 1)]
     coco_eval.params.catIds = sorted(gt.cats)
     coco_eval.params.imgIds = sorted(gt.imgs)
@@ -599,16 +593,14 @@ class LTLVISEvaluator(LVISEvaluator):
         if self._output_dir:
             PathManager.mkdirs(self._output_dir)
             file_path = os.path.join(self._output_dir, "lvis_instances_results.json")
-            self._logger.info("Saving results to {}".format(file_path))
+            self._logger.info(f"Saving results to {file_path}")
             write_json_atomic(file_path, lvis_results)
 
         if not self._do_evaluation:
             self._logger.info("Annotations are not available for evaluation.")
             return
 
-        self._logger.info(
-            "Evaluating predictions with max detections per image = %d ...", self._max_dets_per_image
-        )
+        self._logger.info("Evaluating predictions with max detections per image = %d ...", self._max_dets_per_image)
         for task in sorted(tasks):
             res, per_class = evaluate_lvis(
                 self._lvis_api,
@@ -617,9 +609,7 @@ class LTLVISEvaluator(LVISEvaluator):
                 max_dets=self._max_dets_per_image,
                 return_per_class=True,
             )
-            self._logger.info(
-                "Evaluation results for {}: \n".format(task) + create_small_table(res)
-            )
+            self._logger.info(f"Evaluation results for {task}: \n" + create_small_table(res))
             if self._output_dir:
                 file_path = os.path.join(self._output_dir, f"per_class_ap_{task}.json")
                 write_json_atomic(file_path, per_class_records(self._lvis_api, per_class))

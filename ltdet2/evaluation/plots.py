@@ -3,6 +3,7 @@ Per-class AP (and per-class mean score) against training image count, coloured b
 frequency group. Reads the ``per_class_ap_<task>.json`` written by
 :class:`ltdet2.evaluation.LTLVISEvaluator`.
 """
+
 import logging
 import math
 import os

@@ -1,6 +1,6 @@
 """Common base of the memory stores and indicators: state in buffers with fixed dtypes."""
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -57,7 +57,7 @@ class StateModule(nn.Module):
         return labels
 
 
-def as_label_tensor(labels: Union[torch.Tensor, Sequence[int]], device: torch.device) -> torch.Tensor:
+def as_label_tensor(labels: torch.Tensor | Sequence[int], device: torch.device) -> torch.Tensor:
     if not isinstance(labels, torch.Tensor):
         labels = torch.as_tensor(labels, dtype=torch.int64)
     labels = labels.to(device)

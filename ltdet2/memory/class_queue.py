@@ -1,6 +1,6 @@
 """Per-class ring buffers: the store behind RIO's object replay and LOCE's MFS memory."""
 
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -13,10 +13,10 @@ _CAST_BLOCK_BYTES = 4 << 20
 
 SAMPLE_MODES = ("random", "random_distinct", "recent")
 
-FieldSpec = Union[int, Sequence[int], Tuple[Sequence[int], torch.dtype]]
+FieldSpec = int | Sequence[int] | tuple[Sequence[int], torch.dtype]
 
 
-def _parse_field(name: str, spec) -> Tuple[Tuple[int, ...], torch.dtype]:
+def _parse_field(name: str, spec) -> tuple[tuple[int, ...], torch.dtype]:
     """``spec`` is a shape (``1024``, ``(256, 7, 7)``, ``()``) or ``(shape, dtype)``."""
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], torch.dtype):
         shape, dtype = spec
@@ -54,7 +54,7 @@ class ClassQueue(StateModule):
         capacity: int,
         fields: Mapping[str, FieldSpec],
         *,
-        storage_dtype: Optional[torch.dtype] = None,
+        storage_dtype: torch.dtype | None = None,
         sync: str = "local",
     ):
         super().__init__()
@@ -66,8 +66,8 @@ class ClassQueue(StateModule):
         self.capacity = int(capacity)
         self.sync = check_sync(sync)
         self.storage_dtype = storage_dtype
-        self.field_shapes: Dict[str, Tuple[int, ...]] = {}
-        self.field_dtypes: Dict[str, torch.dtype] = {}
+        self.field_shapes: dict[str, tuple[int, ...]] = {}
+        self.field_dtypes: dict[str, torch.dtype] = {}
         for name, spec in fields.items():
             if not name.isidentifier() or name in ("labels", "fields", "skipped"):
                 raise ValueError(f"invalid field name {name!r}")
@@ -75,14 +75,12 @@ class ClassQueue(StateModule):
             self.field_shapes[name] = shape
             self.field_dtypes[name] = dtype
             stored = storage_dtype if (storage_dtype is not None and dtype.is_floating_point) else dtype
-            self.register_buffer(
-                f"store_{name}", torch.zeros((self.num_classes, self.capacity) + shape, dtype=stored)
-            )
+            self.register_buffer(f"store_{name}", torch.zeros((self.num_classes, self.capacity) + shape, dtype=stored))
         self.register_buffer("write_ptr", torch.zeros(self.num_classes, dtype=torch.int64))
         self.register_buffer("fill_counts", torch.zeros(self.num_classes, dtype=torch.int64))
 
     @property
-    def field_names(self) -> Tuple[str, ...]:
+    def field_names(self) -> tuple[str, ...]:
         return tuple(self.field_shapes)
 
     def storage(self, name: str) -> torch.Tensor:
@@ -122,9 +120,7 @@ class ClassQueue(StateModule):
             value = torch.as_tensor(fields[name])
             expected = (labels.numel(),) + self.field_shapes[name]
             if tuple(value.shape) != expected:
-                raise ValueError(
-                    f"ClassQueue.push: field {name!r} has shape {tuple(value.shape)}, expected {expected}"
-                )
+                raise ValueError(f"ClassQueue.push: field {name!r} has shape {tuple(value.shape)}, expected {expected}")
             values.append(value if value.device == self.device else value.to(self.device))
         if self.sync == "global":
             values = [v.to(device=self.device, dtype=self.storage(n).dtype) for n, v in zip(names, values)]
@@ -190,8 +186,8 @@ class ClassQueue(StateModule):
         per_class: int,
         *,
         mode: str = "random",
-        generator: Optional[torch.Generator] = None,
-        dtype: Optional[torch.dtype] = None,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
     ) -> MemorySample:
         """Draw entries of ``classes`` (``[K]`` int64, repeats allowed).
 

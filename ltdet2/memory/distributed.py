@@ -18,7 +18,7 @@ saved). Use ``global`` where multi-process runs must resume exactly.
 """
 
 import math
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -57,7 +57,7 @@ def is_global(sync: str) -> bool:
 _NATIVE_DTYPES = (torch.float32, torch.float64, torch.int32, torch.int64, torch.uint8, torch.int8)
 
 
-def all_gather_rows(tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+def all_gather_rows(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """All-gather tensors that share their first (row) dimension, rank order kept.
 
     Ranks may hold different numbers of rows: sizes are gathered first and every rank pads to the
@@ -101,7 +101,7 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def shared_generator(sync: str, generator: Optional[torch.Generator], device: torch.device):
+def shared_generator(sync: str, generator: torch.Generator | None, device: torch.device):
     """The generator to sample with.
 
     Under ``global`` without an explicit generator, rank 0 draws a seed from the default generator

@@ -8,7 +8,6 @@ the state a single process would reach on the ranks' batches concatenated.
 """
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -60,7 +59,7 @@ class PredictorBatch:
     logits: torch.Tensor
     labels: torch.Tensor
     object_ids: torch.Tensor
-    probabilities: Optional[torch.Tensor] = None
+    probabilities: torch.Tensor | None = None
 
     def __post_init__(self):
         num_rows = self.logits.shape[0]
@@ -71,14 +70,18 @@ class PredictorBatch:
             if tuple(value.shape) != (num_rows,):
                 raise ValueError(f"PredictorBatch: {name} must be [{num_rows}], got {tuple(value.shape)}")
         if self.probabilities is not None and self.probabilities.shape != self.logits.shape:
-            raise ValueError(f"PredictorBatch: probabilities {tuple(self.probabilities.shape)} and logits "
-                             f"{tuple(self.logits.shape)} differ in shape")
+            raise ValueError(
+                f"PredictorBatch: probabilities {tuple(self.probabilities.shape)} and logits "
+                f"{tuple(self.logits.shape)} differ in shape"
+            )
 
     def class_probabilities(self, reader: str) -> torch.Tensor:
         """``probabilities``, or a clear error naming the indicator that needs them."""
         if self.probabilities is None:
-            raise ValueError(f"{reader} reads the predictor's class probabilities, but the batch has none "
-                             "(set reads_probabilities = True on the indicator)")
+            raise ValueError(
+                f"{reader} reads the predictor's class probabilities, but the batch has none "
+                "(set reads_probabilities = True on the indicator)"
+            )
         return self.probabilities
 
 
@@ -138,8 +141,10 @@ class LearningStatusIndicator(StateModule):
 
     def update_from_predictions(self, batch: PredictorBatch) -> None:
         """Updates from one iteration's box-predictor rows (see :class:`PredictorBatch`)."""
-        raise NotImplementedError(f"{type(self).__name__} has no rule to update from the box predictor's outputs; "
-                                  "implement update_from_predictions")
+        raise NotImplementedError(
+            f"{type(self).__name__} has no rule to update from the box predictor's outputs; "
+            "implement update_from_predictions"
+        )
 
     def vector(self) -> torch.Tensor:
         raise NotImplementedError
@@ -167,9 +172,7 @@ class LearningStatusIndicator(StateModule):
         labels = self._check_labels(labels, self.num_classes, "update", allow_background=True)
         for r in rows:
             if r.shape[0] != labels.numel():
-                raise ValueError(
-                    f"{type(self).__name__}.update: {labels.numel()} labels but {r.shape[0]} rows"
-                )
+                raise ValueError(f"{type(self).__name__}.update: {labels.numel()} labels but {r.shape[0]} rows")
         keep = labels < self.num_classes
         return (labels[keep],) + tuple(r.to(self.device)[keep] for r in rows)
 
@@ -191,7 +194,7 @@ class StaticFrequency(LearningStatusIndicator):
 
     count_field = None  # attribute read by from_lvis_meta
 
-    def __init__(self, counts, *, normalize: str = "sum", background_count: Optional[float] = None):
+    def __init__(self, counts, *, normalize: str = "sum", background_count: float | None = None):
         counts = torch.as_tensor(np.asarray(counts), dtype=torch.float64)
         if counts.dim() != 1 or counts.numel() == 0 or bool((counts < 0).any()):
             raise ValueError(f"{type(self).__name__}: counts must be a non-empty 1-D array of counts >= 0")
@@ -349,8 +352,10 @@ class MeanScore(LearningStatusIndicator):
         return self.mean_scores.clone()
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, alpha={self.alpha}, background_score={self.background_score}, "
-                f"update_timing={self.update_timing!r}")
+        return (
+            f"{super().extra_repr()}, alpha={self.alpha}, background_score={self.background_score}, "
+            f"update_timing={self.update_timing!r}"
+        )
 
 
 class TruePositiveRate(LearningStatusIndicator):

@@ -1,7 +1,5 @@
 """Per-class feature mean and variance: the store behind BACL's feature hallucination (FHM)."""
 
-from typing import Optional
-
 import torch
 
 from .base import MemorySample, StateModule
@@ -63,8 +61,7 @@ class PrototypeBank(StateModule):
         labels = self._check_labels(labels, self.num_classes, "update")
         if features.dim() != 2 or features.shape != (labels.numel(), self.dim):
             raise ValueError(
-                f"PrototypeBank.update: features must be [{labels.numel()}, {self.dim}], "
-                f"got {tuple(features.shape)}"
+                f"PrototypeBank.update: features must be [{labels.numel()}, {self.dim}], got {tuple(features.shape)}"
             )
         features = features.detach().to(device=self.device, dtype=self.means.dtype)
         sync = is_global(self.sync)
@@ -100,8 +97,8 @@ class PrototypeBank(StateModule):
         classes: torch.Tensor,
         per_class: int,
         *,
-        generator: Optional[torch.Generator] = None,
-        dtype: Optional[torch.dtype] = None,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
     ) -> MemorySample:
         """Hallucinate ``per_class`` features ``mean + eps * std`` (eps ~ N(0, 1)) per class.
 

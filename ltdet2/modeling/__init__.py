@@ -1,9 +1,17 @@
 """ltdet2's Detectron2 components: ROI heads, box predictors, classifiers, mask heads, feature sources, losses."""
+
 from .box_generator import dense_boxes
 from .box_predictors import LongTailOutputLayers
 from .classifiers import CosineClassifier, WeightNormCosineClassifier
 from .mask_heads import NormalizedConv2d, NormalizedMaskRCNNConvUpsampleHead
 from .roi_heads import LongTailROIHeads
 
-__all__ = ["dense_boxes", "LongTailOutputLayers", "LongTailROIHeads", "CosineClassifier",
-           "WeightNormCosineClassifier", "NormalizedConv2d", "NormalizedMaskRCNNConvUpsampleHead"]
+__all__ = [
+    "dense_boxes",
+    "LongTailOutputLayers",
+    "LongTailROIHeads",
+    "CosineClassifier",
+    "WeightNormCosineClassifier",
+    "NormalizedConv2d",
+    "NormalizedMaskRCNNConvUpsampleHead",
+]

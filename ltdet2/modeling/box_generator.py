@@ -1,4 +1,5 @@
 """Dense jittered boxes around ground-truth boxes (LOCE's model-agnostic box generator, BACL's FHM)."""
+
 import torch
 
 # Row k is the sign pattern of the offsets on (x1, y1, x2, y2): bit j of k set -> minus on coordinate j.
@@ -24,9 +25,7 @@ def dense_boxes(gt_boxes, image_size, generator=None):
     widths = gt_boxes[:, 2] - gt_boxes[:, 0]
     heights = gt_boxes[:, 3] - gt_boxes[:, 1]
     max_offsets = torch.stack([widths, heights, widths, heights], dim=1) / 6.0  # [G, 4]
-    eta = torch.rand(
-        (num_boxes, 16, 4), generator=generator, device=gt_boxes.device, dtype=gt_boxes.dtype
-    )
+    eta = torch.rand((num_boxes, 16, 4), generator=generator, device=gt_boxes.device, dtype=gt_boxes.dtype)
     signs = _SIGN_PATTERNS.to(device=gt_boxes.device, dtype=gt_boxes.dtype)
     boxes = gt_boxes[:, None, :] + signs[None] * eta * max_offsets[:, None, :]
     height, width = image_size

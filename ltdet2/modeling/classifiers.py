@@ -1,8 +1,8 @@
 """Classifier heads for :class:`LongTailOutputLayers` (``classifier=``): ``[N, D] -> [N, C+1]`` logits,
 background at index C (Detectron2's convention).
 """
+
 import math
-from typing import Optional
 
 import torch
 from torch import nn
@@ -35,9 +35,18 @@ class CosineClassifier(nn.Module):
     ``cls_score``, so a linear checkpoint's weight loads), ``scale`` and ``norm``.
     """
 
-    def __init__(self, input_dim: int, num_classes: int, *, scale: float = 48.0, learnable_scale: bool = True,
-                 learnable_norm: bool = False, eps: float = 1e-5, weight_eps: Optional[float] = None,
-                 init_std: Optional[float] = 0.01):
+    def __init__(
+        self,
+        input_dim: int,
+        num_classes: int,
+        *,
+        scale: float = 48.0,
+        learnable_scale: bool = True,
+        learnable_norm: bool = False,
+        eps: float = 1e-5,
+        weight_eps: float | None = None,
+        init_std: float | None = 0.01,
+    ):
         super().__init__()
         self.input_dim = int(input_dim)
         self.num_classes = int(num_classes)
@@ -69,8 +78,10 @@ class CosineClassifier(nn.Module):
         return logits
 
     def extra_repr(self):
-        return (f"input_dim={self.input_dim}, num_classes={self.num_classes}, scale={float(self.scale.detach()):.3g}, "
-                f"learnable_scale={isinstance(self.scale, nn.Parameter)}, learnable_norm={self.norm is not None}")
+        return (
+            f"input_dim={self.input_dim}, num_classes={self.num_classes}, scale={float(self.scale.detach()):.3g}, "
+            f"learnable_scale={isinstance(self.scale, nn.Parameter)}, learnable_norm={self.norm is not None}"
+        )
 
 
 class WeightNormCosineClassifier(CosineClassifier):
@@ -93,7 +104,15 @@ class WeightNormCosineClassifier(CosineClassifier):
     """
 
     def __init__(self, input_dim: int, num_classes: int, *, scale: float = 48.0, eps: float = 1e-5):
-        super().__init__(input_dim, num_classes, scale=scale, learnable_scale=False, learnable_norm=True,
-                         eps=eps, weight_eps=0.0, init_std=None)
+        super().__init__(
+            input_dim,
+            num_classes,
+            scale=scale,
+            learnable_scale=False,
+            learnable_norm=True,
+            eps=eps,
+            weight_eps=0.0,
+            init_std=None,
+        )
         with torch.no_grad():
             self.norm.copy_(self.weight.norm(p=2, dim=1))

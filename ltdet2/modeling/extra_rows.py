@@ -1,6 +1,6 @@
 """Extra training rows for the box predictor, drawn from memories (MFS, RIO replay, FHM)."""
+
 from dataclasses import dataclass, field, replace
-from typing import List, Optional
 
 import torch
 
@@ -21,9 +21,9 @@ class ExtraRows:
 
     features: torch.Tensor
     labels: torch.Tensor
-    proposal_boxes: Optional[torch.Tensor] = None
-    gt_boxes: Optional[torch.Tensor] = None
-    weights: Optional[torch.Tensor] = None
+    proposal_boxes: torch.Tensor | None = None
+    gt_boxes: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
     source_index: int = 0
 
     def __post_init__(self):
@@ -52,7 +52,7 @@ class ExtraRows:
 class ExtraRowsBatch:
     """All sources' rows of one iteration, in the order they follow the sampled RoIs."""
 
-    rows: List[ExtraRows] = field(default_factory=list)
+    rows: list[ExtraRows] = field(default_factory=list)
 
     def __len__(self):
         return sum(len(r) for r in self.rows)
@@ -64,10 +64,16 @@ class ExtraRowsBatch:
 
     def weights(self, device, dtype):
         """[R] classification weights (1 where a source gave none)."""
-        return torch.cat(
-            [r.weights.to(dtype) if r.weights is not None else torch.ones(len(r), dtype=dtype, device=device)
-             for r in self.rows]
-        ) if self.rows else torch.empty(0, dtype=dtype, device=device)
+        return (
+            torch.cat(
+                [
+                    r.weights.to(dtype) if r.weights is not None else torch.ones(len(r), dtype=dtype, device=device)
+                    for r in self.rows
+                ]
+            )
+            if self.rows
+            else torch.empty(0, dtype=dtype, device=device)
+        )
 
     def box_mask(self, device):
         """[R] bool: rows that train box regression."""

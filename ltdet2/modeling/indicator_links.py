@@ -7,7 +7,8 @@ predictor's rows as a :class:`~ltdet2.memory.PredictorBatch` (:func:`predictor_b
 own rule (``update_from_predictions``; see :func:`update_indicators`), before or after the losses as
 its ``update_timing`` says.
 """
-from typing import Callable, List, Mapping, Optional, Tuple
+
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -28,28 +29,31 @@ class IndicatorUser:
     their buffers are not saved twice. Read them with :meth:`indicator`.
     """
 
-    indicator_names: Tuple[str, ...] = ()
+    indicator_names: tuple[str, ...] = ()
 
-    def _names(self) -> Tuple[str, ...]:
+    def _names(self) -> tuple[str, ...]:
         names = self.indicator_names
         return (names,) if isinstance(names, str) else tuple(names)
 
-    def bind_indicators(self, indicators: Mapping[str, nn.Module], owner: Optional[str] = None):
+    def bind_indicators(self, indicators: Mapping[str, nn.Module], owner: str | None = None):
         """Takes the indicators this module names from ``indicators`` (name -> indicator)."""
         missing = [name for name in self._names() if name not in indicators]
         if missing:
             owner = f"{owner} ({type(self).__name__})" if owner else type(self).__name__
-            raise ValueError(f"{owner} reads indicator(s) {missing}, but the ROI heads have {sorted(indicators)}; "
-                             "add them to roi_heads.indicators")
+            raise ValueError(
+                f"{owner} reads indicator(s) {missing}, but the ROI heads have {sorted(indicators)}; "
+                "add them to roi_heads.indicators"
+            )
         self.__dict__["_bound_indicators"] = {name: indicators[name] for name in self._names()}
 
-    def indicator(self, name: Optional[str] = None) -> nn.Module:
+    def indicator(self, name: str | None = None) -> nn.Module:
         """The bound indicator ``name`` (may be omitted when the module reads exactly one)."""
         names = self._names()
         if name is None:
             if len(names) != 1:
-                raise ValueError(f"{type(self).__name__} reads {len(names)} indicators {list(names)}; "
-                                 "name the one to read")
+                raise ValueError(
+                    f"{type(self).__name__} reads {len(names)} indicators {list(names)}; name the one to read"
+                )
             name = names[0]
         bound = self.__dict__.get("_bound_indicators", {})
         if name not in bound:
@@ -73,8 +77,8 @@ def bind_indicator_users(root: nn.Module, indicators: Mapping[str, nn.Module]):
 
 
 def predictor_row_objects(
-    proposals: List[Instances], targets: List[Instances], extra_rows: ExtraRowsBatch, num_classes: int
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    proposals: list[Instances], targets: list[Instances], extra_rows: ExtraRowsBatch, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels and object ids of one iteration's predictor rows: the sampled RoIs, then the extra rows.
 
     Args:
@@ -91,8 +95,10 @@ def predictor_row_objects(
     roi_labels = torch.cat([p.gt_classes for p in proposals])
     gt_counts = torch.tensor([len(t) for t in targets], dtype=torch.int64, device=device)
     image_offsets = torch.cumsum(gt_counts, 0) - gt_counts
-    roi_image = torch.repeat_interleave(torch.arange(len(proposals), device=device),
-                                        torch.tensor([len(p) for p in proposals], dtype=torch.int64, device=device))
+    roi_image = torch.repeat_interleave(
+        torch.arange(len(proposals), device=device),
+        torch.tensor([len(p) for p in proposals], dtype=torch.int64, device=device),
+    )
     roi_gt = torch.cat([p.gt_indices for p in proposals])
     roi_ids = torch.where(roi_gt >= 0, image_offsets[roi_image] + roi_gt, -1)
     extra_labels = extra_rows.labels(device)
@@ -126,7 +132,7 @@ def predictor_batch(
 
 
 @torch.no_grad()
-def update_indicators(indicators: Mapping[str, nn.Module], batch: PredictorBatch, timing: Optional[str] = None):
+def update_indicators(indicators: Mapping[str, nn.Module], batch: PredictorBatch, timing: str | None = None):
     """Feeds ``batch`` to the indicators (name -> indicator) whose ``update_timing`` is ``timing``
     (``"before_loss"`` / ``"after_loss"``; None: all), in the order of ``indicators``."""
     for indicator in indicators.values():

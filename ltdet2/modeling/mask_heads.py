@@ -1,4 +1,5 @@
 """Mask heads: Detectron2's conv-upsample head with a normalised (cosine) mask predictor (LOCE's configs)."""
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,8 +21,7 @@ class NormalizedConv2d(nn.Conv2d):
     Weight initialised as the official head's (``kaiming_normal_``, fan-out, ReLU gain), bias 0.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, *, scale: float = 20.0,
-                 **kwargs):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, *, scale: float = 20.0, **kwargs):
         super().__init__(in_channels, out_channels, kernel_size, **kwargs)
         self.scale = float(scale)
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
@@ -54,5 +54,6 @@ class NormalizedMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
     def __init__(self, input_shape, *, scale: float = 20.0, **kwargs):
         super().__init__(input_shape, **kwargs)
         stock = self.predictor
-        self.predictor = NormalizedConv2d(stock.in_channels, stock.out_channels, 1, scale=scale,
-                                          bias=stock.bias is not None)
+        self.predictor = NormalizedConv2d(
+            stock.in_channels, stock.out_channels, 1, scale=scale, bias=stock.bias is not None
+        )

@@ -1,2 +1,3 @@
 """Small utilities shared across ltdet2 (no Detectron2 or torch state)."""
+
 from .json_io import read_json, write_json_atomic  # noqa: F401

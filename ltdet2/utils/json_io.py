@@ -1,4 +1,5 @@
 """Reading JSON with errors that name the file, and writing it atomically."""
+
 import json
 import os
 

@@ -16,8 +16,13 @@ train.max_iter = 4
 train.checkpointer.period = 2
 train.log_period = 1
 
-pretrain = make_phase(model=model, dataloader=dataloader, optimizer=optimizer, train=train,
-                      lr_multiplier=multi_step(4, steps=(3,), warmup_iters=1))
+pretrain = make_phase(
+    model=model,
+    dataloader=dataloader,
+    optimizer=optimizer,
+    train=train,
+    lr_multiplier=multi_step(4, steps=(3,), warmup_iters=1),
+)
 finetune = make_phase(pretrain)
 finetune["optimizer"].lr = 0.002
 

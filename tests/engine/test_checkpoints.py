@@ -1,5 +1,6 @@
 """Checkpoints that survive a kill: atomic saves, max_to_keep across a resume, and a resume that
 falls back to the newest intact checkpoint when the last one is damaged."""
+
 import logging
 import os
 from types import SimpleNamespace
@@ -60,8 +61,10 @@ def test_a_save_killed_midway_leaves_the_earlier_checkpoints_whole(tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         checkpointer.save("model_0000002")
     monkeypatch.setattr(torch, "save", real_save)
-    assert at_the_kill == {"files": [".tmp-model_0000002.pth", "last_checkpoint", "model_0000001.pth"],
-                           "tag": "model_0000001.pth"}
+    assert at_the_kill == {
+        "files": [".tmp-model_0000002.pth", "last_checkpoint", "model_0000001.pth"],
+        "tag": "model_0000001.pth",
+    }
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]
     assert last_checkpoint(tmp_path) == "model_0000001.pth"
     assert torch.load(tmp_path / "model_0000001.pth", weights_only=False)["trainer"]["iteration"] == 1
@@ -101,8 +104,10 @@ def test_resume_from_a_damaged_last_checkpoint_falls_back_to_the_newest_intact_o
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a checkpoint at all")
     assert resume(tmp_path) == (3, 3.0)
-    assert f"last_checkpoint names {path}, which cannot be read: resumed from {tmp_path / 'model_0000003.pth'}" \
+    assert (
+        f"last_checkpoint names {path}, which cannot be read: resumed from {tmp_path / 'model_0000003.pth'}"
         in logged.text
+    )
 
 
 @pytest.mark.parametrize("tag", ["", "\x00\x17garbage", "model_0000009.pth"])
@@ -128,11 +133,17 @@ def test_resume_with_no_intact_checkpoint_names_the_files_to_remove(tmp_path):
     save_iterations(tmp_path, [1, 3])
     for name in ("model_0000001.pth", "model_0000003.pth"):
         (tmp_path / name).write_bytes(b"")
-    with pytest.raises(RuntimeError, match=r"no checkpoint there can be read \(damaged: \[.*model_0000003.pth.*"
-                                           r"model_0000001.pth.*\]\). Remove them and .*last_checkpoint"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"no checkpoint there can be read \(damaged: \[.*model_0000003.pth.*"
+        r"model_0000001.pth.*\]\). Remove them and .*last_checkpoint",
+    ):
         resume(tmp_path)
     for name in ("model_0000001.pth", "model_0000003.pth"):
         os.remove(tmp_path / name)
-    with pytest.raises(RuntimeError, match=r"last_checkpoint names no checkpoint in the folder and there is none. "
-                                           r"Remove .*last_checkpoint"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"last_checkpoint names no checkpoint in the folder and there is none. "
+        r"Remove .*last_checkpoint",
+    ):
         resume(tmp_path)

@@ -1,5 +1,6 @@
 """The training script's command line: flags after the key=value overrides, and --eval-only with
 nothing to evaluate."""
+
 import importlib.util
 import os
 
@@ -21,9 +22,20 @@ def script():
 
 
 def test_flags_after_the_overrides_are_flags(script):
-    args = script.parse_args(["--config-file", "projects/loce.py", "train.max_iter=5", "--resume",
-                              "phases.finetune.train.log_period=2", "--phase", "finetune", "--eval-only",
-                              "--num-gpus=1", "train.init_checkpoint=a.pth"])
+    args = script.parse_args(
+        [
+            "--config-file",
+            "projects/loce.py",
+            "train.max_iter=5",
+            "--resume",
+            "phases.finetune.train.log_period=2",
+            "--phase",
+            "finetune",
+            "--eval-only",
+            "--num-gpus=1",
+            "train.init_checkpoint=a.pth",
+        ]
+    )
     assert args.resume and args.eval_only and args.phase == "finetune" and args.num_gpus == 1
     assert args.opts == ["train.max_iter=5", "phases.finetune.train.log_period=2", "train.init_checkpoint=a.pth"]
     assert script.checkpoint_to_evaluate(args.opts) == "a.pth"
@@ -47,6 +59,9 @@ def test_a_flag_among_overrides_given_to_load_config_says_where_flags_go():
 def test_eval_only_with_nothing_to_evaluate_fails(tmp_path, tiny_dataset):
     project = os.path.join(ROOT, "tests", "configs", "tiny_two_phase.py")
     cfg = load_config(project, tiny_run_overrides(tiny_dataset, str(tmp_path / "run")))
-    with pytest.raises(FileNotFoundError, match=r"--eval-only: nothing to evaluate.*pretrain/model_final.pth.*"
-                                                r"finetune/model_final.pth"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"--eval-only: nothing to evaluate.*pretrain/model_final.pth.*"
+        r"finetune/model_final.pth",
+    ):
         run_phases(cfg, eval_only=True)

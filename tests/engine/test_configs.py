@@ -1,5 +1,6 @@
 """Every file in configs/ and projects/ loads, and its model / optimizer / schedule instantiate; a
 project's root holds `train` and `phases` only, and a one-phase project is a plain config."""
+
 import ast
 import glob
 import os
@@ -12,9 +13,10 @@ from omegaconf.errors import ConfigAttributeError
 from detectron2.config import LazyConfig, instantiate
 from detectron2.model_zoo import get_config
 
-from fixtures.models import ROOT
 from ltdet2.data.lt_shapes import LTShapesSpec
 from ltdet2.engine.phases import PHASE_KEYS, PROJECT_ROOT_KEYS, load_config, resolve_phases
+
+from fixtures.models import ROOT
 
 CONFIG_FILES = sorted(
     glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True)
@@ -117,8 +119,11 @@ def test_project_root_holds_only_train_and_phases(tmp_path):
         f"phases = dict(only=make_phase(base))\n"
         f"model = phases['only']['model']\n"
     )
-    with pytest.raises(ValueError, match=r"unpacked.py: a project with phases holds only 'train' and 'phases' at "
-                                         r"its root, but it also has \['base', 'model'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"unpacked.py: a project with phases holds only 'train' and 'phases' at "
+        r"its root, but it also has \['base', 'model'\]",
+    ):
         load_config(str(config))
 
 
@@ -153,12 +158,20 @@ def test_method_pieces_hold_their_sizes_and_datasets_and_resolve_anywhere():
 
 
 def test_class_count_override_that_misses_the_method_pieces_is_refused():
-    with pytest.raises(ValueError, match=r"loce.py, phase 'finetune': model.roi_heads.indicators.mean_score"
-                                         r".num_classes is 72 but model.roi_heads.num_classes is 8"):
+    with pytest.raises(
+        ValueError,
+        match=r"loce.py, phase 'finetune': model.roi_heads.indicators.mean_score"
+        r".num_classes is 72 but model.roi_heads.num_classes is 8",
+    ):
         load_config(os.path.join(ROOT, "projects", "loce.py"), ["model.roi_heads.num_classes=8"])
-    cfg = load_config(os.path.join(ROOT, "projects", "loce.py"), [
-        "model.roi_heads.num_classes=8", "phases.finetune.model.roi_heads.indicators.mean_score.num_classes=8",
-        "phases.finetune.model.roi_heads.feature_sources.0.num_classes=8"])
+    cfg = load_config(
+        os.path.join(ROOT, "projects", "loce.py"),
+        [
+            "model.roi_heads.num_classes=8",
+            "phases.finetune.model.roi_heads.indicators.mean_score.num_classes=8",
+            "phases.finetune.model.roi_heads.feature_sources.0.num_classes=8",
+        ],
+    )
     assert cfg.phases.finetune.model.roi_heads.num_classes == 8
 
 
@@ -182,17 +195,29 @@ def test_init_from_phase_names_an_earlier_phase_or_none():
 LOCE = os.path.join(ROOT, "projects", "loce.py")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.max_itr=5", r"'train.max_itr=5'.*has no key 'train.max_itr'; did you mean train.max_iter\? "
-                        r"\(to add a new key, write \+train.max_itr=5\)"),
-    ("trian.max_iter=5", r"has no key 'trian.max_iter'; did you mean train.max_iter\?"),
-    ("model.roi_heads.num_clases=5", r"did you mean model.roi_heads.num_classes"),
-    ("phases.finetune.train.max_itr=5", r"phase 'finetune' of .*loce.py has no key 'train.max_itr'; did you mean "
-                                        r"train.max_iter"),
-    ("phases.finetun.train.max_iter=5", r"loce.py has no phase 'finetun'; did you mean 'phases.finetune'\? "
-                                        r"\(its phases: \['pretrain', 'finetune'\]\)"),
-    ("+train.max_iter=5", r"'train.max_iter' already exists .*drop the '\+'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "train.max_itr=5",
+            r"'train.max_itr=5'.*has no key 'train.max_itr'; did you mean train.max_iter\? "
+            r"\(to add a new key, write \+train.max_itr=5\)",
+        ),
+        ("trian.max_iter=5", r"has no key 'trian.max_iter'; did you mean train.max_iter\?"),
+        ("model.roi_heads.num_clases=5", r"did you mean model.roi_heads.num_classes"),
+        (
+            "phases.finetune.train.max_itr=5",
+            r"phase 'finetune' of .*loce.py has no key 'train.max_itr'; did you mean "
+            r"train.max_iter",
+        ),
+        (
+            "phases.finetun.train.max_iter=5",
+            r"loce.py has no phase 'finetun'; did you mean 'phases.finetune'\? "
+            r"\(its phases: \['pretrain', 'finetune'\]\)",
+        ),
+        ("+train.max_iter=5", r"'train.max_iter' already exists .*drop the '\+'"),
+    ],
+)
 def test_mistyped_override_is_refused_with_the_closest_names(override, message):
     with pytest.raises(ValueError, match=message):
         load_config(LOCE, [override])
@@ -204,10 +229,18 @@ def test_mistyped_override_of_a_plain_config_is_refused():
 
 
 def test_plus_adds_a_key_and_overrides_change_only_the_phases_holding_the_key():
-    cfg = load_config(LOCE, ["+train.new_key=5", "++train.max_iter=9", "+phases.pretrain.train.other=1",
-                             "model.roi_heads.indicators.mean_score.num_classes=8",
-                             "phases.finetune.model.roi_heads.feature_sources.0.num_classes=8",
-                             "model.roi_heads.num_classes=8", "dataloader.train.num_workers=0"])
+    cfg = load_config(
+        LOCE,
+        [
+            "+train.new_key=5",
+            "++train.max_iter=9",
+            "+phases.pretrain.train.other=1",
+            "model.roi_heads.indicators.mean_score.num_classes=8",
+            "phases.finetune.model.roi_heads.feature_sources.0.num_classes=8",
+            "model.roi_heads.num_classes=8",
+            "dataloader.train.num_workers=0",
+        ],
+    )
     assert cfg.train.new_key == cfg.phases.pretrain.train.new_key == cfg.phases.finetune.train.new_key == 5
     assert cfg.train.max_iter == cfg.phases.pretrain.train.max_iter == cfg.phases.finetune.train.max_iter == 9
     assert cfg.phases.pretrain.train.other == 1 and "other" not in cfg.phases.finetune.train

@@ -1,5 +1,6 @@
 """LOCE's memory warm-up: the official class-balanced image lists per rank, and a warm-up that fills the
 memory and the mean score of every class that has training images."""
+
 import math
 import os
 
@@ -56,13 +57,13 @@ def test_every_rank_gets_the_full_images_per_class(world_size, images_per_class)
         # images_per_class entries for each of the 4 classes with images, each holding its class
         assert len(selected) == 4 * images_per_class
         for k, c in enumerate((0, 1, 2, 3)):
-            chunk = selected[k * images_per_class:(k + 1) * images_per_class]
+            chunk = selected[k * images_per_class : (k + 1) * images_per_class]
             assert all(c in IMAGE_CLASSES[i] for i in chunk)
     # class 0 (11 images): the ranks' images are distinct as long as 11 images suffice
     class0 = np.concatenate([s[:images_per_class] for s in per_rank])
     assert len(set(class0.tolist())) == min(11, images_per_class * world_size)
     # class 3 (one image): every rank runs it images_per_class times
-    assert all(s[3 * images_per_class:].tolist() == [6] * images_per_class for s in per_rank)
+    assert all(s[3 * images_per_class :].tolist() == [6] * images_per_class for s in per_rank)
 
 
 def test_deduplicated_lists_are_padded_to_the_longest_rank():
@@ -78,14 +79,17 @@ def test_deduplicated_lists_are_padded_to_the_longest_rank():
 
 
 def test_warm_up_fills_every_class_with_training_images_on_every_rank(tmp_path, tiny_dataset, monkeypatch):
-    cfg = load_config(os.path.join(ROOT, "projects", "loce.py"),
-                      [*loce_tiny_overrides(tiny_dataset, str(tmp_path)), "dataloader.train.total_batch_size=8"])
+    cfg = load_config(
+        os.path.join(ROOT, "projects", "loce.py"),
+        [*loce_tiny_overrides(tiny_dataset, str(tmp_path)), "dataloader.train.total_batch_size=8"],
+    )
     cfg = cfg.phases.finetune
     cfg.train.seed = 3
     dataset_dicts = instantiate(cfg.dataloader.train.dataset)
     num_classes = TINY_LT_SHAPES.num_classes
-    image_count = np.bincount([a["category_id"] for d in dataset_dicts for a in d["annotations"]],
-                              minlength=num_classes)
+    image_count = np.bincount(
+        [a["category_id"] for d in dataset_dicts for a in d["annotations"]], minlength=num_classes
+    )
     assert (image_count > 0).all()
     for rank in range(2):  # rank `rank` of 2 processes (the comm answers only; nothing is communicated)
         monkeypatch.setattr(memory_warmup.comm, "get_world_size", lambda: 2)

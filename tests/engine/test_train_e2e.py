@@ -1,19 +1,20 @@
 """End to end on a tiny LT-Shapes on CPU: a two-phase project trains, skips finished phases,
 resumes an interrupted one, evaluates, and refuses a phase whose input checkpoint is missing."""
+
 import glob
 import json
 import logging
 import os
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
 from detectron2.utils.logger import setup_logger
 
 from ltdet2.engine.phases import DONE_FILE, load_config, run_phases
 
-from fixtures.models import ROOT, TINY_LT_SHAPES, loce_tiny_overrides, tiny_run_overrides
+from fixtures.models import ROOT, loce_tiny_overrides, tiny_run_overrides
 
 PROJECT = os.path.join(ROOT, "tests", "configs", "tiny_two_phase.py")
 
@@ -50,7 +51,8 @@ def test_two_phases_train_skip_resume_and_evaluate(tmp_path, tiny_dataset):
         assert os.path.isfile(os.path.join(out, name, "config.yaml"))
         assert os.path.isfile(os.path.join(out, name, "inference", "per_class_ap_bbox.json"))
         assert tensorboard_scalars(os.path.join(out, name))["total_loss"] == iterations_in(
-            os.path.join(out, name, "metrics.json"))  # Detectron2's TensorBoard writer, every log period
+            os.path.join(out, name, "metrics.json")
+        )  # Detectron2's TensorBoard writer, every log period
 
     # finetune started from pretrain's final weights
     finetune_cfg = load(out, tiny_dataset).phases.finetune
@@ -104,13 +106,19 @@ LOCE_PROJECT = os.path.join(ROOT, "projects", "loce.py")
 
 
 def load_loce(output_dir, tiny_dataset, *extra):
-    return load_config(LOCE_PROJECT, [
-        *loce_tiny_overrides(tiny_dataset, output_dir),
-        "dataloader.train.total_batch_size=2", "train.max_iter=3", "train.checkpointer.period=1",
-        "train.log_period=1",
-        # 3 iterations leave LOCE's pretrain without a detection; this test checks memories, not AP
-        "train.allow_empty_eval=True", *extra,
-    ])
+    return load_config(
+        LOCE_PROJECT,
+        [
+            *loce_tiny_overrides(tiny_dataset, output_dir),
+            "dataloader.train.total_batch_size=2",
+            "train.max_iter=3",
+            "train.checkpointer.period=1",
+            "train.log_period=1",
+            # 3 iterations leave LOCE's pretrain without a detection; this test checks memories, not AP
+            "train.allow_empty_eval=True",
+            *extra,
+        ],
+    )
 
 
 def memory_state(state_dict):
@@ -150,7 +158,6 @@ def test_loce_project_runs_and_restores_memory_and_mean_scores_exactly(tmp_path,
     assert restored.keys() == expected.keys() and len(expected) >= 5
     for key in expected:
         assert torch.equal(restored[key], expected[key]), key
-
 
 
 def test_dataset_guided_ebl_and_mfs_read_instance_counts(tiny_dataset):
@@ -200,9 +207,12 @@ def poison_predictions(monkeypatch, *, training_from_iter=None, evaluation=False
 def test_divergence_stops_the_run_naming_phase_iteration_and_loss_terms(tmp_path, tiny_dataset, monkeypatch):
     poison_predictions(monkeypatch, training_from_iter=1)
     out = str(tmp_path / "run")
-    with pytest.raises(FloatingPointError, match=r"(?s)phase 'pretrain' diverged \(not marked done\): .*"
-                                                 r"the loss became infinite or NaN at iteration 1: "
-                                                 r"loss_cls=nan, loss_box_reg=[0-9.]+, loss_rpn_cls="):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"(?s)phase 'pretrain' diverged \(not marked done\): .*"
+        r"the loss became infinite or NaN at iteration 1: "
+        r"loss_cls=nan, loss_box_reg=[0-9.]+, loss_rpn_cls=",
+    ):
         run_phases(load(out, tiny_dataset, "train.max_iter=3"))
     assert not os.path.exists(os.path.join(out, "pretrain", DONE_FILE))
     assert not os.path.exists(os.path.join(out, "finetune"))
@@ -211,15 +221,21 @@ def test_divergence_stops_the_run_naming_phase_iteration_and_loss_terms(tmp_path
 def test_empty_evaluation_is_not_marked_done_unless_allowed(tmp_path, tiny_dataset, monkeypatch):
     poison_predictions(monkeypatch, evaluation=True)  # Detectron2 drops non-finite boxes: no detection
     out = str(tmp_path / "run")
-    with pytest.raises(RuntimeError, match=r"phase 'pretrain': the evaluation of .*pretrain/model_final.pth found "
-                                           r"nothing \(every bbox metric is NaN\).*Not marked done; to accept it, "
-                                           r"run again with phases.pretrain.train.allow_empty_eval=True"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"phase 'pretrain': the evaluation of .*pretrain/model_final.pth found "
+        r"nothing \(every bbox metric is NaN\).*Not marked done; to accept it, "
+        r"run again with phases.pretrain.train.allow_empty_eval=True",
+    ):
         run_phases(load(out, tiny_dataset, "train.max_iter=1"), only="pretrain")
     assert os.path.isfile(os.path.join(out, "pretrain", "model_final.pth"))
     assert not os.path.exists(os.path.join(out, "pretrain", DONE_FILE))
 
-    results = run_phases(load(out, tiny_dataset, "train.max_iter=1", "phases.pretrain.train.allow_empty_eval=True"),
-                         only="pretrain", resume=True)
+    results = run_phases(
+        load(out, tiny_dataset, "train.max_iter=1", "phases.pretrain.train.allow_empty_eval=True"),
+        only="pretrain",
+        resume=True,
+    )
     assert all(v != v for v in results["pretrain"]["bbox"].values())  # NaN, accepted
     assert os.path.isfile(os.path.join(out, "pretrain", DONE_FILE))
 

@@ -7,7 +7,7 @@ engine (ltdet2.evaluation.fast_lvis_feed) and faster-coco-eval's public LVIS pat
 The official API (lvis 0.5.3) uses ``np.float`` (removed in numpy 1.24); the shim that
 restores it is scoped to the reference computations of this file only.
 """
-import contextlib
+
 import copy
 import json
 import logging
@@ -130,7 +130,9 @@ def _same(a, b):
     assert np.array_equal(np.array(list(a.values())), np.array(list(b.values())), equal_nan=True), (a, b)
 
 
-@pytest.mark.parametrize("seed,fp,dets_per_image,max_dets", [(0, 20, None, 300), (3, None, 305, 300), (4, 30, None, 25)])
+@pytest.mark.parametrize(
+    "seed,fp,dets_per_image,max_dets", [(0, 20, None, 300), (3, None, 305, 300), (4, 30, None, 25)]
+)
 def test_array_input_identical_to_list(gt_dict, official_gt, seed, fp, dets_per_image, max_dets):
     """[N, 7] array and list of dicts: identical metrics."""
     dets = make_lvis_detections(gt_dict, seed=seed, fp_per_image=fp, dets_per_image=dets_per_image)
@@ -332,8 +334,9 @@ def registered_dataset():
 
 def _to_outputs(gt_dict, dets, with_masks):
     """Per-image Detectron2 inputs/outputs from LVIS results (contiguous id = json id - 1)."""
-    from detectron2.structures import Boxes, Instances
     from pycocotools import mask as mask_util
+
+    from detectron2.structures import Boxes, Instances
 
     by_img = {}
     for d in dets:

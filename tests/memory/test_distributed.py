@@ -65,8 +65,9 @@ def run_steps(modules, batches):
         classes = torch.arange(C)
         seeded = modules["queue"].sample(classes, 3, generator=torch.Generator().manual_seed(step))
         recent = modules["queue"].sample(classes, 2, mode="recent")
-        distinct = modules["queue"].sample(classes, 3, mode="random_distinct",
-                                           generator=torch.Generator().manual_seed(50 + step))
+        distinct = modules["queue"].sample(
+            classes, 3, mode="random_distinct", generator=torch.Generator().manual_seed(50 + step)
+        )
         shared = modules["queue"].sample(classes, 3)  # no generator: seed broadcast under global
         hallucinated = modules["bank"].sample(classes, 2, generator=torch.Generator().manual_seed(step))
         samples.append(

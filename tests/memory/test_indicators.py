@@ -71,7 +71,7 @@ def test_mean_score_alpha_power_update():
         for c in range(C):  # sequential definition: n single-entry EMAs with the batch mean
             entries = scores[labels == c]
             if entries.size:
-                decay = 0.9 ** entries.size
+                decay = 0.9**entries.size
                 expected[c] = decay * expected[c] + (1 - decay) * entries.mean()
     vector = indicator.vector()
     assert vector.shape == (C + 1,) and vector[C] == pytest.approx(0.01) and vector[3] == pytest.approx(0.01)
@@ -141,7 +141,7 @@ def test_indicator_state_dict_round_trip_and_dtype(cls):
         else:
             indicator.update(labels, logits)
 
-    data = [(torch.tensor(l), torch.tensor(z)) for l, z in batches(4)]
+    data = [(torch.tensor(labels), torch.tensor(z)) for labels, z in batches(4)]
     indicator = cls(C)
     for labels, logits in data[:3]:
         feed(indicator, labels, logits)
@@ -186,8 +186,12 @@ def predictor_batches(seed=0, steps=4):
 
 
 def as_batch(labels, object_ids, logits, probabilities):
-    return PredictorBatch(logits=torch.tensor(logits), labels=torch.tensor(labels),
-                          object_ids=torch.tensor(object_ids), probabilities=torch.tensor(probabilities))
+    return PredictorBatch(
+        logits=torch.tensor(logits),
+        labels=torch.tensor(labels),
+        object_ids=torch.tensor(object_ids),
+        probabilities=torch.tensor(probabilities),
+    )
 
 
 def test_static_and_count_indicators_update_from_predictions():
@@ -236,12 +240,17 @@ def test_true_positive_rate_updates_by_foreground_argmax_of_probabilities():
 
 def test_true_positive_rate_counts_a_background_winner_by_its_best_foreground_class():
     # C = 5; background (column 5) has the highest probability in every row
-    probabilities = torch.tensor([[0.20, 0.05, 0.0, 0.0, 0.0, 0.75],   # label 0: best foreground 0 -> hit
-                                  [0.20, 0.05, 0.0, 0.0, 0.0, 0.75],   # label 1: best foreground 0 -> miss
-                                  [0.00, 0.10, 0.3, 0.0, 0.0, 0.60]])  # label 2: hit
+    probabilities = torch.tensor(
+        [
+            [0.20, 0.05, 0.0, 0.0, 0.0, 0.75],  # label 0: best foreground 0 -> hit
+            [0.20, 0.05, 0.0, 0.0, 0.0, 0.75],  # label 1: best foreground 0 -> miss
+            [0.00, 0.10, 0.3, 0.0, 0.0, 0.60],
+        ]
+    )  # label 2: hit
     labels = torch.tensor([0, 1, 2])
-    batch = PredictorBatch(logits=probabilities.log(), labels=labels, object_ids=torch.arange(3),
-                           probabilities=probabilities)
+    batch = PredictorBatch(
+        logits=probabilities.log(), labels=labels, object_ids=torch.arange(3), probabilities=probabilities
+    )
     indicator = TruePositiveRate(C)
     indicator.update_from_predictions(batch)
     assert indicator.vector().tolist() == [1.0, 0.0, 1.0, 0.0, 0.0]
@@ -260,8 +269,9 @@ def test_soft_confusion_matrix_updates_from_foreground_logits_not_probabilities(
         p = np.exp(z - z.max(1, keepdims=True))
         np.add.at(numerator, labels[fg], p / p.sum(1, keepdims=True))
         np.add.at(pos, labels[fg], 1)
-    np.testing.assert_allclose(indicator.matrix().numpy(), numerator / np.maximum(pos, 1)[:, None], rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        indicator.matrix().numpy(), numerator / np.maximum(pos, 1)[:, None], rtol=1e-5, atol=1e-7
+    )
     assert not SoftConfusionMatrix.reads_probabilities
 
 
@@ -270,5 +280,9 @@ def test_predictor_batch_checks_shapes():
     with pytest.raises(ValueError, match=r"labels must be \[3\]"):
         PredictorBatch(logits, torch.zeros(2, dtype=torch.int64), torch.zeros(3, dtype=torch.int64))
     with pytest.raises(ValueError, match="probabilities"):
-        PredictorBatch(logits, torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=torch.int64),
-                       probabilities=torch.zeros(3, C))
+        PredictorBatch(
+            logits,
+            torch.zeros(3, dtype=torch.int64),
+            torch.zeros(3, dtype=torch.int64),
+            probabilities=torch.zeros(3, C),
+        )

@@ -111,8 +111,10 @@ def test_random_sampling_is_uniform_over_stored_entries():
 def test_random_distinct_sampling_without_replacement():
     queue = ClassQueue(4, 8, {"value": ((), torch.int64)})
     # class 0: 3 stored; class 1: 8 (full, ring wrapped: 100..103 overwritten); class 3: 6
-    queue.push(torch.tensor([0] * 3 + [1] * 12 + [3] * 6),
-               value=torch.cat([torch.arange(3), torch.arange(100, 112), torch.arange(300, 306)]))
+    queue.push(
+        torch.tensor([0] * 3 + [1] * 12 + [3] * 6),
+        value=torch.cat([torch.arange(3), torch.arange(100, 112), torch.arange(300, 306)]),
+    )
     gen = torch.Generator().manual_seed(7)
     draws = 3000
     frequency = {1: collections.Counter(), 3: collections.Counter()}

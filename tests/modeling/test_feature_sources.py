@@ -1,5 +1,6 @@
 """The feature-source contract: every source trains through LongTailROIHeads on batches where one image,
 or every image, has no annotations (Detectron2 sets no ``gt_boxes`` on such an image's RoIs)."""
+
 import inspect
 
 import pytest
@@ -32,22 +33,31 @@ class RoIBoxRows(FeatureSource):
         foreground = labels < context.num_classes
         if not foreground.any():
             return None
-        return ExtraRows(features=context.box_features.detach()[foreground], labels=labels[foreground],
-                         proposal_boxes=gt_boxes[foreground], gt_boxes=gt_boxes[foreground])
+        return ExtraRows(
+            features=context.box_features.detach()[foreground],
+            labels=labels[foreground],
+            proposal_boxes=gt_boxes[foreground],
+            gt_boxes=gt_boxes[foreground],
+        )
 
 
 SOURCES = {
-    MemoryFeatureSampler: lambda: MemoryFeatureSampler(num_classes=NUM_CLASSES, feature_shape=(128, 7, 7),
-                                                       capacity=CAPACITY, num_sampled_classes=4, per_class=2),
-    ObjectReplay: lambda: ObjectReplay(num_classes=NUM_CLASSES, feature_dim=256, targeted_classes=range(NUM_CLASSES),
-                                       capacity=CAPACITY, per_class=3),
+    MemoryFeatureSampler: lambda: MemoryFeatureSampler(
+        num_classes=NUM_CLASSES, feature_shape=(128, 7, 7), capacity=CAPACITY, num_sampled_classes=4, per_class=2
+    ),
+    ObjectReplay: lambda: ObjectReplay(
+        num_classes=NUM_CLASSES, feature_dim=256, targeted_classes=range(NUM_CLASSES), capacity=CAPACITY, per_class=3
+    ),
     RoIBoxRows: RoIBoxRows,
 }
 
 
 def exported_sources():
-    return {obj for obj in vars(feature_sources).values()
-            if inspect.isclass(obj) and issubclass(obj, FeatureSource) and obj is not FeatureSource}
+    return {
+        obj
+        for obj in vars(feature_sources).values()
+        if inspect.isclass(obj) and issubclass(obj, FeatureSource) and obj is not FeatureSource
+    }
 
 
 def test_every_exported_source_is_tested_here():
@@ -64,8 +74,13 @@ class Recorder:
         def before(module, args):
             queue = getattr(module, "queue", None)
             counts = queue.counts if queue is not None else None
-            self.calls.append({"rois": torch.cat([p.gt_classes for p in args[0].proposals]), "counts": counts,
-                               "targets": torch.cat([t.gt_classes for t in args[0].targets])})
+            self.calls.append(
+                {
+                    "rois": torch.cat([p.gt_classes for p in args[0].proposals]),
+                    "counts": counts,
+                    "targets": torch.cat([t.gt_classes for t in args[0].targets]),
+                }
+            )
 
         source.register_forward_pre_hook(before)
         source.register_forward_hook(lambda m, args, out: self.calls[-1].update(rows=out))

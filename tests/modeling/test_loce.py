@@ -1,5 +1,6 @@
 """LOCE: equilibrium loss, dense box generator, MFS draw and push, mean-score timing, checkpoints, the
 dataset-guided ablation, the normalised mask head."""
+
 import io
 import math
 from types import SimpleNamespace
@@ -88,12 +89,14 @@ def test_dense_boxes_sign_patterns_magnitudes_order_and_clipping():
 
 def test_mfs_and_mean_scores_survive_a_checkpoint_exactly():
     torch.manual_seed(0)
-    source = MemoryFeatureSampler(num_classes=5, feature_shape=(4, 7, 7), capacity=6, num_sampled_classes=2,
-                                  per_class=3)
+    source = MemoryFeatureSampler(
+        num_classes=5, feature_shape=(4, 7, 7), capacity=6, num_sampled_classes=2, per_class=3
+    )
     scores = MeanScore(5)
     labels = torch.tensor([0, 0, 3, 4, 4, 4, 4, 4, 4, 4])
-    source.queue.push(labels, features=torch.randn(10, 4, 7, 7), proposal_boxes=torch.rand(10, 4),
-                      gt_boxes=torch.rand(10, 4))
+    source.queue.push(
+        labels, features=torch.randn(10, 4, 7, 7), proposal_boxes=torch.rand(10, 4), gt_boxes=torch.rand(10, 4)
+    )
     scores.update(torch.tensor([0, 3, 4]), torch.tensor([0.9, 0.2, 0.5]))
     buffer = io.BytesIO()
     torch.save({"source": source.state_dict(), "scores": scores.state_dict()}, buffer)
@@ -132,11 +135,21 @@ def test_equilibrium_loss_stays_finite_with_float16_logits():
 def mfs_with_scores(scores, fill, class_draw="with_replacement", per_class=2):
     """An MFS over len(scores) classes whose queue holds ``fill[c]`` entries of class c."""
     num_classes = len(scores)
-    mfs = MemoryFeatureSampler(num_classes=num_classes, feature_shape=(2, 1, 1), capacity=4, num_sampled_classes=8,
-                               per_class=per_class, class_draw=class_draw)
+    mfs = MemoryFeatureSampler(
+        num_classes=num_classes,
+        feature_shape=(2, 1, 1),
+        capacity=4,
+        num_sampled_classes=8,
+        per_class=per_class,
+        class_draw=class_draw,
+    )
     labels = torch.repeat_interleave(torch.arange(num_classes), torch.tensor(fill))
-    mfs.queue.push(labels, features=torch.randn(len(labels), 2, 1, 1), proposal_boxes=torch.rand(len(labels), 4),
-                   gt_boxes=torch.rand(len(labels), 4))
+    mfs.queue.push(
+        labels,
+        features=torch.randn(len(labels), 2, 1, 1),
+        proposal_boxes=torch.rand(len(labels), 4),
+        gt_boxes=torch.rand(len(labels), 4),
+    )
     indicator = MeanScore(num_classes)
     indicator.mean_scores[:num_classes] = torch.tensor(scores)
     mfs.bind_indicators({"mean_score": indicator})
@@ -186,9 +199,14 @@ def test_mfs_push_pools_only_kept_boxes_in_blocks_and_equals_one_push(monkeypatc
 
     # 3 images (one without ground truth); class 1 has 7 boxes x 16 = 112 dense boxes for a capacity of 40
     targets = []
-    for boxes, classes in (([[5, 5, 40, 40], [10, 20, 50, 60], [0, 0, 30, 20]], [1, 0, 1]), ([], []),
-                           ([[1, 2, 3, 4], [20, 20, 60, 50], [8, 8, 40, 40], [2, 3, 30, 33], [9, 9, 19, 19],
-                             [30, 5, 60, 25]], [1, 2, 1, 1, 1, 2])):
+    for boxes, classes in (
+        ([[5, 5, 40, 40], [10, 20, 50, 60], [0, 0, 30, 20]], [1, 0, 1]),
+        ([], []),
+        (
+            [[1, 2, 3, 4], [20, 20, 60, 50], [8, 8, 40, 40], [2, 3, 30, 33], [9, 9, 19, 19], [30, 5, 60, 25]],
+            [1, 2, 1, 1, 1, 2],
+        ),
+    ):
         instances = Instances((64, 64))
         instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
         instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
@@ -198,7 +216,8 @@ def test_mfs_push_pools_only_kept_boxes_in_blocks_and_equals_one_push(monkeypatc
     def pool(per_image):  # a feature that encodes the box and its image
         pooled_boxes.append(sum(len(b) for b in per_image))
         return torch.cat([torch.cat([b, torch.full((len(b), 1), float(i))], 1) for i, b in enumerate(per_image)])[
-            :, :, None, None].repeat(1, 1, 2, 2)
+            :, :, None, None
+        ].repeat(1, 1, 2, 2)
 
     context = SimpleNamespace(targets=targets, pool=pool, pooled_features=torch.zeros(0, 5, 2, 2))
     monkeypatch.setattr(mfs_module, "_POOL_BLOCK_BYTES", 20 * 4 * 5 * 2 * 2)  # 20 float32 5x2x2 boxes per call
@@ -209,9 +228,12 @@ def test_mfs_push_pools_only_kept_boxes_in_blocks_and_equals_one_push(monkeypatc
     torch.manual_seed(3)
     dense = [dense_boxes(t.gt_boxes.tensor, t.image_size) for t in targets]
     reference = ClassQueue(3, 40, {"features": (5, 2, 2), "proposal_boxes": (4,), "gt_boxes": (4,)})
-    reference.push(torch.cat([t.gt_classes.repeat_interleave(16) for t in targets]),
-                   features=pool(dense), proposal_boxes=torch.cat(dense),
-                   gt_boxes=torch.cat([t.gt_boxes.tensor.repeat_interleave(16, dim=0) for t in targets]))
+    reference.push(
+        torch.cat([t.gt_classes.repeat_interleave(16) for t in targets]),
+        features=pool(dense),
+        proposal_boxes=torch.cat(dense),
+        gt_boxes=torch.cat([t.gt_boxes.tensor.repeat_interleave(16, dim=0) for t in targets]),
+    )
     for key, value in reference.state_dict().items():
         assert torch.equal(mfs.queue.state_dict()[key], value), key
     assert mfs.queue.counts.tolist() == [16, 40, 32]
@@ -232,7 +254,8 @@ def test_ebl_of_a_step_reads_the_mean_scores_updated_by_that_step(timing):
     model.roi_heads.bind_indicators()
     calls = []
     model.roi_heads.box_predictor.cls_loss.register_forward_hook(
-        lambda m, args, out: calls.append((args[0].detach().clone(), args[1].clone(), indicator.vector(), out)))
+        lambda m, args, out: calls.append((args[0].detach().clone(), args[1].clone(), indicator.vector(), out))
+    )
     batch = make_batch(boxes_per_image=4)
     initial = indicator.vector()
     train_losses(model, batch)
@@ -313,8 +336,10 @@ def test_dataset_guided_ebl_uses_a_raw_background_count_of_one():
     mfs = MemoryFeatureSampler(num_classes=4, feature_shape=(1, 1, 1), indicator="instance_frequency")
     mfs.bind_indicators({"instance_frequency": frequency})
     weights = mfs.sampling_weights()
-    assert torch.allclose(weights / weights.sum(), (1 / torch.tensor(counts, dtype=torch.float32)) /
-                          (1 / torch.tensor(counts, dtype=torch.float32)).sum())
+    assert torch.allclose(
+        weights / weights.sum(),
+        (1 / torch.tensor(counts, dtype=torch.float32)) / (1 / torch.tensor(counts, dtype=torch.float32)).sum(),
+    )
     with pytest.raises(ValueError, match="background_count must be > 0"):
         InstanceFrequency(counts, background_count=0)
 

@@ -1,5 +1,6 @@
 """LongTailROIHeads / LongTailOutputLayers: stock-equal when all options are off; extra rows and
 indicators behave as specified."""
+
 import numpy as np
 import pytest
 import torch
@@ -65,8 +66,7 @@ def test_extra_rows_train_classifier_and_regressor_but_not_mask():
     dim = 256
     labels = torch.tensor([1, 1, 4])
     boxes = torch.tensor([[10.0, 10, 40, 40], [12, 8, 44, 41], [30, 30, 60, 70]])
-    rows = ExtraRows(features=torch.randn(3, dim), labels=labels, proposal_boxes=boxes,
-                     gt_boxes=boxes + 2.0)
+    rows = ExtraRows(features=torch.randn(3, dim), labels=labels, proposal_boxes=boxes, gt_boxes=boxes + 2.0)
     source = FixedRows(rows)
     stock, ours = paired_models(mask=True, feature_sources=[])
     ours.roi_heads.feature_sources.append(source)
@@ -107,8 +107,9 @@ def test_classification_only_rows_skip_regression():
 def test_mean_score_entries_per_ground_truth_box_and_memory_class():
     # 2 classes (C=2, background 2); rows: gt object 0 (class 1) x2, gt object 1 (class 0) x1,
     # background x1, memory class 1 x2 (one entry)
-    logits = torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 3.0],
-                           [0.0, 0.5, 0.0], [0.0, 0.0, 0.0]])
+    logits = torch.tensor(
+        [[0.0, 1.0, 0.0], [0.0, 2.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 3.0], [0.0, 0.5, 0.0], [0.0, 0.0, 0.0]]
+    )
     labels = torch.tensor([1, 1, 0, 2, 1, 1])
     object_ids = torch.tensor([0, 0, 1, -1, 10, 10])
     probs = torch.softmax(logits, 1)
@@ -121,8 +122,9 @@ def test_mean_score_entries_per_ground_truth_box_and_memory_class():
 def test_mean_scores_update_from_roi_heads_with_any_roi_count():
     indicator, recorder = MeanScore(NUM_CLASSES, alpha=0.9), BatchRecorder(NUM_CLASSES)
     memory_labels = torch.tensor([1, 4, 1])
-    source = FixedRows(ExtraRows(features=torch.randn(3, 256, generator=torch.Generator().manual_seed(0)),
-                                 labels=memory_labels))
+    source = FixedRows(
+        ExtraRows(features=torch.randn(3, 256, generator=torch.Generator().manual_seed(0)), labels=memory_labels)
+    )
     stock, ours = paired_models(indicators={"mean_score": indicator, "recorder": recorder}, feature_sources=[source])
     ours.roi_heads.box_predictor.cls_loss = EquilibriumLoss(indicator="mean_score")
     ours.roi_heads.bind_indicators()
@@ -150,14 +152,16 @@ def test_mean_scores_update_from_roi_heads_with_any_roi_count():
     memory_ids = recorded.object_ids[num_rois:]
     assert torch.equal(recorded.labels[num_rois:], memory_labels)
     assert memory_ids[0] == memory_ids[2] != memory_ids[1] and (memory_ids >= len(gt_boxes)).all()
-    np.testing.assert_allclose(after.numpy(), expected_mean_scores(recorded, torch.softmax(recorded.logits, 1)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        after.numpy(), expected_mean_scores(recorded, torch.softmax(recorded.logits, 1)), rtol=1e-6
+    )
 
 
 def test_mfs_rows_come_from_memory_and_keep_mask_loss():
     indicator = MeanScore(NUM_CLASSES)
-    mfs = MemoryFeatureSampler(num_classes=NUM_CLASSES, feature_shape=(128, 7, 7), capacity=20,
-                               num_sampled_classes=3, per_class=2)
+    mfs = MemoryFeatureSampler(
+        num_classes=NUM_CLASSES, feature_shape=(128, 7, 7), capacity=20, num_sampled_classes=3, per_class=2
+    )
     stock, ours = paired_models(mask=True, feature_sources=[mfs], indicators={"mean_score": indicator})
     batch = make_batch(mask=True)
     stock_losses, our_losses = train_losses(stock, batch), train_losses(ours, batch)
@@ -209,8 +213,10 @@ def expected_mean_scores(batch, probabilities, alpha=0.9):
     expected = np.full(NUM_CLASSES + 1, 0.01)
     labels, object_ids = batch.labels.numpy(), batch.object_ids.numpy()
     for c in range(NUM_CLASSES):
-        entries = [probabilities[object_ids == obj, c].double().mean().item()
-                   for obj in np.unique(object_ids[(labels == c) & (object_ids >= 0)])]
+        entries = [
+            probabilities[object_ids == obj, c].double().mean().item()
+            for obj in np.unique(object_ids[(labels == c) & (object_ids >= 0)])
+        ]
         if entries:
             decay = alpha ** len(entries)
             expected[c] = decay * 0.01 + (1 - decay) * np.mean(entries)
@@ -226,9 +232,14 @@ def expected_true_positive_rate(batch, probabilities):
 
 
 def scoring_model(predictor_class):
-    cfg = long_tail_cfg(small_model_cfg(), indicators={
-        "mean_score": L(MeanScore)(num_classes=NUM_CLASSES), "tpr": L(TruePositiveRate)(num_classes=NUM_CLASSES),
-        "recorder": L(BatchRecorder)(num_classes=NUM_CLASSES)})
+    cfg = long_tail_cfg(
+        small_model_cfg(),
+        indicators={
+            "mean_score": L(MeanScore)(num_classes=NUM_CLASSES),
+            "tpr": L(TruePositiveRate)(num_classes=NUM_CLASSES),
+            "recorder": L(BatchRecorder)(num_classes=NUM_CLASSES),
+        },
+    )
     cfg.roi_heads.box_predictor._target_ = predictor_class
     cfg.roi_heads.box_predictor.test_score_thresh = 0.0  # keep detections of an untrained model
     torch.manual_seed(0)
@@ -238,9 +249,11 @@ def scoring_model(predictor_class):
 def roi_head_detections(model, batch):
     """(proposals, box-predictor outputs, detections) of the ROI heads at inference."""
     seen = {}
-    hooks = [model.roi_heads.register_forward_pre_hook(lambda m, args: seen.update(proposals=args[2])),
-             model.roi_heads.box_predictor.register_forward_hook(lambda m, args, out: seen.update(predictions=out)),
-             model.roi_heads.register_forward_hook(lambda m, args, out: seen.update(detections=out[0]))]
+    hooks = [
+        model.roi_heads.register_forward_pre_hook(lambda m, args: seen.update(proposals=args[2])),
+        model.roi_heads.box_predictor.register_forward_hook(lambda m, args, out: seen.update(predictions=out)),
+        model.roi_heads.register_forward_hook(lambda m, args, out: seen.update(detections=out[0])),
+    ]
     model.eval()
     with torch.no_grad():
         model(batch)
@@ -268,8 +281,9 @@ def test_inference_and_indicators_share_the_predictors_scoring(predictor_class):
     assert recorded.probabilities.dtype == torch.float32 and not recorded.probabilities.requires_grad
     probabilities = scoring(recorded.logits.float())
     assert torch.equal(recorded.probabilities, probabilities)
-    np.testing.assert_allclose(indicators["mean_score"].vector().numpy(), expected_mean_scores(recorded, probabilities),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        indicators["mean_score"].vector().numpy(), expected_mean_scores(recorded, probabilities), rtol=1e-6
+    )
     np.testing.assert_allclose(indicators["tpr"].vector().numpy(), expected_true_positive_rate(recorded, probabilities))
     stock_indicators = stock_scoring.roi_heads.indicators
     assert torch.equal(stock_indicators["recorder"].batches[0].logits, recorded.logits)  # same rows, same logits
@@ -282,7 +296,11 @@ def test_inference_and_indicators_share_the_predictors_scoring(predictor_class):
     expected, _ = fast_rcnn_inference(
         predictor.predict_boxes(predictions, proposals),
         scoring(predictions[0]).split([len(p) for p in proposals]),
-        [p.image_size for p in proposals], 0.0, predictor.test_nms_thresh, predictor.test_topk_per_image)
+        [p.image_size for p in proposals],
+        0.0,
+        predictor.test_nms_thresh,
+        predictor.test_topk_per_image,
+    )
     _, _, stock_detections = roi_head_detections(stock_scoring, batch)
     for ours, theirs, stock in zip(detections, expected, stock_detections):
         assert len(ours) > 0
@@ -307,9 +325,14 @@ class TwoIndicatorRows(FeatureSource):
 
 def test_a_module_reads_two_indicators_bound_once():
     source = TwoIndicatorRows()
-    stock, ours = paired_models(feature_sources=[source], indicators={
-        "confusion": SoftConfusionMatrix(NUM_CLASSES), "tpr": TruePositiveRate(NUM_CLASSES),
-        "mean_score": MeanScore(NUM_CLASSES)})
+    stock, ours = paired_models(
+        feature_sources=[source],
+        indicators={
+            "confusion": SoftConfusionMatrix(NUM_CLASSES),
+            "tpr": TruePositiveRate(NUM_CLASSES),
+            "mean_score": MeanScore(NUM_CLASSES),
+        },
+    )
     indicators = ours.roi_heads.indicators
     assert source.indicator("confusion") is indicators["confusion"] and source.indicator("tpr") is indicators["tpr"]
     with pytest.raises(ValueError, match=r"reads 2 indicators \['confusion', 'tpr'\]; name the one"):
@@ -339,6 +362,9 @@ def test_missing_indicator_is_a_build_error_naming_it(where):
         cfg.roi_heads.feature_sources = [L(MemoryFeatureSampler)(num_classes=NUM_CLASSES, indicator="tpr")]
         owner = r"feature_sources.0 \(MemoryFeatureSampler\)"
     missing = "confusion" if where == "cls_loss" else "tpr"
-    with pytest.raises(ValueError, match=rf"{owner} reads indicator\(s\) \['{missing}'\], but the ROI heads "
-                                         r"have \['mean_score'\]"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{owner} reads indicator\(s\) \['{missing}'\], but the ROI heads "
+        r"have \['mean_score'\]",
+    ):
         instantiate(cfg)

@@ -1,4 +1,5 @@
 """RIO: repeat-factor sampling, cosine classifier, object-centric memory replay, configs, a short run."""
+
 import copy
 import math
 import os
@@ -69,14 +70,27 @@ def test_repeat_factors_match_direct_computation(threshold, power):
     assert np.allclose(factors.numpy(), expected, rtol=1e-6)
     if power in (0.5, 1.0):  # Detectron2's own (loop) computation agrees
         stock = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
-            handmade_dicts(), threshold, sqrt=power == 0.5)
+            handmade_dicts(), threshold, sqrt=power == 0.5
+        )
         assert torch.allclose(factors, stock)
 
 
 def test_repeat_factor_values_and_pairs():
     images, classes = dataset_dict_pairs(handmade_dicts())
     assert list(zip(images.tolist(), classes.tolist())) == [
-        (0, 0), (0, 1), (1, 0), (2, 0), (2, 2), (3, 0), (3, 1), (4, 0), (5, 0), (5, 3), (7, 0), (7, 1)]
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (2, 0),
+        (2, 2),
+        (3, 0),
+        (3, 1),
+        (4, 0),
+        (5, 0),
+        (5, 3),
+        (7, 0),
+        (7, 1),
+    ]
     # f = (7/8, 3/8, 1/8, 1/8, 0) at t=0.5, sqrt: r = (1, 1.1547, 2, 2, 1)
     r = class_repeat_factors([7 / 8, 3 / 8, 1 / 8, 1 / 8, 0.0], threshold=0.5)
     assert np.allclose(r, [1, math.sqrt(4 / 3), 2, 2, 1])
@@ -88,15 +102,18 @@ def test_repeat_factors_from_lvis_counts():
     json_dict = {
         "images": [{"id": i + 1} for i in range(8)],
         "categories": [{"id": c + 1, "name": f"c{c}", "frequency": "r"} for c in range(5)],
-        "annotations": [{"id": k, "image_id": i + 1, "category_id": c + 1}
-                        for k, (i, c) in enumerate((i, c) for i, cats in enumerate(IMAGE_CLASSES) for c in cats)],
+        "annotations": [
+            {"id": k, "image_id": i + 1, "category_id": c + 1}
+            for k, (i, c) in enumerate((i, c) for i, cats in enumerate(IMAGE_CLASSES) for c in cats)
+        ],
     }
     meta = load_lvis_meta(json_dict, recompute_counts=True)
     assert meta.image_count.tolist() == [7, 3, 1, 1, 0]
     # the json counts of a larger training set (e.g. dicts filtered to a subset): f_c = count / num_images
     image_count = np.array([70, 3, 10, 1, 0])
-    factors = repeat_factors_from_dataset_dicts(handmade_dicts(), threshold=0.05, image_count=image_count,
-                                                num_images=100)
+    factors = repeat_factors_from_dataset_dicts(
+        handmade_dicts(), threshold=0.05, image_count=image_count, num_images=100
+    )
     expected = direct_factors(IMAGE_CLASSES, 0.05, 0.5, num_images=100, image_count=image_count)
     assert np.allclose(factors.numpy(), expected, rtol=1e-6)
     same = repeat_factors_from_dataset_dicts(handmade_dicts(), threshold=0.3, image_count=meta)
@@ -150,8 +167,8 @@ def test_weight_norm_classifier_is_rios_official_dist_linear():
     assert [name for name, _ in classifier.named_parameters()] == ["weight", "norm"]
     assert not isinstance(classifier.scale, torch.nn.Parameter) and classifier.scale.item() == 48.0
     assert torch.equal(g.detach(), v.detach().norm(dim=1))
-    assert g.mean().item() == pytest.approx(3 ** -0.5, abs=2e-3) and g.std().item() < 0.02
-    assert v.abs().max().item() <= 1024 ** -0.5  # uniform in +-1/sqrt(D)
+    assert g.mean().item() == pytest.approx(3**-0.5, abs=2e-3) and g.std().item() < 0.02
+    assert v.abs().max().item() <= 1024**-0.5  # uniform in +-1/sqrt(D)
 
     # the official layer, same seed: weight_norm(nn.Linear(D, C+1, bias=False)) on x / (||x|| + 1e-5), times 48
     torch.manual_seed(1)
@@ -190,7 +207,8 @@ def test_weight_norm_classifier_in_the_box_predictor():
 
     cfg = long_tail_cfg(small_model_cfg())
     cfg.roi_heads.box_predictor.classifier = L(WeightNormCosineClassifier)(
-        input_dim="${..input_shape.channels}", num_classes="${..num_classes}")
+        input_dim="${..input_shape.channels}", num_classes="${..num_classes}"
+    )
     torch.manual_seed(0)
     model = instantiate(cfg)
     classifier = model.roi_heads.box_predictor.cls_score
@@ -214,14 +232,21 @@ def make_context(rois_per_image, classes, feature_offset, dim=4, num_classes=NUM
         ids = torch.arange(start, start + count, dtype=torch.float32)
         instances.proposal_boxes = Boxes(torch.stack([ids, ids, ids + 10, ids + 10], 1))
         instances.gt_boxes = Boxes(torch.stack([ids, ids, ids + 11, ids + 12], 1))
-        instances.gt_classes = torch.tensor(classes[start:start + count])
+        instances.gt_classes = torch.tensor(classes[start : start + count])
         instances.gt_indices = torch.where(instances.gt_classes < num_classes, 0, -1)
         proposals.append(instances)
         start += count
     features = (feature_offset + torch.arange(start, dtype=torch.float32))[:, None].repeat(1, dim)
     features.requires_grad_(True)
-    return SourceContext(proposals=proposals, targets=[], pool=None, box_head=None, pooled_features=None,
-                         box_features=features, num_classes=num_classes)
+    return SourceContext(
+        proposals=proposals,
+        targets=[],
+        pool=None,
+        box_head=None,
+        pooled_features=None,
+        box_features=features,
+        num_classes=num_classes,
+    )
 
 
 BG = NUM_CLASSES
@@ -264,8 +289,9 @@ def test_replay_recent_first_counts_and_drawn_before_push():
 def test_replay_random_mode_draws_all_stored_up_to_per_class():
     # official RANDOM_SELECT with 20 or fewer stored: every stored entry once (no replacement, no padding)
     torch.manual_seed(0)
-    replay = ObjectReplay(num_classes=NUM_CLASSES, feature_dim=4, targeted_classes=[2], capacity=60, per_class=20,
-                          mode="random")
+    replay = ObjectReplay(
+        num_classes=NUM_CLASSES, feature_dim=4, targeted_classes=[2], capacity=60, per_class=20, mode="random"
+    )
     replay(make_context([3], [2, 2, 2], feature_offset=0))
     rows = replay(make_context([2], [2, 0], feature_offset=10))
     assert rows.labels.tolist() == [2, 2, 2]
@@ -276,8 +302,9 @@ def test_replay_random_mode_draws_all_stored_up_to_per_class():
 def test_replay_random_mode_draws_without_replacement_per_class():
     # classes 1, 3, 5 hold 40, 20 and 25 entries (values 0..39, 100..119, 200..224): per call 20 distinct
     # entries of each class holding more than 20, all 20 of class 3; uniform over the stored entries
-    replay = ObjectReplay(num_classes=NUM_CLASSES, feature_dim=4, targeted_classes=[1, 3, 5], capacity=60,
-                          per_class=20, mode="random")
+    replay = ObjectReplay(
+        num_classes=NUM_CLASSES, feature_dim=4, targeted_classes=[1, 3, 5], capacity=60, per_class=20, mode="random"
+    )
     for cls, num, offset in ((1, 40, 0), (3, 20, 100), (5, 25, 200)):
         replay(make_context([num], [cls] * num, feature_offset=offset))
     assert replay.queue.counts.tolist() == [40, 20, 25]
@@ -307,8 +334,13 @@ def test_targeted_classes_from_counts_and_meta():
     counts = np.array([0, 1, 30, 31, 500, 12])
     assert targeted_classes(counts).tolist() == [1, 2, 5]
     assert targeted_classes(counts, max_images=10).tolist() == [1]
-    meta = LVISMeta(category_ids=tuple(range(1, 7)), names=tuple("abcdef"), frequency=np.array(list("rrccfc")),
-                    image_count=counts, instance_count=counts * 2)
+    meta = LVISMeta(
+        category_ids=tuple(range(1, 7)),
+        names=tuple("abcdef"),
+        frequency=np.array(list("rrccfc")),
+        image_count=counts,
+        instance_count=counts * 2,
+    )
     assert targeted_classes(meta).tolist() == [1, 2, 5]
     replay = ObjectReplay(num_classes=6, feature_dim=8, image_count=counts)
     assert replay.targeted_classes.tolist() == [1, 2, 5]
@@ -381,8 +413,10 @@ def test_replayed_rows_train_box_losses_but_not_the_mask_head():
 
 def register_counts_only_dataset(name, image_count, folder):
     """Registers metadata whose LVIS-format json has only categories with the given image counts."""
-    categories = [{"id": i + 1, "name": f"class_{i}", "frequency": "r", "image_count": int(n), "instance_count": int(n)}
-                  for i, n in enumerate(image_count)]
+    categories = [
+        {"id": i + 1, "name": f"class_{i}", "frequency": "r", "image_count": int(n), "instance_count": int(n)}
+        for i, n in enumerate(image_count)
+    ]
     json_file = os.path.join(str(folder), f"{name}.json")
     write_json_atomic(json_file, {"images": [], "annotations": [], "categories": categories})
     MetadataCatalog.get(name).set(json_file=json_file)
@@ -415,24 +449,28 @@ def test_replay_memory_survives_a_checkpoint_round_trip(tmp_path):
 
 # --- configs and a short run --------------------------------------------------------------------
 
+
 def load_tiny(project, output_dir, tiny_dataset, *extra):
-    return load_config(os.path.join(ROOT, "projects", project), [
-        *tiny_run_overrides(tiny_dataset, output_dir),
-        "train.max_iter=3",
-        "train.log_period=1",
-        "train.checkpointer.period=100",
-        "dataloader.train.total_batch_size=2",
-        "model.roi_heads.batch_size_per_image=32",
-        "model.proposal_generator.pre_nms_topk=[200,100]",
-        "model.proposal_generator.post_nms_topk=[100,50]",
-        # RIO's pieces hold a copy of the class count (configs/rio.py)
-        f"model.roi_heads.box_predictor.classifier.num_classes={TINY_LT_SHAPES.num_classes}",
-        f"model.roi_heads.feature_sources.0.num_classes={TINY_LT_SHAPES.num_classes}",
-        f"model.roi_heads.feature_sources.0.dataset_name={tiny_dataset[0]}",
-        # 3 iterations leave the model without a detection; these tests check sampling and memories, not AP
-        "train.allow_empty_eval=True",
-        *extra,
-    ])
+    return load_config(
+        os.path.join(ROOT, "projects", project),
+        [
+            *tiny_run_overrides(tiny_dataset, output_dir),
+            "train.max_iter=3",
+            "train.log_period=1",
+            "train.checkpointer.period=100",
+            "dataloader.train.total_batch_size=2",
+            "model.roi_heads.batch_size_per_image=32",
+            "model.proposal_generator.pre_nms_topk=[200,100]",
+            "model.proposal_generator.post_nms_topk=[100,50]",
+            # RIO's pieces hold a copy of the class count (configs/rio.py)
+            f"model.roi_heads.box_predictor.classifier.num_classes={TINY_LT_SHAPES.num_classes}",
+            f"model.roi_heads.feature_sources.0.num_classes={TINY_LT_SHAPES.num_classes}",
+            f"model.roi_heads.feature_sources.0.dataset_name={tiny_dataset[0]}",
+            # 3 iterations leave the model without a detection; these tests check sampling and memories, not AP
+            "train.allow_empty_eval=True",
+            *extra,
+        ],
+    )
 
 
 def test_rfs_sampler_config_builds_detectron2_loader(tmp_path, tiny_dataset):
@@ -467,10 +505,15 @@ def test_rio_project_trains_a_few_iterations(tmp_path, tiny_dataset):
 
 def test_replay_dataset_that_is_not_the_training_dataset_is_refused(tmp_path, tiny_dataset):
     overrides = [o for o in tiny_run_overrides(tiny_dataset, str(tmp_path))]
-    overrides += [f"model.roi_heads.box_predictor.classifier.num_classes={TINY_LT_SHAPES.num_classes}",
-                  f"model.roi_heads.feature_sources.0.num_classes={TINY_LT_SHAPES.num_classes}"]
-    with pytest.raises(ValueError, match=r"model.roi_heads.feature_sources.0.dataset_name is 'lt_shapes_train' but "
-                                         rf"dataloader.train.dataset.names is '{tiny_dataset[0]}'"):
+    overrides += [
+        f"model.roi_heads.box_predictor.classifier.num_classes={TINY_LT_SHAPES.num_classes}",
+        f"model.roi_heads.feature_sources.0.num_classes={TINY_LT_SHAPES.num_classes}",
+    ]
+    with pytest.raises(
+        ValueError,
+        match=r"model.roi_heads.feature_sources.0.dataset_name is 'lt_shapes_train' but "
+        rf"dataloader.train.dataset.names is '{tiny_dataset[0]}'",
+    ):
         load_config(os.path.join(ROOT, "projects", "rio.py"), overrides)
 
 

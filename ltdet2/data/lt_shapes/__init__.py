@@ -24,6 +24,7 @@ Modules, one job each:
 * CLI: ``python -m ltdet2.data.lt_shapes --out DIR --seed N [--num-train K --num-val K
   --image-size S]``.
 """
+
 from .build import DONE_FILE, TRAIN_JSON, VAL_JSON, dataset_paths, generate, is_complete
 from .cache import default_root, get_lt_shapes
 from .plan import plan_class_targets, plan_split

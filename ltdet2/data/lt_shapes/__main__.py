@@ -1,4 +1,5 @@
 """``python -m ltdet2.data.lt_shapes --out DIR --seed N [--num-train K --num-val K --image-size S] [--force]``"""
+
 import argparse
 import json
 import logging
@@ -11,8 +12,10 @@ logger = logging.getLogger("ltdet2.data.lt_shapes")
 
 def main(argv=None) -> dict:
     """Generate LT-Shapes into ``--out`` (unless already complete there); prints and returns its paths."""
-    parser = argparse.ArgumentParser(prog="python -m ltdet2.data.lt_shapes",
-                                     description="Generate the LT-Shapes long-tailed dataset (LVIS json format).")
+    parser = argparse.ArgumentParser(
+        prog="python -m ltdet2.data.lt_shapes",
+        description="Generate the LT-Shapes long-tailed dataset (LVIS json format).",
+    )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-train", type=int, default=None)
@@ -20,8 +23,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--force", action="store_true", help="regenerate even if a complete copy exists")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in (("num_train", args.num_train), ("num_val", args.num_val),
-                                   ("image_size", args.image_size)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (("num_train", args.num_train), ("num_val", args.num_val), ("image_size", args.image_size))
+        if v is not None
+    }
     spec = LTShapesSpec(**overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if not args.force and is_complete(args.out, args.seed, spec):

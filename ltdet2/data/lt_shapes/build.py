@@ -3,12 +3,12 @@
 Folder layout (:func:`dataset_paths`): ``train/*.png``, ``val/*.png``, ``lt_shapes_train.json``,
 ``lt_shapes_val.json`` and ``DONE`` (json: hash, seed, version, spec), written last.
 """
+
 import contextlib
 import logging
 import os
 import shutil
 import time
-from typing import Optional
 
 import numpy as np
 
@@ -44,7 +44,7 @@ def dataset_paths(out_dir: str) -> dict:
     }
 
 
-def is_complete(out_dir: str, seed: int = 0, spec: Optional[LTShapesSpec] = None) -> bool:
+def is_complete(out_dir: str, seed: int = 0, spec: LTShapesSpec | None = None) -> bool:
     """True when ``out_dir`` holds a finished generation for exactly this seed and spec."""
     spec = spec or LTShapesSpec()
     p = dataset_paths(out_dir)
@@ -52,17 +52,20 @@ def is_complete(out_dir: str, seed: int = 0, spec: Optional[LTShapesSpec] = None
         done = read_json(p["done"], what="LT-Shapes DONE marker")
     except (OSError, ValueError):
         return False
-    return (isinstance(done, dict) and done.get("hash") == spec_hash(spec, seed)
-            and os.path.isfile(p["train_json"]) and os.path.isfile(p["val_json"]))
+    return (
+        isinstance(done, dict)
+        and done.get("hash") == spec_hash(spec, seed)
+        and os.path.isfile(p["train_json"])
+        and os.path.isfile(p["val_json"])
+    )
 
 
 def _annotation_counts(annotations: list, num_classes: int):
     """(image_count [C], instance_count [C]) of LVIS annotation records."""
-    return class_counts([a["image_id"] for a in annotations], [a["category_id"] - 1 for a in annotations],
-                        num_classes)
+    return class_counts([a["image_id"] for a in annotations], [a["category_id"] - 1 for a in annotations], num_classes)
 
 
-def generate(out_dir: str, seed: int = 0, spec: Optional[LTShapesSpec] = None) -> dict:
+def generate(out_dir: str, seed: int = 0, spec: LTShapesSpec | None = None) -> dict:
     """Generate LT-Shapes into ``out_dir`` (replacing whatever LT-Shapes output is there).
 
     The same (seed, spec) gives byte-identical files. Raises RuntimeError if a class's realised
@@ -99,18 +102,22 @@ def generate(out_dir: str, seed: int = 0, spec: Optional[LTShapesSpec] = None) -
         raise RuntimeError(
             "LT-Shapes: realised training image counts left the intended frequency group for classes "
             + ", ".join(f"{names[i]} (intended {groups[i]}, {image_count[i]} images)" for i in wrong[:10])
-            + f" ({len(wrong)} in total); spec {spec}, seed {seed}")
+            + f" ({len(wrong)} in total); spec {spec}, seed {seed}"
+        )
 
-    categories = [{
-        "id": i + 1,
-        "name": name,
-        "synset": name,
-        "synonyms": [name],
-        "def": f"a {color} {shape} with {fill_kind} fill",
-        "frequency": str(groups[i]),
-        "image_count": int(image_count[i]),
-        "instance_count": int(instance_count[i]),
-    } for i, (name, (shape, color, fill_kind)) in enumerate(zip(names, class_attributes(spec)))]
+    categories = [
+        {
+            "id": i + 1,
+            "name": name,
+            "synset": name,
+            "synonyms": [name],
+            "def": f"a {color} {shape} with {fill_kind} fill",
+            "frequency": str(groups[i]),
+            "image_count": int(image_count[i]),
+            "instance_count": int(instance_count[i]),
+        }
+        for i, (name, (shape, color, fill_kind)) in enumerate(zip(names, class_attributes(spec)))
+    ]
     info = {
         "description": "LT-Shapes: procedurally rendered long-tailed shapes (ltdet2)",
         "version": GENERATOR_VERSION,
@@ -123,13 +130,25 @@ def generate(out_dir: str, seed: int = 0, spec: Optional[LTShapesSpec] = None) -
     val_images, val_anns, val_dropped = render_split(p["root"], "val", val_plan, spec, seed, class_rank)
     _, val_instances = _annotation_counts(val_anns, C)
 
-    for key, split, imgs, anns in (("train_json", "train", train_images, train_anns),
-                                   ("val_json", "val", val_images, val_anns)):
+    for key, split, imgs, anns in (
+        ("train_json", "train", train_images, train_anns),
+        ("val_json", "val", val_images, val_anns),
+    ):
         # the val json carries the TRAIN counts and frequency groups, like LVIS val
-        write_json_atomic(p[key], {"info": dict(info, split=split), "licenses": [], "images": imgs,
-                                   "annotations": anns, "categories": categories}, separators=(",", ":"))
-    write_json_atomic(p["done"], {"hash": h, "seed": int(seed), "version": GENERATOR_VERSION,
-                                  "spec": spec.to_dict()}, sort_keys=True)
+        write_json_atomic(
+            p[key],
+            {
+                "info": dict(info, split=split),
+                "licenses": [],
+                "images": imgs,
+                "annotations": anns,
+                "categories": categories,
+            },
+            separators=(",", ":"),
+        )
+    write_json_atomic(
+        p["done"], {"hash": h, "seed": int(seed), "version": GENERATOR_VERSION, "spec": spec.to_dict()}, sort_keys=True
+    )
 
     dt = time.perf_counter() - t0
     per_group = "; ".join(
@@ -137,14 +156,30 @@ def generate(out_dir: str, seed: int = 0, spec: Optional[LTShapesSpec] = None) -
         f"{int(image_count[groups == g].min()) if (groups == g).any() else 0}-"
         f"{int(image_count[groups == g].max()) if (groups == g).any() else 0}, "
         f"{int(instance_count[groups == g].sum())} train instances"
-        for g in FREQUENCY_GROUPS)
+        for g in FREQUENCY_GROUPS
+    )
     logger.info(
         "Generated LT-Shapes (seed %d, %d classes) in %s in %.1f s: train %d images / %d instances, "
         "val %d images / %d instances (min %d per class); %s; objects dropped (no room to place "
         "without overlap): train %d, val %d",
-        seed, C, p["root"], dt, len(train_images), len(train_anns), len(val_images), len(val_anns),
-        int(val_instances.min()) if C and val_anns else 0, per_group, train_dropped, val_dropped)
+        seed,
+        C,
+        p["root"],
+        dt,
+        len(train_images),
+        len(train_anns),
+        len(val_images),
+        len(val_anns),
+        int(val_instances.min()) if C and val_anns else 0,
+        per_group,
+        train_dropped,
+        val_dropped,
+    )
     if spec.num_val and C and int(val_instances.min()) < spec.val_min_instances:
-        logger.warning("LT-Shapes val: class %s has only %d instances (< %d)",
-                       names[int(val_instances.argmin())], int(val_instances.min()), spec.val_min_instances)
+        logger.warning(
+            "LT-Shapes val: class %s has only %d instances (< %d)",
+            names[int(val_instances.argmin())],
+            int(val_instances.min()),
+            spec.val_min_instances,
+        )
     return p

@@ -1,7 +1,7 @@
 """The dataset cache: one generated folder per (seed, spec), made on first use and reused afterwards."""
+
 import logging
 import os
-from typing import Optional
 
 from iopath.common.file_io import file_lock
 
@@ -13,7 +13,7 @@ __all__ = ["default_root", "get_lt_shapes"]
 logger = logging.getLogger(__name__)
 
 
-def default_root(seed: int = 0, spec: Optional[LTShapesSpec] = None) -> str:
+def default_root(seed: int = 0, spec: LTShapesSpec | None = None) -> str:
     """``$LTDET2_DATASETS/lt_shapes_seed{seed}`` (default ``~/.cache/ltdet2/datasets``); a
     non-default spec gets a ``_{hash}`` suffix."""
     base = os.path.expanduser(os.environ.get("LTDET2_DATASETS", os.path.join("~", ".cache", "ltdet2", "datasets")))
@@ -23,7 +23,7 @@ def default_root(seed: int = 0, spec: Optional[LTShapesSpec] = None) -> str:
     return os.path.join(base, name)
 
 
-def get_lt_shapes(root: Optional[str] = None, seed: int = 0, spec: Optional[LTShapesSpec] = None) -> dict:
+def get_lt_shapes(root: str | None = None, seed: int = 0, spec: LTShapesSpec | None = None) -> dict:
     """Paths of an LT-Shapes dataset (:func:`build.dataset_paths`), generating it on first use.
 
     Args:

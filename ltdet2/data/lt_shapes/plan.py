@@ -1,5 +1,6 @@
 """Planning an LT-Shapes dataset without rendering: per-class training image targets (a Zipf-like
 curve over LVIS's frequency groups) and which classes go into which image."""
+
 import logging
 import math
 
@@ -26,12 +27,13 @@ def _log_linear(hi: float, lo: float, n: int) -> np.ndarray:
     return np.maximum(1, np.round(hi * (lo / hi) ** t)).astype(np.int64)
 
 
-def plan_class_targets(spec: LTShapesSpec = LTShapesSpec(), seed: int = 0):
+def plan_class_targets(spec: LTShapesSpec | None = None, seed: int = 0):
     """Intended frequency group and target number of training images of every class.
 
     Cheap (no rendering). Returns (targets [C] int64, groups [C] of 'r'/'c'/'f'), indexed by
     contiguous class index (category id - 1).
     """
+    spec = LTShapesSpec() if spec is None else spec
     C = spec.num_classes
     n_r = int(round(C * spec.group_fractions[0]))
     n_f = int(round(C * spec.group_fractions[2]))
@@ -43,9 +45,11 @@ def plan_class_targets(spec: LTShapesSpec = LTShapesSpec(), seed: int = 0):
     rare = _log_linear(*spec.rare_targets, n_r)
     sizes = {"r": n_r, "c": n_c, "f": n_f}
     filler = "f" if n_f else ("c" if n_c else "r")
-    ranges = {"r": (spec.rare_targets[1], spec.rare_targets[0]),
-              "c": (spec.common_targets[1], spec.common_targets[0]),
-              "f": (spec.frequent_min_target, cap)}
+    ranges = {
+        "r": (spec.rare_targets[1], spec.rare_targets[0]),
+        "c": (spec.common_targets[1], spec.common_targets[0]),
+        "f": (spec.frequent_min_target, cap),
+    }
     fixed = {"r": rare, "c": _log_linear(*spec.common_targets, n_c)}
     rest = budget - sum(int(fixed[g].sum()) for g in ("r", "c") if g != filler)
     lo, hi_cap = ranges[filler]
@@ -54,7 +58,8 @@ def plan_class_targets(spec: LTShapesSpec = LTShapesSpec(), seed: int = 0):
         raise ValueError(
             f"LT-Shapes spec infeasible: the {filler!r} group needs at least {lo} training images per class "
             f"but num_train={spec.num_train} allows at most {hi_cap} (max_target_fraction="
-            f"{spec.max_target_fraction}); use more images, fewer classes or other group_fractions")
+            f"{spec.max_target_fraction}); use more images, fewer classes or other group_fractions"
+        )
     # largest top value whose curve fits the remaining object budget
     best = lo
     a, b = lo, hi_cap
@@ -65,18 +70,26 @@ def plan_class_targets(spec: LTShapesSpec = LTShapesSpec(), seed: int = 0):
         else:
             b = mid - 1
     fixed[filler] = _log_linear(best, lo, sizes[filler])
-    ordered = np.concatenate([fixed["f"] if filler == "f" else np.zeros(0, np.int64),
-                              fixed["c"] if n_c else np.zeros(0, np.int64), fixed["r"]])
+    ordered = np.concatenate(
+        [
+            fixed["f"] if filler == "f" else np.zeros(0, np.int64),
+            fixed["c"] if n_c else np.zeros(0, np.int64),
+            fixed["r"],
+        ]
+    )
     groups_by_rank = np.array(["f"] * n_f + ["c"] * n_c + ["r"] * n_r, dtype="<U1")
     if (ordered > cap).any():
-        raise ValueError(f"LT-Shapes spec infeasible: a class targets {int(ordered.max())} images, more than "
-                         f"{cap} (= {spec.max_target_fraction} x num_train {spec.num_train})")
+        raise ValueError(
+            f"LT-Shapes spec infeasible: a class targets {int(ordered.max())} images, more than "
+            f"{cap} (= {spec.max_target_fraction} x num_train {spec.num_train})"
+        )
     total = int(ordered.sum())
     if not spec.num_train * spec.min_objects <= total <= spec.num_train * spec.max_objects:
         raise ValueError(
             f"LT-Shapes spec infeasible: the class targets need {total} objects, but {spec.num_train} images "
             f"with {spec.min_objects}..{spec.max_objects} objects hold "
-            f"{spec.num_train * spec.min_objects}..{spec.num_train * spec.max_objects}")
+            f"{spec.num_train * spec.min_objects}..{spec.num_train * spec.max_objects}"
+        )
     rng = np.random.default_rng([int(seed), SPLIT_SEED["plan"]])
     perm = rng.permutation(C)  # perm[rank] = class index
     targets = np.zeros(C, dtype=np.int64)
@@ -100,8 +113,15 @@ def _objects_per_image(rng, n_images: int, total: int, lo: int, hi: int) -> np.n
     return k
 
 
-def _assign(rng, tokens: np.ndarray, k: np.ndarray, unique_mask: np.ndarray, rare_mask: np.ndarray,
-            freq_mask: np.ndarray, what: str) -> list:
+def _assign(
+    rng,
+    tokens: np.ndarray,
+    k: np.ndarray,
+    unique_mask: np.ndarray,
+    rare_mask: np.ndarray,
+    freq_mask: np.ndarray,
+    what: str,
+) -> list:
     """Deal class tokens into images (k[i] slots each), then repair by random swaps so that
     classes in ``unique_mask`` appear at most once per image and every image holding a class in
     ``rare_mask`` also holds one in ``freq_mask`` (when that group is non-empty)."""
@@ -111,7 +131,7 @@ def _assign(rng, tokens: np.ndarray, k: np.ndarray, unique_mask: np.ndarray, rar
     need_freq = bool(freq_mask.any())
 
     def violations(i):
-        cls = tokens[bounds[i]:bounds[i + 1]]
+        cls = tokens[bounds[i] : bounds[i + 1]]
         u = cls[unique_mask[cls]]
         v = len(u) - len(np.unique(u))
         if need_freq and rare_mask[cls].any() and not freq_mask[cls].any():
@@ -138,20 +158,22 @@ def _assign(rng, tokens: np.ndarray, k: np.ndarray, unique_mask: np.ndarray, rar
             else:
                 tokens[s], tokens[t] = tokens[t], tokens[s]
     logger.debug("LT-Shapes %s: %d repair swaps", what, swaps)
-    return [tokens[bounds[i]:bounds[i + 1]].copy() for i in range(len(k))]
+    return [tokens[bounds[i] : bounds[i + 1]].copy() for i in range(len(k))]
 
 
-def plan_split(spec: LTShapesSpec = LTShapesSpec(), seed: int = 0, split: str = "train"):
+def plan_split(spec: LTShapesSpec | None = None, seed: int = 0, split: str = "train"):
     """Which classes go into which image (no rendering). Returns a list (one per image) of
     int arrays of contiguous class indices."""
+    spec = LTShapesSpec() if spec is None else spec
     C = spec.num_classes
     targets, groups = plan_class_targets(spec, seed)
     rng = np.random.default_rng([int(seed), SPLIT_SEED[split], 7])
     if split == "train":
         tokens = np.repeat(np.arange(C), targets)
         k = _objects_per_image(rng, spec.num_train, len(tokens), spec.min_objects, spec.max_objects)
-        return _assign(rng, tokens, k, unique_mask=groups != "f", rare_mask=groups == "r",
-                       freq_mask=groups == "f", what="train")
+        return _assign(
+            rng, tokens, k, unique_mask=groups != "f", rare_mask=groups == "r", freq_mask=groups == "f", what="train"
+        )
     if split == "val":
         if spec.num_val == 0:
             return []
@@ -162,7 +184,8 @@ def plan_split(spec: LTShapesSpec = LTShapesSpec(), seed: int = 0, split: str = 
         if not spec.num_val * spec.min_objects <= total <= spec.num_val * spec.max_objects:
             raise ValueError(
                 f"LT-Shapes spec infeasible: {spec.val_min_instances} val instances for each of {C} classes need "
-                f"{total} objects, but {spec.num_val} val images hold at most {spec.num_val * spec.max_objects}")
+                f"{total} objects, but {spec.num_val} val images hold at most {spec.num_val * spec.max_objects}"
+            )
         tokens = np.concatenate([np.repeat(np.arange(C), per_class), rng.permutation(C)[:extra]])
         k = _objects_per_image(rng, spec.num_val, len(tokens), spec.min_objects, spec.max_objects)
         if k.max() > C:

@@ -1,6 +1,6 @@
 """Registering LT-Shapes splits in Detectron2's catalogs, lazily (nothing is generated until loaded)."""
+
 import os
-from typing import Optional
 
 from ..datasets import register_lvis_format_dataset
 from .build import dataset_paths
@@ -10,8 +10,9 @@ from .spec import LTShapesSpec, class_names
 __all__ = ["register_lt_shapes", "register_all_lt_shapes"]
 
 
-def register_lt_shapes(root: Optional[str] = None, seed: int = 0, spec: Optional[LTShapesSpec] = None,
-                       name_prefix: str = "lt_shapes") -> tuple:
+def register_lt_shapes(
+    root: str | None = None, seed: int = 0, spec: LTShapesSpec | None = None, name_prefix: str = "lt_shapes"
+) -> tuple:
     """Register ``{name_prefix}_train`` and ``{name_prefix}_val`` in Detectron2's catalogs.
 
     Lazy: the data is generated (via :func:`get_lt_shapes`) when the dataset is first loaded (or its
@@ -40,7 +41,7 @@ def register_lt_shapes(root: Optional[str] = None, seed: int = 0, spec: Optional
     return names
 
 
-def register_all_lt_shapes(root: Optional[str] = None) -> tuple:
+def register_all_lt_shapes(root: str | None = None) -> tuple:
     """Register the default ``lt_shapes_train`` / ``lt_shapes_val`` (seed 0, default spec).
     Generates nothing; idempotent."""
     return register_lt_shapes(root=root, seed=0, spec=None, name_prefix="lt_shapes")

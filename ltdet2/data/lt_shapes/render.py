@@ -4,6 +4,7 @@ Masks are rasterised from the polygons with pycocotools (the rasteriser Detectro
 use), and objects never overlap, so the rendered object pixels are exactly the annotation's mask.
 Every image draws from its own random stream ``[seed, SPLIT_SEED[split], image index]``.
 """
+
 import math
 import os
 
@@ -55,8 +56,10 @@ def _window(mask: np.ndarray, margin: int) -> tuple:
     image border sees the same zero border); on the whole image it costs ~10x more per object.
     """
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    return (slice(max(int(rows[0]) - margin, 0), int(rows[-1]) + margin + 1),
-            slice(max(int(cols[0]) - margin, 0), int(cols[-1]) + margin + 1))
+    return (
+        slice(max(int(rows[0]) - margin, 0), int(rows[-1]) + margin + 1),
+        slice(max(int(cols[0]) - margin, 0), int(cols[-1]) + margin + 1),
+    )
 
 
 def _erode(mask: np.ndarray, iterations: int) -> np.ndarray:
@@ -99,7 +102,7 @@ def render_image(rng: np.random.Generator, classes: np.ndarray, class_rank: np.n
 
     order = np.argsort(class_rank[classes], kind="stable")[::-1]
     sizes = np.exp(rng.uniform(math.log(lo), math.log(hi), size=len(classes)))
-    fill = float((sizes ** 2).sum()) / (S * S)
+    fill = float((sizes**2).sum()) / (S * S)
     if fill > spec.max_fill_fraction:
         sizes = np.maximum(lo, sizes * math.sqrt(spec.max_fill_fraction / fill))
     occupied = np.zeros((S, S), dtype=bool)  # object masks grown by min_gap + 1 pixels
@@ -164,25 +167,34 @@ def render_split(out_dir: str, split: str, plan: list, spec: LTShapesSpec, seed:
         rel = f"{split}/{image_id:06d}.png"
         Image.fromarray(pixels).save(os.path.join(out_dir, rel), compress_level=1)
         present = np.unique([cls for cls, _ in objects]).astype(np.int64) + 1
-        images.append({
-            "id": image_id,
-            "file_name": rel,
-            "coco_url": rel,  # detectron2's load_lvis_json builds image_root + "<split>/<name>" from it
-            "height": spec.image_size,
-            "width": spec.image_size,
-            "neg_category_ids": [int(c) for c in np.setdiff1d(all_ids, present)],
-            "not_exhaustive_category_ids": [],
-        })
+        images.append(
+            {
+                "id": image_id,
+                "file_name": rel,
+                "coco_url": rel,  # detectron2's load_lvis_json builds image_root + "<split>/<name>" from it
+                "height": spec.image_size,
+                "width": spec.image_size,
+                "neg_category_ids": [int(c) for c in np.setdiff1d(all_ids, present)],
+                "not_exhaustive_category_ids": [],
+            }
+        )
         for cls, poly in objects:
             # the polygon's own extent (pycocotools' toBbox would give the rasterised pixels' box)
             x0, y0 = poly.min(0)
             x1, y1 = poly.max(0)
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": cls + 1,
-                "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
-                "area": round(_polygon_area(poly), 2),
-                "segmentation": [[float(v) for v in poly.reshape(-1)]],
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": cls + 1,
+                    "bbox": [
+                        round(float(x0), 2),
+                        round(float(y0), 2),
+                        round(float(x1 - x0), 2),
+                        round(float(y1 - y0), 2),
+                    ],
+                    "area": round(_polygon_area(poly), 2),
+                    "segmentation": [[float(v) for v in poly.reshape(-1)]],
+                }
+            )
     return images, annotations, dropped

@@ -3,11 +3,11 @@
 Importing this module generates nothing; :data:`NUM_CLASSES` is the class count of the default spec,
 the one number configs use for ``num_classes``.
 """
+
 import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Optional
 
 from ..lvis_meta import COMMON_MAX_IMAGES, RARE_MAX_IMAGES
 
@@ -56,8 +56,8 @@ class LTShapesSpec:
     min_objects: int = 2
     max_objects: int = 5
     # object extent in pixels; None = scaled from 14..56 px at 128 px (at least 8 px)
-    min_size: Optional[int] = None
-    max_size: Optional[int] = None
+    min_size: int | None = None
+    max_size: int | None = None
     shapes: tuple = SHAPES
     colors: tuple = tuple(COLORS)
     fills: tuple = FILLS
@@ -72,16 +72,22 @@ class LTShapesSpec:
 
     def __post_init__(self):
         if self.num_train < 1 or self.num_val < 0:
-            raise ValueError(f"LTShapesSpec: need num_train >= 1 and num_val >= 0, "
-                             f"got {self.num_train}, {self.num_val}")
+            raise ValueError(
+                f"LTShapesSpec: need num_train >= 1 and num_val >= 0, got {self.num_train}, {self.num_val}"
+            )
         if not 1 <= self.min_objects <= self.max_objects:
-            raise ValueError(f"LTShapesSpec: need 1 <= min_objects <= max_objects, "
-                             f"got {self.min_objects}, {self.max_objects}")
-        unknown = [s for s in self.shapes if s not in SHAPES] + [c for c in self.colors if c not in COLORS] + \
-                  [f for f in self.fills if f not in FILLS]
+            raise ValueError(
+                f"LTShapesSpec: need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}"
+            )
+        unknown = (
+            [s for s in self.shapes if s not in SHAPES]
+            + [c for c in self.colors if c not in COLORS]
+            + [f for f in self.fills if f not in FILLS]
+        )
         if unknown:
-            raise ValueError(f"LTShapesSpec: unknown attributes {unknown}; shapes {SHAPES}, colors {tuple(COLORS)}, "
-                             f"fills {FILLS}")
+            raise ValueError(
+                f"LTShapesSpec: unknown attributes {unknown}; shapes {SHAPES}, colors {tuple(COLORS)}, fills {FILLS}"
+            )
         if len(self.group_fractions) != 3 or abs(sum(self.group_fractions) - 1) > 1e-6:
             raise ValueError(f"LTShapesSpec: group_fractions (r, c, f) must sum to 1, got {self.group_fractions}")
         lo, hi = self.size_range
@@ -90,8 +96,9 @@ class LTShapesSpec:
         if not 1 <= self.rare_targets[1] <= self.rare_targets[0] <= RARE_MAX_IMAGES:
             raise ValueError(f"LTShapesSpec: rare_targets must be (hi, lo) within 1..{RARE_MAX_IMAGES}")
         if not RARE_MAX_IMAGES < self.common_targets[1] <= self.common_targets[0] <= COMMON_MAX_IMAGES:
-            raise ValueError(f"LTShapesSpec: common_targets must be (hi, lo) within "
-                             f"{RARE_MAX_IMAGES + 1}..{COMMON_MAX_IMAGES}")
+            raise ValueError(
+                f"LTShapesSpec: common_targets must be (hi, lo) within {RARE_MAX_IMAGES + 1}..{COMMON_MAX_IMAGES}"
+            )
         if self.frequent_min_target <= COMMON_MAX_IMAGES:
             raise ValueError(f"LTShapesSpec: frequent_min_target must be > {COMMON_MAX_IMAGES}")
         if self.min_gap < 0:
@@ -117,8 +124,7 @@ NUM_CLASSES = LTShapesSpec().num_classes  # 72 = 6 shapes x 4 colours x 3 fills
 
 def spec_hash(spec: LTShapesSpec, seed: int) -> str:
     """16 hex digits identifying (generator version, seed, spec): the content of a finished generation."""
-    payload = json.dumps({"version": GENERATOR_VERSION, "seed": int(seed), "spec": spec.to_dict()},
-                         sort_keys=True)
+    payload = json.dumps({"version": GENERATOR_VERSION, "seed": int(seed), "spec": spec.to_dict()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -1,5 +1,4 @@
 """Detectron2's FastRCNNOutputLayers with a pluggable classifier and classification loss."""
-from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -34,8 +33,9 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
     """
 
     @configurable
-    def __init__(self, input_shape, *, classifier: Optional[nn.Module] = None,
-                 cls_loss: Optional[nn.Module] = None, **kwargs):
+    def __init__(
+        self, input_shape, *, classifier: nn.Module | None = None, cls_loss: nn.Module | None = None, **kwargs
+    ):
         super().__init__(input_shape, **kwargs)
         if classifier is not None:
             self.cls_score = classifier
@@ -52,7 +52,7 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
             return scores.sigmoid()
         return F.softmax(scores, dim=-1)
 
-    def predict_probs(self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]):
+    def predict_probs(self, predictions: tuple[torch.Tensor, torch.Tensor], proposals: list[Instances]):
         """Per image, ``[R_i, C+1]`` class probabilities from :meth:`predict_class_probabilities`."""
         scores, _ = predictions
         return self.predict_class_probabilities(scores).split([len(p) for p in proposals], dim=0)
@@ -71,7 +71,7 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
             per_row = per_row * weights
         return per_row.sum() / scores.shape[0]
 
-    def losses(self, predictions, proposals, extra_rows: Optional[ExtraRowsBatch] = None):
+    def losses(self, predictions, proposals, extra_rows: ExtraRowsBatch | None = None):
         """
         Args:
             predictions: ``(scores [N+R, C+1], deltas [N+R, 4C or 4])`` for the N sampled RoIs of
@@ -87,15 +87,19 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
         device = scores.device
         num_rois = sum(len(p) for p in proposals)
         extra_rows = extra_rows or ExtraRowsBatch()
-        roi_classes = cat([p.gt_classes for p in proposals], dim=0) if proposals else torch.empty(
-            0, dtype=torch.int64, device=device)
+        roi_classes = (
+            cat([p.gt_classes for p in proposals], dim=0)
+            if proposals
+            else torch.empty(0, dtype=torch.int64, device=device)
+        )
         gt_classes = torch.cat([roi_classes, extra_rows.labels(device)])
         _log_classification_stats(scores[:num_rois], roi_classes)
 
         weights = None
         if len(extra_rows) and any(r.weights is not None for r in extra_rows.rows):
-            weights = torch.cat([torch.ones(num_rois, dtype=scores.dtype, device=device),
-                                 extra_rows.weights(device, scores.dtype)])
+            weights = torch.cat(
+                [torch.ones(num_rois, dtype=scores.dtype, device=device), extra_rows.weights(device, scores.dtype)]
+            )
         loss_cls = self.classification_loss(scores, gt_classes, weights)
 
         if proposals:

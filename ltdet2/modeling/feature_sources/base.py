@@ -1,6 +1,7 @@
 """The interface between the long-tail ROI heads and the memories that add training rows."""
+
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, List, Optional
 
 import torch
 from torch import nn
@@ -33,12 +34,12 @@ class SourceContext:
         num_classes: C (foreground classes; background is C).
     """
 
-    proposals: List[Instances]
-    targets: List[Instances]
-    pool: Callable[[List[torch.Tensor]], torch.Tensor]
+    proposals: list[Instances]
+    targets: list[Instances]
+    pool: Callable[[list[torch.Tensor]], torch.Tensor]
     box_head: nn.Module
     pooled_features: torch.Tensor
-    box_features: Optional[torch.Tensor]
+    box_features: torch.Tensor | None
     num_classes: int
 
     @property
@@ -63,6 +64,5 @@ class FeatureSource(IndicatorUser, nn.Module):
 
     stage: str = "box_head"
 
-    def forward(self, context: SourceContext) -> Optional[ExtraRows]:
+    def forward(self, context: SourceContext) -> ExtraRows | None:
         raise NotImplementedError
-

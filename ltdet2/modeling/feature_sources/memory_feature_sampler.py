@@ -1,6 +1,7 @@
 """LOCE's memory-augmented feature sampling (MFS) as a feature source."""
+
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -66,8 +67,8 @@ class MemoryFeatureSampler(FeatureSource):
         num_sampled_classes: int = 8,
         per_class: int = 4,
         class_draw: str = "with_replacement",
-        indicator: Optional[str] = "mean_score",
-        storage_dtype: Optional[torch.dtype] = None,
+        indicator: str | None = "mean_score",
+        storage_dtype: torch.dtype | None = None,
         sync: str = "local",
     ):
         super().__init__()
@@ -100,7 +101,8 @@ class MemoryFeatureSampler(FeatureSource):
         num_images = len(boxes)
         image_index = torch.repeat_interleave(
             torch.arange(num_images, device=labels.device),
-            torch.tensor([len(b) for b in boxes], dtype=torch.int64, device=labels.device))
+            torch.tensor([len(b) for b in boxes], dtype=torch.int64, device=labels.device),
+        )
         kept = self.queue.kept_by_push(labels).to(labels.device).nonzero().squeeze(1)
         if kept.numel() == 0:
             return
@@ -110,8 +112,12 @@ class MemoryFeatureSampler(FeatureSource):
         for start in range(0, labels.numel(), block):
             end = min(start + block, labels.numel())
             per_image = self._split_by_image(proposal_boxes[start:end], image_index[start:end], num_images)
-            self.queue.push(labels[start:end], features=context.pool(per_image),
-                            proposal_boxes=proposal_boxes[start:end], gt_boxes=gt_boxes[start:end])
+            self.queue.push(
+                labels[start:end],
+                features=context.pool(per_image),
+                proposal_boxes=proposal_boxes[start:end],
+                gt_boxes=gt_boxes[start:end],
+            )
 
     @staticmethod
     def _split_by_image(boxes, image_index, num_images):
@@ -156,5 +162,7 @@ class MemoryFeatureSampler(FeatureSource):
         )
 
     def extra_repr(self):
-        return (f"num_sampled_classes={self.num_sampled_classes}, per_class={self.per_class}, "
-                f"class_draw={self.class_draw!r}, indicators={self.indicator_names}")
+        return (
+            f"num_sampled_classes={self.num_sampled_classes}, per_class={self.per_class}, "
+            f"class_draw={self.class_draw!r}, indicators={self.indicator_names}"
+        )

@@ -1,6 +1,7 @@
 """RIO's object-centric memory replay (OCS, Chang et al., ICML 2021) as a feature source."""
+
 import logging
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -19,8 +20,9 @@ logger = logging.getLogger(__name__)
 REPLAY_MODES = ("recent", "random")
 
 
-def targeted_classes(image_count: Union[np.ndarray, Sequence[int], LVISMeta, torch.Tensor],
-                     max_images: int = 30) -> torch.Tensor:
+def targeted_classes(
+    image_count: np.ndarray | Sequence[int] | LVISMeta | torch.Tensor, max_images: int = 30
+) -> torch.Tensor:
     """Classes with ``1 <= image_count <= max_images`` (RIO: 30), as a sorted int64 tensor.
 
     Classes in no training image never appear in a batch and get no queue.
@@ -90,14 +92,14 @@ class ObjectReplay(FeatureSource):
         *,
         num_classes: int,
         feature_dim: int,
-        targeted_classes: Optional[Sequence[int]] = None,
+        targeted_classes: Sequence[int] | None = None,
         image_count=None,
-        dataset_name: Union[None, str, Sequence[str]] = None,
+        dataset_name: None | str | Sequence[str] = None,
         max_images: int = 30,
         capacity: int = 60,
         per_class: int = 20,
         mode: str = "recent",
-        storage_dtype: Optional[torch.dtype] = None,
+        storage_dtype: torch.dtype | None = None,
         sync: str = "local",
     ):
         super().__init__()
@@ -139,14 +141,19 @@ class ObjectReplay(FeatureSource):
         queue = None
         if classes.numel():
             queue = ClassQueue(
-                classes.numel(), self.capacity,
+                classes.numel(),
+                self.capacity,
                 {"features": (self.feature_dim,), "proposal_boxes": (4,), "gt_boxes": (4,)},
-                storage_dtype=self.storage_dtype, sync=self.sync,
+                storage_dtype=self.storage_dtype,
+                sync=self.sync,
             ).to(device)
         self.register_module("queue", queue)
         self._resolved = True
-        logger.info("ObjectReplay: %d targeted classes, store %.1f MiB", classes.numel(),
-                    (queue.nbytes if queue is not None else 0) / 2**20)
+        logger.info(
+            "ObjectReplay: %d targeted classes, store %.1f MiB",
+            classes.numel(),
+            (queue.nbytes if queue is not None else 0) / 2**20,
+        )
 
     def resolve(self):
         """Reads the targeted classes of ``dataset_name`` if not done yet (no-op otherwise)."""
@@ -159,8 +166,9 @@ class ObjectReplay(FeatureSource):
         self.resolve()
         return self.slot_to_class
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # A checkpoint holding the memory fixes the targeted classes (and the store's size): allocate
         # them before the buffers are copied, so a source built from a dataset name resumes exactly.
         key = prefix + "slot_to_class"
@@ -168,26 +176,33 @@ class ObjectReplay(FeatureSource):
         if key not in state_dict and saved_map is not None and bool((saved_map >= 0).any()) and self._resolved:
             # fvcore's checkpointer drops tensors whose shape differs from the model's before they
             # get here: a checkpoint with another number of targeted classes would load half-way
-            raise ValueError(f"{prefix}: the checkpoint's replay memory targets a different number of classes "
-                             f"than this model ({self.slot_to_class.numel()}); build the model with the "
-                             "checkpoint's targeted classes")
+            raise ValueError(
+                f"{prefix}: the checkpoint's replay memory targets a different number of classes "
+                f"than this model ({self.slot_to_class.numel()}); build the model with the "
+                "checkpoint's targeted classes"
+            )
         if key in state_dict:
             saved = state_dict[key]
             if not self._resolved or not torch.equal(saved.to(self.slot_to_class.device), self.slot_to_class):
                 if self._resolved:
-                    logger.warning("ObjectReplay: the checkpoint targets other classes than this model; "
-                                   "using the checkpoint's %d classes", saved.numel())
+                    logger.warning(
+                        "ObjectReplay: the checkpoint targets other classes than this model; "
+                        "using the checkpoint's %d classes",
+                        saved.numel(),
+                    )
                 self._allocate(saved.clone())
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     # --- one iteration -------------------------------------------------------------------------
 
     def forward(self, context):
         self.resolve()
         if context.num_classes != self.num_classes:
-            raise ValueError(f"ObjectReplay built for {self.num_classes} classes, the ROI heads have "
-                             f"{context.num_classes}")
+            raise ValueError(
+                f"ObjectReplay built for {self.num_classes} classes, the ROI heads have {context.num_classes}"
+            )
         if self.queue is None:
             return None
         proposals = context.proposals
@@ -223,6 +238,7 @@ class ObjectReplay(FeatureSource):
 
     def extra_repr(self):
         targeted = int(self.slot_to_class.numel()) if self._resolved else f"from {self.dataset_name!r}"
-        return (f"num_classes={self.num_classes}, targeted={targeted}, max_images={self.max_images}, "
-                f"capacity={self.capacity}, per_class={self.per_class}, mode={self.mode!r}")
-
+        return (
+            f"num_classes={self.num_classes}, targeted={targeted}, max_images={self.max_images}, "
+            f"capacity={self.capacity}, per_class={self.per_class}, mode={self.mode!r}"
+        )

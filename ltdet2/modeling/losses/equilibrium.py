@@ -1,4 +1,5 @@
 """LOCE's equilibrium loss (EBL)."""
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,8 +62,10 @@ class EquilibriumLoss(IndicatorUser, nn.Module):
         if scores.numel() == num_classes:
             scores = torch.cat([scores, scores.new_full((1,), self.background_score)])
         if scores.numel() != num_classes + 1:
-            raise ValueError(f"EquilibriumLoss: indicator {self.indicator_names[0]!r} has {scores.numel()} "
-                             f"entries; expected {num_classes} or {num_classes + 1}")
+            raise ValueError(
+                f"EquilibriumLoss: indicator {self.indicator_names[0]!r} has {scores.numel()} "
+                f"entries; expected {num_classes} or {num_classes + 1}"
+            )
         return scores
 
     def forward(self, logits, labels, weights=None):

@@ -1,13 +1,14 @@
 """StandardROIHeads whose box predictor also trains on rows from memories (feature sources)."""
+
 import logging
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from detectron2.config import configurable, instantiate
-from detectron2.structures import Boxes, Instances
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
+from detectron2.structures import Boxes, Instances
 
 from ltdet2.memory.indicators import UPDATE_TIMINGS
 
@@ -52,7 +53,7 @@ class LongTailROIHeads(StandardROIHeads):
         self,
         *,
         feature_sources: Sequence[nn.Module] = (),
-        indicators: Optional[Dict[str, nn.Module]] = None,
+        indicators: dict[str, nn.Module] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -61,19 +62,27 @@ class LongTailROIHeads(StandardROIHeads):
         self.indicators = nn.ModuleDict({name: instantiate(value) for name, value in (indicators or {}).items()})
         for index, source in enumerate(self.feature_sources):
             if source.stage not in STAGES:
-                raise ValueError(f"feature source {index} ({type(source).__name__}) has stage "
-                                 f"{source.stage!r}; expected one of {STAGES}")
+                raise ValueError(
+                    f"feature source {index} ({type(source).__name__}) has stage "
+                    f"{source.stage!r}; expected one of {STAGES}"
+                )
         for name, indicator in self.indicators.items():
             if not callable(getattr(indicator, "update_from_predictions", None)):
-                raise TypeError(f"indicator {name!r} ({type(indicator).__name__}) has no "
-                                "update_from_predictions(batch); use a LearningStatusIndicator")
+                raise TypeError(
+                    f"indicator {name!r} ({type(indicator).__name__}) has no "
+                    "update_from_predictions(batch); use a LearningStatusIndicator"
+                )
             timing = getattr(indicator, "update_timing", "after_loss")
             if timing not in UPDATE_TIMINGS:
-                raise ValueError(f"indicator {name!r} ({type(indicator).__name__}) has update_timing {timing!r}; "
-                                 f"expected one of {UPDATE_TIMINGS}")
+                raise ValueError(
+                    f"indicator {name!r} ({type(indicator).__name__}) has update_timing {timing!r}; "
+                    f"expected one of {UPDATE_TIMINGS}"
+                )
         if not self.is_stock and not isinstance(self.box_predictor, LongTailOutputLayers):
-            raise TypeError(f"LongTailROIHeads with feature sources or indicators needs a LongTailOutputLayers "
-                            f"box predictor (it trains on extra rows); got {type(self.box_predictor).__name__}")
+            raise TypeError(
+                f"LongTailROIHeads with feature sources or indicators needs a LongTailOutputLayers "
+                f"box predictor (it trains on extra rows); got {type(self.box_predictor).__name__}"
+            )
         self.bind_indicators()
         self._sampled_gt_indices = None
         self._targets = None
@@ -101,7 +110,7 @@ class LongTailROIHeads(StandardROIHeads):
         return sampled_idxs, sampled_gt_classes
 
     @torch.no_grad()
-    def label_and_sample_proposals(self, proposals: List[Instances], targets: List[Instances]):
+    def label_and_sample_proposals(self, proposals: list[Instances], targets: list[Instances]):
         """Stock sampling; also sets ``gt_indices`` (-1 for background) on each image's RoIs."""
         self._sampled_gt_indices = []
         try:
@@ -116,7 +125,7 @@ class LongTailROIHeads(StandardROIHeads):
 
     # --- the box branch ------------------------------------------------------------------------
 
-    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
+    def _forward_box(self, features: dict[str, torch.Tensor], proposals: list[Instances]):
         targets, self._targets = self._targets, None
         if not self.training or self.is_stock:
             return super()._forward_box(features, proposals)
@@ -171,7 +180,7 @@ class LongTailROIHeads(StandardROIHeads):
         row_features = torch.cat([r.features for r in pooled_rows])
         if self._box_head_normalizes_over_batch():
             head_output = self.box_head(torch.cat([pooled, row_features]))
-            roi_output, row_output = head_output[: pooled.shape[0]], head_output[pooled.shape[0]:]
+            roi_output, row_output = head_output[: pooled.shape[0]], head_output[pooled.shape[0] :]
         else:
             roi_output, row_output = self.box_head(pooled), self.box_head(row_features)
         row_outputs = row_output.split([len(r) for r in pooled_rows])
@@ -184,8 +193,9 @@ class LongTailROIHeads(StandardROIHeads):
         if not self.indicators:
             return None
         labels, object_ids = predictor_row_objects(proposals, targets, extra_rows, self.num_classes)
-        return predictor_batch(self.indicators, logits, labels, object_ids,
-                               self.box_predictor.predict_class_probabilities)
+        return predictor_batch(
+            self.indicators, logits, labels, object_ids, self.box_predictor.predict_class_probabilities
+        )
 
     def _update_indicators(self, batch, timing):
         if batch is not None:
