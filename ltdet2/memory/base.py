@@ -8,6 +8,13 @@ from torch import nn
 __all__ = ["StateModule", "MemorySample", "as_label_tensor"]
 
 
+def check_choice(name: str, value: str, choices) -> str:
+    """``value`` if it is one of ``choices``, else a ValueError naming the option."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
 class StateModule(nn.Module):
     """An ``nn.Module`` whose whole state is registered buffers with a fixed dtype.
 
@@ -34,6 +41,11 @@ class StateModule(nn.Module):
         if self._parameters:
             raise RuntimeError(f"{type(self).__name__} holds no parameters, found {list(self._parameters)}")
         return self
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the buffers."""
+        return sum(b.numel() * b.element_size() for b in self.buffers())
 
     @property
     def device(self) -> torch.device:

@@ -92,10 +92,6 @@ class ClassQueue(StateModule):
         """``[C]`` int64 fill level of every class queue (a copy)."""
         return self.fill_counts.clone()
 
-    @property
-    def nbytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in self.buffers())
-
     def reset(self):
         self.write_ptr.zero_()
         self.fill_counts.zero_()

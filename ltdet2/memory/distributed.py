@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
+from .base import check_choice
+
 __all__ = [
     "SYNC_POLICIES",
     "check_sync",
@@ -37,9 +39,7 @@ SYNC_POLICIES = ("local", "global")
 
 
 def check_sync(sync: str) -> str:
-    if sync not in SYNC_POLICIES:
-        raise ValueError(f"sync must be one of {SYNC_POLICIES}, got {sync!r}")
-    return sync
+    return check_choice("sync", sync, SYNC_POLICIES)
 
 
 def get_world_size() -> int:

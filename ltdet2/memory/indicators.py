@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import StateModule
+from .base import StateModule, check_choice
 from .distributed import all_reduce_sum, check_sync, is_global
 
 __all__ = [
@@ -36,9 +36,7 @@ UPDATE_TIMINGS = ("before_loss", "after_loss")
 
 
 def check_update_timing(timing: str) -> str:
-    if timing not in UPDATE_TIMINGS:
-        raise ValueError(f"update_timing must be one of {UPDATE_TIMINGS}, got {timing!r}")
-    return timing
+    return check_choice("update_timing", timing, UPDATE_TIMINGS)
 
 
 @dataclass

@@ -43,10 +43,6 @@ class PrototypeBank(StateModule):
         self.register_buffer("variances", torch.zeros(self.num_classes, self.dim, dtype=dtype))
         self.register_buffer("seen", torch.zeros(self.num_classes, dtype=torch.bool))
 
-    @property
-    def nbytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in self.buffers())
-
     def reset(self):
         self.means.zero_()
         self.variances.zero_()
