@@ -49,11 +49,19 @@ def step(model, optimizer, batch):
     optimizer.step()
 
 
+def synchronize(model):
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def timed_block(model, optimizer, batches):
     times = []
     for batch in batches:
+        synchronize(model)
         start = time.perf_counter()
         step(model, optimizer, batch)
+        synchronize(model)  # CUDA runs asynchronously: time the finished step
         times.append(time.perf_counter() - start)
     return times
 
@@ -90,9 +98,11 @@ def main():
             method_times += timed_block(method, method_optimizer, batches[args.warmup :])
 
     baseline_median, method_median = statistics.median(baseline_times), statistics.median(method_times)
+    device = baseline_cfg.train.device
+    gpu = f" ({torch.cuda.get_device_name()})" if str(device).startswith("cuda") else ""
     print(
         f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {baseline_cfg.train.device}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}{gpu}"
     )
     print(
         f"batch: {baseline_cfg.dataloader.train.total_batch_size} images; "

@@ -59,7 +59,7 @@ class StateModule(nn.Module):
         """
         labels = as_label_tensor(labels, self.device)
         high = num_valid + 1 if allow_background else num_valid
-        if labels.numel() and (labels.min() < 0 or labels.max() >= high):
+        if labels.numel() and ((labels < 0) | (labels >= high)).any():  # one host sync
             bad = labels[(labels < 0) | (labels >= high)].unique()[:10].tolist()
             raise ValueError(
                 f"{type(self).__name__}.{what}: labels must lie in [0, {high - 1}] "

@@ -130,14 +130,23 @@ class ClassQueue(StateModule):
         flat_slots = torch.full_like(labels, -1)
         flat_slots[order] = torch.where(keep, sorted_labels * self.capacity + slots, -1)
 
-        # Write in blocks of rows, selecting the kept rows block by block: temporaries stay
-        # cache-sized instead of as large as the batch (on CPU a large temporary costs more in page
-        # faults than the copy itself), for the dtype cast as for dropping rows past the cap.
+        # On the CPU, write in blocks of rows, selecting the kept rows block by block: temporaries
+        # stay cache-sized instead of as large as the batch (there a large temporary costs more in page
+        # faults than the copy itself), for the dtype cast as for dropping rows past the cap. On a GPU,
+        # one write of the whole batch: each block would cost kernel launches and a host sync.
         keep_all = bool(keep.all())
         for name, value in zip(names, values):
             store = self.storage(name).view((-1,) + self.field_shapes[name])
             if keep_all and value.dtype == store.dtype and value.device == store.device:
                 store.index_copy_(0, flat_slots, value)
+                continue
+            if store.device.type != "cpu":
+                if not keep_all:
+                    kept = (flat_slots >= 0).nonzero().squeeze(1)
+                    value, flat_slots_kept = value[kept], flat_slots[kept]
+                else:
+                    flat_slots_kept = flat_slots
+                store.index_copy_(0, flat_slots_kept, value.to(device=store.device, dtype=store.dtype))
                 continue
             block = max(1, _CAST_BLOCK_BYTES // max(1, value[0].numel() * value.element_size()))
             for start in range(0, value.shape[0], block):

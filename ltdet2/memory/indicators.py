@@ -171,7 +171,7 @@ class LearningStatusIndicator(StateModule):
         for r in rows:
             if r.shape[0] != labels.numel():
                 raise ValueError(f"{type(self).__name__}.update: {labels.numel()} labels but {r.shape[0]} rows")
-        keep = labels < self.num_classes
+        keep = (labels < self.num_classes).nonzero().squeeze(1)  # one host sync for all the rows
         return (labels[keep],) + tuple(r.to(self.device)[keep] for r in rows)
 
     def extra_repr(self) -> str:
@@ -332,11 +332,11 @@ class MeanScore(LearningStatusIndicator):
         if is_global(self.sync):
             all_reduce_sum(stats)
         counts, sums = stats
-        index = (counts > 0).nonzero().squeeze(1)
-        decay = torch.pow(self.alpha, counts[index])
-        means = sums[index] / counts[index]
-        old = self.mean_scores[index].to(torch.float64)
-        self.mean_scores[index] = (decay * old + (1 - decay) * means).to(self.mean_scores.dtype)
+        # dense over the C classes (no host sync): a class without entries has decay 1 and keeps its score
+        decay = torch.pow(self.alpha, counts)
+        means = sums / counts.clamp(min=1)
+        old = self.mean_scores[: self.num_classes].to(torch.float64)
+        self.mean_scores[: self.num_classes] = (decay * old + (1 - decay) * means).to(self.mean_scores.dtype)
 
     def update_from_predictions(self, batch: PredictorBatch) -> None:
         probabilities = batch.class_probabilities(type(self).__name__)

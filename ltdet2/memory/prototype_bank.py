@@ -80,8 +80,10 @@ class PrototypeBank(StateModule):
             all_reduce_sum(sq_sums)
         batch_vars = sq_sums / counts.clamp(min=1)[:, None]
 
-        present = counts > 0
-        index, batch_means, batch_vars = classes[present], batch_means[present], batch_vars[present]
+        index = classes
+        if sync:  # dense over all classes: keep those some rank saw (locally every class in `classes` is present)
+            present = (counts > 0).nonzero().squeeze(1)
+            index, batch_means, batch_vars = classes[present], batch_means[present], batch_vars[present]
         keep = torch.where(self.seen[index], self.momentum, 0.0).to(features.dtype)[:, None]
         self.means[index] = keep * self.means[index] + (1 - keep) * batch_means
         self.variances[index] = keep * self.variances[index] + (1 - keep) * batch_vars

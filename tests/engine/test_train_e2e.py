@@ -137,7 +137,7 @@ def test_loce_project_runs_and_restores_memory_and_mean_scores_exactly(tmp_path,
     final = torch.load(os.path.join(finetune_dir, "model_final.pth"), weights_only=False)["model"]
     memory = memory_state(final)
     mean_scores = memory["roi_heads.indicators.mean_score.mean_scores"]
-    assert (mean_scores[:-1] != 0.01).any() and mean_scores[-1] == pytest.approx(0.01)
+    assert (mean_scores[:-1] != 0.01).any() and mean_scores[-1].item() == pytest.approx(0.01)
     assert memory["roi_heads.feature_sources.0.queue.fill_counts"].sum() > 0
     # frozen feature extractor: backbone identical to pretrain's final weights
     pretrain = torch.load(os.path.join(out, "pretrain", "model_final.pth"), weights_only=False)["model"]

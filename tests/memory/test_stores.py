@@ -22,13 +22,19 @@ def queue_contents(queue, name):
     return out
 
 
+# the GPU has its own write path (one write per push instead of blocks); run there too when there is one
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
 def make_queue(**kwargs):
     return ClassQueue(4, 5, {"value": ((), torch.int64), "feat": (3,)}, **kwargs)
 
 
-def test_ring_buffer_matches_deque_reference():
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("storage_dtype", [None, torch.float16])
+def test_ring_buffer_matches_deque_reference(device, storage_dtype):
     gen = torch.Generator().manual_seed(0)
-    queue = make_queue()
+    queue = make_queue(storage_dtype=storage_dtype).to(device)
     reference = [collections.deque(maxlen=5) for _ in range(4)]
     next_id = 0
     for step in range(30):
@@ -45,8 +51,9 @@ def test_ring_buffer_matches_deque_reference():
     assert feats == [[[float(v)] * 3 for v in d] for d in reference]
 
 
-def test_overwrite_oldest_first_and_per_push_cap():
-    queue = make_queue()
+@pytest.mark.parametrize("device", DEVICES)
+def test_overwrite_oldest_first_and_per_push_cap(device):
+    queue = make_queue().to(device)
     queue.push(torch.tensor([1, 1, 1]), value=torch.tensor([0, 1, 2]), feat=torch.zeros(3, 3))
     assert queue_contents(queue, "value")[1] == [0, 1, 2]
     # 8 entries of class 1 and 2 of class 3 in one push: class 1 keeps its LAST 5 in batch order

@@ -271,7 +271,7 @@ def test_ebl_of_a_step_reads_the_mean_scores_updated_by_that_step(timing):
             assert torch.equal(scores_at_loss, seen_by_source[step])
         assert loss.item() == pytest.approx(direct_ebl(logits.double(), labels, scores_at_loss.tolist()), rel=1e-5)
     assert torch.equal(calls[0][2], initial) == (timing == "after_loss")
-    assert calls[0][2][-1] == pytest.approx(0.01)
+    assert calls[0][2][-1].item() == pytest.approx(0.01)
 
 
 class ScoreReader(FeatureSource):

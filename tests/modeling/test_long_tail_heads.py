@@ -1,6 +1,8 @@
 """LongTailROIHeads / LongTailOutputLayers: stock-equal when all options are off; extra rows and
 indicators behave as specified."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,25 @@ from ltdet2.modeling.extra_rows import ExtraRows
 from ltdet2.modeling.feature_sources import FeatureSource, MemoryFeatureSampler
 from ltdet2.modeling.losses import EquilibriumLoss
 
-from fixtures.models import NUM_CLASSES, long_tail_cfg, make_batch, paired_models, small_model_cfg, train_losses
+from fixtures.models import (
+    NUM_CLASSES,
+    long_tail_cfg,
+    make_batch,
+    paired_models,
+    small_model_cfg,
+    train_losses,
+)
+
+
+def assert_same_gradient(expected, actual, name):
+    """Exact on the CPU. On CUDA, RoIAlign's backward accumulates with atomics in a nondeterministic order
+    (and convolutions run in TF32), so two runs of one model differ there too: the gradients must agree
+    to 1e-3 of their norm (a different loss would change them at order 1)."""
+    if expected.device.type == "cpu":
+        assert torch.equal(expected, actual), name
+    else:
+        difference = torch.linalg.vector_norm(actual - expected)
+        assert difference <= 1e-3 * torch.linalg.vector_norm(expected) + 1e-12, (name, difference.item())
 
 
 @pytest.mark.parametrize("mask", [False, True])
@@ -33,7 +53,7 @@ def test_matches_stock_heads_exactly(mask):
     stock_params, our_params = dict(stock.named_parameters()), dict(ours.named_parameters())
     for name, param in stock_params.items():
         if param.grad is not None:
-            assert torch.equal(param.grad, our_params[name].grad), name
+            assert_same_gradient(param.grad, our_params[name].grad, name)
 
     stock.eval(), ours.eval()
     with torch.no_grad():
@@ -58,6 +78,15 @@ class FixedRows(FeatureSource):
 
     def forward(self, context):
         self.seen = context
+        device = context.pooled_features.device
+        self.rows = dataclasses.replace(
+            self.rows,
+            **{
+                name: getattr(self.rows, name).to(device)
+                for name in ("features", "labels", "proposal_boxes", "gt_boxes", "weights")
+                if getattr(self.rows, name) is not None
+            },
+        )
         return self.rows
 
 
@@ -81,6 +110,8 @@ def test_extra_rows_train_classifier_and_regressor_but_not_mask():
     proposals = source.seen.proposals
     num_rois = sum(len(p) for p in proposals)
     predictor = ours.roi_heads.box_predictor
+    rows = source.rows  # on the model's device
+    labels, boxes = rows.labels, rows.proposal_boxes
     scores, deltas = predictor(torch.cat([source.seen.box_features, rows.features]))
     all_labels = torch.cat([torch.cat([p.gt_classes for p in proposals]), labels])
     expected_cls = torch.nn.functional.cross_entropy(scores, all_labels)
@@ -136,7 +167,7 @@ def test_mean_scores_update_from_roi_heads_with_any_roi_count():
     seen = torch.cat([b["instances"].gt_classes for b in batch]).unique()
     changed = (after != before).nonzero().flatten()
     assert set(changed.tolist()) <= set(seen.tolist()) | {4} and len(changed) > 0
-    assert after[-1] == pytest.approx(0.01)
+    assert after[-1].item() == pytest.approx(0.01)
     assert torch.isfinite(losses["loss_cls"])
     # object ids: a foreground RoI's ground-truth box (numbered across images), one id per memory class
     recorded = recorder.batches[0]
@@ -145,15 +176,15 @@ def test_mean_scores_update_from_roi_heads_with_any_roi_count():
     roi_ids, roi_labels = recorded.object_ids[:num_rois], recorded.labels[:num_rois]
     foreground = roi_labels < NUM_CLASSES
     assert torch.equal(foreground, roi_ids >= 0)
-    gt_boxes = torch.cat([t.gt_boxes.tensor for t in targets])
-    roi_gt_boxes = torch.cat([p.gt_boxes.tensor for p in proposals])
+    gt_boxes = torch.cat([t.gt_boxes.tensor for t in targets]).cpu()
+    roi_gt_boxes = torch.cat([p.gt_boxes.tensor for p in proposals]).cpu()
     assert torch.equal(gt_boxes[roi_ids[foreground]], roi_gt_boxes[foreground])
-    assert torch.equal(torch.cat([t.gt_classes for t in targets])[roi_ids[foreground]], roi_labels[foreground])
+    assert torch.equal(torch.cat([t.gt_classes for t in targets]).cpu()[roi_ids[foreground]], roi_labels[foreground])
     memory_ids = recorded.object_ids[num_rois:]
     assert torch.equal(recorded.labels[num_rois:], memory_labels)
     assert memory_ids[0] == memory_ids[2] != memory_ids[1] and (memory_ids >= len(gt_boxes)).all()
     np.testing.assert_allclose(
-        after.numpy(), expected_mean_scores(recorded, torch.softmax(recorded.logits, 1)), rtol=1e-6
+        after.cpu().numpy(), expected_mean_scores(recorded, torch.softmax(recorded.logits, 1)), rtol=1e-6
     )
 
 
@@ -168,7 +199,7 @@ def test_mfs_rows_come_from_memory_and_keep_mask_loss():
     assert torch.equal(stock_losses["loss_mask"], our_losses["loss_mask"])
     gt_classes = torch.cat([b["instances"].gt_classes for b in batch])
     expected_counts = torch.bincount(gt_classes, minlength=NUM_CLASSES) * 16
-    assert torch.equal(mfs.queue.counts, expected_counts.clamp(max=20))
+    assert torch.equal(mfs.queue.counts.cpu(), expected_counts.clamp(max=20))
     # one draw's probability is 1/s over all classes (official; draws of empty queues are dropped after),
     # over the non-empty queues only with class_draw="distinct"
     indicator.mean_scores[:NUM_CLASSES] = torch.linspace(0.1, 0.6, NUM_CLASSES)
@@ -193,8 +224,17 @@ class BatchRecorder(LearningStatusIndicator):
         super().__init__(num_classes)
         self.batches = []
 
-    def update_from_predictions(self, batch):
-        self.batches.append(batch)
+    def update_from_predictions(self, batch):  # kept on the CPU, where the tests compare
+        self.batches.append(
+            dataclasses.replace(
+                batch,
+                **{
+                    f.name: getattr(batch, f.name).cpu()
+                    for f in dataclasses.fields(batch)
+                    if getattr(batch, f.name) is not None
+                },
+            )
+        )
 
     def vector(self):
         return torch.zeros(self.num_classes)
@@ -282,9 +322,11 @@ def test_inference_and_indicators_share_the_predictors_scoring(predictor_class):
     probabilities = scoring(recorded.logits.float())
     assert torch.equal(recorded.probabilities, probabilities)
     np.testing.assert_allclose(
-        indicators["mean_score"].vector().numpy(), expected_mean_scores(recorded, probabilities), rtol=1e-6
+        indicators["mean_score"].vector().cpu().numpy(), expected_mean_scores(recorded, probabilities), rtol=1e-6
     )
-    np.testing.assert_allclose(indicators["tpr"].vector().numpy(), expected_true_positive_rate(recorded, probabilities))
+    np.testing.assert_allclose(
+        indicators["tpr"].vector().cpu().numpy(), expected_true_positive_rate(recorded, probabilities)
+    )
     stock_indicators = stock_scoring.roi_heads.indicators
     assert torch.equal(stock_indicators["recorder"].batches[0].logits, recorded.logits)  # same rows, same logits
     if predictor_class is BackgroundSigmoidOutputLayers:
@@ -349,7 +391,7 @@ def test_a_module_reads_two_indicators_bound_once():
     assert source.seen[0][0].abs().sum() == 0 and source.seen[0][1].abs().sum() == 0
     assert torch.equal(source.seen[1][0], after_first[0]) and torch.equal(source.seen[1][1], after_first[1])
     seen_classes = torch.cat([b["instances"].gt_classes for b in batch]).unique()
-    np.testing.assert_allclose(after_first[0][seen_classes].sum(1).numpy(), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(after_first[0].cpu()[seen_classes].sum(1).numpy(), 1.0, rtol=1e-5)
 
 
 @pytest.mark.parametrize("where", ["cls_loss", "source"])

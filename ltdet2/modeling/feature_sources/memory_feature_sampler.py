@@ -108,7 +108,10 @@ class MemoryFeatureSampler(FeatureSource):
             return
         labels, gt_boxes, image_index = labels[kept], gt_boxes[kept], image_index[kept]
         proposal_boxes = torch.cat(boxes)[kept]
-        block = max(1, _POOL_BLOCK_BYTES // (4 * math.prod(self.feature_shape)))
+        if labels.device.type == "cpu":  # see _POOL_BLOCK_BYTES
+            block = max(1, _POOL_BLOCK_BYTES // (4 * math.prod(self.feature_shape)))
+        else:  # a GPU pools every kept box in one call
+            block = labels.numel()
         for start in range(0, labels.numel(), block):
             end = min(start + block, labels.numel())
             per_image = self._split_by_image(proposal_boxes[start:end], image_index[start:end], num_images)
