@@ -1,24 +1,34 @@
 #!/usr/bin/env python
-"""Runs a multi-phase project for several training seeds and prints the mean table over seeds.
+"""Runs a multi-phase project for several training seeds and prints the mean ± std table over seeds.
 
-    python scripts/ablation_table.py --config-file projects/loce_ablation.py --seeds 0 1 \
-        --output-dir output/loce_ablation [--no-run] [key=value ...]
+    python scripts/ablation_table.py --config-file projects/loce_ablation.py --seeds 0 1 2 \
+        --output-dir output/loce_ablation [--results-dir docs/results/loce_ablation] [--no-run] [key=value ...]
+    # the table from committed results files alone (no training, no output folder):
+    python scripts/ablation_table.py --from-results docs/results/loce_ablation
 
 Each seed trains in ``<output-dir>/seed<N>`` with ``train.seed=N`` (phases already finished there
-are skipped, so an interrupted run continues). The table (markdown) gives, per phase, the mean over
-seeds of bbox AP, AP50, APr, APc, APf (percent) and the per-seed values; it is also written to
-``<output-dir>/ablation_table.md``.
+are skipped, so an interrupted run continues). With ``--results-dir``, each finished seed writes
+``<results-dir>/seed<N>.json`` (metrics and per-class AP per phase, command, commit, machine; see
+:mod:`ltdet2.engine.results`); a seed whose results file already exists is not run again. The table
+(markdown) gives, per phase, the mean ± sample std over seeds of AP, AP50, APr, APc, APf (percent)
+and the per-seed APr; it is also written to ``<output-dir>/ablation_table.md`` (or the results dir).
 """
 
 import argparse
-import json
 import os
+import shlex
 import subprocess
 import sys
 
-import numpy as np
-
-from ltdet2.engine.phases import SUMMARY_METRICS, load_config, resolve_phases
+from ltdet2.engine.phases import load_config, resolve_phases
+from ltdet2.engine.results import (
+    format_mean_std_table,
+    load_results_files,
+    phase_record,
+    results_record,
+    write_results_file,
+)
+from ltdet2.utils.json_io import read_json
 
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lazyconfig_train_net.py")
 
@@ -39,50 +49,60 @@ def run_seed(config_file, seed, output_dir, overrides):
 
 
 def collect(config_file, output_dir, overrides, task):
+    """{phase: {task: metrics, per_class_ap_<task>: [...]}} of a finished seed folder."""
     cfg = load_config(config_file, [f"train.output_dir={output_dir}", *overrides])
-    results = {}
+    phases = {}
     for phase in resolve_phases(cfg):
         if not os.path.isfile(phase.done_file):
             raise FileNotFoundError(f"phase '{phase.name}' has not finished: no {phase.done_file}")
-        with open(phase.done_file) as f:
-            results[phase.name] = json.load(f)["results"][task]
-    return results
-
-
-def format_table(per_seed, seeds, task):
-    phases = list(per_seed[0])
-    lines = [
-        f"| phase ({task}, mean of seeds {', '.join(map(str, seeds))}) | "
-        + " | ".join(SUMMARY_METRICS)
-        + " | APr per seed |",
-        "|---|" + "---:|" * (len(SUMMARY_METRICS) + 1),
-    ]
-    for phase in phases:
-        values = np.array([[seed_results[phase][m] for m in SUMMARY_METRICS] for seed_results in per_seed])
-        means = np.nanmean(values, axis=0)
-        apr = ", ".join(f"{v:.2f}" for v in values[:, SUMMARY_METRICS.index("APr")])
-        lines.append(f"| {phase} | " + " | ".join(f"{v:.2f}" for v in means) + f" | {apr} |")
-    return "\n".join(lines)
+        phases[phase.name] = phase_record(phase.done_file, task)
+    return phases
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--config-file")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--output-dir")
+    parser.add_argument("--results-dir", help="write (and reuse) one results file per seed here")
+    parser.add_argument("--from-results", help="only build the table from the results files in this folder")
     parser.add_argument("--task", default="bbox")
     parser.add_argument("--no-run", action="store_true", help="only collect finished results")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides for every seed")
     args = parser.parse_args()
-    per_seed = []
-    for seed in args.seeds:
-        seed_dir = os.path.join(args.output_dir, f"seed{seed}")
-        if not args.no_run:
-            run_seed(args.config_file, seed, seed_dir, args.overrides)
-        per_seed.append(collect(args.config_file, seed_dir, args.overrides, args.task))
-    table = format_table(per_seed, args.seeds, args.task)
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "ablation_table.md"), "w") as f:
+
+    if args.from_results:
+        records, table_dir = load_results_files(args.from_results), args.from_results
+    else:
+        if not (args.config_file and args.output_dir):
+            parser.error("--config-file and --output-dir are required (or give --from-results)")
+        records = []
+        for seed in args.seeds:
+            results_file = os.path.join(args.results_dir, f"seed{seed}.json") if args.results_dir else None
+            if results_file and os.path.isfile(results_file):
+                print(f"seed {seed}: results file {results_file} exists, not run again", flush=True)
+                records.append(read_json(results_file, what="results"))
+                continue
+            seed_dir = os.path.join(args.output_dir, f"seed{seed}")
+            if not args.no_run:
+                run_seed(args.config_file, seed, seed_dir, args.overrides)
+            command = shlex.join(
+                ["scripts/ablation_table.py", "--config-file", args.config_file, "--seeds", str(seed)]
+                + ["--output-dir", args.output_dir, *args.overrides]
+            )
+            record = results_record(
+                project=args.config_file,
+                seed=seed,
+                command=command,
+                phases=collect(args.config_file, seed_dir, args.overrides, args.task),
+            )
+            if results_file:
+                print(f"seed {seed}: wrote {write_results_file(results_file, record)}", flush=True)
+            records.append(record)
+        table_dir = args.results_dir or args.output_dir
+    table = format_mean_std_table(records, args.task)
+    os.makedirs(table_dir, exist_ok=True)
+    with open(os.path.join(table_dir, "ablation_table.md"), "w") as f:
         f.write(table + "\n")
     print(table)
 

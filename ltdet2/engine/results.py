@@ -1,0 +1,132 @@
+"""Small results files of finished runs, and the mean ± std tables built from them alone.
+
+A results file holds one seed of one project: its metrics and per-class AP per phase, the command
+and commit that produced it, and the machine it ran on. Files are committed (under ``docs/``), so a
+table can be rebuilt, and a series of seeds continued, on another machine.
+
+Format (JSON)::
+
+    {"project": "projects/loce_ablation.py", "seed": 0, "commit": "4ea4fee", "command": "...",
+     "machine": "2 x86-64 cores (AMD EPYC), no GPU",
+     "phases": {"<phase>": {"bbox": {"AP": ..., "APr": ...}, "per_class_ap_bbox": [...]}, ...}}
+"""
+
+import glob
+import os
+import platform
+import subprocess
+
+import numpy as np
+
+from ltdet2.utils.json_io import read_json, write_json_atomic
+
+from .phases import SUMMARY_METRICS
+
+__all__ = [
+    "machine_description",
+    "git_commit",
+    "phase_record",
+    "results_record",
+    "write_results_file",
+    "load_results_files",
+    "format_mean_std_table",
+]
+
+
+def machine_description() -> str:
+    """e.g. ``"2 x86_64 cores (AMD EPYC 7B13), no GPU"``: what the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    try:
+        import torch
+
+        gpu = f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU"
+    except Exception:  # noqa: BLE001 - the description must not fail a finished run
+        gpu = "GPU unknown"
+    return f"{os.cpu_count()} {platform.machine()} cores ({cpu}), {gpu}"
+
+
+def git_commit(path: str = ".") -> str | None:
+    """Short hash of the checkout's HEAD (with ``+dirty`` when tracked files changed), or None."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "-C", path, "diff", "--quiet", "HEAD"], capture_output=True).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def phase_record(done_file: str, task: str = "bbox") -> dict:
+    """Metrics of a finished phase (its ``phase_done.json``) and its per-class AP (the evaluator's
+    ``inference/per_class_ap_<task>.json`` beside it; omitted when the evaluator wrote none)."""
+    done = read_json(done_file, what="phase-done")
+    if task not in done.get("results", {}):
+        raise ValueError(f"{done_file} holds no {task!r} results (it has {sorted(done.get('results', {}))})")
+    record = {task: done["results"][task]}
+    per_class = os.path.join(os.path.dirname(done_file), "inference", f"per_class_ap_{task}.json")
+    if os.path.isfile(per_class):
+        record[f"per_class_ap_{task}"] = read_json(per_class, what="per-class AP")
+    return record
+
+
+def results_record(*, project: str, seed: int, command: str, phases: dict[str, dict], machine=None, commit=None):
+    return {
+        "project": project,
+        "seed": int(seed),
+        "commit": commit if commit is not None else git_commit(),
+        "command": command,
+        "machine": machine if machine is not None else machine_description(),
+        "phases": phases,
+    }
+
+
+def write_results_file(path: str, record: dict) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_json_atomic(path, record, indent=1)
+    return path
+
+
+def load_results_files(directory: str) -> list[dict]:
+    """Every ``*.json`` results file in ``directory``, sorted by seed; an error names a file that is
+    not a results file."""
+    records = []
+    for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
+        record = read_json(path, what="results")
+        missing = [key for key in ("seed", "phases") if key not in record]
+        if missing:
+            raise ValueError(f"{path} is not a results file: no {missing}")
+        records.append(record)
+    if not records:
+        raise FileNotFoundError(f"no results files (*.json) in {directory}")
+    return sorted(records, key=lambda r: r["seed"])
+
+
+def format_mean_std_table(records: list[dict], task: str = "bbox", metrics=SUMMARY_METRICS) -> str:
+    """Markdown table: per phase (in the first record's order), mean ± std over the records (sample
+    standard deviation, n-1; blank with one record) of each metric, and APr per seed."""
+    seeds = [r["seed"] for r in records]
+    phases = list(records[0]["phases"])
+    for record in records[1:]:
+        if list(record["phases"]) != phases:
+            raise ValueError(f"seed {record['seed']} has phases {list(record['phases'])}, seed {seeds[0]} {phases}")
+    header = f"| phase ({task}; mean ± std over seeds {', '.join(map(str, seeds))}) | "
+    lines = [header + " | ".join(metrics) + " | APr per seed |", "|---|" + "---:|" * (len(metrics) + 1)]
+    for phase in phases:
+        values = np.array([[r["phases"][phase][task][m] for m in metrics] for r in records], dtype=np.float64)
+        means = np.nanmean(values, axis=0)
+        cells = []
+        for column, mean in enumerate(means):
+            if len(records) > 1:
+                cells.append(f"{mean:.2f} ± {np.nanstd(values[:, column], ddof=1):.2f}")
+            else:
+                cells.append(f"{mean:.2f}")
+        per_seed = ", ".join(f"{v:.2f}" for v in values[:, list(metrics).index("APr")]) if "APr" in metrics else ""
+        lines.append(f"| {phase} | " + " | ".join(cells) + f" | {per_seed} |")
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""Results files and the mean ± std tables built from them (ltdet2.engine.results)."""
+
+import json
+import os
+
+import pytest
+
+from ltdet2.engine.results import (
+    format_mean_std_table,
+    load_results_files,
+    phase_record,
+    results_record,
+    write_results_file,
+)
+
+
+def fake_record(seed, offset):
+    metrics = {"AP": 40.0 + offset, "AP50": 60.0, "APr": 2.0 * offset, "APc": 35.0, "APf": 60.0 - offset}
+    return results_record(
+        project="projects/x.py",
+        seed=seed,
+        command="cmd",
+        machine="test machine",
+        commit="abc1234",
+        phases={"pretrain": {"bbox": dict(metrics)}, "finetune": {"bbox": {k: v + 1 for k, v in metrics.items()}}},
+    )
+
+
+def test_table_gives_mean_and_sample_std_per_phase(tmp_path):
+    for seed, offset in ((0, 1.0), (1, 3.0), (2, 5.0)):
+        write_results_file(str(tmp_path / f"seed{seed}.json"), fake_record(seed, offset))
+    records = load_results_files(str(tmp_path))
+    assert [r["seed"] for r in records] == [0, 1, 2] and records[0]["machine"] == "test machine"
+    lines = format_mean_std_table(records).splitlines()
+    assert lines[0].startswith("| phase (bbox; mean ± std over seeds 0, 1, 2) | AP | AP50 | APr | APc | APf |")
+    # AP 41, 43, 45: mean 43, sample std 2; APr 2, 6, 10: mean 6, std 4
+    assert (
+        lines[2]
+        == "| pretrain | 43.00 ± 2.00 | 60.00 ± 0.00 | 6.00 ± 4.00 | 35.00 ± 0.00 | 57.00 ± 2.00 | 2.00, 6.00, 10.00 |"
+    )
+    assert lines[3].startswith("| finetune | 44.00 ± 2.00 | 61.00 ± 0.00 | 7.00 ± 4.00 |")
+
+
+def test_one_seed_has_no_std_and_phase_mismatch_is_an_error(tmp_path):
+    assert "| pretrain | 41.00 | 60.00 | 2.00 |" in format_mean_std_table([fake_record(0, 1.0)])
+    other = fake_record(1, 1.0)
+    del other["phases"]["finetune"]
+    with pytest.raises(ValueError, match="seed 1 has phases"):
+        format_mean_std_table([fake_record(0, 1.0), other])
+
+
+def test_load_names_a_file_that_is_not_a_results_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no results files"):
+        load_results_files(str(tmp_path))
+    (tmp_path / "notes.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(ValueError, match=r"notes.json is not a results file: no \['seed', 'phases'\]"):
+        load_results_files(str(tmp_path))
+
+
+def test_phase_record_reads_metrics_and_per_class_ap(tmp_path):
+    done = tmp_path / "phase_done.json"
+    done.write_text(json.dumps({"results": {"bbox": {"AP": 12.5}}}))
+    assert phase_record(str(done)) == {"bbox": {"AP": 12.5}}
+    os.makedirs(tmp_path / "inference")
+    (tmp_path / "inference" / "per_class_ap_bbox.json").write_text(json.dumps([{"id": 1, "AP": 3.0}]))
+    assert phase_record(str(done))["per_class_ap_bbox"] == [{"id": 1, "AP": 3.0}]
+    with pytest.raises(ValueError, match="holds no 'segm' results"):
+        phase_record(str(done), task="segm")
