@@ -219,6 +219,8 @@ class CopyPasteMapper:
         boxes = masks_to_boxes(masks)
         classes = np.array([a["category_id"] for a in annotations], dtype=np.int64)
         large = (boxes[:, 2] - boxes[:, 0] >= self.min_box_size) & (boxes[:, 3] - boxes[:, 1] >= self.min_box_size)
+        if large.all():  # the usual case: no copy of the masks
+            return ObjectsImage(image, boxes, classes, masks)
         return ObjectsImage(image, boxes[large], classes[large], masks[large])
 
     def _draw_source(self, dataset_dict):

@@ -108,3 +108,10 @@ def test_weight_check_names_parameters_and_allows_buffers_of_one_model(script):
 def test_test_limits_need_a_detectron2_predictor(script):
     with pytest.raises(ValueError, match="where.py: no module with"):
         script.set_test_limits(nn.Linear(2, 2), 1e-4, 300, "where.py")
+
+
+def test_a_config_with_phases_needs_one_named(script):
+    with pytest.raises(ValueError, match=r"has phases \['pretrain', 'finetune'\]: name one with --\*-phase"):
+        script.load_phase(LOCE, None, [])
+    with pytest.raises(ValueError, match="--phase 'nope'"):
+        script.load_phase(LOCE, "nope", [])
