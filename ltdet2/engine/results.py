@@ -30,6 +30,7 @@ __all__ = [
     "write_results_file",
     "load_results_files",
     "format_mean_std_table",
+    "mean_per_class_ap",
 ]
 
 
@@ -130,3 +131,20 @@ def format_mean_std_table(records: list[dict], task: str = "bbox", metrics=SUMMA
         per_seed = ", ".join(f"{v:.2f}" for v in values[:, list(metrics).index("APr")]) if "APr" in metrics else ""
         lines.append(f"| {phase} | " + " | ".join(cells) + f" | {per_seed} |")
     return "\n".join(lines)
+
+
+def mean_per_class_ap(records: list[dict], phase: str, task: str = "bbox") -> list[dict]:
+    """Per-class AP records of ``phase`` (the evaluator's format) with AP the mean over the seeds'
+    results files (classes whose AP is undefined in every seed stay None)."""
+    key = f"per_class_ap_{task}"
+    missing = [r["seed"] for r in records if key not in r["phases"].get(phase, {})]
+    if missing:
+        raise ValueError(f"phase {phase!r} has no {key} in the results of seed(s) {missing}")
+    per_seed = [sorted(r["phases"][phase][key], key=lambda c: c["id"]) for r in records]
+    ids = [c["id"] for c in per_seed[0]]
+    if any([c["id"] for c in classes] != ids for classes in per_seed[1:]):
+        raise ValueError(f"phase {phase!r}: the seeds' per-class AP cover different classes")
+    values = np.array([[np.nan if c["AP"] is None else c["AP"] for c in classes] for classes in per_seed])
+    defined = np.isfinite(values)
+    means = np.where(defined.any(0), np.where(defined, values, 0).sum(0) / np.maximum(defined.sum(0), 1), np.nan)
+    return [dict(c, AP=None if np.isnan(m) else float(m)) for c, m in zip(per_seed[0], means)]

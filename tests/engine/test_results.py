@@ -8,6 +8,7 @@ import pytest
 from ltdet2.engine.results import (
     format_mean_std_table,
     load_results_files,
+    mean_per_class_ap,
     phase_record,
     results_record,
     write_results_file,
@@ -66,3 +67,21 @@ def test_phase_record_reads_metrics_and_per_class_ap(tmp_path):
     assert phase_record(str(done))["per_class_ap_bbox"] == [{"id": 1, "AP": 3.0}]
     with pytest.raises(ValueError, match="holds no 'segm' results"):
         phase_record(str(done), task="segm")
+
+
+def test_mean_per_class_ap_averages_seeds_and_keeps_undefined_classes():
+    records = []
+    for seed, (ap_a, ap_b) in enumerate(((10.0, None), (30.0, None))):
+        record = fake_record(seed, 1.0)
+        record["phases"]["pretrain"]["per_class_ap_bbox"] = [
+            {"id": 2, "name": "b", "frequency": "r", "image_count": 1, "AP": ap_b},
+            {"id": 1, "name": "a", "frequency": "f", "image_count": 50, "AP": ap_a},
+        ]
+        records.append(record)
+    mean = mean_per_class_ap(records, "pretrain")
+    assert [(c["id"], c["AP"]) for c in mean] == [(1, 20.0), (2, None)]
+    assert mean[0]["image_count"] == 50
+    with pytest.raises(
+        ValueError, match=r"phase 'finetune' has no per_class_ap_bbox in the results of seed\(s\) \[0, 1\]"
+    ):
+        mean_per_class_ap(records, "finetune")
