@@ -1,5 +1,5 @@
 """Data: LVIS metadata (frequency groups, counts), per-class counting, validated registration of
-LVIS- / COCO-format datasets, the embedded LT-Shapes dataset and repeat-factor sampling."""
+LVIS- / COCO-format datasets, the embedded LT-Shapes dataset, repeat-factor sampling and the copy-paste mapper."""
 
 # the function class_counts stays in its module: exported here it would hide the module
 # ltdet2.data.class_counts (import-by-name, e.g. LazyConfig's "_target_", would no longer find it)
@@ -8,6 +8,7 @@ from .class_counts import (  # noqa: F401
     dataset_dict_pairs,
     unique_image_class_pairs,
 )
+from .copy_paste import CopyPasteMapper  # noqa: F401
 from .datasets import (  # noqa: F401
     evaluation_ground_truth,
     load_lvis_format_json,
