@@ -14,10 +14,11 @@ class PrototypeBank(StateModule):
     Convention: ``momentum`` is the weight of the OLD statistic, as BACL's beta (Eq. 11):
     ``stat <- momentum * stat + (1 - momentum) * batch_stat``, so BACL's beta=0.9 is
     ``momentum=0.9`` (the opposite of ``nn.BatchNorm``'s ``momentum``). The first batch that contains a
-    class copies its batch statistics. Batch variance is the population variance (divide by n), so a
-    class seen once in a batch has variance 0 there. BACL's paper writes ``sigma`` for the variance
-    in Eq. 11 and multiplies ``eps`` by ``sigma`` in Eq. 13; ``sample`` uses the standard deviation
-    ``sqrt(var)`` (the reparametrisation trick).
+    class copies its batch statistics. Batch variance is the population variance (divide by n;
+    ``unbiased=False``, the default) or, with ``unbiased=True`` (BACL's official code), the unbiased one
+    (divide by n - 1 when n > 1); either way a class seen once in a batch has variance 0 there. BACL's
+    paper writes ``sigma`` for the variance in Eq. 11 and multiplies ``eps`` by ``sigma`` in Eq. 13;
+    ``sample`` uses the standard deviation ``sqrt(var)`` (the reparametrisation trick).
 
     Buffers: ``means [C, dim]``, ``variances [C, dim]`` (float32 unless ``dtype``), ``seen [C]`` bool.
     Under ``global`` the batch statistics are those of the union of all ranks' batches.
@@ -31,6 +32,7 @@ class PrototypeBank(StateModule):
         *,
         dtype: torch.dtype = torch.float32,
         sync: str = "local",
+        unbiased: bool = False,
     ):
         super().__init__()
         if not 0.0 <= momentum < 1.0:
@@ -39,6 +41,7 @@ class PrototypeBank(StateModule):
         self.dim = int(dim)
         self.momentum = float(momentum)
         self.sync = check_sync(sync)
+        self.unbiased = bool(unbiased)
         self.register_buffer("means", torch.zeros(self.num_classes, self.dim, dtype=dtype))
         self.register_buffer("variances", torch.zeros(self.num_classes, self.dim, dtype=dtype))
         self.register_buffer("seen", torch.zeros(self.num_classes, dtype=torch.bool))
@@ -78,13 +81,14 @@ class PrototypeBank(StateModule):
         sq_sums = features.new_zeros(classes.numel(), self.dim).index_add_(0, inverse, centered * centered)
         if sync:
             all_reduce_sum(sq_sums)
-        batch_vars = sq_sums / counts.clamp(min=1)[:, None]
+        divisor = (counts - 1 if self.unbiased else counts).clamp(min=1)
+        batch_vars = sq_sums / divisor[:, None]
 
         index = classes
         if sync:  # dense over all classes: keep those some rank saw (locally every class in `classes` is present)
             present = (counts > 0).nonzero().squeeze(1)
             index, batch_means, batch_vars = classes[present], batch_means[present], batch_vars[present]
-        keep = torch.where(self.seen[index], self.momentum, 0.0).to(features.dtype)[:, None]
+        keep = self.seen[index].to(features.dtype)[:, None] * self.momentum  # 0 for a class's first batch
         self.means[index] = keep * self.means[index] + (1 - keep) * batch_means
         self.variances[index] = keep * self.variances[index] + (1 - keep) * batch_vars
         self.seen[index] = True
@@ -120,4 +124,7 @@ class PrototypeBank(StateModule):
         return MemorySample(classes.repeat_interleave(per_class), {"features": features}, skipped)
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, dim={self.dim}, momentum={self.momentum}, sync={self.sync!r}"
+        return (
+            f"num_classes={self.num_classes}, dim={self.dim}, momentum={self.momentum}, sync={self.sync!r}, "
+            f"unbiased={self.unbiased}"
+        )

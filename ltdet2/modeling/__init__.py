@@ -3,11 +3,13 @@
 from .box_generator import dense_boxes
 from .box_predictors import LongTailOutputLayers
 from .classifiers import CosineClassifier, WeightNormCosineClassifier
+from .losses.sigmoid_background import sigmoid_background_probs
 from .mask_heads import NormalizedConv2d, NormalizedMaskRCNNConvUpsampleHead
 from .roi_heads import LongTailROIHeads
 
 __all__ = [
     "dense_boxes",
+    "sigmoid_background_probs",
     "LongTailOutputLayers",
     "LongTailROIHeads",
     "CosineClassifier",

@@ -9,7 +9,7 @@ import torch
 import ltdet2.modeling.feature_sources as feature_sources
 from ltdet2.memory import MeanScore
 from ltdet2.modeling.extra_rows import ExtraRows
-from ltdet2.modeling.feature_sources import FeatureSource, MemoryFeatureSampler, ObjectReplay
+from ltdet2.modeling.feature_sources import FeatureHallucination, FeatureSource, MemoryFeatureSampler, ObjectReplay
 
 from fixtures.models import NUM_CLASSES, make_batch, paired_models, train_losses
 
@@ -47,6 +47,9 @@ SOURCES = {
     ),
     ObjectReplay: lambda: ObjectReplay(
         num_classes=NUM_CLASSES, feature_dim=256, targeted_classes=range(NUM_CLASSES), capacity=CAPACITY, per_class=3
+    ),
+    FeatureHallucination: lambda: FeatureHallucination(
+        num_classes=NUM_CLASSES, feature_dim=256, num_sampled_classes=4, per_class=3, indicator="mean_score"
     ),
     RoIBoxRows: RoIBoxRows,
 }
@@ -123,6 +126,13 @@ def test_sources_train_on_images_without_annotations(source_class, empty):
         assert torch.equal(source.queue.counts, (call["counts"] + pushed).clamp(max=CAPACITY))
         expected = int(call["counts"][foreground.unique()].clamp(max=source.per_class).sum())
         assert num_rows == expected and (num_rows > 0) == (empty == "one")
+    elif source_class is FeatureHallucination:
+        # statistics of the annotated images' objects only; every draw among the classes seen so far
+        first = torch.cat([b["instances"].gt_classes for b in make_batch(mask=True, seed=0)])
+        seen = torch.zeros(NUM_CLASSES, dtype=torch.bool)
+        seen[torch.cat([first, call["targets"]])] = True
+        assert torch.equal(source.bank.seen, seen)
+        assert num_rows == 4 * 3 and call["rows"].proposal_boxes is None and seen[call["rows"].labels].all()
     else:
         context, gt_boxes = source.seen[-1]
         assert num_rows == foreground.numel()

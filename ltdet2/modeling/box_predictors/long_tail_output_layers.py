@@ -1,4 +1,6 @@
-"""Detectron2's FastRCNNOutputLayers with a pluggable classifier and classification loss."""
+"""Detectron2's FastRCNNOutputLayers with a pluggable classifier, classification loss and test-time scoring."""
+
+import math
 
 import torch
 from torch import nn
@@ -10,6 +12,11 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, _log_c
 from detectron2.structures import Instances
 
 from ..extra_rows import ExtraRowsBatch
+from ..losses.sigmoid_background import sigmoid_background_loss, sigmoid_background_probs
+
+CLASS_SCORINGS = ("softmax", "sigmoid_background")
+# BACL's official init of all C+1 classifier biases: prior probability 0.001 (mmcv's bias_init_with_prob)
+SIGMOID_BACKGROUND_BIAS = -math.log((1 - 0.001) / 0.001)
 
 
 class LongTailOutputLayers(FastRCNNOutputLayers):
@@ -17,28 +24,74 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
     extra rows (memory features) after the sampled RoIs.
 
     Scores are ``[N, C+1]`` logits with background at index C. Their class probabilities come from
-    one function, :meth:`predict_class_probabilities` (Detectron2's: softmax, or sigmoid with
-    ``use_sigmoid_ce``): inference scores detections with it and the learning-status indicators
-    read it, so a classifier with another test-time activation overrides that one method. With
-    ``classifier=None`` and ``cls_loss=None`` and no extra rows, losses and outputs are exactly those
-    of :class:`FastRCNNOutputLayers`.
+    one function, :meth:`predict_class_probabilities`: inference scores detections with it and the
+    learning-status indicators read it. ``class_scoring`` chooses it:
+
+    - ``"softmax"`` (default): Detectron2's own (softmax; sigmoid of each logit with ``use_sigmoid_ce``),
+      trained with Detectron2's loss unless a ``cls_loss`` is given. With ``classifier=None``,
+      ``cls_loss=None`` and no extra rows, losses and outputs are exactly those of
+      :class:`FastRCNNOutputLayers`.
+    - ``"sigmoid_background"``: BACL's sigmoid classifier whose last channel is background (paper
+      Eq. 2-5): probabilities ``[sigmoid(z_j) * (1 - sigmoid(z_C)), sigmoid(z_C)]``
+      (:func:`~ltdet2.modeling.sigmoid_background_probs`), default loss
+      :func:`~ltdet2.modeling.losses.sigmoid_background_loss` (BCE over all C+1 channels, background
+      rows with target 1 on channel C), and all C+1 biases of the linear ``cls_score`` initialised to
+      ``-ln(999)`` (official code; not in the paper). Not Detectron2's ``use_sigmoid_ce``, which has no
+      background channel (all-zero targets for background rows, last column unused).
 
     Args:
         classifier: module mapping ``[N, D]`` features to ``[N, C+1]`` logits; replaces the linear
             ``cls_score`` (and keeps its name, so checkpoints line up).
-        cls_loss: module ``cls_loss(logits, labels, weights=None) -> scalar`` replacing the
-            cross-entropy. If it reads indicators (an ``IndicatorUser``), the ROI heads bind the ones
-            it names to it when they are built.
+        cls_loss: module ``cls_loss(logits, labels, weights=None) -> scalar`` replacing the default
+            loss. If it reads indicators (an ``IndicatorUser``), the ROI heads bind the ones it names to
+            it when they are built. A loss declaring a ``class_scoring`` (BACL's FCBL) must match this one.
+        class_scoring: ``"softmax"`` or ``"sigmoid_background"``, see above.
+        cls_bias_init: initial value of the linear ``cls_score``'s C+1 biases; None: the scoring's
+            default (Detectron2's 0 for ``"softmax"``, ``-ln(999)`` for ``"sigmoid_background"``). Only
+            for the linear ``cls_score`` (a ``classifier`` module initialises itself).
         other arguments: those of :class:`FastRCNNOutputLayers`.
     """
 
     @configurable
     def __init__(
-        self, input_shape, *, classifier: nn.Module | None = None, cls_loss: nn.Module | None = None, **kwargs
+        self,
+        input_shape,
+        *,
+        classifier: nn.Module | None = None,
+        cls_loss: nn.Module | None = None,
+        class_scoring: str = "softmax",
+        cls_bias_init: float | None = None,
+        **kwargs,
     ):
         super().__init__(input_shape, **kwargs)
+        if class_scoring not in CLASS_SCORINGS:
+            raise ValueError(
+                f"LongTailOutputLayers: class_scoring must be one of {CLASS_SCORINGS}, got {class_scoring!r}"
+            )
+        if class_scoring == "sigmoid_background" and self.use_sigmoid_ce:
+            raise ValueError(
+                "LongTailOutputLayers: class_scoring='sigmoid_background' is BACL's classifier with a background "
+                "channel; Detectron2's use_sigmoid_ce is another one: turn it off"
+            )
+        loss_scoring = getattr(cls_loss, "class_scoring", None)
+        if loss_scoring is not None and loss_scoring != class_scoring:
+            raise ValueError(
+                f"LongTailOutputLayers: cls_loss {type(cls_loss).__name__} is a loss for class_scoring="
+                f"{loss_scoring!r}, but the box predictor scores with class_scoring={class_scoring!r}"
+            )
+        self.class_scoring = class_scoring
         if classifier is not None:
+            if cls_bias_init is not None:
+                raise ValueError(
+                    "LongTailOutputLayers: cls_bias_init initialises the linear cls_score; "
+                    f"the classifier {type(classifier).__name__} initialises itself"
+                )
             self.cls_score = classifier
+        else:
+            if cls_bias_init is None and class_scoring == "sigmoid_background":
+                cls_bias_init = SIGMOID_BACKGROUND_BIAS
+            if cls_bias_init is not None:
+                nn.init.constant_(self.cls_score.bias, cls_bias_init)
         self.cls_loss = cls_loss
 
     @classmethod
@@ -48,6 +101,8 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
     def predict_class_probabilities(self, scores: torch.Tensor) -> torch.Tensor:
         """``[N, C+1]`` class probabilities (background column C) from ``[N, C+1]`` logits: the test-time
         scoring, shared by inference and the learning-status indicators."""
+        if self.class_scoring == "sigmoid_background":
+            return sigmoid_background_probs(scores)
         if self.use_sigmoid_ce:
             return scores.sigmoid()
         return F.softmax(scores, dim=-1)
@@ -60,6 +115,8 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
     def classification_loss(self, scores, gt_classes, weights=None):
         if self.cls_loss is not None:
             return self.cls_loss(scores, gt_classes, weights)
+        if self.class_scoring == "sigmoid_background":
+            return sigmoid_background_loss(scores, gt_classes, weights)
         if self.use_sigmoid_ce:
             if weights is not None:
                 raise ValueError("use_sigmoid_ce does not take per-row weights; give a cls_loss")
@@ -81,7 +138,7 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
                 their classification terms. Losses are averaged over all N+R rows (regression over
                 the rows that carry boxes), as if the rows were sampled RoIs.
         """
-        if not extra_rows and self.cls_loss is None:
+        if not extra_rows and self.cls_loss is None and self.class_scoring == "softmax":
             return super().losses(predictions, proposals)
         scores, proposal_deltas = predictions
         device = scores.device

@@ -1,3 +1,25 @@
 from .equilibrium import EquilibriumLoss, equilibrium_loss
+from .foreground_balance import (
+    ForegroundBalanceLoss,
+    confusion_margins,
+    foreground_balance_loss,
+    foreground_balance_weights,
+    indicator_strengths,
+    margin_balanced_loss,
+    strength_margins,
+)
+from .sigmoid_background import sigmoid_background_loss, sigmoid_background_probs
 
-__all__ = ["EquilibriumLoss", "equilibrium_loss"]
+__all__ = [
+    "EquilibriumLoss",
+    "equilibrium_loss",
+    "ForegroundBalanceLoss",
+    "confusion_margins",
+    "foreground_balance_loss",
+    "foreground_balance_weights",
+    "indicator_strengths",
+    "margin_balanced_loss",
+    "strength_margins",
+    "sigmoid_background_loss",
+    "sigmoid_background_probs",
+]
