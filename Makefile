@@ -5,7 +5,7 @@ PYTHON_VENV := $(VENV)/bin/python
 READY := $(VENV)/.ltdet2-ready
 DEMO_OUTPUT ?= output/demo
 
-.PHONY: setup test lint format demo clean-venv
+.PHONY: setup test test-slurm lint format demo clean-venv
 
 setup: $(READY)
 
@@ -18,6 +18,13 @@ $(READY): pyproject.toml scripts/setup_env.sh
 # lint first: a lint or format error fails `make test` (and CI)
 test: lint
 	$(PYTHON_VENV) -m pytest -q
+
+# Against a real Slurm: starts a one-node Slurm on this machine (scripts/slurm_local.sh: root, Debian;
+# installs slurm-wlm and munge on first use), runs tests/slurm, then stops the daemons it started.
+test-slurm: $(READY)
+	bash scripts/slurm_local.sh start
+	LTDET2_TEST_SLURM=1 $(PYTHON_VENV) -m pytest -q -s tests/slurm; status=$$?; \
+		bash scripts/slurm_local.sh stop; exit $$status
 
 lint: $(READY)
 	$(VENV)/bin/ruff check .

@@ -12,16 +12,17 @@ phases, and resumes an interrupted one with ``--resume``. Overrides ``phases.NAM
 one phase; other overrides change the root ``train`` and every phase holding the key. An override must
 name an existing key (``+key=value`` adds a new one). A config without ``phases`` (a
 one-phase project, or any Detectron2 LazyConfig) trains in ``train.output_dir`` as Detectron2's
-own script does.
+own script does. On a Slurm cluster, scripts/slurm_launch.py submits the same command line.
 """
 
 import logging
 
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, launch
 
-from ltdet2.engine.phases import load_config, run_phases
+from ltdet2.engine.launch import checkpoint_to_evaluate, split_flags_from_overrides, train_main
 
 logger = logging.getLogger("detectron2")
+__all__ = ["argument_parser", "parse_args", "checkpoint_to_evaluate", "main", "invoke_main"]
 
 
 def argument_parser():
@@ -35,39 +36,15 @@ def parse_args(argv=None):
     hands everything after the first override to ``opts``): they are taken out of ``opts`` here."""
     parser = argument_parser()
     args = parser.parse_args(argv)
-    overrides, flags = [], []
-    opts = iter(args.opts)
-    for token in opts:
-        if not token.startswith("-"):
-            overrides.append(token)
-            continue
-        flags.append(token)
-        action = parser._option_string_actions.get(token)
-        if action is not None and action.nargs != 0:  # a flag with a value: --phase NAME
-            flags.append(next(opts, ""))
+    overrides, flags = split_flags_from_overrides(parser, args.opts)
     if flags:
         parser.parse_args(flags, namespace=args)
     args.opts = overrides
     return args
 
 
-def checkpoint_to_evaluate(opts):
-    """With --eval-only, a ``train.init_checkpoint=...`` given on the command line is the checkpoint to
-    evaluate (as in Detectron2's script); otherwise each phase's final checkpoint is."""
-    given = [o.split("=", 1)[1] for o in opts if o.startswith("train.init_checkpoint=")]
-    return given[-1] if given else None
-
-
 def main(args):
-    cfg = load_config(args.config_file, args.opts)
-    default_setup(cfg, args)
-    return run_phases(
-        cfg,
-        resume=args.resume,
-        only=args.phase,
-        eval_only=args.eval_only,
-        eval_checkpoint=checkpoint_to_evaluate(args.opts) if args.eval_only else None,
-    )
+    return train_main(args)
 
 
 def invoke_main():

@@ -109,7 +109,7 @@ step "ltdet2 itself (editable)"
 
 step "check the environment"
 "$PY" - <<'PYEOF' || fail "the environment does not import" "read the traceback above"
-import torch, torchvision, detectron2, numpy, faster_coco_eval, lvis, pycocotools, scipy, tensorboard
+import torch, torchvision, detectron2, numpy, faster_coco_eval, lvis, pycocotools, scipy, tensorboard, submitit
 from detectron2.modeling import build_model  # noqa: F401
 import ltdet2
 print(f"[setup] torch {torch.__version__} (cuda available: {torch.cuda.is_available()}), "

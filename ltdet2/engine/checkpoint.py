@@ -1,21 +1,42 @@
-"""Checkpoints that survive a kill: atomic saves, ``max_to_keep`` across a resume, and a resume that
-falls back to the newest intact checkpoint when the last one is damaged.
+"""Checkpoints that survive a kill and resume every rank exactly: atomic saves, ``max_to_keep`` across a
+resume, a resume that falls back to the newest intact checkpoint when the last one is damaged, and
+each rank's own state (RNG, ``local`` memories, BatchNorm statistics) saved and restored as its own.
 
 Detectron2's :class:`DetectionCheckpointer` writes ``model_XXXXXXX.pth`` and ``last_checkpoint`` in
-place (a kill during a save leaves a truncated file that ``--resume`` then fails to read), and its
-``PeriodicCheckpointer`` only counts the checkpoints of the current run towards ``max_to_keep``.
+place (a kill during a save leaves a truncated file that ``--resume`` then fails to read), its
+``PeriodicCheckpointer`` only counts the checkpoints of the current run towards ``max_to_keep``, and it
+saves rank 0's model only: every rank resumes from rank 0's buffers and nobody's RNG.
+
+Layout of a checkpoint ``NAME`` saved by W processes (:meth:`AtomicCheckpointer.save_on_all_ranks`):
+``NAME.pth`` (rank 0's model, optimizer, scheduler, iteration, and ``rank_state``: W and rank 0's RNG)
+and, for each rank r >= 1, ``rank_state/NAME.rank<r>.pth`` (its RNG and its buffers except those of
+``global`` memories, which are the same on every rank). The rank files are written before ``NAME.pth``,
+so a checkpoint that exists is complete. Resuming with another number of processes is refused when the
+model holds ``local`` memories (one state per process cannot be split or merged); otherwise it warns
+that the ranks' RNG and BatchNorm statistics restart from rank 0's. The folder must be shared by all
+ranks (as for Detectron2's own resume); the choice of the checkpoint is made on rank 0.
 """
 
+import glob
 import logging
 import os
+import random
 import re
+
+import numpy as np
+import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import hooks
+from detectron2.utils import comm
+
+from ..memory.distributed import local_memory_names, per_rank_state_names
+from .launch import on_main_process, raise_if_any_rank_failed
 
 logger = logging.getLogger("detectron2")
 
 LAST_CHECKPOINT = "last_checkpoint"
+RANK_STATE_DIR = "rank_state"
 _PERIODIC_NAME = re.compile(r"^model_(\d+)\.pth$")
 _FINAL_NAME = "model_final.pth"
 
@@ -46,11 +67,53 @@ def checkpoints_in(folder):
     return [os.path.join(folder, name) for name in names]
 
 
+def rank_state_file(checkpoint, rank):
+    """Where rank ``rank`` (>= 1) keeps its own state of ``checkpoint`` (``.../NAME.pth``)."""
+    folder, name = os.path.split(checkpoint)
+    return os.path.join(folder, RANK_STATE_DIR, f"{os.path.splitext(name)[0]}.rank{rank}.pth")
+
+
+def remove_checkpoint(checkpoint):
+    """Removes ``checkpoint`` and the rank files that belong to it."""
+    folder, name = os.path.split(checkpoint)
+    pattern = os.path.join(glob.escape(os.path.join(folder, RANK_STATE_DIR)), glob.escape(name[: -len(".pth")]))
+    for path in [checkpoint, *glob.glob(pattern + ".rank*.pth")]:
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def capture_rng_state():
+    """This process's RNG states: torch (CPU, and the current GPU once CUDA is in use), numpy, random;
+    as tensors and plain numbers (what ``torch.load(weights_only=True)`` reads)."""
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian],
+        "random": random.getstate(),
+    }
+
+
+def restore_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    kind, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+    random.setstate(state["random"])
+
+
 class AtomicCheckpointer(DetectionCheckpointer):
     """:class:`DetectionCheckpointer` whose files appear whole or not at all (written to a hidden
-    temporary file in the same folder, then renamed), and whose ``--resume`` skips damaged files."""
+    temporary file in the same folder, then renamed), whose ``--resume`` skips damaged files, and
+    whose :meth:`save_on_all_ranks` / :meth:`resume_or_load` keep each rank's own state (module docstring).
+
+    After :meth:`resume_or_load`, ``resumed_from`` is the checkpoint training resumes from (None: none),
+    the same on every rank."""
 
     _temporary_prefix = ".tmp-"
+    resumed_from = None
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
@@ -69,6 +132,34 @@ class AtomicCheckpointer(DetectionCheckpointer):
         self.logger.info(f"Saved checkpoint {path}")
         self.tag_last_checkpoint(os.path.basename(path))
 
+    def save_on_all_ranks(self, name, **kwargs):
+        """Saves checkpoint ``name`` with every rank's own state; a collective: every rank calls it.
+        Ranks >= 1 write their rank files first; then rank 0 writes ``name.pth``."""
+        world_size, rank = comm.get_world_size(), comm.get_rank()
+        own = {"world_size": world_size, "rank": rank, "rng": capture_rng_state()}
+        if world_size > 1:
+            error = None
+            if rank > 0:
+                try:
+                    self._write_rank_state(name, own)
+                except Exception as e:
+                    error = e
+            raise_if_any_rank_failed(error)
+        self.save(name, rank_state=own, **kwargs)
+
+    def _write_rank_state(self, name, own):
+        path = rank_state_file(os.path.join(self.save_dir, f"{name}.pth"), own["rank"])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        state_dict = self.model.state_dict()
+        own = {**own, "buffers": {key: state_dict[key] for key in per_rank_state_names(self.model)}}
+        temporary = os.path.join(os.path.dirname(path), self._temporary_prefix + os.path.basename(path))
+        try:
+            torch.save(own, temporary)
+            _replace_atomically(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+
     def tag_last_checkpoint(self, last_filename_basename):
         if not getattr(self, "_tagging", True):
             return
@@ -85,8 +176,34 @@ class AtomicCheckpointer(DetectionCheckpointer):
             raise DamagedCheckpointError(filename, e) from e
 
     def resume_or_load(self, path, *, resume=True):
-        if not (resume and self.has_checkpoint()):
-            return super().resume_or_load(path, resume=resume)
+        """Resumes from the newest intact checkpoint of ``save_dir`` when ``resume`` and there is one
+        (chosen on rank 0; every rank then loads it and its own rank state), else loads the weights of
+        ``path``. Returns the checkpoint's further data; its ``rank_state`` is this rank's own (``rng``),
+        or None when the checkpoint holds none for this rank."""
+        loaded = {}
+
+        def choose():
+            if not (resume and self.has_checkpoint()):
+                return None
+            chosen, loaded["rank 0"] = self._load_newest_intact()
+            return chosen
+
+        self.resumed_from = on_main_process(choose)
+        if self.resumed_from is None:
+            return super().resume_or_load(path, resume=False)
+        error, extra = None, loaded.get("rank 0")
+        try:
+            if extra is None:  # ranks >= 1 load what rank 0 chose
+                extra = self.load(self.resumed_from)
+            extra["rank_state"] = self._own_rank_state(self.resumed_from, extra.get("rank_state"))
+        except Exception as e:
+            error = e
+        raise_if_any_rank_failed(error)
+        return extra
+
+    def _load_newest_intact(self):
+        """(path, further data) of the newest checkpoint of ``save_dir`` that loads, the one
+        ``last_checkpoint`` names first."""
         tagged = self._tagged_checkpoint()
         candidates = ([tagged] if tagged else []) + [c for c in checkpoints_in(self.save_dir) if c != tagged]
         damaged = []
@@ -108,7 +225,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
                     f"{what} cannot be read: resumed from {candidate}, the newest intact checkpoint"
                     + (f" (damaged: {damaged})" if damaged else "")
                 )
-            return loaded
+            return candidate, loaded
         last = os.path.join(self.save_dir, LAST_CHECKPOINT)
         if damaged:
             raise RuntimeError(
@@ -119,6 +236,49 @@ class AtomicCheckpointer(DetectionCheckpointer):
             f"cannot resume in {self.save_dir}: {last} names no checkpoint in the folder and there "
             f"is none. Remove {last} to train this phase from its beginning"
         )
+
+    def _own_rank_state(self, checkpoint, saved):
+        """Restores this rank's buffers from its rank file (ranks >= 1) and returns its saved state."""
+        world_size, rank = comm.get_world_size(), comm.get_rank()
+        local = local_memory_names(self.model)
+        if saved is None:  # saved by Detectron2's save (or before ltdet2 saved rank states)
+            if world_size > 1 and local:
+                logger.warning(
+                    f"{checkpoint} holds no per-rank state: every rank resumes the local memories {local} from rank 0's"
+                )
+            return None
+        if saved["world_size"] != world_size:
+            if local:
+                raise ValueError(
+                    f"cannot resume {checkpoint} with {world_size} processes: it was saved by "
+                    f"{saved['world_size']}, and the local memories {local} hold one state per process, which "
+                    f"cannot be split or merged. Resume with {saved['world_size']} processes (the same "
+                    f"--num-gpus, or --nodes x --gpus-per-node on Slurm)"
+                )
+            logger.warning(
+                f"{checkpoint} was saved by {saved['world_size']} processes and resumes in {world_size}: "
+                f"the RNG and BatchNorm statistics of the ranks restart from rank 0's (not an exact resume)"
+            )
+            return saved if rank == 0 else None
+        if rank == 0:
+            return saved
+        path = rank_state_file(checkpoint, rank)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"rank {rank} cannot find its state of {checkpoint} ({path}): the output folder must be "
+                f"shared by all ranks, and the rank files kept with their checkpoint"
+            )
+        try:
+            own = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise DamagedCheckpointError(path, e) from e
+        if own.get("rank") != rank or own.get("world_size") != world_size:
+            raise ValueError(f"{path} holds rank {own.get('rank')} of {own.get('world_size')}, not rank {rank}")
+        incompatible = self.model.load_state_dict(own["buffers"], strict=False)
+        if incompatible.unexpected_keys:
+            raise KeyError(f"{path} holds buffers the model does not have: {incompatible.unexpected_keys[:5]}")
+        logger.info(f"Rank {rank}: restored its own state ({len(own['buffers'])} buffers, RNG) from {path}")
+        return own
 
     def _tagged_checkpoint(self):
         """The checkpoint ``last_checkpoint`` names, or None when it is empty or names no file."""
@@ -138,12 +298,14 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
 
 class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
-    """Detectron2's hook, but ``max_to_keep`` also counts the checkpoints an interrupted run left
-    (those of iterations before the one training starts at): a resume keeps the newest ``max_to_keep``."""
+    """Detectron2's hook, but registered on every rank (each save is collective:
+    :meth:`AtomicCheckpointer.save_on_all_ranks`; rank 0 alone removes files), and ``max_to_keep`` also
+    counts the checkpoints an interrupted run left (those of iterations before the one training starts
+    at): a resume keeps the newest ``max_to_keep``."""
 
     def before_train(self):
         super().before_train()
-        if self.max_to_keep is None:
+        if self.max_to_keep is None or not comm.is_main_process():
             return
         start_iter = self.trainer.start_iter
         earlier = [
@@ -154,5 +316,18 @@ class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
         earlier = earlier[::-1]  # oldest first, as the hook keeps them
         for path in earlier[: -self.max_to_keep] if self.max_to_keep > 0 else earlier:
             logger.info(f"train.checkpointer.max_to_keep={self.max_to_keep}: removing {path}")
-            os.remove(path)
+            remove_checkpoint(path)
         self.recent_checkpoints = earlier[-self.max_to_keep :] if self.max_to_keep > 0 else []
+
+    def step(self, iteration, **kwargs):
+        iteration = int(iteration)
+        state = {"iteration": iteration, **kwargs}
+        if (iteration + 1) % self.period == 0:
+            name = f"{self.file_prefix}_{iteration:07d}"
+            self.checkpointer.save_on_all_ranks(name, **state)
+            if self.max_to_keep is not None and comm.is_main_process():
+                self.recent_checkpoints.append(os.path.join(self.checkpointer.save_dir, f"{name}.pth"))
+                if len(self.recent_checkpoints) > self.max_to_keep:
+                    remove_checkpoint(self.recent_checkpoints.pop(0))
+        if self.max_iter is not None and iteration >= self.max_iter - 1:
+            self.checkpointer.save_on_all_ranks(f"{self.file_prefix}_final", **state)

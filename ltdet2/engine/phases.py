@@ -14,6 +14,10 @@ phases that already finished, resumes an interrupted one with ``--resume``, and 
 of every phase's results. A config without ``phases`` is one phase trained in ``train.output_dir``
 itself, exactly as Detectron2's own script does (a one-phase project is such a plain config).
 Detectron2's script refuses a project with phases: its root has no ``model``.
+
+With several processes, rank 0 takes the decisions (skip a phase, train it, resume it from which
+checkpoint, record it as done) and every rank follows them, so ranks whose folders are not in sync
+cannot disagree; every rank returns rank 0's results.
 """
 
 import copy
@@ -30,12 +34,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tabulate import tabulate
 
 from detectron2.config import LazyConfig
-from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 
 from ..utils.json_io import read_json, write_json_atomic
 from .checkpoint import AtomicCheckpointer
-from .train_loop import FINAL_CHECKPOINT, build_model, do_test, do_train
+from .launch import on_main_process, raise_if_any_rank_failed
+from .train_loop import FINAL_CHECKPOINT, build_model, create_ddp_model, do_test, do_train
 
 logger = logging.getLogger("detectron2")
 
@@ -59,8 +63,11 @@ class Phase:
     def done_file(self):
         return os.path.join(self.output_dir, DONE_FILE)
 
+    def has_final(self):
+        return os.path.isfile(self.final_checkpoint)
+
     def is_done(self):
-        return os.path.isfile(self.done_file) and os.path.isfile(self.final_checkpoint)
+        return os.path.isfile(self.done_file) and self.has_final()
 
     def load_done(self):
         return read_json(self.done_file, what=f"phase '{self.name}' record")
@@ -370,23 +377,27 @@ def run_phase(phase, *, resume=False):
     except FloatingPointError as e:
         raise FloatingPointError(f"{where} diverged (not marked done): {e}") from e
     non_finite = non_finite_parameters(model)
-    if non_finite:
-        raise FloatingPointError(
+    raise_if_any_rank_failed(
+        FloatingPointError(
             f"{where}: its final weights hold NaN or infinite values ({non_finite[:5]}"
             f"{' ...' if len(non_finite) > 5 else ''}); not marked done"
         )
+        if non_finite
+        else None
+    )
     results = do_test(phase.cfg, model)
-    empty = empty_evaluation(results) if "evaluator" in phase.cfg.dataloader else []
-    if empty and not phase.cfg.train.get("allow_empty_eval", False):
-        name = f"phases.{phase.name}.train" if phase.name else "train"
-        raise RuntimeError(
-            f"{where}: the evaluation of {phase.final_checkpoint} found nothing ({'; '.join(empty)}): the model "
-            f"made no detection (too short a training, or non-finite predictions). Not marked done; to accept it, "
-            f"run again with {name}.allow_empty_eval=True"
-        )
-    if empty:
-        logger.warning(f"{where}: empty evaluation ({'; '.join(empty)}), accepted (train.allow_empty_eval)")
-    if comm.is_main_process():
+
+    def record():  # on rank 0, which holds the evaluator's results; every rank returns them
+        empty = empty_evaluation(results) if "evaluator" in phase.cfg.dataloader else []
+        if empty and not phase.cfg.train.get("allow_empty_eval", False):
+            name = f"phases.{phase.name}.train" if phase.name else "train"
+            raise RuntimeError(
+                f"{where}: the evaluation of {phase.final_checkpoint} found nothing ({'; '.join(empty)}): the "
+                f"model made no detection (too short a training, or non-finite predictions). Not marked done; to "
+                f"accept it, run again with {name}.allow_empty_eval=True"
+            )
+        if empty:
+            logger.warning(f"{where}: empty evaluation ({'; '.join(empty)}), accepted (train.allow_empty_eval)")
         write_json_atomic(
             phase.done_file,
             {
@@ -397,8 +408,9 @@ def run_phase(phase, *, resume=False):
             indent=2,
         )
         log_phase_table([(phase.name or "final", results)])
-    comm.synchronize()
-    return results
+        return results
+
+    return on_main_process(record)
 
 
 def empty_evaluation(results):
@@ -428,11 +440,16 @@ def non_finite_parameters(model):
 def evaluate_phase(phase, checkpoint=None):
     """Evaluates a phase's final checkpoint (or ``checkpoint``: a path or a Detectron2 URL)."""
     checkpoint = checkpoint or phase.final_checkpoint
-    if "://" not in checkpoint and not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"phase '{phase.name}': no checkpoint to evaluate at {checkpoint}")
-    model = create_ddp_model(build_model(phase.cfg))
+
+    def check():
+        if "://" not in checkpoint and not os.path.isfile(checkpoint):
+            raise FileNotFoundError(f"phase '{phase.name}': no checkpoint to evaluate at {checkpoint}")
+
+    on_main_process(check)
+    model = create_ddp_model(build_model(phase.cfg), phase.cfg)
     AtomicCheckpointer(model).load(checkpoint)
-    return do_test(phase.cfg, model)
+    results = do_test(phase.cfg, model)
+    return on_main_process(lambda: results)  # the evaluator's results are rank 0's
 
 
 def run_phases(cfg, *, resume=False, only=None, eval_only=False, eval_checkpoint=None):
@@ -449,23 +466,16 @@ def run_phases(cfg, *, resume=False, only=None, eval_only=False, eval_checkpoint
         raise ValueError(f"a checkpoint to evaluate ({eval_checkpoint}) needs one phase: add --phase NAME")
     for phase in selected:
         if eval_only:
-            if eval_checkpoint is None and len(selected) > 1 and not os.path.isfile(phase.final_checkpoint):
+            if on_main_process(lambda p=phase: eval_checkpoint is None and len(selected) > 1 and not p.has_final()):
                 logger.warning(f"phase '{phase.name}' has no {FINAL_CHECKPOINT} yet: not evaluated")
                 continue
             all_results[phase.name] = evaluate_phase(phase, eval_checkpoint)
             continue
-        if phase.name and phase.is_done():
-            logger.info(f"phase '{phase.name}' already finished ({phase.done_file}): skipping it")
-            done = phase.load_done()
-            if done.get("input_checkpoint") != checkpoint_identity(phase.cfg.train.init_checkpoint):
-                logger.warning(
-                    f"phase '{phase.name}' was trained from another version of "
-                    f"{phase.cfg.train.init_checkpoint} than the one there now; delete "
-                    f"{phase.done_file} to train it again"
-                )
+        # decided on rank 0 (ranks whose folders are not in sync must not disagree): skip or train
+        done = on_main_process(lambda p=phase: _finished_phase_record(p, phases))
+        if done is not None:
             all_results[phase.name] = done["results"]
             continue
-        _require_init_checkpoint(phase, input_phase(phases, phases.index(phase)))
         all_results[phase.name] = run_phase(phase, resume=resume)
     if eval_only and not all_results:
         raise FileNotFoundError(
@@ -476,6 +486,23 @@ def run_phases(cfg, *, resume=False, only=None, eval_only=False, eval_checkpoint
     if comm.is_main_process() and len(all_results) > 1:
         log_phase_table(list(all_results.items()), title="all phases")
     return all_results
+
+
+def _finished_phase_record(phase, phases):
+    """The done record of ``phase`` when it already finished (it is skipped), else None (it trains; its
+    input checkpoint must then exist)."""
+    if phase.name and phase.is_done():
+        logger.info(f"phase '{phase.name}' already finished ({phase.done_file}): skipping it")
+        done = phase.load_done()
+        if done.get("input_checkpoint") != checkpoint_identity(phase.cfg.train.init_checkpoint):
+            logger.warning(
+                f"phase '{phase.name}' was trained from another version of "
+                f"{phase.cfg.train.init_checkpoint} than the one there now; delete "
+                f"{phase.done_file} to train it again"
+            )
+        return done
+    _require_init_checkpoint(phase, input_phase(phases, phases.index(phase)))
+    return None
 
 
 def format_phase_table(rows):

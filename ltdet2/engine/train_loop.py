@@ -2,26 +2,41 @@
 
 The same steps and writers (progress printer, metrics.json, TensorBoard events) as Detectron2's
 ``tools/lazyconfig_train_net.py``; ltdet2 adds the evaluator's output folder, per-phase seeding,
-freezing (``train.trainable``) and the memory warm-up (``train.memory_warmup``).
+freezing (``train.trainable``), the memory warm-up (``train.memory_warmup``), and an exact resume:
+
+* every rank's RNG and own buffers come back from the checkpoint (:mod:`ltdet2.engine.checkpoint`);
+* the training batches come from RNG streams of the data loader's own (:class:`ReplayableLoader`), and
+  a resumed run first replays the data stream of the iterations already trained without training on
+  it (``train.resume_data="replay"``, the default), so it sees the batches the uninterrupted run would.
+  Replaying costs the data loading of those iterations (no model step); ``train.resume_data="restart"``
+  skips it and starts the stream again, as Detectron2 does (not exact). Exactness needs ``train.seed
+  >= 0`` (the default, 0);
+* a stop request (a preemption or time-out signal, :mod:`ltdet2.engine.launch`) saves a checkpoint of
+  the current iteration on every rank and stops with :class:`~ltdet2.engine.launch.TrainingInterrupted`.
 """
 
+import contextlib
 import logging
 import os
 
+import numpy as np
+
 from detectron2.config import instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
-from detectron2.engine.defaults import create_ddp_model
+from detectron2.engine import AMPTrainer, HookBase, SimpleTrainer, default_writers, hooks
+from detectron2.engine.defaults import create_ddp_model as _create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
-from .checkpoint import AtomicCheckpointer, PeriodicCheckpointer
+from .checkpoint import AtomicCheckpointer, PeriodicCheckpointer, capture_rng_state, restore_rng_state
 from .freezing import freeze_all_but
+from .launch import TrainingInterrupted, stop_requested_on_any_rank, stop_requests_armed
 from .memory_warmup import warm_up_memories
 
 logger = logging.getLogger("detectron2")
 
 FINAL_CHECKPOINT = "model_final.pth"
+RESUME_DATA_MODES = ("replay", "restart")
 
 
 class _NamedLossCheck:
@@ -47,6 +62,79 @@ def seed_phase(cfg):
     """Seeds every RNG from ``train.seed`` (+ rank), so a phase run alone equals it run in sequence."""
     seed = cfg.train.get("seed", -1)
     seed_all_rng(None if seed is None or seed < 0 else seed + comm.get_rank())
+
+
+class ReplayableLoader:
+    """Iterates a training data loader with RNG streams of its own, and skips batches on resume.
+
+    Every ``next`` on the loader (and the start of its workers, which draw their seeds then) runs with
+    this object's torch / numpy / random states swapped in, seeded from ``seed`` and the rank, so the
+    batches depend on the seed alone, not on what the model or a memory warm-up drew before. Setting
+    ``skip = k`` before the first iteration draws and drops the first k batches (the iterations a
+    resumed run already trained), which puts the stream where the uninterrupted run had it.
+    """
+
+    def __init__(self, loader, *, seed=None):
+        self.loader = loader
+        self.skip = 0
+        if seed is None or seed < 0:
+            seed = int(np.random.randint(2**31))
+        # one stream per rank, unrelated to the model's seed (seed + rank)
+        self._seed = int(np.random.SeedSequence([seed, comm.get_rank(), 0x5EED]).generate_state(1)[0])
+        self._state = None
+
+    @contextlib.contextmanager
+    def _own_rng(self):
+        outside = capture_rng_state()
+        if self._state is None:
+            seed_all_rng(self._seed)
+        else:
+            restore_rng_state(self._state)
+        try:
+            yield
+        finally:
+            self._state = capture_rng_state()
+            restore_rng_state(outside)
+
+    def __iter__(self):
+        with self._own_rng():
+            iterator = iter(self.loader)
+            for _ in range(self.skip):
+                next(iterator)
+        while True:
+            with self._own_rng():
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    return
+            yield batch
+
+
+class StopOnRequest(HookBase):
+    """After every iteration, on every rank: if a stop was requested on any rank (a preemption or
+    time-out signal, :func:`ltdet2.engine.launch.request_stop`), saves a checkpoint of this iteration
+    with every rank's state and stops training (:class:`~ltdet2.engine.launch.TrainingInterrupted`;
+    the writers' ``after_train`` still writes this iteration's metrics). The last iteration is not
+    interrupted: the phase's final checkpoint is saved then anyway."""
+
+    def __init__(self, checkpointer, period):
+        self.checkpointer = checkpointer
+        self.period = period  # the periodic checkpointer's: its checkpoint of this iteration is not saved twice
+
+    def after_step(self):
+        iteration = self.trainer.iter
+        if not stop_requested_on_any_rank() or iteration >= self.trainer.max_iter - 1:
+            return
+        name = f"model_{iteration:07d}"
+        if (iteration + 1) % self.period:
+            self.checkpointer.save_on_all_ranks(name, iteration=iteration)
+        path = os.path.join(self.checkpointer.save_dir, f"{name}.pth")
+        raise TrainingInterrupted(
+            f"training stopped on request after iteration {iteration} (of {self.trainer.max_iter}); saved {path}; "
+            f"run again with --resume to continue from it",
+            checkpoint=path,
+            iteration=iteration,
+        )
 
 
 def build_evaluator(cfg):
@@ -92,6 +180,15 @@ def build_model(cfg):
     return model
 
 
+def create_ddp_model(model, cfg):
+    """Detectron2's ``create_ddp_model`` with ``train.ddp``; a model on the CPU (gloo) gets no
+    ``device_ids`` (Detectron2 passes the local rank, which DDP refuses for CPU modules)."""
+    ddp = dict(cfg.train.get("ddp", None) or {})
+    if next(model.parameters()).device.type == "cpu":
+        ddp.setdefault("device_ids", None)
+    return _create_ddp_model(model, **ddp)
+
+
 def do_train(cfg, *, resume=False):
     """Trains one phase to ``train.max_iter`` in ``train.output_dir``; returns the model.
 
@@ -105,16 +202,20 @@ def do_train(cfg, *, resume=False):
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     cfg.optimizer.params.model = None  # the config outlives the phase; don't keep the model alive
-    train_loader = instantiate(cfg.dataloader.train)
+    resume_data = cfg.train.get("resume_data", "replay")
+    if resume_data not in RESUME_DATA_MODES:
+        raise ValueError(f"train.resume_data must be one of {RESUME_DATA_MODES}, got {resume_data!r}")
+    train_loader = ReplayableLoader(instantiate(cfg.dataloader.train), seed=cfg.train.get("seed", -1))
 
-    model = create_ddp_model(model, **cfg.train.ddp)
+    model = create_ddp_model(model, cfg)
     trainer = (AMPTrainerWithNamedLosses if cfg.train.amp.enabled else Trainer)(model, train_loader, optimizer)
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer),  # on every rank: each rank saves its state
+            StopOnRequest(checkpointer, cfg.train.checkpointer.period) if stop_requests_armed() else None,
             # periodic evaluation only; the phase runner evaluates the final model itself
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model), eval_after_train=False),
             hooks.PeriodicWriter(
@@ -126,10 +227,18 @@ def do_train(cfg, *, resume=False):
         ]
     )
 
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
-    if resume and checkpointer.has_checkpoint():
+    extra = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    if checkpointer.resumed_from:
         # the checkpoint stores the iteration that just finished (and the memories' state)
         start_iter = trainer.iter + 1
+        if resume_data == "replay" and start_iter > 0:
+            logger.info(
+                f"Replaying the data stream of iterations 0..{start_iter - 1} (no training) so that the resumed run "
+                f"sees the batches of an uninterrupted one (train.resume_data=restart skips this)"
+            )
+            train_loader.skip = start_iter
+        if extra.get("rank_state"):
+            restore_rng_state(extra["rank_state"]["rng"])
     else:
         start_iter = 0
         warmup = cfg.train.get("memory_warmup", None)
