@@ -55,7 +55,17 @@ def test_config_instantiates(path):
     _instantiate_namespace(cfg)
 
 
-MULTI_PHASE_PROJECTS = ["loce.py", "loce_ablation.py", "loce_lvis_v1.py", "rio_ablation.py"]
+MULTI_PHASE_PROJECTS = [
+    "bacl.py",
+    "bacl_ablation.py",
+    "bacl_lvis_v0_5.py",
+    "bacl_lvis_v1.py",
+    "bacl_lvis_v1_mask.py",
+    "loce.py",
+    "loce_ablation.py",
+    "loce_lvis_v1.py",
+    "rio_ablation.py",
+]
 ONE_PHASE_PROJECTS = ["baseline.py", "baseline_lvis_v1.py", "rio.py", "rio_lvis_v0_5.py", "rio_lvis_v1.py"]
 
 
