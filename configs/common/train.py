@@ -21,6 +21,8 @@ train = dict(
     # a phase whose evaluation finds nothing (no results, or every metric NaN: no detection) is not
     # recorded as done unless this is True
     allow_empty_eval=False,
+    # --resume: "replay" the data stream up to the checkpoint (exact resume) or "restart" it (Detectron2's)
+    resume_data="replay",
     # chosen where the config is loaded: nothing in ltdet2 assumes CUDA
     device="cuda" if torch.cuda.is_available() else "cpu",
 )
