@@ -6,6 +6,7 @@
 from detectron2.config import LazyCall as L
 
 from ltdet2.data.lvis_meta import lvis_meta_from_dataset
+from ltdet2.engine import make_phase
 from ltdet2.memory import (
     CumulativeCount,
     ImageFrequency,
@@ -16,8 +17,6 @@ from ltdet2.memory import (
 )
 from ltdet2.modeling.feature_sources import FeatureHallucination
 from ltdet2.modeling.losses import ForegroundBalanceLoss
-
-from ltdet2.engine import make_phase
 
 from .common.schedules import epochs_to_iters, multi_step
 from .data.copy_paste import LVIS_IMAGE_SIZE, add_copy_paste
@@ -159,7 +158,7 @@ def add_classifier_learning(phase, *, fcbl=True, fhm=True, **fcbl_options):
     return phase
 
 
-def lvis_phases(*, model, dataloader, optimizer, train, num_train_images, batch_size=16, epochs=12, warmup_iters=500):
+def lvis_phases(model, dataloader, optimizer, train, *, num_train_images, batch_size=16, epochs=12, warmup_iters=500):
     """BACL's two stages with the paper's LVIS settings (Sec. IV-B and the official configs): ``epochs`` (12)
     each at ``batch_size`` 16, lr 0.02 (the optimizer's) with x0.1 at epochs 8 and 11 and a 500-iteration
     linear warm-up; stage 1 with copy-paste at 1280 px, 2000 training proposals and weight decay 5e-5;
@@ -170,7 +169,9 @@ def lvis_phases(*, model, dataloader, optimizer, train, num_train_images, batch_
         return epochs_to_iters(num_epochs, num_train_images, batch_size)
 
     train.max_iter = iters(epochs)
-    schedule = multi_step(iters(epochs), steps=(iters(epochs * 8 / 12), iters(epochs * 11 / 12)), warmup_iters=warmup_iters)
+    schedule = multi_step(
+        iters(epochs), steps=(iters(epochs * 8 / 12), iters(epochs * 11 / 12)), warmup_iters=warmup_iters
+    )
     representation = make_phase(
         model=model, dataloader=dataloader, optimizer=optimizer, train=train, lr_multiplier=schedule
     )

@@ -18,26 +18,28 @@ train.output_dir = "output/bacl_ablation"
 representation, classifier = bacl_phases["representation"], bacl_phases["classifier"]
 
 
-def classifier_stage(**options):
-    """A classifier stage from the representation checkpoint with the length and schedule of projects/bacl.py's."""
-    phase = make_phase(representation, dataloader=classifier["dataloader"], optimizer=classifier["optimizer"])
-    phase["lr_multiplier"] = classifier["lr_multiplier"]
-    phase["train"].update(
-        max_iter=classifier["train"].max_iter,
-        checkpointer=classifier["train"].checkpointer,
-        init_from_phase="representation",
-    )
-    add_classifier_learning(phase, **options)
-    return phase
-
-
-phases = dict(
-    representation=representation,
-    control=classifier_stage(fcbl=False, fhm=False),
-    margin=classifier_stage(fhm=False, weight_term=False),
-    weight_term=classifier_stage(fhm=False, alpha=0.0),
-    fhm=classifier_stage(fcbl=False),
-    fcbl=classifier_stage(fhm=False),
-    fcbl_fhm=classifier_stage(),
+# every variant: the classifier stage of projects/bacl.py (length, schedule, data) from the representation
+stage = make_phase(
+    representation,
+    dataloader=classifier["dataloader"],
+    optimizer=classifier["optimizer"],
+    lr_multiplier=classifier["lr_multiplier"],
 )
-del bacl_phases, representation, classifier, classifier_stage  # a project's root: `train` and `phases`
+stage["train"].update(
+    max_iter=classifier["train"].max_iter,
+    checkpointer=classifier["train"].checkpointer,
+    init_from_phase="representation",
+)
+VARIANTS = dict(
+    control=dict(fcbl=False, fhm=False),
+    margin=dict(fhm=False, weight_term=False),
+    weight_term=dict(fhm=False, alpha=0.0),
+    fhm=dict(fcbl=False),
+    fcbl=dict(fhm=False),
+    fcbl_fhm=dict(),
+)
+phases = dict(representation=representation)
+for name, options in VARIANTS.items():
+    phases[name] = add_classifier_learning(make_phase(stage), **options)
+# a project's root: `train` and `phases`
+del bacl_phases, representation, classifier, stage, VARIANTS, name, options

@@ -6,12 +6,5 @@ from ..configs.models.faster_rcnn_r50_fpn import model
 
 model.roi_heads.num_classes = NUM_CLASSES
 train.output_dir = "output/bacl_lvis_v0_5"
-phases = lvis_phases(
-    model=model,
-    dataloader=dataloader,
-    optimizer=optimizer,
-    train=train,
-    num_train_images=NUM_TRAIN_IMAGES,
-    batch_size=BATCH_SIZE,
-)
+phases = lvis_phases(model, dataloader, optimizer, train, num_train_images=NUM_TRAIN_IMAGES, batch_size=BATCH_SIZE)
 del model, dataloader, optimizer  # a project's root: `train` and `phases`

@@ -6,23 +6,9 @@
 from ltdet2.modeling import NormalizedMaskRCNNConvUpsampleHead
 
 from ..configs.bacl import lvis_phases
-from ..configs.lvis_v1_defaults import (
-    BATCH_SIZE,
-    NUM_TRAIN_IMAGES,
-    dataloader,
-    model,
-    optimizer,
-    train,
-)
+from ..configs.lvis_v1_defaults import BATCH_SIZE, NUM_TRAIN_IMAGES, dataloader, model, optimizer, train
 
 model.roi_heads.mask_head._target_ = NormalizedMaskRCNNConvUpsampleHead
 train.output_dir = "output/bacl_lvis_v1_mask"
-phases = lvis_phases(
-    model=model,
-    dataloader=dataloader,
-    optimizer=optimizer,
-    train=train,
-    num_train_images=NUM_TRAIN_IMAGES,
-    batch_size=BATCH_SIZE,
-)
+phases = lvis_phases(model, dataloader, optimizer, train, num_train_images=NUM_TRAIN_IMAGES, batch_size=BATCH_SIZE)
 del model, dataloader, optimizer  # a project's root: `train` and `phases`

@@ -115,9 +115,9 @@ def test_bacl_project_runs_and_resumes_its_confusion_matrix_and_prototype_bank_e
     for key in representation:
         if key.startswith(("backbone.", "roi_heads.box_head.")):
             assert torch.equal(representation[key], final[key]), key
-    assert not torch.equal(representation["roi_heads.box_predictor.cls_score.weight"], final[
-        "roi_heads.box_predictor.cls_score.weight"
-    ])
+    assert not torch.equal(
+        representation["roi_heads.box_predictor.cls_score.weight"], final["roi_heads.box_predictor.cls_score.weight"]
+    )
 
     # resume from the checkpoint of iteration 1: confusion matrix and bank come back exactly
     checkpoint = torch.load(os.path.join(classifier_dir, "model_0000001.pth"), weights_only=False)["model"]

@@ -2,13 +2,13 @@
 the multi-process policy (reference/bacl.md section 7, items 6, 8 and 13)."""
 
 import os
-import socket
 import sys
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_distributed import free_port
 
 from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
@@ -113,12 +113,6 @@ def _worker(rank, port, out_dir):
         torch.save({"record": record, "state": state}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed (gloo)")
