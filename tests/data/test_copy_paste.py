@@ -20,17 +20,13 @@ from ltdet2.data import CopyPasteMapper
 from ltdet2.data.copy_paste import ObjectsImage, masks_to_boxes, paste_objects
 from ltdet2.engine import make_phase
 
-from fixtures.models import ROOT, TINY_LT_SHAPES
+from fixtures.models import ROOT, TINY_LT_SHAPES, load_repo_module
 
 S = 64  # image size of the synthetic tests
 
 
 def _load_config_helper():
-    path = os.path.join(ROOT, "configs", "data", "copy_paste.py")
-    spec = importlib.util.spec_from_file_location("copy_paste_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.add_copy_paste
+    return load_repo_module("configs/data/copy_paste.py").add_copy_paste
 
 
 add_copy_paste = _load_config_helper()

@@ -25,7 +25,7 @@ from ltdet2.evaluation import LTLVISEvaluator, evaluate_lvis
 from ltdet2.memory import InstanceFrequency
 from ltdet2.modeling.feature_sources import ObjectReplay
 
-from fixtures.models import ROOT
+from fixtures.models import ROOT, load_repo_module
 
 # json category ids 3, 7, 20 -> contiguous 0, 1, 2 (sorted ids), names in json order deliberately unsorted
 CATEGORIES = [{"id": 20, "name": "twenty"}, {"id": 3, "name": "three"}, {"id": 7, "name": "seven"}]
@@ -411,12 +411,7 @@ def test_evaluation_ground_truth_of_lt_shapes_is_its_json(tiny_dataset):
 
 def test_lt_shapes_subset_script(tiny_dataset, tmp_path):
     # the README's "Your own dataset" example: a subset with non-contiguous ids, registered from its files
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_lt_shapes_subset", os.path.join(
-        ROOT, "scripts", "make_lt_shapes_subset.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_repo_module("scripts/make_lt_shapes_subset.py")
     train_name, val_name = tiny_dataset
     DatasetCatalog.get(train_name)  # generated
     with open(MetadataCatalog.get(train_name).json_file) as f:

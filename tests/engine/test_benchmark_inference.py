@@ -1,7 +1,6 @@
 """scripts/benchmark_inference.py: JSON fields, identical detections for identical models, the weights it
 picks, the test-time limits it sets, and the weight check."""
 
-import importlib.util
 import json
 import os
 
@@ -13,7 +12,7 @@ from detectron2.config import instantiate
 
 from ltdet2.engine.phases import load_config
 
-from fixtures.models import ROOT, loce_tiny_overrides
+from fixtures.models import ROOT, load_repo_module, loce_tiny_overrides
 
 SCRIPT = os.path.join(ROOT, "scripts", "benchmark_inference.py")
 LOCE = os.path.join(ROOT, "projects", "loce.py")
@@ -21,10 +20,7 @@ LOCE = os.path.join(ROOT, "projects", "loce.py")
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("benchmark_inference", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_module("scripts/benchmark_inference.py")
 
 
 def _run(script, overrides, output, method_phase, *flags, rounds=2, warmup=1):

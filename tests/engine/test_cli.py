@@ -1,24 +1,20 @@
 """The training script's command line: flags after the key=value overrides, and --eval-only with
 nothing to evaluate."""
 
-import importlib.util
 import os
 
 import pytest
 
 from ltdet2.engine.phases import load_config, run_phases
 
-from fixtures.models import ROOT, tiny_run_overrides
+from fixtures.models import ROOT, load_repo_module, tiny_run_overrides
 
 SCRIPT = os.path.join(ROOT, "scripts", "lazyconfig_train_net.py")
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("lazyconfig_train_net", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_module("scripts/lazyconfig_train_net.py")
 
 
 def test_flags_after_the_overrides_are_flags(script):
