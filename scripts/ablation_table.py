@@ -23,6 +23,7 @@ import sys
 from ltdet2.engine.phases import load_config, resolve_phases
 from ltdet2.engine.results import (
     format_mean_std_table,
+    git_commit,
     load_results_files,
     phase_record,
     results_record,
@@ -84,6 +85,7 @@ def main():
                 records.append(read_json(results_file, what="results"))
                 continue
             seed_dir = os.path.join(args.output_dir, f"seed{seed}")
+            commit = git_commit()  # the code the seed runs on, not the HEAD when it finishes
             if not args.no_run:
                 run_seed(args.config_file, seed, seed_dir, args.overrides)
             command = shlex.join(
@@ -94,6 +96,7 @@ def main():
                 project=args.config_file,
                 seed=seed,
                 command=command,
+                commit=commit,
                 phases=collect(args.config_file, seed_dir, args.overrides, args.task),
             )
             if results_file:
