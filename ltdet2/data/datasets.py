@@ -205,6 +205,8 @@ def _image_file(image_root: str, image: dict, lvis_format: bool) -> str:
 
 def _instance(annotation: dict, class_index: int) -> dict:
     obj = {"bbox": annotation["bbox"], "bbox_mode": BoxMode.XYWH_ABS, "category_id": class_index}
+    if "id" in annotation:
+        obj["id"] = annotation["id"]
     segmentation = annotation.get("segmentation")
     if segmentation is not None:
         if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
@@ -270,10 +272,11 @@ def load_lvis_format_json(
     Like Detectron2's ``load_lvis_json`` / ``load_coco_json``: one record per image, sorted by image id,
     with ``file_name`` (LVIS format: ``image_root/<split folder>/<name>`` from ``coco_url``; COCO
     format or no ``coco_url``: ``image_root/file_name``), ``height``, ``width``, ``image_id`` and
-    ``annotations``: ``bbox`` (as in the file, ``bbox_mode`` ``XYWH_ABS``), ``category_id`` (the
-    contiguous index: position of the json id among the sorted ids), ``segmentation`` (polygons or
-    compressed RLE, when present) and ``iscrowd`` (when present). LVIS-format records also carry
-    ``neg_category_ids`` / ``not_exhaustive_category_ids`` as contiguous indices.
+    ``annotations``: ``id`` (the json annotation id, when present), ``bbox`` (as in the file, ``bbox_mode``
+    ``XYWH_ABS``), ``category_id`` (the contiguous index: position of the json id among the sorted ids),
+    ``segmentation`` (polygons or compressed RLE, when present) and ``iscrowd`` (when present).
+    LVIS-format records also carry ``neg_category_ids`` / ``not_exhaustive_category_ids`` as contiguous
+    indices.
 
     Args:
         json_file: the json; a truncated or malformed file is an error naming it.

@@ -128,6 +128,13 @@ class LVISMeta:
         """{'r': contiguous indices, 'c': ..., 'f': ...} (int64 arrays, ascending)."""
         return {g: np.nonzero(self.frequency == g)[0].astype(np.int64) for g in FREQUENCY_GROUPS}
 
+    def head_classes(self, min_images: int = 30) -> np.ndarray:
+        """Contiguous indices (int64, ascending) of the classes in at least ``min_images`` training images:
+        the step-wise method's head classes (its paper: M = 30); the others are its tail."""
+        if min_images < 1:
+            raise ValueError(f"min_images must be >= 1, got {min_images}")
+        return np.flatnonzero(self.image_count >= min_images).astype(np.int64)
+
     def contiguous_id(self, category_id: int) -> int:
         """Contiguous index of a json category id."""
         ids = np.asarray(self.category_ids)

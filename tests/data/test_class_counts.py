@@ -1,4 +1,5 @@
 """Per-class (image, class) pair counting: ltdet2.data.class_counts and the class-balanced warm-up set."""
+
 import json
 from collections import defaultdict
 
@@ -6,7 +7,6 @@ import numpy as np
 import pytest
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-
 from detectron2.utils.registry import locate
 
 from ltdet2.data import dataset_class_image_count, dataset_dict_pairs, load_lvis_meta, unique_image_class_pairs
@@ -88,8 +88,10 @@ def test_dataset_dict_pairs():
 WARMUP_IMAGE_CLASSES = [[0, 0, 1], [0], [0, 2], [0, 1], [0], [0, 3, 3], [], [1, 0], [2, 4], [0, 4, 1]]
 
 
-@pytest.mark.parametrize("images_per_class,seed,expected", [
-    (1, 0, [2, 5, 7, 8]), (1, 1, [1, 2, 5, 9]), (1, 5, [2, 4, 5, 7, 9]), (2, 0, [1, 2, 5, 7, 8, 9])])
+@pytest.mark.parametrize(
+    "images_per_class,seed,expected",
+    [(1, 0, [2, 5, 7, 8]), (1, 1, [1, 2, 5, 9]), (1, 5, [2, 4, 5, 7, 9]), (2, 0, [1, 2, 5, 7, 8, 9])],
+)
 def test_class_balanced_images(images_per_class, seed, expected):
     dicts = [{"annotations": [{"category_id": c} for c in cats]} for cats in WARMUP_IMAGE_CLASSES]
     selected = class_balanced_images(dicts, 6, images_per_class, seed=seed)
@@ -105,12 +107,15 @@ def test_class_balanced_images(images_per_class, seed, expected):
 
 # --- registered datasets ------------------------------------------------------------------------
 
+
 def lvis_json(image_classes, category_ids=(3, 1, 8)):
     """An LVIS-format dict without count fields (they are counted from annotations); huge image ids."""
     images = [{"id": 10**12 + i} for i in range(len(image_classes))]
     ordered = sorted(category_ids)
-    annotations = [{"id": k, "image_id": 10**12 + i, "category_id": ordered[c]}
-                   for k, (i, c) in enumerate((i, c) for i, cats in enumerate(image_classes) for c in cats)]
+    annotations = [
+        {"id": k, "image_id": 10**12 + i, "category_id": ordered[c]}
+        for k, (i, c) in enumerate((i, c) for i, cats in enumerate(image_classes) for c in cats)
+    ]
     categories = [{"id": i, "name": f"c{i}", "frequency": "r"} for i in category_ids]
     return {"images": images, "categories": categories, "annotations": annotations}
 

@@ -1,7 +1,6 @@
 """CopyPasteMapper and add_copy_paste: the jitter, the occlusion rule, the pasted count, flips, errors, and a
 real Detectron2 train loader on the tiny LT-Shapes."""
 
-import importlib.util
 import os
 
 import cv2

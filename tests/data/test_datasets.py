@@ -1,5 +1,6 @@
 """register_lvis_format_dataset: a user's LVIS- / COCO-format dataset with metadata, dicts and counts from the
 validated file, used by RFS, replay targets, indicators and the evaluator; every invalid case reported."""
+
 import json
 import logging
 import math
@@ -12,7 +13,7 @@ import torch
 
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
 from detectron2.data.samplers import RepeatFactorTrainingSampler
-from detectron2.structures import BoxMode, Boxes, Instances
+from detectron2.structures import Boxes, BoxMode, Instances
 
 from ltdet2.data import (
     dataset_class_image_count,
@@ -25,7 +26,7 @@ from ltdet2.evaluation import LTLVISEvaluator, evaluate_lvis
 from ltdet2.memory import InstanceFrequency
 from ltdet2.modeling.feature_sources import ObjectReplay
 
-from fixtures.models import ROOT, load_repo_module
+from fixtures.models import load_repo_module
 
 # json category ids 3, 7, 20 -> contiguous 0, 1, 2 (sorted ids), names in json order deliberately unsorted
 CATEGORIES = [{"id": 20, "name": "twenty"}, {"id": 3, "name": "three"}, {"id": 7, "name": "seven"}]
@@ -50,11 +51,28 @@ def lvis_json(stored_counts=False):
     present = {}
     for _, image_id, category_id in ANNOTATIONS:
         present.setdefault(image_id, set()).add(category_id)
-    images = [{"id": i, "coco_url": f"http://images.example.org/train2017/{i:06d}.jpg", "height": 64, "width": 80,
-               "neg_category_ids": sorted({3, 7, 20} - present[i])[:1], "not_exhaustive_category_ids": []}
-              for i in (104, 101, 103, 102)]
-    annotations = [{"id": a, "image_id": i, "category_id": c, "bbox": box_of(a), "area": 120.0,
-                    "segmentation": polygon_of(box_of(a))} for a, i, c in ANNOTATIONS]
+    images = [
+        {
+            "id": i,
+            "coco_url": f"http://images.example.org/train2017/{i:06d}.jpg",
+            "height": 64,
+            "width": 80,
+            "neg_category_ids": sorted({3, 7, 20} - present[i])[:1],
+            "not_exhaustive_category_ids": [],
+        }
+        for i in (104, 101, 103, 102)
+    ]
+    annotations = [
+        {
+            "id": a,
+            "image_id": i,
+            "category_id": c,
+            "bbox": box_of(a),
+            "area": 120.0,
+            "segmentation": polygon_of(box_of(a)),
+        }
+        for a, i, c in ANNOTATIONS
+    ]
     categories = [dict(c) for c in CATEGORIES]
     if stored_counts:
         index = {3: 0, 7: 1, 20: 2}
@@ -109,8 +127,11 @@ def test_custom_lvis_json_metadata_and_dicts(register, tmp_path):
         meta = MetadataCatalog.get(name)
         assert meta.thing_classes == ["three", "seven", "twenty"]
         assert meta.thing_dataset_id_to_contiguous_id == {3: 0, 7: 1, 20: 2}
-        assert meta.class_image_count == [{"id": 3, "image_count": 1}, {"id": 7, "image_count": 3},
-                                          {"id": 20, "image_count": 2}]
+        assert meta.class_image_count == [
+            {"id": 3, "image_count": 1},
+            {"id": 7, "image_count": 3},
+            {"id": 20, "image_count": 2},
+        ]
         assert meta.image_count == IMAGE_COUNT and meta.instance_count == INSTANCE_COUNT
         assert meta.frequency == ["r", "r", "r"]
         assert meta.json_file == path and meta.image_root == str(tmp_path / "root")
@@ -123,8 +144,13 @@ def test_custom_lvis_json_metadata_and_dicts(register, tmp_path):
         first = dicts[0]
         assert first["file_name"] == os.path.join(str(tmp_path / "root"), "train2017", "000101.jpg")
         assert (first["height"], first["width"]) == (64, 80)
-        assert first["annotations"][0] == {"bbox": box_of(1), "bbox_mode": BoxMode.XYWH_ABS, "category_id": 1,
-                                           "segmentation": polygon_of(box_of(1))}
+        assert first["annotations"][0] == {
+            "id": 1,
+            "bbox": box_of(1),
+            "bbox_mode": BoxMode.XYWH_ABS,
+            "category_id": 1,
+            "segmentation": polygon_of(box_of(1)),
+        }
         # federated lists as contiguous indices: image 101 has 7 and 20, its negative is json id 3 -> 0
         assert first["neg_category_ids"] == [0] and first["not_exhaustive_category_ids"] == []
         assert dicts[3]["neg_category_ids"] == [0]  # image 104 (only 20): first negative id 3
@@ -141,8 +167,13 @@ def test_coco_json_with_non_contiguous_ids(register, tmp_path):
     third = dicts[2]
     assert third["file_name"] == os.path.join(str(tmp_path / "root"), "images/103.png")
     assert "neg_category_ids" not in third  # COCO format: no federated lists invented for training
-    assert third["annotations"][0] == {"bbox": box_of(4), "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0,
-                                       "iscrowd": 0}
+    assert third["annotations"][0] == {
+        "id": 4,
+        "bbox": box_of(4),
+        "bbox_mode": BoxMode.XYWH_ABS,
+        "category_id": 0,
+        "iscrowd": 0,
+    }
     assert third["annotations"][1]["segmentation"] == polygon_of(box_of(5))
 
 
@@ -154,7 +185,7 @@ def test_registration_reads_nothing_and_is_idempotent(tmp_path):
         with pytest.raises(ValueError, match=r"'ltdet2_test_lazy' is already registered \(json_file=.*later\.json"):
             register_lvis_format_dataset("ltdet2_test_lazy", str(tmp_path / "other.json"), str(tmp_path))
         with pytest.raises(FileNotFoundError, match=f"dataset json file not found: {re.escape(path)}"):
-            MetadataCatalog.get(name).thing_classes
+            _ = MetadataCatalog.get(name).thing_classes
         with open(path, "w") as f:
             json.dump(lvis_json(), f)
         assert MetadataCatalog.get(name).thing_classes == ["three", "seven", "twenty"]
@@ -190,55 +221,121 @@ def _set(field, value, annotation_id=None, category_id=None):
 # (case, change to the json, expected report line, annotations per image after skip_invalid, dropped-per-class
 # table row or None, image counts after skip_invalid)
 INVALID_CASES = [
-    ("unknown_image", _set("image_id", 999, annotation_id=1),
-     r"1 annotations point at unknown image ids \[999 \(1 in total\)\]: annotation ids \[1 \(1 in total\)\]",
-     {101: [2], 102: [1], 103: [0, 1], 104: [2, 2]}, r"seven\s+7\s+1", [1, 2, 2]),
-    ("unknown_category", _set("category_id", 1234, annotation_id=2),
-     r"1 annotations point at unknown category ids \[1234 \(1 in total\)\]: annotation ids \[2 \(1 in total\)\]",
-     {101: [1], 102: [1], 103: [0, 1], 104: [2, 2]}, r"\(unknown category\)\s+-\s+1", [1, 3, 1]),
-    ("zero_width", _set("bbox", [5.0, 5.0, 0.0, 8.0], annotation_id=3),
-     r"1 annotations have a box of zero or negative width or height: annotation ids \[3 \(1 in total\)\]",
-     {101: [1, 2], 102: [], 103: [0, 1], 104: [2, 2]}, r"seven\s+7\s+1", [1, 2, 2]),
-    ("negative_width", _set("bbox", [20.0, 5.0, -5.0, 8.0], annotation_id=3),
-     r"1 annotations have a box of zero or negative width or height: annotation ids \[3 \(1 in total\)\]",
-     {101: [1, 2], 102: [], 103: [0, 1], 104: [2, 2]}, r"seven\s+7\s+1", [1, 2, 2]),
-    ("nan_box", _set("bbox", [5.0, float("nan"), 4.0, 8.0], annotation_id=6),
-     r"1 annotations have a box with non-finite values: annotation ids \[6 \(1 in total\)\]",
-     {101: [1, 2], 102: [1], 103: [0, 1], 104: [2]}, r"twenty\s+20\s+1", [1, 3, 2]),
-    ("malformed_box", _set("bbox", [5.0, 4.0, 8.0], annotation_id=6),
-     r"1 annotations have a 'bbox' that is not 4 numbers: annotation ids \[6 \(1 in total\)\]",
-     {101: [1, 2], 102: [1], 103: [0, 1], 104: [2]}, r"twenty\s+20\s+1", [1, 3, 2]),
-    ("bad_polygon", _set("segmentation", [[1.0, 2.0, 3.0, 4.0]], annotation_id=4),
-     r"1 annotations have a polygon with fewer than 3 points .*: annotation ids \[4 \(1 in total\)\]",
-     {101: [1, 2], 102: [1], 103: [1], 104: [2, 2]}, r"three\s+3\s+1", [0, 3, 2]),
-    ("repeated_annotation_id", _set("id", 5, annotation_id=7),
-     r"1 annotations repeat an annotation id already used: annotation ids \[5 \(1 in total\)\]",
-     {101: [1, 2], 102: [1], 103: [0, 1], 104: [2]}, r"twenty\s+20\s+1", [1, 3, 2]),
-    ("stale_image_count", _set("image_count", 50, category_id=7),
-     r"1 categories have a stored 'image_count' that disagrees with its annotations: category id 7 \(stored 50, "
-     r"counted 3\)", None, None, IMAGE_COUNT),
-    ("stale_instance_count", _set("instance_count", 9, category_id=20),
-     r"1 categories have a stored 'instance_count' that disagrees with its annotations: category id 20 \(stored 9, "
-     r"counted 3\)", None, None, IMAGE_COUNT),
-    ("stale_frequency", _set("frequency", "f", category_id=3),
-     r"1 categories have a stored 'frequency' that disagrees with its annotations \(LVIS groups of the counted image "
-     r"counts\): category id 3 \(stored 'f', counted 'r'\)", None, None, IMAGE_COUNT),
+    (
+        "unknown_image",
+        _set("image_id", 999, annotation_id=1),
+        r"1 annotations point at unknown image ids \[999 \(1 in total\)\]: annotation ids \[1 \(1 in total\)\]",
+        {101: [2], 102: [1], 103: [0, 1], 104: [2, 2]},
+        r"seven\s+7\s+1",
+        [1, 2, 2],
+    ),
+    (
+        "unknown_category",
+        _set("category_id", 1234, annotation_id=2),
+        r"1 annotations point at unknown category ids \[1234 \(1 in total\)\]: annotation ids \[2 \(1 in total\)\]",
+        {101: [1], 102: [1], 103: [0, 1], 104: [2, 2]},
+        r"\(unknown category\)\s+-\s+1",
+        [1, 3, 1],
+    ),
+    (
+        "zero_width",
+        _set("bbox", [5.0, 5.0, 0.0, 8.0], annotation_id=3),
+        r"1 annotations have a box of zero or negative width or height: annotation ids \[3 \(1 in total\)\]",
+        {101: [1, 2], 102: [], 103: [0, 1], 104: [2, 2]},
+        r"seven\s+7\s+1",
+        [1, 2, 2],
+    ),
+    (
+        "negative_width",
+        _set("bbox", [20.0, 5.0, -5.0, 8.0], annotation_id=3),
+        r"1 annotations have a box of zero or negative width or height: annotation ids \[3 \(1 in total\)\]",
+        {101: [1, 2], 102: [], 103: [0, 1], 104: [2, 2]},
+        r"seven\s+7\s+1",
+        [1, 2, 2],
+    ),
+    (
+        "nan_box",
+        _set("bbox", [5.0, float("nan"), 4.0, 8.0], annotation_id=6),
+        r"1 annotations have a box with non-finite values: annotation ids \[6 \(1 in total\)\]",
+        {101: [1, 2], 102: [1], 103: [0, 1], 104: [2]},
+        r"twenty\s+20\s+1",
+        [1, 3, 2],
+    ),
+    (
+        "malformed_box",
+        _set("bbox", [5.0, 4.0, 8.0], annotation_id=6),
+        r"1 annotations have a 'bbox' that is not 4 numbers: annotation ids \[6 \(1 in total\)\]",
+        {101: [1, 2], 102: [1], 103: [0, 1], 104: [2]},
+        r"twenty\s+20\s+1",
+        [1, 3, 2],
+    ),
+    (
+        "bad_polygon",
+        _set("segmentation", [[1.0, 2.0, 3.0, 4.0]], annotation_id=4),
+        r"1 annotations have a polygon with fewer than 3 points .*: annotation ids \[4 \(1 in total\)\]",
+        {101: [1, 2], 102: [1], 103: [1], 104: [2, 2]},
+        r"three\s+3\s+1",
+        [0, 3, 2],
+    ),
+    (
+        "repeated_annotation_id",
+        _set("id", 5, annotation_id=7),
+        r"1 annotations repeat an annotation id already used: annotation ids \[5 \(1 in total\)\]",
+        {101: [1, 2], 102: [1], 103: [0, 1], 104: [2]},
+        r"twenty\s+20\s+1",
+        [1, 3, 2],
+    ),
+    (
+        "stale_image_count",
+        _set("image_count", 50, category_id=7),
+        r"1 categories have a stored 'image_count' that disagrees with its annotations: category id 7 \(stored 50, "
+        r"counted 3\)",
+        None,
+        None,
+        IMAGE_COUNT,
+    ),
+    (
+        "stale_instance_count",
+        _set("instance_count", 9, category_id=20),
+        r"1 categories have a stored 'instance_count' that disagrees with its annotations: category id 20 \(stored 9, "
+        r"counted 3\)",
+        None,
+        None,
+        IMAGE_COUNT,
+    ),
+    (
+        "stale_frequency",
+        _set("frequency", "f", category_id=3),
+        r"1 categories have a stored 'frequency' that disagrees with its annotations "
+        r"\(LVIS groups of the counted image counts\): category id 3 \(stored 'f', counted 'r'\)",
+        None,
+        None,
+        IMAGE_COUNT,
+    ),
     # a class stored with image_count 0 would leave RIO's replay targets (1..max_images images)
-    ("image_count_zero", _set("image_count", 0, category_id=7),
-     r"1 categories have a stored 'image_count' that disagrees with its annotations: category id 7 \(stored 0, "
-     r"counted 3\)", None, None, IMAGE_COUNT),
+    (
+        "image_count_zero",
+        _set("image_count", 0, category_id=7),
+        r"1 categories have a stored 'image_count' that disagrees with its annotations: category id 7 \(stored 0, "
+        r"counted 3\)",
+        None,
+        None,
+        IMAGE_COUNT,
+    ),
 ]
 
 
-@pytest.mark.parametrize("case, mutate, line, kept, dropped_row, image_count", INVALID_CASES,
-                         ids=[c[0] for c in INVALID_CASES])
-def test_invalid_case_is_reported_or_dropped_and_logged(register, caplog, case, mutate, line, kept, dropped_row,
-                                                        image_count):
+@pytest.mark.parametrize(
+    "case, mutate, line, kept, dropped_row, image_count", INVALID_CASES, ids=[c[0] for c in INVALID_CASES]
+)
+def test_invalid_case_is_reported_or_dropped_and_logged(
+    register, caplog, case, mutate, line, kept, dropped_row, image_count
+):
     name, path = register(f"ltdet2_test_invalid_{case}", mutate(lvis_json()))
     with pytest.raises(ValueError, match=f"^{re.escape(path)}: 1 kinds of problems .*\n  \\* {line}$"):
         DatasetCatalog.get(name)
     with pytest.raises(ValueError, match=re.escape(path)):
-        MetadataCatalog.get(name).class_image_count  # the metadata is not read past a bad file either
+        _ = MetadataCatalog.get(name).class_image_count  # the metadata is not read past a bad file either
 
     skipping, _ = register(f"ltdet2_test_skip_{case}", mutate(lvis_json()), skip_invalid=True)
     with caplog.at_level(logging.WARNING, logger="ltdet2.data.validation"):
@@ -271,16 +368,22 @@ def test_all_problems_in_one_report(register):
         DatasetCatalog.get(name)
     message = str(info.value)
     assert message.startswith(f"{path}: 5 kinds of problems")
-    assert "2 annotations point at unknown image ids [998, 999 (2 in total)]: annotation ids [1, 2 (2 in total)]" \
+    assert (
+        "2 annotations point at unknown image ids [998, 999 (2 in total)]: annotation ids [1, 2 (2 in total)]"
         in message
+    )
     assert "1 annotations have a box of zero or negative width or height: annotation ids [3 (1 in total)]" in message
     assert "1 images list unknown category ids [55 (1 in total)] in 'neg_category_ids': image ids [104 " in message
     # stored fields are checked against the annotations as written (of known images and categories): 7 in
     # images 102 (empty box) and 103, 20 in 104 only (2 instances)
-    assert "'image_count' that disagrees with its annotations: category id 7 (stored 3, counted 2), " \
-           "20 (stored 2, counted 1)" in message
-    assert "'instance_count' that disagrees with its annotations: category id 7 (stored 3, counted 2), " \
-           "20 (stored 0, counted 2)" in message
+    assert (
+        "'image_count' that disagrees with its annotations: category id 7 (stored 3, counted 2), "
+        "20 (stored 2, counted 1)" in message
+    )
+    assert (
+        "'instance_count' that disagrees with its annotations: category id 7 (stored 3, counted 2), "
+        "20 (stored 0, counted 2)" in message
+    )
 
 
 # --- every ltdet2 piece on a registered dataset --------------------------------------------------------------
@@ -312,8 +415,15 @@ def _train_and_val(register, val_format="lvis"):
     for k in range(12):
         image_id = 200 + k
         train["images"].append(dict(train["images"][0], id=image_id, neg_category_ids=[]))
-        train["annotations"].append({"id": 100 + k, "image_id": image_id, "category_id": 20, "bbox": box_of(1),
-                                     "segmentation": polygon_of(box_of(1))})
+        train["annotations"].append(
+            {
+                "id": 100 + k,
+                "image_id": image_id,
+                "category_id": 20,
+                "bbox": box_of(1),
+                "segmentation": polygon_of(box_of(1)),
+            }
+        )
     train_name, train_path = register("ltdet2_test_eval_train", train)
     val = lvis_json() if val_format == "lvis" else coco_json()
     if val_format == "lvis":
@@ -371,8 +481,10 @@ def test_coco_format_dataset_evaluates_with_exhaustive_negatives(register):
     assert by_id[101]["neg_category_ids"] == [3] and by_id[104]["neg_category_ids"] == [3, 7]
     assert all(im["not_exhaustive_category_ids"] == [] for im in gt["images"])
     assert {a["id"]: a["area"] for a in gt["annotations"]}[6] == 120.0
-    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
-               for a in val["annotations"]]
+    results = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+        for a in val["annotations"]
+    ]
     results.append({"image_id": 104, "category_id": 7, "bbox": [40.0, 40.0, 10.0, 10.0], "score": 0.95})
     metrics, per_class = evaluate_lvis(gt, results, return_per_class=True)
     assert per_class["twenty"] == pytest.approx(100.0) and per_class["three"] == pytest.approx(100.0)
@@ -395,8 +507,11 @@ def test_stored_counts_describe_the_annotations_as_written(register):
     d = lvis_json(stored_counts=True)
     d["annotations"][2]["bbox"] = [1.0, 1.0, 0.0, 3.0]  # id 3
     name, path = register("ltdet2_test_written_counts", d)
-    with pytest.raises(ValueError, match=f"^{re.escape(path)}: 1 kinds of problems .*\n  \\* 1 annotations have a "
-                                         r"box of zero or negative width or height: annotation ids \[3 \(1 in total\)\]$"):
+    with pytest.raises(
+        ValueError,
+        match=f"^{re.escape(path)}: 1 kinds of problems .*\n  \\* 1 annotations have a "
+        r"box of zero or negative width or height: annotation ids \[3 \(1 in total\)\]$",
+    ):
         DatasetCatalog.get(name)
 
 
@@ -423,14 +538,17 @@ def test_lt_shapes_subset_script(tiny_dataset, tmp_path):
     assert all("image_count" not in c and "frequency" not in c for c in subset["categories"])
     path = tmp_path / "subset_train.json"
     path.write_text(json.dumps(subset))
-    name = register_lvis_format_dataset("ltdet2_test_subset_train", str(path), MetadataCatalog.get(train_name).image_root)
+    name = register_lvis_format_dataset(
+        "ltdet2_test_subset_train", str(path), MetadataCatalog.get(train_name).image_root
+    )
     try:
         dicts = DatasetCatalog.get(name)
         assert len(dicts) == len(subset["images"]) and all(os.path.isfile(r["file_name"]) for r in dicts)
         classes = [a["category_id"] for r in dicts for a in r["annotations"]]
         expected = {1: 0, 4: 1, 7: 2}
-        assert classes == [expected[a["category_id"]] for a in sorted(subset["annotations"],
-                                                                      key=lambda a: (a["image_id"], a["id"]))]
+        assert classes == [
+            expected[a["category_id"]] for a in sorted(subset["annotations"], key=lambda a: (a["image_id"], a["id"]))
+        ]
         full = MetadataCatalog.get(train_name).image_count
         assert MetadataCatalog.get(name).image_count == [full[0], full[3], full[6]]
     finally:

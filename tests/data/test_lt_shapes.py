@@ -12,6 +12,7 @@ from ltdet2.data.lt_shapes import (
     COLORS,
     NUM_CLASSES,
     LTShapesSpec,
+    build,
     class_names,
     default_root,
     generate,
@@ -22,19 +23,32 @@ from ltdet2.data.lt_shapes import (
     register_all_lt_shapes,
     register_lt_shapes,
 )
-from ltdet2.data.lt_shapes import build
 from ltdet2.data.lt_shapes.__main__ import main as lt_shapes_cli
 from ltdet2.data.lvis_meta import frequency_from_image_count, load_lvis_meta
 
 # 12 classes with all three LVIS groups, small and fast to render
-MEDIUM = LTShapesSpec(num_train=300, num_val=60, image_size=64, shapes=("circle", "square", "triangle"),
-                      colors=("red", "blue"), fills=("solid", "outline"))
+MEDIUM = LTShapesSpec(
+    num_train=300,
+    num_val=60,
+    image_size=64,
+    shapes=("circle", "square", "triangle"),
+    colors=("red", "blue"),
+    fills=("solid", "outline"),
+)
 # 8 classes, rare + common only (too few images for > 100-image classes)
-TINY = LTShapesSpec(num_train=60, num_val=20, image_size=64, shapes=("circle", "star"), colors=("red", "blue"),
-                    fills=("solid", "striped"), group_fractions=(0.5, 0.5, 0.0))
+TINY = LTShapesSpec(
+    num_train=60,
+    num_val=20,
+    image_size=64,
+    shapes=("circle", "star"),
+    colors=("red", "blue"),
+    fills=("solid", "striped"),
+    group_fractions=(0.5, 0.5, 0.0),
+)
 # 18 classes: every shape and fill (one colour), rare + common, 46 images of 48 px: generates in < 1 s
-SMALL = LTShapesSpec(num_train=40, num_val=6, image_size=48, colors=("red",), group_fractions=(0.5, 0.5, 0.0),
-                     val_min_instances=1)
+SMALL = LTShapesSpec(
+    num_train=40, num_val=6, image_size=48, colors=("red",), group_fractions=(0.5, 0.5, 0.0), val_min_instances=1
+)
 
 # sha256 of the files the generator wrote BEFORE it was split into a package (ltdet2/data/lt_shapes.py at
 # commit 1ea0987), recorded with `generate(dir, seed, spec)` and, per dataset folder,
@@ -239,8 +253,9 @@ def test_rendered_pixels_match_polygons(medium):
 
 
 def test_loaders(medium):
-    from detectron2.data.datasets.lvis import load_lvis_json
     from lvis import LVIS
+
+    from detectron2.data.datasets.lvis import load_lvis_json
 
     paths, train, val = medium
     for split, d in (("train", train), ("val", val)):
@@ -332,7 +347,8 @@ def test_registration_is_lazy(tmp_path):
     _, pair_classes = dataset_dict_pairs(dicts)
     image_count = np.bincount(pair_classes, minlength=TINY.num_classes)
     assert MetadataCatalog.get("lt_shapes_tiny_train").class_image_count == [
-        {"id": i + 1, "image_count": int(n)} for i, n in enumerate(image_count)]
+        {"id": i + 1, "image_count": int(n)} for i, n in enumerate(image_count)
+    ]
     # default names registered at import, idempotently, without generating anything
     register_all_lt_shapes()
     register_all_lt_shapes()
@@ -358,8 +374,15 @@ def test_registered_splits_load_like_detectron2_through_the_validated_loader(tmp
         meta = MetadataCatalog.get(name)
         dicts = DatasetCatalog.get(name)
         reference = load_lvis_json(meta.json_file, meta.image_root)
-        assert [{k: v for k, v in r.items() if k not in lists} for r in dicts] == [
-            {k: v for k, v in r.items() if k not in lists} for r in reference]
+        # ltdet2's annotations also carry the json annotation "id" (Detectron2's LVIS loader drops it)
+        without_ids = [{**r, "annotations": [{k: v for k, v in a.items() if k != "id"} for a in r["annotations"]]}
+                       for r in dicts]  # fmt: skip
+        assert [{k: v for k, v in r.items() if k not in lists} for r in without_ids] == [
+            {k: v for k, v in r.items() if k not in lists} for r in reference
+        ]
+        with open(meta.json_file) as f:
+            json_ids = sorted(a["id"] for a in json.load(f)["annotations"])
+        assert sorted(a["id"] for r in dicts for a in r["annotations"]) == json_ids
         # the federated lists are contiguous indices, like category_id (Detectron2 keeps the json ids)
         for key in lists:
             assert [r[key] for r in dicts] == [[c - 1 for c in r[key]] for r in reference]

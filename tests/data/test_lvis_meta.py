@@ -5,7 +5,6 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from fixtures.models import RESOURCES
 from ltdet2.data.lvis_meta import (
     FREQUENCY_GROUPS,
     LVISMeta,
@@ -14,6 +13,8 @@ from ltdet2.data.lvis_meta import (
     frequency_from_image_count,
     load_lvis_meta,
 )
+
+from fixtures.models import RESOURCES
 
 LVIS_VAL_100 = os.path.join(RESOURCES, "lvis_v0.5_val_100.json")
 
