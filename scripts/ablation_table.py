@@ -12,6 +12,8 @@ are skipped, so an interrupted run continues). With ``--results-dir``, each fini
 :mod:`ltdet2.engine.results`); a seed whose results file already exists is not run again. The table
 (markdown) gives, per phase, the mean ± sample std over seeds of AP, AP50, APr, APc, APf (percent)
 and the per-seed APr; it is also written to ``<output-dir>/ablation_table.md`` (or the results dir).
+``--paired fcbl_fhm-control ...`` adds paired differences per seed of those phase pairs, with whether each
+gap is beyond the seed spread (:func:`ltdet2.engine.results.format_paired_differences`).
 """
 
 import argparse
@@ -23,6 +25,7 @@ import sys
 from ltdet2.engine.phases import load_config, resolve_phases
 from ltdet2.engine.results import (
     format_mean_std_table,
+    format_paired_differences,
     git_commit,
     load_results_files,
     phase_record,
@@ -69,6 +72,13 @@ def main():
     parser.add_argument("--from-results", help="only build the table from the results files in this folder")
     parser.add_argument("--task", default="bbox")
     parser.add_argument("--no-run", action="store_true", help="only collect finished results")
+    parser.add_argument(
+        "--paired",
+        nargs="+",
+        default=[],
+        metavar="METHOD-REFERENCE",
+        help="also tabulate paired differences per seed of these phase pairs, e.g. fcbl_fhm-control",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value config overrides for every seed")
     args = parser.parse_args()
 
@@ -104,6 +114,12 @@ def main():
             records.append(record)
         table_dir = args.results_dir or args.output_dir
     table = format_mean_std_table(records, args.task)
+    if args.paired:
+        pairs = [tuple(pair.split("-", 1)) for pair in args.paired]
+        malformed = [p for p, pair in zip(args.paired, pairs) if len(pair) != 2]
+        if malformed:
+            parser.error(f"--paired takes METHOD-REFERENCE phase pairs, got {malformed}")
+        table += "\n\n" + format_paired_differences(records, pairs, args.task)
     os.makedirs(table_dir, exist_ok=True)
     with open(os.path.join(table_dir, "ablation_table.md"), "w") as f:
         f.write(table + "\n")

@@ -133,6 +133,44 @@ def format_mean_std_table(records: list[dict], task: str = "bbox", metrics=SUMMA
     return "\n".join(lines)
 
 
+def format_paired_differences(
+    records: list[dict], pairs: list[tuple[str, str]], task: str = "bbox", metrics=("AP", "APr", "APc", "APf")
+) -> str:
+    """Markdown table of paired differences ``method - reference`` per seed (same seed: same shared phases,
+    e.g. the same pretrain), mean ± sample std over seeds with the per-seed values, for each (method,
+    reference) pair of phases. "beyond spread (paired / seeds)" answers the house standard (a gap within the
+    seed spread is no result) two ways, each "yes" only when every seed agrees on the sign: paired, the
+    mean difference is larger than the sample std of the per-seed differences; seeds, it is larger than
+    the seed spread (sample std over seeds) of both phases' own values, the stricter reading."""
+    if len(records) < 2:
+        raise ValueError("paired differences need the results of at least 2 seeds")
+    seeds = [r["seed"] for r in records]
+    lines = [
+        f"| {task}: method − reference (paired by seed; seeds {', '.join(map(str, seeds))}) | "
+        + " | ".join(f"{m} (per seed)" for m in metrics)
+        + " | beyond spread (paired / seeds) |",
+        "|---|" + "---|" * len(metrics) + "---|",
+    ]
+    for method, reference in pairs:
+        for phase in (method, reference):
+            absent = [r["seed"] for r in records if phase not in r["phases"]]
+            if absent:
+                raise ValueError(f"phase {phase!r} is not in the results of seed(s) {absent}")
+        cells, verdicts = [], []
+        for metric in metrics:
+            a = np.array([r["phases"][method][task][metric] for r in records], dtype=np.float64)
+            b = np.array([r["phases"][reference][task][metric] for r in records], dtype=np.float64)
+            diff = a - b
+            agree = bool(np.all(diff > 0) or np.all(diff < 0))
+            paired = agree and abs(diff.mean()) > np.std(diff, ddof=1)
+            seeds_apart = agree and abs(diff.mean()) > max(np.std(a, ddof=1), np.std(b, ddof=1))
+            verdicts.append(f"{metric} {'yes' if paired else 'no'}/{'yes' if seeds_apart else 'no'}")
+            per_seed = ", ".join(f"{d:+.2f}" for d in diff)
+            cells.append(f"{diff.mean():+.2f} ± {np.std(diff, ddof=1):.2f} ({per_seed})")
+        lines.append(f"| {method} − {reference} | " + " | ".join(cells) + f" | {', '.join(verdicts)} |")
+    return "\n".join(lines)
+
+
 def mean_per_class_ap(records: list[dict], phase: str, task: str = "bbox") -> list[dict]:
     """Per-class AP records of ``phase`` (the evaluator's format) with AP the mean over the seeds'
     results files (classes whose AP is undefined in every seed stay None)."""

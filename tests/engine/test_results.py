@@ -7,6 +7,7 @@ import pytest
 
 from ltdet2.engine.results import (
     format_mean_std_table,
+    format_paired_differences,
     load_results_files,
     mean_per_class_ap,
     phase_record,
@@ -85,3 +86,26 @@ def test_mean_per_class_ap_averages_seeds_and_keeps_undefined_classes():
         ValueError, match=r"phase 'finetune' has no per_class_ap_bbox in the results of seed\(s\) \[0, 1\]"
     ):
         mean_per_class_ap(records, "finetune")
+
+
+def test_paired_differences_say_whether_a_gap_is_beyond_the_seed_spread():
+    records = [fake_record(seed, offset) for seed, offset in ((0, 1.0), (1, 3.0), (2, 5.0))]
+    # finetune - pretrain is +1 on every metric and seed: paired std 0 < 1 (yes); seeds' AP spread 2 > 1 (no),
+    # APc spread 0 < 1 (yes)
+    lines = format_paired_differences(records, [("finetune", "pretrain")], metrics=("AP", "APc")).splitlines()
+    assert lines[0] == (
+        "| bbox: method − reference (paired by seed; seeds 0, 1, 2) | AP (per seed) | APc (per seed) "
+        "| beyond spread (paired / seeds) |"
+    )
+    assert lines[2] == (
+        "| finetune − pretrain | +1.00 ± 0.00 (+1.00, +1.00, +1.00) | +1.00 ± 0.00 (+1.00, +1.00, +1.00) "
+        "| AP yes/no, APc yes/yes |"
+    )
+    # signs that disagree between seeds are no result whatever the mean
+    records[1]["phases"]["finetune"]["bbox"]["APc"] = 30.0
+    assert lines[2] != format_paired_differences(records, [("finetune", "pretrain")], metrics=("APc",)).splitlines()[2]
+    assert format_paired_differences(records, [("finetune", "pretrain")], metrics=("APc",)).endswith("| APc no/no |")
+    with pytest.raises(ValueError, match="phase 'missing' is not in the results of seed"):
+        format_paired_differences(records, [("missing", "pretrain")])
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        format_paired_differences(records[:1], [("finetune", "pretrain")])
