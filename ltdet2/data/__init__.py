@@ -14,6 +14,8 @@ from .datasets import (  # noqa: F401
     load_lvis_format_json,
     register_lvis_format_dataset,
 )
+from .derived import build_derived_dataset, register_derived_dataset  # noqa: F401
+from .exemplars import ExemplarSetBuilder, select_exemplars, smooth_tail_quota  # noqa: F401
 from .lt_shapes import (  # noqa: F401
     LTShapesSpec,
     get_lt_shapes,

@@ -1,0 +1,112 @@
+"""Derived datasets (issue #12, reference §6 test 3): the written json, its registration, skip and rebuild."""
+
+import json
+import logging
+import os
+
+import pytest
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from ltdet2.data import build_derived_dataset, register_derived_dataset, register_lvis_format_dataset
+
+# (annotation id, image id, json category id); categories 1, 2, 5 (5: only in image 3)
+ANNOTATIONS = [(1, 1, 1), (2, 1, 2), (3, 2, 1), (4, 2, 2), (5, 3, 5), (6, 3, 1), (7, 4, 2)]
+
+
+def source_json():
+    images = [
+        {"id": i, "coco_url": f"http://x/train2017/{i:06d}.jpg", "height": 40, "width": 40,
+         "neg_category_ids": [], "not_exhaustive_category_ids": []}
+        for i in (1, 2, 3, 4)
+    ]  # fmt: skip
+    annotations = [{"id": a, "image_id": i, "category_id": c, "bbox": [2.0, 3.0, 10.0, 8.0 + a], "area": 80.0}
+                   for a, i, c in ANNOTATIONS]  # fmt: skip
+    # stored counts / frequency of the full set: the derived file must recompute them
+    counts = {1: (3, 3), 2: (3, 3), 5: (1, 1)}
+    categories = [{"id": c, "name": f"c{c}", "image_count": n, "instance_count": k, "frequency": "r"}
+                  for c, (n, k) in counts.items()]  # fmt: skip
+    return {"info": {"year": 2026}, "images": images, "annotations": annotations, "categories": categories}
+
+
+@pytest.fixture
+def source(tmp_path):
+    path = tmp_path / "source.json"
+    path.write_text(json.dumps(source_json()))
+    name = register_lvis_format_dataset("derived_test_src", str(path), str(tmp_path / "images"))
+    yield name
+    for n in list(DatasetCatalog.keys()):
+        if n.startswith("derived_test_"):
+            DatasetCatalog.remove(n)
+            MetadataCatalog.remove(n)
+
+
+def build(source, tmp_path, ids=(1, 4, 6), unselected="drop", inputs=None, name="derived_test_set"):
+    return build_derived_dataset(
+        name,
+        source=source,
+        output_dir=tmp_path / "phase",
+        valid_annotation_ids=ids,
+        unselected=unselected,
+        inputs={"seed": 0} if inputs is None else inputs,
+    )
+
+
+def by_image(dicts):
+    return {r["image_id"]: [(a["id"], a["category_id"], a.get("valid", True)) for a in r["annotations"]] for r in dicts}
+
+
+def test_drop_keeps_selected_annotations_and_their_images_with_the_source_ids(source, tmp_path):
+    path = build(source, tmp_path)
+    assert path == os.path.join(str(tmp_path / "phase"), "derived_test_set.json")
+    with open(path) as f:
+        d = json.load(f)
+    assert sorted(a["id"] for a in d["annotations"]) == [1, 4, 6]
+    assert sorted(im["id"] for im in d["images"]) == [1, 2, 3]  # image 4 had no selected annotation
+    assert [(c["id"], c["image_count"], c["instance_count"]) for c in d["categories"]] == [
+        (1, 2, 2),
+        (2, 1, 1),
+        (5, 0, 0),
+    ]
+    assert d["info"] == {"year": 2026}
+    assert d["ltdet2_derived"]["inputs"] == {"seed": 0} and d["ltdet2_derived"]["unselected"] == "drop"
+
+    name = register_derived_dataset("derived_test_set", path, source=source)
+    assert register_derived_dataset("derived_test_set", path, source=source) == name  # idempotent
+    dicts = DatasetCatalog.get(name)
+    meta = MetadataCatalog.get(name)
+    assert meta.thing_dataset_id_to_contiguous_id == MetadataCatalog.get(source).thing_dataset_id_to_contiguous_id
+    assert meta.image_root == MetadataCatalog.get(source).image_root
+    assert meta.derived_from == source and meta.num_ignored_annotations == 0
+    assert by_image(dicts) == {1: [(1, 0, True)], 2: [(4, 1, True)], 3: [(6, 0, True)]}
+
+
+def test_ignore_keeps_unselected_annotations_of_kept_images_flagged(source, tmp_path):
+    path = build(source, tmp_path, ids=(2, 6), unselected="ignore")
+    name = register_derived_dataset("derived_test_ign", path, source=source)
+    assert MetadataCatalog.get(name).num_ignored_annotations == 2
+    # image 2 (nothing selected) and 4 removed; the class of 5 (json 5 -> 2) is counted: it is in the file
+    assert by_image(DatasetCatalog.get(name)) == {1: [(1, 0, False), (2, 1, True)], 3: [(5, 2, False), (6, 0, True)]}
+    assert MetadataCatalog.get(name).image_count == [2, 1, 1]
+
+
+def test_skip_when_unchanged_rebuild_with_warning_when_inputs_change(source, tmp_path, caplog):
+    path = build(source, tmp_path)
+    mtime = os.stat(path).st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="ltdet2.data.derived"):
+        build(source, tmp_path)
+    assert os.stat(path).st_mtime_ns == mtime and "up to date" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ltdet2.data.derived"):
+        build(source, tmp_path, ids=(1, 4), inputs={"seed": 1})
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "inputs changed: inputs.seed, selection.count, selection.sha1" in warnings[0]
+    with open(path) as f:
+        assert sorted(a["id"] for a in json.load(f)["annotations"]) == [1, 4]
+
+
+def test_bad_input(source, tmp_path):
+    with pytest.raises(ValueError, match=r"2 selected annotation ids are not annotations of derived_test_src.*\[8, 9 "):
+        build(source, tmp_path, ids=(1, 8, 9))
+    with pytest.raises(ValueError, match="unselected must be one of"):
+        build(source, tmp_path, unselected="keep")
