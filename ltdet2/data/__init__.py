@@ -31,6 +31,7 @@ from .lvis_meta import (  # noqa: F401
     load_lvis_meta,
     lvis_meta_from_dataset,
 )
+from .mappers import ValidityDatasetMapper  # noqa: F401
 
 # registers lt_shapes_train / lt_shapes_val (seed 0) lazily; generates nothing at import
 register_all_lt_shapes()

@@ -5,6 +5,7 @@ import logging
 import os
 
 import pytest
+import torch
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -110,3 +111,50 @@ def test_bad_input(source, tmp_path):
         build(source, tmp_path, ids=(1, 8, 9))
     with pytest.raises(ValueError, match="unselected must be one of"):
         build(source, tmp_path, unselected="keep")
+
+
+def test_validity_mapper_keeps_gt_valid_aligned_through_crowd_and_empty_box_removal(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from detectron2.data import DatasetMapper
+    from detectron2.data import transforms as T
+    from detectron2.structures import BoxMode
+
+    from ltdet2.data import ValidityDatasetMapper
+
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((40, 60, 3), dtype=np.uint8)).save(image)
+    # (box xywh, class, valid, iscrowd): a crowd box and a degenerate box in the middle
+    objects = [
+        ([1, 1, 10, 10], 4, True, 0),
+        ([2, 2, 10, 10], 1, False, 0),
+        ([3, 3, 10, 10], 2, True, 1),  # crowd: removed
+        ([4, 4, 0, 10], 3, False, 0),  # empty: removed
+        ([5, 5, 10, 10], 0, False, 0),
+        ([6, 6, 10, 10], 3, True, 0),
+    ]
+    record = {
+        "file_name": str(image),
+        "height": 40,
+        "width": 60,
+        "image_id": 1,
+        "annotations": [
+            dict(
+                {"bbox": [float(x) for x in b], "bbox_mode": BoxMode.XYWH_ABS, "category_id": c, "iscrowd": k},
+                **({} if v else {"valid": v}),
+            )
+            for b, c, v, k in objects
+        ],
+    }
+    options = dict(is_train=True, augmentations=[T.ResizeShortestEdge(20, 100)], image_format="BGR")
+    out = ValidityDatasetMapper(**options)(record)["instances"]
+    stock = DatasetMapper(**options)(record)["instances"]
+    assert out.gt_classes.tolist() == stock.gt_classes.tolist() == [4, 1, 0, 3]
+    assert torch.equal(out.gt_boxes.tensor, stock.gt_boxes.tensor)
+    assert out.gt_valid.tolist() == [True, False, False, True]
+    assert out.gt_boxes.tensor[:, 0].tolist() == [0.5, 1.0, 2.5, 3.0]  # scale 0.5: boxes 1, 2, 5, 6
+    assert record["annotations"][1]["valid"] is False and record["annotations"][1]["category_id"] == 1  # untouched
+    # no "valid" anywhere: all True
+    plain = dict(record, annotations=[{k: v for k, v in a.items() if k != "valid"} for a in record["annotations"]])
+    assert ValidityDatasetMapper(**options)(plain)["instances"].gt_valid.tolist() == [True] * 4
