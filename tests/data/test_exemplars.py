@@ -188,3 +188,35 @@ def test_builder_rejects_a_table_of_another_dataset(source, tmp_path):
     for rows, ids in ((TABLE + [(99, 10, 1, 0.9)], r"\[99 "), (wrong_category, r"\[4 ")):
         with pytest.raises(ValueError, match=r"score table of phase 'pretrain' .* not a table of dataset .*" + ids):
             builder.prepare(FakeContext(tmp_path / "phase", rows))
+
+
+def test_builder_on_lt_shapes_with_ignored_annotations(tiny_dataset, tmp_path):
+    from ltdet2.data import ValidityDatasetMapper, lvis_meta_from_dataset
+
+    train, _ = tiny_dataset
+    dicts = DatasetCatalog.get(train)
+    category_ids = np.asarray(lvis_meta_from_dataset(train).category_ids)
+    rows = [(a["id"], r["image_id"], int(category_ids[a["category_id"]])) for r in dicts for a in r["annotations"]]
+    rows = [row + (float(s),) for row, s in zip(rows, np.random.default_rng(0).random(len(rows)))]
+    builder = ExemplarSetBuilder(
+        name="stepwise_test_lt_dtail", source=train, scores_from_phase="pretrain", head_quota=3, tail_quota=None,
+        min_images=5, unselected="ignore",
+    )  # fmt: skip
+    context = FakeContext(tmp_path / "phase", rows)
+    builder.prepare(context)
+    builder.register(context)
+    try:
+        subset = DatasetCatalog.get(builder.name)
+        meta = MetadataCatalog.get(builder.name)
+        assert meta.thing_classes == MetadataCatalog.get(train).thing_classes
+        valid = [a for r in subset for a in r["annotations"] if a.get("valid", True)]
+        quota = smooth_tail_quota(lvis_meta_from_dataset(train), head_quota=3, tail_quota=None, min_images=5)
+        assert sorted(a["id"] for a in valid) == sorted(select_exemplars(table(rows), quota))
+        assert meta.num_ignored_annotations == sum(len(r["annotations"]) for r in subset) - len(valid) > 0
+        mapper = ValidityDatasetMapper(is_train=True, augmentations=[], image_format="BGR")
+        record = next(r for r in subset if any(not a.get("valid", True) for a in r["annotations"]))
+        instances = mapper(record)["instances"]
+        assert instances.gt_valid.tolist() == [a.get("valid", True) for a in record["annotations"]]
+    finally:
+        DatasetCatalog.remove(builder.name)
+        MetadataCatalog.remove(builder.name)
