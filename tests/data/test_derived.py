@@ -30,16 +30,20 @@ def source_json():
     return {"info": {"year": 2026}, "images": images, "annotations": annotations, "categories": categories}
 
 
+def registered_source(tmp_path, prefix: str, json_dict: dict):
+    """Fixture body: registers ``json_dict`` as ``<prefix>src``, yields the name, then unregisters every dataset
+    named ``<prefix>...`` (the derived ones the test made)."""
+    path = tmp_path / f"{prefix}src.json"
+    path.write_text(json.dumps(json_dict))
+    yield register_lvis_format_dataset(f"{prefix}src", str(path), str(tmp_path / "images"))
+    for n in [n for n in DatasetCatalog.keys() if n.startswith(prefix)]:
+        DatasetCatalog.remove(n)
+        MetadataCatalog.remove(n)
+
+
 @pytest.fixture
 def source(tmp_path):
-    path = tmp_path / "source.json"
-    path.write_text(json.dumps(source_json()))
-    name = register_lvis_format_dataset("derived_test_src", str(path), str(tmp_path / "images"))
-    yield name
-    for n in list(DatasetCatalog.keys()):
-        if n.startswith("derived_test_"):
-            DatasetCatalog.remove(n)
-            MetadataCatalog.remove(n)
+    yield from registered_source(tmp_path, "derived_test_", source_json())
 
 
 def build(source, tmp_path, ids=(1, 4, 6), unselected="drop", inputs=None, name="derived_test_set"):

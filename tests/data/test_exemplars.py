@@ -5,10 +5,11 @@ import logging
 
 import numpy as np
 import pytest
+from test_derived import registered_source
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ltdet2.data import ExemplarSetBuilder, register_lvis_format_dataset, select_exemplars, smooth_tail_quota
+from ltdet2.data import ExemplarSetBuilder, select_exemplars, smooth_tail_quota
 from ltdet2.data.lvis_meta import LVISMeta
 
 # (id, image_id, category_id, score): class 1 has two confident annotations in image 10, class 2 ties in score
@@ -145,14 +146,7 @@ class FakeContext:
 
 @pytest.fixture
 def source(tmp_path):
-    path = tmp_path / "src.json"
-    path.write_text(json.dumps(lvis_json()))
-    name = register_lvis_format_dataset("stepwise_test_src", str(path), str(tmp_path / "images"))
-    yield name
-    for n in list(DatasetCatalog.keys()):
-        if n.startswith("stepwise_test_"):
-            DatasetCatalog.remove(n)
-            MetadataCatalog.remove(n)
+    yield from registered_source(tmp_path, "stepwise_test_", lvis_json())
 
 
 def test_builder_selects_writes_registers_and_logs(source, tmp_path, caplog):
