@@ -1,5 +1,6 @@
 """Data: LVIS metadata (frequency groups, counts), per-class counting, validated registration of
-LVIS- / COCO-format datasets, the embedded LT-Shapes dataset, repeat-factor sampling and the copy-paste mapper."""
+LVIS- / COCO-format datasets, the embedded LT-Shapes dataset, repeat-factor sampling (incl. step-wise RFS), the
+copy-paste and validity mappers, exemplar selection and derived datasets."""
 
 # the function class_counts stays in its module: exported here it would hide the module
 # ltdet2.data.class_counts (import-by-name, e.g. LazyConfig's "_target_", would no longer find it)
@@ -14,6 +15,8 @@ from .datasets import (  # noqa: F401
     load_lvis_format_json,
     register_lvis_format_dataset,
 )
+from .derived import build_derived_dataset, register_derived_dataset  # noqa: F401
+from .exemplars import ExemplarSetBuilder, select_exemplars, smooth_tail_quota  # noqa: F401
 from .lt_shapes import (  # noqa: F401
     LTShapesSpec,
     get_lt_shapes,
@@ -29,12 +32,17 @@ from .lvis_meta import (  # noqa: F401
     load_lvis_meta,
     lvis_meta_from_dataset,
 )
+from .mappers import ValidityDatasetMapper  # noqa: F401
 
 # registers lt_shapes_train / lt_shapes_val (seed 0) lazily; generates nothing at import
 register_all_lt_shapes()
 from .samplers import (  # noqa: F401,E402
+    STEPWISE_HEAD_GROUPS,
+    STEPWISE_TAIL_GROUPS,
+    StepwiseRepeatFactorSampler,
     class_repeat_factors,
     image_repeat_factors,
     repeat_factor_sampler,
     repeat_factors_from_dataset_dicts,
+    stepwise_repeat_factor_sampler,
 )

@@ -216,6 +216,8 @@ def _instance(annotation: dict, class_index: int) -> dict:
         obj["segmentation"] = segmentation
     if "iscrowd" in annotation:
         obj["iscrowd"] = annotation["iscrowd"]
+    if "valid" in annotation:  # False: an "ignored" ground truth of a derived set (ValidityDatasetMapper)
+        obj["valid"] = bool(annotation["valid"])
     return obj
 
 
@@ -274,7 +276,8 @@ def load_lvis_format_json(
     format or no ``coco_url``: ``image_root/file_name``), ``height``, ``width``, ``image_id`` and
     ``annotations``: ``id`` (the json annotation id, when present), ``bbox`` (as in the file, ``bbox_mode``
     ``XYWH_ABS``), ``category_id`` (the contiguous index: position of the json id among the sorted ids),
-    ``segmentation`` (polygons or compressed RLE, when present) and ``iscrowd`` (when present).
+    ``segmentation`` (polygons or compressed RLE, when present), ``iscrowd`` (when present) and ``valid``
+    (when present: False marks an "ignored" annotation, see :class:`ltdet2.data.ValidityDatasetMapper`).
     LVIS-format records also carry ``neg_category_ids`` / ``not_exhaustive_category_ids`` as contiguous
     indices.
 

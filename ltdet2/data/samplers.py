@@ -14,14 +14,24 @@ Definitions (``f_c``: fraction of the training images that contain class ``c``):
 
 Class indices are Detectron2's contiguous ``category_id`` of the dataset dicts; for LVIS-format
 data this is the contiguous index of :class:`ltdet2.data.LVISMeta` (json id order).
+
+Step-wise RFS (issue #12, reference §2.4): :func:`stepwise_repeat_factor_sampler` gives each class its
+(threshold, power) -- or a fixed factor -- by its image count in the *full* source dataset (``groups``,
+e.g. :data:`STEPWISE_HEAD_GROUPS` / :data:`STEPWISE_TAIL_GROUPS`), counts ``f_c`` on the (smooth-tail) set
+itself, rounds ``r_I`` up (official, deterministic) or stochastically (Detectron2), and keeps the epoch at
+``len(dataset)`` indices (official): RFS changes an epoch's composition, not its length
+(:class:`StepwiseRepeatFactorSampler`).
 """
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from .class_counts import dataset_dict_pairs
+from detectron2.data.samplers import RepeatFactorTrainingSampler
+
+from .class_counts import dataset_dict_pairs, unique_image_class_pairs
 from .lvis_meta import LVISMeta
 
 __all__ = [
@@ -29,7 +39,15 @@ __all__ = [
     "image_repeat_factors",
     "repeat_factors_from_dataset_dicts",
     "repeat_factor_sampler",
+    "STEPWISE_HEAD_GROUPS",
+    "STEPWISE_TAIL_GROUPS",
+    "grouped_class_repeat_factors",
+    "stepwise_repeat_factors",
+    "StepwiseRepeatFactorSampler",
+    "stepwise_repeat_factor_sampler",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def class_repeat_factors(image_fraction, *, threshold: float = 0.001, power: float = 0.5) -> np.ndarray:
@@ -130,9 +148,193 @@ def repeat_factor_sampler(
         shuffle, seed: of :class:`RepeatFactorTrainingSampler` (seed None: a random seed shared by
             all ranks, reproducible under ``train.seed``).
     """
-    from detectron2.data.samplers import RepeatFactorTrainingSampler
-
     factors = repeat_factors_from_dataset_dicts(
         dataset_dicts, threshold=threshold, power=power, image_count=image_count, num_images=num_images
     )
     return RepeatFactorTrainingSampler(factors, shuffle=shuffle, seed=seed)
+
+
+# --- step-wise RFS ------------------------------------------------------------------------------------------
+
+# A group: the classes in at least "min_images" images of the full source dataset (and not in a group with a
+# larger min_images) get either a fixed "factor" or r_c = max(1, (threshold / f_c) ** power). A class below
+# every group's min_images gets 1. LVIS groups: frequent = more than 100 images, common[30, 100], the rest.
+# Official DistributedRepeatFactorReSampler_0 (D_head): frequent 1; common[30, 100] t=0.003, p=0.3; others
+# t=0.003, p=0.5.
+STEPWISE_HEAD_GROUPS = (
+    {"min_images": 101, "factor": 1.0},
+    {"min_images": 30, "threshold": 0.003, "power": 0.3},
+    {"min_images": 1, "threshold": 0.003, "power": 0.5},
+)
+# Official DistributedRepeatFactorReSampler_1 (D_tail): head (>= 30 images) 1; tail t=0.0015, p=1.
+STEPWISE_TAIL_GROUPS = (
+    {"min_images": 30, "factor": 1.0},
+    {"min_images": 1, "threshold": 0.0015, "power": 1.0},
+)
+
+ROUNDING_MODES = ("ceil", "stochastic")
+EPOCH_LENGTHS = ("dataset", "expanded")
+
+
+def _checked_groups(groups) -> list:
+    out = []
+    for k, group in enumerate(groups):
+        group = dict(group)
+        keys = set(group) - {"min_images"}
+        if "min_images" not in group or keys not in ({"factor"}, {"threshold", "power"}):
+            raise ValueError(
+                f"repeat-factor group {k} {group}: needs 'min_images' and either 'factor' or 'threshold' + 'power'"
+            )
+        if "factor" in group and group["factor"] < 1:
+            raise ValueError(f"repeat-factor group {k} {group}: factor must be >= 1")
+        out.append(group)
+    return sorted(out, key=lambda g: -g["min_images"])
+
+
+def grouped_class_repeat_factors(image_fraction, group_image_count, groups) -> np.ndarray:
+    """Per-class ``r_c``, each class with the (threshold, power) or fixed factor of its group.
+
+    Args:
+        image_fraction: [C] ``f_c`` on the set the sampler draws from (0: the class is not in it, r_c = 1).
+        group_image_count: [C] image counts that choose the group (the full source dataset's).
+        groups: sequence of dicts ``{"min_images": m, "factor": r}`` or ``{"min_images": m, "threshold": t,
+            "power": p}``; a class belongs to the group with the largest ``m <= group_image_count[c]``
+            (none: r_c = 1).
+    Returns:
+        [C] float64, all >= 1.
+    """
+    f = np.asarray(image_fraction, dtype=np.float64)
+    counts = np.asarray(group_image_count, dtype=np.int64)
+    if f.shape != counts.shape:
+        raise ValueError(f"{f.size} class fractions but {counts.size} class image counts")
+    factors = np.ones_like(f)
+    assigned = np.zeros(f.shape, dtype=bool)
+    for group in _checked_groups(groups):  # a few groups, vectorised over classes
+        members = (counts >= group["min_images"]) & ~assigned
+        assigned |= members
+        if "factor" in group:
+            factors[members & (f > 0)] = float(group["factor"])
+        else:
+            factors[members] = class_repeat_factors(f[members], threshold=group["threshold"], power=group["power"])
+    return factors
+
+
+def stepwise_repeat_factors(dataset_dicts: Sequence[dict], *, groups, group_image_count) -> torch.Tensor:
+    """Per-image ``r_I = max_{c in I} r_c`` (unrounded) with :func:`grouped_class_repeat_factors`; ``f_c`` =
+    images of the set holding a *valid* annotation of c (``"valid": False`` annotations do not count) / images
+    of the set.
+
+    Returns:
+        [len(dataset_dicts)] float64 tensor.
+    """
+    if not len(dataset_dicts):
+        raise ValueError("repeat factors need at least one image")
+    lengths = np.fromiter((len(d.get("annotations", ())) for d in dataset_dicts), np.int64, len(dataset_dicts))
+    annotations = [a for d in dataset_dicts for a in d.get("annotations", ())]
+    classes = np.fromiter((a["category_id"] for a in annotations), np.int64, len(annotations))
+    valid = np.fromiter((a.get("valid", True) for a in annotations), bool, len(annotations))
+    images = np.repeat(np.arange(len(dataset_dicts), dtype=np.int64), lengths)
+    images, classes = unique_image_class_pairs(images[valid], classes[valid])
+    group_image_count = np.asarray(group_image_count, dtype=np.int64)
+    if len(classes) and classes.max() >= len(group_image_count):
+        raise ValueError(
+            f"dataset dicts hold category_id {int(classes.max())} but the group image counts have only "
+            f"{len(group_image_count)} classes"
+        )
+    fraction = np.bincount(classes, minlength=len(group_image_count)) / len(dataset_dicts)
+    class_factors = grouped_class_repeat_factors(fraction, group_image_count, groups)
+    return torch.as_tensor(image_repeat_factors(images, classes, len(dataset_dicts), class_factors))
+
+
+class StepwiseRepeatFactorSampler(RepeatFactorTrainingSampler):
+    """Detectron2's :class:`RepeatFactorTrainingSampler` (an infinite index stream, seeded, sharded over ranks)
+    with the official step-wise code's options.
+
+    Each epoch: image i appears ``round(r_i)`` times, the indices are permuted, and (``epoch_length="dataset"``,
+    official) only the first ``len(repeat_factors)`` are used, so an epoch keeps the dataset's length;
+    ``epoch_length="expanded"`` uses them all (Detectron2).
+
+    Args:
+        repeat_factors: [N] per-image factors (>= 1).
+        rounding: "ceil" (official ``ri_mode='ceil'``: deterministic) or "stochastic" (Detectron2: floor, plus
+            one with probability the fractional part, drawn each epoch).
+        epoch_length: "dataset" or "expanded" (see above).
+        shuffle, seed: as :class:`RepeatFactorTrainingSampler` (seed None: shared random seed).
+    """
+
+    def __init__(self, repeat_factors, *, rounding="ceil", epoch_length="dataset", shuffle=True, seed=None):
+        if rounding not in ROUNDING_MODES:
+            raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
+        if epoch_length not in EPOCH_LENGTHS:
+            raise ValueError(f"epoch_length must be one of {EPOCH_LENGTHS}, got {epoch_length!r}")
+        if epoch_length == "dataset" and not shuffle:
+            raise ValueError('epoch_length="dataset" needs shuffle=True: unshuffled, the cut drops the last images')
+        factors = torch.as_tensor(repeat_factors, dtype=torch.float64)
+        super().__init__(torch.ceil(factors) if rounding == "ceil" else factors, shuffle=shuffle, seed=seed)
+        self._epoch_length = len(factors) if epoch_length == "dataset" else None
+
+    def _get_epoch_indices(self, generator):
+        # as Detectron2's (same random draws), without its Python loop over images
+        rands = torch.rand(len(self._frac_part), generator=generator, dtype=self._frac_part.dtype)
+        repeats = (self._int_part + (rands < self._frac_part)).long()
+        return torch.repeat_interleave(torch.arange(len(repeats)), repeats)
+
+    def _infinite_indices(self):
+        g = torch.Generator()
+        g.manual_seed(self._seed)
+        while True:
+            indices = self._get_epoch_indices(g)
+            if self._shuffle:
+                indices = indices[torch.randperm(len(indices), generator=g)]
+            yield from indices[: self._epoch_length].tolist()
+
+
+def stepwise_repeat_factor_sampler(
+    dataset_dicts: Sequence[dict],
+    *,
+    groups=STEPWISE_HEAD_GROUPS,
+    image_count_from: str | None = None,
+    image_count: None | np.ndarray | Sequence[int] | LVISMeta = None,
+    rounding: str = "ceil",
+    epoch_length: str = "dataset",
+    shuffle: bool = True,
+    seed: int | None = None,
+) -> StepwiseRepeatFactorSampler:
+    """Step-wise RFS sampler for a (derived) training set; LazyConfig use::
+
+        dataloader.train.sampler = L(stepwise_repeat_factor_sampler)(
+            dataset_dicts="${..dataset}", groups=STEPWISE_TAIL_GROUPS, image_count_from="lvis_v1_train")
+
+    Args:
+        dataset_dicts: the set's dataset dicts, in the loader's order.
+        groups: see :func:`grouped_class_repeat_factors`; D_head: :data:`STEPWISE_HEAD_GROUPS`, D_tail:
+            :data:`STEPWISE_TAIL_GROUPS`.
+        image_count_from: the full source dataset whose per-class image counts choose the groups
+            (:func:`ltdet2.data.lvis_meta_from_dataset`).
+        image_count: or those counts directly ([C] or an :class:`LVISMeta`). Neither: the set's own counts.
+        rounding, epoch_length, shuffle, seed: see :class:`StepwiseRepeatFactorSampler`.
+    """
+    if image_count_from is not None and image_count is not None:
+        raise ValueError("give image_count_from or image_count, not both")
+    if image_count_from is not None:
+        from .lvis_meta import lvis_meta_from_dataset
+
+        image_count = lvis_meta_from_dataset(image_count_from)
+    if isinstance(image_count, LVISMeta):
+        image_count = image_count.image_count
+    if image_count is None:
+        images, classes = dataset_dict_pairs(dataset_dicts)
+        image_count = np.bincount(classes, minlength=int(classes.max()) + 1 if len(classes) else 0)
+    factors = stepwise_repeat_factors(dataset_dicts, groups=groups, group_image_count=image_count)
+    rounded = torch.ceil(factors) if rounding == "ceil" else factors
+    logger.info(
+        "Step-wise RFS over %d images: %.1f indices per epoch after %s rounding (%s), max image factor %.2f",
+        len(factors),
+        float(rounded.sum()),
+        rounding,
+        f"cut to {len(factors)}" if epoch_length == "dataset" else "whole",
+        float(factors.max()),
+    )
+    return StepwiseRepeatFactorSampler(
+        factors, rounding=rounding, epoch_length=epoch_length, shuffle=shuffle, seed=seed
+    )

@@ -554,3 +554,12 @@ def test_lt_shapes_subset_script(tiny_dataset, tmp_path):
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+def test_valid_flag_is_carried_into_the_dataset_dicts(register):
+    d = lvis_json()
+    d["annotations"][2]["valid"] = False  # annotation 3; others have no key (valid)
+    d["annotations"][0]["valid"] = True
+    name, _ = register("my_flagged_train", d)
+    flags = {a["id"]: a.get("valid") for r in DatasetCatalog.get(name) for a in r["annotations"]}
+    assert flags == {1: True, 2: None, 3: False, 4: None, 5: None, 6: None, 7: None}
