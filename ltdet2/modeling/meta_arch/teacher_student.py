@@ -103,7 +103,11 @@ class TeacherStudentRCNN(GeneralizedRCNN):
                 "phase's model config) or model.teacher"
             )
         spec = self._teacher_spec
-        teacher = spec if isinstance(spec, nn.Module) else instantiate(spec)
+        if isinstance(spec, nn.Module):
+            teacher = spec
+        else:
+            with torch.random.fork_rng(devices=[]):  # the student's random draws do not depend on when it is built
+                teacher = instantiate(spec)
         checkpointer = _TeacherCheckpointer(teacher)
         checkpointer.load(path)
         if checkpointer.missing_keys:
