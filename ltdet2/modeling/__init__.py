@@ -1,10 +1,13 @@
-"""ltdet2's Detectron2 components: ROI heads, box predictors, classifiers, mask heads, feature sources, losses."""
+"""ltdet2's Detectron2 components: ROI heads, box predictors, classifiers, mask heads, feature sources, losses,
+the teacher-student meta-architecture and its distillation terms."""
 
 from .box_generator import dense_boxes
 from .box_predictors import LongTailOutputLayers
 from .classifiers import CosineClassifier, WeightNormCosineClassifier
+from .distillers import DistillationContext, MaskedFeatureDistillation, SharedRoIKLDistillation
 from .losses.sigmoid_background import sigmoid_background_probs
 from .mask_heads import NormalizedConv2d, NormalizedMaskRCNNConvUpsampleHead
+from .meta_arch import TeacherStudentRCNN
 from .roi_heads import LongTailROIHeads
 
 __all__ = [
@@ -16,4 +19,8 @@ __all__ = [
     "WeightNormCosineClassifier",
     "NormalizedConv2d",
     "NormalizedMaskRCNNConvUpsampleHead",
+    "DistillationContext",
+    "MaskedFeatureDistillation",
+    "SharedRoIKLDistillation",
+    "TeacherStudentRCNN",
 ]

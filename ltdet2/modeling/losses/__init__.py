@@ -1,3 +1,4 @@
+from .distillation import kl_distillation, logit_distillation, masked_feature_distillation
 from .equilibrium import EquilibriumLoss, equilibrium_loss
 from .foreground_balance import (
     ForegroundBalanceLoss,
@@ -11,6 +12,9 @@ from .foreground_balance import (
 from .sigmoid_background import sigmoid_background_loss, sigmoid_background_probs
 
 __all__ = [
+    "kl_distillation",
+    "logit_distillation",
+    "masked_feature_distillation",
     "EquilibriumLoss",
     "equilibrium_loss",
     "ForegroundBalanceLoss",

@@ -20,6 +20,28 @@ from ..indicator_links import bind_indicator_users, predictor_batch, predictor_r
 logger = logging.getLogger(__name__)
 
 
+_KEPT_ROI_FIELDS = ("proposal_boxes", "gt_classes", "gt_indices", "gt_boxes")
+
+
+def split_ignored_targets(targets: Instances) -> tuple[Instances, Instances, torch.Tensor | None]:
+    """One image's ground truth as the box head samples with it, and as the rest of the heads see it.
+
+    Returns:
+        sampling targets: ``targets`` with ``gt_classes`` -1 where ``gt_valid`` is False (a shallow copy; the
+            others fields are shared), so that RoIs matched to those boxes get Detectron2's "ignore" label;
+        valid targets: the valid boxes only;
+        positions: [G] int64, the position of each box among the valid ones (-1 for invalid ones); None when
+            every box is valid (the first two are then ``targets`` itself).
+    """
+    if not targets.has("gt_valid") or bool(targets.gt_valid.all()):
+        return targets, targets, None
+    valid = targets.gt_valid
+    sampling = Instances(targets.image_size, **targets.get_fields())
+    sampling.gt_classes = torch.where(valid, targets.gt_classes, -1)
+    positions = torch.where(valid, torch.cumsum(valid.long(), 0) - 1, -1)
+    return sampling, targets[valid], positions
+
+
 @ROI_HEADS_REGISTRY.register()
 class LongTailROIHeads(StandardROIHeads):
     """StandardROIHeads + feature sources + learning-status indicators.
@@ -39,6 +61,18 @@ class LongTailROIHeads(StandardROIHeads):
     where they go through with the RoIs as one batch.
 
     With no sources and no indicators the heads are exactly :class:`StandardROIHeads`.
+
+    Ignored ground truth: targets may carry ``gt_valid`` ([G] bool; :class:`~ltdet2.data.ValidityDatasetMapper`).
+    An RoI whose matched ground truth (the matcher's argmax) is invalid and which the matcher labels foreground
+    is neither positive nor negative for the box head (Detectron2's label -1, never sampled); RoIs the matcher
+    labels background stay negatives. Only the box head's sampling changes: the RPN sees every box (the heads
+    never alter its targets), and feature sources and indicators see only the valid ground truth (the RoIs'
+    ``gt_indices`` index the valid boxes). Without ``gt_valid``, or with all True, nothing changes.
+
+    After each training forward, :attr:`latest_sampled_proposals` holds, per image, the sampled RoIs
+    (``proposal_boxes``, ``gt_classes``, ``gt_indices`` and, for images with ground truth, ``gt_boxes``), as
+    they were sampled (before ``train_on_pred_boxes`` replaces their boxes), for distillation terms that reuse
+    the student's RoIs (:class:`~ltdet2.modeling.distillers.SharedRoIKLDistillation`); None before the first.
 
     Args:
         feature_sources: modules with a ``stage`` and ``forward(context) -> ExtraRows or None``.
@@ -86,6 +120,7 @@ class LongTailROIHeads(StandardROIHeads):
         self.bind_indicators()
         self._sampled_gt_indices = None
         self._targets = None
+        self.latest_sampled_proposals = None
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -111,16 +146,23 @@ class LongTailROIHeads(StandardROIHeads):
 
     @torch.no_grad()
     def label_and_sample_proposals(self, proposals: list[Instances], targets: list[Instances]):
-        """Stock sampling; also sets ``gt_indices`` (-1 for background) on each image's RoIs."""
+        """Stock sampling, RoIs matched to invalid ground truth left out; also sets ``gt_indices`` (index into
+        the image's valid ground truth, -1 for background) on each image's RoIs."""
+        sampling_targets, valid_targets, valid_positions = zip(*(split_ignored_targets(t) for t in targets))
         self._sampled_gt_indices = []
         try:
-            proposals = super().label_and_sample_proposals(proposals, targets)
-            for proposals_per_image, gt_indices in zip(proposals, self._sampled_gt_indices):
+            proposals = super().label_and_sample_proposals(proposals, list(sampling_targets))
+            for proposals_per_image, gt_indices, positions in zip(proposals, self._sampled_gt_indices, valid_positions):
+                if positions is not None:
+                    gt_indices = positions[gt_indices]
                 is_foreground = proposals_per_image.gt_classes < self.num_classes
                 proposals_per_image.gt_indices = torch.where(is_foreground, gt_indices, -1)
         finally:
             self._sampled_gt_indices = None
-        self._targets = targets
+        self._targets = list(valid_targets)
+        self.latest_sampled_proposals = [
+            Instances(p.image_size, **{k: p.get(k) for k in _KEPT_ROI_FIELDS if p.has(k)}) for p in proposals
+        ]
         return proposals
 
     # --- the box branch ------------------------------------------------------------------------

@@ -1,0 +1,241 @@
+"""Distillation terms: small modules that turn one training iteration of a teacher and a student into losses.
+
+:class:`~ltdet2.modeling.TeacherStudentRCNN` runs each term on a :class:`DistillationContext` and adds the named
+losses it returns to the student's. The terms hold no parameters and no state (nothing in checkpoints).
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from detectron2.structures import ImageList, Instances
+
+from .losses.distillation import EMPTY_MODES, kl_distillation, masked_feature_distillation
+
+
+@dataclass
+class DistillationContext:
+    """What a distillation term sees in one training iteration.
+
+    Attributes:
+        images: the student's normalised, padded images (Detectron2 pads at the bottom and right, so box
+            coordinates are the same in the padded tensor).
+        student_features, teacher_features: backbone (FPN) outputs, name -> ``[B, C, H, W]``; the teacher's
+            computed under no_grad, on the same padded size.
+        targets: per image, the ground truth (``gt_boxes`` in input-image pixels, ``gt_classes`` contiguous,
+            ``gt_valid`` where the mapper sets it).
+        sampled_proposals: per image, the RoIs the student's box head sampled this iteration
+            (``proposal_boxes``, ``gt_classes``, ...; ``LongTailROIHeads.latest_sampled_proposals``), or None
+            when the student's heads do not keep them.
+        student: the student (the unwrapped model, not a DDP wrapper).
+        teacher: the frozen teacher (eval mode, no gradients).
+    """
+
+    images: ImageList
+    student_features: dict[str, torch.Tensor]
+    teacher_features: dict[str, torch.Tensor]
+    targets: list[Instances]
+    sampled_proposals: list[Instances] | None
+    student: nn.Module
+    teacher: nn.Module
+
+
+class ClassSubset:
+    """The classes a term distils: explicit contiguous indices, the head classes of a dataset (resolved on
+    first use, so that configs do not read datasets), or all classes."""
+
+    def __init__(self, classes: Sequence[int] | None, classes_from_dataset: str | None, min_images: int, owner: str):
+        if classes is not None and classes_from_dataset is not None:
+            raise ValueError(f"{owner}: give classes or classes_from_dataset, not both")
+        self.classes = None if classes is None else [int(c) for c in classes]
+        self.classes_from_dataset = classes_from_dataset
+        self.min_images = min_images
+        self.owner = owner
+
+    def indices(self) -> list[int] | None:
+        """Contiguous class indices, or None for all classes."""
+        if self.classes is None and self.classes_from_dataset is not None:
+            from ltdet2.data import lvis_meta_from_dataset
+
+            head = lvis_meta_from_dataset(self.classes_from_dataset).head_classes(self.min_images)
+            self.classes = head.tolist()
+            if not self.classes:
+                raise ValueError(
+                    f"{self.owner}: dataset {self.classes_from_dataset!r} has no class in >= {self.min_images} "
+                    "training images (no head class to distil)"
+                )
+        return self.classes
+
+    def __repr__(self):
+        if self.classes_from_dataset is not None:
+            return f"head classes of {self.classes_from_dataset!r} (min_images={self.min_images})"
+        return "all classes" if self.classes is None else f"classes {self.classes}"
+
+
+def box_masks(
+    boxes: torch.Tensor, image_index: torch.Tensor, num_images: int, stride: int, height: int, width: int
+) -> torch.Tensor:
+    """``[num_images, height, width]`` bool: the union of each image's boxes on a feature map of ``stride``.
+
+    Boxes (``[G, 4]`` xyxy in input-image pixels, ``image_index`` [G]) cover the cells from
+    ``floor(x1 / stride), floor(y1 / stride)`` to ``ceil(x2 / stride), ceil(y2 / stride)`` (exclusive), in the
+    image's own (unpadded) coordinates: padding at the bottom and right never shifts them. Vectorised over
+    boxes: each box adds +1/-1 at its corners and a 2-D cumulative sum fills them in.
+    """
+    corners = torch.empty_like(boxes)
+    corners[:, :2] = torch.floor(boxes[:, :2] / stride)
+    corners[:, 2:] = torch.ceil(boxes[:, 2:] / stride)
+    limits = torch.tensor([width, height, width, height], device=boxes.device, dtype=boxes.dtype)
+    corners = torch.minimum(corners.clamp(min=0), limits).long()
+    x1, y1, x2, y2 = corners.unbind(1)
+    keep = (x2 > x1) & (y2 > y1)
+    x1, y1, x2, y2, image_index = x1[keep], y1[keep], x2[keep], y2[keep], image_index[keep]
+    counts = torch.zeros(num_images, height + 1, width + 1, dtype=torch.int32, device=boxes.device)
+    ones = torch.ones_like(x1, dtype=torch.int32)
+    for ys, xs, sign in ((y1, x1, 1), (y1, x2, -1), (y2, x1, -1), (y2, x2, 1)):
+        counts.index_put_((image_index, ys, xs), ones * sign, accumulate=True)
+    return counts.cumsum(1).cumsum(2)[:, :height, :width] > 0
+
+
+class MaskedFeatureDistillation(nn.Module):
+    """Squared difference of student and teacher FPN features inside the chosen classes' ground-truth boxes
+    (step-wise knowledge transfer, Eq. 3: the paper distils the expert's head-class knowledge there).
+
+    Per level, the mask is the union of the image's valid ground-truth boxes (``gt_valid`` not False) of the
+    chosen classes, rasterised at the level's stride by :func:`box_masks`; the loss is
+    :func:`~ltdet2.modeling.losses.masked_feature_distillation` times ``weight``.
+
+    Args:
+        in_features: FPN levels (the step-wise official code distils its 4 input projections; p2-p5 here).
+        classes: contiguous class indices; or ``classes_from_dataset``: the classes in at least ``min_images``
+            training images of that registered dataset (``LVISMeta.head_classes``); neither: every class.
+        weight: lambda_fm (1, the official code's).
+        empty: (level, image) pairs without a masked position: ``"exclude"`` (ours) or ``"zero"`` (official).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_features: Sequence[str] = ("p2", "p3", "p4", "p5"),
+        classes: Sequence[int] | None = None,
+        classes_from_dataset: str | None = None,
+        min_images: int = 30,
+        weight: float = 1.0,
+        empty: str = "exclude",
+    ):
+        super().__init__()
+        if empty not in EMPTY_MODES:
+            raise ValueError(f"MaskedFeatureDistillation: empty={empty!r}; expected one of {EMPTY_MODES}")
+        self.in_features = tuple(in_features)
+        self.classes = ClassSubset(classes, classes_from_dataset, min_images, "MaskedFeatureDistillation")
+        self.weight = weight
+        self.empty = empty
+
+    def masks(self, context: DistillationContext) -> list[torch.Tensor]:
+        """Per level of ``in_features``, ``[B, H, W]`` bool masks of the chosen classes' boxes."""
+        strides = context.student.backbone.output_shape()
+        device = context.student_features[self.in_features[0]].device
+        boxes = torch.cat([t.gt_boxes.tensor for t in context.targets]).to(device)
+        classes = torch.cat([t.gt_classes for t in context.targets]).to(device)
+        image_index = torch.repeat_interleave(
+            torch.arange(len(context.targets), device=device),
+            torch.tensor([len(t) for t in context.targets], device=device),
+        )
+        keep = torch.cat(
+            [
+                t.gt_valid.to(device) if t.has("gt_valid") else classes.new_ones(len(t), dtype=torch.bool)
+                for t in context.targets
+            ]
+        )
+        chosen = self.classes.indices()
+        if chosen is not None:
+            keep &= torch.isin(classes, torch.as_tensor(chosen, device=device))
+        boxes, image_index = boxes[keep], image_index[keep]
+        masks = []
+        for name in self.in_features:
+            num_images, _, height, width = context.student_features[name].shape
+            masks.append(box_masks(boxes, image_index, num_images, strides[name].stride, height, width))
+        return masks
+
+    def forward(self, context: DistillationContext) -> dict[str, torch.Tensor]:
+        missing = [f for f in self.in_features if f not in context.student_features]
+        if missing:
+            raise KeyError(
+                f"MaskedFeatureDistillation: levels {missing} are not backbone outputs "
+                f"({sorted(context.student_features)})"
+            )
+        loss = masked_feature_distillation(
+            [context.student_features[f] for f in self.in_features],
+            [context.teacher_features[f] for f in self.in_features],
+            self.masks(context),
+            empty=self.empty,
+        )
+        return {"loss_distill_feature": loss * self.weight}
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, {self.classes!r}, weight={self.weight}, empty={self.empty!r}"
+
+
+class SharedRoIKLDistillation(nn.Module):
+    """KL distillation on RoIs both models see through the teacher: the R-CNN analogue of the step-wise
+    method's shared object queries (its Eq. 4; our mapping onto R-CNN).
+
+    The teacher's box head computes features ``h_T`` of the student's sampled RoIs (all of them, as the
+    official code uses all queries) from the teacher's FPN features; the loss is
+    ``KL(softmax(z_T) || softmax(cls_S(h_T)))`` over the chosen classes' columns (background and the other
+    classes excluded), ``z_T`` the teacher's class logits of ``h_T`` and ``cls_S`` the student's classifier
+    (the box predictor's ``cls_score``), times ``weight``. ``h_T`` is the teacher's, under no_grad: the
+    gradient reaches only the student's classifier, and the student's FPN does not change the logits.
+
+    Args:
+        classes, classes_from_dataset, min_images: the distilled columns, as :class:`MaskedFeatureDistillation`;
+            neither: every foreground class.
+        weight: lambda_cls (0.1, the official code's).
+        temperature: T (1, the official code's).
+    """
+
+    def __init__(
+        self,
+        *,
+        classes: Sequence[int] | None = None,
+        classes_from_dataset: str | None = None,
+        min_images: int = 30,
+        weight: float = 0.1,
+        temperature: float = 1.0,
+    ):
+        super().__init__()
+        self.classes = ClassSubset(classes, classes_from_dataset, min_images, "SharedRoIKLDistillation")
+        self.weight = weight
+        self.temperature = temperature
+
+    def forward(self, context: DistillationContext) -> dict[str, torch.Tensor]:
+        if context.sampled_proposals is None:
+            raise ValueError(
+                "SharedRoIKLDistillation needs the student's sampled RoIs: the student's ROI heads must keep "
+                "latest_sampled_proposals (use ltdet2.modeling.LongTailROIHeads)"
+            )
+        teacher_heads = context.teacher.roi_heads
+        with torch.no_grad():
+            feature_maps = [context.teacher_features[f] for f in teacher_heads.box_in_features]
+            pooled = teacher_heads.box_pooler(feature_maps, [p.proposal_boxes for p in context.sampled_proposals])
+            box_features = torch.flatten(teacher_heads.box_head(pooled), 1)
+            teacher_logits = teacher_heads.box_predictor.cls_score(box_features)
+        student_logits = context.student.roi_heads.box_predictor.cls_score(box_features)
+        columns = self.classes.indices()
+        if columns is None:
+            columns = range(student_logits.shape[1] - 1)  # the background column (C) is never distilled
+        loss = kl_distillation(student_logits, teacher_logits, list(columns), temperature=self.temperature)
+        return {"loss_distill_kl": loss * self.weight}
+
+    def extra_repr(self):
+        return f"{self.classes!r}, weight={self.weight}, temperature={self.temperature}"
+
+
+__all__ = [
+    "DistillationContext",
+    "MaskedFeatureDistillation",
+    "SharedRoIKLDistillation",
+    "box_masks",
+]

@@ -1,0 +1,3 @@
+from .teacher_student import TeacherStudentRCNN
+
+__all__ = ["TeacherStudentRCNN"]

@@ -1,0 +1,170 @@
+"""GeneralizedRCNN trained with distillation from a frozen teacher (step-wise knowledge transfer, LST)."""
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import configurable, instantiate
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
+from detectron2.utils.events import get_event_storage
+
+from ..distillers import DistillationContext
+
+logger = logging.getLogger(__name__)
+
+
+class _TeacherCheckpointer(DetectionCheckpointer):
+    """Remembers the parameters the checkpoint lacked (a teacher must not run with random weights)."""
+
+    missing_keys: list[str] = []
+
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        self.missing_keys = list(incompatible.missing_keys)
+        return incompatible
+
+
+@META_ARCH_REGISTRY.register()
+class TeacherStudentRCNN(GeneralizedRCNN):
+    """The student, a :class:`GeneralizedRCNN`, trained with its usual losses plus the losses of distillation
+    terms (``distillers``: modules ``forward(DistillationContext) -> dict of named losses``) between it and a
+    frozen teacher.
+
+    The teacher is not a submodule: it is in neither ``state_dict`` (checkpoints hold the student only),
+    ``parameters()`` (nor the optimizer, nor DDP), and ``model.train()`` does not reach it. It is built at the
+    first training step that has distillers: ``teacher`` instantiated (when it is a config), ``teacher_weights``
+    loaded with :class:`DetectionCheckpointer` (every parameter must be there), moved to the student's device,
+    ``eval()`` (dropout off, BatchNorm on its statistics) and ``requires_grad_(False)``; it runs under
+    ``torch.no_grad()``. After a resume it is built again from ``teacher_weights``. Inference is the student
+    alone. Without distillers the model is exactly :class:`GeneralizedRCNN` (no teacher is built).
+
+    In a training step the student runs as GeneralizedRCNN does; the teacher's backbone then runs on the
+    same images, and each term sees a :class:`DistillationContext` (the student's images, both models' FPN
+    features, the ground truth, the student's sampled RoIs from ``roi_heads.latest_sampled_proposals``, kept
+    by :class:`~ltdet2.modeling.LongTailROIHeads`). The teacher runs after the student, without random draws,
+    so the student's losses are those GeneralizedRCNN computes on the same batch and seed.
+
+    Args:
+        teacher: the teacher model, or its LazyConfig; None until the phase runner fills it
+            (``train.teacher_from_phase``). A LazyConfig node is instantiated with the student, so it
+            usually arrives as a module (with random weights until ``teacher_weights`` are loaded).
+        teacher_weights: checkpoint of the teacher (the runner sets the phase's final checkpoint).
+        distillers: distillation terms, e.g. :class:`~ltdet2.modeling.distillers.MaskedFeatureDistillation`.
+        other arguments: those of :class:`GeneralizedRCNN`.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        teacher: nn.Module | Mapping | None = None,
+        teacher_weights: str | None = None,
+        distillers: Sequence[nn.Module] = (),
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.distillers = nn.ModuleList(distillers)
+        self.teacher_weights = teacher_weights
+        # plain attributes (object.__setattr__): nn.Module would register a module as a submodule
+        object.__setattr__(self, "_teacher_spec", teacher)
+        object.__setattr__(self, "_teacher", None)
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The built teacher (None before the first training step with distillers)."""
+        return self._teacher
+
+    def teacher_model(self) -> nn.Module:
+        """The frozen teacher on the student's device, built on first call."""
+        if self._teacher is None:
+            object.__setattr__(self, "_teacher", self._build_teacher())
+        if self._teacher.pixel_mean.device != self.device:
+            self._teacher.to(self.device)
+        return self._teacher
+
+    def _check_teacher_weights(self):
+        path = self.teacher_weights
+        if path is None or ("://" not in path and not os.path.isfile(path)):
+            raise FileNotFoundError(
+                f"TeacherStudentRCNN: teacher_weights {path!r} is not a file; the phase runner sets it to the final "
+                "checkpoint of the phase named by train.teacher_from_phase (or set model.teacher_weights)"
+            )
+
+    def _build_teacher(self) -> nn.Module:
+        self._check_teacher_weights()
+        path = self.teacher_weights
+        if self._teacher_spec is None:
+            raise ValueError(
+                "TeacherStudentRCNN: model.teacher is None; set train.teacher_from_phase (the runner copies that "
+                "phase's model config) or model.teacher"
+            )
+        spec = self._teacher_spec
+        if isinstance(spec, nn.Module):
+            teacher = spec
+        else:
+            with torch.random.fork_rng(devices=[]):  # the student's random draws do not depend on when it is built
+                teacher = instantiate(spec)
+        checkpointer = _TeacherCheckpointer(teacher)
+        checkpointer.load(path)
+        if checkpointer.missing_keys:
+            raise KeyError(
+                f"TeacherStudentRCNN: teacher checkpoint {path} lacks parameters {checkpointer.missing_keys[:10]}"
+                f"{' ...' if len(checkpointer.missing_keys) > 10 else ''}"
+            )
+        teacher.to(self.device).eval().requires_grad_(False)
+        logger.info(f"TeacherStudentRCNN: teacher {type(teacher).__name__} built from {path}")
+        return teacher
+
+    def forward(self, batched_inputs):
+        if not self.training or not self.distillers:
+            return super().forward(batched_inputs)
+
+        if self._teacher is None:
+            self._check_teacher_weights()  # fail before the student's step; build after it (no random draws)
+        # GeneralizedRCNN's training step, keeping the images and features for the distillers
+        images = self.preprocess_image(batched_inputs)
+        gt_instances = (
+            [x["instances"].to(self.device) for x in batched_inputs] if "instances" in batched_inputs[0] else None
+        )
+        features = self.backbone(images.tensor)
+        if self.proposal_generator is not None:
+            proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
+        else:
+            proposals = [x["proposals"].to(self.device) for x in batched_inputs]
+            proposal_losses = {}
+        _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
+        if self.vis_period > 0 and get_event_storage().iter % self.vis_period == 0:
+            self.visualize_training(batched_inputs, proposals)
+        losses = {**detector_losses, **proposal_losses}
+
+        teacher = self.teacher_model()
+        with torch.no_grad():
+            teacher_images = teacher.preprocess_image(batched_inputs)
+            if teacher_images.tensor.shape != images.tensor.shape:
+                raise ValueError(
+                    f"TeacherStudentRCNN: the teacher pads the batch to {tuple(teacher_images.tensor.shape)}, the "
+                    f"student to {tuple(images.tensor.shape)}; their backbones need the same size_divisibility"
+                )
+            teacher_features = teacher.backbone(teacher_images.tensor)
+        context = DistillationContext(
+            images=images,
+            student_features=features,
+            teacher_features=teacher_features,
+            targets=gt_instances,
+            sampled_proposals=getattr(self.roi_heads, "latest_sampled_proposals", None),
+            student=self,
+            teacher=teacher,
+        )
+        for index, distiller in enumerate(self.distillers):
+            for name, value in distiller(context).items():
+                if name in losses:
+                    raise KeyError(
+                        f"TeacherStudentRCNN: distiller {index} ({type(distiller).__name__}) returns loss "
+                        f"{name!r}, which another loss already has"
+                    )
+                losses[name] = value
+        return losses
