@@ -241,6 +241,7 @@ class ScoreTableMismatch(ValueError):
 def save_score_table(path, table, identity):
     """Writes ``table`` with ``identity`` (a JSON-able dict: what produced it) to ``path`` (``.npz``), atomically."""
     path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}.npz"
     try:
         np.savez(tmp, identity=np.array(json.dumps(identity, sort_keys=True)), **{k: table[k] for k in TABLE_COLUMNS})
