@@ -333,11 +333,16 @@ def input_phase(phases, index):
         return phases[index - 1]
     if source == "":
         return None
+    return _earlier_phase(phases, index, "init_from_phase")
+
+
+def _earlier_phase(phases, index, key):
+    """The phase named by phase ``index``'s ``train.<key>``, which must be an earlier phase."""
+    phase, source = phases[index], phases[index].cfg.train.get(key)
     earlier = {p.name: p for p in phases[:index]}
     if source not in earlier:
         raise ValueError(
-            f"phase '{phase.name}': train.init_from_phase={source!r} is not an earlier phase "
-            f"(earlier phases: {list(earlier)})"
+            f"phase '{phase.name}': train.{key}={source!r} is not an earlier phase (earlier phases: {list(earlier)})"
         )
     return earlier[source]
 
@@ -352,17 +357,9 @@ def chain_checkpoints(phases):
 
 def teacher_phase(phases, index):
     """The earlier phase named by phase ``index``'s ``train.teacher_from_phase`` (None: no teacher)."""
-    phase = phases[index]
-    source = phase.cfg.train.get("teacher_from_phase", None)
-    if not source:
+    if not phases[index].cfg.train.get("teacher_from_phase", None):
         return None
-    earlier = {p.name: p for p in phases[:index]}
-    if source not in earlier:
-        raise ValueError(
-            f"phase '{phase.name}': train.teacher_from_phase={source!r} is not an earlier phase "
-            f"(earlier phases: {list(earlier)})"
-        )
-    return earlier[source]
+    return _earlier_phase(phases, index, "teacher_from_phase")
 
 
 def chain_teachers(phases):
