@@ -39,6 +39,7 @@ from .exemplar_scoring import (
     score_annotations,
 )
 from .launch import on_main_process
+from .phases import require_final_checkpoint
 from .train_loop import build_model
 
 __all__ = [
@@ -207,12 +208,10 @@ def check_builder_inputs(phase, phases, builders):
                     f"phase '{phase.name}': derived dataset '{builder.name}' reads phase {name!r}, which is not an "
                     f"earlier phase (earlier phases: {list(earlier)})"
                 )
-            if not os.path.isfile(earlier[name].final_checkpoint):
-                raise FileNotFoundError(
-                    f"phase '{phase.name}': derived dataset '{builder.name}' needs phase '{name}''s final checkpoint "
-                    f"{earlier[name].final_checkpoint}, which does not exist: train phase '{name}' first "
-                    f"(--phase {name}), or run all phases"
-                )
+            require_final_checkpoint(
+                earlier[name],
+                f"phase '{phase.name}': derived dataset '{builder.name}' needs phase '{name}''s final checkpoint",
+            )
 
 
 def make_context(phase, phases):

@@ -375,15 +375,6 @@ def chain_teachers(phases):
             phase.cfg.model.teacher = copy.deepcopy(source.cfg.model)
 
 
-def _require_teacher_checkpoint(phase, teacher):
-    if teacher is not None and not os.path.isfile(teacher.final_checkpoint):
-        raise FileNotFoundError(
-            f"phase '{phase.name}' distils from the frozen final model of phase '{teacher.name}' "
-            f"(train.teacher_from_phase), but {teacher.final_checkpoint} does not exist: train phase "
-            f"'{teacher.name}' first (--phase {teacher.name}), or run all phases"
-        )
-
-
 def check_training_mapper(phase):
     """A training dataset with ignored annotations (metadata ``num_ignored_annotations`` > 0, a derived dataset
     built with ``unselected="ignore"``) needs a mapper that passes their validity on to the model
@@ -411,12 +402,20 @@ def check_training_mapper(phase):
         )
 
 
-def _require_init_checkpoint(phase, previous):
-    if previous is not None and not os.path.isfile(previous.final_checkpoint):
+def require_final_checkpoint(source, needed_by):
+    """FileNotFoundError unless phase ``source`` (None: nothing needed) has its final checkpoint; ``needed_by``
+    says who needs it, e.g. "phase 'b' starts from phase 'a''s final checkpoint"."""
+    if source is not None and not os.path.isfile(source.final_checkpoint):
         raise FileNotFoundError(
-            f"phase '{phase.name}' starts from phase '{previous.name}''s final checkpoint "
-            f"{previous.final_checkpoint}, which does not exist: train phase '{previous.name}' first "
-            f"(--phase {previous.name}), or run all phases"
+            f"{needed_by} {source.final_checkpoint}, which does not exist: train phase '{source.name}' first "
+            f"(--phase {source.name}), or run all phases"
+        )
+
+
+def _require_init_checkpoint(phase, previous):
+    if previous is not None:
+        require_final_checkpoint(
+            previous, f"phase '{phase.name}' starts from phase '{previous.name}''s final checkpoint"
         )
 
 
@@ -595,7 +594,13 @@ def _finished_phase_record(phase, phases):
         return done
     index = phases.index(phase)
     _require_init_checkpoint(phase, input_phase(phases, index))
-    _require_teacher_checkpoint(phase, teacher_phase(phases, index))
+    teacher = teacher_phase(phases, index)
+    if teacher is not None:
+        require_final_checkpoint(
+            teacher,
+            f"phase '{phase.name}' distils from the frozen final model of phase '{teacher.name}' "
+            f"(train.teacher_from_phase),",
+        )
     return None
 
 

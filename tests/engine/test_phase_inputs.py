@@ -177,7 +177,7 @@ def test_a_missing_or_later_teacher_is_refused_naming_the_phases(tmp_path, fake_
     with pytest.raises(
         FileNotFoundError,
         match=r"phase 'transfer' distils from the frozen final model of phase 'head_expert' \(train.teacher_from_phase"
-        r"\), but .*head_expert/model_final.pth does not exist",
+        r"\), .*head_expert/model_final.pth, which does not exist: train phase 'head_expert' first",
     ):
         run_phases(cfg, only="transfer")
     assert EVENTS == []
