@@ -11,8 +11,11 @@ complete ``train``. An override ``key=value`` applies to the root and to every p
 The runner trains phase k starting from phase k-1's final checkpoint (given as
 ``train.init_checkpoint``; ``train.init_from_phase`` names another earlier phase instead), skips
 phases that already finished, resumes an interrupted one with ``--resume``, and ends with one table
-of every phase's results. A config without ``phases`` is one phase trained in ``train.output_dir``
-itself, exactly as Detectron2's own script does (a one-phase project is such a plain config).
+of every phase's results. Before a phase trains it builds the phase's derived datasets
+(``train.derived_datasets``, :mod:`ltdet2.engine.derived`) and gives a teacher-student model the frozen
+final model of ``train.teacher_from_phase`` (:func:`chain_teachers`). A config without ``phases`` is
+one phase trained in ``train.output_dir`` itself, exactly as Detectron2's own script does
+(a one-phase project is such a plain config).
 Detectron2's script refuses a project with phases: its root has no ``model``.
 
 With several processes, rank 0 takes the decisions (skip a phase, train it, resume it from which
@@ -38,6 +41,7 @@ from detectron2.utils import comm
 
 from ..utils.json_io import read_json, write_json_atomic
 from .checkpoint import AtomicCheckpointer
+from .exemplar_scoring import file_identity
 from .launch import on_main_process, raise_if_any_rank_failed
 from .train_loop import FINAL_CHECKPOINT, build_model, create_ddp_model, do_test, do_train
 
@@ -75,10 +79,7 @@ class Phase:
 
 def checkpoint_identity(path):
     """Path, size and modification time of a local checkpoint (None for URLs or missing files)."""
-    if not path or "://" in path or not os.path.isfile(path):
-        return None
-    stat = os.stat(path)
-    return {"path": os.path.abspath(path), "size": stat.st_size, "mtime": stat.st_mtime}
+    return file_identity(path)
 
 
 def make_phase(base=None, **keys):
@@ -332,11 +333,16 @@ def input_phase(phases, index):
         return phases[index - 1]
     if source == "":
         return None
+    return _earlier_phase(phases, index, "init_from_phase")
+
+
+def _earlier_phase(phases, index, key):
+    """The phase named by phase ``index``'s ``train.<key>``, which must be an earlier phase."""
+    phase, source = phases[index], phases[index].cfg.train.get(key)
     earlier = {p.name: p for p in phases[:index]}
     if source not in earlier:
         raise ValueError(
-            f"phase '{phase.name}': train.init_from_phase={source!r} is not an earlier phase "
-            f"(earlier phases: {list(earlier)})"
+            f"phase '{phase.name}': train.{key}={source!r} is not an earlier phase (earlier phases: {list(earlier)})"
         )
     return earlier[source]
 
@@ -349,12 +355,67 @@ def chain_checkpoints(phases):
             phase.cfg.train.init_checkpoint = source.final_checkpoint
 
 
-def _require_init_checkpoint(phase, previous):
-    if previous is not None and not os.path.isfile(previous.final_checkpoint):
+def teacher_phase(phases, index):
+    """The earlier phase named by phase ``index``'s ``train.teacher_from_phase`` (None: no teacher)."""
+    if not phases[index].cfg.train.get("teacher_from_phase", None):
+        return None
+    return _earlier_phase(phases, index, "teacher_from_phase")
+
+
+def chain_teachers(phases):
+    """A phase with ``train.teacher_from_phase = NAME`` gets NAME's final checkpoint as ``model.teacher_weights``
+    and, when its ``model.teacher`` is None, a copy of NAME's ``model`` config as ``model.teacher`` (the
+    teacher-student model, :class:`ltdet2.modeling.TeacherStudentRCNN`, builds and freezes it)."""
+    for index, phase in enumerate(phases):
+        source = teacher_phase(phases, index)
+        if source is None:
+            continue
+        phase.cfg.model.teacher_weights = source.final_checkpoint
+        if phase.cfg.model.get("teacher", None) is None:
+            phase.cfg.model.teacher = copy.deepcopy(source.cfg.model)
+
+
+def check_training_mapper(phase):
+    """A training dataset with ignored annotations (metadata ``num_ignored_annotations`` > 0, a derived dataset
+    built with ``unselected="ignore"``) needs a mapper that passes their validity on to the model
+    (:class:`ltdet2.data.ValidityDatasetMapper` or a subclass): refused with a ValueError otherwise."""
+    from detectron2.config.instantiate import locate
+    from detectron2.data import MetadataCatalog
+
+    names = OmegaConf.select(phase.cfg, "dataloader.train.dataset.names", default=None)
+    names = [names] if isinstance(names, str) else list(names or [])
+    ignoring = {n: MetadataCatalog.get(n).get("num_ignored_annotations", 0) for n in names}
+    ignoring = {n: count for n, count in ignoring.items() if count}
+    if not ignoring:
+        return
+    from ltdet2.data import ValidityDatasetMapper  # written by the data side; needed only here
+
+    target = OmegaConf.select(phase.cfg, "dataloader.train.mapper._target_", default=None)
+    target = locate(target) if isinstance(target, str) else target
+    if not (isinstance(target, type) and issubclass(target, ValidityDatasetMapper)):
+        where = f"phase '{phase.name}'" if phase.name else phase.output_dir
+        datasets = ", ".join(f"{n!r} ({c} ignored annotations)" for n, c in ignoring.items())
+        raise ValueError(
+            f"{where}: the training dataset {datasets} "
+            f"has ignored annotations, but dataloader.train.mapper is {getattr(target, '__name__', target)!r}, which "
+            f"would train on them as positives: use ltdet2.data.ValidityDatasetMapper (same arguments as DatasetMapper)"
+        )
+
+
+def require_final_checkpoint(source, needed_by):
+    """FileNotFoundError unless phase ``source`` (None: nothing needed) has its final checkpoint; ``needed_by``
+    says who needs it, e.g. "phase 'b' starts from phase 'a''s final checkpoint"."""
+    if source is not None and not os.path.isfile(source.final_checkpoint):
         raise FileNotFoundError(
-            f"phase '{phase.name}' starts from phase '{previous.name}''s final checkpoint "
-            f"{previous.final_checkpoint}, which does not exist: train phase '{previous.name}' first "
-            f"(--phase {previous.name}), or run all phases"
+            f"{needed_by} {source.final_checkpoint}, which does not exist: train phase '{source.name}' first "
+            f"(--phase {source.name}), or run all phases"
+        )
+
+
+def _require_init_checkpoint(phase, previous):
+    if previous is not None:
+        require_final_checkpoint(
+            previous, f"phase '{phase.name}' starts from phase '{previous.name}''s final checkpoint"
         )
 
 
@@ -403,6 +464,7 @@ def run_phase(phase, *, resume=False):
             {
                 "final_checkpoint": phase.final_checkpoint,
                 "input_checkpoint": checkpoint_identity(phase.cfg.train.init_checkpoint),
+                **_teacher_record(phase),
                 "results": _plain(results),
             },
             indent=2,
@@ -411,6 +473,13 @@ def run_phase(phase, *, resume=False):
         return results
 
     return on_main_process(record)
+
+
+def _teacher_record(phase):
+    """{"teacher_checkpoint": identity} for a phase with a teacher (``train.teacher_from_phase``), else {}."""
+    if not phase.cfg.train.get("teacher_from_phase", None):
+        return {}
+    return {"teacher_checkpoint": checkpoint_identity(phase.cfg.model.get("teacher_weights", None))}
 
 
 def empty_evaluation(results):
@@ -458,14 +527,21 @@ def run_phases(cfg, *, resume=False, only=None, eval_only=False, eval_checkpoint
     With ``eval_only`` each selected phase's final checkpoint is evaluated instead (phases not
     trained yet are skipped with a warning), or ``eval_checkpoint`` for a single selected phase.
     """
+    from .derived import derived_dataset_builders, prepare_derived_datasets, register_derived_datasets
+
     phases = resolve_phases(cfg)
     chain_checkpoints(phases)
+    chain_teachers(phases)
     all_results = OrderedDict()
     selected = select_phases(phases, only)
     if eval_only and eval_checkpoint and len(selected) > 1:
         raise ValueError(f"a checkpoint to evaluate ({eval_checkpoint}) needs one phase: add --phase NAME")
     for phase in selected:
+        # a phase's derived datasets are registered whenever it runs (registration reads no file), built only
+        # before it trains: evaluation uses the test set, which is not derived
+        builders = derived_dataset_builders(phase.cfg)
         if eval_only:
+            register_derived_datasets(phase, phases, builders)
             if on_main_process(lambda p=phase: eval_checkpoint is None and len(selected) > 1 and not p.has_final()):
                 logger.warning(f"phase '{phase.name}' has no {FINAL_CHECKPOINT} yet: not evaluated")
                 continue
@@ -474,8 +550,17 @@ def run_phases(cfg, *, resume=False, only=None, eval_only=False, eval_checkpoint
         # decided on rank 0 (ranks whose folders are not in sync must not disagree): skip or train
         done = on_main_process(lambda p=phase: _finished_phase_record(p, phases))
         if done is not None:
+            register_derived_datasets(phase, phases, builders)
             all_results[phase.name] = done["results"]
             continue
+        prepare_derived_datasets(phase, phases, builders)
+        on_main_process(lambda p=phase: check_training_mapper(p))
+        teacher = teacher_phase(phases, phases.index(phase))
+        if teacher is not None:
+            logger.info(
+                f"phase '{phase.name}': teacher = frozen final model of phase '{teacher.name}' "
+                f"({teacher.final_checkpoint})"
+            )
         all_results[phase.name] = run_phase(phase, resume=resume)
     if eval_only and not all_results:
         raise FileNotFoundError(
@@ -500,8 +585,22 @@ def _finished_phase_record(phase, phases):
                 f"{phase.cfg.train.init_checkpoint} than the one there now; delete "
                 f"{phase.done_file} to train it again"
             )
+        teacher = _teacher_record(phase)
+        if teacher and done.get("teacher_checkpoint") != teacher["teacher_checkpoint"]:
+            logger.warning(
+                f"phase '{phase.name}' was distilled from another version of its teacher "
+                f"{phase.cfg.model.teacher_weights} than the one there now; delete {phase.done_file} to train it again"
+            )
         return done
-    _require_init_checkpoint(phase, input_phase(phases, phases.index(phase)))
+    index = phases.index(phase)
+    _require_init_checkpoint(phase, input_phase(phases, index))
+    teacher = teacher_phase(phases, index)
+    if teacher is not None:
+        require_final_checkpoint(
+            teacher,
+            f"phase '{phase.name}' distils from the frozen final model of phase '{teacher.name}' "
+            f"(train.teacher_from_phase),",
+        )
     return None
 
 

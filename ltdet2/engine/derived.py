@@ -1,0 +1,261 @@
+"""Derived datasets of a phase: the runner's preparation step and the context its builders read.
+
+A phase lists builders in ``train.derived_datasets`` (LazyConfigs; absent or empty: none), e.g. step-wise's
+``ltdet2.data.ExemplarSetBuilder``. A builder is any object with
+
+- ``name``: the derived dataset's registered name;
+- ``input_phases() -> list[str]``: earlier phases whose final checkpoints it needs (may be empty);
+- ``prepare(context)``: on the main process only, builds its files under ``context.output_dir`` (skipped when
+  already built from the same inputs: the builder's business);
+- ``register(context)``: on every process, after ``prepare``: registers ``name``;
+- optionally ``score_requests() -> list of dict(phase=, dataset=, score=)``: the score tables its ``prepare``
+  will ask for. With several processes the runner computes them first on every rank (the images sharded
+  over the ranks); without it, ``prepare`` scores on the main process alone while the others wait.
+
+Before a phase trains, the runner (:func:`prepare_derived_datasets`) checks every builder's input phases (an
+earlier phase whose final checkpoint exists), prepares the builders on the main process (an error there is
+raised on every rank) and registers them on every process. A phase that is skipped (finished) or only evaluated
+registers its builders' datasets without preparing them (registration reads no file), so that model pieces
+naming the training dataset can be built.
+"""
+
+import logging
+import os
+
+import torch
+from omegaconf import OmegaConf
+
+from detectron2.config import instantiate
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils import comm
+
+from .checkpoint import AtomicCheckpointer
+from .exemplar_scoring import (
+    SCORE_MODES,
+    ScoreTableMismatch,
+    file_identity,
+    load_score_table,
+    save_score_table,
+    score_annotations,
+)
+from .launch import on_main_process
+from .phases import require_final_checkpoint
+from .train_loop import build_model
+
+__all__ = [
+    "DerivedDatasetContext",
+    "derived_dataset_builders",
+    "prepare_derived_datasets",
+    "register_derived_datasets",
+]
+
+logger = logging.getLogger("detectron2")
+
+
+class DerivedDatasetContext:
+    """What a derived-dataset builder of phase ``phase_name`` reads: its folder, its seed, and score tables of
+    earlier phases' final models.
+
+    Args:
+        phase_name: the phase whose datasets are built.
+        output_dir: that phase's folder (builders write there; score tables are cached there).
+        seed: the phase's ``train.seed``.
+        phases: {name: phase} of the phases whose final models may score (the earlier ones); a phase has
+            ``name``, ``cfg`` (its config namespace) and ``final_checkpoint``.
+        scoring_batch_size: images per forward pass of the scorer (per process).
+    """
+
+    def __init__(self, *, phase_name, output_dir, seed, phases, scoring_batch_size=4):
+        self.phase_name = phase_name
+        self.output_dir = output_dir
+        self.seed = seed
+        self.phases = dict(phases)
+        self.scoring_batch_size = scoring_batch_size
+        self.collective = False  # True while every rank calls annotation_scores (the runner's score requests)
+
+    def _phase(self, phase):
+        if phase not in self.phases:
+            raise ValueError(
+                f"phase '{self.phase_name}': scores of phase {phase!r} asked for, but it is not an earlier phase "
+                f"(earlier phases: {list(self.phases)})"
+            )
+        return self.phases[phase]
+
+    def table_path(self, phase, *, dataset, score="max_foreground"):
+        """Where the table of ``phase``'s scores of ``dataset`` is cached (in this phase's folder)."""
+        return os.path.join(self.output_dir, f"annotation_scores.{phase}.{dataset}.{score}.npz")
+
+    def table_identity(self, phase, *, dataset, score="max_foreground"):
+        """JSON-able identity of the table of ``phase``'s final model's ``score`` of every annotation of
+        ``dataset``: the phase, its checkpoint (path, size, mtime), the dataset and its json (path, size, mtime),
+        the score mode and the test-time input (augmentations, image format) the model scored with."""
+        if score not in SCORE_MODES:
+            raise ValueError(f"phase '{self.phase_name}': score must be one of {SCORE_MODES}, got {score!r}")
+        source = self._phase(phase)
+        augmentations, image_format = _test_input(source.cfg)
+        return {
+            "phase": phase,
+            "checkpoint": file_identity(source.final_checkpoint),
+            "dataset": dataset,
+            "dataset_json": _dataset_json_identity(dataset),
+            "score": score,
+            "input": {"augmentations": [repr(a) for a in augmentations], "image_format": image_format},
+        }
+
+    def annotation_scores(self, phase, *, dataset, score="max_foreground"):
+        """The table (dict of 1-D numpy arrays ``annotation_id``, ``image_id``, ``category_id`` (json ids),
+        ``score``; one entry per annotation of ``dataset``) of phase ``phase``'s final model
+        (:func:`~ltdet2.engine.exemplar_scoring.score_annotations`, with that phase's test-time resize).
+
+        Cached in this phase's folder and reused when the same checkpoint and dataset json produced it;
+        scored again, with a warning naming what changed, otherwise."""
+        path = self.table_path(phase, dataset=dataset, score=score)
+        identity = self.table_identity(phase, dataset=dataset, score=score)
+
+        def cached():
+            try:
+                table = load_score_table(path, expect=identity)
+            except FileNotFoundError:
+                return None
+            except ScoreTableMismatch as e:
+                logger.warning(f"phase '{self.phase_name}': {e}: scoring again")
+                return None
+            logger.info(f"phase '{self.phase_name}': reusing the scores of phase '{phase}' in {path}")
+            return table
+
+        if not self.collective:
+            table = cached()
+            if table is None:
+                table = self._score(phase, dataset, score, distributed=False)
+                save_score_table(path, table, identity)
+                logger.info(f"phase '{self.phase_name}': wrote the scores of phase '{phase}' to {path}")
+            return table
+        if on_main_process(lambda: cached() is not None):
+            return None  # the main process's prepare() reads it
+        table = self._score(phase, dataset, score, distributed=True)
+        if comm.is_main_process():
+            save_score_table(path, table, identity)
+            logger.info(f"phase '{self.phase_name}': wrote the scores of phase '{phase}' to {path}")
+        comm.synchronize()
+        return table
+
+    def _score(self, phase, dataset, score, *, distributed):
+        source = self._phase(phase)
+        if not os.path.isfile(source.final_checkpoint):
+            raise FileNotFoundError(
+                f"phase '{self.phase_name}' scores annotations with phase '{phase}''s final model "
+                f"{source.final_checkpoint}, which does not exist: train phase '{phase}' first"
+            )
+        logger.info(f"phase '{self.phase_name}': scoring {dataset} with the final model of phase '{phase}'")
+        model = build_model(source.cfg)
+        AtomicCheckpointer(model).load(source.final_checkpoint)
+        augmentations, image_format = _test_input(source.cfg)
+        try:
+            return score_annotations(
+                model,
+                dataset,
+                mapper_augmentations=augmentations,
+                score=score,
+                image_format=image_format,
+                batch_size=self.scoring_batch_size,
+                distributed=distributed,
+            )
+        finally:
+            del model
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def _test_input(cfg):
+    """(augmentations, image format) of a phase's test mapper (``dataloader.test.mapper``): the resize the
+    model is evaluated with. None found: no augmentation, BGR."""
+    mapper = OmegaConf.select(cfg, "dataloader.test.mapper", default=None)
+    augmentations = mapper.get("augmentations", None) if mapper is not None else None
+    image_format = mapper.get("image_format", "BGR") if mapper is not None else "BGR"
+    return [instantiate(a) for a in (augmentations or [])], image_format
+
+
+def _dataset_json_identity(dataset):
+    """Identity of a registered dataset's json (None when it has none). A dataset whose files are made on first
+    use (LT-Shapes) is loaded first, so that the identity is that of the file scoring reads."""
+    json_file = MetadataCatalog.get(dataset).get("json_file", None)
+    if json_file is not None and not os.path.isfile(json_file) and dataset in DatasetCatalog:
+        DatasetCatalog.get(dataset)
+    return file_identity(json_file)
+
+
+# --- the runner's step ---------------------------------------------------------------------------------------
+
+
+def derived_dataset_builders(cfg):
+    """The builders of a phase config's ``train.derived_datasets`` (LazyConfigs, or objects), instantiated."""
+    entries = cfg.train.get("derived_datasets", None) or []
+    return [instantiate(entry) if _is_lazy(entry) else entry for entry in entries]
+
+
+def _is_lazy(entry):
+    return OmegaConf.is_config(entry) and "_target_" in entry
+
+
+def check_builder_inputs(phase, phases, builders):
+    """Every name in a builder's ``input_phases()`` is a phase before ``phase`` whose final checkpoint exists."""
+    names = [p.name for p in phases]
+    earlier = {p.name: p for p in phases[: names.index(phase.name)]}
+    for builder in builders:
+        for name in builder.input_phases():
+            if name not in earlier:
+                raise ValueError(
+                    f"phase '{phase.name}': derived dataset '{builder.name}' reads phase {name!r}, which is not an "
+                    f"earlier phase (earlier phases: {list(earlier)})"
+                )
+            require_final_checkpoint(
+                earlier[name],
+                f"phase '{phase.name}': derived dataset '{builder.name}' needs phase '{name}''s final checkpoint",
+            )
+
+
+def make_context(phase, phases):
+    names = [p.name for p in phases]
+    earlier = {p.name: p for p in phases[: names.index(phase.name)]}
+    return DerivedDatasetContext(
+        phase_name=phase.name, output_dir=phase.output_dir, seed=phase.cfg.train.get("seed", 0), phases=earlier
+    )
+
+
+def prepare_derived_datasets(phase, phases, builders):
+    """Before ``phase`` trains (a collective: every rank calls it): checks the builders' input phases, computes
+    the score tables they request on every rank, prepares them on the main process, registers them on every
+    process. Returns the context."""
+    if not builders:
+        return None
+    context = make_context(phase, phases)
+    on_main_process(lambda: check_builder_inputs(phase, phases, builders))
+    if comm.get_world_size() > 1:
+        context.collective = True
+        try:
+            for builder in builders:
+                for request in getattr(builder, "score_requests", lambda: [])():
+                    context.annotation_scores(
+                        request["phase"], dataset=request["dataset"], score=request.get("score", "max_foreground")
+                    )
+        finally:
+            context.collective = False
+
+    def prepare():
+        os.makedirs(phase.output_dir, exist_ok=True)
+        for builder in builders:
+            logger.info(f"phase '{phase.name}': preparing derived dataset '{builder.name}'")
+            builder.prepare(context)
+
+    on_main_process(prepare)  # a barrier: an error on the main process is raised on every rank
+    register_derived_datasets(phase, phases, builders, context)
+    return context
+
+
+def register_derived_datasets(phase, phases, builders, context=None):
+    """Registers the builders' datasets on this process (no file is read)."""
+    if not builders:
+        return
+    context = context or make_context(phase, phases)
+    for builder in builders:
+        builder.register(context)
