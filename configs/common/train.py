@@ -16,6 +16,12 @@ train = dict(
     # in a project: the earlier phase whose final checkpoint this phase starts from (None: the
     # previous phase; "": none, the phase starts from its own init_checkpoint)
     init_from_phase=None,
+    # in a project: the earlier phase whose frozen final model is this phase's teacher (a teacher-student
+    # model, ltdet2.modeling.TeacherStudentRCNN; the runner fills model.teacher_weights and, if None, model.teacher)
+    teacher_from_phase=None,
+    # builders (LazyConfigs) of the datasets this phase trains on, e.g. ltdet2.data.ExemplarSetBuilder: built in
+    # the phase's folder before it trains, registered whenever it runs (ltdet2.engine.derived)
+    derived_datasets=[],
     # e.g. dict(images_per_class=5): fill memories and indicators before training (LOCE's code)
     memory_warmup=None,
     # a phase whose evaluation finds nothing (no results, or every metric NaN: no detection) is not

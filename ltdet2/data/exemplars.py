@@ -194,6 +194,11 @@ class ExemplarSetBuilder:
         self.score = score
         self.unselected = unselected
 
+    def score_requests(self):
+        """The score tables :meth:`prepare` reads: with several processes the runner computes them on every rank
+        (sharded) before ``prepare`` runs on the main process, which then finds them cached."""
+        return [dict(phase=self.scores_from_phase, dataset=self.source, score=self.score)]
+
     def __repr__(self):
         return (
             f"{type(self).__name__}(name={self.name!r}, source={self.source!r}, scores_from_phase="

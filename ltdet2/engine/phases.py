@@ -372,7 +372,20 @@ def chain_teachers(phases):
             continue
         phase.cfg.model.teacher_weights = source.final_checkpoint
         if phase.cfg.model.get("teacher", None) is None:
-            phase.cfg.model.teacher = copy.deepcopy(source.cfg.model)
+            phase.cfg.model.teacher = teacher_model_config(source.cfg.model)
+
+
+def teacher_model_config(model_cfg):
+    """A copy of an earlier phase's model config to build its frozen model from: a teacher-student model's own
+    teacher and distillation terms are left out (a teacher is the phase's student alone, as its checkpoint)."""
+    teacher = copy.deepcopy(model_cfg)
+    if "teacher" in teacher or "distillers" in teacher:
+        from detectron2.modeling import GeneralizedRCNN
+
+        for key in ("teacher", "teacher_weights", "distillers"):
+            teacher.pop(key, None)
+        teacher._target_ = GeneralizedRCNN
+    return teacher
 
 
 def check_training_mapper(phase):

@@ -65,6 +65,10 @@ MULTI_PHASE_PROJECTS = [
     "loce_ablation.py",
     "loce_lvis_v1.py",
     "rio_ablation.py",
+    "stepwise.py",
+    "stepwise_ablation.py",
+    "stepwise_lvis_v0_5.py",
+    "stepwise_lvis_v1.py",
 ]
 ONE_PHASE_PROJECTS = ["baseline.py", "baseline_lvis_v1.py", "rio.py", "rio_lvis_v0_5.py", "rio_lvis_v1.py"]
 

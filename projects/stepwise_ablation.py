@@ -1,0 +1,62 @@
+# Step-wise ablation on LT-Shapes (paper Tab. 3, 8), every variant from the same pretrain, the same trainable
+# parts (classifier + FPN) and the same total iterations after it:
+#   control            the pretrained model trained on: all data, its own loss, head_expert + transfer iterations
+#   head_expert        fine-tune only (FT on D_head: the head expert, evaluated)
+#   transfer           FT then KT (the full method; teacher = the head expert)
+#   kt_only            knowledge transfer only: from the pretrained model, teacher = the pretrained model (what
+#                      the official code runs as shipped; paper Tab. 3 "KT only"), head_expert + transfer iterations
+#   head_expert_no_rfs, transfer_no_rfs   the full method without step-wise RFS (paper Tab. 8)
+# Run: python scripts/ablation_table.py --config-file projects/stepwise_ablation.py --seeds 0 1 2 \
+#          --output-dir output/stepwise_ablation --results-dir docs/results/stepwise_ablation \
+#          --paired transfer-control transfer-pretrain
+from ltdet2.engine import make_phase
+
+from ..configs.common.schedules import multi_step
+from ..configs.stepwise import STEPWISE_TRAINABLE, use_smooth_tail_set
+from .stepwise import phases as stepwise_phases
+from .stepwise import train
+
+train.output_dir = "output/stepwise_ablation"
+pretrain, head_expert, transfer = (stepwise_phases[k] for k in ("pretrain", "head_expert", "transfer"))
+TOTAL_ITERS = head_expert["train"].max_iter + transfer["train"].max_iter
+
+
+def independent_of_fine_tune(phase, *, iterations):
+    """``phase`` from the pretrained model for ``iterations`` (the full method's iterations after pretrain),
+    its lr schedule the transfer's stretched over them."""
+    phase = make_phase(phase)
+    phase["train"].init_from_phase = "pretrain"
+    phase["train"].max_iter = iterations
+    phase["lr_multiplier"] = multi_step(iterations, steps=(iterations // 2,), warmup_iters=10)
+    return phase
+
+
+control = independent_of_fine_tune(pretrain, iterations=TOTAL_ITERS)
+control["train"].trainable = STEPWISE_TRAINABLE
+control["train"].checkpointer.period = 50
+
+kt_only = independent_of_fine_tune(transfer, iterations=TOTAL_ITERS)
+kt_only["train"].teacher_from_phase = "pretrain"
+kt_only["dataloader"].train.dataset.names = "lt_shapes_train_stepwise_d_tail_kt_only"
+kt_only["train"].derived_datasets[0].name = "lt_shapes_train_stepwise_d_tail_kt_only"
+
+# without step-wise RFS: Detectron2's plain sampler inside both sets (each phase builds its own copy of the set)
+head_expert_no_rfs = make_phase(head_expert)
+transfer_no_rfs = make_phase(transfer)
+for phase, suffix in ((head_expert_no_rfs, "d_head_no_rfs"), (transfer_no_rfs, "d_tail_no_rfs")):
+    builder = phase["train"].derived_datasets.pop()
+    options = {k: builder[k] for k in ("source", "scores_from_phase", "head_quota", "tail_quota", "min_images")}
+    use_smooth_tail_set(phase, name=f"lt_shapes_train_stepwise_{suffix}", groups=(), step_rfs=False, **options)
+transfer_no_rfs["train"].teacher_from_phase = "head_expert_no_rfs"
+
+phases = dict(
+    pretrain=pretrain,
+    control=control,
+    head_expert=head_expert,
+    transfer=transfer,
+    kt_only=kt_only,
+    head_expert_no_rfs=head_expert_no_rfs,
+    transfer_no_rfs=transfer_no_rfs,
+)
+del stepwise_phases, pretrain, head_expert, transfer, control, kt_only, head_expert_no_rfs, transfer_no_rfs
+del phase, suffix, builder, options

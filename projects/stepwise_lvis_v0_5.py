@@ -1,0 +1,14 @@
+# The step-wise method on LVIS v0.5 (paper Tab. 1: 30.3 AP / 24.9 APr with Deformable DETR R-50; no R-CNN
+# figure exists) with Mask R-CNN R-50-FPN: pretrain on the 1x schedule (configs/lvis_v0_5_defaults.py), then
+# the head expert on D_head and knowledge transfer on D_tail with the R-CNN schedule we propose
+# (configs/stepwise.py:lvis_phases; the paper's quotas and the official step-wise RFS).
+from ..configs.lvis_v0_5_defaults import dataloader, lr_multiplier, model, optimizer, train
+from ..configs.stepwise import lvis_phases
+
+train.output_dir = "output/stepwise_lvis_v0_5"
+# estimated set sizes in images (57k training images): D_head ~ 545 head classes x 200 + the tail's 30 each,
+# D_tail ~ 545 x 50 + every tail annotation; the builders log the real sizes
+phases = lvis_phases(
+    model, dataloader, optimizer, lr_multiplier, train, source="lvis_v0.5_train", set_images=(40000, 25000)
+)
+del model, dataloader, optimizer, lr_multiplier  # a project's root: `train` and `phases`
