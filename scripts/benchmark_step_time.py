@@ -11,7 +11,14 @@
 Both phases' models are built from the same weights and trained on the same real batches of the
 baseline phase's train loader (loaded once, before timing: data loading and sampling are not
 timed). Timing alternates blocks of ``--steps`` steps of each model for ``--rounds`` rounds, so
-machine noise hits both alike, and reports the median step time of each and their ratio.
+machine noise hits both alike, and reports the median step time of each and their ratio. A teacher-student
+phase (``train.teacher_from_phase``) trains with its teacher, the named phase's final checkpoint under
+``train.output_dir``, as in training.
+
+    # the step-wise method's knowledge transfer (with its frozen head expert) against the control (goal 1.5x)
+    python scripts/benchmark_step_time.py --config-file projects/stepwise_ablation.py --baseline-phase control \
+        --method-phase transfer --checkpoint output/stepwise_ablation/seed0/pretrain/model_final.pth \
+        train.output_dir=output/stepwise_ablation/seed0
 """
 
 import argparse
@@ -27,7 +34,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.utils.events import EventStorage
 
-from ltdet2.engine.phases import load_config
+from ltdet2.engine.phases import chain_teachers, load_config, resolve_phases
 from ltdet2.engine.train_loop import build_model
 
 
@@ -81,7 +88,10 @@ def main():
     args = parser.parse_args()
 
     cfg = load_config(args.config_file, args.overrides)
-    baseline_cfg, method_cfg = cfg.phases[args.baseline_phase], cfg.phases[args.method_phase]
+    resolved = resolve_phases(cfg)
+    chain_teachers(resolved)  # a teacher-student phase gets its teacher as the runner gives it
+    phases = {p.name: p.cfg for p in resolved}
+    baseline_cfg, method_cfg = phases[args.baseline_phase], phases[args.method_phase]
     baseline, baseline_optimizer = build(baseline_cfg)
     if args.checkpoint:
         DetectionCheckpointer(baseline).load(args.checkpoint)
