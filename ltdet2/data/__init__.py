@@ -1,6 +1,6 @@
 """Data: LVIS metadata (frequency groups, counts), per-class counting, validated registration of
 LVIS- / COCO-format datasets, the embedded LT-Shapes dataset, repeat-factor sampling (incl. step-wise RFS), the
-copy-paste and validity mappers, exemplar selection and derived datasets."""
+copy-paste and validity mappers, exemplar selection, derived datasets and LST's class-incremental phases."""
 
 # the function class_counts stays in its module: exported here it would hide the module
 # ltdet2.data.class_counts (import-by-name, e.g. LazyConfig's "_target_", would no longer find it)
@@ -17,6 +17,11 @@ from .datasets import (  # noqa: F401
 )
 from .derived import build_derived_dataset, register_derived_dataset  # noqa: F401
 from .exemplars import ExemplarSetBuilder, select_exemplars, smooth_tail_quota  # noqa: F401
+from .incremental import (  # noqa: F401
+    incremental_class_order,
+    incremental_class_phases,
+    replay_counts,
+)
 from .lt_shapes import (  # noqa: F401
     LTShapesSpec,
     get_lt_shapes,

@@ -56,6 +56,22 @@ def _existing_record(path: str):
         return None  # a truncated or foreign file: rebuilt
 
 
+def is_up_to_date(name: str, path: str, record: dict) -> bool:
+    """True when ``path`` was built from ``record`` (its :data:`RECORD_KEY`), logged as skipped; otherwise logs
+    why it is (re)built: inputs changed (naming them), no readable record, or nothing there."""
+    old = _existing_record(path)
+    if old == record:
+        logger.info("Derived dataset %s: %s is up to date (same inputs), not rebuilt", name, path)
+        return True
+    if old is not None:
+        logger.warning(
+            "Derived dataset %s: rebuilding %s, its inputs changed: %s", name, path, ", ".join(_changes(old, record))
+        )
+    elif os.path.exists(path):
+        logger.warning("Derived dataset %s: rebuilding %s (no readable build record in it)", name, path)
+    return False
+
+
 def build_derived_dataset(
     name: str, *, source: str, output_dir, valid_annotation_ids, unselected: str = "drop", inputs: dict
 ) -> str:
@@ -89,16 +105,8 @@ def build_derived_dataset(
     }
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(os.fspath(output_dir), f"{name}.json")
-    old = _existing_record(path)
-    if old == record:
-        logger.info("Derived dataset %s: %s is up to date (same inputs), not rebuilt", name, path)
+    if is_up_to_date(name, path, record):
         return path
-    if old is not None:
-        logger.warning(
-            "Derived dataset %s: rebuilding %s, its inputs changed: %s", name, path, ", ".join(_changes(old, record))
-        )
-    elif os.path.exists(path):
-        logger.warning("Derived dataset %s: rebuilding %s (no readable build record in it)", name, path)
 
     d, checked, _ = _read_checked(metadata.json_file, metadata.skip_invalid, metadata.train_json)
     annotations = d["annotations"]
@@ -153,9 +161,11 @@ def build_derived_dataset(
     return path
 
 
-def register_derived_dataset(name: str, json_path, *, source: str) -> str:
-    """Registers a json written by :func:`build_derived_dataset` with ``source``'s image root; its metadata
-    also has ``derived_from=source`` and ``num_ignored_annotations`` (read from the file). Idempotent like
+def register_derived_dataset(name: str, json_path, *, source: str, train_json=None) -> str:
+    """Registers a json written by :func:`build_derived_dataset` (or another json with a :data:`RECORD_KEY`) with
+    ``source``'s image root; its metadata also has ``derived_from=source`` and ``num_ignored_annotations`` (read
+    from the file). ``train_json``: for an evaluation split, the json giving its training counts (see
+    :func:`ltdet2.data.register_lvis_format_dataset`). Idempotent like
     :func:`ltdet2.data.register_lvis_format_dataset` (same file, same arguments: a no-op)."""
     image_root = MetadataCatalog.get(source).image_root
     d = read_json(json_path, what="derived dataset json")
@@ -163,5 +173,5 @@ def register_derived_dataset(name: str, json_path, *, source: str) -> str:
         raise ValueError(f"{json_path} is not a derived dataset (no {RECORD_KEY!r} key): build it first")
     num_ignored = sum(1 for a in d.get("annotations", ()) if a.get("valid", True) is False)
     return register_lvis_format_dataset(
-        name, json_path, image_root, derived_from=source, num_ignored_annotations=num_ignored
+        name, json_path, image_root, train_json=train_json, derived_from=source, num_ignored_annotations=num_ignored
     )
