@@ -18,6 +18,7 @@ from .datasets import (  # noqa: F401
 from .derived import build_derived_dataset, register_derived_dataset  # noqa: F401
 from .exemplars import ExemplarSetBuilder, select_exemplars, smooth_tail_quota  # noqa: F401
 from .incremental import (  # noqa: F401
+    IncrementalPhaseBuilder,
     incremental_class_order,
     incremental_class_phases,
     replay_counts,

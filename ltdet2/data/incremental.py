@@ -15,10 +15,14 @@ category id = rank + 1, ``"source_id"`` = the dataset's own id), so a class keep
 """
 
 import logging
+import os
 
 import numpy as np
 
-from .lvis_meta import LVISMeta, _fmt_ids
+from ..utils.json_io import write_json_atomic
+from .class_counts import class_counts, unique_image_class_pairs
+from .lvis_meta import LVISMeta, _fmt_ids, frequency_from_image_count
+from .validation import CATEGORY_LIST_KEYS
 
 __all__ = [
     "incremental_class_order",
@@ -26,6 +30,7 @@ __all__ = [
     "replay_counts",
     "REPLAY_MODES",
     "NEW_IMAGE_MODES",
+    "IncrementalPhaseBuilder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -118,3 +123,356 @@ def replay_counts(old_instance_count, old_image_count, new_instance_count, *, mo
         twice = 2 * remainder
         count = quotient + ((twice > denominator) | ((twice == denominator) & (quotient % 2 == 1)))
     return np.maximum(count, 1).astype(np.int64)
+
+
+class IncrementalPhaseBuilder:
+    """Phase ``t``'s datasets of LST as derived datasets (the phase runner's builder protocol, see
+    :mod:`ltdet2.engine.derived`): ``prepare`` writes them in the phase folder, ``register`` registers them.
+
+    The training set ``name`` (``<output_dir>/<name>.json``) is a list of **entries** (an image and the classes
+    valid in it), each written as its own image (new image id = entry index + 1, ``"source_image_id"`` kept; an
+    annotation copied into several entries gets a new id each, ``"source_annotation_id"`` kept):
+
+    * phase 0: every image with a base class, all its base-class annotations valid;
+    * phase t > 0, new-class images (``new_images``): ``"new_classes"`` (the paper's reading) one entry per image
+      with a new class, all new classes' annotations valid, old classes' ignored; ``"entry_class"`` (official
+      code) one entry per (image, new class) pair, only that class valid;
+    * phase t > 0, balanced replay: for each old class k, :func:`replay_counts` images containing k (``replay``:
+      "ceil", paper; "round", official), a permutation of k's training images by
+      ``np.random.default_rng([seed, t, source id of k])`` (cycled when the count exceeds them), fixed for the
+      phase; in a replay entry only class k is valid.
+
+    In every entry the annotations of unseen classes are removed and the other seen-class annotations kept, those
+    not valid as ``"valid": false`` (ignored by the box head, seen by the RPN: :class:`ValidityDatasetMapper`).
+
+    The val set ``val_name`` (default ``name + "_val"``) holds every image of ``source_val`` with the annotations of
+    the seen classes and its federated lists (``neg_category_ids`` / ``not_exhaustive_category_ids``) filtered; its
+    image and annotation ids are the source's. Both jsons' categories are the seen classes in the sorted order
+    (:func:`incremental_class_phases`): json id = rank + 1, ``"source_id"`` = the dataset's id. The val set is
+    registered with ``train_json=<val_name>.train_counts.json`` (a category table of the *full* ``source``'s counts
+    of the seen classes), so its frequency groups and instance counts (AP_r/c/f, instance-count buckets) are the
+    source training set's: a rare class stays rare. The training set's categories count its own entries.
+
+    Args:
+        name: the training set's registered name (and file name in the phase folder).
+        source, source_val: the full training / val sets, registered by
+            :func:`ltdet2.data.register_lvis_format_dataset` (or LT-Shapes).
+        base, num_phases: the class split (:func:`incremental_class_phases`).
+        phase: t, 0 (base) .. ``num_phases``.
+        replay: "ceil" (paper) or "round" (official code, minimum 1).
+        new_images: "new_classes" (paper) or "entry_class" (official code).
+        seed: the replay draw's seed; None: the phase's ``train.seed`` (``context.seed``).
+        val_name: the val set's name; None: ``name + "_val"``.
+
+    Not implemented: the official code's per-epoch resampling of the replay (a new subset each epoch).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        source: str,
+        source_val: str,
+        base: int,
+        num_phases: int,
+        phase: int,
+        replay: str = "ceil",
+        new_images: str = "new_classes",
+        seed=None,
+        val_name=None,
+    ):
+        if replay not in REPLAY_MODES:
+            raise ValueError(f"replay must be one of {REPLAY_MODES}, got {replay!r}")
+        if new_images not in NEW_IMAGE_MODES:
+            raise ValueError(f"new_images must be one of {NEW_IMAGE_MODES}, got {new_images!r}")
+        if not 0 <= int(phase) <= int(num_phases):
+            raise ValueError(
+                f"derived dataset {name!r}: phase {phase} out of range: phases are 0 (base) .. {num_phases} "
+                f"(num_phases={num_phases})"
+            )
+        self.name = name
+        self.val_name = val_name if val_name is not None else f"{name}_val"
+        self.source = source
+        self.source_val = source_val
+        self.base = int(base)
+        self.num_phases = int(num_phases)
+        self.phase = int(phase)
+        self.replay = replay
+        self.new_images = new_images
+        self.seed = None if seed is None else int(seed)
+
+    def __repr__(self):
+        return (
+            f"{type(self).__name__}(name={self.name!r}, source={self.source!r}, source_val={self.source_val!r}, "
+            f"base={self.base}, num_phases={self.num_phases}, phase={self.phase}, replay={self.replay!r}, "
+            f"new_images={self.new_images!r}, seed={self.seed})"
+        )
+
+    def input_phases(self) -> list:
+        return []
+
+    def json_path(self, context) -> str:
+        return os.path.join(context.output_dir, f"{self.name}.json")
+
+    def val_json_path(self, context) -> str:
+        return os.path.join(context.output_dir, f"{self.val_name}.json")
+
+    def counts_json_path(self, context) -> str:
+        """The category table of the source's training counts the val set is registered with."""
+        return os.path.join(context.output_dir, f"{self.val_name}.train_counts.json")
+
+    def class_phases(self) -> list:
+        """:func:`incremental_class_phases` of ``source`` (json category ids per phase)."""
+        return incremental_class_phases(self.source, base=self.base, num_phases=self.num_phases)
+
+    def seen_category_ids(self) -> np.ndarray:
+        """[K_t] source json ids of the classes seen up to this phase, in contiguous order (rank)."""
+        return np.concatenate(self.class_phases()[: self.phase + 1])
+
+    def num_old_classes(self) -> int:
+        """K_{t-1}: classes of the earlier phases (0 in the base phase); their contiguous indices are 0..K_{t-1}-1."""
+        return int(sum(len(p) for p in self.class_phases()[: self.phase]))
+
+    def parameters(self, seed) -> dict:
+        return {
+            "base": self.base,
+            "num_phases": self.num_phases,
+            "phase": self.phase,
+            "replay": self.replay,
+            "new_images": self.new_images,
+            "seed": seed,
+        }
+
+    def prepare(self, context) -> None:
+        from .datasets import _read_checked, _registered, _validated_meta
+        from .derived import RECORD_KEY, file_identity, is_up_to_date
+
+        seed = self.seed if self.seed is not None else int(context.seed)
+        source, source_val = _registered(self.source), _registered(self.source_val)
+        _validated_meta(source)  # a dataset made on first load (LT-Shapes) is made now
+        _validated_meta(source_val)
+        record = {
+            "builder": type(self).__name__,
+            "source": self.source,
+            "source_json": file_identity(source.json_file),
+            "source_val": self.source_val,
+            "source_val_json": file_identity(source_val.json_file),
+            "parameters": self.parameters(seed),
+        }
+        os.makedirs(context.output_dir, exist_ok=True)
+        paths = (self.json_path(context), self.val_json_path(context), self.counts_json_path(context))
+        names = (self.name, self.val_name, f"{self.val_name} (training counts)")
+        if all([is_up_to_date(n, p, record) for n, p in zip(names, paths)]):
+            return
+        d, checked, meta = _read_checked(source.json_file, source.skip_invalid, source.train_json)
+        phases = incremental_class_phases(meta, base=self.base, num_phases=self.num_phases)
+        seen = np.concatenate(phases[: self.phase + 1])
+        num_old = len(seen) - len(phases[self.phase])
+        categories = _renumbered_categories(d, seen, meta)
+        train = self._train_json(d, checked, meta, seen, num_old, seed, categories)
+        val = self._val_json(source_val, seen, categories)
+        counts = {"images": [], "annotations": [], "categories": categories}
+        for path, out in zip(paths, (train, val, counts)):
+            out[RECORD_KEY] = record
+            write_json_atomic(path, out)
+        logger.info(
+            "Derived dataset %s (phase %d): wrote %s (%d entries, %d annotations of which %d ignored) and %s "
+            "(%d images, %d annotations of the %d seen classes)",
+            self.name,
+            self.phase,
+            paths[0],
+            len(train["images"]),
+            len(train["annotations"]),
+            sum(1 for a in train["annotations"] if a.get("valid", True) is False),
+            paths[1],
+            len(val["images"]),
+            len(val["annotations"]),
+            len(seen),
+        )
+
+    def register(self, context) -> None:
+        from .derived import register_derived_dataset
+
+        register_derived_dataset(self.name, self.json_path(context), source=self.source)
+        register_derived_dataset(
+            self.val_name,
+            self.val_json_path(context),
+            source=self.source_val,
+            train_json=self.counts_json_path(context),
+        )
+
+    # --- building ---------------------------------------------------------------------------------------------
+
+    def _entries(self, checked, image_ids, rank, num_old, num_seen, seed, meta, seen):
+        """(entry image positions [E], entry classes [E]: the rank valid in the entry, -1 = every class of rank
+        >= ``num_old``), new-class entries first (by image id, then class), then the replay by class rank."""
+        image_order = np.empty(len(image_ids), dtype=np.int64)
+        by_id = np.argsort(image_ids, kind="stable")
+        image_order[by_id] = np.arange(len(image_ids))
+        annotation_image = image_order[np.maximum(checked.image_position, 0)]
+        is_new = (rank >= num_old) & (rank < num_seen)
+        if self.phase == 0 or self.new_images == "new_classes":
+            keys = np.unique(annotation_image[is_new])
+            entry_image, entry_class = by_id[keys], np.full(len(keys), -1, dtype=np.int64)
+        else:
+            keys, classes = unique_image_class_pairs(annotation_image[is_new], rank[is_new])
+            entry_image, entry_class = by_id[keys], classes
+        if self.phase == 0:
+            return entry_image, entry_class
+        is_old = (rank >= 0) & (rank < num_old)
+        keys, classes = unique_image_class_pairs(annotation_image[is_old], rank[is_old])
+        by_class = np.lexsort((keys, classes))
+        keys, classes = keys[by_class], classes[by_class]
+        images_per_class = np.bincount(classes, minlength=num_old)
+        empty = np.flatnonzero(images_per_class == 0)
+        if len(empty):
+            k = int(empty[0])
+            class_name = meta.names[meta.contiguous_id(int(seen[k]))]
+            raise ValueError(
+                f"derived dataset {self.name!r}, phase {self.phase}: old class {class_name!r} "
+                f"(category id {int(seen[k])}, rank {k}) has no image in {self.source} to replay"
+                + (
+                    f"; {len(empty)} old classes have none: category ids {_fmt_ids(seen[empty])}"
+                    if len(empty) > 1
+                    else ""
+                )
+            )
+        index = np.searchsorted(np.asarray(meta.category_ids), seen)
+        counts = replay_counts(
+            meta.instance_count[index[:num_old]],
+            meta.image_count[index[:num_old]],
+            meta.instance_count[index[num_old:]],
+            mode=self.replay,
+        )
+        starts = np.concatenate([[0], np.cumsum(images_per_class)])
+        replayed = []
+        for k in range(num_old):  # once per phase, not per iteration
+            candidates = keys[starts[k] : starts[k + 1]]
+            draw = np.random.default_rng([seed, self.phase, int(seen[k])]).permutation(len(candidates))
+            replayed.append(candidates[np.resize(draw, int(counts[k]))])
+        logger.info(
+            "Derived dataset %s (phase %d): replaying %d images of %d old classes (%s; per class min %d / median %s "
+            "/ max %d)",
+            self.name,
+            self.phase,
+            int(counts.sum()),
+            num_old,
+            self.replay,
+            int(counts.min()),
+            float(np.median(counts)),
+            int(counts.max()),
+        )
+        return (
+            np.concatenate([entry_image, by_id[np.concatenate(replayed)]]),
+            np.concatenate([entry_class, np.repeat(np.arange(num_old, dtype=np.int64), counts)]),
+        )
+
+    def _train_json(self, d, checked, meta, seen, num_old, seed, categories) -> dict:
+        images, annotations = d["images"], d["annotations"]
+        image_ids = np.fromiter((im["id"] for im in images), dtype=np.int64, count=len(images))
+        rank = np.where(checked.keep, _ranks(checked, seen), -1)
+        entry_image, entry_class = self._entries(checked, image_ids, rank, num_old, len(seen), seed, meta, seen)
+
+        # the seen annotations of every entry's image, vectorised: by image position, json order within one
+        kept = np.flatnonzero(rank >= 0)
+        kept = kept[np.argsort(checked.image_position[kept], kind="stable")]
+        starts = np.concatenate([[0], np.cumsum(np.bincount(checked.image_position[kept], minlength=len(images)))])
+        per_entry = starts[entry_image + 1] - starts[entry_image]
+        entry_of = np.repeat(np.arange(len(entry_image)), per_entry)
+        offset = np.arange(int(per_entry.sum())) - np.repeat(np.cumsum(per_entry) - per_entry, per_entry)
+        written = kept[starts[entry_image][entry_of] + offset]
+        written_rank = rank[written]
+        valid = np.where(entry_class[entry_of] >= 0, written_rank == entry_class[entry_of], written_rank >= num_old)
+        valid &= np.fromiter(
+            (annotations[i].get("valid", True) is not False for i in written.tolist()), bool, len(written)
+        )
+
+        lists = _renumbered_lists(checked, seen)
+        out_images = [
+            dict(_image(images[p], e + 1, lists, p), source_image_id=images[p]["id"])
+            for e, p in enumerate(entry_image.tolist())
+        ]
+        out_annotations = []
+        for j, (i, e, r, v) in enumerate(
+            zip(written.tolist(), entry_of.tolist(), written_rank.tolist(), valid.tolist())
+        ):
+            a = {k: value for k, value in annotations[i].items() if k != "valid"}
+            a.update(id=j + 1, image_id=e + 1, category_id=r + 1, source_annotation_id=annotations[i]["id"])
+            if not v:
+                a["valid"] = False
+            out_annotations.append(a)
+        image_count, instance_count = class_counts(entry_of, written_rank, len(seen))
+        own = [
+            dict(c, image_count=int(n), instance_count=int(k), frequency=str(f))
+            for c, n, k, f in zip(categories, image_count, instance_count, frequency_from_image_count(image_count))
+        ]
+        return _with(d, images=out_images, annotations=out_annotations, categories=own)
+
+    def _val_json(self, source_val, seen, categories) -> dict:
+        from .datasets import _read_checked
+
+        d, checked, _ = _read_checked(source_val.json_file, source_val.skip_invalid, source_val.train_json)
+        missing = seen[~np.isin(seen, checked.category_ids)]
+        if len(missing):
+            raise ValueError(
+                f"derived dataset {self.val_name!r}: {self.source_val} ({source_val.json_file}) lacks seen classes of "
+                f"{self.source}: category ids {_fmt_ids(missing)}"
+            )
+        rank = np.where(checked.keep, _ranks(checked, seen), -1)
+        lists = _renumbered_lists(checked, seen)
+        out_images = [_image(im, im["id"], lists, p) for p, im in enumerate(d["images"])]
+        out_annotations = [
+            dict(d["annotations"][i], category_id=int(rank[i]) + 1) for i in np.flatnonzero(rank >= 0).tolist()
+        ]
+        return _with(d, images=out_images, annotations=out_annotations, categories=categories)
+
+
+def _ranks(checked, seen) -> np.ndarray:
+    """[A] rank of each annotation's class among ``seen`` (-1: unseen or unknown category)."""
+    rank_of_index = np.full(len(checked.category_ids) + 1, -1, dtype=np.int64)  # last: unknown (-1)
+    rank_of_index[np.searchsorted(checked.category_ids, seen)] = np.arange(len(seen))
+    return rank_of_index[checked.class_index]
+
+
+def _renumbered_lists(checked, seen) -> dict:
+    """{key: per image (json order) list of renumbered ids (rank + 1) of the seen classes in it}."""
+    rank_of_index = np.full(len(checked.category_ids), -1, dtype=np.int64)
+    rank_of_index[np.searchsorted(checked.category_ids, seen)] = np.arange(len(seen))
+    out = {}
+    for key, per_image in checked.category_lists.items():
+        ranks = [rank_of_index[np.asarray(c, dtype=np.int64)] for c in per_image]
+        out[key] = [sorted((r[r >= 0] + 1).tolist()) for r in ranks]
+    return out
+
+
+def _image(image: dict, image_id: int, lists: dict, position: int) -> dict:
+    out = {k: v for k, v in image.items() if k not in CATEGORY_LIST_KEYS}
+    out["id"] = image_id
+    for key, per_image in lists.items():
+        out[key] = per_image[position]
+    return out
+
+
+def _renumbered_categories(d, seen, meta) -> list:
+    """The seen classes as categories: json id = rank + 1, ``source_id``, and the source's training counts."""
+    by_id = {int(c["id"]): c for c in d["categories"]}
+    index = np.searchsorted(np.asarray(meta.category_ids), seen)
+    return [
+        dict(
+            by_id[int(c)],
+            id=r + 1,
+            source_id=int(c),
+            image_count=int(meta.image_count[i]),
+            instance_count=int(meta.instance_count[i]),
+            frequency=str(meta.frequency[i]),
+        )
+        for r, (c, i) in enumerate(zip(seen.tolist(), index.tolist()))
+    ]
+
+
+def _with(d, **fields) -> dict:
+    from .derived import RECORD_KEY
+
+    out = {k: v for k, v in d.items() if k not in ("images", "annotations", "categories", RECORD_KEY)}
+    out.update(fields)
+    return out
