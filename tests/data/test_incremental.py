@@ -303,3 +303,46 @@ def test_an_old_class_without_image_to_replay_is_an_error(tmp_path):
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+def test_tiny_lt_shapes_phase_loads_through_the_validity_mapper(tiny_dataset, tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
+
+    from ltdet2.data import IncrementalPhaseBuilder, ValidityDatasetMapper, lvis_meta_from_dataset
+
+    train, val = tiny_dataset
+    builder = IncrementalPhaseBuilder(
+        name="incr_test_shapes_p1", source=train, source_val=val, base=4, num_phases=2, phase=1, seed=0
+    )
+    context = SimpleNamespace(output_dir=str(tmp_path / "p1"), seed=0)
+    try:
+        builder.prepare(context)
+        builder.register(context)
+        seen = builder.seen_category_ids()
+        assert len(seen) == 6 and builder.num_old_classes() == 4
+        assert MetadataCatalog.get(builder.name).thing_classes == [
+            lvis_meta_from_dataset(train).names[int(c) - 1] for c in seen
+        ]
+        dicts = get_detection_dataset_dicts([builder.name], filter_empty=False)
+        mapper = ValidityDatasetMapper(is_train=True, augmentations=[], image_format="BGR", use_instance_mask=True)
+        replayed = np.zeros(4, dtype=np.int64)
+        for record in dicts:
+            instances = mapper(record)["instances"]
+            classes, valid = instances.gt_classes, instances.gt_valid
+            assert len(classes) == len(record["annotations"]) and classes.max() < 6
+            valid_classes = set(classes[valid].tolist())
+            if valid_classes and max(valid_classes) < 4:  # a replay entry: one old class valid
+                assert len(valid_classes) == 1
+                replayed[valid_classes.pop()] += 1
+            else:  # a new-class image: new classes valid, old ones ignored
+                assert valid_classes and min(valid_classes) >= 4
+                assert set(classes[~valid].tolist()) <= {0, 1, 2, 3}
+        # every old class of LT-Shapes has one instance per image: n_k = 1, n_C = (9 + 4) / 2 -> 7 images each
+        meta = lvis_meta_from_dataset(train)
+        assert meta.instance_count[seen - 1].tolist() == [48, 31, 20, 13, 9, 4]
+        assert replayed.tolist() == [7, 7, 7, 7]
+        assert len(DatasetCatalog.get(builder.val_name)) == 20
+    finally:
+        for n in (builder.name, builder.val_name):
+            DatasetCatalog.remove(n)
+            MetadataCatalog.remove(n)
