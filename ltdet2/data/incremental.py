@@ -303,14 +303,14 @@ class IncrementalPhaseBuilder:
 
     # --- building ---------------------------------------------------------------------------------------------
 
-    def _entries(self, checked, image_ids, rank, num_old, num_seen, seed, meta, seen):
+    def _entries(self, checked, image_ids, rank, num_old, seed, meta, seen):
         """(entry image positions [E], entry classes [E]: the rank valid in the entry, -1 = every class of rank
         >= ``num_old``), new-class entries first (by image id, then class), then the replay by class rank."""
         image_order = np.empty(len(image_ids), dtype=np.int64)
         by_id = np.argsort(image_ids, kind="stable")
         image_order[by_id] = np.arange(len(image_ids))
         annotation_image = image_order[np.maximum(checked.image_position, 0)]
-        is_new = (rank >= num_old) & (rank < num_seen)
+        is_new = rank >= num_old
         if self.phase == 0 or self.new_images == "new_classes":
             keys = np.unique(annotation_image[is_new])
             entry_image, entry_class = by_id[keys], np.full(len(keys), -1, dtype=np.int64)
@@ -370,8 +370,8 @@ class IncrementalPhaseBuilder:
     def _train_json(self, d, checked, meta, seen, num_old, seed, categories) -> dict:
         images, annotations = d["images"], d["annotations"]
         image_ids = np.fromiter((im["id"] for im in images), dtype=np.int64, count=len(images))
-        rank = np.where(checked.keep, _ranks(checked, seen), -1)
-        entry_image, entry_class = self._entries(checked, image_ids, rank, num_old, len(seen), seed, meta, seen)
+        rank = _ranks(checked, seen)
+        entry_image, entry_class = self._entries(checked, image_ids, rank, num_old, seed, meta, seen)
 
         # the seen annotations of every entry's image, vectorised: by image position, json order within one
         kept = np.flatnonzero(rank >= 0)
@@ -397,7 +397,7 @@ class IncrementalPhaseBuilder:
             zip(written.tolist(), entry_of.tolist(), written_rank.tolist(), valid.tolist())
         ):
             a = {k: value for k, value in annotations[i].items() if k != "valid"}
-            a.update(id=j + 1, image_id=e + 1, category_id=r + 1, source_annotation_id=annotations[i]["id"])
+            a.update(id=j + 1, image_id=e + 1, category_id=r + 1, source_annotation_id=annotations[i].get("id"))
             if not v:
                 a["valid"] = False
             out_annotations.append(a)
@@ -418,7 +418,7 @@ class IncrementalPhaseBuilder:
                 f"derived dataset {self.val_name!r}: {self.source_val} ({source_val.json_file}) lacks seen classes of "
                 f"{self.source}: category ids {_fmt_ids(missing)}"
             )
-        rank = np.where(checked.keep, _ranks(checked, seen), -1)
+        rank = _ranks(checked, seen)
         lists = _renumbered_lists(checked, seen)
         out_images = [_image(im, im["id"], lists, p) for p, im in enumerate(d["images"])]
         out_annotations = [
@@ -427,17 +427,22 @@ class IncrementalPhaseBuilder:
         return _with(d, images=out_images, annotations=out_annotations, categories=categories)
 
 
-def _ranks(checked, seen) -> np.ndarray:
-    """[A] rank of each annotation's class among ``seen`` (-1: unseen or unknown category)."""
-    rank_of_index = np.full(len(checked.category_ids) + 1, -1, dtype=np.int64)  # last: unknown (-1)
+def _rank_of_index(checked, seen) -> np.ndarray:
+    """[C + 1] rank among ``seen`` of each contiguous class of ``checked`` (-1: unseen); the last entry, -1, is
+    what an unknown category (class index -1) reads."""
+    rank_of_index = np.full(len(checked.category_ids) + 1, -1, dtype=np.int64)
     rank_of_index[np.searchsorted(checked.category_ids, seen)] = np.arange(len(seen))
-    return rank_of_index[checked.class_index]
+    return rank_of_index
+
+
+def _ranks(checked, seen) -> np.ndarray:
+    """[A] rank of each kept annotation's class among ``seen`` (-1: unseen, unknown category or dropped)."""
+    return np.where(checked.keep, _rank_of_index(checked, seen)[checked.class_index], -1)
 
 
 def _renumbered_lists(checked, seen) -> dict:
     """{key: per image (json order) list of renumbered ids (rank + 1) of the seen classes in it}."""
-    rank_of_index = np.full(len(checked.category_ids), -1, dtype=np.int64)
-    rank_of_index[np.searchsorted(checked.category_ids, seen)] = np.arange(len(seen))
+    rank_of_index = _rank_of_index(checked, seen)
     out = {}
     for key, per_image in checked.category_lists.items():
         ranks = [rank_of_index[np.asarray(c, dtype=np.int64)] for c in per_image]
