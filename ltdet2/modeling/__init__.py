@@ -2,6 +2,7 @@
 the teacher-student meta-architecture and its distillation terms."""
 
 from .box_generator import dense_boxes
+from .box_heads import LinearOutputConvFCHead
 from .box_predictors import LongTailOutputLayers
 from .classifiers import CosineClassifier, WeightNormCosineClassifier
 from .distillers import DistillationContext, MaskedFeatureDistillation, SharedRoIKLDistillation
@@ -13,6 +14,7 @@ from .roi_heads import LongTailROIHeads
 __all__ = [
     "dense_boxes",
     "sigmoid_background_probs",
+    "LinearOutputConvFCHead",
     "LongTailOutputLayers",
     "LongTailROIHeads",
     "CosineClassifier",
