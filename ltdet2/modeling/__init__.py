@@ -5,7 +5,12 @@ from .box_generator import dense_boxes
 from .box_heads import LinearOutputConvFCHead
 from .box_predictors import LongTailOutputLayers
 from .classifiers import CosineClassifier, WeightNormCosineClassifier
-from .distillers import DistillationContext, MaskedFeatureDistillation, SharedRoIKLDistillation
+from .distillers import (
+    DistillationContext,
+    MaskedFeatureDistillation,
+    OldClassLogitDistillation,
+    SharedRoIKLDistillation,
+)
 from .losses.sigmoid_background import sigmoid_background_probs
 from .mask_heads import NormalizedConv2d, NormalizedMaskRCNNConvUpsampleHead
 from .meta_arch import TeacherStudentRCNN
@@ -23,6 +28,7 @@ __all__ = [
     "NormalizedMaskRCNNConvUpsampleHead",
     "DistillationContext",
     "MaskedFeatureDistillation",
+    "OldClassLogitDistillation",
     "SharedRoIKLDistillation",
     "TeacherStudentRCNN",
 ]
