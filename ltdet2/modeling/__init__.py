@@ -12,7 +12,7 @@ from .distillers import (
     SharedRoIKLDistillation,
 )
 from .losses.sigmoid_background import sigmoid_background_probs
-from .mask_heads import NormalizedConv2d, NormalizedMaskRCNNConvUpsampleHead
+from .mask_heads import NormalizedConv2d, NormalizedMaskRCNNConvUpsampleHead, TransferMaskHead
 from .meta_arch import TeacherStudentRCNN
 from .roi_heads import LongTailROIHeads
 
@@ -26,6 +26,7 @@ __all__ = [
     "WeightNormCosineClassifier",
     "NormalizedConv2d",
     "NormalizedMaskRCNNConvUpsampleHead",
+    "TransferMaskHead",
     "DistillationContext",
     "MaskedFeatureDistillation",
     "OldClassLogitDistillation",

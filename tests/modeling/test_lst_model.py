@@ -13,10 +13,17 @@ from detectron2.config import instantiate
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead
 
-from ltdet2.modeling import CosineClassifier, DistillationContext, LinearOutputConvFCHead, OldClassLogitDistillation
+from ltdet2.modeling import (
+    CosineClassifier,
+    DistillationContext,
+    LinearOutputConvFCHead,
+    OldClassLogitDistillation,
+    TeacherStudentRCNN,
+    TransferMaskHead,
+)
 from ltdet2.modeling.expansion import expand_class_rows
 
-from fixtures.models import NUM_CLASSES, long_tail_cfg, make_batch, small_model_cfg
+from fixtures.models import NUM_CLASSES, long_tail_cfg, make_batch, small_model_cfg, train_losses
 
 FC_DIM = 256  # the small model's box head
 
@@ -167,3 +174,107 @@ def test_logit_distillation_is_zero_for_an_expanded_copy_and_without_new_boxes()
     assert loss.item() == 0.0 and loss.requires_grad
     with pytest.raises(ValueError, match="num_old_classes=3, but the teacher has 4 classes"):
         OldClassLogitDistillation(num_old_classes=3)(_context(teacher, student, batch))
+
+
+# --- transfer mask head --------------------------------------------------------------------------------
+
+
+def _transfer_heads(**options):
+    """The small Mask R-CNN's ROI heads with LST's box head, cosine classifier and a TransferMaskHead
+    (conv_dim 128, 28x28 masks) whose agnostic MLP has 8 hidden units unless ``options`` say otherwise."""
+    cfg = lst_model_cfg(mask=True)
+    cfg.roi_heads.mask_head._target_ = TransferMaskHead
+    cfg.roi_heads.mask_head.classifier_dim = FC_DIM
+    cfg.roi_heads.mask_head.agnostic_mlp_dim = options.pop("agnostic_mlp_dim", 8)
+    for key, value in options.items():
+        cfg.roi_heads.mask_head[key] = value
+    torch.manual_seed(0)
+    return instantiate(cfg.roi_heads)
+
+
+def test_transfer_mask_head_shapes_and_terms():
+    heads = _transfer_heads()
+    head = heads.mask_head
+    classifier = heads.box_predictor.cls_score
+    assert head._classifier is classifier
+    assert not any(name.startswith("_classifier") for name, _ in head.named_parameters())  # not registered twice
+    assert not hasattr(head, "predictor")
+    assert head.mask_weights().shape == (NUM_CLASSES, 128)
+    x = torch.randn(5, 128, 14, 14, generator=torch.Generator().manual_seed(4))
+    logits = head.layers(x)
+    assert logits.shape == (5, NUM_CLASSES, 28, 28)
+    # direct computation: features, then per class <T(w_c), h> + the agnostic MLP (the same for every class)
+    h = x
+    for layer in list(head.children())[:-2]:  # convs, deconv, ReLU (transfer and agnostic_mlp come last)
+        h = layer(h)
+    w = classifier.weight[:NUM_CLASSES]
+    transferred = F.leaky_relu(head.transfer[2](F.leaky_relu(head.transfer[0](w), 0.01)), 0.01)
+    agnostic = head.agnostic_mlp(h.flatten(1)).view(5, 28, 28)
+    for c in range(NUM_CLASSES):
+        expected = torch.einsum("d,ndyx->nyx", transferred[c], h) + agnostic
+        torch.testing.assert_close(logits[:, c], expected, rtol=1e-4, atol=1e-5)
+    # the agnostic term is identical across class channels: with zero transfer output, every channel is it
+    with torch.no_grad():
+        head.transfer[2].weight.zero_()
+        head.transfer[2].bias.zero_()
+    logits = head.layers(x)
+    assert torch.equal(logits, logits[:, :1].expand_as(logits))
+    torch.testing.assert_close(logits[:, 0], agnostic, rtol=1e-5, atol=1e-6)
+
+
+def test_transfer_mask_head_official_branch_size_and_linear_output():
+    head = _transfer_heads(agnostic_mlp_dim=None, output_activation=False).mask_head
+    assert isinstance(head.agnostic_mlp, torch.nn.Linear)
+    assert sum(p.numel() for p in head.agnostic_mlp.parameters()) == 128 * 784 * 784 + 784
+    assert isinstance(head.transfer[3], torch.nn.Identity)
+    assert _transfer_heads(agnostic_mlp_dim=0).mask_head.agnostic_mlp is None
+
+
+def test_transfer_mask_head_gradient_reaches_the_classifier_unless_stopped():
+    x = torch.randn(3, 128, 14, 14, generator=torch.Generator().manual_seed(5))
+    for stop_gradient in (False, True):
+        heads = _transfer_heads(stop_gradient=stop_gradient)
+        heads.mask_head.layers(x)[:, 2].sum().backward()
+        grad = heads.box_predictor.cls_score.weight.grad
+        assert heads.mask_head.transfer[0].weight.grad.abs().sum() > 0
+        if stop_gradient:
+            assert grad is None
+        else:  # only the row of the class whose channel took the loss
+            assert grad[2].abs().sum() > 0
+            assert torch.equal(grad[[0, 1, 3, 4, 5, 6]], torch.zeros(6, FC_DIM))
+
+
+def test_lst_teacher_student_mask_rcnn_trains_and_predicts_masks(tmp_path):
+    """Wiring: a phase-1 student (6 classes, expanded from its 4-class teacher) with the transfer mask head and the
+    logit distillation term trains one step with every loss, and predicts masks."""
+
+    def mask_cfg(num_classes):
+        cfg = lst_model_cfg(mask=True, num_classes=num_classes)
+        cfg.roi_heads.mask_head._target_ = TransferMaskHead
+        cfg.roi_heads.mask_head.classifier_dim = FC_DIM
+        cfg.roi_heads.mask_head.agnostic_mlp_dim = 8
+        return cfg
+
+    torch.manual_seed(0)
+    teacher = instantiate(mask_cfg(OLD))
+    weights = str(tmp_path / "teacher.pth")
+    torch.save({"model": teacher.state_dict()}, weights)
+    cfg = mask_cfg(NUM_CLASSES)
+    cfg._target_ = TeacherStudentRCNN
+    cfg.teacher, cfg.teacher_weights = mask_cfg(OLD), weights
+    cfg.distillers = [L(OldClassLogitDistillation)(num_old_classes=OLD)]
+    student = instantiate(cfg)
+    student.load_state_dict(expand_class_rows(teacher.state_dict(), old_num_classes=OLD, new_num_classes=NUM_CLASSES))
+    batch = make_batch(num_images=2, size=64, seed=3, mask=True)
+    batch[0]["instances"].gt_classes = torch.tensor([1, 4, 5])
+    losses = train_losses(student, batch)
+    assert set(losses) == {
+        "loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc", "loss_distill_logit"
+    }  # fmt: skip
+    assert student.teacher.roi_heads.mask_head._classifier is student.teacher.roi_heads.box_predictor.cls_score
+    sum(losses.values()).backward()
+    assert student.roi_heads.box_predictor.cls_score.weight.grad[:NUM_CLASSES].abs().sum(dim=1).gt(0).all()
+    student.eval()
+    with torch.no_grad():
+        instances = student([{k: v for k, v in batch[0].items() if k != "instances"}])[0]["instances"]
+    assert instances.pred_masks.shape[1:] == (64, 64)
