@@ -110,10 +110,20 @@ class AtomicCheckpointer(DetectionCheckpointer):
     whose :meth:`save_on_all_ranks` / :meth:`resume_or_load` keep each rank's own state (module docstring).
 
     After :meth:`resume_or_load`, ``resumed_from`` is the checkpoint training resumes from (None: none),
-    the same on every rank."""
+    the same on every rank.
+
+    ``class_expansion`` (a :class:`~ltdet2.modeling.expansion.ClassExpansion`, ``train.expand_classes``) grows
+    the class rows of the initial checkpoint that :meth:`resume_or_load` loads when it does not resume (LST's
+    network expansion), instead of Detectron2's "shape mismatch, skipped" for the classifier; a resume loads
+    the phase's own (already expanded) checkpoint as it is."""
 
     _temporary_prefix = ".tmp-"
     resumed_from = None
+    _loading_initial = None  # the initial checkpoint being loaded by resume_or_load (expanded), else None
+
+    def __init__(self, model, save_dir="", *, class_expansion=None, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.class_expansion = class_expansion
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
@@ -175,6 +185,12 @@ class AtomicCheckpointer(DetectionCheckpointer):
         except Exception as e:  # whatever torch.load / pickle raise for a damaged file
             raise DamagedCheckpointError(filename, e) from e
 
+    def _load_model(self, checkpoint):
+        if self._loading_initial is not None and self.class_expansion is not None:
+            where = f"train.init_checkpoint {self._loading_initial} of the phase in {self.save_dir or '.'}"
+            checkpoint["model"] = self.class_expansion(checkpoint["model"], self.model.state_dict(), where=where)
+        return super()._load_model(checkpoint)
+
     def resume_or_load(self, path, *, resume=True):
         """Resumes from the newest intact checkpoint of ``save_dir`` when ``resume`` and there is one
         (chosen on rank 0; every rank then loads it and its own rank state), else loads the weights of
@@ -190,7 +206,11 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
         self.resumed_from = on_main_process(choose)
         if self.resumed_from is None:
-            return super().resume_or_load(path, resume=False)
+            self._loading_initial = path
+            try:
+                return super().resume_or_load(path, resume=False)
+            finally:
+                self._loading_initial = None
         error, extra = None, loaded.get("rank 0")
         try:
             if extra is None:  # ranks >= 1 load what rank 0 chose

@@ -2,7 +2,8 @@
 
 The same steps and writers (progress printer, metrics.json, TensorBoard events) as Detectron2's
 ``tools/lazyconfig_train_net.py``; ltdet2 adds the evaluator's output folder, per-phase seeding,
-freezing (``train.trainable``), the memory warm-up (``train.memory_warmup``), and an exact resume:
+freezing (``train.trainable``), the network expansion of the initial checkpoint (``train.expand_classes``,
+LST), the memory warm-up (``train.memory_warmup``), and an exact resume:
 
 * every rank's RNG and own buffers come back from the checkpoint (:mod:`ltdet2.engine.checkpoint`);
 * the training batches come from RNG streams of the data loader's own (:class:`ReplayableLoader`), and
@@ -180,6 +181,23 @@ def build_model(cfg):
     return model
 
 
+def build_class_expansion(cfg):
+    """The network expansion of ``train.expand_classes`` (None: none): a dict of
+    :class:`~ltdet2.modeling.expansion.ClassExpansion`'s arguments (``old_num_classes``, and optionally
+    ``seed`` (default ``train.seed``), ``classifier_std``, ``regressor_std``, ``mask_std``)."""
+    options = cfg.train.get("expand_classes", None)
+    if not options:
+        return None
+    from ltdet2.modeling.expansion import ClassExpansion
+
+    options = dict(options)
+    options.setdefault("seed", cfg.train.get("seed", -1))
+    try:
+        return ClassExpansion(**options)
+    except TypeError as e:
+        raise TypeError(f"train.expand_classes={options}: {e}") from e
+
+
 def create_ddp_model(model, cfg):
     """Detectron2's ``create_ddp_model`` with ``train.ddp``; a model on the CPU (gloo) gets no
     ``device_ids`` (Detectron2 passes the local rank, which DDP refuses for CPU modules)."""
@@ -209,7 +227,9 @@ def do_train(cfg, *, resume=False):
 
     model = create_ddp_model(model, cfg)
     trainer = (AMPTrainerWithNamedLosses if cfg.train.amp.enabled else Trainer)(model, train_loader, optimizer)
-    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = AtomicCheckpointer(
+        model, cfg.train.output_dir, class_expansion=build_class_expansion(cfg), trainer=trainer
+    )
     trainer.register_hooks(
         [
             hooks.IterationTimer(),

@@ -2,25 +2,34 @@
 the teacher-student meta-architecture and its distillation terms."""
 
 from .box_generator import dense_boxes
+from .box_heads import LinearOutputConvFCHead
 from .box_predictors import LongTailOutputLayers
 from .classifiers import CosineClassifier, WeightNormCosineClassifier
-from .distillers import DistillationContext, MaskedFeatureDistillation, SharedRoIKLDistillation
+from .distillers import (
+    DistillationContext,
+    MaskedFeatureDistillation,
+    OldClassLogitDistillation,
+    SharedRoIKLDistillation,
+)
 from .losses.sigmoid_background import sigmoid_background_probs
-from .mask_heads import NormalizedConv2d, NormalizedMaskRCNNConvUpsampleHead
+from .mask_heads import NormalizedConv2d, NormalizedMaskRCNNConvUpsampleHead, TransferMaskHead
 from .meta_arch import TeacherStudentRCNN
 from .roi_heads import LongTailROIHeads
 
 __all__ = [
     "dense_boxes",
     "sigmoid_background_probs",
+    "LinearOutputConvFCHead",
     "LongTailOutputLayers",
     "LongTailROIHeads",
     "CosineClassifier",
     "WeightNormCosineClassifier",
     "NormalizedConv2d",
     "NormalizedMaskRCNNConvUpsampleHead",
+    "TransferMaskHead",
     "DistillationContext",
     "MaskedFeatureDistillation",
+    "OldClassLogitDistillation",
     "SharedRoIKLDistillation",
     "TeacherStudentRCNN",
 ]

@@ -10,9 +10,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from detectron2.structures import ImageList, Instances
+from detectron2.structures import Boxes, ImageList, Instances
 
-from .losses.distillation import EMPTY_MODES, kl_distillation, masked_feature_distillation
+from .losses.distillation import (
+    EMPTY_MODES,
+    LOGIT_MODES,
+    kl_distillation,
+    logit_distillation,
+    masked_feature_distillation,
+)
 
 
 @dataclass
@@ -233,9 +239,88 @@ class SharedRoIKLDistillation(nn.Module):
         return f"{self.classes!r}, weight={self.weight}, temperature={self.temperature}"
 
 
+def unscaled_cosine_logits(model: nn.Module, features: dict[str, torch.Tensor], boxes: list[Boxes]) -> torch.Tensor:
+    """``[G, C+1]`` cosines between the box-head features of ``boxes`` (per image, input-image pixels) and the rows
+    of ``model``'s cosine classifier (``roi_heads.box_predictor.cls_score.cosine``: no scale, no per-class norm)."""
+    heads = model.roi_heads
+    classifier = heads.box_predictor.cls_score
+    if not callable(getattr(classifier, "cosine", None)):
+        raise TypeError(
+            f"unscaled cosine logits need a cosine classifier (ltdet2.modeling.CosineClassifier) as the box "
+            f"predictor's cls_score; {type(model).__name__} has {type(classifier).__name__}"
+        )
+    pooled = heads.box_pooler([features[f] for f in heads.box_in_features], boxes)
+    return classifier.cosine(heads.box_head(pooled))
+
+
+class OldClassLogitDistillation(nn.Module):
+    """LST's logit distillation (paper Eq. 2): the previous phase's model (the teacher, K_old classes) and the
+    student compute the unscaled cosine logits of the old foreground classes (columns ``[:K_old]``, background
+    excluded) on the valid ground-truth boxes of the new classes (contiguous index >= K_old); the loss is
+    :func:`~ltdet2.modeling.losses.logit_distillation` between them times ``weight``.
+
+    Each model pools the boxes from its own FPN features and runs its own box head (the student's with gradients,
+    the teacher's under no_grad): the gradient reaches only the student. Images without a valid new-class box add
+    nothing (replayed entries: their new-class boxes are ignored, so they are not distilled, as the official code's
+    teacher json holds new-class images only); a batch without any gives 0 (still on the student's graph).
+    Logits are the unscaled cosines in [-1, 1] (official: ``cls_score`` without ``scale_cls``), so both models
+    need a :class:`~ltdet2.modeling.CosineClassifier`.
+
+    Official code: teacher logits dumped offline from the unflipped and flipped test-size image; here the teacher
+    runs online on the student's (same) augmented batch, equivalent at a fixed train size.
+
+    Args:
+        num_old_classes: K_old, the teacher's foreground classes (a prefix of the student's).
+        mode: ``"l2"`` (paper: L2 distance, mean over boxes) or ``"squared"`` (official: squared L2 summed over
+            classes, mean over boxes).
+        weight: 1 (paper and official).
+    """
+
+    def __init__(self, *, num_old_classes: int, mode: str = "l2", weight: float = 1.0):
+        super().__init__()
+        if mode not in LOGIT_MODES:
+            raise ValueError(f"OldClassLogitDistillation: mode={mode!r}; expected one of {LOGIT_MODES}")
+        if int(num_old_classes) < 1:
+            raise ValueError(f"OldClassLogitDistillation: num_old_classes={num_old_classes}; expected >= 1")
+        self.num_old_classes = int(num_old_classes)
+        self.mode = mode
+        self.weight = weight
+
+    def new_class_boxes(self, targets: list[Instances], device) -> list[Boxes]:
+        """Per image, its valid ground-truth boxes of new classes (contiguous index >= K_old)."""
+        boxes = []
+        for t in targets:
+            keep = t.gt_classes >= self.num_old_classes
+            if t.has("gt_valid"):
+                keep = keep & t.gt_valid
+            boxes.append(t.gt_boxes[keep.to(t.gt_boxes.device)].to(device))
+        return boxes
+
+    def forward(self, context: DistillationContext) -> dict[str, torch.Tensor]:
+        device = next(iter(context.student_features.values())).device
+        boxes = self.new_class_boxes(context.targets, device)
+        teacher_classes = context.teacher.roi_heads.num_classes
+        if teacher_classes != self.num_old_classes:
+            raise ValueError(
+                f"OldClassLogitDistillation: num_old_classes={self.num_old_classes}, but the teacher has "
+                f"{teacher_classes} classes"
+            )
+        with torch.no_grad():
+            teacher_logits = unscaled_cosine_logits(context.teacher, context.teacher_features, boxes)
+        student_logits = unscaled_cosine_logits(context.student, context.student_features, boxes)
+        old = self.num_old_classes
+        loss = logit_distillation(student_logits[:, :old], teacher_logits[:, :old], mode=self.mode)
+        return {"loss_distill_logit": loss * self.weight}
+
+    def extra_repr(self):
+        return f"num_old_classes={self.num_old_classes}, mode={self.mode!r}, weight={self.weight}"
+
+
 __all__ = [
     "DistillationContext",
     "MaskedFeatureDistillation",
+    "OldClassLogitDistillation",
     "SharedRoIKLDistillation",
+    "unscaled_cosine_logits",
     "box_masks",
 ]

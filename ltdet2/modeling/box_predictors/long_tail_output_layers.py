@@ -49,6 +49,9 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
         cls_bias_init: initial value of the linear ``cls_score``'s C+1 biases; None: the scoring's
             default (Detectron2's 0 for ``"softmax"``, ``-ln(999)`` for ``"sigmoid_background"``). Only
             for the linear ``cls_score`` (a ``classifier`` module initialises itself).
+        regressor_input_relu: ``bbox_pred`` reads ``ReLU(x)`` while the classifier reads ``x`` as it is (LST's
+            ``FPNCosinePredictor``, after a box head whose last FC has no ReLU,
+            :class:`~ltdet2.modeling.box_heads.LinearOutputConvFCHead`). False (default): both read ``x``.
         other arguments: those of :class:`FastRCNNOutputLayers`.
     """
 
@@ -61,9 +64,11 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
         cls_loss: nn.Module | None = None,
         class_scoring: str = "softmax",
         cls_bias_init: float | None = None,
+        regressor_input_relu: bool = False,
         **kwargs,
     ):
         super().__init__(input_shape, **kwargs)
+        self.regressor_input_relu = bool(regressor_input_relu)
         if class_scoring not in CLASS_SCORINGS:
             raise ValueError(
                 f"LongTailOutputLayers: class_scoring must be one of {CLASS_SCORINGS}, got {class_scoring!r}"
@@ -97,6 +102,14 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
     @classmethod
     def from_config(cls, cfg, input_shape):
         return super().from_config(cfg, input_shape)
+
+    def forward(self, x):
+        """``(scores [N, C+1], deltas [N, 4C or 4])`` of ``[N, D]`` features (more dimensions are flattened)."""
+        if not self.regressor_input_relu:
+            return super().forward(x)
+        if x.dim() > 2:
+            x = torch.flatten(x, start_dim=1)
+        return self.cls_score(x), self.bbox_pred(F.relu(x))
 
     def predict_class_probabilities(self, scores: torch.Tensor) -> torch.Tensor:
         """``[N, C+1]`` class probabilities (background column C) from ``[N, C+1]`` logits: the test-time

@@ -74,6 +74,9 @@ class LongTailROIHeads(StandardROIHeads):
     they were sampled (before ``train_on_pred_boxes`` replaces their boxes), for distillation terms that reuse
     the student's RoIs (:class:`~ltdet2.modeling.distillers.SharedRoIKLDistillation`); None before the first.
 
+    A mask head with ``bind_classifier`` (:class:`~ltdet2.modeling.TransferMaskHead`) is given the box predictor's
+    ``cls_score`` when the heads are built (the source of its class-specific mask weights).
+
     Args:
         feature_sources: modules with a ``stage`` and ``forward(context) -> ExtraRows or None``.
         indicators: name -> learning-status indicator (or its LazyConfig); owned (and checkpointed)
@@ -118,6 +121,9 @@ class LongTailROIHeads(StandardROIHeads):
                 f"box predictor (it trains on extra rows); got {type(self.box_predictor).__name__}"
             )
         self.bind_indicators()
+        bind_classifier = getattr(getattr(self, "mask_head", None), "bind_classifier", None)
+        if bind_classifier is not None:  # a mask head reading the box classifier (TransferMaskHead)
+            bind_classifier(self.box_predictor.cls_score)
         self._sampled_gt_indices = None
         self._targets = None
         self.latest_sampled_proposals = None
