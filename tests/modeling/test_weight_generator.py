@@ -4,6 +4,7 @@ DistillationContext and the phase-end step that writes the generated weights int
 import pytest
 import torch
 import torch.nn.functional as F
+from test_distillation import _context
 
 from ltdet2.modeling.weight_generator import MetaWeightGenerator
 
@@ -73,7 +74,7 @@ BASE, OLD = 2, 3  # of NUM_CLASSES = 6: classes 3, 4, 5 are new
 
 
 def _model_with_term(**term_options):
-    """A TeacherStudentRCNN (no teacher needed: the term does not read it) with a cosine classifier and the term."""
+    """A TeacherStudentRCNN with a cosine classifier and the term, its own teacher."""
     from detectron2.config import LazyCall as L
     from detectron2.config import instantiate
 
@@ -91,25 +92,9 @@ def _model_with_term(**term_options):
         )
     ]
     torch.manual_seed(0)
-    return instantiate(cfg).to(TEST_DEVICE)
-
-
-def _context(model, batch):
-    """A DistillationContext of ``model`` on ``batch`` with the RoIs its heads sample (the teacher: the model)."""
-    from detectron2.utils.events import EventStorage
-
-    from ltdet2.modeling import DistillationContext
-
-    model.train()
-    images = model.preprocess_image(batch)
-    targets = [x["instances"].to(model.device) for x in batch]
-    with EventStorage(0):
-        features = model.backbone(images.tensor)
-        proposals, _ = model.proposal_generator(images, features, targets)
-        model.roi_heads.label_and_sample_proposals(proposals, targets)
-    return DistillationContext(
-        images, features, features, targets, model.roi_heads.latest_sampled_proposals, model, model
-    )
+    model = instantiate(cfg).to(TEST_DEVICE)
+    object.__setattr__(model, "_teacher", model)  # the term never reads the teacher: no checkpoint needed
+    return model
 
 
 def _batch(seed):
