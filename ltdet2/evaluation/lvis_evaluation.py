@@ -14,6 +14,12 @@ Semantics reproduced from the official LVIS API (lvis 0.5.3):
   (box area w*h for bbox results, mask area for segm results);
 * APr/APc/APf average the categories whose ``frequency`` is "r"/"c"/"f".
 
+Optionally (``instance_buckets=True``), AP by training instance-count buckets as LST reports it
+(Hu et al., CVPR 2020, Tab. 1): ``AP(0,1]``, ``AP(0,5]``, ``AP(0,10]``, ``AP[10,100)``,
+``AP[100,1000)``, ``AP[1000,-)`` over the categories whose ``instance_count`` (training
+instances, stored in the ground truth's categories like ``frequency``) is in the interval;
+computed like APr/c/f (the official API's AP with ``cat_ids`` restricted to the bucket).
+
 All AP values are returned in percent, NaN where undefined (like Detectron2).
 
 Engine paths: bbox results (a list of dicts or an ``[N, 7]`` array) are reduced to numpy
@@ -44,6 +50,7 @@ from ltdet2.utils.json_io import read_json, write_json_atomic
 from . import fast_lvis_feed
 
 __all__ = [
+    "INSTANCE_COUNT_BUCKETS",
     "LVIS_METRICS",
     "LTLVISEvaluator",
     "evaluate_lvis",
@@ -56,6 +63,9 @@ logger = logging.getLogger(__name__)
 
 LVIS_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 _IOU_TYPES = ("bbox", "segm")
+# LST's training instance-count buckets (interval notation: "(" / ")" open, "[" / "]" closed, "-" unbounded);
+# the metric of bucket B is "AP" + B. The buckets overlap ((0,1] is inside (0,5]), as in the LST paper.
+INSTANCE_COUNT_BUCKETS = ("(0,1]", "(0,5]", "(0,10]", "[10,100)", "[100,1000)", "[1000,-)")
 # columns of an [N, 7] bbox results array, as faster-coco-eval's COCO.loadNumpyAnnotations
 RESULT_ARRAY_COLUMNS = ("image_id", "x", "y", "w", "h", "score", "category_id")
 
@@ -313,6 +323,46 @@ def _per_class_ap(precision, cat_ids):
     return ap
 
 
+def _bucket_mask(bucket, counts):
+    """[K] bool: ``counts`` ([K] training instance counts) inside the interval ``bucket`` (e.g. "[10,100)")."""
+    lo, hi = bucket[1:-1].split(",")
+    inside = counts > int(lo) if bucket[0] == "(" else counts >= int(lo)
+    if hi != "-":
+        inside &= counts <= int(hi) if bucket[-1] == "]" else counts < int(hi)
+    return inside
+
+
+def _instance_counts(gt):
+    """[K] training instance counts of the categories of ``gt`` (sorted ids); ValueError naming those without."""
+    cat_ids = sorted(gt.cats)
+    missing = [c for c in cat_ids if not isinstance(gt.cats[c].get("instance_count"), Number)]
+    if missing:
+        raise ValueError(
+            f"LVIS ground truth {gt.annotation_file}: categories {missing[:10]} have no 'instance_count' "
+            f"({len(missing)} of {len(cat_ids)}); AP by instance-count bucket needs the training instance "
+            "count of every category"
+        )
+    return np.array([gt.cats[c]["instance_count"] for c in cat_ids], dtype=np.int64)
+
+
+def _bucket_ap(precision, counts):
+    """
+    Args:
+        precision (ndarray): [T, R, K, A, M] precisions, -1 where undefined.
+        counts (ndarray): [K] training instance counts.
+    Returns:
+        dict: "AP" + bucket -> AP in percent over the bucket's categories (mean of their defined
+        precisions, IoU .50:.95, area "all", last maxDets, as the official API's APr/c/f); NaN if
+        no category of the bucket has ground truth.
+    """
+    out = {}
+    for bucket in INSTANCE_COUNT_BUCKETS:
+        p = precision[:, :, _bucket_mask(bucket, counts), 0, -1]
+        p = p[p > -1]
+        out["AP" + bucket] = float(p.mean()) * 100 if p.size else float("nan")
+    return out
+
+
 def _evaluate_public(gt, results, iou_type, max_dets):
     """
     faster-coco-eval's public LVIS path: ``COCO.loadRes`` + ``COCOeval_faster(lvis_style=True)``.
@@ -361,7 +411,7 @@ def _evaluate_public(gt, results, iou_type, max_dets):
     return coco_eval
 
 
-def evaluate_lvis(gt_json, results, iou_type="bbox", max_dets=300, *, return_per_class=False):
+def evaluate_lvis(gt_json, results, iou_type="bbox", max_dets=300, *, return_per_class=False, instance_buckets=False):
     """
     Evaluate LVIS-format results with LVIS semantics (official ``lvis`` API numbers,
     faster-coco-eval engine).
@@ -385,10 +435,14 @@ def evaluate_lvis(gt_json, results, iou_type="bbox", max_dets=300, *, return_per
         max_dets (int): max detections per image (over all categories); LVIS uses 300.
             Negative: no limit.
         return_per_class (bool): also return per-class AP.
+        instance_buckets (bool): also return AP by training instance-count bucket,
+            ``"AP" + b`` for b in :data:`INSTANCE_COUNT_BUCKETS` (needs every category's
+            ``instance_count``).
 
     Returns:
         dict[str, float]: {"AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"}
-        in percent, NaN where undefined (all NaN for empty results, like Detectron2).
+        (and the bucket metrics) in percent, NaN where undefined (all NaN for empty results,
+        like Detectron2).
         If ``return_per_class``: ``(metrics, per_class)`` where per_class is an OrderedDict
         category name -> AP in percent (IoU .50:.95, all areas), in category-id order,
         NaN for categories without evaluable ground truth.
@@ -406,8 +460,11 @@ def evaluate_lvis(gt_json, results, iou_type="bbox", max_dets=300, *, return_per
     cat_ids = sorted(gt.cats)
     names = [gt.cats[c]["name"] for c in cat_ids]
 
+    metric_names = LVIS_METRICS + (tuple("AP" + b for b in INSTANCE_COUNT_BUCKETS) if instance_buckets else ())
+    counts = _instance_counts(gt) if instance_buckets else None
+
     def _nan_output():
-        metrics = {m: float("nan") for m in LVIS_METRICS}
+        metrics = {m: float("nan") for m in metric_names}
         per_class = OrderedDict((n, float("nan")) for n in names)
         return (metrics, per_class) if return_per_class else metrics
 
@@ -441,9 +498,11 @@ def evaluate_lvis(gt_json, results, iou_type="bbox", max_dets=300, *, return_per
         "APm": "AP_medium", "APl": "AP_large", "APr": "APr", "APc": "APc", "APf": "APf",
     }  # fmt: skip
     metrics = {m: _to_percent(stats[k]) for m, k in keys.items()}
+    precision = np.asarray(coco_eval.eval["precision"])
+    if instance_buckets:
+        metrics.update(_bucket_ap(precision, counts))
     if not return_per_class:
         return metrics
-    precision = np.asarray(coco_eval.eval["precision"])
     ap = _per_class_ap(precision, cat_ids)
     per_class = OrderedDict((n, float(a)) for n, a in zip(names, ap))
     return metrics, per_class
@@ -457,7 +516,8 @@ def per_class_records(gt, per_class_ap):
     Returns:
         list[dict]: one record per category (id order) with keys id, name, frequency,
         image_count, instance_count, num_gt (annotations in the evaluated set), AP (percent,
-        None where undefined).
+        None where undefined), and source_id where the category has one (a derived dataset's
+        category: its id in the source dataset).
     """
     num_gt = {}
     for a in gt.anns.values():
@@ -466,17 +526,18 @@ def per_class_records(gt, per_class_ap):
     for cid in sorted(gt.cats):
         c = gt.cats[cid]
         ap = per_class_ap[c["name"]]
-        out.append(
-            {
-                "id": cid,
-                "name": c["name"],
-                "frequency": c.get("frequency"),
-                "image_count": c.get("image_count"),
-                "instance_count": c.get("instance_count"),
-                "num_gt": num_gt.get(cid, 0),
-                "AP": None if ap is None or math.isnan(ap) else ap,
-            }
-        )
+        record = {
+            "id": cid,
+            "name": c["name"],
+            "frequency": c.get("frequency"),
+            "image_count": c.get("image_count"),
+            "instance_count": c.get("instance_count"),
+            "num_gt": num_gt.get(cid, 0),
+            "AP": None if ap is None or math.isnan(ap) else ap,
+        }
+        if "source_id" in c:
+            record["source_id"] = c["source_id"]
+        out.append(record)
     return out
 
 
@@ -502,6 +563,7 @@ class LTLVISEvaluator(LVISEvaluator):
         output_dir=None,
         *,
         max_dets_per_image=300,
+        instance_buckets=False,
     ):
         """
         Args:
@@ -512,6 +574,9 @@ class LTLVISEvaluator(LVISEvaluator):
             output_dir (str): optional directory for "lvis_instances_results.json",
                 "instances_predictions.pth" and "per_class_ap_<task>.json".
             max_dets_per_image (int or None): max detections per image (LVIS: 300).
+            instance_buckets (bool): also report AP by training instance-count bucket
+                (``AP(0,1]`` ... ``AP[1000,-)``, see :data:`INSTANCE_COUNT_BUCKETS`; LST's metrics),
+                from the training instance counts the AP_r / AP_c / AP_f groups use.
         """
         self._logger = logging.getLogger(__name__)
         if tasks is not None and not isinstance(tasks, (list, tuple, set)):
@@ -535,6 +600,7 @@ class LTLVISEvaluator(LVISEvaluator):
         self._distributed = distributed
         self._output_dir = output_dir
         self._max_dets_per_image = 300 if max_dets_per_image is None else int(max_dets_per_image)
+        self._instance_buckets = bool(instance_buckets)
         self._cpu_device = torch.device("cpu")
 
         self._metadata = MetadataCatalog.get(dataset_name)
@@ -551,6 +617,8 @@ class LTLVISEvaluator(LVISEvaluator):
         self._lvis_api = load_lvis_gt(ground_truth)
         # Test-set json files have no annotations (evaluated by the LVIS server).
         self._do_evaluation = len(self._lvis_api.anns) > 0
+        if self._instance_buckets:
+            _instance_counts(self._lvis_api)  # fail early, naming the categories without counts
 
     def _eval_box_proposals(self, predictions):
         raise NotImplementedError(
@@ -608,6 +676,7 @@ class LTLVISEvaluator(LVISEvaluator):
                 iou_type=task,
                 max_dets=self._max_dets_per_image,
                 return_per_class=True,
+                instance_buckets=self._instance_buckets,
             )
             self._logger.info(f"Evaluation results for {task}: \n" + create_small_table(res))
             if self._output_dir:
