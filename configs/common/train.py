@@ -22,6 +22,10 @@ train = dict(
     # builders (LazyConfigs) of the datasets this phase trains on, e.g. ltdet2.data.ExemplarSetBuilder: built in
     # the phase's folder before it trains, registered whenever it runs (ltdet2.engine.derived)
     derived_datasets=[],
+    # LST network expansion: dict(old_num_classes=K_old) (optional: seed (default train.seed), classifier_std=0.01,
+    # regressor_std=0.001, mask_std=0.001) grows the class rows of train.init_checkpoint (the previous phase's
+    # model, K_old classes) to this phase's model; not applied on --resume. None: no expansion
+    expand_classes=None,
     # e.g. dict(images_per_class=5): fill memories and indicators before training (LOCE's code)
     memory_warmup=None,
     # a phase whose evaluation finds nothing (no results, or every metric NaN: no detection) is not

@@ -8,6 +8,7 @@ from .classifiers import CosineClassifier, WeightNormCosineClassifier
 from .distillers import (
     DistillationContext,
     MaskedFeatureDistillation,
+    MetaWeightGeneratorTerm,
     OldClassLogitDistillation,
     SharedRoIKLDistillation,
 )
@@ -15,6 +16,7 @@ from .losses.sigmoid_background import sigmoid_background_probs
 from .mask_heads import NormalizedConv2d, NormalizedMaskRCNNConvUpsampleHead, TransferMaskHead
 from .meta_arch import TeacherStudentRCNN
 from .roi_heads import LongTailROIHeads
+from .weight_generator import MetaWeightGenerator
 
 __all__ = [
     "dense_boxes",
@@ -29,6 +31,8 @@ __all__ = [
     "TransferMaskHead",
     "DistillationContext",
     "MaskedFeatureDistillation",
+    "MetaWeightGenerator",
+    "MetaWeightGeneratorTerm",
     "OldClassLogitDistillation",
     "SharedRoIKLDistillation",
     "TeacherStudentRCNN",

@@ -316,8 +316,11 @@ class OldClassLogitDistillation(nn.Module):
         return f"num_old_classes={self.num_old_classes}, mode={self.mode!r}, weight={self.weight}"
 
 
+from .meta_weight_term import MetaWeightGeneratorTerm  # noqa: E402  (it reads this module's context)
+
 __all__ = [
     "DistillationContext",
+    "MetaWeightGeneratorTerm",
     "MaskedFeatureDistillation",
     "OldClassLogitDistillation",
     "SharedRoIKLDistillation",
