@@ -43,6 +43,12 @@ def train_main(args):
 
     cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
+    # ltdet2's own modules log under "ltdet2.*": the same console and log.txt as Detectron2's logger (otherwise
+    # their INFO lines, e.g. what a derived dataset selected, would reach no handler)
+    from detectron2.utils.comm import get_rank
+    from detectron2.utils.logger import setup_logger
+
+    setup_logger(cfg.train.output_dir, distributed_rank=get_rank(), name="ltdet2", abbrev_name="ltdet2")
     return run_phases(
         cfg,
         resume=args.resume,

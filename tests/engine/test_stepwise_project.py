@@ -55,7 +55,7 @@ def test_stepwise_phases_instantiate_with_the_methods_pieces(name):
     assert transfer.model._target_.__name__ == "TeacherStudentRCNN"
     model = instantiate(transfer.model)  # no teacher yet: the runner fills it from train.teacher_from_phase
     assert [type(d).__name__ for d in model.distillers] == ["MaskedFeatureDistillation", "SharedRoIKLDistillation"]
-    assert [d.weight for d in model.distillers] == [1.0, 0.1]
+    assert [d.weight for d in model.distillers] == [0.01, 0.1]  # feature: ours for SGD (paper 1)
     quotas = {
         p: (by_name[p].train.derived_datasets[0].head_quota, by_name[p].train.derived_datasets[0].tail_quota)
         for p in ("head_expert", "transfer")
