@@ -378,10 +378,15 @@ def chain_teachers(phases):
 def teacher_model_config(model_cfg):
     """A copy of an earlier phase's model config to build its frozen model from: a teacher-student model's own
     teacher and distillation terms are left out (a teacher is the phase's student alone, as its checkpoint)."""
-    teacher = copy.deepcopy(model_cfg)
-    if "teacher" in teacher or "distillers" in teacher:
-        from detectron2.modeling import GeneralizedRCNN
+    from detectron2.config.instantiate import locate
+    from detectron2.modeling import GeneralizedRCNN
 
+    from ltdet2.modeling import TeacherStudentRCNN
+
+    teacher = copy.deepcopy(model_cfg)
+    target = teacher.get("_target_", None)
+    target = locate(target) if isinstance(target, str) else target
+    if isinstance(target, type) and issubclass(target, TeacherStudentRCNN):
         for key in ("teacher", "teacher_weights", "distillers"):
             teacher.pop(key, None)
         teacher._target_ = GeneralizedRCNN

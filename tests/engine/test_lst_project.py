@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from detectron2.config import instantiate
+from detectron2.modeling import GeneralizedRCNN
 
 from ltdet2.data.lt_shapes import NUM_CLASSES
-from ltdet2.engine.phases import load_config, resolve_phases, run_phases
+from ltdet2.engine.phases import chain_teachers, load_config, resolve_phases, run_phases
 
 from fixtures.models import ROOT, TEST_DEVICE
 
@@ -51,6 +52,11 @@ def test_lst_phases_follow_the_split_with_lsts_pieces(name):
         assert [type(d).__name__ for d in model.distillers] == ["OldClassLogitDistillation"]
         assert model.distillers[0].num_old_classes == previous.cfg.model.roi_heads.num_classes
         assert not any(p.startswith("backbone.bottom_up") for p in phase.cfg.train.trainable)
+    # a teacher copied from a teacher-student phase is that phase's student alone
+    chain_teachers(phases)
+    teacher = phases[-1].cfg.model.teacher
+    assert teacher._target_ is GeneralizedRCNN and "teacher" not in teacher and "distillers" not in teacher
+    assert teacher.roi_heads.num_classes == phases[-2].cfg.model.roi_heads.num_classes
 
 
 def tiny_overrides(output_dir):
