@@ -141,3 +141,43 @@ def lst_phases(
                 phase["train"].teacher_from_phase = list(phases)[-1]
         phases["base" if t == 0 else f"incremental_{t}"] = phase
     return phases
+
+
+def lvis_lst_phases(
+    model, dataloader, optimizer, train, *, num_classes, num_train_images, source, source_val, phase_images
+):
+    """LST's phases with the paper's LVIS settings (Sec. 4.1): batch 8; base on the top 270 classes at lr 0.01
+    for 10 epochs of ``num_train_images`` (steps at 6 and 8, 512 RoIs per image); then 6 phases at lr 0.002 for
+    10 epochs of ``phase_images`` (an estimate of a phase's entries; the builders log the real ones) with a step
+    after 6, 100 RoIs per image. The paper starts from a COCO Mask R-CNN; ``train.init_checkpoint`` decides."""
+    from .common.schedules import epochs_to_iters, multi_step
+
+    batch_size = 8  # the paper's
+
+    def iters(epochs, num_images):
+        return epochs_to_iters(epochs, num_images, batch_size)
+
+    dataloader.train.total_batch_size = batch_size
+    optimizer.lr = 0.01
+    base_iters = iters(10, num_train_images)  # the base classes are in nearly every image
+    train.max_iter = base_iters
+    model.roi_heads.batch_size_per_image = 512  # paper: 512 RoIs at 1:3 in the base phase
+    base_schedule = multi_step(
+        base_iters, steps=(iters(6, num_train_images), iters(8, num_train_images)), warmup_iters=1000
+    )
+    return lst_phases(
+        model,
+        dataloader,
+        optimizer,
+        base_schedule,
+        train,
+        num_classes=num_classes,
+        source=source,
+        source_val=source_val,
+        base=270,
+        num_phases=6,
+        incremental_iters=iters(10, phase_images),
+        incremental_schedule=lambda n: multi_step(n, steps=(n * 6 // 10,), warmup_iters=0),
+        incremental_lr=0.002,
+        incremental_rois=100,
+    )
