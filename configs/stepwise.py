@@ -124,29 +124,48 @@ def add_knowledge_transfer(
     return phase
 
 
-def lvis_phases(model, dataloader, optimizer, lr_multiplier, train, *, source, set_images, batch_size=16):
-    """The step-wise phases on LVIS with the R-CNN schedule we propose (reference §3; the paper's is Deformable
-    DETR's, no R-CNN schedule is published): ``pretrain`` the shared baseline schedule as given; ``head_expert``
-    1 epoch of D_head at 0.1x the base lr (paper: 1 epoch at 0.1x); ``transfer`` 2 epochs of D_tail at the base
-    lr, x0.1 after the first (paper). The paper's quotas (200 / 30, 50 / all) and the official step-wise RFS.
-    ``set_images``: estimated images of (D_head, D_tail), which set the epoch lengths (the sets are built when
-    their phases start; the builder logs their sizes: adjust max_iter when they differ much)."""
+def stepwise_phases(
+    model,
+    dataloader,
+    optimizer,
+    lr_multiplier,
+    train,
+    *,
+    source,
+    head_iters,
+    transfer_iters,
+    warmup_iters,
+    checkpoint_period,
+    quota_scale=1.0,
+    threshold_scale=1.0,
+):
+    """The step-wise phases: ``pretrain`` (``model`` ... ``train`` as given, on ``source``); ``head_expert``, from
+    it, ``head_iters`` on D_head at 0.1x the base lr (paper: 1 epoch at 0.1x); ``transfer`` ``transfer_iters`` on
+    D_tail at the base lr, x0.1 halfway (paper: 2 epochs, x0.1 after the first), teacher = the head expert. The
+    paper's quotas and the official RFS thresholds, times ``quota_scale`` / ``threshold_scale`` for a set of
+    another size. Returns the ``phases`` mapping."""
     from ltdet2.engine import make_phase
 
-    from .common.schedules import epochs_to_iters, multi_step
+    from .common.schedules import multi_step
 
     pretrain = make_phase(
         model=model, dataloader=dataloader, optimizer=optimizer, lr_multiplier=lr_multiplier, train=train
     )
-    head_iters = epochs_to_iters(1, set_images[0], batch_size)
-    transfer_iters = epochs_to_iters(2, set_images[1], batch_size)
 
     head_expert = make_phase(pretrain)
-    add_head_expert(head_expert, name=f"{source}_stepwise_d_head", source=source, scores_from_phase="pretrain")
-    head_expert["train"].init_from_phase = "pretrain"
+    add_head_expert(
+        head_expert,
+        name=f"{source}_stepwise_d_head",
+        source=source,
+        scores_from_phase="pretrain",
+        head_quota=round(D_HEAD_QUOTAS["head_quota"] * quota_scale),
+        tail_quota=round(D_HEAD_QUOTAS["tail_quota"] * quota_scale),
+        groups=scaled_groups(STEPWISE_HEAD_GROUPS, threshold_scale),
+    )
+    head_expert["train"].init_from_phase = "pretrain"  # explicit: an ablation may insert phases before it
     head_expert["train"].max_iter = head_iters
     head_expert["optimizer"].lr = optimizer.lr * 0.1
-    head_expert["lr_multiplier"] = multi_step(head_iters, steps=(), warmup_iters=100)
+    head_expert["lr_multiplier"] = multi_step(head_iters, steps=(), warmup_iters=warmup_iters)
 
     transfer = make_phase(pretrain)
     add_knowledge_transfer(
@@ -156,10 +175,36 @@ def lvis_phases(model, dataloader, optimizer, lr_multiplier, train, *, source, s
         name=f"{source}_stepwise_d_tail",
         source=source,
         scores_from_phase="pretrain",
+        head_quota=round(D_TAIL_QUOTAS["head_quota"] * quota_scale),
+        tail_quota=None,
+        groups=scaled_groups(STEPWISE_TAIL_GROUPS, threshold_scale),
     )
     transfer["train"].max_iter = transfer_iters
-    transfer["lr_multiplier"] = multi_step(transfer_iters, steps=(transfer_iters // 2,), warmup_iters=100)
+    transfer["lr_multiplier"] = multi_step(transfer_iters, steps=(transfer_iters // 2,), warmup_iters=warmup_iters)
     for phase in (head_expert, transfer):
-        phase["train"].init_checkpoint = ""  # from the phase before it, not ImageNet
-        phase["train"].checkpointer.period = 1000
+        phase["train"].init_checkpoint = ""  # from the phase before it (the runner gives it), not ImageNet
+        phase["train"].checkpointer.period = checkpoint_period
     return dict(pretrain=pretrain, head_expert=head_expert, transfer=transfer)
+
+
+def lvis_phases(model, dataloader, optimizer, lr_multiplier, train, *, source, set_images, batch_size=16):
+    """The step-wise phases on LVIS with the R-CNN schedule we propose (reference §3; the paper's is Deformable
+    DETR's, no R-CNN schedule is published): ``pretrain`` the shared baseline schedule as given; ``head_expert``
+    1 epoch of D_head at 0.1x the base lr (paper: 1 epoch at 0.1x); ``transfer`` 2 epochs of D_tail at the base
+    lr, x0.1 after the first (paper). The paper's quotas (200 / 30, 50 / all) and the official step-wise RFS.
+    ``set_images``: estimated images of (D_head, D_tail), which set the epoch lengths (the sets are built when
+    their phases start; the builder logs their sizes: adjust max_iter when they differ much)."""
+    from .common.schedules import epochs_to_iters
+
+    return stepwise_phases(
+        model,
+        dataloader,
+        optimizer,
+        lr_multiplier,
+        train,
+        source=source,
+        head_iters=epochs_to_iters(1, set_images[0], batch_size),
+        transfer_iters=epochs_to_iters(2, set_images[1], batch_size),
+        warmup_iters=100,
+        checkpoint_period=1000,
+    )
