@@ -18,6 +18,7 @@ import numpy as np
 
 from detectron2.data import MetadataCatalog
 
+from ..utils.files import file_identity
 from ..utils.json_io import read_json, write_json_atomic
 from .class_counts import class_counts
 from .datasets import _read_checked, _registered, _validated_meta, register_lvis_format_dataset
@@ -29,12 +30,6 @@ logger = logging.getLogger(__name__)
 
 RECORD_KEY = "ltdet2_derived"
 UNSELECTED_MODES = ("drop", "ignore")
-
-
-def file_identity(path: str) -> dict:
-    """JSON-able identity of a file's version: absolute path, size and modification time (ns)."""
-    st = os.stat(path)
-    return {"path": os.path.abspath(path), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
 
 
 def _changes(old, new, prefix="") -> list:

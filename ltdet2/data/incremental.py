@@ -244,8 +244,9 @@ class IncrementalPhaseBuilder:
         }
 
     def prepare(self, context) -> None:
+        from ..utils.files import file_identity
         from .datasets import _read_checked, _registered, _validated_meta
-        from .derived import RECORD_KEY, file_identity, is_up_to_date
+        from .derived import RECORD_KEY, is_up_to_date
 
         seed = self.seed if self.seed is not None else int(context.seed)
         source, source_val = _registered(self.source), _registered(self.source_val)

@@ -29,11 +29,11 @@ from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 
+from ..utils.files import file_identity
 from .checkpoint import AtomicCheckpointer
 from .exemplar_scoring import (
     SCORE_MODES,
     ScoreTableMismatch,
-    file_identity,
     load_score_table,
     save_score_table,
     score_annotations,

@@ -42,7 +42,6 @@ __all__ = [
     "save_score_table",
     "load_score_table",
     "ScoreTableMismatch",
-    "file_identity",
 ]
 
 logger = logging.getLogger("detectron2")
@@ -223,15 +222,6 @@ def score_annotations(
 
 
 # --- the table on disk ----------------------------------------------------------------------------------------
-
-
-def file_identity(path):
-    """Path, size and modification time of a local file (None for URLs or missing files): which version of a
-    checkpoint or dataset json produced something."""
-    if not path or "://" in path or not os.path.isfile(path):
-        return None
-    stat = os.stat(path)
-    return {"path": os.path.abspath(path), "size": stat.st_size, "mtime": stat.st_mtime}
 
 
 class ScoreTableMismatch(ValueError):

@@ -39,9 +39,9 @@ from tabulate import tabulate
 from detectron2.config import LazyConfig
 from detectron2.utils import comm
 
+from ..utils.files import file_identity
 from ..utils.json_io import read_json, write_json_atomic
 from .checkpoint import AtomicCheckpointer
-from .exemplar_scoring import file_identity
 from .launch import on_main_process, raise_if_any_rank_failed
 from .train_loop import FINAL_CHECKPOINT, build_model, create_ddp_model, do_test, do_train
 
