@@ -26,6 +26,8 @@ from ltdet2.data.lt_shapes import (
 from ltdet2.data.lt_shapes.__main__ import main as lt_shapes_cli
 from ltdet2.data.lvis_meta import frequency_from_image_count, load_lvis_meta
 
+from fixtures.models import TINY_LT_SHAPES
+
 # 12 classes with all three LVIS groups, small and fast to render
 MEDIUM = LTShapesSpec(
     num_train=300,
@@ -35,16 +37,8 @@ MEDIUM = LTShapesSpec(
     colors=("red", "blue"),
     fills=("solid", "outline"),
 )
-# 8 classes, rare + common only (too few images for > 100-image classes)
-TINY = LTShapesSpec(
-    num_train=60,
-    num_val=20,
-    image_size=64,
-    shapes=("circle", "star"),
-    colors=("red", "blue"),
-    fills=("solid", "striped"),
-    group_fractions=(0.5, 0.5, 0.0),
-)
+# 8 classes, rare + common only (too few images for > 100-image classes): the end-to-end tests' spec
+TINY = TINY_LT_SHAPES
 # 18 classes: every shape and fill (one colour), rare + common, 46 images of 48 px: generates in < 1 s
 SMALL = LTShapesSpec(
     num_train=40, num_val=6, image_size=48, colors=("red",), group_fractions=(0.5, 0.5, 0.0), val_min_instances=1
