@@ -14,6 +14,9 @@ are skipped, so an interrupted run continues). With ``--results-dir``, each fini
 and the per-seed APr; it is also written to ``<output-dir>/ablation_table.md`` (or the results dir).
 ``--paired fcbl_fhm-control ...`` adds paired differences per seed of those phase pairs, with whether each
 gap is beyond the seed spread (:func:`ltdet2.engine.results.format_paired_differences`).
+``--phases pretrain control ...`` runs and collects only those phases (each with ``--phase``, in the project's
+order; the phases they start from must have finished or be listed): a seed's results file then holds those,
+and a later run with more phases adds theirs to it. The tables label a phase that only some seeds ran.
 """
 
 import argparse
@@ -37,7 +40,8 @@ from ltdet2.utils.json_io import read_json
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lazyconfig_train_net.py")
 
 
-def run_seed(config_file, seed, output_dir, overrides):
+def run_seed(config_file, seed, output_dir, overrides, phases=None):
+    """Trains the seed's phases (``phases``: only those, one ``--phase`` run each; None: all)."""
     command = [
         sys.executable,
         TRAIN_SCRIPT,
@@ -48,15 +52,28 @@ def run_seed(config_file, seed, output_dir, overrides):
         f"train.output_dir={output_dir}",
         *overrides,
     ]
-    print("+", " ".join(command), flush=True)
-    subprocess.run(command, check=True)
+    for phase in phases or [None]:
+        selected = command[:4] + ["--phase", phase] + command[4:] if phase else command
+        print("+", " ".join(selected), flush=True)
+        subprocess.run(selected, check=True)
 
 
-def collect(config_file, output_dir, overrides, task):
-    """{phase: {task: metrics, per_class_ap_<task>: [...]}} of a finished seed folder."""
+def project_phases(config_file, overrides, only=None):
+    """The project's phase names in its order (``only``: those of them, checked to exist)."""
+    names = [phase.name for phase in resolve_phases(load_config(config_file, list(overrides)))]
+    unknown = sorted(set(only or ()) - set(names))
+    if unknown:
+        raise ValueError(f"--phases {unknown}: {config_file} has phases {names}")
+    return [name for name in names if only is None or name in only]
+
+
+def collect(config_file, output_dir, overrides, task, only=None):
+    """{phase: {task: metrics, per_class_ap_<task>: [...]}} of a finished seed folder (``only``: those phases)."""
     cfg = load_config(config_file, [f"train.output_dir={output_dir}", *overrides])
     phases = {}
     for phase in resolve_phases(cfg):
+        if only is not None and phase.name not in only:
+            continue
         if not os.path.isfile(phase.done_file):
             raise FileNotFoundError(f"phase '{phase.name}' has not finished: no {phase.done_file}")
         phases[phase.name] = phase_record(phase.done_file, task)
@@ -72,6 +89,7 @@ def main():
     parser.add_argument("--from-results", help="only build the table from the results files in this folder")
     parser.add_argument("--task", default="bbox")
     parser.add_argument("--no-run", action="store_true", help="only collect finished results")
+    parser.add_argument("--phases", nargs="+", help="run and collect only these phases (default: all)")
     parser.add_argument(
         "--paired",
         nargs="+",
@@ -87,27 +105,34 @@ def main():
     else:
         if not (args.config_file and args.output_dir):
             parser.error("--config-file and --output-dir are required (or give --from-results)")
+        all_phases = project_phases(args.config_file, args.overrides)
+        wanted = project_phases(args.config_file, args.overrides, args.phases)
         records = []
         for seed in args.seeds:
             results_file = os.path.join(args.results_dir, f"seed{seed}.json") if args.results_dir else None
-            if results_file and os.path.isfile(results_file):
-                print(f"seed {seed}: results file {results_file} exists, not run again", flush=True)
-                records.append(read_json(results_file, what="results"))
+            earlier = read_json(results_file, what="results") if results_file and os.path.isfile(results_file) else None
+            if earlier is not None and all(name in earlier["phases"] for name in wanted):
+                print(f"seed {seed}: results file {results_file} holds {wanted}, not run again", flush=True)
+                records.append(earlier)
                 continue
             seed_dir = os.path.join(args.output_dir, f"seed{seed}")
             commit = git_commit()  # the code the seed runs on, not the HEAD when it finishes
             if not args.no_run:
-                run_seed(args.config_file, seed, seed_dir, args.overrides)
+                run_seed(args.config_file, seed, seed_dir, args.overrides, args.phases and wanted)
+            phases = dict(earlier["phases"]) if earlier else {}  # a later run adds its phases to the file
+            phases.update(collect(args.config_file, seed_dir, args.overrides, args.task, wanted))
+            ordered = [name for name in all_phases if name in phases]
+            listed = [] if ordered == all_phases else ["--phases", *ordered]
             command = shlex.join(
                 ["scripts/ablation_table.py", "--config-file", args.config_file, "--seeds", str(seed)]
-                + ["--output-dir", args.output_dir, *args.overrides]
+                + ["--output-dir", args.output_dir, *listed, *args.overrides]
             )
             record = results_record(
                 project=args.config_file,
                 seed=seed,
                 command=command,
                 commit=commit,
-                phases=collect(args.config_file, seed_dir, args.overrides, args.task),
+                phases={name: phases[name] for name in ordered},
             )
             if results_file:
                 print(f"seed {seed}: wrote {write_results_file(results_file, record)}", flush=True)

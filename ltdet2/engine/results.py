@@ -109,27 +109,39 @@ def load_results_files(directory: str) -> list[dict]:
     return sorted(records, key=lambda r: r["seed"])
 
 
+def _phase_order(records: list[dict]) -> list[str]:
+    """Every phase of the records, in the first record's order, then those only later records hold."""
+    phases = {}
+    for record in records:
+        phases.update(dict.fromkeys(record["phases"]))
+    return list(phases)
+
+
+def _seeds_label(phase: str, holding: list[dict], records: list[dict]) -> str:
+    if len(holding) == len(records):
+        return phase
+    return f"{phase} (seed{'s' if len(holding) > 1 else ''} {', '.join(str(r['seed']) for r in holding)} only)"
+
+
 def format_mean_std_table(records: list[dict], task: str = "bbox", metrics=SUMMARY_METRICS) -> str:
-    """Markdown table: per phase (in the first record's order), mean ± std over the records (sample
-    standard deviation, n-1; blank with one record) of each metric, and APr per seed."""
+    """Markdown table: per phase (in the first record's order), mean ± std over the records that hold it
+    (sample standard deviation, n-1; blank with one record) of each metric, and APr per seed. A phase that
+    only some seeds ran (e.g. the ablation arms of a partly run project) is labelled with those seeds."""
     seeds = [r["seed"] for r in records]
-    phases = list(records[0]["phases"])
-    for record in records[1:]:
-        if list(record["phases"]) != phases:
-            raise ValueError(f"seed {record['seed']} has phases {list(record['phases'])}, seed {seeds[0]} {phases}")
     header = f"| phase ({task}; mean ± std over seeds {', '.join(map(str, seeds))}) | "
     lines = [header + " | ".join(metrics) + " | APr per seed |", "|---|" + "---:|" * (len(metrics) + 1)]
-    for phase in phases:
-        values = np.array([[r["phases"][phase][task][m] for m in metrics] for r in records], dtype=np.float64)
+    for phase in _phase_order(records):
+        holding = [r for r in records if phase in r["phases"]]
+        values = np.array([[r["phases"][phase][task][m] for m in metrics] for r in holding], dtype=np.float64)
         means = np.nanmean(values, axis=0)
         cells = []
         for column, mean in enumerate(means):
-            if len(records) > 1:
+            if len(holding) > 1:
                 cells.append(f"{mean:.2f} ± {np.nanstd(values[:, column], ddof=1):.2f}")
             else:
                 cells.append(f"{mean:.2f}")
         per_seed = ", ".join(f"{v:.2f}" for v in values[:, list(metrics).index("APr")]) if "APr" in metrics else ""
-        lines.append(f"| {phase} | " + " | ".join(cells) + f" | {per_seed} |")
+        lines.append(f"| {_seeds_label(phase, holding, records)} | " + " | ".join(cells) + f" | {per_seed} |")
     return "\n".join(lines)
 
 
@@ -141,7 +153,8 @@ def format_paired_differences(
     reference) pair of phases. "beyond spread (paired / seeds)" answers the house standard (a gap within the
     seed spread is no result) two ways, each "yes" only when every seed agrees on the sign: paired, the
     mean difference is larger than the sample std of the per-seed differences; seeds, it is larger than
-    the seed spread (sample std over seeds) of both phases' own values, the stricter reading."""
+    the seed spread (sample std over seeds) of both phases' own values, the stricter reading. A pair is
+    computed over the seeds that ran both phases (labelled when not all did; no result with fewer than 2)."""
     if len(records) < 2:
         raise ValueError("paired differences need the results of at least 2 seeds")
     seeds = [r["seed"] for r in records]
@@ -153,13 +166,20 @@ def format_paired_differences(
     ]
     for method, reference in pairs:
         for phase in (method, reference):
-            absent = [r["seed"] for r in records if phase not in r["phases"]]
-            if absent:
-                raise ValueError(f"phase {phase!r} is not in the results of seed(s) {absent}")
+            if not any(phase in r["phases"] for r in records):
+                raise ValueError(f"phase {phase!r} is not in the results of seed(s) {seeds}")
+        holding = [r for r in records if method in r["phases"] and reference in r["phases"]]
+        label = _seeds_label(f"{method} − {reference}", holding, records)
+        if len(holding) < 2:
+            held = ", ".join(str(r["seed"]) for r in holding) or "none"
+            lines.append(
+                f"| {label} | " + " | ".join("—" for _ in metrics) + f" | no result: seeds with both: {held} |"
+            )
+            continue
         cells, verdicts = [], []
         for metric in metrics:
-            a = np.array([r["phases"][method][task][metric] for r in records], dtype=np.float64)
-            b = np.array([r["phases"][reference][task][metric] for r in records], dtype=np.float64)
+            a = np.array([r["phases"][method][task][metric] for r in holding], dtype=np.float64)
+            b = np.array([r["phases"][reference][task][metric] for r in holding], dtype=np.float64)
             diff = a - b
             agree = bool(np.all(diff > 0) or np.all(diff < 0))
             paired = agree and abs(diff.mean()) > np.std(diff, ddof=1)
@@ -167,7 +187,7 @@ def format_paired_differences(
             verdicts.append(f"{metric} {'yes' if paired else 'no'}/{'yes' if seeds_apart else 'no'}")
             per_seed = ", ".join(f"{d:+.2f}" for d in diff)
             cells.append(f"{diff.mean():+.2f} ± {np.std(diff, ddof=1):.2f} ({per_seed})")
-        lines.append(f"| {method} − {reference} | " + " | ".join(cells) + f" | {', '.join(verdicts)} |")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {', '.join(verdicts)} |")
     return "\n".join(lines)
 
 
