@@ -13,6 +13,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.utils.events import get_event_storage
 
 from ..distillers import DistillationContext
+from .shared_stages import SharedStagesBottomUp, StageOutputs, shared_frozen_stages
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +43,13 @@ class TeacherStudentRCNN(GeneralizedRCNN):
     ``torch.no_grad()``. After a resume it is built again from ``teacher_weights``. Inference is the student
     alone. Without distillers the model is exactly :class:`GeneralizedRCNN` (no teacher is built).
 
-    In a training step the student runs as GeneralizedRCNN does; the teacher's backbone then runs on the
-    same images, and each term sees a :class:`DistillationContext` (the student's images, both models' FPN
-    features, the ground truth, the student's sampled RoIs from ``roi_heads.latest_sampled_proposals``, kept
-    by :class:`~ltdet2.modeling.LongTailROIHeads`). The teacher runs after the student, without random draws,
-    so the student's losses are those GeneralizedRCNN computes on the same batch and seed.
+    In a training step the student runs as GeneralizedRCNN does; the teacher's backbone runs on the same
+    images right after the student's (by default taking from the student the outputs of the leading ResNet
+    stages that are frozen there and hold the teacher's weights, see ``share_frozen_stages``), and each term
+    sees a :class:`DistillationContext` (the student's images, both models' FPN features, the ground truth, the
+    student's sampled RoIs from ``roi_heads.latest_sampled_proposals``, kept by
+    :class:`~ltdet2.modeling.LongTailROIHeads`). The teacher draws no random numbers, so the student's losses
+    are those GeneralizedRCNN computes on the same batch and seed.
 
     Args:
         teacher: the teacher model, or its LazyConfig; None until the phase runner fills it
@@ -54,6 +57,11 @@ class TeacherStudentRCNN(GeneralizedRCNN):
             usually arrives as a module (with random weights until ``teacher_weights`` are loaded).
         teacher_weights: checkpoint of the teacher (the runner sets the phase's final checkpoint).
         distillers: distillation terms, e.g. :class:`~ltdet2.modeling.distillers.MaskedFeatureDistillation`.
+        share_frozen_stages: the teacher reuses the student's outputs of the longest prefix of ResNet stages
+            (stem, res2, ...) that are frozen in the student (no trainable parameter, no BatchNorm in train mode)
+            and equal to the teacher's (:func:`~ltdet2.modeling.meta_arch.shared_stages.shared_frozen_stages`;
+            logged when the teacher is built). The teacher's features are the same; only the repeated work goes
+            (ours; e.g. the whole ResNet in step-wise transfer and LST's incremental phases).
         other arguments: those of :class:`GeneralizedRCNN`.
     """
 
@@ -64,11 +72,14 @@ class TeacherStudentRCNN(GeneralizedRCNN):
         teacher: nn.Module | Mapping | None = None,
         teacher_weights: str | None = None,
         distillers: Sequence[nn.Module] = (),
+        share_frozen_stages: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.distillers = nn.ModuleList(distillers)
         self.teacher_weights = teacher_weights
+        self.share_frozen_stages = share_frozen_stages
+        object.__setattr__(self, "_student_stages", None)  # StageOutputs of the shared stages, set with the teacher
         # plain attributes (object.__setattr__): nn.Module would register a module as a submodule
         object.__setattr__(self, "_teacher_spec", teacher)
         object.__setattr__(self, "_teacher", None)
@@ -117,20 +128,35 @@ class TeacherStudentRCNN(GeneralizedRCNN):
             )
         teacher.to(self.device).eval().requires_grad_(False)
         logger.info(f"TeacherStudentRCNN: teacher {type(teacher).__name__} built from {path}")
+        shared = shared_frozen_stages(self, teacher) if self.share_frozen_stages else []
+        if shared:
+            object.__setattr__(self, "_student_stages", StageOutputs(self.backbone.bottom_up, shared))
+            teacher.backbone.bottom_up = SharedStagesBottomUp(teacher.backbone.bottom_up, shared, self._student_stages)
+            logger.info(
+                f"TeacherStudentRCNN: the teacher takes the outputs of {shared} from the student (frozen there)"
+            )
         return teacher
 
     def forward(self, batched_inputs):
         if not self.training or not self.distillers:
             return super().forward(batched_inputs)
 
-        if self._teacher is None:
-            self._check_teacher_weights()  # fail before the student's step; build after it (no random draws)
+        # built before the student's step (so that it can take the student's frozen stages), without touching the
+        # student's random draws (instantiate runs under fork_rng, loading draws nothing)
+        teacher = self.teacher_model()
         # GeneralizedRCNN's training step, keeping the images and features for the distillers
         images = self.preprocess_image(batched_inputs)
         gt_instances = (
             [x["instances"].to(self.device) for x in batched_inputs] if "instances" in batched_inputs[0] else None
         )
-        features = self.backbone(images.tensor)
+        if self._student_stages is not None:
+            self._student_stages.start()
+        try:
+            features = self.backbone(images.tensor)
+            teacher_features = self._teacher_features(teacher, batched_inputs, images)
+        finally:
+            if self._student_stages is not None:
+                self._student_stages.take()
         if self.proposal_generator is not None:
             proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
         else:
@@ -141,15 +167,6 @@ class TeacherStudentRCNN(GeneralizedRCNN):
             self.visualize_training(batched_inputs, proposals)
         losses = {**detector_losses, **proposal_losses}
 
-        teacher = self.teacher_model()
-        with torch.no_grad():
-            teacher_images = teacher.preprocess_image(batched_inputs)
-            if teacher_images.tensor.shape != images.tensor.shape:
-                raise ValueError(
-                    f"TeacherStudentRCNN: the teacher pads the batch to {tuple(teacher_images.tensor.shape)}, the "
-                    f"student to {tuple(images.tensor.shape)}; their backbones need the same size_divisibility"
-                )
-            teacher_features = teacher.backbone(teacher_images.tensor)
         context = DistillationContext(
             images=images,
             student_features=features,
@@ -168,3 +185,15 @@ class TeacherStudentRCNN(GeneralizedRCNN):
                     )
                 losses[name] = value
         return losses
+
+    @torch.no_grad()
+    def _teacher_features(self, teacher, batched_inputs, images):
+        """The teacher's FPN features of the batch (right after the student's backbone: the shared stages' outputs
+        are those the student just recorded)."""
+        teacher_images = teacher.preprocess_image(batched_inputs)
+        if teacher_images.tensor.shape != images.tensor.shape:
+            raise ValueError(
+                f"TeacherStudentRCNN: the teacher pads the batch to {tuple(teacher_images.tensor.shape)}, the "
+                f"student to {tuple(images.tensor.shape)}; their backbones need the same size_divisibility"
+            )
+        return teacher.backbone(teacher_images.tensor)
