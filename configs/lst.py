@@ -13,6 +13,7 @@ import numpy as np
 from detectron2.config import LazyCall as L
 
 from ltdet2.data import IncrementalPhaseBuilder, ValidityDatasetMapper
+from ltdet2.data.lt_shapes import NUM_CLASSES as LT_SHAPES_NUM_CLASSES
 from ltdet2.engine import make_phase
 from ltdet2.engine.weight_generation import WEIGHT_GENERATION_OPTIONS
 from ltdet2.modeling import (
@@ -30,6 +31,7 @@ from .long_tail import box_feature_dim, use_long_tail_heads
 # is the option LST_TOP3_FROZEN_TRAINABLE); FPN, RPN, box and mask heads train
 LST_INCREMENTAL_TRAINABLE = ["backbone.fpn_", "proposal_generator.", "roi_heads."]
 LST_TOP3_FROZEN_TRAINABLE = [r"backbone\.bottom_up\.(stem|res2)\.", *LST_INCREMENTAL_TRAINABLE]
+LT_SHAPES_INCREMENTAL_ITERS = 100
 # lst_phases(weight_generator=...): MetaWeightGeneratorTerm's options (the class sizes come from the split)
 GENERATOR_TERM_OPTIONS = ("weight", "ema_momentum", "attention_scale")
 
@@ -255,4 +257,34 @@ def lvis_lst_phases(
         incremental_schedule=lambda n: multi_step(n, steps=(n * 6 // 10,), warmup_iters=0),
         incremental_lr=0.002,
         incremental_rois=100,
+    )
+
+
+def lt_shapes_lst_phases(model, dataloader, optimizer, lr_multiplier, train, **options):
+    """LST's phases on LT-Shapes for a CPU (projects/lst.py, projects/lst_ablation.py): ``base`` on the top 30 of
+    the 72 classes (``train`` / ``lr_multiplier`` as given: the LT-Shapes schedule), then 3 phases of 14 classes
+    (the last one 14 of the 18 rare classes), :data:`LT_SHAPES_INCREMENTAL_ITERS` iterations each at 0.2x the
+    base lr (paper: 0.01 -> 0.002) with a step after 60%; the class-agnostic mask MLP 64 wide (the official single
+    layer would be ~79M parameters here). ``options``: further :func:`lst_phases` arguments (``weight_generator``,
+    ``distill``, ``chain_name``, ``from_phase``, ...)."""
+    from .common.schedules import multi_step
+
+    return lst_phases(
+        model,
+        dataloader,
+        optimizer,
+        lr_multiplier,
+        train,
+        **{
+            "num_classes": LT_SHAPES_NUM_CLASSES,
+            "source": "lt_shapes_train",
+            "source_val": "lt_shapes_val",
+            "base": 30,
+            "num_phases": 3,
+            "incremental_iters": LT_SHAPES_INCREMENTAL_ITERS,
+            "incremental_schedule": lambda iters: multi_step(iters, steps=(iters * 6 // 10,), warmup_iters=10),
+            "incremental_lr": optimizer.lr * 0.2,
+            "agnostic_mlp_dim": 64,
+            **options,
+        },
     )

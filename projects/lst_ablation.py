@@ -15,14 +15,13 @@
 from ltdet2.engine import make_phase
 
 from ..configs.common.schedules import multi_step
-from ..configs.lst import lst_phases
+from ..configs.lst import LT_SHAPES_INCREMENTAL_ITERS, LT_SHAPES_NUM_CLASSES, lt_shapes_lst_phases
 from ..configs.lt_shapes_defaults import MAX_ITER, dataloader, lr_multiplier, optimizer, train
 from ..configs.models.mask_rcnn_r18_fpn_small import model
 from ..configs.rio import add_rfs
-from .lst import INCREMENTAL_ITERS, NUM_CLASSES
 
 train.output_dir = "output/lst_ablation"
-JOINT_ITERS = MAX_ITER + 3 * INCREMENTAL_ITERS  # the LST chain's iterations
+JOINT_ITERS = MAX_ITER + 3 * LT_SHAPES_INCREMENTAL_ITERS  # the LST chain's iterations
 
 joint = make_phase(
     model=model,
@@ -32,30 +31,19 @@ joint = make_phase(
     # the LT-Shapes schedule (steps at 3/4 and 37/40, 100 warm-up iterations) stretched to JOINT_ITERS
     lr_multiplier=multi_step(JOINT_ITERS, steps=(JOINT_ITERS * 3 // 4, JOINT_ITERS * 37 // 40), warmup_iters=100),
 )
-joint["model"].roi_heads.num_classes = NUM_CLASSES
+joint["model"].roi_heads.num_classes = LT_SHAPES_NUM_CLASSES
 joint["train"].update(max_iter=JOINT_ITERS, init_from_phase="")  # independent: from scratch, like base
 joint["dataloader"].evaluator.instance_buckets = True  # as LST's phases report
 
 joint_rfs = make_phase(joint)
 add_rfs(joint_rfs["dataloader"])
 
-# projects/lst.py's chain (the same arguments), then the two variants from its base
-lst_options = dict(
-    num_classes=NUM_CLASSES,
-    source="lt_shapes_train",
-    source_val="lt_shapes_val",
-    base=30,
-    num_phases=3,
-    incremental_iters=INCREMENTAL_ITERS,
-    incremental_schedule=lambda iters: multi_step(iters, steps=(iters * 6 // 10,), warmup_iters=10),
-    incremental_lr=optimizer.lr * 0.2,
-    agnostic_mlp_dim=64,
-)
+# projects/lst.py's chain, then the two variants from its base
 pieces = (model, dataloader, optimizer, lr_multiplier, train)
-lst = lst_phases(*pieces, **lst_options)
+lst = lt_shapes_lst_phases(*pieces)
 lst["base"]["train"].init_from_phase = ""  # not from joint_rfs, the phase before it here
-mwg = lst_phases(*pieces, chain_name="mwg", from_phase="base", weight_generator=dict(row_norm="keep"), **lst_options)
-no_distill = lst_phases(*pieces, chain_name="no_distill", from_phase="base", distill=False, **lst_options)
+mwg = lt_shapes_lst_phases(*pieces, chain_name="mwg", from_phase="base", weight_generator=dict(row_norm="keep"))
+no_distill = lt_shapes_lst_phases(*pieces, chain_name="no_distill", from_phase="base", distill=False)
 
 phases = dict(joint=joint, joint_rfs=joint_rfs, **lst, **mwg, **no_distill)
-del model, dataloader, optimizer, lr_multiplier, pieces, joint, joint_rfs, lst_options, lst, mwg, no_distill
+del model, dataloader, optimizer, lr_multiplier, pieces, joint, joint_rfs, lst, mwg, no_distill
