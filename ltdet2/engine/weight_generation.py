@@ -53,10 +53,11 @@ def generation_loader(dataset_name, *, augmentations=(), image_format="BGR", bat
 
 
 def _the_term(model, owner="write_generated_weights"):
-    terms = [m for m in getattr(model, "module", model).modules() if isinstance(m, MetaWeightGeneratorTerm)]
+    model = getattr(model, "module", model)  # a DDP wrapper
+    terms = [m for m in model.modules() if isinstance(m, MetaWeightGeneratorTerm)]
     if len(terms) != 1:
         raise ValueError(
-            f"{owner}: the model ({type(getattr(model, 'module', model)).__name__}) must hold exactly one "
+            f"{owner}: the model ({type(model).__name__}) must hold exactly one "
             f"MetaWeightGeneratorTerm (e.g. in model.distillers); found {len(terms)}"
         )
     return terms[0]
