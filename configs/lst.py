@@ -4,7 +4,8 @@
 # instance-level balanced replay of the old classes (ltdet2.data.IncrementalPhaseBuilder), with the network
 # expanded (old rows copied), the ResNet frozen, and the old classes' cosine logits distilled from the frozen
 # previous phase on the new classes' boxes. The box branch is LST's: the cosine classifier (scale 10, learnable)
-# on the last FC without its ReLU, the regressor on ReLU of it; the mask head is MaskX-style.
+# on the last FC without its ReLU, the regressor on ReLU of it; the mask head is MaskX-style. Optionally (off by
+# default) the meta weight generator trains with each incremental phase and writes the new classes' rows at its end.
 import copy
 
 import numpy as np
@@ -12,10 +13,13 @@ import numpy as np
 from detectron2.config import LazyCall as L
 
 from ltdet2.data import IncrementalPhaseBuilder, ValidityDatasetMapper
+from ltdet2.data.lt_shapes import NUM_CLASSES as LT_SHAPES_NUM_CLASSES
 from ltdet2.engine import make_phase
+from ltdet2.engine.weight_generation import WEIGHT_GENERATION_OPTIONS
 from ltdet2.modeling import (
     CosineClassifier,
     LinearOutputConvFCHead,
+    MetaWeightGeneratorTerm,
     OldClassLogitDistillation,
     TeacherStudentRCNN,
     TransferMaskHead,
@@ -27,6 +31,9 @@ from .long_tail import box_feature_dim, use_long_tail_heads
 # is the option LST_TOP3_FROZEN_TRAINABLE); FPN, RPN, box and mask heads train
 LST_INCREMENTAL_TRAINABLE = ["backbone.fpn_", "proposal_generator.", "roi_heads."]
 LST_TOP3_FROZEN_TRAINABLE = [r"backbone\.bottom_up\.(stem|res2)\.", *LST_INCREMENTAL_TRAINABLE]
+LT_SHAPES_INCREMENTAL_ITERS = 100
+# lst_phases(weight_generator=...): MetaWeightGeneratorTerm's options (the class sizes come from the split)
+GENERATOR_TERM_OPTIONS = ("weight", "ema_momentum", "attention_scale")
 
 
 def phase_class_counts(num_classes, *, base, num_phases):
@@ -75,6 +82,37 @@ def use_phase_datasets(dataloader, *, name, source, source_val, base, num_phases
     return [builder]
 
 
+def split_generator_options(options):
+    """``lst_phases``' ``weight_generator`` dict as (the term's options, ``train.weight_generation``)."""
+    options = dict(options)
+    unknown = sorted(set(options) - set(GENERATOR_TERM_OPTIONS) - set(WEIGHT_GENERATION_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"lst_phases: weight_generator has unknown options {unknown}; known: the term's "
+            f"{list(GENERATOR_TERM_OPTIONS)} and the phase-end write's {list(WEIGHT_GENERATION_OPTIONS)}"
+        )
+    term = {k: v for k, v in options.items() if k in GENERATOR_TERM_OPTIONS}
+    return term, {k: v for k, v in options.items() if k in WEIGHT_GENERATION_OPTIONS}
+
+
+def add_weight_generator(phase, *, base, num_old_classes, num_classes, options):
+    """LST's meta weight generator in an incremental phase with a teacher-student model: its episodic term in
+    ``model.distillers`` and the phase-end write of the new classes' rows (``train.weight_generation``)."""
+    term, write = split_generator_options(options)
+    model = phase["model"]
+    model.distillers.append(
+        L(MetaWeightGeneratorTerm)(
+            num_base_classes=base,
+            num_old_classes=num_old_classes,
+            num_classes=num_classes,
+            feature_dim=box_feature_dim(model),
+            **term,
+        )
+    )
+    phase["train"].weight_generation = write
+    return phase
+
+
 def lst_phases(
     model,
     dataloader,
@@ -96,6 +134,9 @@ def lst_phases(
     trainable=LST_INCREMENTAL_TRAINABLE,
     agnostic_mlp_dim=None,
     name_prefix=None,
+    weight_generator=None,
+    chain_name="incremental",
+    from_phase=None,
     **builder_options,
 ):
     """The ``phases`` of LST: ``base`` (``model`` / ``optimizer`` / ``lr_multiplier`` / ``train`` as given, on
@@ -103,18 +144,42 @@ def lst_phases(
     with ``incremental_schedule(iters)`` at ``incremental_lr``, ``incremental_rois`` sampled RoIs per image
     (None: as given), started from the previous phase's model with its classes expanded, the ResNet frozen
     (``trainable``), and (``distill``) the previous phase as the teacher of the old classes' logits.
+
+    ``weight_generator``: None (off, the default), or a dict of
+    :class:`~ltdet2.modeling.MetaWeightGeneratorTerm` options (``weight``, ``ema_momentum``,
+    ``attention_scale``) and of the phase-end write (``row_norm``, ``batch_size``, ``num_workers``;
+    :mod:`ltdet2.engine.weight_generation`): every incremental phase then trains the generator and writes its
+    new classes' rows at its end. It needs ``distill`` (the term runs in :class:`TeacherStudentRCNN`, which
+    always builds its teacher when it has terms).
+
+    ``chain_name`` / ``from_phase``, for ablations of several chains in one project: with ``from_phase`` (an
+    earlier phase of the project with the base classes, e.g. ``"base"``) only ``<chain_name>_1..T`` are
+    returned, the first started from (and distilled from) ``from_phase``, each later one from its predecessor
+    in the chain (named explicitly: other chains may lie between them); their datasets are registered as
+    ``<name_prefix>_<chain_name>_phase<t>`` (every phase builds its own in its folder).
     ``builder_options``: those of :class:`~ltdet2.data.IncrementalPhaseBuilder` (replay, new_images, seed)."""
+    if weight_generator is not None:
+        if not distill:
+            raise ValueError(
+                "lst_phases: weight_generator needs distill=True: its term runs in a TeacherStudentRCNN, which "
+                "builds the previous phase as its teacher whenever it has terms (there is no teacher-less mode)"
+            )
+        split_generator_options(weight_generator)  # unknown keys: refused here, not when a phase is built
     name_prefix = name_prefix or f"{source}_lst"
+    dataset_prefix = name_prefix if chain_name == "incremental" else f"{name_prefix}_{chain_name}"
     counts = phase_class_counts(num_classes, base=base, num_phases=num_phases)
     phases = {}
+    previous = from_phase
     for t, classes_seen in enumerate(counts):
+        if t == 0 and from_phase is not None:
+            continue
         phase_model = use_lst_model(copy.deepcopy(model), num_classes=classes_seen, agnostic_mlp_dim=agnostic_mlp_dim)
         phase = make_phase(model=phase_model, dataloader=dataloader, optimizer=optimizer, train=train)
         phase_model = phase["model"]  # make_phase copies
         phase["lr_multiplier"] = copy.deepcopy(lr_multiplier)
         phase["train"].derived_datasets = use_phase_datasets(
             phase["dataloader"],
-            name=f"{name_prefix}_phase{t}",
+            name=f"{dataset_prefix}_phase{t}",
             source=source,
             source_val=source_val,
             base=base,
@@ -124,6 +189,8 @@ def lst_phases(
         )
         if t > 0:
             phase["train"].init_checkpoint = ""  # the runner gives the previous phase's final model
+            if from_phase is not None:
+                phase["train"].init_from_phase = previous
             phase["train"].max_iter = incremental_iters
             phase["train"].expand_classes = dict(old_num_classes=counts[t - 1])
             phase["train"].trainable = list(trainable)
@@ -138,8 +205,18 @@ def lst_phases(
                 phase_model.distillers = [
                     L(OldClassLogitDistillation)(num_old_classes=counts[t - 1], mode=distill_mode, weight=1.0)
                 ]
-                phase["train"].teacher_from_phase = list(phases)[-1]
-        phases["base" if t == 0 else f"incremental_{t}"] = phase
+                phase["train"].teacher_from_phase = previous
+                if weight_generator is not None:
+                    add_weight_generator(
+                        phase,
+                        base=base,
+                        num_old_classes=counts[t - 1],
+                        num_classes=classes_seen,
+                        options=weight_generator,
+                    )
+        name = "base" if t == 0 else f"{chain_name}_{t}"
+        phases[name] = phase
+        previous = name
     return phases
 
 
@@ -180,4 +257,34 @@ def lvis_lst_phases(
         incremental_schedule=lambda n: multi_step(n, steps=(n * 6 // 10,), warmup_iters=0),
         incremental_lr=0.002,
         incremental_rois=100,
+    )
+
+
+def lt_shapes_lst_phases(model, dataloader, optimizer, lr_multiplier, train, **options):
+    """LST's phases on LT-Shapes for a CPU (projects/lst.py, projects/lst_ablation.py): ``base`` on the top 30 of
+    the 72 classes (``train`` / ``lr_multiplier`` as given: the LT-Shapes schedule), then 3 phases of 14 classes
+    (the last one 14 of the 18 rare classes), :data:`LT_SHAPES_INCREMENTAL_ITERS` iterations each at 0.2x the
+    base lr (paper: 0.01 -> 0.002) with a step after 60%; the class-agnostic mask MLP 64 wide (the official single
+    layer would be ~79M parameters here). ``options``: further :func:`lst_phases` arguments (``weight_generator``,
+    ``distill``, ``chain_name``, ``from_phase``, ...)."""
+    from .common.schedules import multi_step
+
+    return lst_phases(
+        model,
+        dataloader,
+        optimizer,
+        lr_multiplier,
+        train,
+        **{
+            "num_classes": LT_SHAPES_NUM_CLASSES,
+            "source": "lt_shapes_train",
+            "source_val": "lt_shapes_val",
+            "base": 30,
+            "num_phases": 3,
+            "incremental_iters": LT_SHAPES_INCREMENTAL_ITERS,
+            "incremental_schedule": lambda iters: multi_step(iters, steps=(iters * 6 // 10,), warmup_iters=10),
+            "incremental_lr": optimizer.lr * 0.2,
+            "agnostic_mlp_dim": 64,
+            **options,
+        },
     )

@@ -3,7 +3,8 @@
 The same steps and writers (progress printer, metrics.json, TensorBoard events) as Detectron2's
 ``tools/lazyconfig_train_net.py``; ltdet2 adds the evaluator's output folder, per-phase seeding,
 freezing (``train.trainable``), the network expansion of the initial checkpoint (``train.expand_classes``,
-LST), the memory warm-up (``train.memory_warmup``), and an exact resume:
+LST), the memory warm-up (``train.memory_warmup``), LST's phase-end write of generated classifier rows
+(``train.weight_generation``, :mod:`ltdet2.engine.weight_generation`), and an exact resume:
 
 * every rank's RNG and own buffers come back from the checkpoint (:mod:`ltdet2.engine.checkpoint`);
 * the training batches come from RNG streams of the data loader's own (:class:`ReplayableLoader`), and
@@ -33,6 +34,7 @@ from .checkpoint import AtomicCheckpointer, PeriodicCheckpointer, capture_rng_st
 from .freezing import freeze_all_but
 from .launch import TrainingInterrupted, stop_requested_on_any_rank, stop_requests_armed
 from .memory_warmup import warm_up_memories
+from .weight_generation import weight_generation_options, write_phase_end_weights
 
 logger = logging.getLogger("detectron2")
 
@@ -216,6 +218,7 @@ def do_train(cfg, *, resume=False):
     seed_phase(cfg)
     model = build_model(cfg)
     logger.info(f"Model:\n{model}")
+    weight_generation = weight_generation_options(cfg, model)  # checked before training
 
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -265,5 +268,9 @@ def do_train(cfg, *, resume=False):
         if warmup:
             warm_up_memories(model, cfg, **warmup)
     trainer.train(start_iter, cfg.train.max_iter)
+    if weight_generation is not None:
+        write_phase_end_weights(
+            model, cfg, checkpointer, weight_generation, resumed=extra if checkpointer.resumed_from else None
+        )
     comm.synchronize()
     return model

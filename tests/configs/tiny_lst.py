@@ -1,6 +1,7 @@
 # projects/lst.py's phases on the tiny LT-Shapes of the tests (tests/fixtures/models.py: TINY_LT_SHAPES, 8 classes,
 # registered as lt_shapes_e2e_train / _val by tests/conftest.py): base 4 classes, then 2 phases of 2 classes, a few
-# iterations each. The same configs/lst.py:lst_phases as the project; only the sizes differ.
+# iterations each. The same configs/lst.py:lst_phases as the project; only the sizes differ; the meta weight
+# generator is on (the projects' default is off), so the end-to-end test covers its phase-end write and resume.
 from ...configs.common.schedules import multi_step
 from ...configs.lst import lst_phases
 from ...configs.lt_shapes_defaults import dataloader, lr_multiplier, optimizer, train
@@ -31,5 +32,6 @@ phases = lst_phases(
     incremental_lr=optimizer.lr * 0.2,
     agnostic_mlp_dim=16,
     name_prefix="tiny_lst",
+    weight_generator=dict(row_norm="keep", batch_size=8),
 )
 del model, dataloader, optimizer, lr_multiplier

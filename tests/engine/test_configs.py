@@ -65,6 +65,7 @@ MULTI_PHASE_PROJECTS = [
     "loce_ablation.py",
     "loce_lvis_v1.py",
     "lst.py",
+    "lst_ablation.py",
     "lst_lvis_v0_5.py",
     "lst_lvis_v1.py",
     "rio_ablation.py",

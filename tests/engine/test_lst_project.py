@@ -4,16 +4,21 @@ then incremental phases that expand the previous model, freeze the ResNet and di
 phase; an interrupted incremental phase resumes to the same weights; a checkpoint of another class count is
 named in the error."""
 
+import copy
+import hashlib
+import importlib
 import os
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from detectron2.config import instantiate
 from detectron2.modeling import GeneralizedRCNN
 
 from ltdet2.data.lt_shapes import NUM_CLASSES
-from ltdet2.engine.phases import chain_teachers, load_config, resolve_phases, run_phases
+from ltdet2.engine.phases import chain_checkpoints, chain_teachers, load_config, resolve_phases, run_phases
+from ltdet2.engine.train_loop import do_train
 
 from fixtures.models import ROOT, TEST_DEVICE
 
@@ -80,6 +85,23 @@ def test_lst_phases_train_end_to_end_and_an_incremental_phase_resumes(tiny_datas
     assert resnet and all(torch.equal(first[k], base[k]) for k in resnet)
     assert not any(k.startswith("teacher") for k in first)
 
+    # the phase-end write: model_final = the last iteration's model (model_0000003) with the new classes' rows
+    # (contiguous 4, 5) replaced by generated ones of the same norm (row_norm="keep"), recorded in the checkpoint
+    rows = "roi_heads.box_predictor.cls_score.weight"
+    trained = torch.load(os.path.join(output, "incremental_1", "model_0000003.pth"), weights_only=False)["model"]
+    assert (first[rows][4:6] != trained[rows][4:6]).any(1).all()
+    assert torch.equal(first[rows][[0, 1, 2, 3, 6]], trained[rows][[0, 1, 2, 3, 6]])
+    assert torch.allclose(first[rows][4:6].norm(dim=1), trained[rows][4:6].norm(dim=1), rtol=1e-5)
+    assert all(torch.equal(first[k], trained[k]) for k in first if k != rows)  # scale, regressor, mask head
+    # the generator term's state stays out: the next phase's model builds its own
+    assert {k for k in trained if k not in first} == {k for k in trained if k.startswith("distillers.1.")}
+    assert "distillers.1.ema_weights" in trained
+    final = torch.load(os.path.join(output, "incremental_1", "model_final.pth"), weights_only=False)
+    record = final["generated_weights"]
+    assert record["dataset"] == "tiny_lst_phase1" and record["row_norm"] == "keep"
+    assert len(record["counts"]) == 2 and min(record["counts"]) > 0
+    assert final["iteration"] == 3 and final["trainer"]["iteration"] == 3  # as the periodic model_final
+
     # resume in the middle of incremental_1: same final weights as the uninterrupted run
     os.remove(os.path.join(output, "incremental_1", "phase_done.json"))
     os.remove(os.path.join(output, "incremental_1", "model_final.pth"))
@@ -89,6 +111,21 @@ def test_lst_phases_train_end_to_end_and_an_incremental_phase_resumes(tiny_datas
     resumed = weights("incremental_1")
     assert resumed.keys() == first.keys() and all(torch.equal(resumed[k], first[k]) for k in first)
 
+    # resumed after the write (interrupted before its evaluation): the written model_final is kept as it is
+    def digest(path):
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+    final_path = os.path.join(output, "incremental_1", "model_final.pth")
+    written = digest(final_path)
+    phases = resolve_phases(load_config(config, tiny_overrides(output)))
+    chain_checkpoints(phases)
+    chain_teachers(phases)
+    model = do_train(phases[1].cfg, resume=True)  # the runner's step, without the evaluation
+    assert digest(final_path) == written
+    predictor = model.roi_heads.box_predictor
+    assert torch.equal(predictor.cls_score.weight.detach().cpu(), first[rows])
+
     # a checkpoint with another class count than the previous phase's: named in the error
     os.remove(os.path.join(output, "incremental_2", "phase_done.json"))
     cfg = load_config(config, tiny_overrides(output))
@@ -96,3 +133,77 @@ def test_lst_phases_train_end_to_end_and_an_incremental_phase_resumes(tiny_datas
     cfg.phases.incremental_2.train.init_checkpoint = os.path.join(output, "base", "model_final.pth")
     with pytest.raises(ValueError, match=r"has 4 classes; train.expand_classes expects the previous phase's 6"):
         run_phases(cfg, only="incremental_2")
+
+
+def test_lst_ablation_chains():
+    from detectron2.modeling.roi_heads import StandardROIHeads
+
+    from ltdet2.modeling import MetaWeightGeneratorTerm, TeacherStudentRCNN
+
+    phases = resolve_phases(load_config(project("lst_ablation.py"), ["train.device=cpu"]))
+    by_name = {p.name: p.cfg for p in phases}
+    chains = {
+        "incremental": ["base", "incremental_1", "incremental_2"],
+        "mwg": ["base", "mwg_1", "mwg_2"],
+        "no_distill": ["base", "no_distill_1", "no_distill_2"],
+    }
+    assert list(by_name) == ["joint", "joint_rfs", "base"] + [f"{c}_{t}" for c in chains for t in (1, 2, 3)]
+    for name in ("joint", "joint_rfs", "base"):
+        assert by_name[name].train.init_from_phase == "" and not by_name[name].train.teacher_from_phase
+    for chain, inputs in chains.items():
+        for t, previous in enumerate(inputs, start=1):
+            cfg = by_name[f"{chain}_{t}"]
+            assert cfg.model.roi_heads.num_classes == LST_PROJECTS["lst.py"][t]
+            assert cfg.train.get("init_from_phase") == (None if chain == "incremental" else previous)
+            assert cfg.train.get("teacher_from_phase") == (None if chain == "no_distill" else previous)
+            assert (cfg.train.get("weight_generation") is not None) == (chain == "mwg")
+            assert (
+                cfg.dataloader.train.dataset.names
+                == {
+                    "incremental": f"lt_shapes_train_lst_phase{t}",
+                    "mwg": f"lt_shapes_train_lst_mwg_phase{t}",
+                    "no_distill": f"lt_shapes_train_lst_no_distill_phase{t}",
+                }[chain]
+            )
+    # the LST chain is projects/lst.py's (but for base's independence from joint_rfs, the phase before it here)
+    lst = {p.name: p.cfg for p in resolve_phases(load_config(project("lst.py"), ["train.device=cpu"]))}
+
+    def plain(cfg, *keys):
+        cfg = copy.deepcopy(cfg)
+        for key in ("output_dir", *keys):
+            cfg.train.pop(key)
+        return OmegaConf.to_yaml(cfg)
+
+    assert plain(by_name["base"], "init_from_phase") == plain(lst["base"], "init_from_phase")
+    assert all(plain(by_name[name]) == plain(cfg) for name, cfg in lst.items() if name != "base")
+    assert by_name["mwg_3"].model.distillers[0] == lst["incremental_3"].model.distillers[0]
+    joint, mwg, no_distill = (instantiate(by_name[n].model) for n in ("joint", "mwg_2", "no_distill_2"))
+    assert type(joint) is GeneralizedRCNN and type(joint.roi_heads) is StandardROIHeads
+    assert joint.roi_heads.num_classes == NUM_CLASSES and joint.roi_heads.mask_head.predictor.out_channels == 72
+    assert (
+        by_name["joint"].train.max_iter == 700 == lst["base"].train.max_iter + 3 * lst["incremental_1"].train.max_iter
+    )
+    assert by_name["joint_rfs"].dataloader.train.sampler._target_.__name__ == "repeat_factor_sampler"
+    assert "sampler" not in by_name["joint"].dataloader.train
+    assert by_name["joint"].dataloader.evaluator.instance_buckets
+    assert isinstance(mwg, TeacherStudentRCNN)
+    term = mwg.distillers[1]
+    assert isinstance(term, MetaWeightGeneratorTerm)
+    assert (term.num_base_classes, term.num_old_classes, term.num_classes, term.feature_dim) == (30, 44, 58, 256)
+    assert by_name["mwg_2"].train.weight_generation == {"row_norm": "keep"}
+    assert type(no_distill) is GeneralizedRCNN and "teacher" not in by_name["no_distill_2"].model
+
+
+def test_lst_phases_refuse_a_generator_they_cannot_run(monkeypatch):
+    from detectron2.config import LazyConfig
+
+    monkeypatch.syspath_prepend(ROOT)  # configs/ as a namespace package: lst_phases itself, not a loaded config
+    lst_phases = importlib.import_module("configs.lst").lst_phases
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs", "lt_shapes_defaults.py"))
+    args = (cfg.model, cfg.dataloader, cfg.optimizer, cfg.lr_multiplier, cfg.train)
+    sizes = dict(num_classes=8, source="s", source_val="v", base=4, num_phases=2, incremental_iters=4)
+    sizes.update(incremental_schedule=lambda n: None, incremental_lr=0.01)
+    with pytest.raises(ValueError, match="weight_generator needs distill=True: .* no teacher-less mode"):
+        lst_phases(*args, **sizes, distill=False, weight_generator={})
+    with pytest.raises(ValueError, match=r"weight_generator has unknown options \['momentum'\]; known: the term's"):
+        lst_phases(*args, **sizes, weight_generator=dict(momentum=0.5))

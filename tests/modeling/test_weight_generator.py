@@ -238,3 +238,73 @@ def test_phase_end_write_changes_exactly_the_new_rows():
     assert torch.allclose(classifier.weight[5].detach(), w[classes == 5].mean(0), atol=1e-6)
     with pytest.raises(KeyError, match="needs 'instances'"):
         write_generated_weights(model, [[{"image": batches[0][0]["image"]}]])
+
+
+def test_a_second_write_generates_the_same_weights_but_keep_rounds_the_norm():
+    """The generator reads the box features and the base rows, which the write leaves as they are: with
+    row_norm="generated" a second write is bit-identical. "keep" rescales to the norm of the row it replaces,
+    which the second write reads back rounded (a difference of an ulp or so): not bit-identical, which is why
+    do_train records the write in model_final and does not write again on a resume."""
+    from ltdet2.engine.weight_generation import write_generated_weights
+
+    model = _model_with_term()
+    weight = model.roi_heads.box_predictor.cls_score.weight
+    with torch.no_grad():  # rows of different norms
+        weight.mul_(torch.linspace(0.2, 3.0, 7).unsqueeze(1))
+    batches = [_batch(seed=5)]
+    rows = {}
+    for row_norm in ("generated", "keep"):
+        write_generated_weights(model, batches, row_norm=row_norm)
+        first = weight.detach().clone()
+        write_generated_weights(model, batches, row_norm=row_norm)
+        rows[row_norm] = (first, weight.detach().clone())
+    first, second = rows["generated"]
+    assert torch.equal(first, second)
+    first, second = rows["keep"]
+    assert torch.equal(first[[0, 1, 2, 6]], second[[0, 1, 2, 6]])
+    assert torch.allclose(first, second, rtol=1e-6, atol=0)
+    generated = rows["generated"][0][3:6]
+    assert torch.allclose(F.normalize(first[3:6], dim=1), F.normalize(generated, dim=1), atol=1e-6)
+
+
+def _phase_cfg(options, output_dir="output/tiny/phase_x"):
+    from omegaconf import OmegaConf
+
+    train = {"output_dir": output_dir, "max_iter": 4}
+    if options is not ...:
+        train["weight_generation"] = options
+    return OmegaConf.create({"train": train, "dataloader": {"train": {"dataset": {"names": "d"}}}})
+
+
+def test_phase_end_options_are_checked_before_training():
+    from ltdet2.engine.weight_generation import weight_generation_options
+
+    model = _model_with_term()
+    assert weight_generation_options(_phase_cfg(...), model) is None
+    assert weight_generation_options(_phase_cfg(None), model) is None
+    assert weight_generation_options(_phase_cfg({}), model) == {"row_norm": "keep", "batch_size": 4, "num_workers": 0}
+    assert weight_generation_options(_phase_cfg({"row_norm": "generated"}), model)["row_norm"] == "generated"
+    with pytest.raises(ValueError, match=r"phase in output/tiny/phase_x: unknown options \['batchsize'\]; known"):
+        weight_generation_options(_phase_cfg({"batchsize": 2}), model)
+    with pytest.raises(ValueError, match=r"phase in output/tiny/phase_x: row_norm must be one of"):
+        weight_generation_options(_phase_cfg({"row_norm": "unit"}), model)
+    model.distillers = torch.nn.ModuleList()
+    with pytest.raises(ValueError, match=r"phase in output/tiny/phase_x: the model \(TeacherStudentRCNN\) must hold "):
+        weight_generation_options(_phase_cfg({}), model)
+
+
+def test_phase_end_write_is_not_repeated_on_a_resume_of_the_written_checkpoint():
+    from ltdet2.engine.weight_generation import CHECKPOINT_KEY, write_phase_end_weights
+
+    class NoSave:
+        checkpointables = {}
+
+        def save_on_all_ranks(self, *args, **kwargs):
+            raise AssertionError("saved again")
+
+    model = _model_with_term()
+    before = model.roi_heads.box_predictor.cls_score.weight.detach().clone()
+    record = {"counts": [3, 0, 2], "row_norm": "keep"}
+    resumed = {CHECKPOINT_KEY: record, "iteration": 3}
+    assert write_phase_end_weights(model, _phase_cfg({}), NoSave(), {}, resumed=resumed) is record
+    assert torch.equal(model.roi_heads.box_predictor.cls_score.weight, before)
