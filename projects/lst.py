@@ -5,30 +5,13 @@
 # ones; network expansion, ResNet frozen, L2 distillation of the old classes' cosine logits from the frozen
 # previous phase. The class-agnostic mask MLP is a small two-layer one (64 hidden; the official single layer
 # would be ~79M parameters here). Evaluation: the classes seen so far, with r/c/f and instance-count buckets.
+# The settings: configs/lst.py:lt_shapes_lst_phases (shared with projects/lst_ablation.py).
 # LVIS: projects/lst_lvis_v0_5.py (the paper's settings), projects/lst_lvis_v1.py.
-from ..configs.common.schedules import multi_step
-from ..configs.lst import lst_phases
+from ..configs.lst import lt_shapes_lst_phases
 from ..configs.lt_shapes_defaults import dataloader, lr_multiplier, optimizer, train
 from ..configs.models.mask_rcnn_r18_fpn_small import model
 
-NUM_CLASSES = 72  # ltdet2.data.lt_shapes.NUM_CLASSES (checked by the tests)
-INCREMENTAL_ITERS = 100
 train.output_dir = "output/lst"  # the phases train in output/lst/<phase>
 
-phases = lst_phases(
-    model,
-    dataloader,
-    optimizer,
-    lr_multiplier,
-    train,
-    num_classes=NUM_CLASSES,
-    source="lt_shapes_train",
-    source_val="lt_shapes_val",
-    base=30,
-    num_phases=3,
-    incremental_iters=INCREMENTAL_ITERS,
-    incremental_schedule=lambda iters: multi_step(iters, steps=(iters * 6 // 10,), warmup_iters=10),
-    incremental_lr=optimizer.lr * 0.2,
-    agnostic_mlp_dim=64,
-)
+phases = lt_shapes_lst_phases(model, dataloader, optimizer, lr_multiplier, train)
 del model, dataloader, optimizer, lr_multiplier  # a project's root: `train` and `phases`

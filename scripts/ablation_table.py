@@ -68,7 +68,8 @@ def project_phases(config_file, overrides, only=None):
 
 
 def collect(config_file, output_dir, overrides, task, only=None):
-    """{phase: {task: metrics, per_class_ap_<task>: [...]}} of a finished seed folder (``only``: those phases)."""
+    """{phase: {task: metrics, per_class_ap_<task>: [...]}} of a finished seed folder (``only``: those phases), for
+    every task the phases were evaluated on (``task`` must be one of them)."""
     cfg = load_config(config_file, [f"train.output_dir={output_dir}", *overrides])
     phases = {}
     for phase in resolve_phases(cfg):
@@ -76,7 +77,8 @@ def collect(config_file, output_dir, overrides, task, only=None):
             continue
         if not os.path.isfile(phase.done_file):
             raise FileNotFoundError(f"phase '{phase.name}' has not finished: no {phase.done_file}")
-        phases[phase.name] = phase_record(phase.done_file, task)
+        phase_record(phase.done_file, task)  # an error names a phase without ``task``
+        phases[phase.name] = phase_record(phase.done_file)
     return phases
 
 
@@ -87,7 +89,7 @@ def main():
     parser.add_argument("--output-dir")
     parser.add_argument("--results-dir", help="write (and reuse) one results file per seed here")
     parser.add_argument("--from-results", help="only build the table from the results files in this folder")
-    parser.add_argument("--task", default="bbox")
+    parser.add_argument("--task", default="bbox", help="the task of the tables (results files hold every task)")
     parser.add_argument("--no-run", action="store_true", help="only collect finished results")
     parser.add_argument("--phases", nargs="+", help="run and collect only these phases (default: all)")
     parser.add_argument(
@@ -111,7 +113,7 @@ def main():
         for seed in args.seeds:
             results_file = os.path.join(args.results_dir, f"seed{seed}.json") if args.results_dir else None
             earlier = read_json(results_file, what="results") if results_file and os.path.isfile(results_file) else None
-            if earlier is not None and all(name in earlier["phases"] for name in wanted):
+            if earlier is not None and all(args.task in earlier["phases"].get(name, {}) for name in wanted):
                 print(f"seed {seed}: results file {results_file} holds {wanted}, not run again", flush=True)
                 records.append(earlier)
                 continue
@@ -123,6 +125,7 @@ def main():
             phases.update(collect(args.config_file, seed_dir, args.overrides, args.task, wanted))
             ordered = [name for name in all_phases if name in phases]
             listed = [] if ordered == all_phases else ["--phases", *ordered]
+            listed += ["--task", args.task] if args.task != "bbox" else []
             command = shlex.join(
                 ["scripts/ablation_table.py", "--config-file", args.config_file, "--seeds", str(seed)]
                 + ["--output-dir", args.output_dir, *listed, *args.overrides]

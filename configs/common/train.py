@@ -28,6 +28,9 @@ train = dict(
     expand_classes=None,
     # e.g. dict(images_per_class=5): fill memories and indicators before training (LOCE's code)
     memory_warmup=None,
+    # LST's meta weight generator: e.g. dict(row_norm="keep", batch_size=4) writes the new classes' generated
+    # classifier rows after the last iteration and saves model_final again (ltdet2.engine.weight_generation)
+    weight_generation=None,
     # a phase whose evaluation finds nothing (no results, or every metric NaN: no detection) is not
     # recorded as done unless this is True
     allow_empty_eval=False,

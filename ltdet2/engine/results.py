@@ -64,16 +64,20 @@ def git_commit(path: str = ".") -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-def phase_record(done_file: str, task: str = "bbox") -> dict:
+def phase_record(done_file: str, task: str | None = None) -> dict:
     """Metrics of a finished phase (its ``phase_done.json``) and its per-class AP (the evaluator's
-    ``inference/per_class_ap_<task>.json`` beside it; omitted when the evaluator wrote none)."""
+    ``inference/per_class_ap_<task>.json`` beside it; omitted when the evaluator wrote none), for ``task``
+    (``"bbox"``, ``"segm"``) or, with None, every task the phase was evaluated on."""
     done = read_json(done_file, what="phase-done")
-    if task not in done.get("results", {}):
-        raise ValueError(f"{done_file} holds no {task!r} results (it has {sorted(done.get('results', {}))})")
-    record = {task: done["results"][task]}
-    per_class = os.path.join(os.path.dirname(done_file), "inference", f"per_class_ap_{task}.json")
-    if os.path.isfile(per_class):
-        record[f"per_class_ap_{task}"] = read_json(per_class, what="per-class AP")
+    results = done.get("results", {})
+    if task is not None and task not in results:
+        raise ValueError(f"{done_file} holds no {task!r} results (it has {sorted(results)})")
+    record = {}
+    for name in [task] if task is not None else sorted(results):
+        record[name] = results[name]
+        per_class = os.path.join(os.path.dirname(done_file), "inference", f"per_class_ap_{name}.json")
+        if os.path.isfile(per_class):
+            record[f"per_class_ap_{name}"] = read_json(per_class, what="per-class AP")
     return record
 
 

@@ -70,6 +70,10 @@ def test_phase_record_reads_metrics_and_per_class_ap(tmp_path):
     assert phase_record(str(done))["per_class_ap_bbox"] == [{"id": 1, "AP": 3.0}]
     with pytest.raises(ValueError, match="holds no 'segm' results"):
         phase_record(str(done), task="segm")
+    done.write_text(json.dumps({"results": {"bbox": {"AP": 12.5}, "segm": {"AP": 11.0}}}))
+    both = phase_record(str(done))  # every task the phase was evaluated on
+    assert both["segm"] == {"AP": 11.0} and both["bbox"] == {"AP": 12.5} and "per_class_ap_segm" not in both
+    assert phase_record(str(done), task="segm") == {"segm": {"AP": 11.0}}
 
 
 def test_mean_per_class_ap_averages_seeds_and_keeps_undefined_classes():
