@@ -92,7 +92,7 @@ class DerivedDatasetContext:
         if score not in SCORE_MODES:
             raise ValueError(f"phase '{self.phase_name}': score must be one of {SCORE_MODES}, got {score!r}")
         source = self._phase(phase)
-        augmentations, image_format = _test_input(source.cfg)
+        augmentations, image_format = evaluation_input(source.cfg)
         return {
             "phase": phase,
             "checkpoint": file_identity(source.final_checkpoint),
@@ -149,7 +149,7 @@ class DerivedDatasetContext:
         logger.info(f"phase '{self.phase_name}': scoring {dataset} with the final model of phase '{phase}'")
         model = build_model(source.cfg)
         AtomicCheckpointer(model).load(source.final_checkpoint)
-        augmentations, image_format = _test_input(source.cfg)
+        augmentations, image_format = evaluation_input(source.cfg)
         try:
             return score_annotations(
                 model,
@@ -166,7 +166,7 @@ class DerivedDatasetContext:
                 torch.cuda.empty_cache()
 
 
-def _test_input(cfg):
+def evaluation_input(cfg):
     """(augmentations, image format) of a phase's test mapper (``dataloader.test.mapper``): the resize the
     model is evaluated with. None found: no augmentation, BGR."""
     mapper = OmegaConf.select(cfg, "dataloader.test.mapper", default=None)

@@ -191,7 +191,7 @@ def write_phase_end_weights(model, cfg, checkpointer, options, *, resumed=None):
     Returns:
         the record of the write (``counts``: boxes per new class, the options), or the resumed checkpoint's.
     """
-    from .derived import _test_input  # here: ltdet2.engine.derived imports train_loop, which imports this module
+    from .derived import evaluation_input  # here: ltdet2.engine.derived imports train_loop, which imports this module
 
     if resumed and resumed.get(CHECKPOINT_KEY):
         logger.info(
@@ -201,7 +201,7 @@ def write_phase_end_weights(model, cfg, checkpointer, options, *, resumed=None):
         return resumed[CHECKPOINT_KEY]
     where = f"train.weight_generation of the phase in {cfg.train.output_dir}"
     dataset = _training_dataset(cfg, where)
-    augmentations, image_format = _test_input(cfg)
+    augmentations, image_format = evaluation_input(cfg)
     loader = generation_loader(
         dataset,
         augmentations=augmentations,
