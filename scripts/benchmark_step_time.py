@@ -19,6 +19,10 @@ phase (``train.teacher_from_phase``) trains with its teacher, the named phase's 
     python scripts/benchmark_step_time.py --config-file projects/stepwise_ablation.py --baseline-phase control \
         --method-phase transfer --checkpoint output/stepwise_ablation/seed0/pretrain/model_final.pth \
         train.output_dir=output/stepwise_ablation/seed0
+    # LST: an incremental phase with logit distillation against the same phase without it (goal 1.5x)
+    python scripts/benchmark_step_time.py --config-file projects/lst_ablation.py --baseline-phase no_distill_1 \
+        --method-phase incremental_1 --checkpoint output/lst_ablation/seed0/base/model_final.pth \
+        train.output_dir=output/lst_ablation/seed0
 """
 
 import argparse
@@ -34,6 +38,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.utils.events import EventStorage
 
+from ltdet2.engine.derived import derived_dataset_builders, prepare_derived_datasets
 from ltdet2.engine.phases import chain_teachers, load_config, resolve_phases
 from ltdet2.engine.train_loop import build_model
 
@@ -90,8 +95,14 @@ def main():
     cfg = load_config(args.config_file, args.overrides)
     resolved = resolve_phases(cfg)
     chain_teachers(resolved)  # a teacher-student phase gets its teacher as the runner gives it
-    phases = {p.name: p.cfg for p in resolved}
-    baseline_cfg, method_cfg = phases[args.baseline_phase], phases[args.method_phase]
+    phases = {p.name: p for p in resolved}
+    for name in (args.baseline_phase, args.method_phase):
+        if name not in phases:
+            parser.error(f"phase {name!r}: {args.config_file} has phases {list(phases)}")
+    # the baseline's training set, when the phase derives it (e.g. LST's phase sets), is built as the runner does
+    baseline_phase = phases[args.baseline_phase]
+    prepare_derived_datasets(baseline_phase, resolved, derived_dataset_builders(baseline_phase.cfg))
+    baseline_cfg, method_cfg = baseline_phase.cfg, phases[args.method_phase].cfg
     baseline, baseline_optimizer = build(baseline_cfg)
     if args.checkpoint:
         DetectionCheckpointer(baseline).load(args.checkpoint)
