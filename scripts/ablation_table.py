@@ -59,12 +59,12 @@ def run_seed(config_file, seed, output_dir, overrides, phases=None):
 
 
 def project_phases(config_file, overrides, only=None):
-    """The project's phase names in its order (``only``: those of them, checked to exist)."""
+    """(every phase name of the project in its order, the names to run: ``only``'s, checked to exist, or all)."""
     names = [phase.name for phase in resolve_phases(load_config(config_file, list(overrides)))]
     unknown = sorted(set(only or ()) - set(names))
     if unknown:
         raise ValueError(f"--phases {unknown}: {config_file} has phases {names}")
-    return [name for name in names if only is None or name in only]
+    return names, [name for name in names if only is None or name in only]
 
 
 def collect(config_file, output_dir, overrides, task, only=None):
@@ -77,8 +77,11 @@ def collect(config_file, output_dir, overrides, task, only=None):
             continue
         if not os.path.isfile(phase.done_file):
             raise FileNotFoundError(f"phase '{phase.name}' has not finished: no {phase.done_file}")
-        phase_record(phase.done_file, task)  # an error names a phase without ``task``
-        phases[phase.name] = phase_record(phase.done_file)
+        record = phase_record(phase.done_file)
+        if task not in record:
+            tasks = sorted(key for key in record if not key.startswith("per_class_ap_"))
+            raise ValueError(f"phase '{phase.name}': {phase.done_file} holds no {task!r} results (it has {tasks})")
+        phases[phase.name] = record
     return phases
 
 
@@ -107,8 +110,7 @@ def main():
     else:
         if not (args.config_file and args.output_dir):
             parser.error("--config-file and --output-dir are required (or give --from-results)")
-        all_phases = project_phases(args.config_file, args.overrides)
-        wanted = project_phases(args.config_file, args.overrides, args.phases)
+        all_phases, wanted = project_phases(args.config_file, args.overrides, args.phases)
         records = []
         for seed in args.seeds:
             results_file = os.path.join(args.results_dir, f"seed{seed}.json") if args.results_dir else None

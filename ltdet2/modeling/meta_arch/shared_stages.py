@@ -63,14 +63,14 @@ def shared_frozen_stages(student: nn.Module, teacher: nn.Module) -> list[str]:
 
 
 class StageOutputs:
-    """Records the outputs of a model's ResNet stages while :meth:`recording` is on (forward hooks; nothing is
-    kept outside it)."""
+    """Records the outputs of the ResNet stages ``names`` (forward hooks) from :meth:`start` to :meth:`take`;
+    nothing is kept outside that window."""
 
     def __init__(self, resnet: ResNet, names: list[str]):
         self.outputs: dict[str, torch.Tensor] | None = None
-        self.handles = [
-            stage.register_forward_hook(self._hook(name)) for name, stage in _stages(resnet) if name in set(names)
-        ]
+        for name, stage in _stages(resnet):
+            if name in names:
+                stage.register_forward_hook(self._hook(name))
 
     def _hook(self, name):
         def record(module, inputs, output):
@@ -86,10 +86,6 @@ class StageOutputs:
         outputs, self.outputs = self.outputs, None
         return outputs or {}
 
-    def remove(self):
-        for handle in self.handles:
-            handle.remove()
-
 
 class SharedStagesBottomUp(nn.Module):
     """The teacher's ResNet with its first stages (``shared``) replaced by the student's recorded outputs; the
@@ -100,9 +96,6 @@ class SharedStagesBottomUp(nn.Module):
         self.resnet = resnet
         self.shared = list(shared)
         object.__setattr__(self, "recorded", recorded)  # not a submodule
-
-    def output_shape(self):
-        return self.resnet.output_shape()
 
     def forward(self, x):
         recorded = self.recorded.outputs or {}
