@@ -63,7 +63,8 @@ def project_phases(config_file, overrides, only=None):
     names = [phase.name for phase in resolve_phases(load_config(config_file, list(overrides)))]
     unknown = sorted(set(only or ()) - set(names))
     if unknown:
-        raise ValueError(f"--phases {unknown}: {config_file} has phases {names}")
+        hint = " (config overrides go before --phases)" if any("=" in name for name in unknown) else ""
+        raise ValueError(f"--phases {unknown}: {config_file} has phases {names}{hint}")
     return names, [name for name in names if only is None or name in only]
 
 
@@ -128,9 +129,10 @@ def main():
             ordered = [name for name in all_phases if name in phases]
             listed = [] if ordered == all_phases else ["--phases", *ordered]
             listed += ["--task", args.task] if args.task != "bbox" else []
+            # overrides before --phases: after it, argparse would read them as phase names
             command = shlex.join(
                 ["scripts/ablation_table.py", "--config-file", args.config_file, "--seeds", str(seed)]
-                + ["--output-dir", args.output_dir, *listed, *args.overrides]
+                + ["--output-dir", args.output_dir, *args.overrides, *listed]
             )
             record = results_record(
                 project=args.config_file,
