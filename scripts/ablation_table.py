@@ -103,6 +103,12 @@ def main():
         metavar="METHOD-REFERENCE",
         help="also tabulate paired differences per seed of these phase pairs, e.g. fcbl_fhm-control",
     )
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        help="the table's metric columns (default: AP AP50 APr APc APf; e.g. the instance-count buckets "
+        "'AP(0,1]' 'AP(0,5]' 'AP(0,10]' 'AP[10,100)' 'AP[100,1000)')",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value config overrides for every seed")
     args = parser.parse_args()
 
@@ -145,7 +151,7 @@ def main():
                 print(f"seed {seed}: wrote {write_results_file(results_file, record)}", flush=True)
             records.append(record)
         table_dir = args.results_dir or args.output_dir
-    table = format_mean_std_table(records, args.task)
+    table = format_mean_std_table(records, args.task, *([args.metrics] if args.metrics else []))
     if args.paired:
         pairs = [tuple(pair.split("-", 1)) for pair in args.paired]
         malformed = [p for p, pair in zip(args.paired, pairs) if len(pair) != 2]

@@ -15,6 +15,7 @@ import glob
 import os
 import platform
 import subprocess
+import warnings
 
 import numpy as np
 
@@ -137,14 +138,20 @@ def format_mean_std_table(records: list[dict], task: str = "bbox", metrics=SUMMA
     for phase in _phase_order(records):
         holding = [r for r in records if phase in r["phases"]]
         values = np.array([[r["phases"][phase][task][m] for m in metrics] for r in holding], dtype=np.float64)
-        means = np.nanmean(values, axis=0)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a metric with no class (APr of a phase without one)
+            means = np.nanmean(values, axis=0)
         cells = []
         for column, mean in enumerate(means):
-            if len(holding) > 1:
+            if np.isnan(mean):
+                cells.append("–")  # no class of the phase has this metric's frequency or bucket
+            elif len(holding) > 1:
                 cells.append(f"{mean:.2f} ± {np.nanstd(values[:, column], ddof=1):.2f}")
             else:
                 cells.append(f"{mean:.2f}")
-        per_seed = ", ".join(f"{v:.2f}" for v in values[:, list(metrics).index("APr")]) if "APr" in metrics else ""
+        per_seed = ""
+        if "APr" in metrics and not np.isnan(values[:, list(metrics).index("APr")]).all():
+            per_seed = ", ".join(f"{v:.2f}" for v in values[:, list(metrics).index("APr")])
         lines.append(f"| {_seeds_label(phase, holding, records)} | " + " | ".join(cells) + f" | {per_seed} |")
     return "\n".join(lines)
 

@@ -43,6 +43,16 @@ def test_table_gives_mean_and_sample_std_per_phase(tmp_path):
     assert lines[3].startswith("| finetune | 44.00 ± 2.00 | 61.00 ± 0.00 | 7.00 ± 4.00 |")
 
 
+def test_table_columns_are_chosen_and_a_metric_no_class_has_is_a_dash():
+    records = [fake_record(seed, offset) for seed, offset in ((0, 1.0), (1, 3.0))]
+    for record in records:  # a phase without rare classes: APr undefined on every seed
+        record["phases"]["pretrain"]["bbox"]["APr"] = float("nan")
+    lines = format_mean_std_table(records, "bbox", ("AP", "APr")).splitlines()
+    assert lines[0] == "| phase (bbox; mean ± std over seeds 0, 1) | AP | APr | APr per seed |"
+    assert lines[2] == "| pretrain | 42.00 ± 1.41 | – |  |"
+    assert lines[3] == "| finetune | 43.00 ± 1.41 | 5.00 ± 2.83 | 3.00, 7.00 |"
+
+
 def test_one_seed_has_no_std_and_a_phase_some_seeds_ran_is_labelled_with_them():
     assert "| pretrain | 41.00 | 60.00 | 2.00 |" in format_mean_std_table([fake_record(0, 1.0)])
     partial = fake_record(1, 3.0)
