@@ -1,6 +1,8 @@
 """LST's meta weight generator (Eq. 3, Gidaris & Komodakis' attention design), its episodic training term over a
 DistillationContext and the phase-end step that writes the generated weights into the classifier."""
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -308,3 +310,51 @@ def test_phase_end_write_is_not_repeated_on_a_resume_of_the_written_checkpoint()
     resumed = {CHECKPOINT_KEY: record, "iteration": 3}
     assert write_phase_end_weights(model, _phase_cfg({}), NoSave(), {}, resumed=resumed) is record
     assert torch.equal(model.roi_heads.box_predictor.cls_score.weight, before)
+
+
+def _write_worker(rank, port, out_dir):
+    import torch.distributed as dist
+
+    from ltdet2.engine.weight_generation import write_generated_weights
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        model = _model_with_term()  # seeded: the same weights on both ranks
+        counts = write_generated_weights(model, [_batch(seed=5 + rank)])  # each rank its shard of the data
+        weight = model.roi_heads.box_predictor.cls_score.weight.detach().clone()
+        torch.save({"counts": counts, "weight": weight}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed (gloo)")
+def test_phase_end_write_over_two_processes_equals_one_process_over_all_the_data(tmp_path, monkeypatch):
+    """The write is a collective: each rank sums its shard's generated weights, the sums and counts are added
+    over the ranks, so every rank writes the rows one process writes from both shards."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from ltdet2.engine.weight_generation import write_generated_weights
+
+    from fixtures.models import TEST_DEVICE
+
+    if TEST_DEVICE != "cpu":
+        pytest.skip("gloo on CPU tensors")
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_write_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+    model = _model_with_term()
+    before = model.roi_heads.box_predictor.cls_score.weight.detach().clone()
+    counts = write_generated_weights(model, [_batch(seed=5), _batch(seed=6)])
+    expected = model.roi_heads.box_predictor.cls_score.weight.detach()
+    for result in ranks:
+        assert result["counts"].tolist() == counts.tolist() and counts.sum() > 2
+        assert torch.equal(result["weight"][:OLD], before[:OLD])  # old rows untouched
+        torch.testing.assert_close(result["weight"], expected, rtol=1e-5, atol=1e-6)  # sum order differs
+    assert torch.equal(ranks[0]["weight"], ranks[1]["weight"])  # every rank writes the same rows
