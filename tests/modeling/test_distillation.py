@@ -197,7 +197,8 @@ def test_feature_masks_are_not_shifted_by_padding(teacher_checkpoint):
         height, width = mask_alone.shape[1:]
         assert mask_together[0, :height, :width].equal(mask_alone[0]), level
         assert not mask_together[0, height:].any() and not mask_together[0, :, width:].any()
-        expected = box_masks(boxes.to(TEST_DEVICE), torch.zeros(len(boxes), dtype=torch.long), 1, stride, height, width)
+        image_index = torch.zeros(len(boxes), dtype=torch.long, device=TEST_DEVICE)
+        expected = box_masks(boxes.to(TEST_DEVICE), image_index, 1, stride, height, width)
         assert mask_alone[0].equal(expected[0].to(mask_alone.device)), level
 
 

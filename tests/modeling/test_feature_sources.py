@@ -130,9 +130,9 @@ def test_sources_train_on_images_without_annotations(source_class, empty):
         # statistics of the annotated images' objects only; every draw among the classes seen so far
         first = torch.cat([b["instances"].gt_classes for b in make_batch(mask=True, seed=0)])
         seen = torch.zeros(NUM_CLASSES, dtype=torch.bool)
-        seen[torch.cat([first, call["targets"]])] = True
-        assert torch.equal(source.bank.seen, seen)
-        assert num_rows == 4 * 3 and call["rows"].proposal_boxes is None and seen[call["rows"].labels].all()
+        seen[torch.cat([first, call["targets"].cpu()])] = True
+        assert torch.equal(source.bank.seen.cpu(), seen)
+        assert num_rows == 4 * 3 and call["rows"].proposal_boxes is None and seen[call["rows"].labels.cpu()].all()
     else:
         context, gt_boxes = source.seen[-1]
         assert num_rows == foreground.numel()
