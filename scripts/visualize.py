@@ -5,16 +5,17 @@
     python scripts/visualize.py --config-file projects/stepwise_ablation.py --phase control \\
         --checkpoint output/stepwise_ablation/seed1/control/model_final.pth \\
         --compare projects/stepwise_ablation.py:transfer:output/stepwise_ablation/seed1/transfer/model_final.pth \\
-        --label "baseline (control)" --label "step-wise (transfer)" --classes rare --num-images 4 --output docs/images
+        --label "baseline (step-wise control)" --label "step-wise (fine-tune + transfer)" --classes rare \\
+        --num-images 4 --seed 0 --score-threshold 0.3 --font-scale 1.3 --output docs/images/stepwise_control_vs_transfer
     # every image of a folder, class names of the phase's test dataset
     python scripts/visualize.py --config-file projects/baseline.py --input my_images/ --output output/pictures
 
 Images: ``--input DIR`` (every .jpg / .jpeg / .png / .bmp file, sorted by name, the first ``--num-images``), or
 else ``--num-images`` images of ``--dataset`` (default: the phase's test dataset), drawn with ``--seed`` from
-those holding one of ``--classes`` (comma-separated frequency groups, ``rare`` / ``common`` / ``frequent``, and
-class names; default: every image). Class names and frequency groups come from the dataset's metadata; rare classes are
-marked ``(r)``. The model reads each image as the phase's evaluation does (its test mapper's resize and image
-format, :func:`ltdet2.engine.derived.evaluation_input`).
+those holding one of ``--classes`` (comma-separated frequency groups, ``rare`` / ``common`` / ``frequent``,
+and class names; default: every image). Class names and frequency groups come from the dataset's metadata;
+rare classes are marked ``(r)``. The model reads each image as the phase's evaluation does (its test mapper's
+resize and image format, :func:`ltdet2.engine.derived.evaluation_input`).
 
 One PNG per image in ``--output``: labelled panels side by side, [ground truth (dataset images) | model | each
 ``--compare`` model], all at ``--scale`` (default: the longer side drawn at 512 px, so that the labels of
