@@ -6,6 +6,7 @@
 # previous phase on the new classes' boxes. The box branch is LST's: the cosine classifier (scale 10, learnable)
 # on the last FC without its ReLU, the regressor on ReLU of it; the mask head is MaskX-style. Optionally (off by
 # default) the meta weight generator trains with each incremental phase and writes the new classes' rows at its end.
+# The replay is fixed for each phase (paper) unless replay_resampling asks for a new draw each epoch (official code).
 import copy
 
 import numpy as np
@@ -14,6 +15,7 @@ from detectron2.config import LazyCall as L
 
 from ltdet2.data import IncrementalPhaseBuilder, ValidityDatasetMapper
 from ltdet2.data.lt_shapes import NUM_CLASSES as LT_SHAPES_NUM_CLASSES
+from ltdet2.data.samplers import replay_draw_sampler
 from ltdet2.engine import make_phase
 from ltdet2.engine.weight_generation import WEIGHT_GENERATION_OPTIONS
 from ltdet2.modeling import (
@@ -82,6 +84,27 @@ def use_phase_datasets(dataloader, *, name, source, source_val, base, num_phases
     return [builder]
 
 
+def replay_draw_options(replay_resampling):
+    """``lst_phases``' ``replay_resampling`` as :class:`~ltdet2.data.IncrementalPhaseBuilder` options of an
+    incremental phase ({} when the replay is fixed). The schedule is read from the phase itself (interpolations
+    from ``train.derived_datasets[i]``: ``train.max_iter`` and ``dataloader.train.total_batch_size``), so an
+    override of either reaches the number of draws."""
+    if replay_resampling is False:
+        return {}
+    if replay_resampling is True:
+        return dict(
+            replay_draws="epochs",
+            schedule_iters="${...max_iter}",
+            schedule_batch_size="${....dataloader.train.total_batch_size}",
+        )
+    if isinstance(replay_resampling, int) and replay_resampling >= 2:
+        return dict(replay_draws=int(replay_resampling))
+    raise ValueError(
+        "lst_phases: replay_resampling must be False (the replay fixed for the phase), True (a new draw each epoch "
+        f"of the phase's schedule) or an int >= 2 (that many draws, cycled), got {replay_resampling!r}"
+    )
+
+
 def split_generator_options(options):
     """``lst_phases``' ``weight_generator`` dict as (the term's options, ``train.weight_generation``)."""
     options = dict(options)
@@ -137,6 +160,7 @@ def lst_phases(
     weight_generator=None,
     chain_name="incremental",
     from_phase=None,
+    replay_resampling=False,
     **builder_options,
 ):
     """The ``phases`` of LST: ``base`` (``model`` / ``optimizer`` / ``lr_multiplier`` / ``train`` as given, on
@@ -157,7 +181,21 @@ def lst_phases(
     returned, the first started from (and distilled from) ``from_phase``, each later one from its predecessor
     in the chain (named explicitly: other chains may lie between them); their datasets are registered as
     ``<name_prefix>_<chain_name>_phase<t>`` (every phase builds its own in its folder).
+    ``replay_resampling``: False (default, paper: each incremental phase's balanced replay is one draw, fixed for
+    the phase), True (official code: a new draw each epoch, an epoch being the new-class entries + one draw; the
+    phase set holds one draw per epoch of ``train.max_iter x dataloader.train.total_batch_size``) or an int E >= 2
+    (E draws, cycled). When on, the incremental phases train with
+    :class:`~ltdet2.data.samplers.ReplayDrawSampler` (``dataloader.train.sampler``; on resume its stream restarts
+    from the seed, as Detectron2's samplers, and ``train.resume_data`` decides whether the trained batches are
+    skipped).
+
     ``builder_options``: those of :class:`~ltdet2.data.IncrementalPhaseBuilder` (replay, new_images, seed)."""
+    if "replay_draws" in builder_options:
+        raise ValueError(
+            "lst_phases: set replay_resampling, not replay_draws: the phase set's draws and the phase's sampler go "
+            "together"
+        )
+    replay_options = replay_draw_options(replay_resampling)
     if weight_generator is not None:
         if not distill:
             raise ValueError(
@@ -186,7 +224,10 @@ def lst_phases(
             num_phases=num_phases,
             phase=t,
             **builder_options,
+            **(replay_options if t > 0 else {}),
         )
+        if t > 0 and replay_options:
+            phase["dataloader"].train.sampler = L(replay_draw_sampler)(dataset_dicts="${..dataset}")
         if t > 0:
             phase["train"].init_checkpoint = ""  # the runner gives the previous phase's final model
             if from_phase is not None:
@@ -221,12 +262,24 @@ def lst_phases(
 
 
 def lvis_lst_phases(
-    model, dataloader, optimizer, train, *, num_classes, num_train_images, source, source_val, phase_images
+    model,
+    dataloader,
+    optimizer,
+    train,
+    *,
+    num_classes,
+    num_train_images,
+    source,
+    source_val,
+    phase_images,
+    **options,
 ):
     """LST's phases with the paper's LVIS settings (Sec. 4.1): batch 8; base on the top 270 classes at lr 0.01
     for 10 epochs of ``num_train_images`` (steps at 6 and 8, 512 RoIs per image); then 6 phases at lr 0.002 for
     10 epochs of ``phase_images`` (an estimate of a phase's entries; the builders log the real ones) with a step
-    after 6, 100 RoIs per image. The paper starts from a COCO Mask R-CNN; ``train.init_checkpoint`` decides."""
+    after 6, 100 RoIs per image. The paper starts from a COCO Mask R-CNN; ``train.init_checkpoint`` decides.
+    ``options``: further :func:`lst_phases` arguments, or replacements of these settings (``weight_generator``,
+    ``replay_resampling``, ``distill``, ``base``, ...)."""
     from .common.schedules import epochs_to_iters, multi_step
 
     batch_size = 8  # the paper's
@@ -248,15 +301,18 @@ def lvis_lst_phases(
         optimizer,
         base_schedule,
         train,
-        num_classes=num_classes,
-        source=source,
-        source_val=source_val,
-        base=270,
-        num_phases=6,
-        incremental_iters=iters(10, phase_images),
-        incremental_schedule=lambda n: multi_step(n, steps=(n * 6 // 10,), warmup_iters=0),
-        incremental_lr=0.002,
-        incremental_rois=100,
+        **{
+            "num_classes": num_classes,
+            "source": source,
+            "source_val": source_val,
+            "base": 270,
+            "num_phases": 6,
+            "incremental_iters": iters(10, phase_images),
+            "incremental_schedule": lambda n: multi_step(n, steps=(n * 6 // 10,), warmup_iters=0),
+            "incremental_lr": 0.002,
+            "incremental_rois": 100,
+            **options,
+        },
     )
 
 
@@ -266,7 +322,7 @@ def lt_shapes_lst_phases(model, dataloader, optimizer, lr_multiplier, train, **o
     (the last one 14 of the 18 rare classes), :data:`LT_SHAPES_INCREMENTAL_ITERS` iterations each at 0.2x the
     base lr (paper: 0.01 -> 0.002) with a step after 60%; the class-agnostic mask MLP 64 wide (the official single
     layer would be ~79M parameters here). ``options``: further :func:`lst_phases` arguments (``weight_generator``,
-    ``distill``, ``chain_name``, ``from_phase``, ...)."""
+    ``replay_resampling``, ``distill``, ``chain_name``, ``from_phase``, ...)."""
     from .common.schedules import multi_step
 
     return lst_phases(

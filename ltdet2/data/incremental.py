@@ -7,7 +7,7 @@ phase datasets.
 * :func:`replay_counts`: images replayed per old class, ``ceil(n_C / n_k)`` (paper) or ``round`` with a minimum of
   1 (official code).
 * :class:`IncrementalPhaseBuilder`: a derived-dataset builder (the phase runner's protocol) writing phase t's
-  training json (entries: new-class images + balanced replay) and its val json.
+  training json (entries: new-class images + balanced replay, one draw or several) and its val json.
 
 Ids in the phase datasets: the categories are the classes seen so far, renumbered in the sorted order (json
 category id = rank + 1, ``"source_id"`` = the dataset's own id), so a class keeps its contiguous index
@@ -30,6 +30,7 @@ __all__ = [
     "replay_counts",
     "REPLAY_MODES",
     "NEW_IMAGE_MODES",
+    "REPLAY_DRAW_KEY",
     "IncrementalPhaseBuilder",
 ]
 
@@ -37,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 REPLAY_MODES = ("ceil", "round")
 NEW_IMAGE_MODES = ("new_classes", "entry_class")
+# the image key of a training-set entry of a resampled replay: the draw it belongs to (ReplayDrawSampler)
+REPLAY_DRAW_KEY = "replay_draw"
 
 
 def _meta(meta) -> LVISMeta:
@@ -138,9 +141,21 @@ class IncrementalPhaseBuilder:
       with a new class, all new classes' annotations valid, old classes' ignored; ``"entry_class"`` (official
       code) one entry per (image, new class) pair, only that class valid;
     * phase t > 0, balanced replay: for each old class k, :func:`replay_counts` images containing k (``replay``:
-      "ceil", paper; "round", official), a permutation of k's training images by
-      ``np.random.default_rng([seed, t, source id of k])`` (cycled when the count exceeds them), fixed for the
-      phase; in a replay entry only class k is valid.
+      "ceil", paper; "round", official), the first ones of a permutation of k's training images by
+      ``np.random.default_rng([seed, t, source id of k])`` (cycled when the count exceeds them); in a replay entry
+      only class k is valid.
+
+    The replay is fixed for the phase by default (``replay_draws=1``, the paper's one R_t). The official code draws
+    a new replay every epoch (``balanced_replay.ipynb``: each class's shuffled image list, cycled, gives the *next*
+    ``count`` images each epoch): ``replay_draws`` E > 1 writes E draws, draw e of class k being the permutation's
+    images ``e * count ... (e + 1) * count - 1`` (cycled), so draw 0 is the fixed replay, the draws share no image
+    while ``E * count`` is at most k's images, and every image of k is replayed before one repeats. The entries are then the new-class
+    entries (untagged), then draw 0's replay, draw 1's, ... (each by class rank), every replay entry's image tagged
+    ``"replay_draw": e`` (:data:`REPLAY_DRAW_KEY`); :class:`~ltdet2.data.samplers.ReplayDrawSampler` trains epoch e
+    on the untagged entries and draw ``e mod E``. ``replay_draws="epochs"``: E is one draw per epoch of the
+    phase's schedule, ``ceil(schedule_iters * schedule_batch_size / epoch)`` with an epoch = the new-class entries
+    + one draw (the official code's epoch), at least 1; the replay entries are tagged even when E is 1. With
+    ``replay_draws=1`` the json has no tag and is the fixed-replay json byte for byte.
 
     In every entry the annotations of unseen classes are removed and the other seen-class annotations kept, those
     not valid as ``"valid": false`` (ignored by the box head, seen by the RPN: :class:`ValidityDatasetMapper`).
@@ -151,7 +166,8 @@ class IncrementalPhaseBuilder:
     (:func:`incremental_class_phases`): json id = rank + 1, ``"source_id"`` = the dataset's id. The val set is
     registered with ``train_json=<val_name>.train_counts.json`` (a category table of the *full* ``source``'s counts
     of the seen classes), so its frequency groups and instance counts (AP_r/c/f, instance-count buckets) are the
-    source training set's: a rare class stays rare. The training set's categories count its own entries.
+    source training set's: a rare class stays rare. The training set's categories count its own entries (with
+    several replay draws: all of them).
 
     Args:
         name: the training set's registered name (and file name in the phase folder).
@@ -163,8 +179,10 @@ class IncrementalPhaseBuilder:
         new_images: "new_classes" (paper) or "entry_class" (official code).
         seed: the replay draw's seed; None: the phase's ``train.seed`` (``context.seed``).
         val_name: the val set's name; None: ``name + "_val"``.
-
-    Not implemented: the official code's per-epoch resampling of the replay (a new subset each epoch).
+        replay_draws: 1 (paper: the replay fixed for the phase), an int E > 1 (E draws, official code's
+            resampling cycled over E epochs), or "epochs" (one draw per epoch of the schedule, official code).
+        schedule_iters, schedule_batch_size: the phase's iterations and total batch size (images per
+            iteration), read only with ``replay_draws="epochs"`` (and required by it).
     """
 
     def __init__(
@@ -180,6 +198,9 @@ class IncrementalPhaseBuilder:
         new_images: str = "new_classes",
         seed=None,
         val_name=None,
+        replay_draws=1,
+        schedule_iters=None,
+        schedule_batch_size=None,
     ):
         if replay not in REPLAY_MODES:
             raise ValueError(f"replay must be one of {REPLAY_MODES}, got {replay!r}")
@@ -189,6 +210,29 @@ class IncrementalPhaseBuilder:
             raise ValueError(
                 f"derived dataset {name!r}: phase {phase} out of range: phases are 0 (base) .. {num_phases} "
                 f"(num_phases={num_phases})"
+            )
+        by_schedule = replay_draws == "epochs"
+        if not by_schedule and (
+            isinstance(replay_draws, bool) or not isinstance(replay_draws, int) or replay_draws < 1
+        ):
+            raise ValueError(
+                f"derived dataset {name!r}: replay_draws must be an int >= 1 or 'epochs', got {replay_draws!r}"
+            )
+        schedule = (schedule_iters, schedule_batch_size)
+        if by_schedule and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in schedule):
+            raise ValueError(
+                f"derived dataset {name!r}: replay_draws='epochs' needs schedule_iters and schedule_batch_size "
+                f"(ints >= 1: the phase's iterations and total batch size), got {schedule_iters!r}, "
+                f"{schedule_batch_size!r}"
+            )
+        if not by_schedule and schedule != (None, None):
+            raise ValueError(
+                f"derived dataset {name!r}: schedule_iters / schedule_batch_size are read only with "
+                f"replay_draws='epochs' (replay_draws={replay_draws!r})"
+            )
+        if int(phase) == 0 and replay_draws != 1:
+            raise ValueError(
+                f"derived dataset {name!r}: phase 0 (base) has no replay to resample (replay_draws={replay_draws!r})"
             )
         self.name = name
         self.val_name = val_name if val_name is not None else f"{name}_val"
@@ -200,12 +244,15 @@ class IncrementalPhaseBuilder:
         self.replay = replay
         self.new_images = new_images
         self.seed = None if seed is None else int(seed)
+        self.replay_draws = replay_draws
+        self.schedule_iters, self.schedule_batch_size = schedule
 
     def __repr__(self):
+        schedule = f", schedule={self.schedule_iters}x{self.schedule_batch_size}" if self.schedule_iters else ""
         return (
             f"{type(self).__name__}(name={self.name!r}, source={self.source!r}, source_val={self.source_val!r}, "
             f"base={self.base}, num_phases={self.num_phases}, phase={self.phase}, replay={self.replay!r}, "
-            f"new_images={self.new_images!r}, seed={self.seed})"
+            f"new_images={self.new_images!r}, seed={self.seed}, replay_draws={self.replay_draws!r}{schedule})"
         )
 
     def input_phases(self) -> list:
@@ -241,7 +288,18 @@ class IncrementalPhaseBuilder:
             "replay": self.replay,
             "new_images": self.new_images,
             "seed": seed,
+            # only when resampled: a fixed-replay set keeps the record (and the file) it had before the option
+            **({"replay_draws": self.replay_draws} if self.replay_draws != 1 else {}),
+            **({"schedule": [self.schedule_iters, self.schedule_batch_size]} if self.schedule_iters else {}),
         }
+
+    def num_draws(self, num_new_entries: int, draw_size: int) -> int:
+        """E, the replay draws written for ``num_new_entries`` new-class entries and ``draw_size`` entries per draw:
+        ``replay_draws``, or with "epochs" ``ceil(schedule images / (num_new_entries + draw_size))``, at least 1."""
+        if self.replay_draws != "epochs":
+            return int(self.replay_draws)
+        images = self.schedule_iters * self.schedule_batch_size
+        return max(1, -(-images // (int(num_new_entries) + int(draw_size))))
 
     def prepare(self, context) -> None:
         from ..utils.files import file_identity
@@ -305,8 +363,9 @@ class IncrementalPhaseBuilder:
     # --- building ---------------------------------------------------------------------------------------------
 
     def _entries(self, checked, image_ids, rank, num_old, seed, meta, seen):
-        """(entry image positions [E], entry classes [E]: the rank valid in the entry, -1 = every class of rank
-        >= ``num_old``), new-class entries first (by image id, then class), then the replay by class rank."""
+        """(entry image positions [M], entry classes [M]: the rank valid in the entry, -1 = every class of rank
+        >= ``num_old``, entry draws [M]: the replay draw, -1 for a new-class entry), new-class entries first (by
+        image id, then class), then the replay by draw, then class rank."""
         image_order = np.empty(len(image_ids), dtype=np.int64)
         by_id = np.argsort(image_ids, kind="stable")
         image_order[by_id] = np.arange(len(image_ids))
@@ -319,7 +378,7 @@ class IncrementalPhaseBuilder:
             keys, classes = unique_image_class_pairs(annotation_image[is_new], rank[is_new])
             entry_image, entry_class = by_id[keys], classes
         if self.phase == 0:
-            return entry_image, entry_class
+            return entry_image, entry_class, np.full(len(entry_image), -1, dtype=np.int64)
         is_old = (rank >= 0) & (rank < num_old)
         keys, classes = unique_image_class_pairs(annotation_image[is_old], rank[is_old])
         by_class = np.lexsort((keys, classes))
@@ -345,15 +404,19 @@ class IncrementalPhaseBuilder:
             meta.instance_count[index[num_old:]],
             mode=self.replay,
         )
+        num_draws = self.num_draws(len(entry_image), int(counts.sum()))
         starts = np.concatenate([[0], np.cumsum(images_per_class)])
+        draws = np.arange(num_draws)[:, None]
         replayed = []
         for k in range(num_old):  # once per phase, not per iteration
             candidates = keys[starts[k] : starts[k + 1]]
-            draw = np.random.default_rng([seed, self.phase, int(seen[k])]).permutation(len(candidates))
-            replayed.append(candidates[np.resize(draw, int(counts[k]))])
+            order = np.random.default_rng([seed, self.phase, int(seen[k])]).permutation(len(candidates))
+            count = int(counts[k])
+            # [E, count]: draw e takes the permutation's next `count` images, cycled (draw 0 = the fixed replay)
+            replayed.append(candidates[order[(draws * count + np.arange(count)) % len(candidates)]])
         logger.info(
             "Derived dataset %s (phase %d): replaying %d images of %d old classes (%s; per class min %d / median %s "
-            "/ max %d)",
+            "/ max %d)%s",
             self.name,
             self.phase,
             int(counts.sum()),
@@ -362,17 +425,24 @@ class IncrementalPhaseBuilder:
             int(counts.min()),
             float(np.median(counts)),
             int(counts.max()),
+            f" in each of {num_draws} draws (an epoch: {len(entry_image)} new-class entries + one draw)"
+            if self.replay_draws != 1
+            else "",
         )
+        replay_class = np.repeat(np.arange(num_old, dtype=np.int64), counts)  # one draw's classes
         return (
-            np.concatenate([entry_image, by_id[np.concatenate(replayed)]]),
-            np.concatenate([entry_class, np.repeat(np.arange(num_old, dtype=np.int64), counts)]),
+            np.concatenate([entry_image, by_id[np.concatenate(replayed, axis=1).reshape(-1)]]),
+            np.concatenate([entry_class, np.tile(replay_class, num_draws)]),
+            np.concatenate(
+                [np.full(len(entry_image), -1, dtype=np.int64), np.repeat(np.arange(num_draws), len(replay_class))]
+            ),
         )
 
     def _train_json(self, d, checked, meta, seen, num_old, seed, categories) -> dict:
         images, annotations = d["images"], d["annotations"]
         image_ids = np.fromiter((im["id"] for im in images), dtype=np.int64, count=len(images))
         rank = _ranks(checked, seen)
-        entry_image, entry_class = self._entries(checked, image_ids, rank, num_old, seed, meta, seen)
+        entry_image, entry_class, entry_draw = self._entries(checked, image_ids, rank, num_old, seed, meta, seen)
 
         # the seen annotations of every entry's image, vectorised: by image position, json order within one
         kept = np.flatnonzero(rank >= 0)
@@ -393,6 +463,9 @@ class IncrementalPhaseBuilder:
             dict(_image(images[p], e + 1, lists, p), source_image_id=images[p]["id"])
             for e, p in enumerate(entry_image.tolist())
         ]
+        if self.replay_draws != 1:
+            for e in np.flatnonzero(entry_draw >= 0).tolist():
+                out_images[e][REPLAY_DRAW_KEY] = int(entry_draw[e])
         out_annotations = []
         for j, (i, e, r, v) in enumerate(
             zip(written.tolist(), entry_of.tolist(), written_rank.tolist(), valid.tolist())

@@ -21,6 +21,9 @@ e.g. :data:`STEPWISE_HEAD_GROUPS` / :data:`STEPWISE_TAIL_GROUPS`), counts ``f_c`
 itself, rounds ``r_I`` up (official, deterministic) or stochastically (Detectron2), and keeps the epoch at
 ``len(dataset)`` indices (official): RFS changes an epoch's composition, not its length
 (:class:`StepwiseRepeatFactorSampler`).
+
+LST's balanced replay resampled each epoch (issue #13, official code): :class:`ReplayDrawSampler` trains epoch e
+on a phase set's untagged entries and its replay draw ``e mod E`` (:func:`replay_draw_sampler`).
 """
 
 import logging
@@ -29,10 +32,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from detectron2.data.samplers import RepeatFactorTrainingSampler
+from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 
 from .class_counts import dataset_dict_pairs, unique_image_class_pairs
-from .lvis_meta import LVISMeta
+from .incremental import REPLAY_DRAW_KEY
+from .lvis_meta import LVISMeta, _fmt_ids
 
 __all__ = [
     "class_repeat_factors",
@@ -45,6 +49,8 @@ __all__ = [
     "stepwise_repeat_factors",
     "StepwiseRepeatFactorSampler",
     "stepwise_repeat_factor_sampler",
+    "ReplayDrawSampler",
+    "replay_draw_sampler",
 ]
 
 logger = logging.getLogger(__name__)
@@ -338,3 +344,89 @@ def stepwise_repeat_factor_sampler(
     return StepwiseRepeatFactorSampler(
         factors, rounding=rounding, epoch_length=epoch_length, shuffle=shuffle, seed=seed
     )
+
+
+# --- LST: balanced replay resampled each epoch -----------------------------------------------------------------
+
+
+class ReplayDrawSampler(TrainingSampler):
+    """Detectron2's :class:`TrainingSampler` (an infinite index stream, seeded, sharded over the ranks: rank r of
+    W takes positions r, r + W, ... of the one stream all ranks compute) whose epoch e is a permutation of the
+    entries drawn in every epoch and those of replay draw ``e mod E``, each once: the official LST code's replay
+    resampled each epoch (a phase set of :class:`~ltdet2.data.IncrementalPhaseBuilder` with ``replay_draws``; the
+    paper's fixed replay is Detectron2's own :class:`TrainingSampler` over a one-draw set).
+
+    On resume the stream restarts from its seed (epoch 0), as :class:`TrainingSampler`'s; ltdet2's trainer then
+    skips the batches already trained (``train.resume_data="replay"``, the default), or trains from the stream's
+    start (``"restart"``).
+
+    Args:
+        replay_draws: [N] int per dataset entry: -1 = in every epoch (new-class entries), e in [0, E) = replay
+            draw e; E = the largest + 1, and every draw 0..E-1 must have entries.
+        shuffle: permute each epoch (False: every-epoch entries then the draw's, in index order).
+        seed: as :class:`TrainingSampler` (None: a random seed shared by all ranks).
+    """
+
+    def __init__(self, replay_draws, *, shuffle=True, seed=None):
+        draws = np.asarray(replay_draws, dtype=np.int64).reshape(-1)
+        if not len(draws) or draws.max() < 0:
+            raise ValueError(f"ReplayDrawSampler: no entry of the {len(draws)} has a replay draw (>= 0)")
+        if draws.min() < -1:
+            raise ValueError(f"ReplayDrawSampler: replay draws are -1 (every epoch) or >= 0, got {int(draws.min())}")
+        num_draws = int(draws.max()) + 1
+        sizes = np.bincount(draws + 1, minlength=num_draws + 1)  # [1 + E]: every epoch, then each draw
+        if (sizes[1:] == 0).any():
+            raise ValueError(
+                f"ReplayDrawSampler: replay draws {_fmt_ids(np.flatnonzero(sizes[1:] == 0))} of 0..{num_draws - 1} "
+                "have no entry"
+            )
+        super().__init__(len(draws), shuffle=shuffle, seed=seed)
+        groups = np.split(np.argsort(draws, kind="stable"), np.cumsum(sizes)[:-1])
+        self._every_epoch = torch.as_tensor(groups[0])
+        self._draws = [torch.as_tensor(g) for g in groups[1:]]
+
+    @property
+    def num_draws(self) -> int:
+        return len(self._draws)
+
+    def epoch_indices(self, epoch: int) -> torch.Tensor:
+        """The entries of epoch ``epoch`` (unpermuted): every-epoch entries, then draw ``epoch mod E``'s."""
+        return torch.cat([self._every_epoch, self._draws[epoch % self.num_draws]])
+
+    def _infinite_indices(self):
+        g = torch.Generator()
+        g.manual_seed(self._seed)
+        epoch = 0
+        while True:
+            indices = self.epoch_indices(epoch)
+            if self._shuffle:
+                indices = indices[torch.randperm(len(indices), generator=g)]
+            yield from indices.tolist()
+            epoch += 1
+
+
+def replay_draw_sampler(dataset_dicts: Sequence[dict], *, shuffle: bool = True, seed: int | None = None):
+    """:class:`ReplayDrawSampler` over a phase set's dataset dicts (their ``"replay_draw"``, absent: every
+    epoch); LazyConfig use (configs/lst.py: ``lst_phases(replay_resampling=...)``)::
+
+        dataloader.train.sampler = L(replay_draw_sampler)(dataset_dicts="${..dataset}")
+
+    Raises:
+        ValueError: no dict has a ``"replay_draw"``: the set was built with one fixed draw (``replay_draws=1``),
+            or its loader dropped the key.
+    """
+    draws = np.fromiter((d.get(REPLAY_DRAW_KEY, -1) for d in dataset_dicts), np.int64, len(dataset_dicts))
+    if not (draws >= 0).any():
+        raise ValueError(
+            f"replay_draw_sampler: none of the {len(draws)} dataset dicts has a {REPLAY_DRAW_KEY!r}: the set was "
+            "built without resampled replay draws (IncrementalPhaseBuilder(replay_draws=1)), or its loader dropped "
+            "the key"
+        )
+    sampler = ReplayDrawSampler(draws, shuffle=shuffle, seed=seed)
+    logger.info(
+        "Replay resampled each epoch: %d entries in every epoch + one of %d replay draws (%d entries in all)",
+        len(sampler._every_epoch),
+        sampler.num_draws,
+        len(draws),
+    )
+    return sampler
