@@ -254,7 +254,7 @@ def _build_dataset_dicts(d: dict, checked, image_root: str) -> list:
     for p in np.argsort(image_ids, kind="stable").tolist():  # sorted by image id, as Detectron2
         image = images[p]
         record = {"file_name": _image_file(image_root, image, checked.lvis_format)}
-        for key in ("height", "width"):
+        for key in ("height", "width", "replay_draw"):  # replay_draw: ltdet2.data.incremental.REPLAY_DRAW_KEY
             if key in image:
                 record[key] = image[key]
         for key in CATEGORY_LIST_KEYS:
@@ -279,7 +279,8 @@ def load_lvis_format_json(
     ``segmentation`` (polygons or compressed RLE, when present), ``iscrowd`` (when present) and ``valid``
     (when present: False marks an "ignored" annotation, see :class:`ltdet2.data.ValidityDatasetMapper`).
     LVIS-format records also carry ``neg_category_ids`` / ``not_exhaustive_category_ids`` as contiguous
-    indices.
+    indices, and the entries of an LST phase set with resampled replay their ``replay_draw`` (read by
+    :class:`ltdet2.data.samplers.ReplayDrawSampler`).
 
     Args:
         json_file: the json; a truncated or malformed file is an error naming it.

@@ -21,10 +21,6 @@ from ltdet2.data.samplers import ReplayDrawSampler, replay_draw_sampler
 from fixtures.models import ROOT, TEST_DEVICE
 
 NEW_ENTRIES, PER_CLASS, OLD_IMAGES = 13, 7, (48, 31, 20, 13)
-# the loader (ltdet2/data/datasets.py) must carry the image key "replay_draw" into the dataset dicts
-NEEDS_LOADER_KEY = pytest.mark.xfail(
-    strict=True, reason="until ltdet2/data/datasets.py keeps the images' 'replay_draw' (the replay branch's report)"
-)
 
 
 def build(tiny_dataset, tmp_path, folder, *, phase=1, name="replay_test_p1", **options):
@@ -234,7 +230,6 @@ def test_replay_resampling_sets_the_builders_and_samplers(monkeypatch, tiny_data
         lst_config(monkeypatch, tiny_dataset, replay_draws=3)
 
 
-@NEEDS_LOADER_KEY
 def test_an_incremental_phase_trains_two_iterations_on_resampled_replay(monkeypatch, tiny_dataset, tmp_path):
     from detectron2.config import instantiate
     from detectron2.data import DatasetCatalog, MetadataCatalog
