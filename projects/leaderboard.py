@@ -61,8 +61,11 @@ def leaderboard_phases(model, dataloader, optimizer, train, *, pretrain_iters, f
         warmup_iters=min(100, pretrain_iters // 2),
     )
 
+    def warmup(iters):  # a fine-tune's: 10 iterations, at most half of a short (--quick) phase
+        return min(10, iters // 2)
+
     def fine_tune_schedule(iters):
-        return multi_step(iters, steps=(iters // 2, iters * 5 // 6), warmup_iters=10)
+        return multi_step(iters, steps=(iters // 2, iters * 5 // 6), warmup_iters=warmup(iters))
 
     def first_phase(**keys):
         phase = make_phase(model=model, dataloader=dataloader, optimizer=optimizer, train=train, **keys)
@@ -109,7 +112,7 @@ def leaderboard_phases(model, dataloader, optimizer, train, *, pretrain_iters, f
         source="lt_shapes_train",
         head_iters=finetune_iters // 2,
         transfer_iters=finetune_iters // 2,
-        warmup_iters=10,
+        warmup_iters=warmup(finetune_iters // 2),
         checkpoint_period=checkpoint_period,
         quota_scale=0.3,  # projects/stepwise.py's scaling of the paper's quotas and thresholds to LT-Shapes
         threshold_scale=30,
@@ -143,6 +146,8 @@ def leaderboard_phases(model, dataloader, optimizer, train, *, pretrain_iters, f
         chain_name="lst",
         from_phase="lst_base",
         incremental_iters=finetune_iters // LST_INCREMENTAL_PHASES,
+        # configs/lst.py's LT-Shapes schedule (x0.1 after 60%) with the warm-up fitted to short phases
+        incremental_schedule=lambda iters: multi_step(iters, steps=(iters * 6 // 10,), warmup_iters=warmup(iters)),
     )
     last = f"lst_{LST_INCREMENTAL_PHASES}"
     phases.update({name: phase for name, phase in chain.items() if name != last})

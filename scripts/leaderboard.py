@@ -2,7 +2,7 @@
 """The LT-Shapes leaderboard (projects/leaderboard.py): trains entries x seeds in pieces, writes one results file
 per finished (entry, seed), and rebuilds the table and plots from those files alone.
 
-    python scripts/leaderboard.py [--entries ce loce ...] [--seeds 0 1 2] [--dry-run] [key=value ...]
+    python scripts/leaderboard.py [key=value ...] [--entries ce loce ...] [--seeds 0 1 2] [--dry-run]
     python scripts/leaderboard.py --quick              # fewer iterations, seed 0, its own folders (< 30 min)
     python scripts/leaderboard.py --from-results       # only the table and plots, from docs/leaderboard/results
 
@@ -138,7 +138,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="the short setting: fewer iterations, seed 0")
     parser.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
     parser.add_argument("--from-results", action="store_true", help="only rebuild the table and plots")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides for every phase")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides (before --entries / --seeds)")
     args = parser.parse_args(argv)
     config_file, seeds, output_dir, docs_dir = SETTINGS[args.quick]
     args.config_file = args.config_file or config_file
@@ -170,9 +170,10 @@ def main(argv=None):
                 planned.update(todo)
                 if args.dry_run:
                     continue
+                # overrides first: after --entries / --seeds, argparse would read them as entries or seeds
                 command = shlex.join(
-                    ["scripts/leaderboard.py", *(["--quick"] if args.quick else []), "--entries", entry]
-                    + ["--seeds", str(seed), *args.overrides]
+                    ["scripts/leaderboard.py", *args.overrides, *(["--quick"] if args.quick else [])]
+                    + ["--entries", entry, "--seeds", str(seed)]
                 )
                 record = run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command)
                 print(f"{entry} seed {seed}: wrote {write_entry_results(results_dir, record)}", flush=True)

@@ -218,7 +218,8 @@ def plot_apr_vs_apf(records, out, *, entries=None, task="bbox", title=None):
 
 def plot_entries_per_class_ap(records, out_dir, *, entries=None, task="bbox"):
     """Per entry, its per-class AP (mean over the seeds) against training image count
-    (:func:`ltdet2.evaluation.plots.plot_per_class_ap`), as ``<out_dir>/<entry>.png``. Returns the paths."""
+    (:func:`ltdet2.evaluation.plots.plot_per_class_ap`), as ``<out_dir>/<entry>.png``; an entry without any
+    defined AP (no detection: a too short ``--quick`` run) has no plot. Returns the paths."""
     from ltdet2.evaluation.plots import plot_per_class_ap
 
     paths = []
@@ -228,6 +229,8 @@ def plot_entries_per_class_ap(records, out_dir, *, entries=None, task="bbox"):
             continue
         seeds = ", ".join(str(r["seed"]) for r in holding)
         per_class = mean_per_class_ap(holding, entry, task)
+        if all(c["AP"] is None for c in per_class):
+            continue
         title = f"{entry}: per-class {task} AP, mean of seed{'s' if len(holding) > 1 else ''} {seeds}"
         paths.append(plot_per_class_ap(per_class, os.path.join(out_dir, f"{entry}.png"), title=title))
     return paths

@@ -54,6 +54,10 @@ def test_entries_chains_and_equal_iteration_budgets(project):
     )
     quick = load_config(QUICK, ["train.device=cpu"])
     assert {chain_iterations(quick.phases, c) for c in entry_chains(quick.phases).values()} == {QUICK_ITERS}
+    for cfg in (project, quick):  # every schedule fits its phase (a warm-up longer than a short phase does not)
+        for name, phase in cfg.phases.items():
+            scheduler = instantiate(phase.lr_multiplier)
+            assert 0 < scheduler(0.0) <= 1.0 and 0 < scheduler(0.999) <= 1.0, name
     # only the entries are evaluated; every phase is Mask R-CNN on all 72 classes but LST's first ones
     assert [n for n, p in project.phases.items() if "evaluator" in p.dataloader] == ENTRIES
     assert all(project.phases[n].dataloader.train.mapper.use_instance_mask for n in project.phases)
@@ -218,3 +222,52 @@ def test_quick_run_folders_are_its_own():
     full, quick = script.SETTINGS[False], script.SETTINGS[True]
     assert quick[1] == [0] and full[1] == [0, 1, 2]
     assert quick[2] != full[2] and quick[3].startswith(full[3] + "/")
+
+
+def test_two_entries_train_end_to_end_on_a_tiny_lt_shapes(tiny_dataset, tmp_path, monkeypatch):
+    """The script with the real runner (in this process instead of one per phase): the pretrain and the RIO replay +
+    LOCE EBL composition (its memory warm-up included), 2 iterations each."""
+    from ltdet2.engine.phases import run_phases
+
+    from fixtures.models import TEST_DEVICE, TINY_LT_SHAPES
+
+    script = load_repo_module("scripts/leaderboard.py")
+    (train_name, val_name), n = tiny_dataset, TINY_LT_SHAPES.num_classes
+    # every box kept (score > 0): a model of 2 iterations has detections, so box and mask AP are computed
+    overrides = [
+        "train.max_iter=2",
+        f"train.device={TEST_DEVICE}",
+        "model.roi_heads.box_predictor.test_score_thresh=0.0",
+        "model.roi_heads.box_predictor.test_topk_per_image=5",  # 5 boxes and masks per image: a fast evaluation
+    ]
+    overrides += [
+        "dataloader.train.num_workers=0",
+        "dataloader.test.num_workers=0",
+        "dataloader.train.total_batch_size=2",
+    ]
+    for phase in ("pretrain", "replay_ebl"):
+        overrides += [
+            f"phases.{phase}.model.roi_heads.num_classes={n}",
+            f"phases.{phase}.dataloader.train.dataset.names={train_name}",
+            f"phases.{phase}.dataloader.test.dataset.names={val_name}",
+        ]
+    pieces = "phases.replay_ebl.model.roi_heads"
+    overrides += [f"{pieces}.indicators.mean_score.num_classes={n}", f"{pieces}.feature_sources.0.num_classes={n}"]
+    overrides += [f"{pieces}.feature_sources.0.dataset_name={train_name}"]
+
+    def run_in_process(config_file, phase, seed, seed_dir, phase_overrides):
+        cfg = load_config(config_file, [f"train.seed={seed}", f"train.output_dir={seed_dir}", *phase_overrides])
+        run_phases(cfg, only=phase.name)
+
+    monkeypatch.setattr(script, "run_phase", run_in_process)
+    docs = str(tmp_path / "docs")
+    args = ["--output-dir", str(tmp_path / "out"), "--docs-dir", docs, "--seeds", "0", "--entries", "replay_ebl"]
+    script.main([*overrides, *args])
+    for entry in ("replay_ebl",):
+        record = read_json(os.path.join(docs, "results", f"{entry}_seed0.json"))
+        assert {"bbox", "segm", "per_class_ap_bbox", "per_class_ap_segm"} <= set(record["phases"][entry])
+        assert len(record["phases"][entry]["per_class_ap_segm"]) == n and record["iterations"] == 4
+        assert record["command"].startswith("scripts/leaderboard.py train.max_iter=2 ")  # overrides before options
+    assert not os.path.isdir(os.path.join(str(tmp_path / "out"), "seed0", "pretrain", "inference"))  # not evaluated
+    assert os.path.isfile(os.path.join(docs, "leaderboard.md")) and os.path.isfile(os.path.join(docs, "apr_vs_apf.png"))
+    assert os.path.isfile(os.path.join(docs, "per_class_ap", "replay_ebl.png"))
