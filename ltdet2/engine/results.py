@@ -128,12 +128,15 @@ def _seeds_label(phase: str, holding: list[dict], records: list[dict]) -> str:
     return f"{phase} (seed{'s' if len(holding) > 1 else ''} {', '.join(str(r['seed']) for r in holding)} only)"
 
 
-def format_mean_std_table(records: list[dict], task: str = "bbox", metrics=SUMMARY_METRICS) -> str:
+def format_mean_std_table(
+    records: list[dict], task: str = "bbox", metrics=SUMMARY_METRICS, row_label: str = "phase"
+) -> str:
     """Markdown table: per phase (in the first record's order), mean ± std over the records that hold it
     (sample standard deviation, n-1; blank with one record) of each metric, and APr per seed. A phase that
-    only some seeds ran (e.g. the ablation arms of a partly run project) is labelled with those seeds."""
+    only some seeds ran (e.g. the ablation arms of a partly run project) is labelled with those seeds.
+    ``row_label`` names the rows in the header (a leaderboard's are entries)."""
     seeds = [r["seed"] for r in records]
-    header = f"| phase ({task}; mean ± std over seeds {', '.join(map(str, seeds))}) | "
+    header = f"| {row_label} ({task}; mean ± std over seeds {', '.join(map(str, seeds))}) | "
     lines = [header + " | ".join(metrics) + " | APr per seed |", "|---|" + "---:|" * (len(metrics) + 1)]
     for phase in _phase_order(records):
         holding = [r for r in records if phase in r["phases"]]

@@ -1,0 +1,241 @@
+"""A leaderboard: entries of a multi-phase project, one small results file per (entry, seed), and the table and
+plots rebuilt from those files alone (``scripts/leaderboard.py``, ``projects/leaderboard.py``).
+
+An *entry* of a project is a phase that no other phase starts from, distils from or scores with (its last
+phase); its *chain* is that phase and, transitively, every phase it needs (``train.init_from_phase`` or the
+previous phase, ``train.teacher_from_phase``, the ``scores_from_phase`` of its derived datasets), in the
+project's order. Chains share phases (one pretrain for several fine-tunes): a shared phase trains once per seed.
+Only entries are evaluated (:func:`evaluate_entries_only`).
+
+Results file of one (entry, seed), ``<results-dir>/<entry>_seed<N>.json``: the format of
+:mod:`ltdet2.engine.results` (``phases`` holds the entry's last phase under the entry's name) plus ``entry``,
+``chain`` (its phases), ``phase_wall_s`` (wall seconds of each phase's run: training, its derived datasets and,
+for the last phase, the evaluation; measured once per seed, so a shared phase's time is counted in every entry
+that needs it) and ``wall_s`` (their sum: what the entry costs alone).
+"""
+
+import glob
+import math
+import os
+import re
+
+import numpy as np
+
+from .results import load_results_files, mean_per_class_ap, write_results_file
+
+__all__ = [
+    "ENTRY_METRICS",
+    "phase_inputs",
+    "entry_chains",
+    "evaluate_entries_only",
+    "chain_iterations",
+    "results_path",
+    "write_entry_results",
+    "load_entry_results",
+    "records_by_seed",
+    "format_leaderboard_table",
+    "apr_apf_points",
+    "plot_apr_vs_apf",
+    "plot_entries_per_class_ap",
+]
+
+# the table's columns: (column, task, metric of the evaluator's results) and the entry's wall time in minutes
+ENTRY_METRICS = (
+    ("AP", "bbox", "AP"),
+    ("AP50", "bbox", "AP50"),
+    ("APr", "bbox", "APr"),
+    ("APc", "bbox", "APc"),
+    ("APf", "bbox", "APf"),
+    ("mask AP", "segm", "AP"),
+    ("mask APr", "segm", "APr"),
+)
+WALL_COLUMN = "wall (min)"
+TABLE_TASK = "leaderboard"  # the merged task the table is formatted from
+_RESULTS_NAME = re.compile(r"^(?P<entry>.+)_seed(?P<seed>\d+)\.json$")
+
+
+def _train(phase):
+    return phase["train"]
+
+
+def phase_inputs(phases, name):
+    """Names of the phases phase ``name`` of ``phases`` (an ordered mapping name -> phase config) needs: its
+    input checkpoint's (``train.init_from_phase``; None: the previous phase, "": none), its teacher's and the
+    phases its derived datasets are scored with."""
+    names = list(phases)
+    train = _train(phases[name])
+    source = train.get("init_from_phase", None)
+    if source is None:
+        source = names[names.index(name) - 1] if names.index(name) > 0 else ""
+    needed = [source, train.get("teacher_from_phase", None) or ""]
+    needed += [b.get("scores_from_phase", None) or "" for b in train.get("derived_datasets", None) or []]
+    unknown = [n for n in needed if n and n not in phases]
+    if unknown:
+        raise ValueError(f"phase {name!r} needs phases {unknown}, which the project does not have ({names})")
+    return list(dict.fromkeys(n for n in needed if n))
+
+
+def entry_chains(phases):
+    """{entry: [the phases it needs and itself, in the project's order]} for every phase no other phase needs."""
+    needed_by_others = {n for name in phases for n in phase_inputs(phases, name)}
+    chains = {}
+    for entry in (name for name in phases if name not in needed_by_others):
+        chain, todo = {entry}, [entry]
+        while todo:
+            for source in phase_inputs(phases, todo.pop()):
+                if source not in chain:
+                    chain.add(source)
+                    todo.append(source)
+        chains[entry] = [name for name in phases if name in chain]
+    return chains
+
+
+def evaluate_entries_only(phases):
+    """Removes ``dataloader.evaluator`` from every phase that is not an entry (on a CPU a Mask R-CNN evaluation
+    costs minutes; the runner evaluates a phase without one to nothing). Returns ``phases``."""
+    entries = entry_chains(phases)
+    for name, phase in phases.items():
+        if name not in entries:
+            phase["dataloader"].pop("evaluator", None)
+    return phases
+
+
+def chain_iterations(phases, chain):
+    """Training iterations of a chain: the sum of its phases' ``train.max_iter``."""
+    return sum(int(_train(phases[name]).max_iter) for name in chain)
+
+
+def results_path(results_dir, entry, seed):
+    return os.path.join(results_dir, f"{entry}_seed{int(seed)}.json")
+
+
+def load_entry_results(results_dir):
+    """Every (entry, seed) results file of ``results_dir`` (:func:`results_path` names), checked: a file whose
+    name does not match its ``entry`` / ``seed`` is refused."""
+    records = load_results_files(results_dir)
+    for record in records:
+        path = results_path(results_dir, record.get("entry", "?"), record["seed"])
+        if not os.path.isfile(path) or record["entry"] not in record["phases"]:
+            names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(results_dir, "*.json")))
+            raise ValueError(
+                f"{results_dir}: a results file (entry {record.get('entry')!r}, seed {record['seed']}) is not named "
+                f"<entry>_seed<N>.json or lacks its entry's phase; files: {names}"
+            )
+    return records
+
+
+def _merged_task(record):
+    """The entry's results as one task for the table: ENTRY_METRICS' columns and the wall time (minutes)."""
+    phase = record["phases"][record["entry"]]
+    merged = {}
+    for column, task, metric in ENTRY_METRICS:
+        value = phase.get(task, {}).get(metric, math.nan)
+        merged[column] = math.nan if value is None else float(value)
+    merged[WALL_COLUMN] = record.get("wall_s", math.nan) / 60.0
+    return merged
+
+
+def records_by_seed(records, entries=None):
+    """One results record per seed (the format of :mod:`ltdet2.engine.results`) holding every entry of that seed
+    as a phase (``entries``: their order; default the order of ``records``), each phase with the per-entry tasks
+    and the merged :data:`TABLE_TASK` the table reads."""
+    order = list(entries) if entries is not None else list(dict.fromkeys(r["entry"] for r in records))
+    by_seed = {}
+    for record in sorted((r for r in records if r["entry"] in order), key=lambda r: r["seed"]):
+        merged = by_seed.setdefault(record["seed"], {"seed": record["seed"], "phases": {}})
+        merged["phases"][record["entry"]] = {**record["phases"][record["entry"]], TABLE_TASK: _merged_task(record)}
+    for merged in by_seed.values():  # the first seed's order is the table's
+        merged["phases"] = {name: merged["phases"][name] for name in order if name in merged["phases"]}
+    return [by_seed[seed] for seed in sorted(by_seed)]
+
+
+def format_leaderboard_table(records, entries=None, reference=None):
+    """Markdown: the mean ± std table over seeds (:func:`ltdet2.engine.results.format_mean_std_table`) of the
+    entries' box AP, AP50, APr, APc, APf, mask AP, mask APr and wall time; with ``reference`` (an entry) and at
+    least 2 seeds, the paired differences of every other entry against it (box AP, APr, APc, APf)."""
+    from .results import format_mean_std_table, format_paired_differences
+
+    merged = records_by_seed(records, entries)
+    if not merged:
+        raise ValueError("no results to tabulate")
+    columns = tuple(column for column, _, _ in ENTRY_METRICS) + (WALL_COLUMN,)
+    table = format_mean_std_table(merged, TABLE_TASK, metrics=columns, row_label="entry")
+    names = list(merged[0]["phases"])
+    if reference is not None and len(merged) >= 2 and reference in names:
+        pairs = [
+            (name, reference) for name in dict.fromkeys(n for r in merged for n in r["phases"]) if name != reference
+        ]
+        table += "\n\n" + format_paired_differences(merged, pairs, "bbox")
+    return table
+
+
+def _figure(width, height):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def apr_apf_points(records, entries=None, task="bbox"):
+    """{entry: (mean APr, std APr, mean APf, std APf, seeds)} over the seeds' results (sample std; 0 with one)."""
+    points = {}
+    for entry in entries or dict.fromkeys(r["entry"] for r in records):
+        values = np.array(
+            [[r["phases"][entry][task][m] for m in ("APr", "APf")] for r in records if r["entry"] == entry],
+            dtype=np.float64,
+        )
+        if not len(values):
+            continue
+        std = np.std(values, axis=0, ddof=1) if len(values) > 1 else np.zeros(2)
+        points[entry] = (values[:, 0].mean(), std[0], values[:, 1].mean(), std[1], len(values))
+    return points
+
+
+def plot_apr_vs_apf(records, out, *, entries=None, task="bbox", title=None):
+    """Scatter plot of APr (y) against APf (x), one point per entry with ±1 std error bars over the seeds, each
+    labelled with its name; written to ``out`` (PNG, Agg). Returns ``out``."""
+    points = apr_apf_points(records, entries, task)
+    if not points:
+        raise ValueError("no entry to plot")
+    fig = _figure(7, 5.5)
+    ax = fig.subplots()
+    for index, (entry, (apr, apr_std, apf, apf_std, _seeds)) in enumerate(points.items()):
+        color = f"C{index % 10}"
+        ax.errorbar(apf, apr, xerr=apf_std, yerr=apr_std, fmt="o", color=color, capsize=3)
+        ax.annotate(entry, (apf, apr), textcoords="offset points", xytext=(5, 4), fontsize=8, color=color)
+    seeds = sorted({r["seed"] for r in records})
+    ax.set_xlabel(f"APf ({task}, %)")
+    ax.set_ylabel(f"APr ({task}, %)")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or f"APr against APf, mean ± std over seeds {', '.join(map(str, seeds))}")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def plot_entries_per_class_ap(records, out_dir, *, entries=None, task="bbox"):
+    """Per entry, its per-class AP (mean over the seeds) against training image count
+    (:func:`ltdet2.evaluation.plots.plot_per_class_ap`), as ``<out_dir>/<entry>.png``; an entry without any
+    defined AP (no detection: a too short ``--quick`` run) has no plot. Returns the paths."""
+    from ltdet2.evaluation.plots import plot_per_class_ap
+
+    paths = []
+    for entry in entries or dict.fromkeys(r["entry"] for r in records):
+        holding = [r for r in records if r["entry"] == entry]
+        if not holding:
+            continue
+        seeds = ", ".join(str(r["seed"]) for r in holding)
+        per_class = mean_per_class_ap(holding, entry, task)
+        if all(c["AP"] is None for c in per_class):
+            continue
+        title = f"{entry}: per-class {task} AP, mean of seed{'s' if len(holding) > 1 else ''} {seeds}"
+        paths.append(plot_per_class_ap(per_class, os.path.join(out_dir, f"{entry}.png"), title=title))
+    return paths
+
+
+def write_entry_results(results_dir, record):
+    """Writes an (entry, seed) record to its :func:`results_path`; returns the path."""
+    return write_results_file(results_path(results_dir, record["entry"], record["seed"]), record)

@@ -1,0 +1,191 @@
+#!/usr/bin/env python
+"""The LT-Shapes leaderboard (projects/leaderboard.py): trains entries x seeds in pieces, writes one results file
+per finished (entry, seed), and rebuilds the table and plots from those files alone.
+
+    python scripts/leaderboard.py [key=value ...] [--entries ce loce ...] [--seeds 0 1 2] [--dry-run]
+    python scripts/leaderboard.py --quick              # fewer iterations, seed 0, its own folders (< 30 min)
+    python scripts/leaderboard.py --from-results       # only the table and plots, from docs/leaderboard/results
+
+Each (entry, seed) trains its chain (ltdet2.engine.leaderboard) in ``<output-dir>/seed<N>/<phase>``, one
+``lazyconfig_train_net.py --phase NAME`` run per phase; a phase that already finished there (a shared pretrain)
+is not run again, so a shared phase trains once per seed. When the entry's last phase has finished,
+``<results-dir>/<entry>_seed<N>.json`` is written (box and mask metrics with per-class AP of the entry's last
+phase, the command, commit, machine, iterations and the wall time of each phase's run); an (entry, seed) whose
+results file exists is skipped. The results files are committed, so the work spans machines and sittings.
+Then, from the results files alone: ``<docs-dir>/leaderboard.md`` (mean ± std over seeds of box AP, AP50, APr,
+APc, APf, mask AP, mask APr and wall time per entry, and the paired differences to ``ce``),
+``<docs-dir>/apr_vs_apf.png`` and ``<docs-dir>/per_class_ap/<entry>.png``.
+
+Budget, 2 AMD EPYC cores, no GPU. Measured: the small Mask R-CNN trains at 1.58 s per iteration (batch 8, quiet
+machine, nice 10; 4-19 s when other trainings share the cores). An evaluation of an entry (400 val images, score
+1e-4, 300 detections, box and mask) took ~5 min for a trained model on busy cores (README, LST); a barely trained
+model keeps 300 detections per image and takes ~10 s per image on busy cores, hence only entries are evaluated
+and --quick evaluates COCO-style. Estimate per seed: 3 first phases x 300 + 10 entries x 150 = 2,400 iterations
+(~64 min) + 10 evaluations (~30-50 min) + step-wise's scoring of the training set and LOCE's warm-ups (~5-10 min)
+= ~1 h 50 min - 2 h; 3 seeds ~5.5-6 h on a quiet machine. ``--quick`` (projects/leaderboard_quick.py): 48 + 24
+iterations per entry, 384 in all, COCO-style evaluation: see its header and the measured time in the README.
+"""
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from ltdet2.engine.leaderboard import (
+    chain_iterations,
+    entry_chains,
+    format_leaderboard_table,
+    load_entry_results,
+    plot_apr_vs_apf,
+    plot_entries_per_class_ap,
+    results_path,
+    write_entry_results,
+)
+from ltdet2.engine.phases import load_config, resolve_phases
+from ltdet2.engine.results import git_commit, phase_record, results_record
+from ltdet2.utils.json_io import read_json, write_json_atomic
+
+TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lazyconfig_train_net.py")
+WALL_FILE = "leaderboard_wall.json"  # in a phase's folder: the wall seconds of the run that trained it
+REFERENCE_ENTRY = "ce"
+SETTINGS = {  # (config, seeds, output dir, docs dir) of the full leaderboard and of --quick
+    False: ("projects/leaderboard.py", [0, 1, 2], "output/leaderboard", "docs/leaderboard"),
+    True: ("projects/leaderboard_quick.py", [0], "output/leaderboard_quick", "docs/leaderboard/quick"),
+}
+
+
+def seed_phases(cfg, seed_dir):
+    """{name: Phase} of the loaded project with its phases in ``seed_dir``."""
+    cfg.train.output_dir = seed_dir
+    return {phase.name: phase for phase in resolve_phases(cfg)}
+
+
+def run_phase(config_file, phase, seed, seed_dir, overrides):
+    """Trains (and, for an entry, evaluates) one phase in its own process; records its wall time."""
+    command = [sys.executable, TRAIN_SCRIPT, "--config-file", config_file, "--resume", "--phase", phase.name]
+    command += [f"train.seed={seed}", f"train.output_dir={seed_dir}", *overrides]
+    print("+", shlex.join(command), flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    wall = time.perf_counter() - start
+    write_json_atomic(os.path.join(phase.output_dir, WALL_FILE), {"wall_s": wall}, indent=1)
+    return wall
+
+
+def phase_wall(phase):
+    path = os.path.join(phase.output_dir, WALL_FILE)
+    return read_json(path, what="wall time")["wall_s"] if os.path.isfile(path) else float("nan")
+
+
+def run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command):
+    """Trains what ``chain`` still lacks in ``seed_dir`` and returns the (entry, seed) results record."""
+    commit = git_commit()  # the code the entry runs on
+    for name in chain:
+        if phases[name].is_done():
+            print(f"  phase {name}: finished in {phases[name].output_dir}, not run again", flush=True)
+        else:
+            run_phase(args.config_file, phases[name], seed, seed_dir, args.overrides)
+    record = results_record(
+        project=args.config_file,
+        seed=seed,
+        command=command,
+        commit=commit,
+        phases={entry: phase_record(phases[entry].done_file)},
+    )
+    walls = {name: phase_wall(phases[name]) for name in chain}
+    record.update(
+        entry=entry,
+        chain=chain,
+        iterations=chain_iterations(cfg.phases, chain),
+        phase_wall_s=walls,
+        wall_s=sum(walls.values()),
+    )
+    return record
+
+
+def build_outputs(results_dir, docs_dir, order):
+    """The table and plots from the results files of ``results_dir`` alone; returns the table."""
+    records = load_entry_results(results_dir)
+    names = list(
+        dict.fromkeys([*(n for n in order if any(r["entry"] == n for r in records)), *(r["entry"] for r in records)])
+    )
+    table = format_leaderboard_table(records, names, reference=REFERENCE_ENTRY)
+    machines = sorted({r.get("machine", "?") for r in records})
+    commits = sorted({str(r.get("commit")) for r in records})
+    text = (
+        f"{table}\n\nBox AP columns are bbox, mask columns segm (LVIS-style, percent); wall = the entry's phases "
+        f"trained alone (each shared phase counted in full), its evaluation included. Machine: {'; '.join(machines)}."
+        f" Commits: {', '.join(commits)}. Rebuilt from {results_dir}.\n"
+    )
+    os.makedirs(docs_dir, exist_ok=True)
+    with open(os.path.join(docs_dir, "leaderboard.md"), "w") as f:
+        f.write(text)
+    plot_apr_vs_apf(records, os.path.join(docs_dir, "apr_vs_apf.png"), entries=names)
+    plot_entries_per_class_ap(records, os.path.join(docs_dir, "per_class_ap"), entries=names)
+    return text
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", help="the project (default: projects/leaderboard.py, --quick: its own)")
+    parser.add_argument("--entries", nargs="+", help="run only these entries (default: all)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (--quick: 0)")
+    parser.add_argument("--output-dir", help="training folders (default output/leaderboard[_quick])")
+    parser.add_argument("--docs-dir", help="table and plots (default docs/leaderboard[/quick])")
+    parser.add_argument("--results-dir", help="results files (default <docs-dir>/results)")
+    parser.add_argument("--quick", action="store_true", help="the short setting: fewer iterations, seed 0")
+    parser.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
+    parser.add_argument("--from-results", action="store_true", help="only rebuild the table and plots")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides (before --entries / --seeds)")
+    args = parser.parse_args(argv)
+    config_file, seeds, output_dir, docs_dir = SETTINGS[args.quick]
+    args.config_file = args.config_file or config_file
+    seeds = args.seeds or seeds
+    output_dir = args.output_dir or output_dir
+    docs_dir = args.docs_dir or docs_dir
+    results_dir = args.results_dir or os.path.join(docs_dir, "results")
+
+    cfg = load_config(args.config_file, args.overrides)
+    chains = entry_chains(cfg.phases)
+    unknown = sorted(set(args.entries or ()) - set(chains))
+    if unknown:
+        parser.error(f"--entries {unknown}: {args.config_file} has entries {list(chains)}")
+    entries = [name for name in chains if args.entries is None or name in args.entries]
+
+    if not args.from_results:
+        for seed in seeds:
+            seed_dir = os.path.join(output_dir, f"seed{seed}")
+            phases = seed_phases(cfg, seed_dir)
+            planned = set()  # --dry-run: phases an earlier entry of this seed would train
+            for entry in entries:
+                path = results_path(results_dir, entry, seed)
+                chain = chains[entry]
+                if os.path.isfile(path):
+                    print(f"{entry} seed {seed}: {path} exists, skipped", flush=True)
+                    continue
+                todo = [name for name in chain if not phases[name].is_done() and name not in planned]
+                print(f"{entry} seed {seed}: phases {chain}, to train {todo}", flush=True)
+                planned.update(todo)
+                if args.dry_run:
+                    continue
+                # overrides first: after --entries / --seeds, argparse would read them as entries or seeds
+                command = shlex.join(
+                    ["scripts/leaderboard.py", *args.overrides, *(["--quick"] if args.quick else [])]
+                    + ["--entries", entry, "--seeds", str(seed)]
+                )
+                record = run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command)
+                print(f"{entry} seed {seed}: wrote {write_entry_results(results_dir, record)}", flush=True)
+    if args.dry_run:
+        return None
+    if not os.path.isdir(results_dir):
+        print(f"no results in {results_dir} yet", flush=True)
+        return None
+    text = build_outputs(results_dir, docs_dir, list(chains))
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
