@@ -145,17 +145,17 @@ class IncrementalPhaseBuilder:
       ``np.random.default_rng([seed, t, source id of k])`` (cycled when the count exceeds them); in a replay entry
       only class k is valid.
 
-    The replay is fixed for the phase by default (``replay_draws=1``, the paper's one R_t). The official code draws
-    a new replay every epoch (``balanced_replay.ipynb``: each class's shuffled image list, cycled, gives the *next*
+    The replay is fixed for the phase by default (``replay_draws=1``, the paper's one R_t). The official code draws a
+    new replay every epoch (``balanced_replay.ipynb``: each class's shuffled image list, cycled, gives the *next*
     ``count`` images each epoch): ``replay_draws`` E > 1 writes E draws, draw e of class k being the permutation's
-    images ``e * count ... (e + 1) * count - 1`` (cycled), so draw 0 is the fixed replay, the draws share no image
-    while ``E * count`` is at most k's images, and every image of k is replayed before one repeats. The entries are then the new-class
-    entries (untagged), then draw 0's replay, draw 1's, ... (each by class rank), every replay entry's image tagged
-    ``"replay_draw": e`` (:data:`REPLAY_DRAW_KEY`); :class:`~ltdet2.data.samplers.ReplayDrawSampler` trains epoch e
-    on the untagged entries and draw ``e mod E``. ``replay_draws="epochs"``: E is one draw per epoch of the
-    phase's schedule, ``ceil(schedule_iters * schedule_batch_size / epoch)`` with an epoch = the new-class entries
-    + one draw (the official code's epoch), at least 1; the replay entries are tagged even when E is 1. With
-    ``replay_draws=1`` the json has no tag and is the fixed-replay json byte for byte.
+    images ``e * count ... (e + 1) * count - 1`` (cycled), so draw 0 is the fixed replay, the draws share no image while
+    ``E * count`` is at most k's images, and every image of k is replayed before one repeats. The entries are then the
+    new-class entries (untagged), then draw 0's replay, draw 1's, ... (each by class rank), every replay entry's image
+    tagged ``"replay_draw": e`` (:data:`REPLAY_DRAW_KEY`); :class:`~ltdet2.data.samplers.ReplayDrawSampler` trains epoch
+    e on the untagged entries and draw ``e mod E``. ``replay_draws="epochs"``: E is one draw per epoch of the phase's
+    schedule, ``ceil(schedule_iters * schedule_batch_size / epoch)`` with an epoch = the new-class entries + one draw
+    (the official code's epoch), at least 1; the replay entries are tagged even when E is 1. With ``replay_draws=1`` the
+    json has no tag and is the fixed-replay json byte for byte.
 
     In every entry the annotations of unseen classes are removed and the other seen-class annotations kept, those
     not valid as ``"valid": false`` (ignored by the box head, seen by the RPN: :class:`ValidityDatasetMapper`).

@@ -61,6 +61,8 @@ MULTI_PHASE_PROJECTS = [
     "bacl_lvis_v0_5.py",
     "bacl_lvis_v1.py",
     "bacl_lvis_v1_mask.py",
+    "leaderboard.py",
+    "leaderboard_quick.py",
     "loce.py",
     "loce_ablation.py",
     "loce_lvis_v1.py",
