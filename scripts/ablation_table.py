@@ -25,7 +25,7 @@ import shlex
 import subprocess
 import sys
 
-from ltdet2.engine.phases import load_config, resolve_phases
+from ltdet2.engine.phases import SUMMARY_METRICS, load_config, resolve_phases
 from ltdet2.engine.results import (
     format_mean_std_table,
     format_paired_differences,
@@ -151,7 +151,7 @@ def main():
                 print(f"seed {seed}: wrote {write_results_file(results_file, record)}", flush=True)
             records.append(record)
         table_dir = args.results_dir or args.output_dir
-    table = format_mean_std_table(records, args.task, *([args.metrics] if args.metrics else []))
+    table = format_mean_std_table(records, args.task, args.metrics or SUMMARY_METRICS)
     if args.paired:
         pairs = [tuple(pair.split("-", 1)) for pair in args.paired]
         malformed = [p for p, pair in zip(args.paired, pairs) if len(pair) != 2]

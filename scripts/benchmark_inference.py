@@ -39,7 +39,7 @@ from tabulate import tabulate
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 
-from ltdet2.engine.phases import load_config, resolve_phases, select_phases
+from ltdet2.engine.phases import load_config, resolve_phases, single_phase
 from ltdet2.utils.json_io import write_json_atomic
 
 SCORE_THRESHOLD = 1e-4  # LVIS-style test settings (LVIS papers, BACL)
@@ -78,9 +78,7 @@ def parse_args(argv=None):
 def load_phase(config_file, phase_name, overrides):
     """The :class:`~ltdet2.engine.phases.Phase` ``phase_name`` of ``config_file`` (the only one if None)."""
     phases = resolve_phases(load_config(config_file, overrides))
-    if phase_name is None and len(phases) > 1:
-        raise ValueError(f"{config_file} has phases {[p.name for p in phases]}: name one with --*-phase")
-    return phases[0] if phase_name is None else select_phases(phases, phase_name)[0]
+    return single_phase(phases, phase_name, config_file=config_file, naming="with --*-phase")
 
 
 def set_test_limits(model, score_threshold, detections_per_image, where):

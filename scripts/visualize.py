@@ -46,7 +46,7 @@ from detectron2.utils.visualizer import Visualizer, _create_text_labels
 
 from ltdet2.data.lvis_meta import lvis_meta_from_dataset
 from ltdet2.engine.derived import derived_dataset_builders, evaluation_input, register_derived_datasets
-from ltdet2.engine.phases import load_config, resolve_phases, select_phases
+from ltdet2.engine.phases import load_config, resolve_phases, single_phase
 from ltdet2.engine.train_loop import build_model
 
 logger = logging.getLogger("detectron2")
@@ -133,9 +133,7 @@ def parse_args(argv=None):
 def load_model(spec, overrides, device):
     """(model in eval mode with the spec's checkpoint loaded, its phase), built as the phase runner builds it."""
     phases = resolve_phases(load_config(spec.config_file, [*overrides, f"train.device={device}"]))
-    if spec.phase is None and len(phases) > 1:
-        raise ValueError(f"{spec.config_file} has phases {[p.name for p in phases]}: name one (--phase, --compare)")
-    phase = phases[0] if spec.phase is None else select_phases(phases, spec.phase)[0]
+    phase = single_phase(phases, spec.phase, config_file=spec.config_file, naming="(--phase, --compare)")
     checkpoint = spec.checkpoint or phase.final_checkpoint
     if "://" not in checkpoint and not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"{spec.default_label()}: checkpoint {checkpoint} is not a file")

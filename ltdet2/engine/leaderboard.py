@@ -17,7 +17,6 @@ that needs it) and ``wall_s`` (their sum: what the entry costs alone).
 import glob
 import math
 import os
-import re
 
 import numpy as np
 
@@ -51,7 +50,6 @@ ENTRY_METRICS = (
 )
 WALL_COLUMN = "wall (min)"
 TABLE_TASK = "leaderboard"  # the merged task the table is formatted from
-_RESULTS_NAME = re.compile(r"^(?P<entry>.+)_seed(?P<seed>\d+)\.json$")
 
 
 def _train(phase):
@@ -169,15 +167,6 @@ def format_leaderboard_table(records, entries=None, reference=None):
     return table
 
 
-def _figure(width, height):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def apr_apf_points(records, entries=None, task="bbox"):
     """{entry: (mean APr, std APr, mean APf, std APf, seeds)} over the seeds' results (sample std; 0 with one)."""
     points = {}
@@ -196,10 +185,12 @@ def apr_apf_points(records, entries=None, task="bbox"):
 def plot_apr_vs_apf(records, out, *, entries=None, task="bbox", title=None):
     """Scatter plot of APr (y) against APf (x), one point per entry with ±1 std error bars over the seeds, each
     labelled with its name; written to ``out`` (PNG, Agg). Returns ``out``."""
+    from ltdet2.evaluation.plots import agg_figure
+
     points = apr_apf_points(records, entries, task)
     if not points:
         raise ValueError("no entry to plot")
-    fig = _figure(7, 5.5)
+    fig = agg_figure(7, 5.5)
     ax = fig.subplots()
     for index, (entry, (apr, apr_std, apf, apf_std, _seeds)) in enumerate(points.items()):
         color = f"C{index % 10}"

@@ -320,6 +320,14 @@ def select_phases(phases, only=None):
     return [p for p in phases if p.name == only]
 
 
+def single_phase(phases, name, *, config_file, naming):
+    """Phase ``name`` of ``phases``, or the only phase when ``name`` is None; a config of several phases must name
+    one (``naming`` says how, in the error, e.g. "with --phase")."""
+    if name is None and len(phases) > 1:
+        raise ValueError(f"{config_file} has phases {[p.name for p in phases]}: name one {naming}")
+    return phases[0] if name is None else select_phases(phases, name)[0]
+
+
 def input_phase(phases, index):
     """The phase whose final checkpoint phase ``index`` starts from: ``train.init_from_phase`` if
     set (an earlier phase, e.g. several fine-tunes of one pretrain), else the previous phase.

@@ -152,9 +152,8 @@ def format_mean_std_table(
                 cells.append(f"{mean:.2f} ± {np.nanstd(values[:, column], ddof=1):.2f}")
             else:
                 cells.append(f"{mean:.2f}")
-        per_seed = ""
-        if "APr" in metrics and not np.isnan(values[:, list(metrics).index("APr")]).all():
-            per_seed = ", ".join(f"{v:.2f}" for v in values[:, list(metrics).index("APr")])
+        apr = values[:, list(metrics).index("APr")] if "APr" in metrics else np.array([np.nan])
+        per_seed = "" if np.isnan(apr).all() else ", ".join(f"{v:.2f}" for v in apr)
         lines.append(f"| {_seeds_label(phase, holding, records)} | " + " | ".join(cells) + f" | {per_seed} |")
     return "\n".join(lines)
 

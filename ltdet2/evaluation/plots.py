@@ -12,7 +12,7 @@ import numpy as np
 
 from ltdet2.utils.json_io import read_json
 
-__all__ = ["load_per_class_ap", "load_mean_scores", "plot_per_class_ap"]
+__all__ = ["agg_figure", "load_per_class_ap", "load_mean_scores", "plot_per_class_ap"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,16 @@ def load_mean_scores(path_or_obj, records):
     return vec
 
 
+def agg_figure(width, height):
+    """A matplotlib ``Figure`` (inches) on an Agg canvas: no pyplot, no global backend switch."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def plot_per_class_ap(per_class_ap, out, *, mean_scores=None, title=None, min_image_count=1):
     """
     Plot per-class AP (percent) against training image count (log x axis), one point per
@@ -115,10 +125,6 @@ def plot_per_class_ap(per_class_ap, out, *, mean_scores=None, title=None, min_im
     Returns:
         str: ``out``.
     """
-    # Figure + Agg canvas directly: no pyplot, no global backend switch.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     records = load_per_class_ap(per_class_ap)
     x = np.array([max(r["image_count"] or 0, min_image_count) for r in records], dtype=np.float64)
     ap = np.array([r["AP"] for r in records], dtype=np.float64)
@@ -126,8 +132,7 @@ def plot_per_class_ap(per_class_ap, out, *, mean_scores=None, title=None, min_im
     scores = None if mean_scores is None else load_mean_scores(mean_scores, records)
 
     nrows = 1 if scores is None else 2
-    fig = Figure(figsize=(8, 3.6 * nrows))
-    FigureCanvasAgg(fig)
+    fig = agg_figure(8, 3.6 * nrows)
     axes = fig.subplots(nrows, 1, sharex=True, squeeze=False)
     axes = axes[:, 0]
     panels = [(axes[0], ap, "AP (%)")]
