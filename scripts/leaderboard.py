@@ -95,12 +95,15 @@ def run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command):
         phases={entry: phase_record(phases[entry].done_file)},
     )
     walls = {name: phase_wall(phases[name]) for name in chain}
+    eval_s = phases[entry].load_done().get("eval_seconds", float("nan"))  # absent in records before 2026-11-23
     record.update(
         entry=entry,
         chain=chain,
         iterations=chain_iterations(cfg.phases, chain),
         phase_wall_s=walls,
         wall_s=sum(walls.values()),
+        eval_s=eval_s,
+        train_s=sum(walls.values()) - eval_s,
     )
     return record
 
@@ -116,7 +119,8 @@ def build_outputs(results_dir, docs_dir, order):
     commits = sorted({str(r.get("commit")) for r in records})
     text = (
         f"{table}\n\nBox AP columns are bbox, mask columns segm (LVIS-style, percent); wall = the entry's phases "
-        f"trained alone (each shared phase counted in full), its evaluation included. Machine: {'; '.join(machines)}."
+        f"run alone (each shared phase counted in full), its evaluation included; train = wall without the "
+        f"evaluation (results files without eval_s count as missing). Machine: {'; '.join(machines)}."
         f" Commits: {', '.join(commits)}. Rebuilt from {results_dir}.\n"
     )
     os.makedirs(docs_dir, exist_ok=True)

@@ -11,7 +11,9 @@ Results file of one (entry, seed), ``<results-dir>/<entry>_seed<N>.json``: the f
 :mod:`ltdet2.engine.results` (``phases`` holds the entry's last phase under the entry's name) plus ``entry``,
 ``chain`` (its phases), ``phase_wall_s`` (wall seconds of each phase's run: training, its derived datasets and,
 for the last phase, the evaluation; measured once per seed, so a shared phase's time is counted in every entry
-that needs it) and ``wall_s`` (their sum: what the entry costs alone).
+that needs it), ``wall_s`` (their sum: what the entry costs alone), ``eval_s`` (the entry's evaluation, from its
+phase record's ``eval_seconds``) and ``train_s`` (``wall_s - eval_s``: the entry's training, its derived datasets
+and process start-ups included).
 """
 
 import glob
@@ -48,6 +50,7 @@ ENTRY_METRICS = (
     ("mask AP", "segm", "AP"),
     ("mask APr", "segm", "APr"),
 )
+TRAIN_COLUMN = "train (min)"
 WALL_COLUMN = "wall (min)"
 TABLE_TASK = "leaderboard"  # the merged task the table is formatted from
 
@@ -123,12 +126,14 @@ def load_entry_results(results_dir):
 
 
 def _merged_task(record):
-    """The entry's results as one task for the table: ENTRY_METRICS' columns and the wall time (minutes)."""
+    """The entry's results as one task for the table: ENTRY_METRICS' columns, the training and wall times
+    (minutes; NaN where the record lacks them)."""
     phase = record["phases"][record["entry"]]
     merged = {}
     for column, task, metric in ENTRY_METRICS:
         value = phase.get(task, {}).get(metric, math.nan)
         merged[column] = math.nan if value is None else float(value)
+    merged[TRAIN_COLUMN] = record.get("train_s", math.nan) / 60.0
     merged[WALL_COLUMN] = record.get("wall_s", math.nan) / 60.0
     return merged
 
@@ -149,14 +154,14 @@ def records_by_seed(records, entries=None):
 
 def format_leaderboard_table(records, entries=None, reference=None):
     """Markdown: the mean ± std table over seeds (:func:`ltdet2.engine.results.format_mean_std_table`) of the
-    entries' box AP, AP50, APr, APc, APf, mask AP, mask APr and wall time; with ``reference`` (an entry) and at
-    least 2 seeds, the paired differences of every other entry against it (box AP, APr, APc, APf)."""
+    entries' box AP, AP50, APr, APc, APf, mask AP, mask APr, training and wall time; with ``reference`` (an
+    entry) and at least 2 seeds, the paired differences of every other entry against it (box AP, APr, APc, APf)."""
     from .results import format_mean_std_table, format_paired_differences
 
     merged = records_by_seed(records, entries)
     if not merged:
         raise ValueError("no results to tabulate")
-    columns = tuple(column for column, _, _ in ENTRY_METRICS) + (WALL_COLUMN,)
+    columns = tuple(column for column, _, _ in ENTRY_METRICS) + (TRAIN_COLUMN, WALL_COLUMN)
     table = format_mean_std_table(merged, TABLE_TASK, metrics=columns, row_label="entry")
     names = list(merged[0]["phases"])
     if reference is not None and len(merged) >= 2 and reference in names:

@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -449,7 +450,9 @@ def run_phase(phase, *, resume=False):
     """Trains and evaluates one phase; records its results so a later run can skip it.
 
     A phase is recorded as done only when its final weights are finite and its evaluation found
-    something (see :func:`empty_evaluation`; ``train.allow_empty_eval=True`` accepts an empty one)."""
+    something (see :func:`empty_evaluation`; ``train.allow_empty_eval=True`` accepts an empty one).
+    The record also holds ``train_seconds`` and ``eval_seconds``: wall seconds of this run's training
+    (from its resume point, when resumed) and of its evaluation (0 for a phase without an evaluator)."""
     where = f"phase '{phase.name}'" if phase.name else f"training in {phase.output_dir}"
     logger.info(
         f"===== phase '{phase.name}': training in {phase.output_dir} ====="
@@ -459,6 +462,7 @@ def run_phase(phase, *, resume=False):
     if comm.is_main_process():
         os.makedirs(phase.output_dir, exist_ok=True)
         LazyConfig.save(phase.cfg, os.path.join(phase.output_dir, "config.yaml"))
+    train_start = time.perf_counter()
     try:
         model = do_train(phase.cfg, resume=resume)
     except FloatingPointError as e:
@@ -472,7 +476,9 @@ def run_phase(phase, *, resume=False):
         if non_finite
         else None
     )
+    eval_start = time.perf_counter()
     results = do_test(phase.cfg, model)
+    seconds = {"train_seconds": eval_start - train_start, "eval_seconds": time.perf_counter() - eval_start}
 
     def record():  # on rank 0, which holds the evaluator's results; every rank returns them
         empty = empty_evaluation(results) if "evaluator" in phase.cfg.dataloader else []
@@ -491,6 +497,7 @@ def run_phase(phase, *, resume=False):
                 "final_checkpoint": phase.final_checkpoint,
                 "input_checkpoint": checkpoint_identity(phase.cfg.train.init_checkpoint),
                 **_teacher_record(phase),
+                **seconds,
                 "results": _plain(results),
             },
             indent=2,

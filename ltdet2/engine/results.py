@@ -148,7 +148,7 @@ def format_mean_std_table(
         for column, mean in enumerate(means):
             if np.isnan(mean):
                 cells.append("–")  # no class of the phase has this metric's frequency or bucket
-            elif len(holding) > 1:
+            elif np.count_nonzero(~np.isnan(values[:, column])) > 1:  # a seed may lack a metric (a timing)
                 cells.append(f"{mean:.2f} ± {np.nanstd(values[:, column], ddof=1):.2f}")
             else:
                 cells.append(f"{mean:.2f}")

@@ -112,7 +112,7 @@ def fake_phase_run(calls, metrics_of):
         open(phase.final_checkpoint, "wb").close()
         results = metrics_of(phase.name, seed) if "evaluator" in phase.cfg.dataloader else {}
         with open(phase.done_file, "w") as f:
-            json.dump({"results": results}, f)
+            json.dump({"results": results, "train_seconds": 40.0, "eval_seconds": 15.0 if results else 0.0}, f)
         for task in results:
             per_class = [
                 dict(id=i + 1, name=f"c{i}", frequency="rcf"[i % 3], image_count=3 * i + 1, AP=float(i + seed))
@@ -151,7 +151,8 @@ def test_script_trains_shared_phases_once_writes_results_and_skips_them(tmp_path
     assert record["entry"] == "loce" and record["chain"] == ["pretrain", "loce"] and record["iterations"] == QUICK_ITERS
     assert record["phases"]["loce"]["bbox"]["AP"] == 15.0 and record["phases"]["loce"]["segm"]["AP"] == 14.0
     assert [c["AP"] for c in record["phases"]["loce"]["per_class_ap_segm"]] == [1.0, 2.0, 3.0, 4.0]
-    assert record["wall_s"] == 120.0 and record["command"] == "scripts/leaderboard.py --quick --entries loce --seeds 1"
+    assert record["wall_s"] == 120.0 and record["eval_s"] == 15.0 and record["train_s"] == 105.0
+    assert record["command"] == "scripts/leaderboard.py --quick --entries loce --seeds 1"
     assert record["project"] == "projects/leaderboard_quick.py" and record["seed"] == 1
 
     calls.clear()
@@ -173,27 +174,32 @@ def test_script_trains_shared_phases_once_writes_results_and_skips_them(tmp_path
     assert "--entries ['pretrain']" in capsys.readouterr().err
 
 
-def fake_record(entry, seed, ap, apr, apf, wall_s=600.0):
+def fake_record(entry, seed, ap, apr, apf, wall_s=600.0, train_s=540.0):
     per_class = [dict(id=i, name=f"c{i}", frequency="rcf"[i], image_count=10**i, AP=ap + i) for i in range(3)]
     phase = {**metrics(ap, apr, apf), "per_class_ap_bbox": per_class}
-    return {"entry": entry, "seed": seed, "phases": {entry: phase}, "wall_s": wall_s, "chain": [entry]}
+    record = {"entry": entry, "seed": seed, "phases": {entry: phase}, "wall_s": wall_s, "chain": [entry]}
+    return record if train_s is None else {**record, "train_s": train_s}  # None: a record from before train_s
 
 
 def test_table_and_plots_from_fake_results(tmp_path):
     results = str(tmp_path / "results")
     for seed, (ce, loce) in enumerate([(30.0, 33.0), (32.0, 36.0), (31.0, 36.0)]):
-        write_entry_results(results, fake_record("ce", seed, ce, apr=2.0 + seed, apf=60.0))
+        train_s = None if seed == 0 else 420.0 + 60 * seed  # seed 0 ran before the timings were recorded
+        write_entry_results(results, fake_record("ce", seed, ce, apr=2.0 + seed, apf=60.0, train_s=train_s))
         write_entry_results(results, fake_record("loce", seed, loce, apr=10.0 + 2 * seed, apf=58.0, wall_s=900.0))
     write_entry_results(results, fake_record("bacl", 0, 40.0, apr=20.0, apf=50.0))  # one seed so far
+    for seed in (0, 1):  # a timing in one seed of two: its value, no spread
+        write_entry_results(results, fake_record("rio", seed, 33.0, 5.0, 60.0, train_s=None if seed else 300.0))
     records = load_entry_results(results)
-    table = format_leaderboard_table(records, ["ce", "loce", "bacl"], reference="ce").splitlines()
+    table = format_leaderboard_table(records, ["ce", "loce", "bacl", "rio"], reference="ce").splitlines()
+    assert table[5].startswith("| rio (seeds 0, 1 only) | 33.00 ± 0.00 |") and "| 5.00 | 10.00 ± 0.00 |" in table[5]
     assert table[0].startswith("| entry (leaderboard; mean ± std over seeds 0, 1, 2) | AP | AP50 | APr | APc | APf |")
-    assert "| mask AP | mask APr | wall (min) | APr per seed |" in table[0]
+    assert "| mask AP | mask APr | train (min) | wall (min) | APr per seed |" in table[0]
     assert table[2] == (
         "| ce | 31.00 ± 1.00 | 41.00 ± 1.00 | 3.00 ± 1.00 | 2.00 ± 0.00 | 60.00 ± 0.00 | 30.00 ± 1.00 | 3.00 ± 1.00 "
-        "| 10.00 ± 0.00 | 2.00, 3.00, 4.00 |"
-    )
-    assert table[3].startswith("| loce | 35.00 ± 1.73 |") and "| 15.00 ± 0.00 |" in table[3]
+        "| 8.50 ± 0.71 | 10.00 ± 0.00 | 2.00, 3.00, 4.00 |"
+    )  # train: the mean and std of the seeds that have it (8, 9 min)
+    assert table[3].startswith("| loce | 35.00 ± 1.73 |") and "| 9.00 ± 0.00 | 15.00 ± 0.00 |" in table[3]
     assert table[4].startswith("| bacl (seed 0 only) | 40.00 |")
     paired = next(line for line in table if line.startswith("| loce − ce"))
     assert "+4.00 ± 1.00 (+3.00, +4.00, +5.00)" in paired  # AP, paired by seed

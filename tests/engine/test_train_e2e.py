@@ -13,6 +13,7 @@ import torch
 from detectron2.utils.logger import setup_logger
 
 from ltdet2.engine.phases import DONE_FILE, load_config, run_phases
+from ltdet2.utils.json_io import read_json
 
 from fixtures.models import ROOT, loce_tiny_overrides, tiny_run_overrides
 
@@ -50,6 +51,8 @@ def test_two_phases_train_skip_resume_and_evaluate(tmp_path, tiny_dataset):
         assert os.path.isfile(os.path.join(out, name, DONE_FILE))
         assert os.path.isfile(os.path.join(out, name, "config.yaml"))
         assert os.path.isfile(os.path.join(out, name, "inference", "per_class_ap_bbox.json"))
+        done = read_json(os.path.join(out, name, DONE_FILE))
+        assert done["train_seconds"] > 0 and done["eval_seconds"] > 0  # the leaderboard's timings
         assert tensorboard_scalars(os.path.join(out, name))["total_loss"] == iterations_in(
             os.path.join(out, name, "metrics.json")
         )  # Detectron2's TensorBoard writer, every log period
