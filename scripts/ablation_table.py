@@ -23,9 +23,8 @@ import argparse
 import os
 import shlex
 import subprocess
-import sys
 
-from ltdet2.engine.phases import SUMMARY_METRICS, load_config, resolve_phases
+from ltdet2.engine.phases import SUMMARY_METRICS, load_config, resolve_phases, train_command
 from ltdet2.engine.results import (
     format_mean_std_table,
     format_paired_differences,
@@ -42,20 +41,12 @@ TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lazycon
 
 def run_seed(config_file, seed, output_dir, overrides, phases=None):
     """Trains the seed's phases (``phases``: only those, one ``--phase`` run each; None: all)."""
-    command = [
-        sys.executable,
-        TRAIN_SCRIPT,
-        "--config-file",
-        config_file,
-        "--resume",
-        f"train.seed={seed}",
-        f"train.output_dir={output_dir}",
-        *overrides,
-    ]
     for phase in phases or [None]:
-        selected = command[:4] + ["--phase", phase] + command[4:] if phase else command
-        print("+", " ".join(selected), flush=True)
-        subprocess.run(selected, check=True)
+        command = train_command(
+            TRAIN_SCRIPT, config_file, seed=seed, output_dir=output_dir, overrides=overrides, phase=phase
+        )
+        print("+", " ".join(command), flush=True)
+        subprocess.run(command, check=True)
 
 
 def project_phases(config_file, overrides, only=None):

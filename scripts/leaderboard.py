@@ -30,7 +30,6 @@ import argparse
 import os
 import shlex
 import subprocess
-import sys
 import time
 
 from ltdet2.engine.leaderboard import (
@@ -43,7 +42,7 @@ from ltdet2.engine.leaderboard import (
     results_path,
     write_entry_results,
 )
-from ltdet2.engine.phases import load_config, resolve_phases
+from ltdet2.engine.phases import load_config, resolve_phases, train_command
 from ltdet2.engine.results import git_commit, phase_record, results_record
 from ltdet2.utils.json_io import read_json, write_json_atomic
 
@@ -64,8 +63,9 @@ def seed_phases(cfg, seed_dir):
 
 def run_phase(config_file, phase, seed, seed_dir, overrides):
     """Trains (and, for an entry, evaluates) one phase in its own process; records its wall time."""
-    command = [sys.executable, TRAIN_SCRIPT, "--config-file", config_file, "--resume", "--phase", phase.name]
-    command += [f"train.seed={seed}", f"train.output_dir={seed_dir}", *overrides]
+    command = train_command(
+        TRAIN_SCRIPT, config_file, seed=seed, output_dir=seed_dir, overrides=overrides, phase=phase.name
+    )
     print("+", shlex.join(command), flush=True)
     start = time.perf_counter()
     subprocess.run(command, check=True)

@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -444,6 +445,15 @@ def _require_init_checkpoint(phase, previous):
         require_final_checkpoint(
             previous, f"phase '{phase.name}' starts from phase '{previous.name}''s final checkpoint"
         )
+
+
+def train_command(train_script, config_file, *, seed, output_dir, overrides=(), phase=None):
+    """The command line (a list) that trains ``config_file`` with ``train_script`` (scripts/lazyconfig_train_net.py)
+    in its own process: resumed, ``train.seed`` and ``train.output_dir`` set, then ``overrides``; with ``phase``,
+    only that phase (``--phase``). Used by the scripts that run a project for several seeds or entries."""
+    command = [sys.executable, train_script, "--config-file", config_file, "--resume"]
+    command += ["--phase", phase] if phase else []
+    return command + [f"train.seed={seed}", f"train.output_dir={output_dir}", *overrides]
 
 
 def run_phase(phase, *, resume=False):

@@ -2,10 +2,11 @@
 nothing to evaluate."""
 
 import os
+import sys
 
 import pytest
 
-from ltdet2.engine.phases import load_config, run_phases
+from ltdet2.engine.phases import load_config, run_phases, train_command
 
 from fixtures.models import ROOT, load_repo_module, tiny_run_overrides
 
@@ -38,6 +39,15 @@ def test_flags_after_the_overrides_are_flags(script):
 
     args = script.parse_args(["--config-file", "projects/loce.py", "--resume", "train.max_iter=5"])
     assert args.resume and not args.eval_only and args.phase is None and args.opts == ["train.max_iter=5"]
+
+
+def test_train_command_is_what_the_script_parses(script):
+    command = train_command(SCRIPT, "projects/loce.py", seed=2, output_dir="out/s2", overrides=["a.b=1"], phase="x")
+    assert command[:2] == [sys.executable, SCRIPT]
+    args = script.parse_args(command[2:])
+    assert args.resume and args.phase == "x" and args.config_file == "projects/loce.py"
+    assert args.opts == ["train.seed=2", "train.output_dir=out/s2", "a.b=1"]
+    assert "--phase" not in train_command(SCRIPT, "p.py", seed=0, output_dir="o")  # every phase
 
 
 def test_unknown_flag_after_the_overrides_is_refused(script, capsys):
