@@ -14,7 +14,8 @@ phase, the command, commit, machine, iterations and the wall time of each phase'
 results file exists is skipped. The results files are committed, so the work spans machines and sittings.
 Then, from the results files alone: ``<docs-dir>/leaderboard.md`` (mean ± std over seeds of box AP, AP50, APr,
 APc, APf, mask AP, mask APr and wall time per entry, and the paired differences to ``ce``),
-``<docs-dir>/apr_vs_apf.png`` and ``<docs-dir>/per_class_ap/<entry>.png``.
+``<docs-dir>/apr_vs_apf.png``, ``<docs-dir>/per_class_ap/<entry>.png`` and ``<docs-dir>/ap_by_image_count.png``
+(every entry's mean per-class AP per bin of training image count).
 
 Budget, 2 AMD EPYC cores, no GPU. Measured: the small Mask R-CNN trains at 1.58 s per iteration (batch 8, quiet
 machine, nice 10; 4-19 s when other trainings share the cores). An evaluation of an entry (400 val images, score
@@ -37,6 +38,7 @@ from ltdet2.engine.leaderboard import (
     entry_chains,
     format_leaderboard_table,
     load_entry_results,
+    plot_ap_by_image_count,
     plot_apr_vs_apf,
     plot_entries_per_class_ap,
     results_path,
@@ -128,6 +130,7 @@ def build_outputs(results_dir, docs_dir, order):
         f.write(text)
     plot_apr_vs_apf(records, os.path.join(docs_dir, "apr_vs_apf.png"), entries=names)
     plot_entries_per_class_ap(records, os.path.join(docs_dir, "per_class_ap"), entries=names)
+    plot_ap_by_image_count(records, os.path.join(docs_dir, "ap_by_image_count.png"), entries=names)
     return text
 
 

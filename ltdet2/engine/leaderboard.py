@@ -38,6 +38,8 @@ __all__ = [
     "apr_apf_points",
     "plot_apr_vs_apf",
     "plot_entries_per_class_ap",
+    "ap_by_image_count",
+    "plot_ap_by_image_count",
 ]
 
 # the table's columns: (column, task, metric of the evaluator's results) and the entry's wall time in minutes
@@ -230,6 +232,64 @@ def plot_entries_per_class_ap(records, out_dir, *, entries=None, task="bbox"):
         title = f"{entry}: per-class {task} AP, mean of seed{'s' if len(holding) > 1 else ''} {seeds}"
         paths.append(plot_per_class_ap(per_class, os.path.join(out_dir, f"{entry}.png"), title=title))
     return paths
+
+
+IMAGE_COUNT_BINS = (1, 10, 30, 100, 300, math.inf)  # LVIS' groups: rare < 10 images <= common < 100 <= frequent
+
+
+def ap_by_image_count(per_class, edges=IMAGE_COUNT_BINS):
+    """Mean AP of the classes in each training-image-count bin ``[edges[i], edges[i + 1])`` of ``per_class``
+    (entries with ``image_count`` and ``AP``, None for an undefined AP, left out). Returns (means, counts): arrays
+    of ``len(edges) - 1``, NaN and 0 for a bin without a defined AP."""
+    counts_and_ap = np.array(
+        [(c["image_count"], c["AP"]) for c in per_class if c.get("AP") is not None], dtype=np.float64
+    ).reshape(-1, 2)
+    bins = np.digitize(counts_and_ap[:, 0], edges) - 1  # bin i holds edges[i] <= count < edges[i + 1]
+    inside = (bins >= 0) & (bins < len(edges) - 1)
+    counts = np.bincount(bins[inside], minlength=len(edges) - 1)
+    sums = np.bincount(bins[inside], weights=counts_and_ap[inside, 1], minlength=len(edges) - 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan), counts
+
+
+def plot_ap_by_image_count(records, out, *, entries=None, task="bbox", edges=IMAGE_COUNT_BINS):
+    """One line per entry: the mean AP (per class the mean over seeds) of the classes in each bin of training
+    image count (:func:`ap_by_image_count`), every entry on one figure; written to ``out`` (PNG, Agg). Returns
+    ``out``, or None (nothing written) when no entry has a defined per-class AP."""
+    from ltdet2.evaluation.plots import agg_figure
+
+    fig = agg_figure(8, 5)
+    ax = fig.subplots()
+    lows, highs = np.array(edges[:-1], dtype=np.float64), np.array(edges[1:], dtype=np.float64)
+    centers = np.sqrt(lows * np.where(np.isfinite(highs), highs, 3 * lows))  # geometric; an open last bin: lo..3 lo
+    plotted = 0
+    for index, entry in enumerate(entries or dict.fromkeys(r["entry"] for r in records)):
+        holding = [r for r in records if r["entry"] == entry]
+        if not holding:
+            continue
+        means, _ = ap_by_image_count(mean_per_class_ap(holding, entry, task), edges)
+        if np.isnan(means).all():
+            continue
+        style = "-" if index < 10 else "--"
+        ax.plot(centers, means, style, marker="o", color=f"C{index % 10}", label=entry)
+        plotted += 1
+    if not plotted:  # no detection anywhere (a too short --quick run): no figure
+        return None
+    seeds = sorted({r["seed"] for r in records})
+    ax.set_xscale("log")
+    ax.set_xticks(
+        centers, [f"{lo}-{hi - 1}" if math.isfinite(hi) else f"{lo}+" for lo, hi in zip(edges[:-1], edges[1:])]
+    )
+    ax.minorticks_off()
+    ax.set_xlabel("training images per class")
+    ax.set_ylabel(f"mean per-class {task} AP (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title(f"Per-class AP by training image count, mean over seeds {', '.join(map(str, seeds))}")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
 
 
 def write_entry_results(results_dir, record):

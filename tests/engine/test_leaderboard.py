@@ -223,6 +223,26 @@ def test_apr_apf_points_mean_and_std():
     np.testing.assert_allclose([apr, apr_std, apf, apf_std, seeds], [3.0, np.sqrt(2), 61.0, np.sqrt(2), 2])
 
 
+def test_ap_by_image_count_bins_and_plot(tmp_path):
+    from ltdet2.engine.leaderboard import ap_by_image_count, plot_ap_by_image_count
+
+    per_class = [
+        dict(image_count=count, AP=ap)
+        for count, ap in [(1, 2.0), (9, 4.0), (10, 30.0), (29, None), (150, 60.0), (299, 70.0), (1000, 99.0)]
+    ]
+    means, counts = ap_by_image_count(per_class, edges=(1, 10, 30, 100, 300, 1000))
+    np.testing.assert_allclose(means, [3.0, 30.0, np.nan, 65.0, np.nan])  # None and 1000 (past the edges) left out
+    np.testing.assert_array_equal(counts, [2, 1, 0, 2, 0])
+
+    records = [fake_record("ce", s, 30.0 + s, apr=1.0, apf=60.0) for s in (0, 1)]  # image counts 1, 10, 100
+    out = plot_ap_by_image_count(records, str(tmp_path / "bins.png"))
+    assert out and os.path.getsize(out) > 10_000
+    undefined = fake_record("x", 0, 1.0, 1.0, 1.0)
+    undefined["phases"]["x"]["per_class_ap_bbox"] = [dict(id=1, image_count=5, AP=None)]
+    assert plot_ap_by_image_count([undefined], str(tmp_path / "none.png")) is None
+    assert not os.path.exists(tmp_path / "none.png")
+
+
 def test_quick_run_folders_are_its_own():
     script = load_repo_module("scripts/leaderboard.py")
     full, quick = script.SETTINGS[False], script.SETTINGS[True]
