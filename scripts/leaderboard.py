@@ -42,6 +42,7 @@ from ltdet2.engine.leaderboard import (
     plot_apr_vs_apf,
     plot_entries_per_class_ap,
     results_path,
+    seed_wall_times,
     write_entry_results,
 )
 from ltdet2.engine.phases import load_config, resolve_phases, train_command
@@ -119,11 +120,16 @@ def build_outputs(results_dir, docs_dir, order):
     table = format_leaderboard_table(records, names, reference=REFERENCE_ENTRY)
     machines = sorted({r.get("machine", "?") for r in records})
     commits = sorted({str(r.get("commit")) for r in records})
+    totals = "; ".join(
+        f"seed {seed}: {seconds / 3600:.2f} h for {len(done)} of {len(order)} entries"
+        for seed, (seconds, done) in seed_wall_times(records).items()
+    )
     text = (
         f"{table}\n\nBox AP columns are bbox, mask columns segm (LVIS-style, percent); wall = the entry's phases "
         f"run alone (each shared phase counted in full), its evaluation included; train = wall without the "
         f"evaluation (results files without eval_s count as missing). Machine: {'; '.join(machines)}."
-        f" Commits: {', '.join(commits)}. Rebuilt from {results_dir}.\n"
+        f" Total wall time (each shared phase once): {totals}. Commits: {', '.join(commits)}. Rebuilt from"
+        f" {results_dir}.\n"
     )
     os.makedirs(docs_dir, exist_ok=True)
     with open(os.path.join(docs_dir, "leaderboard.md"), "w") as f:

@@ -35,6 +35,7 @@ __all__ = [
     "load_entry_results",
     "records_by_seed",
     "format_leaderboard_table",
+    "seed_wall_times",
     "apr_apf_points",
     "plot_apr_vs_apf",
     "plot_entries_per_class_ap",
@@ -172,6 +173,21 @@ def format_leaderboard_table(records, entries=None, reference=None):
         ]
         table += "\n\n" + format_paired_differences(merged, pairs, "bbox")
     return table
+
+
+def seed_wall_times(records):
+    """{seed: (wall seconds of the seed's phases, each shared phase counted once; entries)} from the records'
+    ``phase_wall_s``: what the leaderboard cost on its machine, per seed. A phase timed differently in two
+    records of one seed (impossible for one run's records) is refused."""
+    walls, entries = {}, {}
+    for record in records:
+        seed = record["seed"]
+        entries.setdefault(seed, []).append(record["entry"])
+        for phase, seconds in record.get("phase_wall_s", {}).items():
+            known = walls.setdefault(seed, {}).setdefault(phase, seconds)
+            if known != seconds and not (math.isnan(known) and math.isnan(seconds)):
+                raise ValueError(f"seed {seed}: phase {phase!r} has two wall times ({known} and {seconds} s)")
+    return {seed: (math.fsum(walls.get(seed, {}).values()), entries[seed]) for seed in sorted(entries)}
 
 
 def apr_apf_points(records, entries=None, task="bbox"):

@@ -243,6 +243,23 @@ def test_ap_by_image_count_bins_and_plot(tmp_path):
     assert not os.path.exists(tmp_path / "none.png")
 
 
+def test_seed_wall_times_count_a_shared_phase_once():
+    from ltdet2.engine.leaderboard import seed_wall_times
+
+    def timed(entry, seed, walls):
+        return {**fake_record(entry, seed, 30.0, 1.0, 60.0), "phase_wall_s": walls}
+
+    records = [
+        timed("ce", 0, {"pretrain": 700.0, "ce": 500.0}),
+        timed("rfs", 0, {"pretrain": 700.0, "rfs": 450.0}),
+        timed("ce", 1, {"pretrain": 650.0, "ce": 400.0}),
+    ]
+    assert seed_wall_times(records) == {0: (1650.0, ["ce", "rfs"]), 1: (1050.0, ["ce"])}
+    records.append(timed("loce", 1, {"pretrain": 600.0, "loce": 1.0}))
+    with pytest.raises(ValueError, match=r"seed 1: phase 'pretrain' has two wall times \(650.0 and 600.0 s\)"):
+        seed_wall_times(records)
+
+
 def test_quick_run_folders_are_its_own():
     script = load_repo_module("scripts/leaderboard.py")
     full, quick = script.SETTINGS[False], script.SETTINGS[True]
