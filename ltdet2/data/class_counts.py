@@ -34,7 +34,11 @@ def unique_image_class_pairs(image_keys, class_index) -> tuple[np.ndarray, np.nd
     if class_index.size == 0:
         return image_keys, class_index
     if class_index.min() < 0:
-        raise ValueError(f"class indices must be >= 0, got {int(class_index.min())}")
+        first = int(np.argmax(class_index < 0))
+        raise ValueError(
+            f"class indices must be >= 0, got {int(class_index[first])} (annotation {first}, image key "
+            f"{int(image_keys[first])})"
+        )
     # keys are replaced by their rank among the unique keys, so key * stride + class cannot overflow
     images, image_position = np.unique(image_keys, return_inverse=True)
     stride = int(class_index.max()) + 1

@@ -202,10 +202,25 @@ def build_class_expansion(cfg):
 
 def create_ddp_model(model, cfg):
     """Detectron2's ``create_ddp_model`` with ``train.ddp``; a model on the CPU (gloo) gets no
-    ``device_ids`` (Detectron2 passes the local rank, which DDP refuses for CPU modules)."""
+    ``device_ids`` (Detectron2 passes the local rank, which DDP refuses for CPU modules).
+
+    A model with ``local`` memories or indicators (:func:`ltdet2.memory.local_memory_names`) gets
+    ``broadcast_buffers=False`` when ``train.ddp`` does not say: DDP's default copies rank 0's buffers to
+    every rank at each forward, which would replace each rank's own memories with rank 0's. Saying
+    ``broadcast_buffers=True`` for such a model on several processes is refused."""
+    from ltdet2.memory.distributed import local_memory_names
+
     ddp = dict(cfg.train.get("ddp", None) or {})
     if next(model.parameters()).device.type == "cpu":
         ddp.setdefault("device_ids", None)
+    local = local_memory_names(model)
+    if local and ddp.get("broadcast_buffers", None) and comm.get_world_size() > 1:
+        raise ValueError(
+            f"train.ddp.broadcast_buffers=True would overwrite the local memories {local[:5]} of every rank "
+            "with rank 0's at each forward; set it to False (or the memories' sync to 'global')"
+        )
+    if local:
+        ddp.setdefault("broadcast_buffers", False)
     return _create_ddp_model(model, **ddp)
 
 

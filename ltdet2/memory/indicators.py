@@ -194,8 +194,16 @@ class StaticFrequency(LearningStatusIndicator):
 
     def __init__(self, counts, *, normalize: str = "sum", background_count: float | None = None):
         counts = torch.as_tensor(np.asarray(counts), dtype=torch.float64)
-        if counts.dim() != 1 or counts.numel() == 0 or bool((counts < 0).any()):
-            raise ValueError(f"{type(self).__name__}: counts must be a non-empty 1-D array of counts >= 0")
+        if counts.dim() != 1 or counts.numel() == 0:
+            raise ValueError(
+                f"{type(self).__name__}: counts must be a non-empty 1-D array, got shape {tuple(counts.shape)}"
+            )
+        bad = torch.nonzero(~torch.isfinite(counts) | (counts < 0)).flatten()
+        if bad.numel():
+            raise ValueError(
+                f"{type(self).__name__}: counts must be finite and >= 0; class indices {bad[:10].tolist()} hold "
+                f"{counts[bad[:10]].tolist()}{' ...' if bad.numel() > 10 else ''}"
+            )
         if normalize not in ("sum", "max", "none"):
             raise ValueError(f"normalize must be 'sum', 'max' or 'none', got {normalize!r}")
         if background_count is not None and not background_count > 0:

@@ -63,7 +63,7 @@ def test_bad_class_indices():
         class_counts([1, 2, 3], [0, 5, 9], 5)
     with pytest.raises(ValueError, match=r"1 annotations have class indices outside \[0, 5\): \[-1\]"):
         class_counts([1, 2], [0, -1], 5)
-    with pytest.raises(ValueError, match="must be >= 0, got -2"):
+    with pytest.raises(ValueError, match=r"must be >= 0, got -2 \(annotation 1, image key 2\)"):
         unique_image_class_pairs([1, 2], [0, -2])
     with pytest.raises(ValueError, match="3 image keys but 2 classes"):
         class_counts([1, 2, 3], [0, 1], 5)

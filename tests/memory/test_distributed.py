@@ -158,3 +158,26 @@ def test_global_sync_matches_single_process(tmp_path, monkeypatch):
     for r in range(WORLD_SIZE):
         expected = sum(torch.bincount(make_batch(s, r)["labels"], minlength=C + 1)[:C] for s in range(STEPS))
         assert torch.equal(results[r]["local_counts"], expected)
+
+
+def test_ddp_keeps_local_memories_per_rank(monkeypatch):
+    """DDP's default broadcast_buffers=True would copy rank 0's local memories to every rank each forward."""
+    from omegaconf import OmegaConf
+
+    from ltdet2.engine import train_loop
+
+    passed = []
+    monkeypatch.setattr(train_loop, "_create_ddp_model", lambda model, **ddp: passed.append(ddp) or model)
+    monkeypatch.setattr(train_loop.comm, "get_world_size", lambda: 2)
+    with_local = torch.nn.ModuleDict({"head": torch.nn.Linear(2, 2), "mean_score": MeanScore(C, sync="local")})
+    with_global = torch.nn.ModuleDict({"head": torch.nn.Linear(2, 2), "mean_score": MeanScore(C, sync="global")})
+
+    def cfg(**ddp):
+        return OmegaConf.create({"train": {"ddp": ddp}})
+
+    train_loop.create_ddp_model(with_local, cfg())
+    train_loop.create_ddp_model(with_global, cfg())
+    train_loop.create_ddp_model(with_local, cfg(broadcast_buffers=False, find_unused_parameters=True))
+    assert [p.get("broadcast_buffers", "default") for p in passed] == [False, "default", False]
+    with pytest.raises(ValueError, match=r"broadcast_buffers=True would overwrite the local memories \['mean_score'\]"):
+        train_loop.create_ddp_model(with_local, cfg(broadcast_buffers=True))

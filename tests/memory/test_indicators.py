@@ -47,6 +47,10 @@ def test_static_frequencies_from_meta():
         image.matrix()
     with pytest.raises(ValueError, match="instance_count"):
         InstanceFrequency.from_lvis_meta(SimpleNamespace(image_count=np.ones(3)))
+    with pytest.raises(ValueError, match=r"finite and >= 0; class indices \[1, 3\] hold \[nan, -2.0\]"):
+        InstanceFrequency([1.0, np.nan, 3.0, -2.0])  # NaN would reach EBL / MFS unnoticed
+    with pytest.raises(ValueError, match=r"non-empty 1-D array, got shape \(2, 2\)"):
+        ImageFrequency(np.ones((2, 2)))
 
 
 def test_cumulative_count():

@@ -142,3 +142,12 @@ def test_sources_train_on_images_without_annotations(source_class, empty):
             expected = proposals.gt_boxes if image not in empty_images else proposals.proposal_boxes
             assert proposals.has("gt_boxes") == (image not in empty_images)
             assert torch.equal(gt_boxes[rows], expected.tensor)
+
+
+def test_sampling_sources_refuse_counts_that_sample_nothing():
+    with pytest.raises(ValueError, match=r"MemoryFeatureSampler: .* must be >= 1, got 0 and 4"):
+        MemoryFeatureSampler(num_classes=NUM_CLASSES, feature_shape=(4,), num_sampled_classes=0)
+    with pytest.raises(ValueError, match=r"FeatureHallucination: .* must be >= 0, got -1 and 2"):
+        FeatureHallucination(num_classes=NUM_CLASSES, feature_dim=4, num_sampled_classes=-1, per_class=2)
+    with pytest.raises(ValueError, match=r"normalize must be one of .*, got 'l3'"):
+        FeatureHallucination(num_classes=NUM_CLASSES, feature_dim=4, normalize="l3")

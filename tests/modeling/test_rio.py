@@ -347,6 +347,10 @@ def test_targeted_classes_from_counts_and_meta():
     assert replay.queue.storage("features").shape == (3, 60, 8)  # only targeted classes are stored
     with pytest.raises(ValueError, match="exactly one"):
         ObjectReplay(num_classes=6, feature_dim=8, image_count=counts, targeted_classes=[1])
+    with pytest.raises(ValueError, match=r"must lie in \[0, 5\]; got \[-1, 7\]"):
+        ObjectReplay(num_classes=6, feature_dim=8, targeted_classes=[1, 7, -1])
+    with pytest.raises(TypeError, match=r"integer class indices, got \[1.0, 2.5\]"):
+        ObjectReplay(num_classes=6, feature_dim=8, targeted_classes=[1.0, 2.5])  # not truncated to [1, 2]
 
 
 def test_targeted_classes_from_dataset_name_read_lazily(tiny_dataset):

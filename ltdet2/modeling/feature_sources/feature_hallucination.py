@@ -82,9 +82,14 @@ class FeatureHallucination(FeatureSource):
                 f"FeatureHallucination: class_draw must be one of {HALLUCINATION_CLASS_DRAWS}, got {class_draw!r}"
             )
         if normalize not in STRENGTH_NORMALIZATIONS:
-            raise ValueError(f"FeatureHallucination: normalize must be one of {STRENGTH_NORMALIZATIONS}")
+            raise ValueError(
+                f"FeatureHallucination: normalize must be one of {STRENGTH_NORMALIZATIONS}, got {normalize!r}"
+            )
         if num_sampled_classes < 0 or per_class < 0:
-            raise ValueError("FeatureHallucination: num_sampled_classes and per_class must be >= 0")
+            raise ValueError(
+                f"FeatureHallucination: num_sampled_classes and per_class must be >= 0, got {num_sampled_classes} "
+                f"and {per_class}"
+            )
         self.num_classes = int(num_classes)
         self.feature_dim = int(feature_dim)
         self.num_sampled_classes = int(num_sampled_classes)

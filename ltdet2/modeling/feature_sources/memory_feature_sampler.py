@@ -74,6 +74,11 @@ class MemoryFeatureSampler(FeatureSource):
         super().__init__()
         if class_draw not in CLASS_DRAWS:
             raise ValueError(f"MemoryFeatureSampler: class_draw must be one of {CLASS_DRAWS}, got {class_draw!r}")
+        if num_sampled_classes < 1 or per_class < 1:
+            raise ValueError(
+                f"MemoryFeatureSampler: num_sampled_classes and per_class must be >= 1, got {num_sampled_classes} "
+                f"and {per_class} (to turn MFS off, leave it out of the feature sources)"
+            )
         self.num_classes = num_classes
         self.feature_shape = tuple(feature_shape)
         self.num_sampled_classes = num_sampled_classes

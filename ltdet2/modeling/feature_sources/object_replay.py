@@ -123,7 +123,10 @@ class ObjectReplay(FeatureSource):
         self.register_module("queue", None)
         self._resolved = False
         if targeted_classes is not None:
-            self._allocate(torch.as_tensor(list(targeted_classes), dtype=torch.int64))
+            given = torch.as_tensor(list(targeted_classes))
+            if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool:
+                raise TypeError(f"ObjectReplay: targeted_classes must be integer class indices, got {given.tolist()}")
+            self._allocate(given.to(torch.int64))
         elif image_count is not None:
             self._allocate(_targeted(image_count, self.max_images))
 
@@ -132,8 +135,12 @@ class ObjectReplay(FeatureSource):
     def _allocate(self, classes: torch.Tensor):
         device = self.class_to_slot.device
         classes = torch.unique(classes.to(torch.int64)).to(device)  # sorted, no repeats
-        if classes.numel() and (classes.min() < 0 or classes.max() >= self.num_classes):
-            raise ValueError(f"ObjectReplay: targeted classes must lie in [0, {self.num_classes - 1}]")
+        outside = classes[(classes < 0) | (classes >= self.num_classes)]
+        if outside.numel():
+            raise ValueError(
+                f"ObjectReplay: targeted classes must lie in [0, {self.num_classes - 1}]; got {outside[:10].tolist()}"
+                f"{' ...' if outside.numel() > 10 else ''}"
+            )
         class_to_slot = torch.full((self.num_classes + 1,), -1, dtype=torch.int64, device=device)
         class_to_slot[classes] = torch.arange(classes.numel(), device=device)
         self.class_to_slot = class_to_slot

@@ -254,7 +254,9 @@ class ForegroundBalanceLoss(IndicatorUser, nn.Module):
         if not min_confusion > 0:
             raise ValueError(f"ForegroundBalanceLoss: min_confusion must be > 0, got {min_confusion}")
         if normalize not in STRENGTH_NORMALIZATIONS:
-            raise ValueError(f"ForegroundBalanceLoss: normalize must be one of {STRENGTH_NORMALIZATIONS}")
+            raise ValueError(
+                f"ForegroundBalanceLoss: normalize must be one of {STRENGTH_NORMALIZATIONS}, got {normalize!r}"
+            )
         self.indicator_names = (indicator,)
         self.num_classes = num_classes
         self.alpha = float(alpha)
