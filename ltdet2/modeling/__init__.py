@@ -1,7 +1,7 @@
 """ltdet2's Detectron2 components: ROI heads, box predictors, classifiers, mask heads, feature sources, losses,
 the teacher-student meta-architecture and its distillation terms."""
 
-from .box_generator import dense_boxes
+from .box_generator import dense_boxes, dense_boxes_per_image
 from .box_heads import LinearOutputConvFCHead
 from .box_predictors import LongTailOutputLayers
 from .classifiers import CosineClassifier, WeightNormCosineClassifier
@@ -20,6 +20,7 @@ from .weight_generator import MetaWeightGenerator
 
 __all__ = [
     "dense_boxes",
+    "dense_boxes_per_image",
     "sigmoid_background_probs",
     "LinearOutputConvFCHead",
     "LongTailOutputLayers",

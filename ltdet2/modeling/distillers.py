@@ -74,6 +74,18 @@ class ClassSubset:
                 )
         return self.classes
 
+    def index_tensor(self, device) -> torch.Tensor | None:
+        """:meth:`indices` as an int64 tensor on ``device`` (None for all classes), built once per device: a
+        per-iteration copy of the list to the GPU would synchronise the stream."""
+        classes = self.indices()
+        if classes is None:
+            return None
+        cache = self.__dict__.setdefault("_index_tensors", {})
+        key = str(torch.device(device))
+        if key not in cache:
+            cache[key] = torch.as_tensor(classes, dtype=torch.long, device=device)
+        return cache[key]
+
     def __repr__(self):
         if self.classes_from_dataset is not None:
             return f"head classes of {self.classes_from_dataset!r} (min_images={self.min_images})"
@@ -155,9 +167,9 @@ class MaskedFeatureDistillation(nn.Module):
                 for t in context.targets
             ]
         )
-        chosen = self.classes.indices()
+        chosen = self.classes.index_tensor(device)
         if chosen is not None:
-            keep &= torch.isin(classes, torch.as_tensor(chosen, device=device))
+            keep &= torch.isin(classes, chosen)
         boxes, image_index = boxes[keep], image_index[keep]
         masks = []
         for name in self.in_features:
@@ -229,10 +241,10 @@ class SharedRoIKLDistillation(nn.Module):
             box_features = torch.flatten(teacher_heads.box_head(pooled), 1)
             teacher_logits = teacher_heads.box_predictor.cls_score(box_features)
         student_logits = context.student.roi_heads.box_predictor.cls_score(box_features)
-        columns = self.classes.indices()
-        if columns is None:
-            columns = range(student_logits.shape[1] - 1)  # the background column (C) is never distilled
-        loss = kl_distillation(student_logits, teacher_logits, list(columns), temperature=self.temperature)
+        columns = self.classes.index_tensor(student_logits.device)
+        if columns is None:  # every foreground class: the background column (C) is never distilled
+            student_logits, teacher_logits = student_logits[:, :-1], teacher_logits[:, :-1]
+        loss = kl_distillation(student_logits, teacher_logits, columns, temperature=self.temperature)
         return {"loss_distill_kl": loss * self.weight}
 
     def extra_repr(self):
@@ -287,14 +299,8 @@ class OldClassLogitDistillation(nn.Module):
         self.weight = weight
 
     def new_class_boxes(self, targets: list[Instances], device) -> list[Boxes]:
-        """Per image, its valid ground-truth boxes of new classes (contiguous index >= K_old)."""
-        boxes = []
-        for t in targets:
-            keep = t.gt_classes >= self.num_old_classes
-            if t.has("gt_valid"):
-                keep = keep & t.gt_valid
-            boxes.append(t.gt_boxes[keep.to(t.gt_boxes.device)].to(device))
-        return boxes
+        """Per image, its valid ground-truth boxes of new classes (contiguous index >= K_old), on ``device``."""
+        return [b.to(device) for b in new_class_boxes(targets, self.num_old_classes)[0]]
 
     def forward(self, context: DistillationContext) -> dict[str, torch.Tensor]:
         device = next(iter(context.student_features.values())).device
@@ -316,7 +322,7 @@ class OldClassLogitDistillation(nn.Module):
         return f"num_old_classes={self.num_old_classes}, mode={self.mode!r}, weight={self.weight}"
 
 
-from .meta_weight_term import MetaWeightGeneratorTerm  # noqa: E402  (it reads this module's context)
+from .meta_weight_term import MetaWeightGeneratorTerm, new_class_boxes  # noqa: E402  (it reads this module's context)
 
 __all__ = [
     "DistillationContext",

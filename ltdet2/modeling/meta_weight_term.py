@@ -20,15 +20,21 @@ __all__ = ["MetaWeightGeneratorTerm", "new_class_boxes", "box_features"]
 
 def new_class_boxes(targets: list[Instances], num_old_classes: int) -> tuple[list[Boxes], torch.Tensor]:
     """Per image, the valid ground-truth boxes (``gt_valid`` not False) of new classes (contiguous index >=
-    ``num_old_classes``), and their classes ([S], concatenated in image order)."""
-    boxes, classes = [], []
-    for t in targets:
-        keep = t.gt_classes >= num_old_classes
-        if t.has("gt_valid"):
-            keep &= t.gt_valid.to(keep.device)
-        boxes.append(t.gt_boxes[keep])
-        classes.append(t.gt_classes[keep])
-    return boxes, torch.cat(classes)
+    ``num_old_classes``), and their classes ([S], concatenated in image order). One selection for the batch
+    (a single host sync for the per-image counts), on the targets' device."""
+    classes = torch.cat([t.gt_classes for t in targets])
+    boxes = torch.cat([t.gt_boxes.tensor for t in targets])
+    keep = classes >= num_old_classes
+    if any(t.has("gt_valid") for t in targets):
+        keep &= torch.cat(
+            [t.gt_valid if t.has("gt_valid") else torch.ones_like(t.gt_classes, dtype=torch.bool) for t in targets]
+        ).to(keep.device)
+    image_index = torch.repeat_interleave(
+        torch.arange(len(targets), device=classes.device),
+        torch.tensor([len(t) for t in targets], device=classes.device),
+    )
+    counts = torch.bincount(image_index[keep], minlength=len(targets)).tolist()
+    return [Boxes(b) for b in boxes[keep.to(boxes.device)].split(counts)], classes[keep]
 
 
 def box_features(roi_heads: nn.Module, features: dict[str, torch.Tensor], boxes: list[Boxes]) -> torch.Tensor:

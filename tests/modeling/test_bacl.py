@@ -12,7 +12,7 @@ from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
 
 from ltdet2.memory import CumulativeCount, ImageFrequency, MeanScore, SoftConfusionMatrix, TruePositiveRate
-from ltdet2.modeling import LongTailOutputLayers, dense_boxes, sigmoid_background_probs
+from ltdet2.modeling import LongTailOutputLayers, dense_boxes, dense_boxes_per_image, sigmoid_background_probs
 from ltdet2.modeling.classifiers import CosineClassifier
 from ltdet2.modeling.feature_sources import FeatureHallucination
 from ltdet2.modeling.losses import (
@@ -399,7 +399,7 @@ def test_fhm_statistics_are_the_box_head_features_of_the_dense_boxes():
     context, rng = capture.seen["context"], capture.seen["rng"]
     # replay the dense boxes from the generator state the source started with
     torch.set_rng_state(rng)
-    boxes = [dense_boxes(t.gt_boxes.tensor, t.image_size) for t in context.targets]
+    boxes = dense_boxes_per_image([t.gt_boxes.tensor for t in context.targets], [t.image_size for t in context.targets])
     labels = torch.cat([t.gt_classes.repeat_interleave(16) for t in context.targets])
     with torch.no_grad():
         features = context.box_head(context.pool(boxes))

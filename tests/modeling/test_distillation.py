@@ -219,6 +219,9 @@ def test_shared_roi_kl_uses_teacher_box_features_and_trains_only_the_student_cla
     expected = 0.1 * kl_distillation(student_logits, teacher_logits, HEAD)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert loss.item() > 1e-4  # teacher and student differ
+    every_class = SharedRoIKLDistillation(weight=1.0)(context)["loss_distill_kl"]  # background column left out
+    foreground = list(range(student_logits.shape[1] - 1))
+    assert every_class.item() == pytest.approx(kl_distillation(student_logits, teacher_logits, foreground).item())
 
     model.zero_grad()
     loss.backward()
@@ -332,5 +335,9 @@ def test_classes_from_dataset_are_its_head_classes(tiny_dataset):
     term = SharedRoIKLDistillation(classes_from_dataset=train_name, min_images=5)
     expected = lvis_meta_from_dataset(train_name).head_classes(5).tolist()
     assert term.classes.indices() == expected and 0 < len(expected)
+    index = term.classes.index_tensor("cpu")
+    assert index.tolist() == expected and index.dtype == torch.long
+    assert term.classes.index_tensor("cpu") is index  # built once per device
+    assert SharedRoIKLDistillation().classes.index_tensor("cpu") is None  # all classes
     with pytest.raises(ValueError, match="not both"):
         MaskedFeatureDistillation(classes=[0], classes_from_dataset=train_name)

@@ -12,7 +12,12 @@ from detectron2.config import instantiate
 from detectron2.structures import Boxes, Instances
 
 from ltdet2.memory import ClassQueue, CumulativeCount, InstanceFrequency, MeanScore
-from ltdet2.modeling import NormalizedConv2d, NormalizedMaskRCNNConvUpsampleHead, dense_boxes
+from ltdet2.modeling import (
+    NormalizedConv2d,
+    NormalizedMaskRCNNConvUpsampleHead,
+    dense_boxes,
+    dense_boxes_per_image,
+)
 from ltdet2.modeling.feature_sources import FeatureSource, MemoryFeatureSampler
 from ltdet2.modeling.losses import EquilibriumLoss, equilibrium_loss
 
@@ -85,6 +90,35 @@ def test_dense_boxes_sign_patterns_magnitudes_order_and_clipping():
     assert (boxes[16:, :2] >= 0).all() and (boxes[16:, 2] <= 100).all()
     again = dense_boxes(gt, (100, 100), generator=torch.Generator().manual_seed(0))
     assert torch.equal(boxes, again)
+
+
+@pytest.mark.parametrize("shared_eta", [False, True])
+def test_dense_boxes_per_image_is_one_draw_clipped_per_image(shared_eta):
+    gt = [
+        torch.tensor([[20.0, 30.0, 80.0, 90.0], [0.0, 0.0, 12.0, 6.0]]),
+        torch.zeros(0, 4),
+        torch.tensor([[5.0, 5.0, 45.0, 25.0]]),
+    ]
+    sizes = [(100, 100), (50, 50), (20, 40)]  # (height, width)
+    batched = dense_boxes_per_image(gt, sizes, torch.Generator().manual_seed(0), shared_eta=shared_eta)
+    assert [tuple(b.shape) for b in batched] == [(32, 4), (0, 4), (16, 4)]
+    # the same draw, by hand: eta [3 boxes or 3 images, 16, 4] in one call, then box i of image n
+    eta = torch.rand((3, 16, 4), generator=torch.Generator().manual_seed(0))
+    box_eta = eta[[0, 0, 2]] if shared_eta else eta
+    signs = 1.0 - 2.0 * ((torch.arange(16)[:, None] >> torch.arange(4)[None, :]) & 1).float()
+    boxes = torch.cat(gt)
+    size = torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]] * 2, dim=1)[:, None] / 6.0
+    expected = boxes[:, None] + signs * box_eta * size
+    limits = torch.tensor([[100.0, 100, 100, 100], [100, 100, 100, 100], [40, 20, 40, 20]])[:, None]
+    expected = torch.minimum(expected.clamp(min=0), limits).reshape(-1, 4)  # each image's own size
+    torch.testing.assert_close(torch.cat(batched), expected, rtol=0, atol=0)
+    assert batched[2][:, 0::2].max() <= 40 and batched[2][:, 1::2].max() <= 20 and batched[2][:, 2].max() == 40
+    # one image: exactly dense_boxes
+    alone = dense_boxes(gt[0], sizes[0], torch.Generator().manual_seed(5), shared_eta=shared_eta)
+    [same] = dense_boxes_per_image(gt[:1], sizes[:1], torch.Generator().manual_seed(5), shared_eta=shared_eta)
+    assert torch.equal(alone, same)
+    with pytest.raises(ValueError, match="2 box tensors but 1 image sizes"):
+        dense_boxes_per_image(gt[:2], sizes[:1])
 
 
 def test_mfs_and_mean_scores_survive_a_checkpoint_exactly():
@@ -226,7 +260,7 @@ def test_mfs_push_pools_only_kept_boxes_in_blocks_and_equals_one_push(monkeypatc
     mfs.push_ground_truth(context)
     # reference: every dense box pooled and pushed at once
     torch.manual_seed(3)
-    dense = [dense_boxes(t.gt_boxes.tensor, t.image_size) for t in targets]
+    dense = dense_boxes_per_image([t.gt_boxes.tensor for t in targets], [t.image_size for t in targets])
     reference = ClassQueue(3, 40, {"features": (5, 2, 2), "proposal_boxes": (4,), "gt_boxes": (4,)})
     reference.push(
         torch.cat([t.gt_classes.repeat_interleave(16) for t in targets]),

@@ -278,3 +278,21 @@ def test_lst_teacher_student_mask_rcnn_trains_and_predicts_masks(tmp_path):
     with torch.no_grad():
         instances = student([{k: v for k, v in batch[0].items() if k != "instances"}])[0]["instances"]
     assert instances.pred_masks.shape[1:] == (64, 64)
+
+
+def test_new_class_boxes_per_image_with_and_without_gt_valid():
+    from detectron2.structures import Boxes, Instances
+
+    from ltdet2.modeling.meta_weight_term import new_class_boxes
+
+    def image(classes, valid=None):
+        t = Instances((50, 50), gt_classes=torch.tensor(classes, dtype=torch.int64))
+        t.gt_boxes = Boxes(torch.arange(4 * len(classes), dtype=torch.float32).reshape(-1, 4))
+        if valid is not None:
+            t.gt_valid = torch.tensor(valid, dtype=torch.bool)
+        return t
+
+    targets = [image([0, 5, 6]), image([], []), image([7, 1, 5], [True, True, False]), image([6])]
+    boxes, classes = new_class_boxes(targets, num_old_classes=5)
+    assert [len(b) for b in boxes] == [2, 0, 1, 1] and classes.tolist() == [5, 6, 7, 6]
+    assert boxes[0].tensor[:, 0].tolist() == [4.0, 8.0] and boxes[2].tensor[0, 0].item() == 0.0

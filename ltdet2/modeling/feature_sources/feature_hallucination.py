@@ -6,14 +6,14 @@ import torch
 
 from ltdet2.memory import PrototypeBank
 
-from ..box_generator import dense_boxes
+from ..box_generator import dense_boxes_per_image
 from ..extra_rows import ExtraRows
 from ..losses.foreground_balance import STRENGTH_NORMALIZATIONS, check_indicator_classes, indicator_strengths
 from .base import FeatureSource
 
 __all__ = ["FeatureHallucination", "HALLUCINATION_CLASS_DRAWS"]
 
-BOXES_PER_OBJECT = 16  # dense_boxes: one per sign pattern
+BOXES_PER_OBJECT = 16  # dense_boxes_per_image: one per sign pattern
 HALLUCINATION_CLASS_DRAWS = ("seen", "all")
 # dense boxes pooled and sent through the box head per call: the pooled block (e.g. 256x7x7 float32 = 49 KiB
 # per box) stays bounded when an image holds hundreds of objects (LVIS)
@@ -110,8 +110,11 @@ class FeatureHallucination(FeatureSource):
     @torch.no_grad()
     def collect(self, context):
         """Box-head features of dense boxes around every ground-truth box, folded into the bank."""
-        boxes = [dense_boxes(t.gt_boxes.tensor, t.image_size, shared_eta=self.shared_eta) for t in context.targets]
-        labels = torch.cat([t.gt_classes.repeat_interleave(BOXES_PER_OBJECT) for t in context.targets])
+        targets = context.targets
+        boxes = dense_boxes_per_image(
+            [t.gt_boxes.tensor for t in targets], [t.image_size for t in targets], shared_eta=self.shared_eta
+        )
+        labels = torch.cat([t.gt_classes for t in targets]).repeat_interleave(BOXES_PER_OBJECT)
         features = self._box_head_features(context, boxes)
         self.bank.update(features, labels)  # under sync="global" a collective, also with no rows
 

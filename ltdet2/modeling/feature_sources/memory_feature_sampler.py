@@ -7,14 +7,14 @@ import torch
 
 from ltdet2.memory import ClassQueue
 
-from ..box_generator import dense_boxes
+from ..box_generator import dense_boxes_per_image
 from ..extra_rows import ExtraRows
 from .base import FeatureSource
 
 __all__ = ["MemoryFeatureSampler", "CLASS_DRAWS"]
 
 MIN_SCORE = 1e-12
-BOXES_PER_OBJECT = 16  # dense_boxes: one per sign pattern
+BOXES_PER_OBJECT = 16  # dense_boxes_per_image: one per sign pattern
 CLASS_DRAWS = ("with_replacement", "distinct")
 # RoIs pooled per call when pushing: the pooled block (e.g. 256x7x7 float32 = 49 KiB per RoI) stays a few
 # MiB instead of growing with the batch's ground truth (allocator churn on a CPU)
@@ -96,9 +96,10 @@ class MemoryFeatureSampler(FeatureSource):
     @torch.no_grad()
     def push_ground_truth(self, context):
         """Pools dense boxes around every ground-truth box of the batch and enqueues them."""
-        boxes = [dense_boxes(t.gt_boxes.tensor, t.image_size) for t in context.targets]
-        labels = torch.cat([t.gt_classes.repeat_interleave(BOXES_PER_OBJECT) for t in context.targets])
-        gt_boxes = torch.cat([t.gt_boxes.tensor.repeat_interleave(BOXES_PER_OBJECT, dim=0) for t in context.targets])
+        targets = context.targets
+        boxes = dense_boxes_per_image([t.gt_boxes.tensor for t in targets], [t.image_size for t in targets])
+        labels = torch.cat([t.gt_classes for t in targets]).repeat_interleave(BOXES_PER_OBJECT)
+        gt_boxes = torch.cat([t.gt_boxes.tensor for t in targets]).repeat_interleave(BOXES_PER_OBJECT, dim=0)
         if self.queue.sync == "global":
             # a collective: every rank pushes once, also with nothing; the survivors depend on all ranks
             self.queue.push(labels, features=context.pool(boxes), proposal_boxes=torch.cat(boxes), gt_boxes=gt_boxes)
