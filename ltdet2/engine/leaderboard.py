@@ -163,7 +163,8 @@ def format_leaderboard_table(records, entries=None, reference=None):
 
     merged = records_by_seed(records, entries)
     if not merged:
-        raise ValueError("no results to tabulate")
+        have = sorted({r["entry"] for r in records})
+        raise ValueError(f"no results to tabulate: entries {list(entries or [])} asked for, the records hold {have}")
     columns = tuple(column for column, _, _ in ENTRY_METRICS) + (TRAIN_COLUMN, WALL_COLUMN)
     table = format_mean_std_table(merged, TABLE_TASK, metrics=columns, row_label="entry")
     names = list(merged[0]["phases"])

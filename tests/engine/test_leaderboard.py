@@ -210,6 +210,10 @@ def test_table_and_plots_from_fake_results(tmp_path):
     paths = plot_entries_per_class_ap(records, str(tmp_path / "per_class"), entries=["ce", "bacl"])
     assert [os.path.basename(p) for p in paths] == ["ce.png", "bacl.png"] and all(map(os.path.isfile, paths))
 
+    with pytest.raises(
+        ValueError, match=r"entries \['lst'\] asked for, the records hold \['bacl', 'ce', 'loce', 'rio'\]"
+    ):
+        format_leaderboard_table(records, ["lst"])
     os.rename(os.path.join(results, "ce_seed0.json"), os.path.join(results, "ce_0.json"))
     with pytest.raises(ValueError, match=r"is not named <entry>_seed<N>.json"):
         load_entry_results(results)
