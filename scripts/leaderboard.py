@@ -29,6 +29,7 @@ iterations per entry, 384 in all, COCO-style evaluation: see its header and the 
 
 import argparse
 import os
+import resource
 import shlex
 import subprocess
 import time
@@ -64,22 +65,35 @@ def seed_phases(cfg, seed_dir):
     return {phase.name: phase for phase in resolve_phases(cfg)}
 
 
+def children_cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_phase(config_file, phase, seed, seed_dir, overrides):
-    """Trains (and, for an entry, evaluates) one phase in its own process; records its wall time."""
+    """Trains (and, for an entry, evaluates) one phase in its own process; records its wall time, the CPU
+    seconds of the process (user + system, its data workers included: less sensitive than the wall time to
+    other work on the machine) and the machine's load average at its end."""
     command = train_command(
         TRAIN_SCRIPT, config_file, seed=seed, output_dir=seed_dir, overrides=overrides, phase=phase.name
     )
     print("+", shlex.join(command), flush=True)
-    start = time.perf_counter()
+    cpu_start, start = children_cpu_seconds(), time.perf_counter()
     subprocess.run(command, check=True)
-    wall = time.perf_counter() - start
-    write_json_atomic(os.path.join(phase.output_dir, WALL_FILE), {"wall_s": wall}, indent=1)
-    return wall
+    timing = {
+        "wall_s": time.perf_counter() - start,
+        "cpu_s": children_cpu_seconds() - cpu_start,
+        "load_avg": list(os.getloadavg()),  # 1, 5, 15 min
+    }
+    write_json_atomic(os.path.join(phase.output_dir, WALL_FILE), timing, indent=1)
+    return timing["wall_s"]
 
 
-def phase_wall(phase):
+def phase_timing(phase, key):
+    """``key`` ("wall_s", "cpu_s", "load_avg") of the phase's recorded run; NaN / None when not recorded."""
     path = os.path.join(phase.output_dir, WALL_FILE)
-    return read_json(path, what="wall time")["wall_s"] if os.path.isfile(path) else float("nan")
+    timing = read_json(path, what="wall time") if os.path.isfile(path) else {}
+    return timing.get(key, None if key == "load_avg" else float("nan"))
 
 
 def run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command):
@@ -97,7 +111,8 @@ def run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command):
         commit=commit,
         phases={entry: phase_record(phases[entry].done_file)},
     )
-    walls = {name: phase_wall(phases[name]) for name in chain}
+    walls = {name: phase_timing(phases[name], "wall_s") for name in chain}
+    cpu = {name: phase_timing(phases[name], "cpu_s") for name in chain}
     eval_s = phases[entry].load_done().get("eval_seconds", float("nan"))  # absent in records before 2026-11-23
     record.update(
         entry=entry,
@@ -107,6 +122,9 @@ def run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command):
         wall_s=sum(walls.values()),
         eval_s=eval_s,
         train_s=sum(walls.values()) - eval_s,
+        phase_cpu_s=cpu,
+        cpu_s=sum(cpu.values()),
+        phase_load_avg={name: phase_timing(phases[name], "load_avg") for name in chain},
     )
     return record
 

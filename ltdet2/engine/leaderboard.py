@@ -12,8 +12,10 @@ Results file of one (entry, seed), ``<results-dir>/<entry>_seed<N>.json``: the f
 ``chain`` (its phases), ``phase_wall_s`` (wall seconds of each phase's run: training, its derived datasets and,
 for the last phase, the evaluation; measured once per seed, so a shared phase's time is counted in every entry
 that needs it), ``wall_s`` (their sum: what the entry costs alone), ``eval_s`` (the entry's evaluation, from its
-phase record's ``eval_seconds``) and ``train_s`` (``wall_s - eval_s``: the entry's training, its derived datasets
-and process start-ups included).
+phase record's ``eval_seconds``), ``train_s`` (``wall_s - eval_s``: the entry's training, its derived datasets
+and process start-ups included), ``phase_cpu_s`` / ``cpu_s`` (CPU seconds of each phase's process and their sum:
+less sensitive than wall times to other work on the machine) and ``phase_load_avg`` (the machine's 1, 5 and 15
+minute load averages when each phase's run ended). Timings a record lacks (older records) are NaN or missing.
 """
 
 import glob

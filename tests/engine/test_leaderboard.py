@@ -121,7 +121,7 @@ def fake_phase_run(calls, metrics_of):
             with open(os.path.join(phase.output_dir, "inference", f"per_class_ap_{task}.json"), "w") as f:
                 json.dump(per_class, f)
         with open(os.path.join(phase.output_dir, "leaderboard_wall.json"), "w") as f:
-            json.dump({"wall_s": 60.0}, f)
+            json.dump({"wall_s": 60.0, "cpu_s": 100.0, "load_avg": [1.0, 1.5, 2.0]}, f)
         return 60.0
 
     return run_phase
@@ -152,6 +152,7 @@ def test_script_trains_shared_phases_once_writes_results_and_skips_them(tmp_path
     assert record["phases"]["loce"]["bbox"]["AP"] == 15.0 and record["phases"]["loce"]["segm"]["AP"] == 14.0
     assert [c["AP"] for c in record["phases"]["loce"]["per_class_ap_segm"]] == [1.0, 2.0, 3.0, 4.0]
     assert record["wall_s"] == 120.0 and record["eval_s"] == 15.0 and record["train_s"] == 105.0
+    assert record["cpu_s"] == 200.0 and record["phase_load_avg"]["loce"] == [1.0, 1.5, 2.0]
     assert record["command"] == "scripts/leaderboard.py --quick --entries loce --seeds 1"
     assert record["project"] == "projects/leaderboard_quick.py" and record["seed"] == 1
 
@@ -262,6 +263,22 @@ def test_seed_wall_times_count_a_shared_phase_once():
     records.append(timed("loce", 1, {"pretrain": 600.0, "loce": 1.0}))
     with pytest.raises(ValueError, match=r"seed 1: phase 'pretrain' has two wall times \(650.0 and 600.0 s\)"):
         seed_wall_times(records)
+
+
+def test_a_phase_run_records_its_wall_and_cpu_time_and_the_load(tmp_path, monkeypatch):
+    import sys
+    from types import SimpleNamespace
+
+    script = load_repo_module("scripts/leaderboard.py")
+    busy = [sys.executable, "-c", "sum(i * i for i in range(3 * 10**6))"]  # ~0.3 s of CPU in a child process
+    monkeypatch.setattr(script, "train_command", lambda *args, **kwargs: busy)
+    phase = SimpleNamespace(name="p", output_dir=str(tmp_path))
+    wall = script.run_phase("projects/x.py", phase, 0, str(tmp_path), [])
+    timing = read_json(os.path.join(tmp_path, script.WALL_FILE))
+    assert timing["wall_s"] == wall > 0 and 0.05 < timing["cpu_s"] and len(timing["load_avg"]) == 3
+    assert script.phase_timing(phase, "cpu_s") == timing["cpu_s"]
+    missing = SimpleNamespace(name="q", output_dir=str(tmp_path / "none"))
+    assert np.isnan(script.phase_timing(missing, "wall_s")) and script.phase_timing(missing, "load_avg") is None
 
 
 def test_quick_run_folders_are_its_own():
