@@ -235,7 +235,7 @@ class Style:
 
     def labels(self, classes, scores=None):
         names = [
-            f"{name} (r)" if self.frequency is not None and self.frequency[k] == "r" else name
+            f"(r) {name}" if self.frequency is not None and self.frequency[k] == "r" else name  # first: never clipped
             for k, name in enumerate(self.class_names)
         ]
         return _create_text_labels(classes, scores, names)

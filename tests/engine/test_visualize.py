@@ -123,6 +123,12 @@ def test_rare_classes_pick_only_images_holding_them(script, tiny_dataset):
     assert named == {1} | set(np.flatnonzero(frequency == "c").tolist())
 
 
+def test_rare_marker_leads_the_label(script):
+    """A label runs past the panel's right edge for a box near it: the rare marker comes first to stay visible."""
+    style = script.Style(["circle", "star"], np.array(["f", "r"]), scale=1.0)
+    assert style.labels([1, 0], [0.5, 0.25]) == ["(r) star 50%", "circle 25%"]
+
+
 def test_errors_name_what_is_wrong(script, run, tmp_path, tiny_dataset):
     with pytest.raises(FileNotFoundError, match="baseline: checkpoint .*nope.pth is not a file"):
         script.main(["--config-file", BASELINE, "--checkpoint", str(tmp_path / "nope.pth"), "--output", str(tmp_path)])
