@@ -21,9 +21,9 @@ Budget, 2 AMD EPYC cores, no GPU. Measured: the small Mask R-CNN trains at 1.58 
 machine, nice 10; 4-19 s when other trainings share the cores). An evaluation of an entry (400 val images, score
 1e-4, 300 detections, box and mask) took ~5 min for a trained model on busy cores (README, LST); a barely trained
 model keeps 300 detections per image and takes ~10 s per image on busy cores, hence only entries are evaluated
-and --quick evaluates COCO-style. Estimate per seed: 3 first phases x 300 + 10 entries x 150 = 2,400 iterations
-(~64 min) + 10 evaluations (~30-50 min) + step-wise's scoring of the training set and LOCE's warm-ups (~5-10 min)
-= ~1 h 50 min - 2 h; 3 seeds ~5.5-6 h on a quiet machine. ``--quick`` (projects/leaderboard_quick.py): 48 + 24
+and --quick evaluates COCO-style. Per seed: 3 first phases x 300 + 10 entries x 150 = 2,400 iterations + 10
+evaluations. Seed 0 measured 2.89 h (its results files' phase wall times; 2026-11-23), ~2.5 h without the other
+work that shared the cores then, so 3 seeds take ~7.5 h (README, Leaderboard). ``--quick`` (projects/leaderboard_quick.py): 48 + 24
 iterations per entry, 384 in all, COCO-style evaluation: see its header and the measured time in the README.
 """
 
