@@ -23,8 +23,9 @@ machine, nice 10; 4-19 s when other trainings share the cores). An evaluation of
 model keeps 300 detections per image and takes ~10 s per image on busy cores, hence only entries are evaluated
 and --quick evaluates COCO-style. Per seed: 3 first phases x 300 + 10 entries x 150 = 2,400 iterations + 10
 evaluations. Seed 0 measured 2.89 h (its results files' phase wall times; 2026-11-23), ~2.5 h without the other
-work that shared the cores then, so 3 seeds take ~7.5 h (README, Leaderboard). ``--quick`` (projects/leaderboard_quick.py): 48 + 24
-iterations per entry, 384 in all, COCO-style evaluation: see its header and the measured time in the README.
+work that shared the cores then, so 3 seeds take ~7.5 h (README, Leaderboard). ``--quick``
+(projects/leaderboard_quick.py): 48 + 24 iterations per entry, 384 in all, COCO-style evaluation: see its header
+and the measured time in the README.
 """
 
 import argparse
