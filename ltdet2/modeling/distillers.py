@@ -12,6 +12,7 @@ from torch import nn
 
 from detectron2.structures import Boxes, ImageList, Instances
 
+from .batching import image_index, valid_ground_truth
 from .losses.distillation import (
     EMPTY_MODES,
     LOGIT_MODES,
@@ -59,6 +60,7 @@ class ClassSubset:
         self.classes_from_dataset = classes_from_dataset
         self.min_images = min_images
         self.owner = owner
+        self._index_tensors = {}  # device -> indices() as a tensor there (index_tensor)
 
     def indices(self) -> list[int] | None:
         """Contiguous class indices, or None for all classes."""
@@ -80,11 +82,10 @@ class ClassSubset:
         classes = self.indices()
         if classes is None:
             return None
-        cache = self.__dict__.setdefault("_index_tensors", {})
         key = str(torch.device(device))
-        if key not in cache:
-            cache[key] = torch.as_tensor(classes, dtype=torch.long, device=device)
-        return cache[key]
+        if key not in self._index_tensors:
+            self._index_tensors[key] = torch.as_tensor(classes, dtype=torch.long, device=device)
+        return self._index_tensors[key]
 
     def __repr__(self):
         if self.classes_from_dataset is not None:
@@ -157,24 +158,16 @@ class MaskedFeatureDistillation(nn.Module):
         device = context.student_features[self.in_features[0]].device
         boxes = torch.cat([t.gt_boxes.tensor for t in context.targets]).to(device)
         classes = torch.cat([t.gt_classes for t in context.targets]).to(device)
-        image_index = torch.repeat_interleave(
-            torch.arange(len(context.targets), device=device),
-            torch.tensor([len(t) for t in context.targets], device=device),
-        )
-        keep = torch.cat(
-            [
-                t.gt_valid.to(device) if t.has("gt_valid") else classes.new_ones(len(t), dtype=torch.bool)
-                for t in context.targets
-            ]
-        )
+        rows_image = image_index([len(t) for t in context.targets], device)
+        keep = valid_ground_truth(context.targets, device)
         chosen = self.classes.index_tensor(device)
         if chosen is not None:
             keep &= torch.isin(classes, chosen)
-        boxes, image_index = boxes[keep], image_index[keep]
+        boxes, rows_image = boxes[keep], rows_image[keep]
         masks = []
         for name in self.in_features:
             num_images, _, height, width = context.student_features[name].shape
-            masks.append(box_masks(boxes, image_index, num_images, strides[name].stride, height, width))
+            masks.append(box_masks(boxes, rows_image, num_images, strides[name].stride, height, width))
         return masks
 
     def forward(self, context: DistillationContext) -> dict[str, torch.Tensor]:

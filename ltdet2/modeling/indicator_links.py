@@ -17,6 +17,7 @@ from detectron2.structures import Instances
 
 from ltdet2.memory import PredictorBatch
 
+from .batching import image_index
 from .extra_rows import ExtraRowsBatch
 
 __all__ = ["IndicatorUser", "bind_indicator_users", "predictor_row_objects", "predictor_batch", "update_indicators"]
@@ -95,10 +96,7 @@ def predictor_row_objects(
     roi_labels = torch.cat([p.gt_classes for p in proposals])
     gt_counts = torch.tensor([len(t) for t in targets], dtype=torch.int64, device=device)
     image_offsets = torch.cumsum(gt_counts, 0) - gt_counts
-    roi_image = torch.repeat_interleave(
-        torch.arange(len(proposals), device=device),
-        torch.tensor([len(p) for p in proposals], dtype=torch.int64, device=device),
-    )
+    roi_image = image_index([len(p) for p in proposals], device)
     roi_gt = torch.cat([p.gt_indices for p in proposals])
     roi_ids = torch.where(roi_gt >= 0, image_offsets[roi_image] + roi_gt, -1)
     extra_labels = extra_rows.labels(device)

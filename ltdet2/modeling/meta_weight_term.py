@@ -13,6 +13,7 @@ from torch import nn
 
 from detectron2.structures import Boxes, Instances
 
+from .batching import image_index, valid_ground_truth
 from .weight_generator import MetaWeightGenerator
 
 __all__ = ["MetaWeightGeneratorTerm", "new_class_boxes", "box_features"]
@@ -24,16 +25,9 @@ def new_class_boxes(targets: list[Instances], num_old_classes: int) -> tuple[lis
     (a single host sync for the per-image counts), on the targets' device."""
     classes = torch.cat([t.gt_classes for t in targets])
     boxes = torch.cat([t.gt_boxes.tensor for t in targets])
-    keep = classes >= num_old_classes
-    if any(t.has("gt_valid") for t in targets):
-        keep &= torch.cat(
-            [t.gt_valid if t.has("gt_valid") else torch.ones_like(t.gt_classes, dtype=torch.bool) for t in targets]
-        ).to(keep.device)
-    image_index = torch.repeat_interleave(
-        torch.arange(len(targets), device=classes.device),
-        torch.tensor([len(t) for t in targets], device=classes.device),
-    )
-    counts = torch.bincount(image_index[keep], minlength=len(targets)).tolist()
+    keep = (classes >= num_old_classes) & valid_ground_truth(targets, classes.device)
+    rows_image = image_index([len(t) for t in targets], classes.device)
+    counts = torch.bincount(rows_image[keep], minlength=len(targets)).tolist()
     return [Boxes(b) for b in boxes[keep.to(boxes.device)].split(counts)], classes[keep]
 
 

@@ -6,6 +6,7 @@ import torch
 
 from ltdet2.memory import PrototypeBank
 
+from ..batching import image_index
 from ..box_generator import dense_boxes_per_image
 from ..extra_rows import ExtraRows
 from ..losses.foreground_balance import STRENGTH_NORMALIZATIONS, check_indicator_classes, indicator_strengths
@@ -128,13 +129,11 @@ class FeatureHallucination(FeatureSource):
         row_bytes = math.prod(context.pooled_features.shape[1:]) * context.pooled_features.element_size()
         block = max(1, _POOL_BLOCK_BYTES // max(row_bytes, 1))
         all_boxes = torch.cat(boxes)
-        image_index = torch.repeat_interleave(
-            torch.arange(len(boxes), device=all_boxes.device), torch.tensor(counts, device=all_boxes.device)
-        )
+        rows_image = image_index(counts, all_boxes.device)
         outputs = []
         for start in range(0, total, block):
             end = min(start + block, total)
-            per_image = torch.bincount(image_index[start:end], minlength=len(boxes)).tolist()
+            per_image = torch.bincount(rows_image[start:end], minlength=len(boxes)).tolist()
             outputs.append(context.box_head(context.pool(list(all_boxes[start:end].split(per_image)))))
         features = torch.cat(outputs)
         if features.shape[1:] != (self.feature_dim,):

@@ -7,6 +7,7 @@ import torch
 
 from ltdet2.memory import ClassQueue
 
+from ..batching import image_index
 from ..box_generator import dense_boxes_per_image
 from ..extra_rows import ExtraRows
 from .base import FeatureSource
@@ -105,14 +106,11 @@ class MemoryFeatureSampler(FeatureSource):
             self.queue.push(labels, features=context.pool(boxes), proposal_boxes=torch.cat(boxes), gt_boxes=gt_boxes)
             return
         num_images = len(boxes)
-        image_index = torch.repeat_interleave(
-            torch.arange(num_images, device=labels.device),
-            torch.tensor([len(b) for b in boxes], dtype=torch.int64, device=labels.device),
-        )
+        rows_image = image_index([len(b) for b in boxes], labels.device)
         kept = self.queue.kept_by_push(labels).to(labels.device).nonzero().squeeze(1)
         if kept.numel() == 0:
             return
-        labels, gt_boxes, image_index = labels[kept], gt_boxes[kept], image_index[kept]
+        labels, gt_boxes, rows_image = labels[kept], gt_boxes[kept], rows_image[kept]
         proposal_boxes = torch.cat(boxes)[kept]
         if labels.device.type == "cpu":  # see _POOL_BLOCK_BYTES
             block = max(1, _POOL_BLOCK_BYTES // (4 * math.prod(self.feature_shape)))
@@ -120,7 +118,7 @@ class MemoryFeatureSampler(FeatureSource):
             block = labels.numel()
         for start in range(0, labels.numel(), block):
             end = min(start + block, labels.numel())
-            per_image = self._split_by_image(proposal_boxes[start:end], image_index[start:end], num_images)
+            per_image = self._split_by_image(proposal_boxes[start:end], rows_image[start:end], num_images)
             self.queue.push(
                 labels[start:end],
                 features=context.pool(per_image),
