@@ -90,11 +90,12 @@ def run_phase(config_file, phase, seed, seed_dir, overrides):
     return timing["wall_s"]
 
 
-def phase_timing(phase, key):
-    """``key`` ("wall_s", "cpu_s", "load_avg") of the phase's recorded run; NaN / None when not recorded."""
+def phase_timing(phase):
+    """The phase's recorded run, read once: {"wall_s", "cpu_s", "load_avg"}, NaN / None for what it lacks."""
     path = os.path.join(phase.output_dir, WALL_FILE)
     timing = read_json(path, what="wall time") if os.path.isfile(path) else {}
-    return timing.get(key, None if key == "load_avg" else float("nan"))
+    nan = float("nan")
+    return {"wall_s": timing.get("wall_s", nan), "cpu_s": timing.get("cpu_s", nan), "load_avg": timing.get("load_avg")}
 
 
 def run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command):
@@ -112,8 +113,9 @@ def run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command):
         commit=commit,
         phases={entry: phase_record(phases[entry].done_file)},
     )
-    walls = {name: phase_timing(phases[name], "wall_s") for name in chain}
-    cpu = {name: phase_timing(phases[name], "cpu_s") for name in chain}
+    timings = {name: phase_timing(phases[name]) for name in chain}
+    walls = {name: timing["wall_s"] for name, timing in timings.items()}
+    cpu = {name: timing["cpu_s"] for name, timing in timings.items()}
     eval_s = phases[entry].load_done().get("eval_seconds", float("nan"))  # absent in records before 2026-11-23
     record.update(
         entry=entry,
@@ -125,7 +127,7 @@ def run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command):
         train_s=sum(walls.values()) - eval_s,
         phase_cpu_s=cpu,
         cpu_s=sum(cpu.values()),
-        phase_load_avg={name: phase_timing(phases[name], "load_avg") for name in chain},
+        phase_load_avg={name: timing["load_avg"] for name, timing in timings.items()},
     )
     return record
 
