@@ -5,6 +5,7 @@ per finished (entry, seed), and rebuilds the table and plots from those files al
     python scripts/leaderboard.py [key=value ...] [--entries ce loce ...] [--seeds 0 1 2] [--dry-run]
     python scripts/leaderboard.py --quick              # fewer iterations, seed 0, its own folders (< 30 min)
     python scripts/leaderboard.py --from-results       # only the table and plots, from docs/leaderboard/results
+    python scripts/leaderboard.py --jobs 2             # the seeds as 2 concurrent processes, cores split between them
 
 Each (entry, seed) trains its chain (ltdet2.engine.leaderboard) in ``<output-dir>/seed<N>/<phase>``, one
 ``lazyconfig_train_net.py --phase NAME`` run per phase; a phase that already finished there (a shared pretrain)
@@ -29,10 +30,12 @@ and the measured time in the README.
 """
 
 import argparse
+import concurrent.futures
 import os
 import resource
 import shlex
 import subprocess
+import sys
 import time
 
 from ltdet2.engine.leaderboard import (
@@ -128,8 +131,43 @@ def run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command):
         phase_cpu_s=cpu,
         cpu_s=sum(cpu.values()),
         phase_load_avg={name: timing["load_avg"] for name, timing in timings.items()},
+        omp_num_threads=os.environ.get("OMP_NUM_THREADS"),  # None: the library default (all cores)
     )
     return record
+
+
+def seed_job_commands(args, seeds, output_dir, docs_dir, results_dir):
+    """{seed: argv} of ``--jobs``: this script for one seed with this run's project, entries, overrides and
+    folders, without rebuilding the table (the parent does, once all have finished)."""
+    options = ["--config-file", args.config_file, "--output-dir", output_dir, "--docs-dir", docs_dir]
+    options += ["--results-dir", results_dir, "--no-outputs", *(["--quick"] if args.quick else [])]
+    options += ["--entries", *args.entries] if args.entries else []
+    script = os.path.abspath(__file__)
+    # overrides first: after --entries / --seeds, argparse would read them as entries or seeds
+    return {seed: [sys.executable, script, *args.overrides, *options, "--seeds", str(seed)] for seed in seeds}
+
+
+def run_seed_job(command, env, log_path):
+    """Runs one seed's process with its output in ``log_path``; returns its exit status."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "a") as log:
+        return subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def run_seed_jobs(commands, jobs, threads, output_dir):
+    """Runs the seeds' processes, ``jobs`` at a time, each with ``threads`` intra-op threads (OMP / MKL), and
+    raises naming every seed that failed and its log."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    logs = {seed: os.path.join(output_dir, f"seed{seed}", "leaderboard.log") for seed in commands}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {}
+        for seed, command in commands.items():
+            print(f"seed {seed}: {threads} thread(s), log in {logs[seed]}", flush=True)
+            futures[seed] = pool.submit(run_seed_job, command, env, logs[seed])
+        status = {seed: future.result() for seed, future in futures.items()}
+    failed = {seed: logs[seed] for seed, code in status.items() if code != 0}
+    if failed:
+        raise RuntimeError(f"--jobs: seeds {sorted(failed)} failed; see {', '.join(failed.values())}")
 
 
 def build_outputs(results_dir, docs_dir, order):
@@ -172,6 +210,14 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="the short setting: fewer iterations, seed 0")
     parser.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
     parser.add_argument("--from-results", action="store_true", help="only rebuild the table and plots")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="run the seeds as this many concurrent processes, the cores split evenly between them (on 2 cores,"
+        " 2 one-thread processes train ~1.7x the iterations per hour of one two-thread process)",
+    )
+    parser.add_argument("--no-outputs", action="store_true", help="train only: leave the table and plots as they are")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides (before --entries / --seeds)")
     args = parser.parse_args(argv)
     config_file, seeds, output_dir, docs_dir = SETTINGS[args.quick]
@@ -187,8 +233,14 @@ def main(argv=None):
     if unknown:
         parser.error(f"--entries {unknown}: {args.config_file} has entries {list(chains)}")
     entries = [name for name in chains if args.entries is None or name in args.entries]
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: must be at least 1")
 
-    if not args.from_results:
+    if args.jobs > 1 and len(seeds) > 1 and not (args.from_results or args.dry_run):
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        commands = seed_job_commands(args, seeds, output_dir, docs_dir, results_dir)
+        run_seed_jobs(commands, args.jobs, threads, output_dir)
+    elif not args.from_results:
         for seed in seeds:
             seed_dir = os.path.join(output_dir, f"seed{seed}")
             phases = seed_phases(cfg, seed_dir)
@@ -211,7 +263,7 @@ def main(argv=None):
                 )
                 record = run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command)
                 print(f"{entry} seed {seed}: wrote {write_entry_results(results_dir, record)}", flush=True)
-    if args.dry_run:
+    if args.dry_run or args.no_outputs:
         return None
     if not os.path.isdir(results_dir):
         print(f"no results in {results_dir} yet", flush=True)

@@ -336,3 +336,55 @@ def test_two_entries_train_end_to_end_on_a_tiny_lt_shapes(tiny_dataset, tmp_path
     assert not os.path.isdir(os.path.join(str(tmp_path / "out"), "seed0", "pretrain", "inference"))  # not evaluated
     assert os.path.isfile(os.path.join(docs, "leaderboard.md")) and os.path.isfile(os.path.join(docs, "apr_vs_apf.png"))
     assert os.path.isfile(os.path.join(docs, "per_class_ap", "replay_ebl.png"))
+
+
+def test_jobs_run_each_seed_in_its_own_process_with_the_cores_split(tmp_path, monkeypatch, capsys):
+    import threading
+
+    script = load_repo_module("scripts/leaderboard.py")
+    calls, lock, launched = [], threading.Lock(), []
+    monkeypatch.setattr(script, "run_phase", fake_phase_run(calls, lambda name, seed: metrics(10.0 + seed)))
+    monkeypatch.setattr(script.os, "cpu_count", lambda: 4)
+
+    def run_in_process(command, env, log_path):  # the seed's process, here: its argv run by main under a lock
+        assert command[1] == os.path.abspath(script.__file__) and log_path.endswith("leaderboard.log")
+        with lock:
+            launched.append((command[-1], env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]))
+            script.main(command[2:])
+        return 0
+
+    monkeypatch.setattr(script, "run_seed_job", run_in_process)
+    out, docs = str(tmp_path / "out"), str(tmp_path / "docs")
+    common = ["train.max_iter=9", "--quick", "--output-dir", out, "--docs-dir", docs, "--entries", "ce"]
+    script.main([*common, "--seeds", "0", "1", "--jobs", "2"])
+    assert sorted(launched) == [("0", "2", "2"), ("1", "2", "2")]  # 4 cores, 2 jobs: 2 threads each
+    assert sorted(calls) == [(s, n) for s in (0, 1) for n in ("ce", "pretrain")]
+    record = read_json(os.path.join(docs, "results", "ce_seed1.json"))
+    assert record["command"] == "scripts/leaderboard.py train.max_iter=9 --quick --entries ce --seeds 1"
+    table = open(os.path.join(docs, "leaderboard.md")).read()  # rebuilt once, by the parent
+    assert table.splitlines()[2].startswith("| ce | 10.50 ± 0.71 |")
+
+    commands = script.seed_job_commands(
+        script.argparse.Namespace(config_file="p.py", quick=False, entries=None, overrides=["a=1"]), [3], "o", "d", "r"
+    )
+    assert commands[3][2:] == [
+        "a=1",
+        "--config-file",
+        "p.py",
+        "--output-dir",
+        "o",
+        "--docs-dir",
+        "d",
+        "--results-dir",
+        "r",
+        "--no-outputs",
+        "--seeds",
+        "3",
+    ]
+
+    monkeypatch.setattr(script, "run_seed_job", lambda command, env, log_path: int(command[-1] == "1"))
+    with pytest.raises(RuntimeError, match=r"seeds \[1\] failed; see .*seed1.leaderboard.log"):
+        script.main([*common, "--seeds", "0", "1", "--jobs", "2"])
+    with pytest.raises(SystemExit):
+        script.main([*common, "--jobs", "0"])
+    assert "--jobs 0: must be at least 1" in capsys.readouterr().err
