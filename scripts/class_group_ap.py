@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 
-from ltdet2.engine.results import load_results_files
+from ltdet2.engine.results import load_results_files, mean_std_cell
 
 
 def group_means(records, *, order_phase, groups, phases, task="bbox"):
@@ -51,8 +51,7 @@ def main(argv=None):
     lines = [f"| phase ({args.task}; mean AP of the group's classes, mean ± std over seeds {seeds}) | "
              + " | ".join(groups) + " |", "|---|" + "---:|" * len(groups)]  # fmt: skip
     for phase in args.phases:
-        cells = [f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
-                 for v in means[phase].values()]  # fmt: skip
+        cells = [mean_std_cell(v) for v in means[phase].values()]
         lines.append(f"| {phase} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
     return means

@@ -15,7 +15,8 @@ logger = logging.getLogger("detectron2")
 
 def freeze_all_but(model: nn.Module, trainable: Sequence[str] | None):
     """Freezes every parameter whose name matches none of the regexes in ``trainable`` (matched at
-    the start of the name, e.g. ``"roi_heads.box_predictor."``); ``None`` trains everything.
+    the start of the name, e.g. ``"roi_heads.box_predictor."``); ``None`` trains everything. A pattern that
+    matches nothing is logged (a mask-head pattern on a model without one); patterns that all match nothing raise.
 
     BatchNorm layers left with no trainable parameter become ``FrozenBatchNorm2d``, so their running
     statistics stay fixed too. Logs trainable / frozen parameter counts per top-level module and
@@ -30,6 +31,13 @@ def freeze_all_but(model: nn.Module, trainable: Sequence[str] | None):
             for p in hits:
                 matched[p.pattern] += 1
         unmatched = [p for p, n in matched.items() if n == 0]
+        if patterns and len(unmatched) == len(patterns):  # a typo, not a head this model lacks: nothing trains
+            top_level = sorted({name.split(".")[0] for name, _ in model.named_parameters()})
+            raise ValueError(
+                f"train.trainable: no pattern of {list(trainable)} matches a parameter of the model, so nothing "
+                f"would train (patterns match at the start of names such as {top_level[0]}.*; top-level modules: "
+                f"{top_level})"
+            )
         if unmatched:  # e.g. a mask-head pattern on a model without a mask head
             logger.warning(f"train.trainable: patterns {unmatched} match no parameter of the model")
         _freeze_batch_norms(model)

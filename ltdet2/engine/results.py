@@ -15,7 +15,6 @@ import glob
 import os
 import platform
 import subprocess
-import warnings
 
 import numpy as np
 
@@ -128,6 +127,19 @@ def _seeds_label(phase: str, holding: list[dict], records: list[dict]) -> str:
     return f"{phase} (seed{'s' if len(holding) > 1 else ''} {', '.join(str(r['seed']) for r in holding)} only)"
 
 
+def mean_std_cell(values) -> str:
+    """A table cell for the seeds' values of one metric: "mean ± std" (sample std, n-1) over the finite ones,
+    the mean alone when one seed has it (a seed may lack a metric, e.g. a timing), "–" when none does (no
+    class of the phase has the metric's frequency or bucket)."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[~np.isnan(values)]
+    if finite.size == 0:
+        return "–"
+    if finite.size == 1:
+        return f"{finite[0]:.2f}"
+    return f"{finite.mean():.2f} ± {finite.std(ddof=1):.2f}"
+
+
 def format_mean_std_table(
     records: list[dict], task: str = "bbox", metrics=SUMMARY_METRICS, row_label: str = "phase"
 ) -> str:
@@ -141,17 +153,7 @@ def format_mean_std_table(
     for phase in _phase_order(records):
         holding = [r for r in records if phase in r["phases"]]
         values = np.array([[r["phases"][phase][task][m] for m in metrics] for r in holding], dtype=np.float64)
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a metric with no class (APr of a phase without one)
-            means = np.nanmean(values, axis=0)
-        cells = []
-        for column, mean in enumerate(means):
-            if np.isnan(mean):
-                cells.append("–")  # no class of the phase has this metric's frequency or bucket
-            elif np.count_nonzero(~np.isnan(values[:, column])) > 1:  # a seed may lack a metric (a timing)
-                cells.append(f"{mean:.2f} ± {np.nanstd(values[:, column], ddof=1):.2f}")
-            else:
-                cells.append(f"{mean:.2f}")
+        cells = [mean_std_cell(values[:, column]) for column in range(len(metrics))]
         apr = values[:, list(metrics).index("APr")] if "APr" in metrics else np.array([np.nan])
         per_seed = "" if np.isnan(apr).all() else ", ".join(f"{v:.2f}" for v in apr)
         lines.append(f"| {_seeds_label(phase, holding, records)} | " + " | ".join(cells) + f" | {per_seed} |")

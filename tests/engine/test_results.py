@@ -10,6 +10,7 @@ from ltdet2.engine.results import (
     format_paired_differences,
     load_results_files,
     mean_per_class_ap,
+    mean_std_cell,
     phase_record,
     results_record,
     write_results_file,
@@ -136,3 +137,10 @@ def test_paired_differences_use_the_seeds_that_ran_both_phases():
     del records[2]["phases"]["finetune"]
     lines = format_paired_differences(records, [("finetune", "pretrain")], metrics=("AP",)).splitlines()
     assert lines[2] == "| finetune − pretrain (seed 0 only) | — | no result: seeds with both: 0 |"
+
+
+def test_mean_std_cell_uses_the_seeds_that_have_the_value():
+    nan = float("nan")
+    assert mean_std_cell([1.0, 2.0, 4.0]) == "2.33 ± 1.53"  # sample std (n-1)
+    assert mean_std_cell([1.0, nan, 3.0]) == "2.00 ± 1.41" and mean_std_cell([nan, 5.0]) == "5.00"
+    assert mean_std_cell([nan, nan]) == "–"
