@@ -170,6 +170,15 @@ def run_seed_jobs(commands, jobs, threads, output_dir):
         raise RuntimeError(f"--jobs: seeds {sorted(failed)} failed; see {', '.join(failed.values())}")
 
 
+def threads_note(records, seed):
+    """ ", N thread(s) per process" from the seed's records' ``omp_num_threads`` ("" where none recorded it)."""
+    recorded = {r["omp_num_threads"] for r in records if r["seed"] == seed and "omp_num_threads" in r}
+    if not recorded:
+        return ""
+    labels = sorted("all cores" if n is None else f"{n} thread(s)" for n in recorded)
+    return f", {' / '.join(labels)} per process"
+
+
 def build_outputs(results_dir, docs_dir, order):
     """The table and plots from the results files of ``results_dir`` alone; returns the table."""
     records = load_entry_results(results_dir)
@@ -180,7 +189,7 @@ def build_outputs(results_dir, docs_dir, order):
     machines = sorted({r.get("machine", "?") for r in records})
     commits = sorted({str(r.get("commit")) for r in records})
     totals = "; ".join(
-        f"seed {seed}: {seconds / 3600:.2f} h for {len(done)} of {len(order)} entries"
+        f"seed {seed}: {seconds / 3600:.2f} h for {len(done)} of {len(order)} entries{threads_note(records, seed)}"
         for seed, (seconds, done) in seed_wall_times(records).items()
     )
     text = (

@@ -350,6 +350,7 @@ def test_jobs_run_each_seed_in_its_own_process_with_the_cores_split(tmp_path, mo
         assert command[1] == os.path.abspath(script.__file__) and log_path.endswith("leaderboard.log")
         with lock:
             launched.append((command[-1], env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]))
+            monkeypatch.setenv("OMP_NUM_THREADS", env["OMP_NUM_THREADS"])  # what the process would see
             script.main(command[2:])
         return 0
 
@@ -362,6 +363,7 @@ def test_jobs_run_each_seed_in_its_own_process_with_the_cores_split(tmp_path, mo
     record = read_json(os.path.join(docs, "results", "ce_seed1.json"))
     assert record["command"] == "scripts/leaderboard.py train.max_iter=9 --quick --entries ce --seeds 1"
     table = open(os.path.join(docs, "leaderboard.md")).read()  # rebuilt once, by the parent
+    assert "seed 1: 0.03 h for 1 of 10 entries, 2 thread(s) per process" in table  # pretrain + ce, 60 s each
     assert table.splitlines()[2].startswith("| ce | 10.50 ± 0.71 |")
 
     commands = script.seed_job_commands(
