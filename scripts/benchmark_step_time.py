@@ -11,7 +11,8 @@
 Both phases' models are built from the same weights and trained on the same real batches of the
 baseline phase's train loader (loaded once, before timing: data loading and sampling are not
 timed). Timing alternates blocks of ``--steps`` steps of each model for ``--rounds`` rounds, so
-machine noise hits both alike, and reports the median step time of each and their ratio. A teacher-student
+machine noise hits both alike, and reports the median step time of each and their ratio; ``--output FILE``
+also writes them as JSON with every step's time, the settings, machine, commit and command. A teacher-student
 phase (``train.teacher_from_phase``) trains with its teacher, the named phase's final checkpoint under
 ``train.output_dir``, as in training.
 
@@ -29,7 +30,9 @@ import argparse
 import itertools
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
 
 import torch
@@ -40,7 +43,9 @@ from detectron2.utils.events import EventStorage
 
 from ltdet2.engine.derived import derived_dataset_builders, prepare_derived_datasets
 from ltdet2.engine.phases import chain_teachers, load_config, resolve_phases
+from ltdet2.engine.results import git_commit, machine_description
 from ltdet2.engine.train_loop import build_model
+from ltdet2.utils.json_io import write_json_atomic
 
 
 def build(cfg, state=None):
@@ -78,6 +83,21 @@ def timed_block(model, optimizer, batches):
     return times
 
 
+def step_time_result(baseline_times, method_times, *, baseline_phase, method_phase, settings):
+    """The results file's dict: each phase's step times (s) and median (ms), the ratio of the medians
+    (method / baseline), the settings, machine, commit and command."""
+    baseline_median, method_median = statistics.median(baseline_times), statistics.median(method_times)
+    return {
+        "baseline": {"phase": baseline_phase, "median_ms": baseline_median * 1000, "step_s": list(baseline_times)},
+        "method": {"phase": method_phase, "median_ms": method_median * 1000, "step_s": list(method_times)},
+        "ratio": method_median / baseline_median,
+        "settings": settings,
+        "machine": machine_description(),
+        "commit": git_commit(),
+        "command": shlex.join(["scripts/benchmark_step_time.py", *sys.argv[1:]]),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True)
@@ -89,6 +109,7 @@ def main():
     parser.add_argument(
         "--checkpoint", default=None, help="weights to start both models from (e.g. the pretrain's model_final.pth)"
     )
+    parser.add_argument("--output", default=None, help="JSON file for the step times, ratio and settings")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
@@ -118,9 +139,27 @@ def main():
             baseline_times += timed_block(baseline, baseline_optimizer, batches[args.warmup :])
             method_times += timed_block(method, method_optimizer, batches[args.warmup :])
 
-    baseline_median, method_median = statistics.median(baseline_times), statistics.median(method_times)
     device = baseline_cfg.train.device
     gpu = f" ({torch.cuda.get_device_name()})" if str(device).startswith("cuda") else ""
+    settings = {
+        "config_file": args.config_file,
+        "checkpoint": args.checkpoint,
+        "batch_size": baseline_cfg.dataloader.train.total_batch_size,
+        "rounds": args.rounds,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "device": f"{device}{gpu}",
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "load_avg": list(os.getloadavg()),
+    }
+    result = step_time_result(
+        baseline_times,
+        method_times,
+        baseline_phase=args.baseline_phase,
+        method_phase=args.method_phase,
+        settings=settings,
+    )
     print(
         f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}{gpu}"
@@ -129,9 +168,13 @@ def main():
         f"batch: {baseline_cfg.dataloader.train.total_batch_size} images; "
         f"{args.rounds} rounds x {args.steps} steps per model, after {args.warmup} warm-up steps"
     )
-    print(f"{args.baseline_phase}: median step {baseline_median * 1000:.1f} ms")
-    print(f"{args.method_phase}: median step {method_median * 1000:.1f} ms")
-    print(f"ratio {args.method_phase} / {args.baseline_phase}: {method_median / baseline_median:.3f}x")
+    print(f"{args.baseline_phase}: median step {result['baseline']['median_ms']:.1f} ms")
+    print(f"{args.method_phase}: median step {result['method']['median_ms']:.1f} ms")
+    print(f"ratio {args.method_phase} / {args.baseline_phase}: {result['ratio']:.3f}x")
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        write_json_atomic(args.output, result, indent=1)
+        print(f"written to {args.output}")
 
 
 if __name__ == "__main__":
