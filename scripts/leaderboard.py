@@ -23,8 +23,9 @@ machine, nice 10; 4-19 s when other trainings share the cores). An evaluation of
 1e-4, 300 detections, box and mask) took ~5 min for a trained model on busy cores (README, LST); a barely trained
 model keeps 300 detections per image and takes ~10 s per image on busy cores, hence only entries are evaluated
 and --quick evaluates COCO-style. Per seed: 3 first phases x 300 + 10 entries x 150 = 2,400 iterations + 10
-evaluations. Seed 0 measured 2.89 h (its results files' phase wall times; 2026-11-23), ~2.5 h without the other
-work that shared the cores then, so 3 seeds take ~7.5 h (README, Leaderboard). ``--quick``
+evaluations. Seed 0 measured 2.89 h alone (its results files' phase wall times; 2026-11-23), ~2.5 h without the
+other work that shared the cores then. With ``--jobs 2`` (two 1-thread processes) two seeds take ~1.5x one: 3
+seeds an estimated 6.3-6.7 h instead of ~7.5 h one after another (README, Leaderboard). ``--quick``
 (projects/leaderboard_quick.py): 48 + 24 iterations per entry, 384 in all, COCO-style evaluation: see its header
 and the measured time in the README.
 """
