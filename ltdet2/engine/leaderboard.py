@@ -218,11 +218,16 @@ def plot_apr_vs_apf(records, out, *, entries=None, task="bbox", title=None):
         raise ValueError("no entry to plot")
     fig = agg_figure(7, 5.5)
     ax = fig.subplots()
-    for index, (entry, (apr, apr_std, apf, apf_std, _seeds)) in enumerate(points.items()):
+    seeds = sorted({r["seed"] for r in records})
+    placed = []  # labelled points: a label near one goes to the lower left, so the two do not overlap
+    for index, (entry, (apr, apr_std, apf, apf_std, num_seeds)) in enumerate(points.items()):
         color = f"C{index % 10}"
         ax.errorbar(apf, apr, xerr=apf_std, yerr=apr_std, fmt="o", color=color, capsize=3)
-        ax.annotate(entry, (apf, apr), textcoords="offset points", xytext=(5, 4), fontsize=8, color=color)
-    seeds = sorted({r["seed"] for r in records})
+        label = entry if num_seeds == len(seeds) else f"{entry} ({num_seeds} seed{'s' if num_seeds > 1 else ''})"
+        near = any(abs(apf - x) < 2.0 and abs(apr - y) < 2.0 for x, y in placed)
+        offset, align = ((-5, -11), "right") if near else ((5, 4), "left")
+        ax.annotate(label, (apf, apr), textcoords="offset points", xytext=offset, ha=align, fontsize=8, color=color)
+        placed.append((apf, apr))
     ax.set_xlabel(f"APf ({task}, %)")
     ax.set_ylabel(f"APr ({task}, %)")
     ax.grid(alpha=0.3)
