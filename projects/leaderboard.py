@@ -26,8 +26,8 @@
 # Each trains its own first phase of PRETRAIN_ITERS, so every entry still has TOTAL_ITERS.
 # Schedules: a first phase has LT-Shapes' (lr 0.02, x0.1 at 3/4 and 37/40, warm-up min(100, P/2)); a fine-tune LOCE's
 # (warm-up 10, x0.1 at 1/2 and 5/6) over its length; step-wise and LST keep their methods' own lr (0.1x / 0.2x).
-# Budget: P = 300, F = 150, 2,400 iterations and 10 evaluations per seed, ~2.5 h per seed on 2 CPU cores (seed 0
-# measured: scripts/leaderboard.py's docstring, the README's Leaderboard section); --jobs 2 runs two seeds at once.
+# Budget: P = 300, F = 150, 2,400 iterations and 10 evaluations per seed, ~2.5 h per seed on 2 CPU cores; 3 seeds
+# with --jobs 2 (two seeds at once, then the third) measured 6.7 h (scripts/leaderboard.py's docstring, the README).
 # Run: python scripts/leaderboard.py [--entries ce loce] [--seeds 0 1 2] [--jobs 2] [--quick] [--dry-run]
 from ltdet2.data.lt_shapes import NUM_CLASSES
 from ltdet2.engine import make_phase

@@ -23,9 +23,10 @@ machine, nice 10; 4-19 s when other trainings share the cores). An evaluation of
 1e-4, 300 detections, box and mask) took ~5 min for a trained model on busy cores (README, LST); a barely trained
 model keeps 300 detections per image and takes ~10 s per image on busy cores, hence only entries are evaluated
 and --quick evaluates COCO-style. Per seed: 3 first phases x 300 + 10 entries x 150 = 2,400 iterations + 10
-evaluations. Seed 0 measured 2.89 h alone (its results files' phase wall times; 2026-11-23), ~2.5 h without the
-other work that shared the cores then. With ``--jobs 2`` (two 1-thread processes) two seeds take ~1.5x one: 3
-seeds an estimated 6.3-6.7 h instead of ~7.5 h one after another (README, Leaderboard). ``--quick``
+evaluations. Measured (the results files' phase wall times, 2026-11-23): seed 0 alone (2 threads) 2.89 h, ~2.5 h
+without the other work that shared the cores then; seeds 1 and 2 together (``--jobs 2``, two 1-thread processes)
+3.79 h, ~1.5x one seed. All 3 seeds: 6.68 h (~6.3 h quiet) instead of ~7.5 h one after another; ``--jobs 2`` over
+3 seeds runs that schedule (two seeds together, then the third alone with both cores). ``--quick``
 (projects/leaderboard_quick.py): 48 + 24 iterations per entry, 384 in all, COCO-style evaluation: see its header
 and the measured time in the README.
 """
@@ -58,6 +59,13 @@ from ltdet2.utils.json_io import read_json, write_json_atomic
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lazyconfig_train_net.py")
 WALL_FILE = "leaderboard_wall.json"  # in a phase's folder: the wall seconds of the run that trained it
 REFERENCE_ENTRY = "ce"
+# the compositions against the entry that differs from them in one part (paired differences, after those to ce)
+COMPOSITION_PAIRS = (
+    ("loce_rfs", "loce"),  # RFS added to LOCE
+    ("replay_ebl", "loce"),  # RIO's object replay instead of LOCE's MFS
+    ("replay_ebl", "rio"),  # LOCE's EBL (decoupled) instead of RIO's RFS and cosine classifier
+    ("fcbl_replay", "bacl"),  # RIO's object replay instead of BACL's FHM
+)
 SETTINGS = {  # (config, seeds, output dir, docs dir) of the full leaderboard and of --quick
     False: ("projects/leaderboard.py", [0, 1, 2], "output/leaderboard", "docs/leaderboard"),
     True: ("projects/leaderboard_quick.py", [0], "output/leaderboard_quick", "docs/leaderboard/quick"),
@@ -155,15 +163,23 @@ def run_seed_job(command, env, log_path):
         return subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
+def seed_threads(seeds, jobs, cores):
+    """{seed: intra-op threads} of ``--jobs``: the seeds run in rounds of ``jobs`` processes that split the cores
+    evenly; a last, smaller round splits them among fewer (3 seeds, 2 jobs, 2 cores: 1, 1, then 2 threads: a
+    lone seed with one thread would leave a core idle)."""
+    return {seed: max(1, cores // min(jobs, len(seeds) - i // jobs * jobs)) for i, seed in enumerate(seeds)}
+
+
 def run_seed_jobs(commands, jobs, threads, output_dir):
-    """Runs the seeds' processes, ``jobs`` at a time, each with ``threads`` intra-op threads (OMP / MKL), and
-    raises naming every seed that failed and its log."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    """Runs the seeds' processes, ``jobs`` at a time, each with ``threads[seed]`` intra-op threads (OMP / MKL),
+    and raises naming every seed that failed and its log."""
     logs = {seed: os.path.join(output_dir, f"seed{seed}", "leaderboard.log") for seed in commands}
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {}
         for seed, command in commands.items():
-            print(f"seed {seed}: {threads} thread(s), log in {logs[seed]}", flush=True)
+            n = str(threads[seed])
+            env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+            print(f"seed {seed}: {n} thread(s), log in {logs[seed]}", flush=True)
             futures[seed] = pool.submit(run_seed_job, command, env, logs[seed])
         status = {seed: future.result() for seed, future in futures.items()}
     failed = {seed: logs[seed] for seed, code in status.items() if code != 0}
@@ -186,7 +202,7 @@ def build_outputs(results_dir, docs_dir, order):
     names = list(
         dict.fromkeys([*(n for n in order if any(r["entry"] == n for r in records)), *(r["entry"] for r in records)])
     )
-    table = format_leaderboard_table(records, names, reference=REFERENCE_ENTRY)
+    table = format_leaderboard_table(records, names, reference=REFERENCE_ENTRY, pairs=COMPOSITION_PAIRS)
     machines = sorted({r.get("machine", "?") for r in records})
     commits = sorted({str(r.get("commit")) for r in records})
     totals = "; ".join(
@@ -225,7 +241,7 @@ def main(argv=None):
         type=int,
         default=1,
         help="run the seeds as this many concurrent processes, the cores split evenly between them (on 2 cores,"
-        " 2 one-thread processes train ~1.7x the iterations per hour of one two-thread process)",
+        " two seeds as 2 one-thread processes take ~1.5x the time of one seed with both cores)",
     )
     parser.add_argument("--no-outputs", action="store_true", help="train only: leave the table and plots as they are")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides (before --entries / --seeds)")
@@ -247,7 +263,7 @@ def main(argv=None):
         parser.error(f"--jobs {args.jobs}: must be at least 1")
 
     if args.jobs > 1 and len(seeds) > 1 and not (args.from_results or args.dry_run):
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        threads = seed_threads(seeds, args.jobs, os.cpu_count() or 1)
         commands = seed_job_commands(args, seeds, output_dir, docs_dir, results_dir)
         run_seed_jobs(commands, args.jobs, threads, output_dir)
     elif not args.from_results:

@@ -157,10 +157,12 @@ def records_by_seed(records, entries=None):
     return [by_seed[seed] for seed in sorted(by_seed)]
 
 
-def format_leaderboard_table(records, entries=None, reference=None):
+def format_leaderboard_table(records, entries=None, reference=None, pairs=()):
     """Markdown: the mean ± std table over seeds (:func:`ltdet2.engine.results.format_mean_std_table`) of the
     entries' box AP, AP50, APr, APc, APf, mask AP, mask APr, training and wall time; with ``reference`` (an
-    entry) and at least 2 seeds, the paired differences of every other entry against it (box AP, APr, APc, APf)."""
+    entry) and at least 2 seeds, the paired differences of every other entry against it (box AP, APr, APc, APf),
+    followed by those of ``pairs`` ((entry, other entry), e.g. a composition against one of its parts) whose two
+    entries both have results."""
     from .results import format_mean_std_table, format_paired_differences
 
     merged = records_by_seed(records, entries)
@@ -171,10 +173,10 @@ def format_leaderboard_table(records, entries=None, reference=None):
     table = format_mean_std_table(merged, TABLE_TASK, metrics=columns, row_label="entry")
     names = list(merged[0]["phases"])
     if reference is not None and len(merged) >= 2 and reference in names:
-        pairs = [
-            (name, reference) for name in dict.fromkeys(n for r in merged for n in r["phases"]) if name != reference
-        ]
-        table += "\n\n" + format_paired_differences(merged, pairs, "bbox")
+        present = list(dict.fromkeys(n for r in merged for n in r["phases"]))
+        compared = [(name, reference) for name in present if name != reference]
+        compared += [(a, b) for a, b in pairs if a in present and b in present and (a, b) not in compared]
+        table += "\n\n" + format_paired_differences(merged, compared, "bbox")
     return table
 
 

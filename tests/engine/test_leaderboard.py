@@ -205,6 +205,18 @@ def test_table_and_plots_from_fake_results(tmp_path):
     paired = next(line for line in table if line.startswith("| loce − ce"))
     assert "+4.00 ± 1.00 (+3.00, +4.00, +5.00)" in paired  # AP, paired by seed
     assert "+9.00 ± 1.00 (+8.00, +9.00, +10.00)" in paired  # APr
+    # extra pairs after those to the reference: computed over the seeds holding both, a repeat or one naming an
+    # entry without results left out
+    extra = [("loce", "rio"), ("loce", "ce"), ("lst", "ce")]
+    table = format_leaderboard_table(records, ["ce", "loce", "bacl", "rio"], reference="ce", pairs=extra)
+    paired = [line for line in table.splitlines() if " − " in line and not line.startswith("| bbox:")]
+    assert [line.split(" | ")[0] for line in paired] == [
+        "| loce − ce",
+        "| bacl − ce (seed 0 only)",
+        "| rio − ce (seeds 0, 1 only)",
+        "| loce − rio (seeds 0, 1 only)",
+    ]
+    assert "| +1.50 ± 2.12 (+0.00, +3.00) | +6.00 ± 1.41 (+5.00, +7.00) |" in paired[-1]  # AP, APr
 
     out = plot_apr_vs_apf(records, str(tmp_path / "scatter.png"), entries=["ce", "loce", "bacl"])
     assert os.path.getsize(out) > 10_000
@@ -383,6 +395,12 @@ def test_jobs_run_each_seed_in_its_own_process_with_the_cores_split(tmp_path, mo
         "--seeds",
         "3",
     ]
+
+    # rounds of --jobs seeds split the cores; a last, smaller round gets more threads per seed
+    assert script.seed_threads([0, 1, 2], 2, 2) == {0: 1, 1: 1, 2: 2}
+    assert script.seed_threads([5, 6, 7, 8, 9], 2, 4) == {5: 2, 6: 2, 7: 2, 8: 2, 9: 4}
+    assert script.seed_threads([0, 1], 3, 2) == {0: 1, 1: 1}  # more jobs than seeds: one round of 2
+    assert script.seed_threads([0, 1, 2], 4, 2) == {0: 1, 1: 1, 2: 1}  # never fewer than 1
 
     monkeypatch.setattr(script, "run_seed_job", lambda command, env, log_path: int(command[-1] == "1"))
     with pytest.raises(RuntimeError, match=r"seeds \[1\] failed; see .*seed1.leaderboard.log"):
