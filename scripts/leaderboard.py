@@ -164,9 +164,10 @@ def run_seed_job(command, env, log_path):
 
 
 def seed_threads(seeds, jobs, cores):
-    """{seed: intra-op threads} of ``--jobs``: the seeds run in rounds of ``jobs`` processes that split the cores
-    evenly; a last, smaller round splits them among fewer (3 seeds, 2 jobs, 2 cores: 1, 1, then 2 threads: a
-    lone seed with one thread would leave a core idle)."""
+    """{seed: intra-op threads} of ``--jobs``: the seeds, taken ``jobs`` at a time in order, split the cores evenly
+    with the others of their group; a last, smaller group splits them among fewer (3 seeds, 2 jobs, 2 cores: 1, 1,
+    then 2 threads: a lone seed with one thread would leave a core idle). A seed starts as soon as a process ends,
+    so a later group's first seed overlaps the tail of the group before it."""
     return {seed: max(1, cores // min(jobs, len(seeds) - i // jobs * jobs)) for i, seed in enumerate(seeds)}
 
 
