@@ -120,9 +120,12 @@ def split_generator_options(options):
 
 def add_weight_generator(phase, *, base, num_old_classes, num_classes, options):
     """LST's meta weight generator in an incremental phase with a teacher-student model: its episodic term in
-    ``model.distillers`` and the phase-end write of the new classes' rows (``train.weight_generation``)."""
+    ``model.distillers`` (added to ``train.trainable``, so the generator trains) and the phase-end write of the
+    new classes' rows (``train.weight_generation``)."""
     term, write = split_generator_options(options)
     model = phase["model"]
+    # the generator trains with the phase: its term's parameters must match train.trainable
+    phase["train"].trainable = [*phase["train"].trainable, rf"distillers\.{len(model.distillers)}\."]
     model.distillers.append(
         L(MetaWeightGeneratorTerm)(
             num_base_classes=base,

@@ -13,6 +13,9 @@ train = dict(
     seed=0,
     # regexes of the parameters that train (None: all); see ltdet2.engine.freezing
     trainable=None,
+    # names of loss / distillation terms (e.g. "distillers.1") that train.trainable freezes on purpose; any other
+    # term whose parameters are all frozen is refused when the model is built (ltdet2.engine.freezing)
+    frozen_terms=[],
     # in a project: the earlier phase whose final checkpoint this phase starts from (None: the
     # previous phase; "": none, the phase starts from its own init_checkpoint)
     init_from_phase=None,

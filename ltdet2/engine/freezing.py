@@ -13,6 +13,47 @@ from detectron2.layers import FrozenBatchNorm2d
 logger = logging.getLogger("detectron2")
 
 
+def training_terms(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The model's loss and distillation terms, by name: each entry of a ``distillers`` list
+    (:class:`~ltdet2.modeling.TeacherStudentRCNN`) and each module held under a name that ends in ``loss``
+    (e.g. ``roi_heads.box_predictor.cls_loss``). These are what :func:`check_frozen_terms` looks at."""
+    terms = []
+    for name, module in model.named_modules():
+        last = name.rpartition(".")[2]
+        if isinstance(module, nn.ModuleList) and last == "distillers":
+            terms.extend((f"{name}.{index}", term) for index, term in enumerate(module))
+        elif last.endswith("loss"):
+            terms.append((name, module))
+    return terms
+
+
+def check_frozen_terms(model: nn.Module, allowed: Sequence[str] = ()):
+    """Refuses a model whose loss or distillation term (:func:`training_terms`) has parameters of which none
+    trains: the term would run every step with its parameters at their initial values (the mistake that left
+    LST's meta weight generator untrained when ``train.trainable`` did not name ``distillers.``). A term that is
+    frozen on purpose is named in ``allowed`` (``train.frozen_terms``); a name there that is no frozen term is
+    refused too, so the list cannot go stale."""
+    frozen = [
+        name
+        for name, term in training_terms(model)
+        if any(True for _ in term.parameters()) and not any(p.requires_grad for p in term.parameters())
+    ]
+    stale = sorted(set(allowed) - set(frozen))
+    if stale:
+        raise ValueError(
+            f"train.frozen_terms names {stale}, which are not frozen loss or distillation terms of the model "
+            f"(its frozen terms: {frozen})"
+        )
+    refused = [name for name in frozen if name not in set(allowed)]
+    if refused:
+        details = ", ".join(f"{name} ({type(model.get_submodule(name)).__name__})" for name in refused)
+        raise ValueError(
+            f"train.trainable freezes every parameter of the training terms {details}: they would train nothing. "
+            f"Add a pattern that matches them to train.trainable (e.g. r'{re.escape(refused[0])}\\.'), or, if "
+            f"they are meant to stay at their initial values, list them in train.frozen_terms"
+        )
+
+
 def freeze_all_but(model: nn.Module, trainable: Sequence[str] | None):
     """Freezes every parameter whose name matches none of the regexes in ``trainable`` (matched at
     the start of the name, e.g. ``"roi_heads.box_predictor."``); ``None`` trains everything. A pattern that

@@ -31,7 +31,7 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
 from .checkpoint import AtomicCheckpointer, PeriodicCheckpointer, capture_rng_state, restore_rng_state
-from .freezing import freeze_all_but
+from .freezing import check_frozen_terms, freeze_all_but
 from .launch import TrainingInterrupted, stop_requested_on_any_rank, stop_requests_armed
 from .memory_warmup import warm_up_memories
 from .weight_generation import weight_generation_options, write_phase_end_weights
@@ -176,9 +176,11 @@ def do_test(cfg, model):
 
 
 def build_model(cfg):
-    """Instantiates ``cfg.model``, freezes what ``train.trainable`` leaves out, moves it to the device."""
+    """Instantiates ``cfg.model``, freezes what ``train.trainable`` leaves out (refusing a loss or distillation
+    term left with no trainable parameter unless ``train.frozen_terms`` names it), moves it to the device."""
     model = instantiate(cfg.model)
     freeze_all_but(model, cfg.train.get("trainable", None))
+    check_frozen_terms(model, cfg.train.get("frozen_terms", None) or ())
     model.to(cfg.train.device)
     return model
 

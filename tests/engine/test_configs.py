@@ -14,6 +14,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.model_zoo import get_config
 
 from ltdet2.data.lt_shapes import LTShapesSpec
+from ltdet2.engine.freezing import check_frozen_terms, freeze_all_but
 from ltdet2.engine.phases import PHASE_KEYS, PROJECT_ROOT_KEYS, load_config, resolve_phases
 
 from fixtures.models import ROOT
@@ -267,3 +268,15 @@ def test_plus_adds_a_key_and_overrides_change_only_the_phases_holding_the_key():
     assert cfg.phases.finetune.model.roi_heads.indicators.mean_score.num_classes == 8
     assert "indicators" not in cfg.phases.pretrain.model.roi_heads  # only the fine-tune has indicators
     assert sorted(cfg.keys()) == sorted(PROJECT_ROOT_KEYS)  # nothing but train reaches the root
+
+
+@pytest.mark.parametrize("name", [n for n in MULTI_PHASE_PROJECTS + ONE_PHASE_PROJECTS if "lvis" not in n])
+def test_every_phase_trains_each_of_its_loss_and_distillation_terms(name):
+    """The guard of issue 25 on every LT-Shapes phase: no term with parameters is frozen whole by the phase's
+    train.trainable (LST's generator under model.distillers was, and never trained)."""
+    cfg = load_config(os.path.join(ROOT, "projects", name), ["train.device=cpu"])
+    phase_cfgs = [p.cfg for p in resolve_phases(cfg)] if "phases" in cfg else [cfg]
+    for phase_cfg in phase_cfgs:
+        model = instantiate(phase_cfg.model)
+        freeze_all_but(model, phase_cfg.train.get("trainable", None))
+        check_frozen_terms(model, phase_cfg.train.get("frozen_terms", None) or ())

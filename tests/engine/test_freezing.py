@@ -9,7 +9,7 @@ from torch import nn
 
 from detectron2.layers import FrozenBatchNorm2d
 
-from ltdet2.engine.freezing import freeze_all_but
+from ltdet2.engine.freezing import check_frozen_terms, freeze_all_but, training_terms
 
 
 def small_model():
@@ -34,3 +34,27 @@ def test_a_pattern_that_matches_nothing_is_logged_and_patterns_that_all_do_raise
     assert "['roi_heads\\\\.mask_head\\\\.'] match no parameter" in caplog.text
     with pytest.raises(ValueError, match=r"no pattern of \['roi_head\\\\.'\] matches .*\['backbone', 'roi_heads'\]"):
         freeze_all_but(small_model(), [r"roi_head\."])  # the typo would have frozen the whole model
+
+
+def model_with_terms():
+    model = small_model()
+    model.distillers = nn.ModuleList([nn.Identity(), nn.Linear(4, 4)])  # a parameter-free term, then one with
+    model.roi_heads.cls_loss = nn.Linear(4, 1)
+    return model
+
+
+def test_a_loss_or_distillation_term_that_the_trainable_patterns_freeze_entirely_is_refused():
+    model = model_with_terms()
+    assert [name for name, _ in training_terms(model)] == ["roi_heads.cls_loss", "distillers.0", "distillers.1"]
+    freeze_all_but(model, [r"roi_heads\."])  # the LST mistake: the generator under distillers matched nothing
+    with pytest.raises(ValueError, match=r"freezes every parameter of the training terms distillers\.1 \(Linear\)"):
+        check_frozen_terms(model)
+    check_frozen_terms(model, ["distillers.1"])  # frozen on purpose, said explicitly
+    with pytest.raises(ValueError, match=r"train.frozen_terms names \['roi_heads.cls_loss'\], which are not frozen"):
+        check_frozen_terms(model, ["distillers.1", "roi_heads.cls_loss"])  # it trains: the list would go stale
+    model = model_with_terms()
+    freeze_all_but(model, [r"roi_heads\.", r"distillers\.1\."])
+    check_frozen_terms(model)  # every term with parameters trains
+    freeze_all_but(model, [r"distillers\."])
+    with pytest.raises(ValueError, match=r"training terms roi_heads.cls_loss \(Linear\)"):
+        check_frozen_terms(model)

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from detectron2.config import instantiate
 from detectron2.modeling import GeneralizedRCNN
+from detectron2.utils.events import EventStorage
 
 from ltdet2.data.lt_shapes import NUM_CLASSES
 from ltdet2.engine.phases import chain_checkpoints, chain_teachers, load_config, resolve_phases, run_phases
@@ -96,6 +97,13 @@ def test_lst_phases_train_end_to_end_and_an_incremental_phase_resumes(tiny_datas
     # the generator term's state stays out: the next phase's model builds its own
     assert {k for k in trained if k not in first} == {k for k in trained if k.startswith("distillers.1.")}
     assert "distillers.1.ema_weights" in trained
+    # the generator trains with the phase (issue 25: train.trainable used to freeze it, so the rows written at
+    # the phase's end came from its initial weights): its parameters moved between iterations 1 and 3. The scalar
+    # attention scale (init 10) is left to the gradient check below: two warm-up steps of ~1e-6 round away at
+    # float32's resolution there (~1e-6 at 10)
+    earlier = torch.load(os.path.join(output, "incremental_1", "model_0000001.pth"), weights_only=False)["model"]
+    generator = [k for k in trained if k.startswith("distillers.1.generator.") and trained[k].dim() > 0]
+    assert len(generator) == 5 and all(not torch.equal(trained[k], earlier[k]) for k in generator)
     final = torch.load(os.path.join(output, "incremental_1", "model_final.pth"), weights_only=False)
     record = final["generated_weights"]
     assert record["dataset"] == "tiny_lst_phase1" and record["row_norm"] == "keep"
@@ -125,6 +133,17 @@ def test_lst_phases_train_end_to_end_and_an_incremental_phase_resumes(tiny_datas
     assert digest(final_path) == written
     predictor = model.roi_heads.box_predictor
     assert torch.equal(predictor.cls_score.weight.detach().cpu(), first[rows])
+    # one more training step's gradients reach every generator parameter
+    generator = dict(model.distillers[1].generator.named_parameters())
+    assert generator and all(p.requires_grad for p in generator.values())
+    model.train()
+    batch = next(iter(instantiate(phases[1].cfg.dataloader.train)))
+    model.zero_grad()
+    with EventStorage(0):
+        sum(model(batch).values()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in generator.values()), [
+        name for name, p in generator.items() if p.grad is None or not p.grad.abs().sum() > 0
+    ]
 
     # a checkpoint with another class count than the previous phase's: named in the error
     os.remove(os.path.join(output, "incremental_2", "phase_done.json"))
