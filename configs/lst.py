@@ -8,15 +8,18 @@
 # default) the meta weight generator trains with each incremental phase and writes the new classes' rows at its end.
 # The replay is fixed for each phase (paper) unless replay_resampling asks for a new draw each epoch (official code).
 import copy
+import math
 
 import numpy as np
 
+import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 
 from ltdet2.data import IncrementalPhaseBuilder, ValidityDatasetMapper
 from ltdet2.data.lt_shapes import NUM_CLASSES as LT_SHAPES_NUM_CLASSES
 from ltdet2.data.samplers import replay_draw_sampler
 from ltdet2.engine import make_phase
+from ltdet2.engine.epochs import warmup_multi_step
 from ltdet2.engine.weight_generation import WEIGHT_GENERATION_OPTIONS
 from ltdet2.modeling import (
     CosineClassifier,
@@ -84,13 +87,17 @@ def use_phase_datasets(dataloader, *, name, source, source_val, base, num_phases
     return [builder]
 
 
-def replay_draw_options(replay_resampling):
+def replay_draw_options(replay_resampling, epochs=None):
     """``lst_phases``' ``replay_resampling`` as :class:`~ltdet2.data.IncrementalPhaseBuilder` options of an
     incremental phase ({} when the replay is fixed). The schedule is read from the phase itself (interpolations
     from ``train.derived_datasets[i]``: ``train.max_iter`` and ``dataloader.train.total_batch_size``), so an
-    override of either reaches the number of draws."""
+    override of either reaches the number of draws; a phase whose length is ``epochs`` epochs of its set gets one
+    draw per epoch."""
     if replay_resampling is False:
         return {}
+    if replay_resampling is True and epochs is not None:
+        draws = int(math.ceil(epochs))
+        return dict(replay_draws=draws) if draws >= 2 else {}
     if replay_resampling is True:
         return dict(
             replay_draws="epochs",
@@ -154,6 +161,7 @@ def lst_phases(
     incremental_iters,
     incremental_schedule,
     incremental_lr,
+    incremental_epochs=None,
     incremental_rois=None,
     distill=True,
     distill_mode="l2",
@@ -168,7 +176,9 @@ def lst_phases(
 ):
     """The ``phases`` of LST: ``base`` (``model`` / ``optimizer`` / ``lr_multiplier`` / ``train`` as given, on
     the top ``base`` classes), then ``incremental_1`` ... ``incremental_T``, each ``incremental_iters`` long
-    with ``incremental_schedule(iters)`` at ``incremental_lr``, ``incremental_rois`` sampled RoIs per image
+    (or, with ``incremental_iters=None``, ``incremental_epochs`` epochs of its phase set, counted when the set
+    is built: ``train.epochs``) with ``incremental_schedule(iters)`` (its argument is then
+    ``"${..train.max_iter}"``) at ``incremental_lr``, ``incremental_rois`` sampled RoIs per image
     (None: as given), started from the previous phase's model with its classes expanded, the ResNet frozen
     (``trainable``), and (``distill``) the previous phase as the teacher of the old classes' logits.
 
@@ -198,7 +208,13 @@ def lst_phases(
             "lst_phases: set replay_resampling, not replay_draws: the phase set's draws and the phase's sampler go "
             "together"
         )
-    replay_options = replay_draw_options(replay_resampling)
+    if (incremental_iters is None) == (incremental_epochs is None):
+        raise ValueError(
+            "lst_phases: give the incremental phases' length either in iterations (incremental_iters) or in epochs "
+            f"of their phase sets (incremental_epochs), not both or neither: got {incremental_iters!r}, "
+            f"{incremental_epochs!r}"
+        )
+    replay_options = replay_draw_options(replay_resampling, epochs=incremental_epochs)
     if weight_generator is not None:
         if not distill:
             raise ValueError(
@@ -236,10 +252,14 @@ def lst_phases(
             if from_phase is not None:
                 phase["train"].init_from_phase = previous
             phase["train"].max_iter = incremental_iters
+            phase["train"].epochs = incremental_epochs
             phase["train"].expand_classes = dict(old_num_classes=counts[t - 1])
             phase["train"].trainable = list(trainable)
+            phase["train"].init_reinitialize = []  # the previous phase's model loads whole (expanded)
             phase["optimizer"].lr = incremental_lr
-            phase["lr_multiplier"] = incremental_schedule(incremental_iters)
+            phase["lr_multiplier"] = incremental_schedule(
+                incremental_iters if incremental_iters is not None else "${..train.max_iter}"
+            )
             if incremental_rois is not None:
                 phase_model.roi_heads.batch_size_per_image = incremental_rois
             if distill:
@@ -264,6 +284,24 @@ def lst_phases(
     return phases
 
 
+# The paper's initialisation (Sec. 4.1): Mask R-CNN R-50-FPN trained on COCO, from Detectron2's model zoo; its
+# class-specific box predictor (81 classes) is re-initialised for the base classes, the rest loads (the box head's
+# FCs and the mask head's convolutions included; LST's cosine / MaskX-style parts that COCO lacks start fresh).
+COCO_MASK_RCNN = "detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x/137260431/model_final_a54504.pkl"
+COCO_REINITIALIZE = [r"roi_heads\.box_predictor\."]
+IMAGENET_R50 = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+LST_LVIS_INITS = ("coco", "imagenet")
+
+
+def use_lst_lvis_init(train, init):
+    """The base phase's initial weights: ``"coco"`` (the paper's: :data:`COCO_MASK_RCNN`, its box predictor
+    re-initialised) or ``"imagenet"`` (the ResNet-50 alone, as the other LVIS projects)."""
+    if init not in LST_LVIS_INITS:
+        raise ValueError(f"lvis_lst_phases: init={init!r} must be one of {LST_LVIS_INITS}")
+    train.init_checkpoint = COCO_MASK_RCNN if init == "coco" else IMAGENET_R50
+    train.init_reinitialize = list(COCO_REINITIALIZE) if init == "coco" else []
+
+
 def lvis_lst_phases(
     model,
     dataloader,
@@ -271,33 +309,30 @@ def lvis_lst_phases(
     train,
     *,
     num_classes,
-    num_train_images,
     source,
     source_val,
-    phase_images,
+    init="coco",
     **options,
 ):
-    """LST's phases with the paper's LVIS settings (Sec. 4.1): batch 8; base on the top 270 classes at lr 0.01
-    for 10 epochs of ``num_train_images`` (steps at 6 and 8, 512 RoIs per image); then 6 phases at lr 0.002 for
-    10 epochs of ``phase_images`` (an estimate of a phase's entries; the builders log the real ones) with a step
-    after 6, 100 RoIs per image. The paper starts from a COCO Mask R-CNN; ``train.init_checkpoint`` decides.
+    """LST's phases with the paper's LVIS settings (Sec. 4.1): batch 8 at the single scale 800 (max 1333); the
+    base phase on the top 270 classes at lr 0.01 for 10 epochs of its phase set (steps after 6 and 8 epochs,
+    1,000 warm-up iterations, 512 RoIs per image), from a COCO Mask R-CNN (``init="coco"``, the paper's) or
+    ImageNet (``init="imagenet"``); then 6 phases at lr 0.002 for 10 epochs of their phase sets (a step after 6),
+    100 RoIs per image. Every phase's length is counted in epochs of the set it builds
+    (``train.epochs``, :mod:`ltdet2.engine.epochs`): ``train.max_iter`` is logged when the set is built.
     ``options``: further :func:`lst_phases` arguments, or replacements of these settings (``weight_generator``,
     ``replay_resampling``, ``distill``, ``base``, ...)."""
-    from .common.schedules import epochs_to_iters, multi_step
-
-    batch_size = 8  # the paper's
-
-    def iters(epochs, num_images):
-        return epochs_to_iters(epochs, num_images, batch_size)
-
-    dataloader.train.total_batch_size = batch_size
+    dataloader.train.total_batch_size = 8  # the paper's
+    dataloader.train.mapper.augmentations = [  # the paper's single training scale
+        L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333, sample_style="choice"),
+        L(T.RandomFlip)(horizontal=True),
+    ]
     optimizer.lr = 0.01
-    base_iters = iters(10, num_train_images)  # the base classes are in nearly every image
-    train.max_iter = base_iters
+    use_lst_lvis_init(train, init)
+    train.max_iter = None  # 10 epochs of the base phase set
+    train.epochs = 10
     model.roi_heads.batch_size_per_image = 512  # paper: 512 RoIs at 1:3 in the base phase
-    base_schedule = multi_step(
-        base_iters, steps=(iters(6, num_train_images), iters(8, num_train_images)), warmup_iters=1000
-    )
+    base_schedule = L(warmup_multi_step)(max_iter="${..train.max_iter}", step_fractions=(0.6, 0.8), warmup_iters=1000)
     return lst_phases(
         model,
         dataloader,
@@ -310,8 +345,11 @@ def lvis_lst_phases(
             "source_val": source_val,
             "base": 270,
             "num_phases": 6,
-            "incremental_iters": iters(10, phase_images),
-            "incremental_schedule": lambda n: multi_step(n, steps=(n * 6 // 10,), warmup_iters=0),
+            "incremental_iters": None,
+            "incremental_epochs": 10,
+            "incremental_schedule": lambda max_iter: L(warmup_multi_step)(
+                max_iter=max_iter, step_fractions=(0.6,), warmup_iters=0
+            ),
             "incremental_lr": 0.002,
             "incremental_rois": 100,
             **options,

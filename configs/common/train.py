@@ -4,7 +4,13 @@ import torch
 train = dict(
     output_dir="./output",
     init_checkpoint="",
+    # regexes of parameter names (matched at the start) not loaded from init_checkpoint, so they keep the model's
+    # fresh initialisation, e.g. a COCO model's class-specific heads for an LVIS phase (not applied on --resume)
+    init_reinitialize=[],
     max_iter=90000,
+    # a length in epochs of the phase's training set instead (with max_iter=None): max_iter is computed when the
+    # set is registered, e.g. after a derived phase set is built (ltdet2.engine.epochs)
+    epochs=None,
     amp=dict(enabled=False),
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     checkpointer=dict(period=5000, max_to_keep=3),

@@ -115,15 +115,21 @@ class AtomicCheckpointer(DetectionCheckpointer):
     ``class_expansion`` (a :class:`~ltdet2.modeling.expansion.ClassExpansion`, ``train.expand_classes``) grows
     the class rows of the initial checkpoint that :meth:`resume_or_load` loads when it does not resume (LST's
     network expansion), instead of Detectron2's "shape mismatch, skipped" for the classifier; a resume loads
-    the phase's own (already expanded) checkpoint as it is."""
+    the phase's own (already expanded) checkpoint as it is.
+
+    ``reinitialize`` (regexes matched at the start of parameter names, ``train.init_reinitialize``): entries of the
+    initial checkpoint that are dropped before it is loaded, so that those parameters keep the model's fresh
+    initialisation (e.g. the class-specific heads of a COCO model that starts an LVIS phase); logged, and a
+    pattern that drops nothing is refused. A resume loads everything."""
 
     _temporary_prefix = ".tmp-"
     resumed_from = None
     _loading_initial = None  # the initial checkpoint being loaded by resume_or_load (expanded), else None
 
-    def __init__(self, model, save_dir="", *, class_expansion=None, **kwargs):
+    def __init__(self, model, save_dir="", *, class_expansion=None, reinitialize=(), **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.class_expansion = class_expansion
+        self.reinitialize = [re.compile(pattern) for pattern in reinitialize or ()]
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
@@ -186,10 +192,24 @@ class AtomicCheckpointer(DetectionCheckpointer):
             raise DamagedCheckpointError(filename, e) from e
 
     def _load_model(self, checkpoint):
+        where = f"train.init_checkpoint {self._loading_initial} of the phase in {self.save_dir or '.'}"
+        if self._loading_initial is not None and self.reinitialize:
+            checkpoint["model"] = self._drop_reinitialized(checkpoint["model"], where)
         if self._loading_initial is not None and self.class_expansion is not None:
-            where = f"train.init_checkpoint {self._loading_initial} of the phase in {self.save_dir or '.'}"
             checkpoint["model"] = self.class_expansion(checkpoint["model"], self.model.state_dict(), where=where)
         return super()._load_model(checkpoint)
+
+    def _drop_reinitialized(self, state, where):
+        dropped = {p.pattern: [k for k in state if p.match(k)] for p in self.reinitialize}
+        empty = [pattern for pattern, keys in dropped.items() if not keys]
+        if empty:
+            raise ValueError(
+                f"train.init_reinitialize: patterns {empty} match no entry of {where}; they would re-initialise "
+                f"nothing (its entries start with {sorted({k.split('.')[0] for k in state})})"
+            )
+        names = sorted({k for keys in dropped.values() for k in keys})
+        logger.info(f"Not loaded from {where} (train.init_reinitialize, freshly initialised): {names}")
+        return {k: v for k, v in state.items() if k not in set(names)}
 
     def resume_or_load(self, path, *, resume=True):
         """Resumes from the newest intact checkpoint of ``save_dir`` when ``resume`` and there is one

@@ -44,6 +44,7 @@ from detectron2.utils import comm
 from ..utils.files import file_identity
 from ..utils.json_io import read_json, write_json_atomic
 from .checkpoint import AtomicCheckpointer
+from .epochs import resolve_epoch_schedule
 from .launch import on_main_process, raise_if_any_rank_failed
 from .train_loop import FINAL_CHECKPOINT, build_model, create_ddp_model, do_test, do_train
 
@@ -597,6 +598,7 @@ def run_phases(cfg, *, resume=False, only=None, eval_only=False, eval_checkpoint
             all_results[phase.name] = done["results"]
             continue
         prepare_derived_datasets(phase, phases, builders)
+        resolve_epoch_schedule(phase.cfg, f"phase '{phase.name}'" if phase.name else "training")
         on_main_process(lambda p=phase: check_training_mapper(p))
         teacher = teacher_phase(phases, phases.index(phase))
         if teacher is not None:

@@ -248,7 +248,11 @@ def do_train(cfg, *, resume=False):
     model = create_ddp_model(model, cfg)
     trainer = (AMPTrainerWithNamedLosses if cfg.train.amp.enabled else Trainer)(model, train_loader, optimizer)
     checkpointer = AtomicCheckpointer(
-        model, cfg.train.output_dir, class_expansion=build_class_expansion(cfg), trainer=trainer
+        model,
+        cfg.train.output_dir,
+        class_expansion=build_class_expansion(cfg),
+        reinitialize=cfg.train.get("init_reinitialize", None),
+        trainer=trainer,
     )
     trainer.register_hooks(
         [

@@ -279,18 +279,17 @@ def test_lvis_lst_phases_pass_lst_phases_options_through(monkeypatch):
         cfg.optimizer,
         cfg.train,
         num_classes=1230,
-        num_train_images=57000,
         source="lvis_v0.5_train",
         source_val="lvis_v0.5_val",
-        phase_images=20000,
         num_phases=2,  # replaces the paper's 6
         weight_generator=dict(row_norm="keep"),
         replay_resampling=True,
     )
     assert list(phases) == ["base", "incremental_1", "incremental_2"]
     phase = phases["incremental_2"]
-    assert phase["model"].roi_heads.num_classes == 1230 and phase["train"].max_iter == 25000  # 10 x 20000 / 8
+    assert phase["model"].roi_heads.num_classes == 1230
+    assert phase["train"].max_iter is None and phase["train"].epochs == 10  # counted when its set is built
     assert [d._target_ for d in phase["model"].distillers] == [OldClassLogitDistillation, MetaWeightGeneratorTerm]
     assert phase["train"].weight_generation == {"row_norm": "keep"}
-    assert phase["train"].derived_datasets[0].replay_draws == "epochs"
+    assert phase["train"].derived_datasets[0].replay_draws == 10  # one draw per epoch
     assert phase["dataloader"].train.sampler._target_ is replay_draw_sampler

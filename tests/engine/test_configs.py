@@ -40,6 +40,8 @@ def _instantiate_namespace(cfg):
         optimizer = instantiate(cfg.optimizer)
         assert isinstance(optimizer, torch.optim.Optimizer)
     if "lr_multiplier" in cfg:
+        if cfg.get("train", {}).get("epochs", None) is not None and cfg.train.max_iter is None:
+            cfg.train.max_iter = 1000  # a length in epochs: the runner sets max_iter once the set is built
         scheduler = instantiate(cfg.lr_multiplier)
         assert 0 < scheduler(0.0) <= 1.0 and 0 < scheduler(0.999) <= 1.0
     if "dataloader" in cfg:
