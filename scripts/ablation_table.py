@@ -12,8 +12,9 @@ are skipped, so an interrupted run continues). With ``--results-dir``, each fini
 :mod:`ltdet2.engine.results`); a seed whose results file already exists is not run again. The table
 (markdown) gives, per phase, the mean ± sample std over seeds of AP, AP50, APr, APc, APf (percent)
 and the per-seed APr; it is also written to ``<output-dir>/ablation_table.md`` (or the results dir).
-``--paired fcbl_fhm-control ...`` adds paired differences per seed of those phase pairs, with whether each
-gap is beyond the seed spread (:func:`ltdet2.engine.results.format_paired_differences`).
+``--paired fcbl_fhm-control ...`` adds paired differences per seed of those phase pairs: mean ± std, the paired
+t-test's 95% interval and the Holm-corrected interval over the table's (pair, metric) cells; a gap is a result
+only when its Holm-corrected interval excludes 0 (:func:`ltdet2.engine.results.format_paired_differences`).
 ``--phases pretrain control ...`` runs and collects only those phases (each with ``--phase``, in the project's
 order; the phases they start from must have finished or be listed): a seed's results file then holds those,
 and a later run with more phases adds theirs to it. The tables label a phase that only some seeds ran.

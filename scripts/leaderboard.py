@@ -14,7 +14,8 @@ is not run again, so a shared phase trains once per seed. When the entry's last 
 phase, the command, commit, machine, iterations and the wall time of each phase's run); an (entry, seed) whose
 results file exists is skipped. The results files are committed, so the work spans machines and sittings.
 Then, from the results files alone: ``<docs-dir>/leaderboard.md`` (mean ± std over seeds of box AP, AP50, APr,
-APc, APf, mask AP, mask APr and wall time per entry, and the paired differences to ``ce``),
+APc, APf, mask AP, mask APr and wall time per entry, and the paired differences to ``ce`` and of
+``COMPOSITION_PAIRS``, with paired-t intervals, Holm-corrected over that table),
 ``<docs-dir>/apr_vs_apf.png``, ``<docs-dir>/per_class_ap/<entry>.png`` and ``<docs-dir>/ap_by_image_count.png``
 (every entry's mean per-class AP per bin of training image count).
 

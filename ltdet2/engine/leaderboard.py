@@ -162,7 +162,8 @@ def format_leaderboard_table(records, entries=None, reference=None, pairs=()):
     entries' box AP, AP50, APr, APc, APf, mask AP, mask APr, training and wall time; with ``reference`` (an
     entry) and at least 2 seeds, the paired differences of every other entry against it (box AP, APr, APc, APf),
     followed by those of ``pairs`` ((entry, other entry), e.g. a composition against one of its parts) whose two
-    entries both have results."""
+    entries both have results: one table, so Holm's correction runs over all its (pair, metric) cells
+    (:func:`ltdet2.engine.results.format_paired_differences`)."""
     from .results import format_mean_std_table, format_paired_differences
 
     merged = records_by_seed(records, entries)

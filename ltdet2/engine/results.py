@@ -17,6 +17,7 @@ import platform
 import subprocess
 
 import numpy as np
+from scipy.stats import t as student_t
 
 from ltdet2.utils.json_io import read_json, write_json_atomic
 
@@ -30,6 +31,11 @@ __all__ = [
     "write_results_file",
     "load_results_files",
     "format_mean_std_table",
+    "format_paired_differences",
+    "paired_t_test",
+    "t_interval",
+    "t_quantile",
+    "holm",
     "mean_per_class_ap",
 ]
 
@@ -160,50 +166,161 @@ def format_mean_std_table(
     return "\n".join(lines)
 
 
+PAIRED_ALPHA = 0.05  # the family-wise error rate of one table's paired comparisons
+
+
+def t_quantile(probability: float, df: int) -> float:
+    """The ``probability`` quantile of Student's t with ``df`` degrees of freedom (scipy), e.g.
+    ``t_quantile(0.975, 2) = 4.302653``."""
+    return float(student_t.ppf(probability, df))
+
+
+def paired_t_test(differences) -> dict:
+    """Paired t-test of per-seed differences (NaN ones, a seed without the metric, left out): ``n``, ``mean``,
+    ``std`` (sample, n-1), ``p`` (two-sided, H0: mean 0, n-1 degrees of freedom) and ``ci95`` (the 95% interval
+    of the mean); with n < 2 only ``n`` and ``mean`` (no interval). All differences equal: std 0, p 0 (1 when
+    they are all 0) and a zero-width interval."""
+    diff = np.asarray(differences, dtype=np.float64)
+    diff = diff[~np.isnan(diff)]
+    n = int(diff.size)
+    test = {"n": n, "mean": float(diff.mean()) if n else float("nan"), "differences": diff.tolist()}
+    if n < 2:
+        return test
+    std = float(np.std(diff, ddof=1))
+    se = std / np.sqrt(n)
+    if se == 0:
+        p = 0.0 if test["mean"] != 0 else 1.0
+    else:
+        p = float(2 * student_t.sf(abs(test["mean"]) / se, n - 1))
+    test.update(std=std, se=float(se), p=p)
+    test["ci95"] = t_interval(test, PAIRED_ALPHA)
+    return test
+
+
+def t_interval(test: dict, alpha: float) -> tuple[float, float]:
+    """The two-sided ``1 - alpha`` interval of a :func:`paired_t_test`'s mean: mean ± t_{1-alpha/2, n-1} · std/√n."""
+    half = t_quantile(1 - alpha / 2, test["n"] - 1) * test["se"] if test["se"] > 0 else 0.0
+    return test["mean"] - half, test["mean"] + half
+
+
+def holm(p_values, alpha: float = PAIRED_ALPHA) -> list[dict]:
+    """Holm's step-down over m comparisons: sorted by p (ties in the given order), the k-th smallest (k = 1..m)
+    is tested at ``alpha / (m - k + 1)``; rejection stops at the first p at or above its level, and that
+    comparison and every later one are not rejected. Per comparison, in the given order: ``rank`` (k),
+    ``alpha`` (its level), ``rejected`` and ``after_stop`` (ranked after the one where Holm stopped)."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: (p_values[i], i))
+    decisions, stopped_at = [None] * m, None
+    for k, index in enumerate(order, start=1):
+        level = alpha / (m - k + 1)
+        if stopped_at is None and not p_values[index] < level:
+            stopped_at = k
+        rejected = stopped_at is None
+        after_stop = stopped_at is not None and k > stopped_at
+        decisions[index] = {"rank": k, "alpha": level, "rejected": rejected, "after_stop": after_stop}
+    return decisions
+
+
+def _interval(interval) -> str:
+    return f"[{interval[0]:+.2f}, {interval[1]:+.2f}]"
+
+
 def format_paired_differences(
     records: list[dict], pairs: list[tuple[str, str]], task: str = "bbox", metrics=("AP", "APr", "APc", "APf")
 ) -> str:
     """Markdown table of paired differences ``method - reference`` per seed (same seed: same shared phases,
-    e.g. the same pretrain), mean ± sample std over seeds with the per-seed values, for each (method,
-    reference) pair of phases. "beyond spread (paired / seeds)" answers the house standard (a gap within the
-    seed spread is no result) two ways, each "yes" only when every seed agrees on the sign: paired, the
-    mean difference is larger than the sample std of the per-seed differences; seeds, it is larger than
-    the seed spread (sample std over seeds) of both phases' own values, the stricter reading. A pair is
-    computed over the seeds that ran both phases (labelled when not all did; no result with fewer than 2)."""
+    e.g. the same pretrain), for each (method, reference) pair of phases and metric, over the n seeds that ran
+    both phases (labelled when not all did), and a note on Holm's correction below it. Each cell: mean ± sample
+    std of the per-seed differences (the per-seed values), the paired t-test's p (two-sided, n-1 degrees of
+    freedom), its 95% interval of the mean, the Holm-corrected interval and whether the gap is a result.
+
+    The rule (the house standard): a gap is a result only when its Holm-corrected interval excludes 0. Holm's
+    step-down runs over the table's comparisons (every (pair, metric) cell with an interval): sorted by p, the
+    k-th of m gets the interval at 1 - 0.05/(m-k+1); at the first whose p is at or above 0.05/(m-k+1) Holm stops,
+    and it and every comparison after it are no result (their intervals at their rank's level; one after the
+    stop whose interval excludes 0 says so). With fewer than 2 seeds a cell has no interval and is no result."""
     if len(records) < 2:
         raise ValueError("paired differences need the results of at least 2 seeds")
     seeds = [r["seed"] for r in records]
-    lines = [
-        f"| {task}: method − reference (paired by seed; seeds {', '.join(map(str, seeds))}) | "
-        + " | ".join(f"{m} (per seed)" for m in metrics)
-        + " | beyond spread (paired / seeds) |",
-        "|---|" + "---|" * len(metrics) + "---|",
-    ]
+    rows = []
     for method, reference in pairs:
         for phase in (method, reference):
             if not any(phase in r["phases"] for r in records):
                 raise ValueError(f"phase {phase!r} is not in the results of seed(s) {seeds}")
         holding = [r for r in records if method in r["phases"] and reference in r["phases"]]
         label = _seeds_label(f"{method} − {reference}", holding, records)
-        if len(holding) < 2:
-            held = ", ".join(str(r["seed"]) for r in holding) or "none"
-            lines.append(
-                f"| {label} | " + " | ".join("—" for _ in metrics) + f" | no result: seeds with both: {held} |"
-            )
-            continue
-        cells, verdicts = [], []
+        tests = []
         for metric in metrics:
             a = np.array([r["phases"][method][task][metric] for r in holding], dtype=np.float64)
             b = np.array([r["phases"][reference][task][metric] for r in holding], dtype=np.float64)
-            diff = a - b
-            agree = bool(np.all(diff > 0) or np.all(diff < 0))
-            paired = agree and abs(diff.mean()) > np.std(diff, ddof=1)
-            seeds_apart = agree and abs(diff.mean()) > max(np.std(a, ddof=1), np.std(b, ddof=1))
-            verdicts.append(f"{metric} {'yes' if paired else 'no'}/{'yes' if seeds_apart else 'no'}")
-            per_seed = ", ".join(f"{d:+.2f}" for d in diff)
-            cells.append(f"{diff.mean():+.2f} ± {np.std(diff, ddof=1):.2f} ({per_seed})")
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {', '.join(verdicts)} |")
+            tests.append(paired_t_test(a - b))
+        rows.append((label, holding, tests))
+    tested = [
+        (row, column) for row, (_, _, tests) in enumerate(rows) for column, test in enumerate(tests) if "p" in test
+    ]
+    decisions = holm([rows[row][2][column]["p"] for row, column in tested])
+    for (row, column), decision in zip(tested, decisions):
+        test = rows[row][2][column]
+        test["holm"] = dict(decision, interval=t_interval(test, decision["alpha"]))
+
+    lines = [
+        f"| {task}: method − reference (paired by seed; seeds {', '.join(map(str, seeds))}) | "
+        + " | ".join(f"{m} (per seed)" for m in metrics)
+        + " | result (Holm-corrected CI excludes 0) |",
+        "|---|" + "---|" * len(metrics) + "---|",
+    ]
+    for label, holding, tests in rows:
+        cells = []
+        for test in tests:
+            per_seed = ", ".join(f"{d:+.2f}" for d in test["differences"])
+            if "p" not in test:
+                cells.append((f"{test['mean']:+.2f} ({per_seed}); " if test["n"] else "") + "n<2, no interval")
+                continue
+            holm_test = test["holm"]
+            verdict = "**result**" if holm_test["rejected"] else "no result"
+            low, high = holm_test["interval"]
+            if holm_test["after_stop"] and not low <= 0 <= high:  # its own level would reject: Holm stopped before
+                verdict += " (Holm stopped)"
+            cells.append(
+                f"{test['mean']:+.2f} ± {test['std']:.2f} ({per_seed}); p={test['p']:.2g}; 95% CI "
+                f"{_interval(test['ci95'])}; Holm {100 * (1 - holm_test['alpha']):.2f}% CI "
+                f"{_interval(holm_test['interval'])}: {verdict}"
+            )
+        results = [m for m, test in zip(metrics, tests) if test.get("holm", {}).get("rejected")]
+        if len(holding) < 2:
+            summary = f"no result: seeds with both: {', '.join(str(r['seed']) for r in holding) or 'none'}"
+        else:
+            summary = ", ".join(results) or "none"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {summary} |")
+    lines += ["", _holm_note(rows, tested, decisions, metrics)]
     return "\n".join(lines)
+
+
+def _holm_note(rows, tested, decisions, metrics) -> str:
+    """The sentence below a paired table: the test, the family, how many results, and where Holm stopped."""
+    m = len(tested)
+    note = (
+        "Paired t-test over the seeds that ran both phases (n − 1 degrees of freedom); 95% CI uncorrected; Holm over "
+        f"this table's m = {m} comparison{'s' if m != 1 else ''} (each (pair, metric) cell with an interval; "
+        f"family-wise α = {PAIRED_ALPHA:g}"
+    )
+    untested = sum(len(tests) for _, _, tests in rows) - len(tested)
+    note += f"; {untested} cell{'s' if untested != 1 else ''} with n<2 not counted): " if untested else "): "
+    if not tested:
+        return note + "none (every cell has n<2), so no result."
+    rejected = sum(d["rejected"] for d in decisions)
+    stop = next((i for i, d in enumerate(decisions) if not d["rejected"] and not d["after_stop"]), None)
+    if stop is None:
+        return note + f"{rejected} result{'s' if rejected != 1 else ''}; Holm rejected every comparison."
+    row, column = tested[stop]
+    label, _, tests = rows[row]
+    decision = decisions[stop]
+    divisor = len(tested) - decision["rank"] + 1
+    return note + (
+        f"{rejected} result{'s' if rejected != 1 else ''}; Holm stopped at rank {decision['rank']} "
+        f"({label} {metrics[column]}, p={tests[column]['p']:.2g} ≥ {PAIRED_ALPHA:g}/{divisor} = "
+        f"{decision['alpha']:.2g}): it and every comparison ranked after it are no result."
+    )
 
 
 def mean_per_class_ap(records: list[dict], phase: str, task: str = "bbox") -> list[dict]:

@@ -83,3 +83,28 @@ def test_recorded_command_with_overrides_and_phases_parses_back(script, tmp_path
     # the order that argparse cannot read (overrides after --phases) is named in the error
     with pytest.raises(ValueError, match=r"config overrides go before --phases"):
         run(script, monkeypatch, "--output-dir", output_dir, "--no-run", "--phases", "pretrain", override)
+
+
+def test_from_results_paired_table_has_the_intervals_and_holm_note(script, tmp_path, monkeypatch, capsys):
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
+    for seed, gain in enumerate((1.0, 2.0, 3.0)):  # finetune - pretrain AP: +1, +2, +3
+        phases = {
+            "pretrain": {"bbox": {"AP": 10.0, "AP50": 10.0, "APr": 1.0, "APc": 2.0, "APf": 3.0}},
+            "finetune": {"bbox": {"AP": 10.0 + gain, "AP50": 10.0, "APr": 1.0, "APc": 2.0, "APf": 3.0 - gain}},
+        }
+        (results_dir / f"seed{seed}.json").write_text(json.dumps({"seed": seed, "phases": phases}))
+    monkeypatch.setattr(
+        sys, "argv", ["ablation_table.py", "--from-results", str(results_dir), "--paired", "finetune-pretrain"]
+    )
+    script.main()
+    printed = capsys.readouterr().out
+    assert open(results_dir / "ablation_table.md").read() == printed
+    row = next(line for line in printed.splitlines() if line.startswith("| finetune − pretrain"))
+    # AP: mean 2, std 1, 95% CI 2 ± 4.302653/sqrt(3); APr, APc unchanged (p 1); APf -2 ± 1, p 0.074 like AP
+    half = 4.302653 / 3**0.5
+    assert row.startswith(
+        f"| finetune − pretrain | +2.00 ± 1.00 (+1.00, +2.00, +3.00); p=0.074; 95% CI [{2 - half:+.2f}, "
+    )
+    assert row.endswith("| none |")  # nothing passes with 3 seeds here, Holm or not
+    assert "Holm over this table's m = 4 comparisons" in printed and "0 results; Holm stopped at rank 1" in printed

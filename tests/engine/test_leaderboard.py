@@ -203,20 +203,34 @@ def test_table_and_plots_from_fake_results(tmp_path):
     assert table[3].startswith("| loce | 35.00 ± 1.73 |") and "| 9.00 ± 0.00 | 15.00 ± 0.00 |" in table[3]
     assert table[4].startswith("| bacl (seed 0 only) | 40.00 |")
     paired = next(line for line in table if line.startswith("| loce − ce"))
-    assert "+4.00 ± 1.00 (+3.00, +4.00, +5.00)" in paired  # AP, paired by seed
-    assert "+9.00 ± 1.00 (+8.00, +9.00, +10.00)" in paired  # APr
+    # AP, paired by seed: +3, +4, +5, 95% CI 4 ± 4.302653/sqrt(3), not a result after Holm over the table's 8 cells
+    assert "+4.00 ± 1.00 (+3.00, +4.00, +5.00); p=0.02; 95% CI [+1.52, +6.48]; Holm " in paired
+    assert "+9.00 ± 1.00 (+8.00, +9.00, +10.00); p=0.0041; 95% CI [+6.52, +11.48]; Holm " in paired  # APr
+    assert paired.endswith("| APr, APf |")  # APf -2 on every seed: no spread, p 0
+    assert table[-1].endswith(
+        "Holm stopped at rank 3 (loce − ce AP, p=0.02 ≥ 0.05/6 = 0.0083): it and every "
+        "comparison ranked after it are no result."
+    )
     # extra pairs after those to the reference: computed over the seeds holding both, a repeat or one naming an
     # entry without results left out
     extra = [("loce", "rio"), ("loce", "ce"), ("lst", "ce")]
     table = format_leaderboard_table(records, ["ce", "loce", "bacl", "rio"], reference="ce", pairs=extra)
-    paired = [line for line in table.splitlines() if " − " in line and not line.startswith("| bbox:")]
+    paired = [line for line in table.splitlines() if line.startswith("| ") and " − " in line.split(" | ")[0]]
+    paired = [line for line in paired if not line.startswith("| bbox:")]
     assert [line.split(" | ")[0] for line in paired] == [
         "| loce − ce",
         "| bacl − ce (seed 0 only)",
         "| rio − ce (seeds 0, 1 only)",
         "| loce − rio (seeds 0, 1 only)",
     ]
-    assert "| +1.50 ± 2.12 (+0.00, +3.00) | +6.00 ± 1.41 (+5.00, +7.00) |" in paired[-1]  # AP, APr
+    # AP, APr over seeds 0 and 1 (1 degree of freedom: t_{0.975, 1} = 12.706)
+    assert "| +1.50 ± 2.12 (+0.00, +3.00); p=0.5; 95% CI [-17.56, +20.56]; Holm " in paired[-1]
+    assert "| +6.00 ± 1.41 (+5.00, +7.00); p=0.11; 95% CI [-6.71, +18.71]; Holm " in paired[-1]
+    assert paired[1] == (
+        "| bacl − ce (seed 0 only) | +10.00 (+10.00); n<2, no interval | +18.00 (+18.00); n<2, no interval "
+        "| +0.00 (+0.00); n<2, no interval | -10.00 (-10.00); n<2, no interval | no result: seeds with both: 0 |"
+    )
+    assert "m = 12 comparisons" in table and "4 cells with n<2 not counted): 3 results" in table
 
     out = plot_apr_vs_apf(records, str(tmp_path / "scatter.png"), entries=["ce", "loce", "bacl"])
     assert os.path.getsize(out) > 10_000
