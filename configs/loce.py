@@ -54,9 +54,12 @@ def add_ebl(model, background_score=0.01, guide="mean_score", dataset_name=None)
     return model
 
 
-def add_mfs(model, capacity=80, num_sampled_classes=8, per_class=4, storage_dtype=None, guide="mean_score"):
+def add_mfs(
+    model, capacity=80, num_sampled_classes=8, per_class=4, storage_dtype=None, guide="mean_score", shared_eta=False
+):
     """MFS sampling classes with p ∝ 1/s for the ``guide`` indicator's scores s; it stores pooled RoI
-    features of the box head's input shape."""
+    features of the box head's input shape. ``shared_eta=True``: the official code's dense boxes (one offset
+    draw per image), the paper's per box by default."""
     use_long_tail_heads(model)
     if guide not in (model.roi_heads.get("indicators") or {}):
         if guide != "mean_score":
@@ -71,6 +74,7 @@ def add_mfs(model, capacity=80, num_sampled_classes=8, per_class=4, storage_dtyp
             per_class=per_class,
             indicator=guide,
             storage_dtype=storage_dtype,
+            shared_eta=shared_eta,
         )
     ]
     return model

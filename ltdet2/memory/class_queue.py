@@ -102,7 +102,8 @@ class ClassQueue(StateModule):
 
         Entries of a class go in batch order; the oldest entries are overwritten first. At most
         ``capacity`` entries per class are written per push: if more arrive, the last ``capacity`` of
-        them (in batch order) are kept, as if pushed one by one. Under ``global`` the batches of all
+        them (in batch order) are kept, as if pushed one by one (the official LOCE code keeps the first
+        ``capacity`` of such a batch; ours is the queue's own order). Under ``global`` the batches of all
         ranks are pushed, rank 0's first (a collective: every rank must call it).
         """
         if set(fields) != set(self.field_shapes):

@@ -20,14 +20,16 @@ def dense_boxes(gt_boxes, image_size, generator=None, *, shared_eta=False):
     """16 boxes per ground-truth box, one per sign pattern of the offsets on (x1, y1, x2, y2).
 
     Box i, pattern k is ``b_i + sign_k * (eta * w/6, eta * h/6, eta * w/6, eta * h/6)`` with an
-    independent ``eta ~ U(0, 1)`` per coordinate (LOCE eq. 5, BACL Eq. 10), clipped to the image.
+    independent ``eta ~ U(0, 1)`` per coordinate (LOCE eq. 5, BACL Eq. 10), clipped to the image as
+    Detectron2's ``Boxes.clip`` does, to ``[0, W] x [0, H]`` (the official LOCE and BACL code, MMDetection's
+    convention, clip to ``W - 1`` and ``H - 1``).
 
     Args:
         gt_boxes (Tensor): [G, 4] boxes (x1, y1, x2, y2) in absolute pixels.
         image_size (tuple[int, int]): (height, width) of the image the boxes live in.
         generator (torch.Generator, optional): source of the magnitudes (on ``gt_boxes.device``).
         shared_eta (bool): False (the papers): magnitudes drawn per box, pattern and coordinate.
-            True (BACL's official code): one [16, 4] draw shared by all the boxes of the image.
+            True (LOCE's and BACL's official code): one [16, 4] draw shared by all the boxes of the image.
 
     Returns:
         Tensor: [G * 16, 4] boxes, ordered box by box (rows 16*i .. 16*i+15 come from box i).

@@ -275,6 +275,30 @@ def test_mfs_push_pools_only_kept_boxes_in_blocks_and_equals_one_push(monkeypatc
     assert sum(pooled_boxes[:-1]) == 88 and max(pooled_boxes[:-1]) == 20
 
 
+@pytest.mark.parametrize("shared_eta", [False, True])
+def test_mfs_dense_boxes_share_one_offset_draw_per_image_with_shared_eta(shared_eta):
+    # two objects of the same size in one image: the official code's draw (shared_eta) gives both the same
+    # 16 offsets, the paper's draws each its own
+    instances = Instances((200, 200))
+    instances.gt_boxes = Boxes(torch.tensor([[20.0, 20.0, 80.0, 80.0], [100.0, 100.0, 160.0, 160.0]]))
+    instances.gt_classes = torch.tensor([0, 1])
+    context = SimpleNamespace(
+        targets=[instances],
+        pool=lambda per_image: torch.zeros(sum(len(b) for b in per_image), 1, 1, 1),
+        pooled_features=torch.zeros(0, 1, 1, 1),
+    )
+    mfs = MemoryFeatureSampler(
+        num_classes=2, feature_shape=(1, 1, 1), capacity=16, indicator=None, shared_eta=shared_eta
+    )
+    torch.manual_seed(0)
+    mfs.push_ground_truth(context)
+    stored = mfs.queue.state_dict()
+    proposals = [v for k, v in stored.items() if k.endswith("proposal_boxes")][0].view(2, 16, 4)
+    offsets = proposals - instances.gt_boxes.tensor[:, None, :]
+    assert torch.allclose(offsets[0], offsets[1], atol=1e-4) == shared_eta
+    assert offsets.abs().max() <= 10.0 and offsets.abs().min() > 0  # at most w/6, inside the image
+
+
 # --- mean score: updated before the loss ----------------------------------------------------------
 
 

@@ -44,6 +44,12 @@ class MemoryFeatureSampler(FeatureSource):
     per class, the last ones in batch order) and pools them in blocks of a few MiB, pushed in order:
     the queue ends as after one push of everything.
 
+    Where the official code differs (none of it is in the paper): when more than ``capacity`` dense boxes of a
+    class arrive in one batch, the official MFS keeps the first ``capacity`` of them, ltdet2 the last (as if
+    pushed one by one: :meth:`~ltdet2.memory.ClassQueue.push`); the dense boxes are clipped to
+    ``[0, W] x [0, H]`` (Detectron2's ``Boxes.clip``), the official code to ``W - 1``, ``H - 1``; and the
+    official code draws one set of box offsets per image (``shared_eta=True``), the paper one per box.
+
     Args:
         num_classes: C.
         feature_shape: per-RoI pooled feature shape, e.g. (256, 7, 7).
@@ -55,6 +61,9 @@ class MemoryFeatureSampler(FeatureSource):
             For the paper's dataset-guided ablation, an ``InstanceFrequency`` indicator.
         storage_dtype: e.g. torch.float16 to halve the memory (LVIS: 1203 x 80 x 256x7x7).
         sync: "local" (per rank, as the official code) or "global".
+        shared_eta: False (the paper, default): dense-box offsets drawn per box, pattern and coordinate; True
+            (the official code): one [16, 4] draw per image, shared by its objects
+            (:func:`~ltdet2.modeling.box_generator.dense_boxes_per_image`).
     """
 
     stage = "pooled"
@@ -71,6 +80,7 @@ class MemoryFeatureSampler(FeatureSource):
         indicator: str | None = "mean_score",
         storage_dtype: torch.dtype | None = None,
         sync: str = "local",
+        shared_eta: bool = False,
     ):
         super().__init__()
         if class_draw not in CLASS_DRAWS:
@@ -86,6 +96,7 @@ class MemoryFeatureSampler(FeatureSource):
         self.per_class = per_class
         self.class_draw = class_draw
         self.indicator_names = (indicator,) if indicator is not None else ()
+        self.shared_eta = bool(shared_eta)
         self.queue = ClassQueue(
             num_classes,
             capacity,
@@ -98,7 +109,9 @@ class MemoryFeatureSampler(FeatureSource):
     def push_ground_truth(self, context):
         """Pools dense boxes around every ground-truth box of the batch and enqueues them."""
         targets = context.targets
-        boxes = dense_boxes_per_image([t.gt_boxes.tensor for t in targets], [t.image_size for t in targets])
+        boxes = dense_boxes_per_image(
+            [t.gt_boxes.tensor for t in targets], [t.image_size for t in targets], shared_eta=self.shared_eta
+        )
         labels = torch.cat([t.gt_classes for t in targets]).repeat_interleave(BOXES_PER_OBJECT)
         gt_boxes = torch.cat([t.gt_boxes.tensor for t in targets]).repeat_interleave(BOXES_PER_OBJECT, dim=0)
         if self.queue.sync == "global":
@@ -171,5 +184,5 @@ class MemoryFeatureSampler(FeatureSource):
     def extra_repr(self):
         return (
             f"num_sampled_classes={self.num_sampled_classes}, per_class={self.per_class}, "
-            f"class_draw={self.class_draw!r}, indicators={self.indicator_names}"
+            f"class_draw={self.class_draw!r}, indicators={self.indicator_names}, shared_eta={self.shared_eta}"
         )
