@@ -40,6 +40,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 
 from ltdet2.engine.phases import load_config, resolve_phases, single_phase
+from ltdet2.engine.results import git_commit, machine_description
 from ltdet2.utils.json_io import write_json_atomic
 
 SCORE_THRESHOLD = 1e-4  # LVIS-style test settings (LVIS papers, BACL)
@@ -258,6 +259,8 @@ def main(argv=None):
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "command": " ".join(sys.argv),
+        "machine": machine_description(),
+        "commit": git_commit(),
     }
 
     rows = [

@@ -19,6 +19,7 @@ gradient or optimizer state.
 import argparse
 import json
 import resource
+import sys
 
 import torch
 
@@ -27,6 +28,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from ltdet2.engine.phases import load_config, resolve_phases
+from ltdet2.engine.results import git_commit, machine_description
 from ltdet2.engine.train_loop import build_model
 
 
@@ -126,8 +128,14 @@ def main():
         "peak_memory_kind": "torch.cuda.max_memory_allocated"
         if on_gpu
         else "peak RSS above the process before the model",
+        "machine": machine_description(),
+        "commit": git_commit(),
+        "torch": torch.__version__,
+        "command": " ".join(["scripts/model_footprint.py", *sys.argv[1:]]),
     }
     for key, value in figures.items():
+        if key in ("machine", "commit", "torch", "command"):
+            continue
         if key.endswith("parameters") and value is not None:
             value = f"{value:,} ({value / 1e6:.1f}M)"
         elif key == "peak_memory_bytes":
