@@ -6,9 +6,14 @@
 #   kt_only            knowledge transfer only: from the pretrained model, teacher = the pretrained model (what
 #                      the official code runs as shipped; paper Tab. 3 "KT only"), head_expert + transfer iterations
 #   head_expert_no_rfs, transfer_no_rfs   the full method without step-wise RFS (paper Tab. 8)
+#   head_expert_ignore, transfer_ignore   the full method with the unselected annotations of the sets' images
+#                      ignored (neither positive nor negative for the box head, still ground truth for the RPN)
+#                      instead of dropped (issue 25: in an R-CNN a dropped object is background; in Deformable
+#                      DETR it would only be a "no object" query)
 # Run: python scripts/ablation_table.py --config-file projects/stepwise_ablation.py --seeds 0 1 2 \
 #          --output-dir output/stepwise_ablation --results-dir docs/results/stepwise_ablation \
 #          --paired transfer-control transfer-pretrain
+from ltdet2.data import ValidityDatasetMapper
 from ltdet2.engine import make_phase
 
 from ..configs.common.schedules import multi_step
@@ -49,6 +54,17 @@ for phase, suffix in ((head_expert_no_rfs, "d_head_no_rfs"), (transfer_no_rfs, "
     use_smooth_tail_set(phase, name=f"lt_shapes_train_stepwise_{suffix}", groups=(), step_rfs=False, **options)
 transfer_no_rfs["train"].teacher_from_phase = "head_expert_no_rfs"
 
+# unselected annotations ignored instead of dropped (each phase builds its own copy of the set)
+head_expert_ignore = make_phase(head_expert)
+transfer_ignore = make_phase(transfer)
+for phase, suffix in ((head_expert_ignore, "d_head_ignore"), (transfer_ignore, "d_tail_ignore")):
+    builder = phase["train"].derived_datasets[-1]
+    builder.name = phase["dataloader"].train.dataset.names = f"lt_shapes_train_stepwise_{suffix}"
+    builder.unselected = "ignore"
+    phase["dataloader"].train.mapper._target_ = ValidityDatasetMapper  # passes the validity on to the model
+transfer_ignore["train"].init_from_phase = "head_expert_ignore"
+transfer_ignore["train"].teacher_from_phase = "head_expert_ignore"
+
 phases = dict(
     pretrain=pretrain,
     control=control,
@@ -57,6 +73,9 @@ phases = dict(
     kt_only=kt_only,
     head_expert_no_rfs=head_expert_no_rfs,
     transfer_no_rfs=transfer_no_rfs,
+    head_expert_ignore=head_expert_ignore,
+    transfer_ignore=transfer_ignore,
 )
 del stepwise_phases, pretrain, head_expert, transfer, control, kt_only, head_expert_no_rfs, transfer_no_rfs
+del head_expert_ignore, transfer_ignore
 del phase, suffix, builder, options

@@ -27,6 +27,8 @@ PHASES = {
         "kt_only",
         "head_expert_no_rfs",
         "transfer_no_rfs",
+        "head_expert_ignore",
+        "transfer_ignore",
     ],
 }
 TRAINABLE = ("roi_heads.box_predictor.cls_score.", "backbone.fpn_")
@@ -64,6 +66,22 @@ def test_stepwise_phases_instantiate_with_the_methods_pieces(name):
         assert quotas == {"head_expert": (200, 30), "transfer": (50, None)}
     else:  # scaled by 0.3 to LT-Shapes' size
         assert quotas == {"head_expert": (60, 9), "transfer": (15, None)}
+
+
+def test_the_ablations_ignore_arm_differs_from_the_full_method_only_in_the_unselected_annotations():
+    by_name = {
+        p.name: p.cfg for p in resolve_phases(load_config(project("stepwise_ablation.py"), ["train.device=cpu"]))
+    }
+    for method, arm in (("head_expert", "head_expert_ignore"), ("transfer", "transfer_ignore")):
+        (drop,), (ignore,) = by_name[method].train.derived_datasets, by_name[arm].train.derived_datasets
+        assert (drop.unselected if "unselected" in drop else "drop", ignore.unselected) == ("drop", "ignore")
+        assert ignore.name == by_name[arm].dataloader.train.dataset.names != drop.name
+        assert by_name[arm].dataloader.train.mapper._target_.__name__ == "ValidityDatasetMapper"
+        for key in ("source", "scores_from_phase", "head_quota", "tail_quota", "min_images"):
+            assert ignore[key] == drop[key], key
+        assert by_name[arm].train.max_iter == by_name[method].train.max_iter
+    assert by_name["transfer_ignore"].train.init_from_phase == "head_expert_ignore"
+    assert by_name["transfer_ignore"].train.teacher_from_phase == "head_expert_ignore"
 
 
 def test_each_step_trains_only_the_classifier_and_the_fpn():
