@@ -13,6 +13,11 @@ one phase; other overrides change the root ``train`` and every phase holding the
 name an existing key (``+key=value`` adds a new one). A config without ``phases`` (a
 one-phase project, or any Detectron2 LazyConfig) trains in ``train.output_dir`` as Detectron2's
 own script does. On a Slurm cluster, scripts/slurm_launch.py submits the same command line.
+
+One run per output folder: the run holds ``<train.output_dir>/run.lock`` while it runs, and a second run on the
+folder is refused, naming the first (host, pid, command, start time). A lock left by a process of this host that is
+gone is taken over with a warning; one of another host only with ``--force-lock`` (or ``LTDET2_FORCE_LOCK=1``), once
+that run is known to be gone (see ltdet2.engine.launch.RunLock).
 """
 
 import logging
@@ -28,6 +33,12 @@ __all__ = ["argument_parser", "parse_args", "checkpoint_to_evaluate", "main", "i
 def argument_parser():
     parser = default_argument_parser(__doc__)
     parser.add_argument("--phase", default=None, help="run (or evaluate) only this phase of the project")
+    parser.add_argument(
+        "--force-lock",
+        action="store_true",
+        help="take over the output folder's lock (run.lock) whoever holds it: for the lock of a run on another "
+        "machine that is gone (a lock of this machine whose process is gone is taken over without it)",
+    )
     return parser
 
 

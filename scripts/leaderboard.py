@@ -13,6 +13,8 @@ is not run again, so a shared phase trains once per seed. When the entry's last 
 ``<results-dir>/<entry>_seed<N>.json`` is written (box and mask metrics with per-class AP of the entry's last
 phase, the command, commit, machine, iterations and the wall time of each phase's run); an (entry, seed) whose
 results file exists is skipped. The results files are committed, so the work spans machines and sittings.
+A seed's folder is one run's while it trains: the script holds its ``run.lock`` (its training processes run under
+it), and another leaderboard or training run on that folder is refused (ltdet2.engine.launch.RunLock).
 Then, from the results files alone: ``<docs-dir>/leaderboard.md`` (mean ± std over seeds of box AP, AP50, APr,
 APc, APf, mask AP, mask APr and wall time per entry, and the paired differences to ``ce`` and of
 ``COMPOSITION_PAIRS``, with paired-t intervals, Holm-corrected over that table),
@@ -34,6 +36,7 @@ and the measured time in the README.
 
 import argparse
 import concurrent.futures
+import contextlib
 import os
 import resource
 import shlex
@@ -41,6 +44,7 @@ import subprocess
 import sys
 import time
 
+from ltdet2.engine.launch import RunLock
 from ltdet2.engine.leaderboard import (
     chain_iterations,
     entry_chains,
@@ -271,26 +275,29 @@ def main(argv=None):
     elif not args.from_results:
         for seed in seeds:
             seed_dir = os.path.join(output_dir, f"seed{seed}")
-            phases = seed_phases(cfg, seed_dir)
-            planned = set()  # --dry-run: phases an earlier entry of this seed would train
-            for entry in entries:
-                path = results_path(results_dir, entry, seed)
-                chain = chains[entry]
-                if os.path.isfile(path):
-                    print(f"{entry} seed {seed}: {path} exists, skipped", flush=True)
-                    continue
-                todo = [name for name in chain if not phases[name].is_done() and name not in planned]
-                print(f"{entry} seed {seed}: phases {chain}, to train {todo}", flush=True)
-                planned.update(todo)
-                if args.dry_run:
-                    continue
-                # overrides first: after --entries / --seeds, argparse would read them as entries or seeds
-                command = shlex.join(
-                    ["scripts/leaderboard.py", *args.overrides, *(["--quick"] if args.quick else [])]
-                    + ["--entries", entry, "--seeds", str(seed)]
-                )
-                record = run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command)
-                print(f"{entry} seed {seed}: wrote {write_entry_results(results_dir, record)}", flush=True)
+            # one run per seed's folder (ltdet2.engine.launch.RunLock); the training processes it starts run under
+            # its lock
+            with contextlib.nullcontext() if args.dry_run else RunLock(seed_dir):
+                phases = seed_phases(cfg, seed_dir)
+                planned = set()  # --dry-run: phases an earlier entry of this seed would train
+                for entry in entries:
+                    path = results_path(results_dir, entry, seed)
+                    chain = chains[entry]
+                    if os.path.isfile(path):
+                        print(f"{entry} seed {seed}: {path} exists, skipped", flush=True)
+                        continue
+                    todo = [name for name in chain if not phases[name].is_done() and name not in planned]
+                    print(f"{entry} seed {seed}: phases {chain}, to train {todo}", flush=True)
+                    planned.update(todo)
+                    if args.dry_run:
+                        continue
+                    # overrides first: after --entries / --seeds, argparse would read them as entries or seeds
+                    command = shlex.join(
+                        ["scripts/leaderboard.py", *args.overrides, *(["--quick"] if args.quick else [])]
+                        + ["--entries", entry, "--seeds", str(seed)]
+                    )
+                    record = run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command)
+                    print(f"{entry} seed {seed}: wrote {write_entry_results(results_dir, record)}", flush=True)
     if args.dry_run or args.no_outputs:
         return None
     if not os.path.isdir(results_dir):

@@ -15,6 +15,11 @@ so a checkpoint that exists is complete. Resuming with another number of process
 model holds ``local`` memories (one state per process cannot be split or merged); otherwise it warns
 that the ranks' RNG and BatchNorm statistics restart from rank 0's. The folder must be shared by all
 ranks (as for Detectron2's own resume); the choice of the checkpoint is made on rank 0.
+
+A checkpoint that does not fit the model is refused (:class:`CheckpointMismatchError`, naming the entries) where
+Detectron2 logs "Skip loading parameter" and goes on: entries of another shape, whatever is loaded, and, when the
+checkpointer is told which (``required_parameters``: an evaluation's), parameters the checkpoint lacks. An initial
+checkpoint may lack entries (an ImageNet backbone has no heads).
 """
 
 import glob
@@ -39,6 +44,11 @@ LAST_CHECKPOINT = "last_checkpoint"
 RANK_STATE_DIR = "rank_state"
 _PERIODIC_NAME = re.compile(r"^model_(\d+)\.pth$")
 _FINAL_NAME = "model_final.pth"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not fit the model: entries of another shape, or parameters the loader requires that it
+    lacks."""
 
 
 class DamagedCheckpointError(RuntimeError):
@@ -120,16 +130,24 @@ class AtomicCheckpointer(DetectionCheckpointer):
     ``reinitialize`` (regexes matched at the start of parameter names, ``train.init_reinitialize``): entries of the
     initial checkpoint that are dropped before it is loaded, so that those parameters keep the model's fresh
     initialisation (e.g. the class-specific heads of a COCO model that starts an LVIS phase); logged, and a
-    pattern that drops nothing is refused. A resume loads everything."""
+    pattern that drops nothing is refused. A resume loads everything.
+
+    Every load refuses a checkpoint with entries of another shape than the model's (after the two steps above), and,
+    with ``required_parameters`` (names of the model's parameters; an evaluation's), one that lacks any of them:
+    :class:`CheckpointMismatchError`."""
 
     _temporary_prefix = ".tmp-"
     resumed_from = None
     _loading_initial = None  # the initial checkpoint being loaded by resume_or_load (expanded), else None
+    _loading = None  # the checkpoint being loaded, for the errors
 
-    def __init__(self, model, save_dir="", *, class_expansion=None, reinitialize=(), **kwargs):
+    def __init__(
+        self, model, save_dir="", *, class_expansion=None, reinitialize=(), required_parameters=None, **kwargs
+    ):
         super().__init__(model, save_dir, **kwargs)
         self.class_expansion = class_expansion
         self.reinitialize = [re.compile(pattern) for pattern in reinitialize or ()]
+        self.required_parameters = None if required_parameters is None else list(required_parameters)
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
@@ -191,13 +209,53 @@ class AtomicCheckpointer(DetectionCheckpointer):
         except Exception as e:  # whatever torch.load / pickle raise for a damaged file
             raise DamagedCheckpointError(filename, e) from e
 
+    def load(self, path, *args, **kwargs):
+        self._loading = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._loading = None
+
     def _load_model(self, checkpoint):
         where = f"train.init_checkpoint {self._loading_initial} of the phase in {self.save_dir or '.'}"
         if self._loading_initial is not None and self.reinitialize:
             checkpoint["model"] = self._drop_reinitialized(checkpoint["model"], where)
         if self._loading_initial is not None and self.class_expansion is not None:
             checkpoint["model"] = self.class_expansion(checkpoint["model"], self.model.state_dict(), where=where)
-        return super()._load_model(checkpoint)
+        incompatible = super()._load_model(checkpoint)
+        self._check_fit(incompatible)
+        return incompatible
+
+    def _check_fit(self, incompatible):
+        """:class:`CheckpointMismatchError` for entries of another shape (which Detectron2 skips with a warning) or
+        missing ``required_parameters``."""
+        initial = self._loading_initial is not None
+        what = f"train.init_checkpoint {self._loading}" if initial else f"checkpoint {self._loading}"
+        shapes = incompatible.incorrect_shapes
+        if shapes:
+            listed = "; ".join(
+                f"{key}: {tuple(saved)} in the checkpoint, {tuple(own)} in the model" for key, saved, own in shapes[:8]
+            )
+            hint = (
+                "Entries the phase re-initialises are listed in train.init_reinitialize (regexes); LST's new classes "
+                "are added with train.expand_classes"
+                if initial
+                else "It was saved for another model (another class count: model.roi_heads.num_classes?)"
+            )
+            raise CheckpointMismatchError(
+                f"{what} does not fit the model: {len(shapes)} entries have another shape ({listed}"
+                f"{' ...' if len(shapes) > 8 else ''}). {hint}"
+            )
+        if self.required_parameters is None:
+            return
+        missing = set(incompatible.missing_keys)
+        lacking = [name for name in self.required_parameters if name in missing]
+        if lacking:
+            raise CheckpointMismatchError(
+                f"{what} lacks {len(lacking)} parameters of the model ({', '.join(lacking[:8])}"
+                f"{' ...' if len(lacking) > 8 else ''}): it was saved for another model (e.g. a Faster R-CNN "
+                f"checkpoint for a Mask R-CNN config)"
+            )
 
     def _drop_reinitialized(self, state, where):
         dropped = {p.pattern: [k for k in state if p.match(k)] for p in self.reinitialize}

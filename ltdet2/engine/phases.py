@@ -46,7 +46,7 @@ from ..utils.json_io import read_json, write_json_atomic
 from .checkpoint import AtomicCheckpointer
 from .epochs import resolve_epoch_schedule
 from .launch import on_main_process, raise_if_any_rank_failed
-from .train_loop import FINAL_CHECKPOINT, build_model, create_ddp_model, do_test, do_train
+from .train_loop import FINAL_CHECKPOINT, build_model, check_max_iter, create_ddp_model, do_test, do_train
 
 logger = logging.getLogger("detectron2")
 
@@ -431,6 +431,76 @@ def check_training_mapper(phase):
         )
 
 
+# the class counts of the model that must equal its datasets' (key, class-agnostic count allowed or None)
+CLASS_COUNT_KEYS = (
+    ("model.roi_heads.num_classes", None),
+    ("model.roi_heads.box_predictor.num_classes", None),
+    ("model.roi_heads.mask_head.num_classes", 1),  # 1: a class-agnostic mask head
+    ("model.num_classes", None),  # one-stage detectors (RetinaNet, FCOS)
+)
+DATASET_KEYS = ("dataloader.train.dataset.names", "dataloader.test.dataset.names")
+
+
+def check_class_counts(phase, dataset_keys=DATASET_KEYS):
+    """The model's class counts (:data:`CLASS_COUNT_KEYS`, those the phase has) equal the number of classes (metadata
+    ``thing_classes``) of every registered dataset named at ``dataset_keys`` (default: the training and test
+    datasets); a ValueError naming the keys otherwise. Datasets without ``thing_classes`` are not checked. Call it
+    once the phase's datasets are built (derived ones: :func:`~ltdet2.engine.derived.prepare_derived_datasets`)."""
+    counts = [(key, value, agnostic) for key, agnostic in CLASS_COUNT_KEYS if (value := _class_count(phase.cfg, key))]
+    if not counts:
+        return
+    where = _phase_where(phase)
+    for dataset_key in dataset_keys:
+        for name, classes in _dataset_class_counts(phase.cfg, dataset_key):
+            for key, value, agnostic in counts:
+                if value != classes and value != agnostic:
+                    raise ValueError(
+                        f"{where}: {key}={value} but dataset {name!r} ({dataset_key}) has {classes} classes "
+                        f"(its metadata's thing_classes): set {key}={classes}, or use the dataset the model is for"
+                    )
+
+
+def _class_count(cfg, key):
+    """The integer at ``key`` (interpolations resolved), or None."""
+    try:
+        value = OmegaConf.select(cfg, key, default=None)
+    except Exception:  # an interpolation that does not resolve here: not a class count to check
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _dataset_class_counts(cfg, key):
+    """(name, number of thing_classes) of each registered dataset named at ``key``."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    names = OmegaConf.select(cfg, key, default=None)
+    names = [names] if isinstance(names, str) else list(names or [])
+    registered = set(DatasetCatalog.list())
+    for name in names:
+        if name not in registered:
+            continue
+        classes = MetadataCatalog.get(name).get("thing_classes", None)
+        if classes is not None:
+            yield name, len(classes)
+
+
+def require_loadable_final(phase):
+    """RuntimeError unless the phase's final checkpoint exists and loads: a phase is done only then."""
+    where = _phase_where(phase)
+    path = phase.final_checkpoint
+    if not os.path.isfile(path):
+        raise RuntimeError(
+            f"{where}: training ended without {path}; not marked done. Run again with --resume to write it"
+        )
+    try:
+        torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as e:
+        raise RuntimeError(
+            f"{where}: {path} cannot be read ({type(e).__name__}: {e}); not marked done. Remove it and run again "
+            f"with --resume to write it from the newest intact checkpoint"
+        ) from e
+
+
 def require_final_checkpoint(source, needed_by):
     """FileNotFoundError unless phase ``source`` (None: nothing needed) has its final checkpoint; ``needed_by``
     says who needs it, e.g. "phase 'b' starts from phase 'a''s final checkpoint"."""
@@ -478,6 +548,7 @@ def run_phase(phase, *, resume=False):
         model = do_train(phase.cfg, resume=resume)
     except FloatingPointError as e:
         raise FloatingPointError(f"{where} diverged (not marked done): {e}") from e
+    on_main_process(lambda: require_loadable_final(phase))
     non_finite = non_finite_parameters(model)
     raise_if_any_rank_failed(
         FloatingPointError(
@@ -560,9 +631,20 @@ def evaluate_phase(phase, checkpoint=None):
 
     on_main_process(check)
     model = create_ddp_model(build_model(phase.cfg), phase.cfg)
-    AtomicCheckpointer(model).load(checkpoint)
+    AtomicCheckpointer(model, required_parameters=evaluated_parameters(model)).load(checkpoint)
     results = do_test(phase.cfg, model)
     return on_main_process(lambda: results)  # the evaluator's results are rank 0's
+
+
+def evaluated_parameters(model):
+    """Names of the parameters an evaluation uses, which the evaluated checkpoint must hold: all but a
+    teacher-student model's distillation terms (training only; LST's weight generator term is left out of its
+    ``model_final``)."""
+    from ltdet2.modeling import TeacherStudentRCNN
+
+    model = getattr(model, "module", model)
+    training_only = "distillers." if isinstance(model, TeacherStudentRCNN) else None
+    return [name for name, _ in model.named_parameters() if training_only is None or not name.startswith(training_only)]
 
 
 def run_phases(cfg, *, resume=False, only=None, eval_only=False, eval_checkpoint=None):
@@ -580,6 +662,10 @@ def run_phases(cfg, *, resume=False, only=None, eval_only=False, eval_checkpoint
     selected = select_phases(phases, only)
     if eval_only and eval_checkpoint and len(selected) > 1:
         raise ValueError(f"a checkpoint to evaluate ({eval_checkpoint}) needs one phase: add --phase NAME")
+    if not eval_only:  # a length in iterations is checked before any phase trains; one in epochs by do_train
+        for phase in selected:
+            if phase.cfg.train.get("epochs", None) is None and "max_iter" in phase.cfg.train:
+                check_max_iter(phase.cfg, _phase_where(phase))
     for phase in selected:
         # a phase's derived datasets are registered whenever it runs (registration reads no file), built only
         # before it trains: evaluation uses the test set, which is not derived
@@ -589,6 +675,8 @@ def run_phases(cfg, *, resume=False, only=None, eval_only=False, eval_checkpoint
             if on_main_process(lambda p=phase: eval_checkpoint is None and len(selected) > 1 and not p.has_final()):
                 logger.warning(f"phase '{phase.name}' has no {FINAL_CHECKPOINT} yet: not evaluated")
                 continue
+            # the test set only: a derived training set is registered, but may not be built
+            on_main_process(lambda p=phase: check_class_counts(p, ("dataloader.test.dataset.names",)))
             all_results[phase.name] = evaluate_phase(phase, eval_checkpoint)
             continue
         # decided on rank 0 (ranks whose folders are not in sync must not disagree): skip or train
@@ -599,6 +687,7 @@ def run_phases(cfg, *, resume=False, only=None, eval_only=False, eval_checkpoint
             continue
         prepare_derived_datasets(phase, phases, builders)
         resolve_epoch_schedule(phase.cfg, f"phase '{phase.name}'" if phase.name else "training")
+        on_main_process(lambda p=phase: check_class_counts(p))
         on_main_process(lambda p=phase: check_training_mapper(p))
         teacher = teacher_phase(phases, phases.index(phase))
         if teacher is not None:
@@ -616,6 +705,10 @@ def run_phases(cfg, *, resume=False, only=None, eval_only=False, eval_checkpoint
     if comm.is_main_process() and len(all_results) > 1:
         log_phase_table(list(all_results.items()), title="all phases")
     return all_results
+
+
+def _phase_where(phase):
+    return f"phase '{phase.name}'" if phase.name else f"training in {phase.output_dir}"
 
 
 def _finished_phase_record(phase, phases):

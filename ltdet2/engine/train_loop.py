@@ -14,7 +14,10 @@ LST), the memory warm-up (``train.memory_warmup``), LST's phase-end write of gen
   skips it and starts the stream again, as Detectron2 does (not exact). Exactness needs ``train.seed
   >= 0`` (the default, 0);
 * a stop request (a preemption or time-out signal, :mod:`ltdet2.engine.launch`) saves a checkpoint of
-  the current iteration on every rank and stops with :class:`~ltdet2.engine.launch.TrainingInterrupted`.
+  the current iteration on every rank and stops with :class:`~ltdet2.engine.launch.TrainingInterrupted`;
+* a resume at the end of the schedule (a run killed while it saved ``model_final``: its last periodic checkpoint
+  is of the last iteration) takes no step and writes ``model_final`` from that checkpoint; a resume from a
+  checkpoint beyond ``train.max_iter`` is refused, as is a schedule without iterations (``train.max_iter`` < 1).
 """
 
 import contextlib
@@ -226,12 +229,57 @@ def create_ddp_model(model, cfg):
     return _create_ddp_model(model, **ddp)
 
 
+def check_max_iter(cfg, where="training"):
+    """ValueError unless ``train.max_iter`` is a positive number of iterations; None is a length not counted yet
+    (``train.epochs``: :func:`ltdet2.engine.epochs.resolve_epoch_schedule` sets it once the training set is
+    registered)."""
+    max_iter = cfg.train.get("max_iter", None)
+    if isinstance(max_iter, int) and not isinstance(max_iter, bool) and max_iter >= 1:
+        return
+    epochs = cfg.train.get("epochs", None)
+    if max_iter is None and epochs is not None:
+        raise ValueError(
+            f"{where}: train.max_iter=None: its length, train.epochs={epochs}, was not counted "
+            f"(ltdet2.engine.epochs.resolve_epoch_schedule, which the phase runner calls once the training set is "
+            f"registered)"
+        )
+    raise ValueError(
+        f"{where}: train.max_iter={max_iter!r}: a phase trains at least 1 iteration (to give its length in epochs "
+        f"of its training set instead, set train.max_iter=None and train.epochs)"
+    )
+
+
+def check_resume_point(checkpoint, start_iter, max_iter):
+    """ValueError when the checkpoint a run resumes from lies beyond the end of its schedule."""
+    if start_iter > max_iter:
+        raise ValueError(
+            f"cannot resume {checkpoint}: it was saved after iteration {start_iter - 1}, beyond the end of this "
+            f"schedule (train.max_iter={max_iter}). Resume with train.max_iter={start_iter} or more (the schedule "
+            f"it was trained with), or train in another output folder"
+        )
+
+
+def save_final_at_the_end(checkpointer, trainer, max_iter):
+    """Saves ``model_final`` at the last iteration for a run resumed at the end of its schedule, which takes no step:
+    Detectron2's periodic checkpointer writes it after the step of iteration ``max_iter - 1`` only, so a run killed
+    while saving it (its last periodic checkpoint is of that iteration) would otherwise never have one. A collective.
+    Nothing is saved when the run resumed from ``model_final`` itself."""
+    if os.path.basename(checkpointer.resumed_from) == FINAL_CHECKPOINT:
+        return
+    final_iter = max_iter - 1
+    logger.info(f"Resumed at the end of the schedule from {checkpointer.resumed_from}: saving it as {FINAL_CHECKPOINT}")
+    # the trainer stands past max_iter now; saved as the periodic checkpointer saves model_final, at the last iteration
+    state = {"trainer": {**trainer.state_dict(), "iteration": final_iter}}
+    checkpointer.save_on_all_ranks(os.path.splitext(FINAL_CHECKPOINT)[0], iteration=final_iter, **state)
+
+
 def do_train(cfg, *, resume=False):
     """Trains one phase to ``train.max_iter`` in ``train.output_dir``; returns the model.
 
     With ``resume`` and a checkpoint in the output folder, training continues from it with the
     optimizer, scheduler, iteration and every model buffer (memories, indicators) restored.
     """
+    check_max_iter(cfg, f"training in {cfg.train.output_dir}")
     seed_phase(cfg)
     model = build_model(cfg)
     logger.info(f"Model:\n{model}")
@@ -275,6 +323,7 @@ def do_train(cfg, *, resume=False):
     if checkpointer.resumed_from:
         # the checkpoint stores the iteration that just finished (and the memories' state)
         start_iter = trainer.iter + 1
+        check_resume_point(checkpointer.resumed_from, start_iter, cfg.train.max_iter)
         if resume_data == "replay" and start_iter > 0:
             logger.info(
                 f"Replaying the data stream of iterations 0..{start_iter - 1} (no training) so that the resumed run "
@@ -289,6 +338,8 @@ def do_train(cfg, *, resume=False):
         if warmup:
             warm_up_memories(model, cfg, **warmup)
     trainer.train(start_iter, cfg.train.max_iter)
+    if checkpointer.resumed_from and start_iter == cfg.train.max_iter:
+        save_final_at_the_end(checkpointer, trainer, cfg.train.max_iter)
     if weight_generation is not None:
         write_phase_end_weights(
             model, cfg, checkpointer, weight_generation, resumed=extra if checkpointer.resumed_from else None
