@@ -11,6 +11,10 @@ from .class_counts import (  # noqa: F401
 )
 from .copy_paste import CopyPasteMapper  # noqa: F401
 from .datasets import (  # noqa: F401
+    Detectron2LVISSource,
+    dataset_category_ids,
+    dataset_dicts_with_annotation_ids,
+    derived_source,
     evaluation_ground_truth,
     load_lvis_format_json,
     register_lvis_format_dataset,

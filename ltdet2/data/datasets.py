@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,6 +39,10 @@ __all__ = [
     "is_lvis_format_dataset",
     "dataset_lvis_meta",
     "evaluation_ground_truth",
+    "derived_source",
+    "Detectron2LVISSource",
+    "dataset_category_ids",
+    "dataset_dicts_with_annotation_ids",
 ]
 
 logger = logging.getLogger(__name__)
@@ -110,10 +115,12 @@ def _file_key(path: str | None):
     return path, st.st_mtime_ns, st.st_size
 
 
-def _read_checked(json_file: str, skip_invalid: bool, train_json: str | None):
+def _read_checked(json_file: str, skip_invalid: bool, train_json: str | None, *, check_stored: bool = True):
     """(json dict, :class:`CheckedAnnotations`, :class:`LVISMeta`) of a file; the meta is cached
-    by the files' (path, mtime, size), and the skip_invalid warning logged once per version."""
-    key = (_file_key(json_file), _file_key(train_json), bool(skip_invalid))
+    by the files' (path, mtime, size), and the skip_invalid warning logged once per version.
+    ``check_stored=False``: the categories' stored counts and groups are not checked (see
+    :class:`Detectron2LVISSource`)."""
+    key = (_file_key(json_file), _file_key(train_json), bool(skip_invalid), bool(check_stored))
     reference = None
     if train_json is not None:
         train = _checked_meta(train_json, skip_invalid, None)
@@ -128,7 +135,14 @@ def _read_checked(json_file: str, skip_invalid: bool, train_json: str | None):
         reference = _stored_counts(d, json_file)
     with _CACHE_LOCK:
         meta = _CACHE.get(key)
-    checked = check_annotations(d, source=json_file, skip_invalid=skip_invalid, reference=reference, log=meta is None)
+    checked = check_annotations(
+        d,
+        source=json_file,
+        skip_invalid=skip_invalid,
+        reference=reference,
+        log=meta is None,
+        check_stored=check_stored,
+    )
     if meta is None:
         counts = reference if reference is not None else checked
         meta = LVISMeta(
@@ -162,11 +176,13 @@ def _stored_counts(d: dict, source: str) -> CountReference | None:
     )
 
 
-def _checked_meta(json_file: str, skip_invalid: bool, train_json: str | None) -> LVISMeta:
-    key = (_file_key(json_file), _file_key(train_json), bool(skip_invalid))
+def _checked_meta(json_file: str, skip_invalid: bool, train_json: str | None, *, check_stored=True) -> LVISMeta:
+    key = (_file_key(json_file), _file_key(train_json), bool(skip_invalid), bool(check_stored))
     with _CACHE_LOCK:
         meta = _CACHE.get(key)
-    return meta if meta is not None else _read_checked(json_file, skip_invalid, train_json)[2]
+    if meta is not None:
+        return meta
+    return _read_checked(json_file, skip_invalid, train_json, check_stored=check_stored)[2]
 
 
 def _registered(dataset_name: str) -> LVISFormatMetadata:
@@ -176,9 +192,13 @@ def _registered(dataset_name: str) -> LVISFormatMetadata:
     return metadata
 
 
-def _validated_meta(metadata: LVISFormatMetadata) -> LVISMeta:
+def _validated_meta(metadata) -> LVISMeta:
+    """:class:`LVISMeta` of an :class:`LVISFormatMetadata` or a :class:`Detectron2LVISSource`."""
     if not os.path.isfile(metadata.json_file) and metadata.name in DatasetCatalog:
         DatasetCatalog.get(metadata.name)  # a dataset made on first load (LT-Shapes) is made now
+    if isinstance(metadata, Detectron2LVISSource):
+        with _named_source(metadata):
+            return _checked_meta(metadata.json_file, False, None, check_stored=False)
     return _checked_meta(metadata.json_file, metadata.skip_invalid, metadata.train_json)
 
 
@@ -190,6 +210,205 @@ def dataset_lvis_meta(dataset_name: str) -> LVISMeta:
     meta = _validated_meta(metadata)
     metadata.fill_from(meta)
     return meta
+
+
+# --- sources of derived datasets: ltdet2's registrations and Detectron2's LVIS ones ----------------------
+
+
+@dataclass(frozen=True)
+class Detectron2LVISSource:
+    """A dataset registered by Detectron2's ``register_lvis_instances`` (e.g. its built-in ``lvis_v0.5_*`` /
+    ``lvis_v1_*`` under ``$DETECTRON2_DATASETS``) as the derived-dataset builders read it (:func:`derived_source`):
+    its metadata's ``json_file`` and ``image_root``, every annotation checked as
+    :func:`register_lvis_format_dataset` checks them by default (an invalid one is an error naming it), and the
+    categories' stored ``image_count`` / ``instance_count`` / ``frequency`` not read (Detectron2's loader ignores
+    them, and LVIS val files store the training counts): per-class counts come from the annotations.
+
+    Class indices: Detectron2's ``load_lvis_json`` maps json id ``i`` to ``i - 1``; ltdet2 maps the position of
+    the id among the sorted ids. They agree for LVIS (ids ``1..C``), which :func:`dataset_category_ids` checks.
+    """
+
+    name: str
+    json_file: str
+    image_root: str
+
+
+def derived_source(dataset_name: str):
+    """The registration a derived-dataset builder reads ``dataset_name`` through: its
+    :class:`LVISFormatMetadata` (registered by :func:`register_lvis_format_dataset`, or LT-Shapes) or, for a
+    dataset registered by Detectron2's ``register_lvis_instances`` (metadata ``json_file``, ``image_root`` and
+    ``evaluator_type="lvis"``), a :class:`Detectron2LVISSource`.
+
+    Raises:
+        ValueError: an unregistered name, or a dataset registered otherwise (naming what its metadata has).
+    """
+    metadata = MetadataCatalog.data.get(dataset_name)
+    if isinstance(metadata, LVISFormatMetadata):
+        return metadata
+    if dataset_name not in DatasetCatalog:
+        raise ValueError(
+            f"dataset {dataset_name!r} is not registered: register it with ltdet2.data.register_lvis_format_dataset "
+            f"or Detectron2's register_lvis_instances (Detectron2 registers lvis_v0.5_* / lvis_v1_* itself, reading "
+            f"$DETECTRON2_DATASETS)"
+        )
+    keys = metadata.as_dict() if metadata is not None else {}
+    if keys.get("evaluator_type") != "lvis" or keys.get("json_file") is None or keys.get("image_root") is None:
+        raise ValueError(
+            f"dataset {dataset_name!r} was registered neither by ltdet2.data.register_lvis_format_dataset nor by "
+            f"Detectron2's register_lvis_instances (metadata with json_file, image_root and evaluator_type='lvis'); "
+            f"its metadata has {sorted(keys)} (evaluator_type={keys.get('evaluator_type')!r})"
+        )
+    from detectron2.utils.file_io import PathManager
+
+    return Detectron2LVISSource(
+        name=dataset_name,
+        json_file=_local_path(PathManager.get_local_path(keys["json_file"])),
+        image_root=os.fspath(keys["image_root"]),
+    )
+
+
+@contextlib.contextmanager
+def _named_source(source):
+    """A ValueError raised on reading a Detectron2 source's json names the dataset and how to drop what it found."""
+    try:
+        yield
+    except ValueError as e:
+        raise ValueError(
+            f"dataset {source.name!r} (registered by Detectron2's register_lvis_instances, json_file "
+            f"{source.json_file}): {e}\nDetectron2's registration has no option to drop invalid annotations: register "
+            f"the file with ltdet2.data.register_lvis_format_dataset(<a name of your own>, json_file, image_root, "
+            f"skip_invalid=True) and build the derived datasets from that name"
+        ) from e
+
+
+def _read_source(source):
+    """(json dict, :class:`CheckedAnnotations`, :class:`LVISMeta`) of a :func:`derived_source`."""
+    if isinstance(source, Detectron2LVISSource):
+        with _named_source(source):
+            return _read_checked(source.json_file, False, None, check_stored=False)
+    return _read_checked(source.json_file, source.skip_invalid, source.train_json)
+
+
+def _builtin_lvis_meta(dataset_name: str) -> dict:
+    """Detectron2's built-in metadata that its ``load_lvis_json`` sets for ``dataset_name`` ({} for a name without)."""
+    from detectron2.data.datasets.lvis import get_lvis_instances_meta
+
+    try:
+        return get_lvis_instances_meta(dataset_name)
+    except ValueError:
+        return {}
+
+
+def dataset_category_ids(dataset_name: str) -> np.ndarray:
+    """``[C]`` int64: the json category id of each contiguous class index, as the dataset dicts of
+    ``dataset_name`` map them.
+
+    * :func:`register_lvis_format_dataset` (and LT-Shapes): the sorted json ids.
+    * A ``thing_dataset_id_to_contiguous_id`` in the metadata, or in the built-in metadata Detectron2's
+      ``load_lvis_json`` sets (the "cocofied" LVIS sets): that mapping, inverted.
+    * Otherwise a Detectron2 LVIS registration (``evaluator_type="lvis"``): ``load_lvis_json``'s
+      ``category_id - 1``, i.e. ``1..C``, which the json's categories must be.
+
+    Raises:
+        ValueError: a mapping that is not onto ``0..C-1``, a Detectron2 LVIS json whose category ids are not
+            ``1..C`` (naming the first that differ), or a dataset with neither a mapping nor an LVIS json.
+    """
+    if is_lvis_format_dataset(dataset_name):
+        return np.asarray(dataset_lvis_meta(dataset_name).category_ids, dtype=np.int64)
+    metadata = MetadataCatalog.get(dataset_name)
+    mapping = metadata.get("thing_dataset_id_to_contiguous_id", None)
+    if not mapping and metadata.get("evaluator_type", None) == "lvis":
+        mapping = _builtin_lvis_meta(dataset_name).get("thing_dataset_id_to_contiguous_id")
+    if mapping:
+        contiguous = np.fromiter((int(v) for v in mapping.values()), dtype=np.int64, count=len(mapping))
+        if not np.array_equal(np.sort(contiguous), np.arange(len(mapping))):
+            raise ValueError(
+                f"dataset {dataset_name!r}: thing_dataset_id_to_contiguous_id does not map onto 0..{len(mapping) - 1}"
+            )
+        ids = np.empty(len(mapping), dtype=np.int64)
+        ids[contiguous] = np.fromiter((int(k) for k in mapping), dtype=np.int64, count=len(mapping))
+        return ids
+    if metadata.get("evaluator_type", None) != "lvis" or metadata.get("json_file", None) is None:
+        raise ValueError(
+            f"dataset {dataset_name!r}: no thing_dataset_id_to_contiguous_id in its metadata and no LVIS json_file: "
+            "the json category ids of its classes are unknown"
+        )
+    ids = np.asarray(_validated_meta(derived_source(dataset_name)).category_ids, dtype=np.int64)
+    expected = np.arange(1, len(ids) + 1)
+    if not np.array_equal(ids, expected):
+        differ = np.flatnonzero(ids != expected)
+        raise ValueError(
+            f"dataset {dataset_name!r} ({metadata.json_file}): Detectron2's load_lvis_json maps a json category id i "
+            f"to class i - 1, which needs the ids 1..{len(ids)}; the sorted ids differ at positions "
+            f"{_fmt_ids(differ)} (ids {_fmt_ids(ids[differ])}). Register the file with "
+            "ltdet2.data.register_lvis_format_dataset, which maps any ids"
+        )
+    return ids
+
+
+def dataset_dicts_with_annotation_ids(dataset_name: str) -> list:
+    """``DatasetCatalog.get(dataset_name)`` with every annotation's json ``id``.
+
+    ltdet2's registrations keep the ids (:func:`load_lvis_format_json`); Detectron2's ``load_lvis_json`` drops
+    them (unless called with ``extra_annotation_keys=["id"]``). They are then recovered from the metadata's
+    ``json_file``: Detectron2's loaders list an image's annotations in file order, so the record of image ``i``
+    must hold the json's annotations of image ``i``, in order, with the same boxes and categories (mapped by
+    :func:`dataset_category_ids`), which is checked. Returns new records (the catalog's are not changed).
+
+    Raises:
+        ValueError: annotations without ids and no ``json_file``, or records that do not match the json (naming
+            the images).
+    """
+    dicts = DatasetCatalog.get(dataset_name)
+    if all("id" in a for r in dicts for a in r.get("annotations", ())):
+        return dicts
+    metadata = MetadataCatalog.get(dataset_name)
+    json_file = metadata.get("json_file", None)
+    if json_file is None:
+        raise ValueError(
+            f"dataset {dataset_name!r}: its annotations have no 'id' and its metadata no json_file to recover them from"
+        )
+    from detectron2.utils.file_io import PathManager
+
+    json_file = PathManager.get_local_path(json_file)
+    category_ids = dataset_category_ids(dataset_name)
+    d = read_json(json_file, what="dataset json")
+    annotations = d.get("annotations") or []
+    with _gc_paused():
+        ann_image = np.fromiter((a["image_id"] for a in annotations), dtype=np.int64, count=len(annotations))
+        ann_ids = np.fromiter((a["id"] for a in annotations), dtype=np.int64, count=len(annotations))
+        ann_category = np.fromiter((a["category_id"] for a in annotations), dtype=np.int64, count=len(annotations))
+        ann_box = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
+        by_image = np.argsort(ann_image, kind="stable")  # by image id, file order within an image
+        sorted_image = ann_image[by_image]
+
+        lengths = np.fromiter((len(r.get("annotations", ())) for r in dicts), dtype=np.int64, count=len(dicts))
+        image_ids = np.fromiter((r["image_id"] for r in dicts), dtype=np.int64, count=len(dicts))
+        start = np.searchsorted(sorted_image, image_ids, side="left")
+        end = np.searchsorted(sorted_image, image_ids, side="right")
+        bad_image = end - start != lengths
+        owner = np.repeat(np.arange(len(dicts)), lengths)
+        offset = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        # the json annotation each dict annotation should be (any in range, for images already found bad)
+        position = by_image[np.minimum(start[owner] + offset, max(len(by_image) - 1, 0))] if len(by_image) else owner
+        flat = [a for r in dicts for a in r.get("annotations", ())]
+        box = np.array([a["bbox"] for a in flat], dtype=np.float64).reshape(-1, 4)
+        contiguous = np.fromiter((a["category_id"] for a in flat), dtype=np.int64, count=len(flat))
+        known = (contiguous >= 0) & (contiguous < len(category_ids))
+        same = ~bad_image[owner] & known
+        if len(by_image):
+            same[same] &= (category_ids[contiguous[same]] == ann_category[position[same]]) & (
+                box[same] == ann_box[position[same]]
+            ).all(axis=1)
+        bad_image[owner[~same]] = True
+        if bad_image.any():
+            raise ValueError(
+                f"dataset {dataset_name!r}: the annotations of images {_fmt_ids(image_ids[bad_image])} are not those "
+                f"of {json_file} (in file order, same boxes and categories): their json ids cannot be recovered. "
+                "Register the file with ltdet2.data.register_lvis_format_dataset, whose dataset dicts carry the ids"
+            )
+        ids = iter(ann_ids[position].tolist())
+        return [dict(r, annotations=[dict(a, id=next(ids)) for a in r.get("annotations", ())]) for r in dicts]
 
 
 # --- Detectron2 dataset dicts -------------------------------------------------------------------------

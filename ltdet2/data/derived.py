@@ -1,5 +1,6 @@
-"""Derived datasets: a subset of a registered LVIS-format dataset's annotations, written as LVIS json and
-registered under its own name (issue #12's smooth-tail sets; LST's replay sets).
+"""Derived datasets: a subset of a registered LVIS-format dataset's annotations (registered by ltdet2 or by
+Detectron2's ``register_lvis_instances``), written as LVIS json and registered under its own name (issue #12's
+smooth-tail sets; LST's replay sets).
 
 :func:`build_derived_dataset` writes ``<output_dir>/<name>.json``: the source's validated json with only the
 selected annotations (the others dropped, or kept with ``"valid": false`` = "ignored"), images without a
@@ -16,12 +17,17 @@ import os
 
 import numpy as np
 
-from detectron2.data import MetadataCatalog
-
 from ..utils.files import file_identity
 from ..utils.json_io import read_json, write_json_atomic
 from .class_counts import class_counts
-from .datasets import _read_checked, _registered, _validated_meta, register_lvis_format_dataset
+from .datasets import (
+    Detectron2LVISSource,
+    _read_source,
+    _validated_meta,
+    dataset_category_ids,
+    derived_source,
+    register_lvis_format_dataset,
+)
 from .lvis_meta import _fmt_ids, frequency_from_image_count
 
 __all__ = ["build_derived_dataset", "register_derived_dataset", "RECORD_KEY", "UNSELECTED_MODES"]
@@ -75,7 +81,9 @@ def build_derived_dataset(
     Args:
         name: the derived dataset's name (the file name).
         source: a dataset registered by :func:`ltdet2.data.register_lvis_format_dataset` (its validated
-            annotations are the candidates; with ``skip_invalid`` the dropped ones are not in the set).
+            annotations are the candidates; with ``skip_invalid`` the dropped ones are not in the set) or by
+            Detectron2's ``register_lvis_instances`` (:class:`ltdet2.data.Detectron2LVISSource`: every annotation
+            of its json must be valid; its class indices, json id - 1, must be the derived set's).
         output_dir: the folder (created if needed), e.g. the phase's folder.
         valid_annotation_ids: the selected json annotation ids (any iterable of ints).
         unselected: "drop" (paper and official code: the others are removed) or "ignore" (kept with
@@ -88,7 +96,7 @@ def build_derived_dataset(
     """
     if unselected not in UNSELECTED_MODES:
         raise ValueError(f"unselected must be one of {UNSELECTED_MODES}, got {unselected!r}")
-    metadata = _registered(source)
+    metadata = derived_source(source)
     _validated_meta(metadata)  # a dataset made on first load (LT-Shapes) is made now
     selected = np.unique(np.fromiter((int(i) for i in valid_annotation_ids), dtype=np.int64))
     record = {
@@ -103,7 +111,15 @@ def build_derived_dataset(
     if is_up_to_date(name, path, record):
         return path
 
-    d, checked, _ = _read_checked(metadata.json_file, metadata.skip_invalid, metadata.train_json)
+    d, checked, _ = _read_source(metadata)
+    if isinstance(metadata, Detectron2LVISSource):
+        # the derived set is registered by ltdet2 (class = position of the id among the sorted ids): the classes of
+        # a model trained on the source must be the same (Detectron2's id - 1 is, for ids 1..C; raises otherwise)
+        if not np.array_equal(dataset_category_ids(source), checked.category_ids):
+            raise ValueError(
+                f"derived dataset {name}: {source}'s classes (thing_dataset_id_to_contiguous_id) are not its sorted "
+                f"json category ids, as the derived dataset's would be"
+            )
     annotations = d["annotations"]
     ids = np.fromiter((a["id"] for a in annotations), dtype=np.int64, count=len(annotations))
     candidate = checked.keep
@@ -158,11 +174,11 @@ def build_derived_dataset(
 
 def register_derived_dataset(name: str, json_path, *, source: str, train_json=None) -> str:
     """Registers a json written by :func:`build_derived_dataset` (or another json with a :data:`RECORD_KEY`) with
-    ``source``'s image root; its metadata also has ``derived_from=source`` and ``num_ignored_annotations`` (read
-    from the file). ``train_json``: for an evaluation split, the json giving its training counts (see
-    :func:`ltdet2.data.register_lvis_format_dataset`). Idempotent like
+    ``source``'s image root (``source``: see :func:`build_derived_dataset`); its metadata also has
+    ``derived_from=source`` and ``num_ignored_annotations`` (read from the file). ``train_json``: for an evaluation
+    split, the json giving its training counts (see :func:`ltdet2.data.register_lvis_format_dataset`). Idempotent like
     :func:`ltdet2.data.register_lvis_format_dataset` (same file, same arguments: a no-op)."""
-    image_root = MetadataCatalog.get(source).image_root
+    image_root = derived_source(source).image_root
     d = read_json(json_path, what="derived dataset json")
     if RECORD_KEY not in d:
         raise ValueError(f"{json_path} is not a derived dataset (no {RECORD_KEY!r} key): build it first")

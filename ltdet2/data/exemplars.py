@@ -156,7 +156,9 @@ class ExemplarSetBuilder:
 
     Args:
         name: the derived dataset's registered name (and file name in the phase folder).
-        source: the registered LVIS-format training dataset the set is drawn from.
+        source: the LVIS-format training dataset the set is drawn from, registered by
+            :func:`ltdet2.data.register_lvis_format_dataset` or by Detectron2's ``register_lvis_instances``
+            (:func:`ltdet2.data.derived_source`).
         scores_from_phase: the earlier phase whose final model scores the annotations.
         head_quota, tail_quota: annotations per head / tail class (int, or None = all).
         min_images: the head / tail split (paper: 30).
@@ -222,10 +224,10 @@ class ExemplarSetBuilder:
         }
 
     def prepare(self, context) -> None:
+        from .datasets import _validated_meta, derived_source
         from .derived import build_derived_dataset
-        from .lvis_meta import lvis_meta_from_dataset
 
-        meta = lvis_meta_from_dataset(self.source)
+        meta = _validated_meta(derived_source(self.source))  # the counts of the annotations the set is drawn from
         table = _columns(context.annotation_scores(self.scores_from_phase, dataset=self.source, score=self.score))
         table_identity = context.table_identity(self.scores_from_phase, dataset=self.source, score=self.score)
         self._check_table(table, table_identity)
@@ -255,15 +257,18 @@ class ExemplarSetBuilder:
         register_derived_dataset(self.name, self.json_path(context), source=self.source)
 
     def _check_table(self, table: dict, table_identity) -> None:
-        """Every scored annotation must be an annotation of ``source`` with the same image and category."""
-        from detectron2.data import DatasetCatalog, MetadataCatalog
+        """Every scored annotation must be an annotation of ``source`` (one of its json's annotations that are
+        candidates: with ``skip_invalid``, not a dropped one) with the same image and json category id."""
+        from .datasets import _read_source, derived_source
 
-        dicts = DatasetCatalog.get(self.source)
-        category_ids = np.asarray(sorted(MetadataCatalog.get(self.source).thing_dataset_id_to_contiguous_id))
-        lengths = np.fromiter((len(r["annotations"]) for r in dicts), dtype=np.int64, count=len(dicts))
-        ann = np.fromiter((a.get("id", -1) for r in dicts for a in r["annotations"]), np.int64, int(lengths.sum()))
-        cls = np.fromiter((a["category_id"] for r in dicts for a in r["annotations"]), np.int64, len(ann))
-        image = np.repeat(np.fromiter((r["image_id"] for r in dicts), np.int64, len(dicts)), lengths)
+        d, checked, _ = _read_source(derived_source(self.source))
+        images, annotations = d["images"], d["annotations"]
+        kept = np.flatnonzero(checked.keep)
+        ann = np.fromiter((annotations[i]["id"] for i in kept.tolist()), np.int64, len(kept))
+        cls = checked.class_index[kept]
+        image_ids = np.fromiter((im["id"] for im in images), np.int64, len(images))
+        image = image_ids[checked.image_position[kept]]
+        category_ids = np.asarray(checked.category_ids)
         by_id = np.argsort(ann)
         position = by_id[np.minimum(np.searchsorted(ann[by_id], table["id"]), max(len(ann) - 1, 0))]
         ok = (

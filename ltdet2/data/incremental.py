@@ -172,7 +172,9 @@ class IncrementalPhaseBuilder:
     Args:
         name: the training set's registered name (and file name in the phase folder).
         source, source_val: the full training / val sets, registered by
-            :func:`ltdet2.data.register_lvis_format_dataset` (or LT-Shapes).
+            :func:`ltdet2.data.register_lvis_format_dataset` (or LT-Shapes) or by Detectron2's
+            ``register_lvis_instances`` (e.g. its built-in ``lvis_v0.5_train`` / ``lvis_v0.5_val``; read as
+            :class:`ltdet2.data.Detectron2LVISSource`: counts from the annotations, the stored ones not read).
         base, num_phases: the class split (:func:`incremental_class_phases`).
         phase: t, 0 (base) .. ``num_phases``.
         replay: "ceil" (paper) or "round" (official code, minimum 1).
@@ -270,7 +272,10 @@ class IncrementalPhaseBuilder:
 
     def class_phases(self) -> list:
         """:func:`incremental_class_phases` of ``source`` (json category ids per phase)."""
-        return incremental_class_phases(self.source, base=self.base, num_phases=self.num_phases)
+        from .datasets import _validated_meta, derived_source
+
+        meta = _validated_meta(derived_source(self.source))  # the counts prepare() splits by
+        return incremental_class_phases(meta, base=self.base, num_phases=self.num_phases)
 
     def seen_category_ids(self) -> np.ndarray:
         """[K_t] source json ids of the classes seen up to this phase, in contiguous order (rank)."""
@@ -303,11 +308,11 @@ class IncrementalPhaseBuilder:
 
     def prepare(self, context) -> None:
         from ..utils.files import file_identity
-        from .datasets import _read_checked, _registered, _validated_meta
+        from .datasets import _read_source, _validated_meta, derived_source
         from .derived import RECORD_KEY, is_up_to_date
 
         seed = self.seed if self.seed is not None else int(context.seed)
-        source, source_val = _registered(self.source), _registered(self.source_val)
+        source, source_val = derived_source(self.source), derived_source(self.source_val)
         _validated_meta(source)  # a dataset made on first load (LT-Shapes) is made now
         _validated_meta(source_val)
         record = {
@@ -323,7 +328,7 @@ class IncrementalPhaseBuilder:
         names = (self.name, self.val_name, f"{self.val_name} (training counts)")
         if all([is_up_to_date(n, p, record) for n, p in zip(names, paths)]):
             return
-        d, checked, meta = _read_checked(source.json_file, source.skip_invalid, source.train_json)
+        d, checked, meta = _read_source(source)
         phases = incremental_class_phases(meta, base=self.base, num_phases=self.num_phases)
         seen = np.concatenate(phases[: self.phase + 1])
         num_old = len(seen) - len(phases[self.phase])
@@ -483,9 +488,9 @@ class IncrementalPhaseBuilder:
         return _with(d, images=out_images, annotations=out_annotations, categories=own)
 
     def _val_json(self, source_val, seen, categories) -> dict:
-        from .datasets import _read_checked
+        from .datasets import _read_source
 
-        d, checked, _ = _read_checked(source_val.json_file, source_val.skip_invalid, source_val.train_json)
+        d, checked, _ = _read_source(source_val)
         missing = seen[~np.isin(seen, checked.category_ids)]
         if len(missing):
             raise ValueError(

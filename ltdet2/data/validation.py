@@ -187,6 +187,7 @@ def check_annotations(
     skip_invalid: bool = False,
     reference: CountReference | None = None,
     log: bool = True,
+    check_stored: bool = True,
 ) -> CheckedAnnotations:
     """Check an LVIS- or COCO-format json (the loaded dict) and count its valid annotations.
 
@@ -200,6 +201,9 @@ def check_annotations(
             the categories refer to; default this file's own annotations (all those of known image
             and category: a stored count made before an empty box was found is not stale).
         log: log the warning of ``skip_invalid`` (a caller checking the same file again passes False).
+        check_stored: check the categories' stored ``image_count`` / ``instance_count`` / ``frequency``
+            (False: they are not read, e.g. for a file registered by Detectron2, whose loader ignores them
+            and whose val files store the training counts).
     Raises:
         ValueError: one message naming ``source``, each kind of problem with the ids involved and
             how many (unless ``skip_invalid``); structural problems at once.
@@ -307,7 +311,7 @@ def check_annotations(
         "frequency": frequency_from_image_count(reference.image_count).astype(object),
     }
     num_stale = 0
-    for field, counted in expected.items():
+    for field, counted in expected.items() if check_stored else ():
         stale, stored = _stored_mismatch(ordered, field, counted)
         if stale.any():
             num_stale += 1

@@ -108,7 +108,9 @@ class DerivedDatasetContext:
         (:func:`~ltdet2.engine.exemplar_scoring.score_annotations`, with that phase's test-time resize).
 
         Cached in this phase's folder and reused when the same checkpoint and dataset json produced it;
-        scored again, with a warning naming what changed, otherwise."""
+        scored again, with a warning naming what changed, otherwise. Without a table in this phase's folder, the
+        same table cached by an earlier phase (e.g. step-wise's head expert, for the transfer phase: both sets
+        are drawn from the pretrained model's scores) is reused, and copied here, when its identity matches."""
         path = self.table_path(phase, dataset=dataset, score=score)
         identity = self.table_identity(phase, dataset=dataset, score=score)
 
@@ -116,12 +118,30 @@ class DerivedDatasetContext:
             try:
                 table = load_score_table(path, expect=identity)
             except FileNotFoundError:
-                return None
+                return from_earlier_phase()
             except ScoreTableMismatch as e:
                 logger.warning(f"phase '{self.phase_name}': {e}: scoring again")
                 return None
             logger.info(f"phase '{self.phase_name}': reusing the scores of phase '{phase}' in {path}")
             return table
+
+        def from_earlier_phase():
+            for other in self.phases.values():
+                folder = getattr(other, "output_dir", None)
+                other_path = os.path.join(folder, os.path.basename(path)) if folder else None
+                if other_path is None or os.path.abspath(other_path) == os.path.abspath(path):
+                    continue
+                try:
+                    table = load_score_table(other_path, expect=identity)
+                except (FileNotFoundError, ValueError):  # none, another model's or dataset's, or not a table
+                    continue
+                save_score_table(path, table, identity)
+                logger.info(
+                    f"phase '{self.phase_name}': reusing the scores of phase '{phase}' that phase '{other.name}' "
+                    f"computed ({other_path}); copied to {path}"
+                )
+                return table
+            return None
 
         if not self.collective:
             table = cached()

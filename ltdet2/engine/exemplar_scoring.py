@@ -27,11 +27,13 @@ import torch
 from torch.nn import functional as F
 
 import detectron2.data.transforms as T
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
+from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.data import detection_utils as utils
 from detectron2.structures import Boxes, BoxMode
 from detectron2.utils import comm
 from detectron2.utils.logger import log_every_n_seconds
+
+from ltdet2.data.datasets import dataset_dicts_with_annotation_ids
 
 __all__ = [
     "SCORE_MODES",
@@ -73,7 +75,9 @@ class AnnotationBoxMapper:
         if missing:
             raise ValueError(
                 f"image {dataset_dict.get('image_id')} ({dataset_dict['file_name']}): annotations {missing[:5]} "
-                f"have no 'id'; scoring needs the json annotation ids (ltdet2.data.load_lvis_format_json keeps them)"
+                f"have no 'id'; scoring needs the json annotation ids (ltdet2.data.load_lvis_format_json keeps them; "
+                f"score_annotations recovers them for a dataset with a json_file, "
+                f"ltdet2.data.dataset_dicts_with_annotation_ids)"
             )
         boxes = np.asarray([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
         modes = {a["bbox_mode"] for a in annotations}
@@ -123,13 +127,15 @@ def _box_scores(model, inputs, score):
 
 
 def _category_json_ids(dataset_name):
-    """``[C]`` json category id of each contiguous index (identity when the metadata has no mapping)."""
-    mapping = MetadataCatalog.get(dataset_name).get("thing_dataset_id_to_contiguous_id", None)
-    if not mapping:
+    """``[C]`` json category id of each contiguous index (:func:`ltdet2.data.dataset_category_ids`: ltdet2's
+    registrations, a ``thing_dataset_id_to_contiguous_id``, or Detectron2's LVIS ``category_id - 1``); None
+    (identity) for a dataset with none of them."""
+    from ltdet2.data.datasets import dataset_category_ids
+
+    metadata = MetadataCatalog.get(dataset_name)
+    if not metadata.get("thing_dataset_id_to_contiguous_id", None) and metadata.get("evaluator_type", None) != "lvis":
         return None
-    json_ids = np.empty(len(mapping), dtype=np.int64)
-    json_ids[np.fromiter(mapping.values(), dtype=np.int64)] = np.fromiter(mapping.keys(), dtype=np.int64)
-    return json_ids
+    return dataset_category_ids(dataset_name)
 
 
 def score_annotations(
@@ -168,7 +174,8 @@ def score_annotations(
         raise TypeError(f"score_annotations: {type(model).__name__}.roi_heads has no {missing} (R-CNN box head needed)")
     if distributed is None:
         distributed = comm.get_world_size() > 1
-    dataset = [d for d in DatasetCatalog.get(dataset_name) if d.get("annotations")]
+    # Detectron2's load_lvis_json drops the json annotation ids: recovered from its json_file
+    dataset = [d for d in dataset_dicts_with_annotation_ids(dataset_name) if d.get("annotations")]
     mapper = AnnotationBoxMapper(augmentations=mapper_augmentations, image_format=image_format)
     sampler = None if distributed else torch.utils.data.SequentialSampler(range(len(dataset)))
     loader = build_detection_test_loader(

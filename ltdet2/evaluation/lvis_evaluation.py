@@ -514,10 +514,13 @@ def per_class_records(gt, per_class_ap):
         gt (faster_coco_eval.COCO): ground truth.
         per_class_ap (dict): category name -> AP (percent).
     Returns:
-        list[dict]: one record per category (id order) with keys id, name, frequency,
-        image_count, instance_count, num_gt (annotations in the evaluated set), AP (percent,
-        None where undefined), and source_id where the category has one (a derived dataset's
-        category: its id in the source dataset).
+        list[dict]: one record per category, in the evaluated dataset's id order (for LST's phase sets: the
+        contiguous order, base classes first), with keys id, name, frequency,
+        image_count, instance_count, num_gt (annotations in the evaluated set) and AP (percent,
+        None where undefined). ``id`` is the dataset's category id: for a derived dataset whose
+        categories carry ``source_id`` (LST's phase sets, renumbered by frequency rank) that is the
+        source dataset's id, so records of different phases and entries join on it; the derived
+        set's own id is then ``dataset_id``.
     """
     num_gt = {}
     for a in gt.anns.values():
@@ -527,7 +530,7 @@ def per_class_records(gt, per_class_ap):
         c = gt.cats[cid]
         ap = per_class_ap[c["name"]]
         record = {
-            "id": cid,
+            "id": int(c["source_id"]) if "source_id" in c else cid,
             "name": c["name"],
             "frequency": c.get("frequency"),
             "image_count": c.get("image_count"),
@@ -536,7 +539,7 @@ def per_class_records(gt, per_class_ap):
             "AP": None if ap is None or math.isnan(ap) else ap,
         }
         if "source_id" in c:
-            record["source_id"] = c["source_id"]
+            record["dataset_id"] = cid
         out.append(record)
     return out
 

@@ -1,7 +1,7 @@
 """
 AP by training instance-count bucket (LST's AP(0,1] ... AP[1000,-)) against the official ``lvis`` API
 restricted to each bucket's categories, on both engine paths; the evaluator's option and the per-class
-records' ``source_id``.
+records' ids (the source dataset's, from ``source_id``).
 """
 
 import json
@@ -124,7 +124,7 @@ def test_bucket_needs_instance_counts(bucketed_gt):
 
 @ONE_PATH
 def test_evaluator_buckets_and_source_ids(bucketed_gt, tmp_path):
-    """The evaluator's option (bbox and segm) equals evaluate_lvis; per-class records carry source_id."""
+    """The evaluator's option (bbox and segm) equals evaluate_lvis; per-class records store the source ids."""
     from detectron2.data import DatasetCatalog
     from detectron2.data.datasets import register_lvis_instances
 
@@ -148,7 +148,9 @@ def test_evaluator_buckets_and_source_ids(bucketed_gt, tmp_path):
             got = results[task][m]
             assert (math.isnan(got) and math.isnan(ref)) or abs(got - ref) <= TOL, (task, m, got, ref)
         recs = json.loads((tmp_path / f"per_class_ap_{task}.json").read_text())
-        assert [r["source_id"] for r in recs] == [1000 + r["id"] for r in recs]
+        # the stored id is the source dataset's (source_id), the evaluated set's own id is dataset_id
+        assert [r["id"] for r in recs] == [1000 + r["dataset_id"] for r in recs] == sorted(r["id"] for r in recs)
+        assert not any("source_id" in r for r in recs)
     # without the option: the existing keys only
     ev = LTLVISEvaluator(name, distributed=False)
     ev.reset()
