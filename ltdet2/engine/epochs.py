@@ -30,7 +30,8 @@ logger = logging.getLogger("detectron2")
 
 def warmup_multi_step(*, max_iter, step_fractions, warmup_iters=0, warmup_factor=0.001):
     """Linear warm-up over ``warmup_iters`` iterations, then the learning rate x0.1 at each of
-    ``step_fractions`` of ``max_iter`` (e.g. (0.6,): a step after 6 of 10 epochs). LazyConfig use with a length
+    ``step_fractions`` of ``max_iter`` (e.g. (0.6,): a step after 6 of 10 epochs; steps that fall on iteration 0,
+    on the end or on another step, in a schedule of a few iterations, are left out). LazyConfig use with a length
     that is known only when the phase's set is built: ``max_iter="${..train.max_iter}"``."""
     if max_iter is None or int(max_iter) < 1:
         raise ValueError(
@@ -41,7 +42,8 @@ def warmup_multi_step(*, max_iter, step_fractions, warmup_iters=0, warmup_factor
     fractions = [float(f) for f in step_fractions]
     if any(not 0 < f < 1 for f in fractions) or fractions != sorted(fractions):
         raise ValueError(f"warmup_multi_step: step_fractions={list(step_fractions)} must increase within (0, 1)")
-    milestones = [max(1, int(max_iter * f)) for f in fractions]
+    # a schedule too short to hold every step (a few iterations, in tests) keeps the steps that fit, once each
+    milestones = sorted({m for m in (int(max_iter * f) for f in fractions) if 0 < m < max_iter})
     return WarmupParamScheduler(
         MultiStepParamScheduler(
             values=[0.1**k for k in range(len(milestones) + 1)], milestones=milestones, num_updates=max_iter

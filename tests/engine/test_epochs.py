@@ -77,6 +77,9 @@ def test_max_iter_is_epochs_times_entries_over_the_batch_and_the_schedule_follow
     assert scheduler(35 / 50) == pytest.approx(0.1) and scheduler(45 / 50) == pytest.approx(0.01)
     assert scheduler(0.0) == pytest.approx(0.001)  # the warm-up's start
     assert resolve_epoch_schedule(phase_cfg(first, epochs=0.1), "p") == 1  # at least one iteration
+    for short in (1, 2, 3):  # too short for both steps: those that fit, once each
+        scheduler = warmup_multi_step(max_iter=short, step_fractions=(0.6, 0.8))
+        assert steps(scheduler, short) == {1: [], 2: [1], 3: [1, 2]}[short]
     assert resolve_epoch_schedule(OmegaConf.create({"train": {"max_iter": 9}}), "p") is None  # not in epochs
 
 
