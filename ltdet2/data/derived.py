@@ -6,14 +6,20 @@ smooth-tail sets; LST's replay sets).
 selected annotations (the others dropped, or kept with ``"valid": false`` = "ignored"), images without a
 selected annotation removed, every category kept (contiguous ids equal the source's) with ``image_count`` /
 ``instance_count`` / ``frequency`` recomputed for the subset (ignored annotations count: they are in the file).
-The top-level key ``"ltdet2_derived"`` records what the file was built from (:data:`RECORD_KEY`); building
-again with the same record is skipped, with another one the file is rebuilt with a warning naming what changed.
-:func:`register_derived_dataset` registers it with the source's image root.
+The top-level key ``"ltdet2_derived"`` records what the file was built from (:data:`RECORD_KEY`), and under its
+``"output"`` what it holds (e.g. ``num_ignored_annotations``); building again with the same inputs is skipped, with
+other ones the file is rebuilt with a warning naming what changed. The record is the file's last key
+(:func:`write_derived_json`), so it is read from the file's end (:func:`read_build_record`): a cheap check that the
+file is whole, which registration makes. :func:`register_derived_dataset` registers it with the source's image root;
+a file missing or damaged raises :class:`DerivedDatasetMissing` / :class:`DerivedDatasetDamaged` (the phase runner
+rebuilds it from its inputs).
 """
 
 import hashlib
+import json
 import logging
 import os
+import re
 
 import numpy as np
 
@@ -30,12 +36,47 @@ from .datasets import (
 )
 from .lvis_meta import _fmt_ids, frequency_from_image_count
 
-__all__ = ["build_derived_dataset", "register_derived_dataset", "RECORD_KEY", "UNSELECTED_MODES"]
+__all__ = [
+    "build_derived_dataset",
+    "register_derived_dataset",
+    "read_build_record",
+    "write_derived_json",
+    "DerivedDatasetUnavailable",
+    "DerivedDatasetMissing",
+    "DerivedDatasetDamaged",
+    "RECORD_KEY",
+    "UNSELECTED_MODES",
+]
 
 logger = logging.getLogger(__name__)
 
 RECORD_KEY = "ltdet2_derived"
 UNSELECTED_MODES = ("drop", "ignore")
+
+
+OUTPUT_KEY = "output"  # in the record: what the file holds (not compared when deciding to rebuild)
+_TAIL_BYTES = 1 << 16  # read from a file's end to find its record (records are a few KB)
+_RECORD_AT_END = re.compile(r'"' + RECORD_KEY + r'"\s*:\s*')
+
+
+class DerivedDatasetUnavailable(Exception):
+    """A derived dataset's json cannot be registered: missing or damaged. ``path``: the file; ``reason``: what is
+    wrong with it (the message less the dataset's name)."""
+
+    def __init__(self, reason, path, name=None):
+        super().__init__(f"derived dataset {name!r}: {reason}" if name else f"derived dataset: {reason}")
+        self.reason, self.path, self.name = reason, path, name
+
+    def __reduce__(self):  # pickled whole (an error raised on rank 0 reaches the other ranks pickled)
+        return type(self), (self.reason, self.path, self.name)
+
+
+class DerivedDatasetMissing(DerivedDatasetUnavailable, FileNotFoundError):
+    """A derived dataset's json does not exist."""
+
+
+class DerivedDatasetDamaged(DerivedDatasetUnavailable, ValueError):
+    """A derived dataset's json is not whole JSON with a build record (cut short, overwritten)."""
 
 
 def _changes(old, new, prefix="") -> list:
@@ -48,18 +89,77 @@ def _changes(old, new, prefix="") -> list:
     return [] if old == new else [prefix.rstrip(".") or "<record>"]
 
 
+def write_derived_json(path, d: dict, record: dict, **output) -> None:
+    """Writes a derived dataset's json ``d`` (atomically) with its build record last: ``record`` (its inputs) and,
+    under ``"output"``, ``num_ignored_annotations`` (counted in ``d``) and ``output``."""
+    ignored = sum(1 for a in d.get("annotations", ()) if a.get("valid", True) is False)
+    out = {k: v for k, v in d.items() if k != RECORD_KEY}
+    out[RECORD_KEY] = dict(record, **{OUTPUT_KEY: {"num_ignored_annotations": ignored, **output}})
+    write_json_atomic(path, out)
+
+
+def read_build_record(path, name=None) -> dict:
+    """The build record (:data:`RECORD_KEY`) of the derived dataset json ``path`` (``name``: the dataset, for
+    messages), read from the file's last bytes without parsing the file: the builders write the record as its
+    last key, so a whole file ends with it and one cut short does not. A file whose end holds no record is parsed
+    whole (a file written otherwise).
+
+    Raises:
+        DerivedDatasetMissing: no file at ``path``.
+        DerivedDatasetDamaged: a file that is not whole JSON, or without a record.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DerivedDatasetMissing(f"{path} does not exist", path, name)
+    record = _record_at_end(path)
+    if record is not None:
+        return record
+    try:
+        d = read_json(path, what="derived dataset json")
+    except (ValueError, OSError) as e:
+        detail = e.__cause__ if isinstance(e.__cause__, ValueError) else e  # the parser's message, without the path
+        raise DerivedDatasetDamaged(f"{path} is damaged (not whole JSON: {detail})", path, name) from e
+    if not isinstance(d, dict) or not isinstance(d.get(RECORD_KEY), dict):
+        raise DerivedDatasetDamaged(f"{path} is not a derived dataset (no {RECORD_KEY!r} key)", path, name)
+    return d[RECORD_KEY]
+
+
+def _record_at_end(path):
+    """The record a whole derived json ends with, or None (not found in its last bytes, or not whole)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - _TAIL_BYTES))
+            tail = f.read().decode("utf-8", errors="replace").rstrip()
+    except OSError:
+        return None
+    found = list(_RECORD_AT_END.finditer(tail))
+    if not found or not tail.endswith("}"):
+        return None
+    try:
+        record = json.loads(tail[found[-1].end() : -1])  # the record, then the top-level object's closing brace
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _inputs(record):
+    """A record without its output (what decides a rebuild)."""
+    return {k: v for k, v in record.items() if k != OUTPUT_KEY} if isinstance(record, dict) else record
+
+
 def _existing_record(path: str):
+    """The inputs recorded in ``path``, parsed whole (before a build, a damage anywhere in it is found)."""
     if not os.path.isfile(path):
         return None
     try:
-        return read_json(path, what="derived dataset json").get(RECORD_KEY)
+        return _inputs(read_json(path, what="derived dataset json").get(RECORD_KEY))
     except (ValueError, AttributeError):
         return None  # a truncated or foreign file: rebuilt
 
 
 def is_up_to_date(name: str, path: str, record: dict) -> bool:
-    """True when ``path`` was built from ``record`` (its :data:`RECORD_KEY`), logged as skipped; otherwise logs
-    why it is (re)built: inputs changed (naming them), no readable record, or nothing there."""
+    """True when ``path`` was built from ``record`` (its :data:`RECORD_KEY`, output aside), logged as skipped;
+    otherwise logs why it is (re)built: inputs changed (naming them), no readable build record, or nothing there."""
     old = _existing_record(path)
     if old == record:
         logger.info("Derived dataset %s: %s is up to date (same inputs), not rebuilt", name, path)
@@ -156,8 +256,7 @@ def build_derived_dataset(
         annotations=out_annotations,
         categories=categories,
     )
-    out[RECORD_KEY] = record
-    write_json_atomic(path, out)
+    write_derived_json(path, out, record)
     num_ignored = int((written & ~is_selected).sum())
     logger.info(
         "Derived dataset %s: wrote %s from %s: %d images, %d selected annotations, %d ignored, %d classes without one",
@@ -175,14 +274,22 @@ def build_derived_dataset(
 def register_derived_dataset(name: str, json_path, *, source: str, train_json=None) -> str:
     """Registers a json written by :func:`build_derived_dataset` (or another json with a :data:`RECORD_KEY`) with
     ``source``'s image root (``source``: see :func:`build_derived_dataset`); its metadata also has
-    ``derived_from=source`` and ``num_ignored_annotations`` (read from the file). ``train_json``: for an evaluation
-    split, the json giving its training counts (see :func:`ltdet2.data.register_lvis_format_dataset`). Idempotent like
-    :func:`ltdet2.data.register_lvis_format_dataset` (same file, same arguments: a no-op)."""
+    ``derived_from=source``, ``num_ignored_annotations`` and the rest of the record's ``"output"`` (e.g. an LST phase
+    set's classes without images). ``train_json``: for an evaluation split, the json giving its training counts (see
+    :func:`ltdet2.data.register_lvis_format_dataset`). Idempotent like :func:`ltdet2.data.register_lvis_format_dataset`
+    (same file, same arguments: a no-op).
+
+    Reads the record from the file's end (:func:`read_build_record`: the file is not parsed; a file written before
+    records had an output is, to count its ignored annotations).
+
+    Raises:
+        DerivedDatasetMissing, DerivedDatasetDamaged: the json is missing, cut short or has no record.
+    """
     image_root = derived_source(source).image_root
-    d = read_json(json_path, what="derived dataset json")
-    if RECORD_KEY not in d:
-        raise ValueError(f"{json_path} is not a derived dataset (no {RECORD_KEY!r} key): build it first")
-    num_ignored = sum(1 for a in d.get("annotations", ()) if a.get("valid", True) is False)
+    output = dict(read_build_record(json_path, name).get(OUTPUT_KEY) or {})
+    if "num_ignored_annotations" not in output:
+        d = read_json(json_path, what="derived dataset json")
+        output["num_ignored_annotations"] = sum(1 for a in d.get("annotations", ()) if a.get("valid", True) is False)
     return register_lvis_format_dataset(
-        name, json_path, image_root, train_json=train_json, derived_from=source, num_ignored_annotations=num_ignored
+        name, json_path, image_root, train_json=train_json, derived_from=source, **output
     )

@@ -19,7 +19,6 @@ import os
 
 import numpy as np
 
-from ..utils.json_io import write_json_atomic
 from .class_counts import class_counts, unique_image_class_pairs
 from .lvis_meta import LVISMeta, _fmt_ids, frequency_from_image_count
 from .validation import CATEGORY_LIST_KEYS
@@ -40,6 +39,7 @@ REPLAY_MODES = ("ceil", "round")
 NEW_IMAGE_MODES = ("new_classes", "entry_class")
 # the image key of a training-set entry of a resampled replay: the draw it belongs to (ReplayDrawSampler)
 REPLAY_DRAW_KEY = "replay_draw"
+_MAX_NAMED = 10  # classes named in a warning
 
 
 def _meta(meta) -> LVISMeta:
@@ -156,6 +156,11 @@ class IncrementalPhaseBuilder:
     schedule, ``ceil(schedule_iters * schedule_batch_size / epoch)`` with an epoch = the new-class entries + one draw
     (the official code's epoch), at least 1; the replay entries are tagged even when E is 1. With ``replay_draws=1`` the
     json has no tag and is the fixed-replay json byte for byte.
+
+    A class of the phase without a training image (e.g. in a subset of LVIS, where most classes have none) is not
+    an error: a new class without one gets no positive, an old class without one no replay; both are warned about
+    (naming the classes and the phase) and listed in the training set's metadata (``new_classes_without_images``,
+    ``old_classes_without_replay``: ``{"id", "source_id", "name"}`` each).
 
     In every entry the annotations of unseen classes are removed and the other seen-class annotations kept, those
     not valid as ``"valid": false`` (ignored by the box head, seen by the RPN: :class:`ValidityDatasetMapper`).
@@ -304,12 +309,12 @@ class IncrementalPhaseBuilder:
         if self.replay_draws != "epochs":
             return int(self.replay_draws)
         images = self.schedule_iters * self.schedule_batch_size
-        return max(1, -(-images // (int(num_new_entries) + int(draw_size))))
+        return max(1, -(-images // max(1, int(num_new_entries) + int(draw_size))))
 
     def prepare(self, context) -> None:
         from ..utils.files import file_identity
         from .datasets import _read_source, _validated_meta, derived_source
-        from .derived import RECORD_KEY, is_up_to_date
+        from .derived import is_up_to_date, write_derived_json
 
         seed = self.seed if self.seed is not None else int(context.seed)
         source, source_val = derived_source(self.source), derived_source(self.source_val)
@@ -333,12 +338,12 @@ class IncrementalPhaseBuilder:
         seen = np.concatenate(phases[: self.phase + 1])
         num_old = len(seen) - len(phases[self.phase])
         categories = _renumbered_categories(d, seen, meta)
-        train = self._train_json(d, checked, meta, seen, num_old, seed, categories)
+        train, without_images = self._train_json(d, checked, meta, seen, num_old, seed, categories)
         val = self._val_json(source_val, seen, categories)
         counts = {"images": [], "annotations": [], "categories": categories}
-        for path, out in zip(paths, (train, val, counts)):
-            out[RECORD_KEY] = record
-            write_json_atomic(path, out)
+        outputs = (without_images, {}, {})
+        for path, out, output in zip(paths, (train, val, counts), outputs):
+            write_derived_json(path, out, record, **output)
         logger.info(
             "Derived dataset %s (phase %d): wrote %s (%d entries, %d annotations of which %d ignored) and %s "
             "(%d images, %d annotations of the %d seen classes)",
@@ -355,8 +360,15 @@ class IncrementalPhaseBuilder:
         )
 
     def register(self, context) -> None:
-        from .derived import register_derived_dataset
+        """Registers the training and val sets (reading only their files' ends, :func:`read_build_record`; a
+        missing or damaged one raises :class:`~ltdet2.data.derived.DerivedDatasetUnavailable` before any is
+        registered)."""
+        from .derived import read_build_record, register_derived_dataset
 
+        names = (self.name, self.val_name, f"{self.val_name} (training counts)")
+        paths = (self.json_path(context), self.val_json_path(context), self.counts_json_path(context))
+        for name, path in zip(names, paths):
+            read_build_record(path, name)
         register_derived_dataset(self.name, self.json_path(context), source=self.source)
         register_derived_dataset(
             self.val_name,
@@ -389,47 +401,39 @@ class IncrementalPhaseBuilder:
         by_class = np.lexsort((keys, classes))
         keys, classes = keys[by_class], classes[by_class]
         images_per_class = np.bincount(classes, minlength=num_old)
-        empty = np.flatnonzero(images_per_class == 0)
-        if len(empty):
-            k = int(empty[0])
-            class_name = meta.names[meta.contiguous_id(int(seen[k]))]
-            raise ValueError(
-                f"derived dataset {self.name!r}, phase {self.phase}: old class {class_name!r} "
-                f"(category id {int(seen[k])}, rank {k}) has no image in {self.source} to replay"
-                + (
-                    f"; {len(empty)} old classes have none: category ids {_fmt_ids(seen[empty])}"
-                    if len(empty) > 1
-                    else ""
-                )
-            )
         index = np.searchsorted(np.asarray(meta.category_ids), seen)
-        counts = replay_counts(
-            meta.instance_count[index[:num_old]],
-            meta.image_count[index[:num_old]],
-            meta.instance_count[index[num_old:]],
-            mode=self.replay,
-        )
+        old_instances, old_images = meta.instance_count[index[:num_old]], meta.image_count[index[:num_old]]
+        replayable = (images_per_class > 0) & (old_instances > 0) & (old_images > 0)
+        counts = np.zeros(num_old, dtype=np.int64)  # none for an old class without an image
+        if replayable.any():
+            counts[replayable] = replay_counts(
+                old_instances[replayable],
+                old_images[replayable],
+                meta.instance_count[index[num_old:]],
+                mode=self.replay,
+            )
         num_draws = self.num_draws(len(entry_image), int(counts.sum()))
         starts = np.concatenate([[0], np.cumsum(images_per_class)])
         draws = np.arange(num_draws)[:, None]
-        replayed = []
-        for k in range(num_old):  # once per phase, not per iteration
+        replayed = [np.zeros((num_draws, 0), dtype=np.int64)]
+        for k in np.flatnonzero(counts).tolist():  # once per phase, not per iteration
             candidates = keys[starts[k] : starts[k + 1]]
             order = np.random.default_rng([seed, self.phase, int(seen[k])]).permutation(len(candidates))
             count = int(counts[k])
             # [E, count]: draw e takes the permutation's next `count` images, cycled (draw 0 = the fixed replay)
             replayed.append(candidates[order[(draws * count + np.arange(count)) % len(candidates)]])
+        shown = counts[replayable] if replayable.any() else np.zeros(1, dtype=np.int64)
         logger.info(
             "Derived dataset %s (phase %d): replaying %d images of %d old classes (%s; per class min %d / median %s "
             "/ max %d)%s",
             self.name,
             self.phase,
             int(counts.sum()),
-            num_old,
+            int(replayable.sum()),
             self.replay,
-            int(counts.min()),
-            float(np.median(counts)),
-            int(counts.max()),
+            int(shown.min()),
+            float(np.median(shown)),
+            int(shown.max()),
             f" in each of {num_draws} draws (an epoch: {len(entry_image)} new-class entries + one draw)"
             if self.replay_draws != 1
             else "",
@@ -443,7 +447,8 @@ class IncrementalPhaseBuilder:
             ),
         )
 
-    def _train_json(self, d, checked, meta, seen, num_old, seed, categories) -> dict:
+    def _train_json(self, d, checked, meta, seen, num_old, seed, categories):
+        """(the training json, its classes without images: see :meth:`_classes_without_images`)."""
         images, annotations = d["images"], d["annotations"]
         image_ids = np.fromiter((im["id"] for im in images), dtype=np.int64, count=len(images))
         rank = _ranks(checked, seen)
@@ -485,7 +490,43 @@ class IncrementalPhaseBuilder:
             dict(c, image_count=int(n), instance_count=int(k), frequency=str(f))
             for c, n, k, f in zip(categories, image_count, instance_count, frequency_from_image_count(image_count))
         ]
-        return _with(d, images=out_images, annotations=out_annotations, categories=own)
+        positives = np.bincount(written_rank[valid], minlength=len(seen))
+        replayed = np.bincount(entry_class[entry_draw >= 0], minlength=num_old)[:num_old]
+        without_images = self._classes_without_images(categories, positives[num_old:] == 0, replayed == 0, num_old)
+        return _with(d, images=out_images, annotations=out_annotations, categories=own), without_images
+
+    def _classes_without_images(self, categories, new_empty, old_empty, num_old) -> dict:
+        """Warns about the phase's new classes with no valid annotation in the set (no training image in the source)
+        and its old classes with no image to replay; returns them for the set's record
+        (``new_classes_without_images``, ``old_classes_without_replay``: ``{"id", "source_id", "name"}`` each, ``id``
+        the phase set's)."""
+        out = {}
+        for key, ranks, what in (
+            ("new_classes_without_images", num_old + np.flatnonzero(new_empty), "new classes have no training image"),
+            ("old_classes_without_replay", np.flatnonzero(old_empty), "old classes have no image"),
+        ):
+            out[key] = [
+                {"id": int(r) + 1, "source_id": int(categories[r]["source_id"]), "name": categories[r]["name"]}
+                for r in ranks.tolist()
+            ]
+            if not len(ranks):
+                continue
+            total = len(new_empty) if key.startswith("new") else num_old
+            shown = ", ".join(f"{c['name']!r} (category id {c['source_id']})" for c in out[key][:_MAX_NAMED])
+            more = f", ... ({len(ranks)} in total)" if len(ranks) > _MAX_NAMED else ""
+            logger.warning(
+                "Derived dataset %s, phase %d: %d of its %d %s in %s%s: %s%s",
+                self.name,
+                self.phase,
+                len(ranks),
+                total,
+                what,
+                self.source,
+                " (no positive of them in the phase set)" if key.startswith("new") else " to replay (none replayed)",
+                shown,
+                more,
+            )
+        return out
 
     def _val_json(self, source_val, seen, categories) -> dict:
         from .datasets import _read_source

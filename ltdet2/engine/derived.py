@@ -15,8 +15,9 @@ A phase lists builders in ``train.derived_datasets`` (LazyConfigs; absent or emp
 Before a phase trains, the runner (:func:`prepare_derived_datasets`) checks every builder's input phases (an
 earlier phase whose final checkpoint exists), prepares the builders on the main process (an error there is
 raised on every rank) and registers them on every process. A phase that is skipped (finished) or only evaluated
-registers its builders' datasets without preparing them (registration reads no file), so that model pieces
-naming the training dataset can be built.
+registers its builders' datasets without preparing them (:func:`register_derived_datasets`: registration reads only
+the end of each derived json, its build record), so that model pieces naming the training dataset can be built; a
+json found missing or damaged then is rebuilt from the builder's inputs, or the error names it and what is missing.
 """
 
 import logging
@@ -29,16 +30,18 @@ from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 
-from ..utils.files import file_identity
+from ..data.derived import DerivedDatasetUnavailable
+from ..utils.files import content_identity, file_identity
 from .checkpoint import AtomicCheckpointer
 from .exemplar_scoring import (
     SCORE_MODES,
+    ScoreTableDamaged,
     ScoreTableMismatch,
     load_score_table,
     save_score_table,
     score_annotations,
 )
-from .launch import on_main_process
+from .launch import on_main_process, raise_if_any_rank_failed
 from .phases import require_final_checkpoint
 from .train_loop import build_model
 
@@ -87,15 +90,17 @@ class DerivedDatasetContext:
 
     def table_identity(self, phase, *, dataset, score="max_foreground"):
         """JSON-able identity of the table of ``phase``'s final model's ``score`` of every annotation of
-        ``dataset``: the phase, its checkpoint (path, size, mtime), the dataset and its json (path, size, mtime),
-        the score mode and the test-time input (augmentations, image format) the model scored with."""
+        ``dataset``: the phase, its checkpoint's content (size and digest, :func:`~ltdet2.utils.files.content_identity`:
+        a run folder moved elsewhere keeps its tables, a checkpoint rewritten does not), the dataset and its json
+        (path, size, mtime), the score mode and the test-time input (augmentations, image format) the model scored
+        with."""
         if score not in SCORE_MODES:
             raise ValueError(f"phase '{self.phase_name}': score must be one of {SCORE_MODES}, got {score!r}")
         source = self._phase(phase)
         augmentations, image_format = evaluation_input(source.cfg)
         return {
             "phase": phase,
-            "checkpoint": file_identity(source.final_checkpoint),
+            "checkpoint": content_identity(source.final_checkpoint),
             "dataset": dataset,
             "dataset_json": _dataset_json_identity(dataset),
             "score": score,
@@ -107,18 +112,23 @@ class DerivedDatasetContext:
         ``score``; one entry per annotation of ``dataset``) of phase ``phase``'s final model
         (:func:`~ltdet2.engine.exemplar_scoring.score_annotations`, with that phase's test-time resize).
 
-        Cached in this phase's folder and reused when the same checkpoint and dataset json produced it;
-        scored again, with a warning naming what changed, otherwise. Without a table in this phase's folder, the
-        same table cached by an earlier phase (e.g. step-wise's head expert, for the transfer phase: both sets
-        are drawn from the pretrained model's scores) is reused, and copied here, when its identity matches."""
+        Cached in this phase's folder and reused when the same checkpoint (content) and dataset json produced it;
+        scored again, with a warning naming what changed, otherwise, or naming the file when it is damaged (cut
+        short, not a table: a cache, written again). Without a table in this phase's folder, the same table cached
+        by an earlier phase (e.g. step-wise's head expert, for the transfer phase: both sets are drawn from the
+        pretrained model's scores) is reused, and copied here, when its identity matches."""
         path = self.table_path(phase, dataset=dataset, score=score)
         identity = self.table_identity(phase, dataset=dataset, score=score)
+        former = dict(identity, checkpoint=file_identity(self._phase(phase).final_checkpoint))
 
         def cached():
             try:
-                table = load_score_table(path, expect=identity)
+                table = self._load_table(path, identity, former=former, upgrade=True)
             except FileNotFoundError:
                 return from_earlier_phase()
+            except ScoreTableDamaged as e:
+                logger.warning(f"phase '{self.phase_name}': {e}: scoring again (the file is a cache)")
+                return None
             except ScoreTableMismatch as e:
                 logger.warning(f"phase '{self.phase_name}': {e}: scoring again")
                 return None
@@ -132,8 +142,8 @@ class DerivedDatasetContext:
                 if other_path is None or os.path.abspath(other_path) == os.path.abspath(path):
                     continue
                 try:
-                    table = load_score_table(other_path, expect=identity)
-                except (FileNotFoundError, ValueError):  # none, another model's or dataset's, or not a table
+                    table = self._load_table(other_path, identity, former=former, upgrade=False)
+                except (FileNotFoundError, ValueError):  # none, another model's or dataset's, or damaged
                     continue
                 save_score_table(path, table, identity)
                 logger.info(
@@ -157,6 +167,23 @@ class DerivedDatasetContext:
             save_score_table(path, table, identity)
             logger.info(f"phase '{self.phase_name}': wrote the scores of phase '{phase}' to {path}")
         comm.synchronize()
+        return table
+
+    @staticmethod
+    def _load_table(path, identity, *, former, upgrade):
+        """:func:`load_score_table` of ``path`` expecting ``identity``. A table cached before tables were keyed by
+        their checkpoint's content (``former``: the identity with the checkpoint's path, size and mtime) is taken
+        while that file is unchanged; with ``upgrade`` it is stored again with ``identity``."""
+        try:
+            return load_score_table(path, expect=identity)
+        except ScoreTableMismatch as mismatch:
+            try:
+                table = load_score_table(path, expect=former)
+            except ScoreTableMismatch:
+                raise mismatch from None
+        if upgrade:
+            save_score_table(path, table, identity)
+            logger.info(f"{path}: stored again keyed by its checkpoint's content (was: its path, size and mtime)")
         return table
 
     def _score(self, phase, dataset, score, *, distributed):
@@ -250,6 +277,15 @@ def prepare_derived_datasets(phase, phases, builders):
         return None
     context = make_context(phase, phases)
     on_main_process(lambda: check_builder_inputs(phase, phases, builders))
+    _prepare(phase, builders, context)
+    for builder in builders:
+        _register_on_every_rank(builder, context)
+    return context
+
+
+def _prepare(phase, builders, context):
+    """Computes the builders' score requests on every rank (several processes), then prepares the builders on the
+    main process (a collective)."""
     if comm.get_world_size() > 1:
         context.collective = True
         try:
@@ -268,14 +304,82 @@ def prepare_derived_datasets(phase, phases, builders):
             builder.prepare(context)
 
     on_main_process(prepare)  # a barrier: an error on the main process is raised on every rank
-    register_derived_datasets(phase, phases, builders, context)
-    return context
+
+
+def _register_on_every_rank(builder, context, *, main_done=False):
+    """``builder.register`` on every process (the main one too unless ``main_done``); an error on one is raised on
+    every rank."""
+    error = None
+    if not (main_done and comm.is_main_process()):
+        try:
+            builder.register(context)
+        except Exception as e:
+            error = e
+    raise_if_any_rank_failed(error)
 
 
 def register_derived_datasets(phase, phases, builders, context=None):
-    """Registers the builders' datasets on this process (no file is read)."""
+    """Registers the builders' datasets on every process (a collective), for a phase that is skipped (finished) or
+    only evaluated: nothing is built when nothing is wrong, and registration reads no more than the end of each
+    derived json (its build record, :func:`ltdet2.data.derived.read_build_record`: a cheap check that the file is
+    whole).
+
+    A json that is missing or damaged (:class:`~ltdet2.data.derived.DerivedDatasetUnavailable`) is rebuilt from its
+    inputs, with a warning naming it: the builder's source datasets and input phases' final checkpoints (its score
+    tables are reused when cached). When its inputs are not all there, a phase with a final checkpoint raises a
+    FileNotFoundError naming the file and the missing input; a phase not trained yet is left without the dataset,
+    with a warning (it is built before the phase trains)."""
     if not builders:
         return
     context = context or make_context(phase, phases)
     for builder in builders:
+        problem = on_main_process(lambda b=builder: _register_or_problem(b, context))
+        if problem is not None and not _rebuild(phase, phases, builder, context, *problem):
+            continue
+        _register_on_every_rank(builder, context, main_done=problem is None)
+
+
+def _register_or_problem(builder, context):
+    """Registers ``builder``'s datasets; (what is wrong, the file) when a json is missing or damaged, else None."""
+    try:
         builder.register(context)
+    except DerivedDatasetUnavailable as e:
+        return e.reason, e.path
+    return None
+
+
+def _rebuild(phase, phases, builder, context, reason, path):
+    """Builds again ``builder``'s datasets, of which the json ``path`` is missing or damaged (``reason``); True when
+    rebuilt, False when left unbuilt (a phase not trained yet, its inputs missing: warned). Raises for a trained
+    phase whose set cannot be rebuilt, naming the file and what is missing."""
+    where = f"phase '{phase.name}'" if phase.name else f"training in {phase.output_dir}"
+    trained = on_main_process(phase.has_final)
+    state = "has finished" if on_main_process(phase.is_done) else "has a final checkpoint"
+    try:
+        on_main_process(lambda: check_builder_inputs(phase, phases, [builder]))
+    except FileNotFoundError as e:
+        if not trained:
+            logger.warning(
+                f"{where} (not trained yet): derived dataset '{builder.name}' is not registered: {reason}, and it "
+                f"cannot be built yet: {e}"
+            )
+            return False
+        raise FileNotFoundError(
+            f"{where} {state}, but its derived dataset '{builder.name}' cannot be registered: {reason}. It cannot be "
+            f"rebuilt: {e}. Make that input available again (the set is then rebuilt from it), or restore {path}"
+        ) from e
+    logger.warning(
+        f"{where}: derived dataset '{builder.name}': {reason}: rebuilding it from its inputs (those there now: if "
+        f"they changed since the phase trained, the set differs from the one it trained on)"
+    )
+    try:
+        _prepare(phase, [builder], context)
+    except Exception as e:
+        if not trained:
+            logger.warning(f"{where} (not trained yet): derived dataset '{builder.name}' is not registered: {e}")
+            return False
+        raise RuntimeError(
+            f"{where} {state}, but its derived dataset '{builder.name}' cannot be registered: {reason}, and "
+            f"rebuilding it failed ({type(e).__name__}: {e}). Make its inputs available again, or restore {path}"
+        ) from e
+    return True

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+import zipfile
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ __all__ = [
     "save_score_table",
     "load_score_table",
     "ScoreTableMismatch",
+    "ScoreTableDamaged",
 ]
 
 logger = logging.getLogger("detectron2")
@@ -235,6 +237,16 @@ class ScoreTableMismatch(ValueError):
     """A score table file was produced by another dataset, model or score mode than expected."""
 
 
+class ScoreTableDamaged(ValueError):
+    """A score table file cannot be read as one (cut short, empty, not an ``.npz``, an array or its identity
+    missing, arrays of different lengths): a cache to compute again."""
+
+
+# what reading a damaged .npz raises: cut short or not a zip (BadZipFile), empty (EOFError), not an .npz or an
+# unreadable identity (ValueError), a missing array (KeyError), a read error (OSError)
+_READ_ERRORS = (zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError)
+
+
 def save_score_table(path, table, identity):
     """Writes ``table`` with ``identity`` (a JSON-able dict: what produced it) to ``path`` (``.npz``), atomically."""
     path = os.fspath(path)
@@ -255,16 +267,17 @@ def load_score_table(path, *, expect=None):
         expect: the identity the table must have (e.g. ``DerivedDatasetContext.table_identity``); a table
             produced by another dataset, dataset json, checkpoint or score mode raises
             :class:`ScoreTableMismatch` naming the file and what differs.
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ScoreTableDamaged: a file that cannot be read as a table, naming it and the read error.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"score table file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as stored:
-            identity = json.loads(str(stored["identity"]))
-            table = {k: stored[k] for k in TABLE_COLUMNS}
-    except (KeyError, ValueError, OSError) as e:
-        raise ValueError(f"score table file {path} is not a score table ({type(e).__name__}: {e})") from e
+        identity, table = _read_table(path)
+    except _READ_ERRORS as e:
+        raise ScoreTableDamaged(f"score table file {path} is damaged ({type(e).__name__}: {e})") from e
     if expect is not None:
         expect = json.loads(json.dumps(expect))  # the JSON form, as stored
         differing = sorted(k for k in set(identity) | set(expect) if identity.get(k) != expect.get(k))
@@ -274,6 +287,19 @@ def load_score_table(path, *, expect=None):
                 f"score table file {path} comes from another {_what_differs(differing)} ({details})"
             )
     return table
+
+
+def _read_table(path):
+    """(identity dict, table) of a score table file; one of :data:`_READ_ERRORS` when it is not one."""
+    with np.load(path, allow_pickle=False) as stored:
+        identity = json.loads(str(stored["identity"]))
+        table = {k: stored[k] for k in TABLE_COLUMNS}
+    if not isinstance(identity, dict):
+        raise ValueError(f"its identity is {type(identity).__name__}, not a dict")
+    lengths = {k: v.shape for k, v in table.items()}
+    if len(set(lengths.values())) > 1 or any(len(shape) != 1 for shape in lengths.values()):
+        raise ValueError(f"its arrays are not 1-D of one length: {lengths}")
+    return identity, table
 
 
 def _what_differs(keys):

@@ -285,7 +285,7 @@ def test_errors_name_the_phase_and_class(toy, tmp_path):
         build(toy, tmp_path, phase=1, num_phases=4)
 
 
-def test_an_old_class_without_image_to_replay_is_an_error(tmp_path):
+def test_an_old_class_without_image_to_replay_is_warned_about(tmp_path, caplog):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from ltdet2.data import IncrementalPhaseBuilder, register_lvis_format_dataset
@@ -298,8 +298,22 @@ def test_an_old_class_without_image_to_replay_is_an_error(tmp_path):
         name="incr_test_empty_p1", source=name, source_val=name, base=2, num_phases=1, phase=1, seed=0
     )
     try:
-        with pytest.raises(ValueError, match="phase 1: old class 'n1' \\(category id 2, rank 1\\) has no image"):
+        with caplog.at_level(logging.WARNING, logger="ltdet2.data.incremental"):
             builder.prepare(SimpleNamespace(output_dir=str(tmp_path / "p1"), seed=0))
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any(
+            "phase 1: 1 of its 2 old classes have no image in incr_test_empty to replay" in m
+            and "'n1' (category id 2)" in m
+            for m in warnings
+        ), warnings
+        with open(tmp_path / "p1" / "incr_test_empty_p1.json") as f:
+            train = json.load(f)
+        assert train["ltdet2_derived"]["output"]["old_classes_without_replay"] == [
+            {"id": 2, "source_id": 2, "name": "n1"}
+        ]
+        # no new class has an image either (warned too): the set is big's replay, one image (n_C = 0 -> at least 1)
+        ((image, annotations),) = entries(train)
+        assert image in (1, 2) and {c for c, _ in annotations} == {1} and all(v for _, v in annotations)
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)

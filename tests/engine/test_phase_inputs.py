@@ -19,6 +19,7 @@ from detectron2.data import DatasetMapper, MetadataCatalog
 from ltdet2.engine import phases as phases_module
 from ltdet2.engine.derived import DerivedDatasetContext
 from ltdet2.engine.phases import DONE_FILE, Phase, checkpoint_identity, run_phases
+from ltdet2.utils.files import content_identity
 
 from fixtures.models import TINY_LT_SHAPES, small_model_cfg
 
@@ -252,14 +253,17 @@ def test_context_scores_with_a_phase_final_model_and_caches_the_table(tmp_path, 
     path = context.table_path("pretrain", dataset=train_name, score="max_foreground")
     assert os.path.isfile(path)
     identity = context.table_identity("pretrain", dataset=train_name)
-    assert identity["checkpoint"] == checkpoint_identity(pretrain.final_checkpoint)
+    assert identity["checkpoint"] == content_identity(pretrain.final_checkpoint)  # by content: a moved run keeps it
     assert identity["dataset"] == train_name and identity["score"] == "max_foreground"
 
     again = context.annotation_scores("pretrain", dataset=train_name)  # cached
     assert len(scored) == 1
     np.testing.assert_array_equal(again["score"], table["score"])
 
-    os.utime(pretrain.final_checkpoint, (1, 1))  # another version of the model: scored again, with a warning
+    os.utime(pretrain.final_checkpoint, (1, 1))  # touched, same weights: still the same model
+    context.annotation_scores("pretrain", dataset=train_name)
+    assert len(scored) == 1
+    torch.save({"model": instantiate(model_cfg).state_dict()}, pretrain.final_checkpoint)  # another version: scored
     with caplog.at_level(logging.WARNING, logger="detectron2"):
         context.annotation_scores("pretrain", dataset=train_name)
     assert len(scored) == 2
