@@ -3,12 +3,15 @@
 
 Same command line as Detectron2's ``tools/lazyconfig_train_net.py``, plus ``--phase NAME``:
 
-    python scripts/lazyconfig_train_net.py --config-file projects/baseline.py [--resume] \
+    python scripts/lazyconfig_train_net.py --config-file projects/baseline.py [--resume | --restart] \
         [--eval-only] [--phase NAME] [--num-gpus N] [key=value ...] [flags]
 
 A project with ``phases`` (its root holds only ``train`` and ``phases``) trains each phase in
 ``<train.output_dir>/<phase>`` starting from the previous phase's final checkpoint, skips finished
-phases, and resumes an interrupted one with ``--resume``. Overrides ``phases.NAME.key=value`` change
+phases, and resumes an interrupted one with ``--resume``. A phase that has not finished but holds checkpoints of an
+earlier run (a killed one) is refused without ``--resume``; ``--restart`` trains it again from its beginning instead,
+removing those checkpoints first (finished phases are still skipped: delete a phase's ``phase_done.json`` to train
+it again). Overrides ``phases.NAME.key=value`` change
 one phase; other overrides change the root ``train`` and every phase holding the key. An override must
 name an existing key (``+key=value`` adds a new one). A config without ``phases`` (a
 one-phase project, or any Detectron2 LazyConfig) trains in ``train.output_dir`` as Detectron2's
@@ -34,6 +37,12 @@ def argument_parser():
     parser = default_argument_parser(__doc__)
     parser.add_argument("--phase", default=None, help="run (or evaluate) only this phase of the project")
     parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="train the phases that have not finished from their beginning, removing the checkpoints an earlier run "
+        "left in their folders (without it, or --resume, such a phase is refused)",
+    )
+    parser.add_argument(
         "--force-lock",
         action="store_true",
         help="take over the output folder's lock (run.lock) whoever holds it: for the lock of a run on another "
@@ -51,6 +60,11 @@ def parse_args(argv=None):
     if flags:
         parser.parse_args(flags, namespace=args)
     args.opts = overrides
+    if args.resume and args.restart:
+        parser.error(
+            "--resume and --restart: choose one (--resume continues the phases that have not finished from their "
+            "checkpoints, --restart trains them again from their beginning)"
+        )
     return args
 
 

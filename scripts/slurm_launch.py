@@ -13,6 +13,9 @@ option) pass through to sbatch.
 On preemption or time-out the job saves a checkpoint, requeues itself (at most ``--max-requeues``
 times) and continues with ``--resume``. Logs: the run's output folder (``train.output_dir``); Slurm's
 and submitit's files in its ``slurm/`` folder (or ``--job-dir``). See ltdet2.engine.launch_slurm.
+
+Exit status: 0 submitted; 2 refused (nothing submitted, nothing left behind); 3 sbatch exited 0 but printed no job
+id: the job may be queued (the submission is recorded in ``slurm/launch.json`` with its job id unknown).
 """
 
 import argparse
@@ -23,6 +26,7 @@ from ltdet2.engine.launch import split_flags_from_overrides
 from ltdet2.engine.launch_slurm import (
     DEFAULT_MAX_REQUEUES,
     SlurmLaunchError,
+    SubmittedWithoutJobId,
     describe_submission,
     submit,
 )
@@ -119,6 +123,9 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         job_id, job_folder, output_dir = submit(args)
+    except SubmittedWithoutJobId as e:  # not refused: the job may be queued
+        print(f"slurm_launch.py: {e}", file=sys.stderr)
+        return 3
     except (SlurmLaunchError, ValueError, FileNotFoundError) as e:
         print(f"slurm_launch.py: error: {e}", file=sys.stderr)
         return 2

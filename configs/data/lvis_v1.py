@@ -1,5 +1,8 @@
 # LVIS v1 with Detectron2's own registrations (images and json under $DETECTRON2_DATASETS/lvis,
 # coco): multi-scale training at short edge 640-800, batch 16, evaluation on val with 300 detections.
+# Set DETECTRON2_DATASETS before the run starts: Detectron2 reads it when detectron2.data is imported
+# (unset: ./datasets, relative to the folder the run starts in). A json file or image folder that is
+# not there is named, with the dataset and the variable, before the model is built.
 from omegaconf import OmegaConf
 
 import detectron2.data.transforms as T

@@ -92,6 +92,68 @@ def remove_checkpoint(checkpoint):
             os.remove(path)
 
 
+def run_checkpoints(folder):
+    """What an earlier run of a phase left in ``folder`` to resume from: its checkpoints (:func:`checkpoints_in`) and
+    ``last_checkpoint``."""
+    last = os.path.join(folder, LAST_CHECKPOINT)
+    return checkpoints_in(folder) + ([last] if os.path.isfile(last) else [])
+
+
+def remove_run_checkpoints(folder):
+    """Removes :func:`run_checkpoints` (with their rank files); returns what it removed."""
+    found = run_checkpoints(folder)
+    for path in found:
+        if path.endswith(".pth"):
+            remove_checkpoint(path)
+        else:
+            os.remove(path)
+    return found
+
+
+# files of a write that a kill interrupted: AtomicCheckpointer's ".tmp-NAME" and ltdet2.utils.json_io's (and the score
+# tables') "NAME.tmp.<pid>[.ext]"
+_INTERRUPTED_WRITE = re.compile(r"^\.tmp-|\.tmp\.\d+(\.\w+)?$")
+_WRITTEN_SUBFOLDERS = (RANK_STATE_DIR, "inference")  # where a phase's rank files and evaluation results go
+
+
+def interrupted_writes(folder):
+    """The temporary files of interrupted writes in a phase's ``folder`` and its ``rank_state`` and ``inference``
+    folders (not deeper, nothing else)."""
+    found = []
+    for sub in ("", *_WRITTEN_SUBFOLDERS):
+        path = os.path.join(folder, sub)
+        if os.path.isdir(path):
+            found += [os.path.join(path, n) for n in sorted(os.listdir(path)) if _INTERRUPTED_WRITE.search(n)]
+    return [path for path in found if os.path.isfile(path) and not os.path.islink(path)]
+
+
+def remove_interrupted_writes(folder, where=None):
+    """Removes :func:`interrupted_writes` of ``folder`` (logged, naming ``where``); returns them. Call it when nothing
+    writes there: before the phase starts, under the run's lock."""
+    found = interrupted_writes(folder)
+    for path in found:
+        os.remove(path)
+    if found:
+        logger.info(
+            f"{where or folder}: removed {len(found)} temporary files left by interrupted writes: "
+            f"{[os.path.relpath(p, folder) for p in found]}"
+        )
+    return found
+
+
+def checkpoint_model_state(path):
+    """The model entries of a local checkpoint file (memory-mapped: cheap to read for their shapes), or None where
+    that cannot be told here: a URL, no such file, or a file ``torch.load`` cannot map (e.g. Detectron2's .pkl)."""
+    if not isinstance(path, str) or not path or "://" in path or not os.path.isfile(path):
+        return None
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:
+        return None
+    state = loaded.get("model", loaded) if isinstance(loaded, dict) else None
+    return state if isinstance(state, dict) else None
+
+
 def capture_rng_state():
     """This process's RNG states: torch (CPU, and the current GPU once CUDA is in use), numpy, random;
     as tensors and plain numbers (what ``torch.load(weights_only=True)`` reads)."""

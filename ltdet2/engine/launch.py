@@ -68,6 +68,7 @@ def train_main(args):
         return run_phases(
             cfg,
             resume=args.resume,
+            restart=getattr(args, "restart", False),
             only=args.phase,
             eval_only=args.eval_only,
             eval_checkpoint=checkpoint_to_evaluate(args.opts) if args.eval_only else None,

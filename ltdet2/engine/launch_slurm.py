@@ -49,6 +49,7 @@ SIGNAL_DELAY_S = 120  # the warning before a time-out: time to finish an iterati
 
 __all__ = [
     "SlurmLaunchError",
+    "SubmittedWithoutJobId",
     "RequeueLimitReached",
     "SlurmTrainJob",
     "check_slurm_available",
@@ -61,6 +62,11 @@ __all__ = [
 
 class SlurmLaunchError(RuntimeError):
     """The job cannot be submitted as asked (nothing was submitted, nothing written)."""
+
+
+class SubmittedWithoutJobId(RuntimeError):
+    """sbatch accepted the job (exit status 0) but printed no job id: not refused, the job may be queued; the
+    submission is in the run's record with its job id unknown, its files kept."""
 
 
 class RequeueLimitReached(RuntimeError):
@@ -233,6 +239,7 @@ def same_run(record, config_file, overrides):
 
 def live_jobs(job_ids):
     """{job id: state} of those of ``job_ids`` Slurm still has pending or running."""
+    job_ids = [job for job in job_ids if job]  # a submission whose job id sbatch did not print: None
     if not job_ids or shutil.which("squeue") is None:
         return {}
     done = subprocess.run(
@@ -321,7 +328,8 @@ def executor_parameters(args):
 def submit(args):
     """Checks ``args`` (the launcher's command line, parsed), submits the job and records it; returns
     (job id, job folder, output folder). Raises :class:`SlurmLaunchError` before submitting anything
-    when a check fails."""
+    when a check fails, or when sbatch refuses the job (what the submission wrote is removed then), and
+    :class:`SubmittedWithoutJobId` when sbatch exits 0 without printing a job id (recorded, files kept)."""
     from .phases import load_config
 
     check_slurm_available()
@@ -334,6 +342,7 @@ def submit(args):
     record = check_job_folder(job_folder, output_dir, args.config_file, args.opts, resume=args.resume)
 
     import submitit
+    from submitit.core.utils import FailedSubmissionError
 
     train_args = argparse.Namespace(
         config_file=args.config_file,
@@ -352,27 +361,79 @@ def submit(args):
         max_requeues=args.max_requeues,
         timeout_min=args.timeout,
     )
+    created = _first_missing_folder(job_folder)
     os.makedirs(job_folder, exist_ok=True)
+    before = set(os.listdir(job_folder))
     executor = submitit.SlurmExecutor(folder=job_folder, max_num_timeout=args.max_requeues)
     executor.update_parameters(**executor_parameters(args))
+    submission = {
+        "submitted": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": shlex.join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
+        "resume": args.resume,
+        "nodes": args.nodes,
+        "tasks_per_node": args.tasks_per_node,
+        "gpus_per_node": args.gpus_per_node,
+    }
     try:
         submitted = executor.submit(job)
+    except FailedSubmissionError as e:  # sbatch exited 0 (it ran) but printed no job id
+        output = _sbatch_output(e)
+        files = sorted(os.path.join(job_folder, name) for name in set(os.listdir(job_folder)) - before)
+        record["jobs"] = [
+            *record.get("jobs", []),
+            {"job_id": None, **submission, "sbatch_output": output, "submission_files": files},
+        ]
+        write_json_atomic(os.path.join(job_folder, RUN_RECORD), record, indent=2)
+        raise SubmittedWithoutJobId(unknown_job_id_message(args, job_folder, output, files)) from e
     except Exception as e:
-        raise SlurmLaunchError(f"sbatch refused the job: {e}") from e
-    record["jobs"] = [
-        *record.get("jobs", []),
-        {
-            "job_id": submitted.job_id,
-            "submitted": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "command": shlex.join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
-            "resume": args.resume,
-            "nodes": args.nodes,
-            "tasks_per_node": args.tasks_per_node,
-            "gpus_per_node": args.gpus_per_node,
-        },
-    ]
+        _remove_submission_files(job_folder, before, created)
+        raise SlurmLaunchError(f"sbatch refused the job: {str(e).strip()}; nothing was submitted") from e
+    record["jobs"] = [*record.get("jobs", []), {"job_id": submitted.job_id, **submission}]
     write_json_atomic(os.path.join(job_folder, RUN_RECORD), record, indent=2)
     return submitted.job_id, job_folder, output_dir
+
+
+def _first_missing_folder(folder):
+    """The outermost folder of ``folder``'s path that does not exist yet (None: it exists)."""
+    missing = None
+    while not os.path.isdir(folder):
+        missing, folder = folder, os.path.dirname(folder)
+    return missing
+
+
+def _remove_submission_files(job_folder, before, created):
+    """Removes what a failed submission wrote in ``job_folder`` (submitit's pickle and sbatch script: files not in
+    ``before``), and the folders it created (``created``: the outermost), when they are empty then."""
+    for name in set(os.listdir(job_folder)) - before:
+        path = os.path.join(job_folder, name)
+        if os.path.isfile(path) or os.path.islink(path):
+            os.remove(path)
+    if created is None:
+        return
+    folder = job_folder
+    while not os.listdir(folder):
+        os.rmdir(folder)
+        if folder == created:
+            return
+        folder = os.path.dirname(folder)
+
+
+def _sbatch_output(error):
+    """What sbatch printed, from submitit's FailedSubmissionError ('Could not make sense of sbatch output "..."')."""
+    text = str(error)
+    start, end = text.find('"'), text.find('"\n')
+    return text[start + 1 : end] if 0 <= start < end else text.strip()
+
+
+def unknown_job_id_message(args, job_folder, output, files):
+    pickles = [f for f in files if f.endswith(".pkl")]
+    return (
+        f"sbatch accepted the job (exit status 0) but printed no job id ({output!r}): it may be queued. Look for it "
+        f"with `squeue --me --name {args.job_name}`. The submission is in {os.path.join(job_folder, RUN_RECORD)} "
+        f"with its job id unknown, and its files are kept ({files}): the job reads its pickle as "
+        f"{job_folder}/<job id>_submitted.pkl (it waits 60 s for it when it starts), so once you know its id, rename "
+        f"{pickles[0] if pickles else 'it'} to that name, or scancel the job and submit again"
+    )
 
 
 def describe_submission(job_id, job_folder, output_dir, args):

@@ -10,11 +10,14 @@ complete ``train``. An override ``key=value`` applies to the root and to every p
 
 The runner trains phase k starting from phase k-1's final checkpoint (given as
 ``train.init_checkpoint``; ``train.init_from_phase`` names another earlier phase instead), skips
-phases that already finished, resumes an interrupted one with ``--resume``, and ends with one table
-of every phase's results. Before a phase trains it builds the phase's derived datasets
-(``train.derived_datasets``, :mod:`ltdet2.engine.derived`) and gives a teacher-student model the frozen
-final model of ``train.teacher_from_phase`` (:func:`chain_teachers`). A config without ``phases`` is
-one phase trained in ``train.output_dir`` itself, exactly as Detectron2's own script does
+phases that already finished (warning when a finished phase's config has changed since), resumes an
+interrupted one with ``--resume`` (without it, or ``--restart``, a phase holding an earlier run's checkpoints is
+refused), and ends with one table of every phase's results. Before a phase trains, what would otherwise fail late
+or silently is checked: its datasets' files, the class counts of its teacher's and (LST) expanded checkpoint, the
+total batch against the number of processes; the temporary files of interrupted writes in its folder are removed.
+Then it builds the phase's derived datasets (``train.derived_datasets``, :mod:`ltdet2.engine.derived`) and gives a
+teacher-student model the frozen final model of ``train.teacher_from_phase`` (:func:`chain_teachers`). A config
+without ``phases`` is one phase trained in ``train.output_dir`` itself, exactly as Detectron2's own script does
 (a one-phase project is such a plain config).
 Detectron2's script refuses a project with phases: its root has no ``model``.
 
@@ -30,6 +33,7 @@ import logging
 import math
 import os
 import sys
+import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -43,10 +47,27 @@ from detectron2.utils import comm
 
 from ..utils.files import file_identity
 from ..utils.json_io import read_json, write_json_atomic
-from .checkpoint import AtomicCheckpointer
+from .checkpoint import (
+    LAST_CHECKPOINT,
+    AtomicCheckpointer,
+    CheckpointMismatchError,
+    checkpoint_model_state,
+    remove_interrupted_writes,
+    remove_run_checkpoints,
+    run_checkpoints,
+)
 from .epochs import resolve_epoch_schedule
 from .launch import on_main_process, raise_if_any_rank_failed
-from .train_loop import FINAL_CHECKPOINT, build_model, check_max_iter, create_ddp_model, do_test, do_train
+from .train_loop import (
+    FINAL_CHECKPOINT,
+    build_class_expansion,
+    build_model,
+    check_max_iter,
+    check_total_batch_size,
+    create_ddp_model,
+    do_test,
+    do_train,
+)
 
 logger = logging.getLogger("detectron2")
 
@@ -484,6 +505,248 @@ def _dataset_class_counts(cfg, key):
             yield name, len(classes)
 
 
+def check_dataset_files(phase, dataset_keys=None):
+    """FileNotFoundError for a dataset the phase reads whose ``json_file`` or ``image_root`` (metadata) does not exist,
+    naming the path, the dataset and ``$DETECTRON2_DATASETS``, under which Detectron2 registers its built-in datasets
+    (``lvis_*``, ``coco_*``). Checked: the registered datasets named at ``dataset_keys``, or (None) anywhere in the
+    phase's config (model pieces and derived-dataset builders name datasets too). Datasets registered by ltdet2
+    (:func:`ltdet2.data.register_lvis_format_dataset`, LT-Shapes: made on first use, derived sets) say so themselves."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from ltdet2.data.datasets import is_lvis_format_dataset
+
+    registered = set(DatasetCatalog.list())
+    names = _named_datasets(phase.cfg, dataset_keys, registered)
+    for name in names:
+        if is_lvis_format_dataset(name):
+            continue
+        metadata = MetadataCatalog.get(name)
+        for key, exists in (("json_file", os.path.isfile), ("image_root", os.path.isdir)):
+            path = metadata.get(key, None)
+            if isinstance(path, str) and path and "://" not in path and not exists(os.path.expanduser(path)):
+                raise FileNotFoundError(_missing_dataset_file_message(phase, name, key, path))
+
+
+def _named_datasets(cfg, dataset_keys, registered):
+    """The registered dataset names at ``dataset_keys`` of ``cfg`` (None: every string in it that is one), in order."""
+    if dataset_keys is None:
+        try:
+            strings = list(_strings_in(OmegaConf.to_container(cfg, resolve=False)))
+        except Exception:  # a config that does not convert: the datasets it loads
+            return _named_datasets(cfg, DATASET_KEYS, registered)
+    else:
+        strings = []
+        for key in dataset_keys:
+            try:
+                value = OmegaConf.select(cfg, key, default=None)
+            except Exception:
+                continue
+            strings += [value] if isinstance(value, str) else list(value or [])
+    return list(dict.fromkeys(s for s in strings if isinstance(s, str) and s in registered))
+
+
+def _strings_in(node):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for child in node.values():
+            yield from _strings_in(child)
+    elif isinstance(node, (list, tuple)):
+        for child in node:
+            yield from _strings_in(child)
+
+
+def _missing_dataset_file_message(phase, name, key, path):
+    variable = os.environ.get("DETECTRON2_DATASETS")
+    absolute = os.path.abspath(os.path.expanduser(path))
+    shown = path if absolute == path else f"{path} (from {os.getcwd()}: {absolute})"
+    if variable is None:
+        root = (
+            "$DETECTRON2_DATASETS is not set, so they are looked for under ./datasets, relative to the folder the run "
+            "starts in"
+        )
+    else:
+        root = f"$DETECTRON2_DATASETS is {variable!r} now"
+    return (
+        f"{_phase_where(phase)}: dataset {name!r} reads its {key} {shown}, which does not exist. Detectron2 registers "
+        f"its built-in datasets (lvis_v1_train, lvis_v0.5_val, coco_2017_train, ...) under $DETECTRON2_DATASETS, "
+        f"read when detectron2.data is imported; {root}. Set DETECTRON2_DATASETS to the folder that holds lvis/ and "
+        f"coco/ before the run starts (or register {name!r} with the files' paths)"
+    )
+
+
+def check_phase_checkpoints(phase, *, resume=False):
+    """Before a phase trains: the checkpoints it will load hold the class counts its config expects, where that can be
+    told from the config (a ValueError naming the entries and their shapes otherwise), rather than at the first
+    training step: its teacher's (``model.teacher_weights`` for ``model.teacher``, a teacher-student model with
+    distillers) and, with ``train.expand_classes`` (LST), its initial checkpoint unless it resumes its own."""
+    _check_teacher_checkpoint(phase)
+    last = os.path.join(phase.output_dir, LAST_CHECKPOINT)
+    if phase.cfg.train.get("expand_classes", None) and not (resume and os.path.isfile(last)):
+        _check_expansion_checkpoint(phase)
+
+
+def _check_teacher_checkpoint(phase):
+    from ltdet2.modeling.expansion import class_rows_unlike
+
+    model = phase.cfg.model
+    path, teacher = model.get("teacher_weights", None), model.get("teacher", None)
+    if not path or not model.get("distillers", None) or not isinstance(teacher, DictConfig):
+        return
+    expected = _class_count(teacher, "roi_heads.num_classes")
+    state = checkpoint_model_state(path) if expected is not None else None
+    if not state:
+        return
+    unlike = class_rows_unlike(state, expected)
+    if unlike:
+        source = phase.cfg.train.get("teacher_from_phase", None)
+        listed = "; ".join(
+            f"{key}: {shape} in the checkpoint, {rows} rows for {expected} classes" for key, shape, rows in unlike[:4]
+        )
+        hint = (
+            f"The runner built model.teacher from phase '{source}''s model config and gives it that phase's final "
+            f"checkpoint: was phase '{source}' trained with another class count than its config has now?"
+            if source
+            else "Give model.teacher the class count of the model the checkpoint was saved from"
+        )
+        raise CheckpointMismatchError(
+            f"{_phase_where(phase)}: its teacher's checkpoint {path} (model.teacher_weights) does not fit "
+            f"model.teacher, which has {expected} classes (model.teacher.roi_heads.num_classes): {listed}"
+            f"{' ...' if len(unlike) > 4 else ''}. {hint}"
+        )
+
+
+def _check_expansion_checkpoint(phase):
+    path = phase.cfg.train.get("init_checkpoint", None)
+    new_num_classes = _class_count(phase.cfg, "model.roi_heads.num_classes")
+    state = checkpoint_model_state(path) if new_num_classes is not None else None
+    if state:
+        build_class_expansion(phase.cfg).check(
+            state, new_num_classes, where=f"{_phase_where(phase)}: train.init_checkpoint {path}"
+        )
+
+
+def check_earlier_run(phase, *, resume=False, restart=False):
+    """A phase about to train whose folder holds checkpoints of an earlier run (:func:`~ltdet2.engine.checkpoint.
+    run_checkpoints`, e.g. a run that was killed) continues from them with ``resume``; with ``restart`` they are
+    removed (logged) and it trains from its beginning; otherwise it is refused with a RuntimeError saying both, rather
+    than training again from iteration 0 over them."""
+    found = run_checkpoints(phase.output_dir)
+    if not found or resume:
+        return
+    where, names = _phase_where(phase), [os.path.basename(path) for path in found]
+    listed = ", ".join(names[:6]) + (" ..." if len(names) > 6 else "")
+    if not restart:
+        raise RuntimeError(
+            f"{where}: {phase.output_dir} holds checkpoints of an earlier run ({listed}), which training without "
+            f"--resume would start again from iteration 0 and overwrite. Run again with --resume to continue from "
+            f"the newest one (finished phases are skipped), or with --restart to train the phases that have not "
+            f"finished from their beginning (their checkpoints are removed first; or delete {phase.output_dir})"
+        )
+    remove_run_checkpoints(phase.output_dir)
+    logger.warning(f"{where}: --restart: removed the checkpoints of an earlier run ({listed}); trains from iteration 0")
+
+
+CHANGES_SHOWN = 8
+# keys of a phase's config that the runner fills, or that do not change what the phase builds
+RUN_SPECIFIC_KEYS = ("train.output_dir", "train.init_checkpoint", "model.teacher_weights", "train.device")
+
+
+def warn_if_config_changed(phase):
+    """Warns when a finished (skipped) phase's config differs from the one it was trained with (its ``config.yaml``),
+    naming the keys: its outputs were built from the old values. Never raises (nothing is said when that file is
+    missing or cannot be read)."""
+    try:
+        changes = changed_config_keys(phase)
+    except Exception as e:
+        logger.info(f"phase '{phase.name}': its config could not be compared with the one it was trained with: {e}")
+        return
+    if not changes:
+        return
+    listed = "; ".join(f"{key}: {_short(old)} -> {_short(new)}" for key, old, new in changes[:CHANGES_SHOWN])
+    more = f" and {len(changes) - CHANGES_SHOWN} more" if len(changes) > CHANGES_SHOWN else ""
+    logger.warning(
+        f"phase '{phase.name}' already finished, and its config has changed since it trained "
+        f"({os.path.join(phase.output_dir, 'config.yaml')}): {listed}{more}. It is skipped: its outputs (its "
+        f"checkpoints, results and the datasets it built) are those of the old values. To train it with the new "
+        f"ones, delete {phase.done_file} and run with --restart"
+    )
+
+
+def changed_config_keys(phase):
+    """[(dotted key, value it was trained with, value now)] of a finished phase (``<phase folder>/config.yaml``, written
+    by :func:`run_phase`), leaving out :data:`RUN_SPECIFIC_KEYS`, a length counted in epochs, and keys added to the
+    config since with an unset value (None, False, empty); None when that file does not exist or cannot be read."""
+    import yaml
+
+    saved_path = os.path.join(phase.output_dir, "config.yaml")
+    if not os.path.isfile(saved_path):
+        return None
+    try:
+        saved = _read_config_yaml(saved_path)
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    with tempfile.TemporaryDirectory() as folder:  # the current config, as run_phase saves it
+        current_path = os.path.join(folder, "config.yaml")
+        LazyConfig.save(phase.cfg, current_path)
+        if not os.path.isfile(current_path):
+            return None
+        current = _read_config_yaml(current_path)
+    if not isinstance(saved, dict) or not isinstance(current, dict):
+        return None
+    ignored = list(RUN_SPECIFIC_KEYS)
+    if phase.cfg.train.get("epochs", None) is not None:
+        ignored.append("train.max_iter")  # counted from the training set when the phase trains (None until then)
+    old, new = dict(_leaves(saved)), dict(_leaves(current))
+    missing = object()
+    return [
+        (key, old.get(key, missing), new.get(key, missing))
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key, missing) != new.get(key, missing)
+        and not any(key == k or key.startswith(k + ".") for k in ignored)
+        and not (key not in old and _unset(new[key]))  # a key added since, unset: as before it existed
+    ]
+
+
+def _read_config_yaml(path):
+    """A config.yaml as plain data, without running anything: objects LazyConfig.save wrote with a python tag (e.g.
+    Detectron2's ShapeSpec) are read as their fields, under the key "!python"."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def tagged(loader, suffix, node):
+        if isinstance(node, yaml.MappingNode):
+            return {"!python": suffix, **loader.construct_mapping(node, deep=True)}
+        if isinstance(node, yaml.SequenceNode):
+            return {"!python": suffix, "items": loader.construct_sequence(node, deep=True)}
+        return {"!python": suffix, "value": loader.construct_scalar(node)}
+
+    Loader.add_multi_constructor("tag:yaml.org,2002:python/", tagged)
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f, Loader=Loader)  # a SafeLoader: constructs no object
+
+
+def _leaves(node, prefix=""):
+    """(dotted key, value) of every leaf of nested dicts and lists; an empty container is a leaf."""
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else None
+    if not children or not node:
+        yield prefix.rstrip("."), node
+        return
+    for name, child in children:
+        yield from _leaves(child, f"{prefix}{name}.")
+
+
+def _unset(value):
+    return value is None or value is False or (isinstance(value, (list, dict)) and not value)
+
+
+def _short(value, limit=60):
+    text = "(absent)" if not isinstance(value, (str, int, float, bool, list, dict, type(None))) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def require_loadable_final(phase):
     """RuntimeError unless the phase's final checkpoint exists and loads: a phase is done only then."""
     where = _phase_where(phase)
@@ -552,8 +815,8 @@ def run_phase(phase, *, resume=False):
     non_finite = non_finite_parameters(model)
     raise_if_any_rank_failed(
         FloatingPointError(
-            f"{where}: its final weights hold NaN or infinite values ({non_finite[:5]}"
-            f"{' ...' if len(non_finite) > 5 else ''}); not marked done"
+            f"{where} diverged (not marked done): its final weights hold NaN or infinite values ({non_finite[:5]}"
+            f"{' ...' if len(non_finite) > 5 else ''}). {RETRAIN_DIVERGED}"
         )
         if non_finite
         else None
@@ -565,11 +828,18 @@ def run_phase(phase, *, resume=False):
     def record():  # on rank 0, which holds the evaluator's results; every rank returns them
         empty = empty_evaluation(results) if "evaluator" in phase.cfg.dataloader else []
         if empty and not phase.cfg.train.get("allow_empty_eval", False):
+            non_finite = non_finite_outputs(model, phase.cfg)
+            if non_finite:
+                raise FloatingPointError(
+                    f"{where} diverged (not marked done): the evaluation of {phase.final_checkpoint} found nothing "
+                    f"({'; '.join(empty)}) because the model's outputs are NaN or infinite (first in "
+                    f"{', '.join(non_finite[:3])}, on the first test batch). {RETRAIN_DIVERGED}"
+                )
             name = f"phases.{phase.name}.train" if phase.name else "train"
             raise RuntimeError(
                 f"{where}: the evaluation of {phase.final_checkpoint} found nothing ({'; '.join(empty)}): the "
-                f"model made no detection (too short a training, or non-finite predictions). Not marked done; to "
-                f"accept it, run again with {name}.allow_empty_eval=True"
+                f"model made no detection (too short a training?). Not marked done; to accept it, run again with "
+                f"--resume {name}.allow_empty_eval=True"
             )
         if empty:
             logger.warning(f"{where}: empty evaluation ({'; '.join(empty)}), accepted (train.allow_empty_eval)")
@@ -588,6 +858,53 @@ def run_phase(phase, *, resume=False):
         return results
 
     return on_main_process(record)
+
+
+RETRAIN_DIVERGED = (
+    "Train it again from its beginning (--restart) with a lower optimizer.lr or a longer warm-up (lr_multiplier)"
+)
+
+
+def non_finite_outputs(model, cfg):
+    """Names of the modules of ``model`` whose outputs hold NaN or infinite values on the first batch of
+    ``dataloader.test``, in the order they finished ([] when none, or when that batch cannot be run). Detectron2's
+    inference drops non-finite boxes and scores without a word: this tells a diverged model from one that merely
+    detects nothing. Runs the model of this process alone (not its DDP wrapper)."""
+    from detectron2.config import instantiate
+    from detectron2.evaluation.evaluator import inference_context
+
+    model = getattr(model, "module", model)
+    found = []
+
+    def check(name):
+        def hook(module, inputs, output):
+            if name not in found and _holds_non_finite(output):
+                found.append(name)
+
+        return hook
+
+    handles = [module.register_forward_hook(check(name)) for name, module in model.named_modules() if name]
+    try:
+        batch = next(iter(instantiate(cfg.dataloader.test)))
+        with inference_context(model), torch.no_grad():
+            model(batch)
+    except Exception as e:  # a check after the fact: its failure must not hide the evaluation's message
+        logger.warning(f"could not check the model's outputs for NaN or infinite values: {type(e).__name__}: {e}")
+        return []
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+def _holds_non_finite(output):
+    if isinstance(output, torch.Tensor):
+        return output.is_floating_point() and not bool(torch.isfinite(output).all())
+    if isinstance(output, (list, tuple)):
+        return any(_holds_non_finite(o) for o in output)
+    if isinstance(output, dict):
+        return any(_holds_non_finite(o) for o in output.values())
+    return False
 
 
 def _teacher_record(phase):
@@ -647,14 +964,21 @@ def evaluated_parameters(model):
     return [name for name, _ in model.named_parameters() if training_only is None or not name.startswith(training_only)]
 
 
-def run_phases(cfg, *, resume=False, only=None, eval_only=False, eval_checkpoint=None):
+def run_phases(cfg, *, resume=False, restart=False, only=None, eval_only=False, eval_checkpoint=None):
     """Runs the config's phases in order; returns {name: results}.
 
-    With ``eval_only`` each selected phase's final checkpoint is evaluated instead (phases not
-    trained yet are skipped with a warning), or ``eval_checkpoint`` for a single selected phase.
+    A phase that has not finished but whose folder holds checkpoints of an earlier run continues from them with
+    ``resume``, trains again from its beginning with ``restart`` (they are removed first), and is refused otherwise
+    (:func:`check_earlier_run`). With ``eval_only`` each selected phase's final checkpoint is evaluated instead
+    (phases not trained yet are skipped with a warning), or ``eval_checkpoint`` for a single selected phase.
     """
     from .derived import derived_dataset_builders, prepare_derived_datasets, register_derived_datasets
 
+    if resume and restart:
+        raise ValueError(
+            "--resume and --restart: choose one (--resume continues the phases that have not finished from their "
+            "checkpoints, --restart trains them again from their beginning)"
+        )
     phases = resolve_phases(cfg)
     chain_checkpoints(phases)
     chain_teachers(phases)
@@ -663,9 +987,12 @@ def run_phases(cfg, *, resume=False, only=None, eval_only=False, eval_checkpoint
     if eval_only and eval_checkpoint and len(selected) > 1:
         raise ValueError(f"a checkpoint to evaluate ({eval_checkpoint}) needs one phase: add --phase NAME")
     if not eval_only:  # a length in iterations is checked before any phase trains; one in epochs by do_train
+        finished = on_main_process(lambda: {p.name for p in selected if p.name and p.is_done()})
         for phase in selected:
             if phase.cfg.train.get("epochs", None) is None and "max_iter" in phase.cfg.train:
                 check_max_iter(phase.cfg, _phase_where(phase))
+            if phase.name not in finished:  # a finished phase may have trained with another number of processes
+                check_total_batch_size(phase.cfg, comm.get_world_size(), _phase_where(phase))
     for phase in selected:
         # a phase's derived datasets are registered whenever it runs (registration reads no file), built only
         # before it trains: evaluation uses the test set, which is not derived
@@ -676,6 +1003,7 @@ def run_phases(cfg, *, resume=False, only=None, eval_only=False, eval_checkpoint
                 logger.warning(f"phase '{phase.name}' has no {FINAL_CHECKPOINT} yet: not evaluated")
                 continue
             # the test set only: a derived training set is registered, but may not be built
+            on_main_process(lambda p=phase: check_dataset_files(p, ("dataloader.test.dataset.names",)))
             on_main_process(lambda p=phase: check_class_counts(p, ("dataloader.test.dataset.names",)))
             all_results[phase.name] = evaluate_phase(phase, eval_checkpoint)
             continue
@@ -685,6 +1013,10 @@ def run_phases(cfg, *, resume=False, only=None, eval_only=False, eval_checkpoint
             register_derived_datasets(phase, phases, builders)
             all_results[phase.name] = done["results"]
             continue
+        on_main_process(lambda p=phase: check_dataset_files(p))
+        on_main_process(lambda p=phase: check_phase_checkpoints(p, resume=resume))
+        on_main_process(lambda p=phase: check_earlier_run(p, resume=resume, restart=restart))
+        on_main_process(lambda p=phase: remove_interrupted_writes(p.output_dir, _phase_where(p)))
         prepare_derived_datasets(phase, phases, builders)
         resolve_epoch_schedule(phase.cfg, f"phase '{phase.name}'" if phase.name else "training")
         on_main_process(lambda p=phase: check_class_counts(p))
@@ -717,18 +1049,19 @@ def _finished_phase_record(phase, phases):
     if phase.name and phase.is_done():
         logger.info(f"phase '{phase.name}' already finished ({phase.done_file}): skipping it")
         done = phase.load_done()
+        retrain = f"to train it again, delete {phase.done_file} and run with --restart"
         if done.get("input_checkpoint") != checkpoint_identity(phase.cfg.train.init_checkpoint):
             logger.warning(
                 f"phase '{phase.name}' was trained from another version of "
-                f"{phase.cfg.train.init_checkpoint} than the one there now; delete "
-                f"{phase.done_file} to train it again"
+                f"{phase.cfg.train.init_checkpoint} than the one there now; {retrain}"
             )
         teacher = _teacher_record(phase)
         if teacher and done.get("teacher_checkpoint") != teacher["teacher_checkpoint"]:
             logger.warning(
                 f"phase '{phase.name}' was distilled from another version of its teacher "
-                f"{phase.cfg.model.teacher_weights} than the one there now; delete {phase.done_file} to train it again"
+                f"{phase.cfg.model.teacher_weights} than the one there now; {retrain}"
             )
+        warn_if_config_changed(phase)
         return done
     index = phases.index(phase)
     _require_init_checkpoint(phase, input_phase(phases, index))

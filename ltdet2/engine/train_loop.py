@@ -18,6 +18,9 @@ LST), the memory warm-up (``train.memory_warmup``), LST's phase-end write of gen
 * a resume at the end of the schedule (a run killed while it saved ``model_final``: its last periodic checkpoint
   is of the last iteration) takes no step and writes ``model_final`` from that checkpoint; a resume from a
   checkpoint beyond ``train.max_iter`` is refused, as is a schedule without iterations (``train.max_iter`` < 1).
+
+A divergence (a non-finite loss, or Detectron2's check of non-finite boxes or scores in the model) stops training with
+:class:`TrainingDiverged`, naming the iteration and each loss term's last value.
 """
 
 import contextlib
@@ -25,6 +28,7 @@ import logging
 import os
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, HookBase, SimpleTrainer, default_writers, hooks
@@ -45,15 +49,63 @@ FINAL_CHECKPOINT = "model_final.pth"
 RESUME_DATA_MODES = ("replay", "restart")
 
 
-class _NamedLossCheck:
-    """Detectron2's trainers stop on a non-finite loss; this names each loss term's value in the error."""
+class TrainingDiverged(FloatingPointError):
+    """Training stopped on a non-finite loss or prediction, at ``iteration``; ``losses``: each loss term's last value
+    ({name: float}, of iteration ``losses_iteration``; None when no step had computed them yet)."""
 
-    def _write_metrics(self, loss_dict, data_time, prefix=""):
+    def __init__(self, message, *, iteration=None, losses=None, losses_iteration=None):
+        super().__init__(message)
+        self.iteration = iteration
+        self.losses = losses
+        self.losses_iteration = losses_iteration
+
+
+class _NamedLossCheck:
+    """Detectron2's trainers stop on a non-finite loss, and its models on non-finite boxes or scores ("Predicted boxes
+    or scores contain Inf/NaN"); this names the iteration and each loss term's last value in the error
+    (:class:`TrainingDiverged`)."""
+
+    _last_losses = None  # (iteration, {name: detached loss}) of the last step that computed its losses
+
+    def _write_metrics(self, loss_dict, data_time, prefix="", iter=None):
+        iteration = self.iter if iter is None else iter
+        self._last_losses = (iteration, {name: value.detach() for name, value in loss_dict.items()})
         try:
-            super()._write_metrics(loss_dict, data_time, prefix)
+            super()._write_metrics(loss_dict, data_time, prefix, **({} if iter is None else {"iter": iter}))
         except FloatingPointError as e:
-            terms = ", ".join(f"{name}={float(value):.4g}" for name, value in loss_dict.items())
-            raise FloatingPointError(f"the loss became infinite or NaN at iteration {self.iter}: {terms}") from e
+            losses = _loss_values(self._last_losses[1])
+            raise TrainingDiverged(
+                f"the loss became infinite or NaN at iteration {iteration}: {_format_losses(losses)}",
+                iteration=iteration,
+                losses=losses,
+                losses_iteration=iteration,
+            ) from e
+
+    def run_step(self):
+        try:
+            super().run_step()
+        except TrainingDiverged:
+            raise
+        except FloatingPointError as e:  # raised by the model (its box and score checks), before the losses
+            if self._last_losses is None:
+                last, losses, terms = None, None, "no loss was computed before it in this run"
+            else:
+                last, losses = self._last_losses[0], _loss_values(self._last_losses[1])
+                terms = f"the loss terms at iteration {last}: {_format_losses(losses)}"
+            raise TrainingDiverged(
+                f"training diverged at iteration {self.iter}: {str(e).strip()} ({terms})",
+                iteration=self.iter,
+                losses=losses,
+                losses_iteration=last,
+            ) from e
+
+
+def _loss_values(loss_dict):
+    return {name: float(value) for name, value in loss_dict.items()}
+
+
+def _format_losses(losses):
+    return ", ".join(f"{name}={value:.4g}" for name, value in losses.items())
 
 
 class Trainer(_NamedLossCheck, SimpleTrainer):
@@ -249,6 +301,26 @@ def check_max_iter(cfg, where="training"):
     )
 
 
+def check_total_batch_size(cfg, world_size, where="training"):
+    """ValueError unless ``dataloader.train.total_batch_size`` (when the loader has one) is a positive multiple of the
+    number of training processes, among which Detectron2's loader divides it (each loads total / processes images)."""
+    try:
+        total = OmegaConf.select(cfg, "dataloader.train.total_batch_size", default=None)
+    except Exception:  # an interpolation that does not resolve here: left to the loader
+        return
+    if not isinstance(total, int) or isinstance(total, bool):
+        return
+    if total < 1:
+        raise ValueError(f"{where}: dataloader.train.total_batch_size={total}: a batch holds at least 1 image")
+    if total % world_size:
+        raise ValueError(
+            f"{where}: dataloader.train.total_batch_size={total} does not divide among the {world_size} training "
+            f"processes (--num-gpus x --num-machines, or Slurm's nodes x tasks per node), each of which loads "
+            f"total / processes images. Set it to a multiple of {world_size}, or train with a number of processes "
+            f"that divides {total}"
+        )
+
+
 def check_resume_point(checkpoint, start_iter, max_iter):
     """ValueError when the checkpoint a run resumes from lies beyond the end of its schedule."""
     if start_iter > max_iter:
@@ -280,6 +352,7 @@ def do_train(cfg, *, resume=False):
     optimizer, scheduler, iteration and every model buffer (memories, indicators) restored.
     """
     check_max_iter(cfg, f"training in {cfg.train.output_dir}")
+    check_total_batch_size(cfg, comm.get_world_size(), f"training in {cfg.train.output_dir}")
     seed_phase(cfg)
     model = build_model(cfg)
     logger.info(f"Model:\n{model}")

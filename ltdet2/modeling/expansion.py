@@ -13,7 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["CLASS_ROW_KEYS", "ClassRows", "ClassExpansion", "expand_class_rows", "checkpoint_num_classes"]
+__all__ = [
+    "CLASS_ROW_KEYS",
+    "ClassRows",
+    "ClassExpansion",
+    "expand_class_rows",
+    "checkpoint_num_classes",
+    "class_rows_unlike",
+    "describe_class_rows",
+]
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,31 @@ def checkpoint_num_classes(state_dict: Mapping[str, object]) -> int | None:
     minus the background row); None when it has no such key (or several with different counts)."""
     counts = {int(value.shape[0]) - 1 for key, value in state_dict.items() if key.endswith(CLASSIFIER_KEY)}
     return counts.pop() if len(counts) == 1 else None
+
+
+def class_rows_unlike(state_dict: Mapping[str, object], num_classes: int) -> list:
+    """(key, shape, rows expected) of the class-row entries (:data:`CLASS_ROW_KEYS`) of ``state_dict`` that do not hold
+    ``num_classes`` classes (a class-agnostic regressor or mask predictor is not one of them)."""
+    unlike = []
+    for key, value in state_dict.items():
+        spec = _class_rows(key)
+        if spec is None:
+            continue
+        rows = int(value.shape[0])
+        if rows != spec.rows(num_classes) and (spec.background or rows != spec.rows(1)):
+            unlike.append((key, tuple(value.shape), spec.rows(num_classes)))
+    return unlike
+
+
+def describe_class_rows(state_dict: Mapping[str, object], limit: int = 4) -> str:
+    """``key (shape): K classes`` of (at most ``limit``) class-row entries of ``state_dict``, for error messages."""
+    described = []
+    for key, value in state_dict.items():
+        spec = _class_rows(key)
+        if spec is not None:
+            found = (int(value.shape[0]) - int(spec.background)) / spec.rows_per_class
+            described.append(f"{key} {tuple(value.shape)}: {found:g} classes")
+    return "; ".join(described[:limit]) + (" ..." if len(described) > limit else "")
 
 
 def expand_class_rows(
@@ -179,15 +212,8 @@ class ClassExpansion:
             raise ValueError(
                 f"{where}: train.expand_classes needs a model with a box classifier (box_predictor.cls_score)"
             )
-        found = checkpoint_num_classes(state_dict)
-        if found == new_num_classes:
+        if self.check(state_dict, new_num_classes, where) == new_num_classes:
             return state_dict
-        if found != self.old_num_classes:
-            raise ValueError(
-                f"{where}: the checkpoint's classifier has {found} classes; train.expand_classes expects the "
-                f"previous phase's {self.old_num_classes} classes (expanded to this phase's {new_num_classes}) "
-                f"or {new_num_classes}"
-            )
         generator = torch.Generator()
         if self.seed is not None and self.seed >= 0:
             generator.manual_seed(int(self.seed))
@@ -203,6 +229,18 @@ class ClassExpansion:
             where=where,
             **self.stds,
         )
+
+    def check(self, state_dict: Mapping[str, object], new_num_classes: int, where: str) -> int:
+        """The class count of ``state_dict``'s classifier, which must be ``old_num_classes`` or ``new_num_classes``;
+        a ValueError naming its class rows and their shapes otherwise. The phase runner calls it before training."""
+        found = checkpoint_num_classes(state_dict)
+        if found not in (self.old_num_classes, new_num_classes):
+            raise ValueError(
+                f"{where}: the checkpoint's classifier has {found} classes; train.expand_classes expects the "
+                f"previous phase's {self.old_num_classes} classes (expanded to this phase's {new_num_classes}) "
+                f"or {new_num_classes}. Its class rows: {describe_class_rows(state_dict) or 'none'}"
+            )
+        return found
 
     def __repr__(self):
         return f"ClassExpansion(old_num_classes={self.old_num_classes}, seed={self.seed}, {self.stds})"

@@ -185,7 +185,8 @@ def test_dataset_guided_ebl_and_mfs_read_instance_counts(tiny_dataset):
 
 def poison_predictions(monkeypatch, *, training_from_iter=None, evaluation=False):
     """Makes the box predictor's class scores NaN in training from iteration ``training_from_iter`` on
-    and/or in evaluation: a model whose predictions become non-finite."""
+    and/or in evaluation: a model whose predictions become non-finite. ``evaluation="background"``: finite
+    scores in evaluation, every box's background (last) logit far above the others: a model that detects nothing."""
     from detectron2.utils.events import get_event_storage
 
     from ltdet2.engine import train_loop
@@ -195,6 +196,10 @@ def poison_predictions(monkeypatch, *, training_from_iter=None, evaluation=False
             poisoned = training_from_iter is not None and get_event_storage().iter >= training_from_iter
         else:
             poisoned = evaluation
+        if poisoned and evaluation == "background" and not module.training:
+            scores = torch.zeros_like(output[0])
+            scores[:, -1] = 100.0
+            return (scores, *output[1:])
         return (output[0] * float("nan"), *output[1:]) if poisoned else output
 
     build_model = train_loop.build_model
@@ -222,13 +227,14 @@ def test_divergence_stops_the_run_naming_phase_iteration_and_loss_terms(tmp_path
 
 
 def test_empty_evaluation_is_not_marked_done_unless_allowed(tmp_path, tiny_dataset, monkeypatch):
-    poison_predictions(monkeypatch, evaluation=True)  # Detectron2 drops non-finite boxes: no detection
+    # every score under the test threshold: no detection (NaN scores are a divergence: test_run_messages.py)
+    poison_predictions(monkeypatch, evaluation="background")
     out = str(tmp_path / "run")
     with pytest.raises(
         RuntimeError,
         match=r"phase 'pretrain': the evaluation of .*pretrain/model_final.pth found "
         r"nothing \(every bbox metric is NaN\).*Not marked done; to accept it, "
-        r"run again with phases.pretrain.train.allow_empty_eval=True",
+        r"run again with --resume phases.pretrain.train.allow_empty_eval=True",
     ):
         run_phases(load(out, tiny_dataset, "train.max_iter=1"), only="pretrain")
     assert os.path.isfile(os.path.join(out, "pretrain", "model_final.pth"))

@@ -19,13 +19,16 @@ logger = logging.getLogger(__name__)
 
 
 class _TeacherCheckpointer(DetectionCheckpointer):
-    """Remembers the parameters the checkpoint lacked (a teacher must not run with random weights)."""
+    """Remembers the entries of another shape (which Detectron2 skips) and the parameters the checkpoint lacked (a
+    teacher must not run with random weights)."""
 
     missing_keys: list[str] = []
+    incorrect_shapes: list[tuple] = []  # (key, shape in the checkpoint, shape in the model)
 
     def _load_model(self, checkpoint):
         incompatible = super()._load_model(checkpoint)
         self.missing_keys = list(incompatible.missing_keys)
+        self.incorrect_shapes = list(incompatible.incorrect_shapes)
         return incompatible
 
 
@@ -38,7 +41,8 @@ class TeacherStudentRCNN(GeneralizedRCNN):
     The teacher is not a submodule: it is in neither ``state_dict`` (checkpoints hold the student only),
     ``parameters()`` (nor the optimizer, nor DDP), and ``model.train()`` does not reach it. It is built at the
     first training step that has distillers: ``teacher`` instantiated (when it is a config), ``teacher_weights``
-    loaded with :class:`DetectionCheckpointer` (every parameter must be there), moved to the student's device,
+    loaded with :class:`DetectionCheckpointer` (every parameter must be there, with the teacher's shape; the phase
+    runner checks the class rows before training), moved to the student's device,
     ``eval()`` (dropout off, BatchNorm on its statistics) and ``requires_grad_(False)``; it runs under
     ``torch.no_grad()``. After a resume it is built again from ``teacher_weights``. Inference is the student
     alone. Without distillers the model is exactly :class:`GeneralizedRCNN` (no teacher is built).
@@ -121,6 +125,17 @@ class TeacherStudentRCNN(GeneralizedRCNN):
                 teacher = instantiate(spec)
         checkpointer = _TeacherCheckpointer(teacher)
         checkpointer.load(path)
+        shapes = checkpointer.incorrect_shapes
+        if shapes:
+            listed = "; ".join(
+                f"{key}: {tuple(saved)} in the checkpoint, {tuple(own)} in the teacher"
+                for key, saved, own in shapes[:8]
+            )
+            raise ValueError(
+                f"TeacherStudentRCNN: teacher checkpoint {path} does not fit the teacher model (model.teacher): "
+                f"{len(shapes)} entries have another shape ({listed}{' ...' if len(shapes) > 8 else ''}). It was saved "
+                f"for another model (another class count: model.teacher.roi_heads.num_classes?)"
+            )
         if checkpointer.missing_keys:
             raise KeyError(
                 f"TeacherStudentRCNN: teacher checkpoint {path} lacks parameters {checkpointer.missing_keys[:10]}"
