@@ -15,26 +15,12 @@ from detectron2.config import instantiate
 
 from ltdet2.engine import phases as phases_module
 from ltdet2.engine.checkpoint import AtomicCheckpointer, CheckpointMismatchError
-from ltdet2.engine.phases import DONE_FILE, Phase, check_class_counts, load_config, run_phases
+from ltdet2.engine.phases import DONE_FILE, Phase, check_class_counts, run_phases
 
-from fixtures.models import ROOT, TINY_LT_SHAPES, small_model_cfg, tiny_run_overrides
+from fixtures.models import TINY_LT_SHAPES, small_model_cfg
+from fixtures.runs import load_tiny_run
 
-PROJECT = os.path.join(ROOT, "tests", "configs", "tiny_two_phase.py")  # 4 iterations, a checkpoint every 2
-
-
-def load(output_dir, tiny_dataset, *extra):
-    cfg = load_config(PROJECT, [*tiny_run_overrides(tiny_dataset, str(output_dir)), *extra])
-    for phase in cfg.phases.values():
-        phase.dataloader.pop("evaluator")
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_dataset):
-    """A run whose phase 'pretrain' finished (4 iterations: model_0000001, model_0000003, model_final)."""
-    out = str(tmp_path_factory.mktemp("trained") / "run")
-    run_phases(load(out, tiny_dataset), only="pretrain")
-    return out
+load = load_tiny_run  # the tiny two-phase run (fixtures.runs); `trained`: tests/engine/conftest.py
 
 
 def copy_of(trained, tmp_path):
