@@ -21,7 +21,7 @@ from ltdet2.modeling.losses import ForegroundBalanceLoss
 from .common.schedules import epochs_to_iters, multi_step
 from .data.copy_paste import LVIS_IMAGE_SIZE, add_copy_paste
 from .loce import LOCE_TRAINABLE
-from .long_tail import box_feature_dim, roi_heads_num_classes, use_long_tail_heads
+from .long_tail import add_feature_source, box_feature_dim, roi_heads_num_classes, use_long_tail_heads
 
 # Stage 2 trains the classifier, box regressor, RPN and mask head (official `selectp=1`: parameters named
 # fc_cls, fc_reg, rpn, mask_head); backbone, FPN and the box head's shared FCs are frozen. LOCE's list.
@@ -128,8 +128,8 @@ def add_fhm(model, *, indicator="confusion", num_sampled_classes=8, per_class=12
     (per process: the official code draws c=8, m=12 on each of its 8 GPUs of 2 images)."""
     use_sigmoid_background(model)
     _require_indicator(model, indicator, "add_fhm")
-    sources = list(model.roi_heads.get("feature_sources", None) or [])
-    sources.append(
+    return add_feature_source(
+        model,
         L(FeatureHallucination)(
             num_classes=roi_heads_num_classes(model),
             feature_dim=box_feature_dim(model),
@@ -138,10 +138,8 @@ def add_fhm(model, *, indicator="confusion", num_sampled_classes=8, per_class=12
             momentum=momentum,
             indicator=indicator,
             **options,
-        )
+        ),
     )
-    model.roi_heads.feature_sources = sources
-    return model
 
 
 def add_classifier_learning(phase, *, fcbl=True, fhm=True, **fcbl_options):

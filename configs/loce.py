@@ -7,7 +7,7 @@ from ltdet2.memory import InstanceFrequency, MeanScore
 from ltdet2.modeling.feature_sources import MemoryFeatureSampler
 from ltdet2.modeling.losses import EquilibriumLoss
 
-from .long_tail import pooled_feature_shape, roi_heads_num_classes, use_long_tail_heads
+from .long_tail import add_feature_source, pooled_feature_shape, roi_heads_num_classes, use_long_tail_heads
 
 # Decoupled fine-tune: only the classifier, box regressor, RPN and mask head train (LOCE sec. 4.1);
 # backbone, FPN and the shared box-head FCs are frozen.
@@ -65,7 +65,8 @@ def add_mfs(
         if guide != "mean_score":
             raise ValueError(f"add_mfs: add the {guide!r} indicator first (add_ebl(..., guide={guide!r}))")
         add_mean_score(model)
-    model.roi_heads.feature_sources = [
+    return add_feature_source(
+        model,
         L(MemoryFeatureSampler)(
             num_classes=roi_heads_num_classes(model),
             feature_shape=pooled_feature_shape(model),
@@ -75,6 +76,5 @@ def add_mfs(
             indicator=guide,
             storage_dtype=storage_dtype,
             shared_eta=shared_eta,
-        )
-    ]
-    return model
+        ),
+    )

@@ -11,6 +11,26 @@ def use_long_tail_heads(model):
     return model
 
 
+def _target_name(target):
+    return target if isinstance(target, str) else f"{target.__module__}.{target.__qualname__}"
+
+
+def add_feature_source(model, source):
+    """Appends ``source`` (a LazyConfig of a feature source) to the ROI heads' ``feature_sources``: every method
+    helper adds its source this way, so helpers compose in any order (RIO's replay with LOCE's MFS, FHM with
+    replay, ...). A second source of the same type is refused: two would fill the same rows twice."""
+    use_long_tail_heads(model)
+    sources = list(model.roi_heads.get("feature_sources", None) or [])
+    kind = _target_name(source._target_)
+    if any(_target_name(other._target_) == kind for other in sources):
+        raise ValueError(
+            f"model.roi_heads.feature_sources already holds a {kind.rpartition('.')[2]}; a model takes one source "
+            f"of each type (sources there: {[_target_name(o._target_).rpartition('.')[2] for o in sources]})"
+        )
+    model.roi_heads.feature_sources = [*sources, source]
+    return model
+
+
 def roi_heads_num_classes(model):
     """C, the model config's ``roi_heads.num_classes`` (an int: set it before adding method pieces)."""
     num_classes = model.roi_heads.num_classes

@@ -8,7 +8,7 @@ from ltdet2.data.samplers import repeat_factor_sampler
 from ltdet2.modeling import CosineClassifier, WeightNormCosineClassifier
 from ltdet2.modeling.feature_sources import ObjectReplay
 
-from .long_tail import box_feature_dim, roi_heads_num_classes, use_long_tail_heads
+from .long_tail import add_feature_source, box_feature_dim, roi_heads_num_classes, use_long_tail_heads
 
 # RIO sec. 4.1 / official code
 RFS_THRESHOLD = 0.001
@@ -69,8 +69,8 @@ def add_object_replay(
     ``targeted_classes`` (class ids).
     """
     use_long_tail_heads(model)
-    sources = list(model.roi_heads.get("feature_sources", None) or [])
-    sources.append(
+    return add_feature_source(
+        model,
         L(ObjectReplay)(
             num_classes=roi_heads_num_classes(model),
             feature_dim=box_feature_dim(model),
@@ -83,10 +83,8 @@ def add_object_replay(
             mode=mode,
             storage_dtype=storage_dtype,
             sync=sync,
-        )
+        ),
     )
-    model.roi_heads.feature_sources = sources
-    return model
 
 
 def add_rio(model, dataloader, **replay_options):
