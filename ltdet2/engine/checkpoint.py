@@ -228,6 +228,16 @@ class AtomicCheckpointer(DetectionCheckpointer):
         self.logger.info(f"Saved checkpoint {path}")
         self.tag_last_checkpoint(os.path.basename(path))
 
+    def save_final(self, max_iter, **kwargs):
+        """Saves ``model_final`` as the periodic checkpointer does, at the last iteration ``max_iter - 1``, with
+        every rank's state (a collective), after training has ended: the trainer stands past it, so its state is
+        saved with that iteration and a resume starts after it. ``kwargs``: further data, e.g. ``model=`` a
+        state to save instead of the model's."""
+        final_iter = max_iter - 1
+        trainer = self.checkpointables.get("trainer")
+        state = {"trainer": {**trainer.state_dict(), "iteration": final_iter}} if trainer is not None else {}
+        self.save_on_all_ranks(os.path.splitext(_FINAL_NAME)[0], iteration=final_iter, **state, **kwargs)
+
     def save_on_all_ranks(self, name, **kwargs):
         """Saves checkpoint ``name`` with every rank's own state; a collective: every rank calls it.
         Ranks >= 1 write their rank files first; then rank 0 writes ``name.pth``."""

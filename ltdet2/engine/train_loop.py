@@ -331,18 +331,15 @@ def check_resume_point(checkpoint, start_iter, max_iter):
         )
 
 
-def save_final_at_the_end(checkpointer, trainer, max_iter):
+def save_final_at_the_end(checkpointer, max_iter):
     """Saves ``model_final`` at the last iteration for a run resumed at the end of its schedule, which takes no step:
     Detectron2's periodic checkpointer writes it after the step of iteration ``max_iter - 1`` only, so a run killed
     while saving it (its last periodic checkpoint is of that iteration) would otherwise never have one. A collective.
     Nothing is saved when the run resumed from ``model_final`` itself."""
     if os.path.basename(checkpointer.resumed_from) == FINAL_CHECKPOINT:
         return
-    final_iter = max_iter - 1
     logger.info(f"Resumed at the end of the schedule from {checkpointer.resumed_from}: saving it as {FINAL_CHECKPOINT}")
-    # the trainer stands past max_iter now; saved as the periodic checkpointer saves model_final, at the last iteration
-    state = {"trainer": {**trainer.state_dict(), "iteration": final_iter}}
-    checkpointer.save_on_all_ranks(os.path.splitext(FINAL_CHECKPOINT)[0], iteration=final_iter, **state)
+    checkpointer.save_final(max_iter)
 
 
 def do_train(cfg, *, resume=False):
@@ -412,7 +409,7 @@ def do_train(cfg, *, resume=False):
             warm_up_memories(model, cfg, **warmup)
     trainer.train(start_iter, cfg.train.max_iter)
     if checkpointer.resumed_from and start_iter == cfg.train.max_iter:
-        save_final_at_the_end(checkpointer, trainer, cfg.train.max_iter)
+        save_final_at_the_end(checkpointer, cfg.train.max_iter)
     if weight_generation is not None:
         write_phase_end_weights(
             model, cfg, checkpointer, weight_generation, resumed=extra if checkpointer.resumed_from else None

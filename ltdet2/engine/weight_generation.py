@@ -212,13 +212,7 @@ def write_phase_end_weights(model, cfg, checkpointer, options, *, resumed=None):
     logger.info(f"train.weight_generation: generating the new classes' classifier rows over {dataset}")
     counts = write_generated_weights(model, loader, row_norm=options["row_norm"])
     record = {"counts": counts.tolist(), "dataset": dataset, **options}
-    final_iter = cfg.train.max_iter - 1
-    # the trainer stands at max_iter now: saved at the last iteration, a resume starts after it as from the
-    # periodic checkpointer's model_final (which this replaces)
-    trainer = checkpointer.checkpointables.get("trainer")
-    state = {"trainer": {**trainer.state_dict(), "iteration": final_iter}} if trainer is not None else {}
-    checkpointer.save_on_all_ranks(
-        "model_final", iteration=final_iter, model=_without_term(model), **state, **{CHECKPOINT_KEY: record}
-    )
+    # replaces the periodic checkpointer's model_final: a resume starts after it as from that one
+    checkpointer.save_final(cfg.train.max_iter, model=_without_term(model), **{CHECKPOINT_KEY: record})
     comm.synchronize()
     return record
