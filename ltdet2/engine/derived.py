@@ -352,7 +352,7 @@ def _rebuild(phase, phases, builder, context, reason, path):
     """Builds again ``builder``'s datasets, of which the json ``path`` is missing or damaged (``reason``); True when
     rebuilt, False when left unbuilt (a phase not trained yet, its inputs missing: warned). Raises for a trained
     phase whose set cannot be rebuilt, naming the file and what is missing."""
-    where = f"phase '{phase.name}'" if phase.name else f"training in {phase.output_dir}"
+    where = phase.where
     trained = on_main_process(phase.has_final)
     state = "has finished" if on_main_process(phase.is_done) else "has a final checkpoint"
     try:

@@ -88,6 +88,11 @@ class Phase:
         return os.path.join(self.output_dir, FINAL_CHECKPOINT)
 
     @property
+    def where(self):
+        """How messages name the phase: ``phase 'NAME'``, or ``training in FOLDER`` for a config without phases."""
+        return f"phase '{self.name}'" if self.name else f"training in {self.output_dir}"
+
+    @property
     def done_file(self):
         return os.path.join(self.output_dir, DONE_FILE)
 
@@ -470,7 +475,7 @@ def check_class_counts(phase, dataset_keys=DATASET_KEYS):
     counts = [(key, value, agnostic) for key, agnostic in CLASS_COUNT_KEYS if (value := _class_count(phase.cfg, key))]
     if not counts:
         return
-    where = _phase_where(phase)
+    where = phase.where
     for dataset_key in dataset_keys:
         for name, classes in _dataset_class_counts(phase.cfg, dataset_key):
             for key, value, agnostic in counts:
@@ -568,7 +573,7 @@ def _missing_dataset_file_message(phase, name, key, path):
     else:
         root = f"$DETECTRON2_DATASETS is {variable!r} now"
     return (
-        f"{_phase_where(phase)}: dataset {name!r} reads its {key} {shown}, which does not exist. Detectron2 registers "
+        f"{phase.where}: dataset {name!r} reads its {key} {shown}, which does not exist. Detectron2 registers "
         f"its built-in datasets (lvis_v1_train, lvis_v0.5_val, coco_2017_train, ...) under $DETECTRON2_DATASETS, "
         f"read when detectron2.data is imported; {root}. Set DETECTRON2_DATASETS to the folder that holds lvis/ and "
         f"coco/ before the run starts (or register {name!r} with the files' paths)"
@@ -610,7 +615,7 @@ def _check_teacher_checkpoint(phase):
             else "Give model.teacher the class count of the model the checkpoint was saved from"
         )
         raise CheckpointMismatchError(
-            f"{_phase_where(phase)}: its teacher's checkpoint {path} (model.teacher_weights) does not fit "
+            f"{phase.where}: its teacher's checkpoint {path} (model.teacher_weights) does not fit "
             f"model.teacher, which has {expected} classes (model.teacher.roi_heads.num_classes): {listed}"
             f"{' ...' if len(unlike) > 4 else ''}. {hint}"
         )
@@ -622,7 +627,7 @@ def _check_expansion_checkpoint(phase):
     state = checkpoint_model_state(path) if new_num_classes is not None else None
     if state:
         build_class_expansion(phase.cfg).check(
-            state, new_num_classes, where=f"{_phase_where(phase)}: train.init_checkpoint {path}"
+            state, new_num_classes, where=f"{phase.where}: train.init_checkpoint {path}"
         )
 
 
@@ -634,7 +639,7 @@ def check_earlier_run(phase, *, resume=False, restart=False):
     found = run_checkpoints(phase.output_dir)
     if not found or resume:
         return
-    where, names = _phase_where(phase), [os.path.basename(path) for path in found]
+    where, names = phase.where, [os.path.basename(path) for path in found]
     listed = ", ".join(names[:6]) + (" ..." if len(names) > 6 else "")
     if not restart:
         raise RuntimeError(
@@ -749,7 +754,7 @@ def _short(value, limit=60):
 
 def require_loadable_final(phase):
     """RuntimeError unless the phase's final checkpoint exists and loads: a phase is done only then."""
-    where = _phase_where(phase)
+    where = phase.where
     path = phase.final_checkpoint
     if not os.path.isfile(path):
         raise RuntimeError(
@@ -797,7 +802,7 @@ def run_phase(phase, *, resume=False):
     something (see :func:`empty_evaluation`; ``train.allow_empty_eval=True`` accepts an empty one).
     The record also holds ``train_seconds`` and ``eval_seconds``: wall seconds of this run's training
     (from its resume point, when resumed) and of its evaluation (0 for a phase without an evaluator)."""
-    where = f"phase '{phase.name}'" if phase.name else f"training in {phase.output_dir}"
+    where = phase.where
     logger.info(
         f"===== phase '{phase.name}': training in {phase.output_dir} ====="
         if phase.name
@@ -990,9 +995,9 @@ def run_phases(cfg, *, resume=False, restart=False, only=None, eval_only=False, 
         finished = on_main_process(lambda: {p.name for p in selected if p.name and p.is_done()})
         for phase in selected:
             if phase.cfg.train.get("epochs", None) is None and "max_iter" in phase.cfg.train:
-                check_max_iter(phase.cfg, _phase_where(phase))
+                check_max_iter(phase.cfg, phase.where)
             if phase.name not in finished:  # a finished phase may have trained with another number of processes
-                check_total_batch_size(phase.cfg, comm.get_world_size(), _phase_where(phase))
+                check_total_batch_size(phase.cfg, comm.get_world_size(), phase.where)
     for phase in selected:
         # a phase's derived datasets are registered whenever it runs (registration reads no file), built only
         # before it trains: evaluation uses the test set, which is not derived
@@ -1016,9 +1021,9 @@ def run_phases(cfg, *, resume=False, restart=False, only=None, eval_only=False, 
         on_main_process(lambda p=phase: check_dataset_files(p))
         on_main_process(lambda p=phase: check_phase_checkpoints(p, resume=resume))
         on_main_process(lambda p=phase: check_earlier_run(p, resume=resume, restart=restart))
-        on_main_process(lambda p=phase: remove_interrupted_writes(p.output_dir, _phase_where(p)))
+        on_main_process(lambda p=phase: remove_interrupted_writes(p.output_dir, p.where))
         prepare_derived_datasets(phase, phases, builders)
-        resolve_epoch_schedule(phase.cfg, f"phase '{phase.name}'" if phase.name else "training")
+        resolve_epoch_schedule(phase.cfg, phase.where)
         on_main_process(lambda p=phase: check_class_counts(p))
         on_main_process(lambda p=phase: check_training_mapper(p))
         teacher = teacher_phase(phases, phases.index(phase))
@@ -1037,10 +1042,6 @@ def run_phases(cfg, *, resume=False, restart=False, only=None, eval_only=False, 
     if comm.is_main_process() and len(all_results) > 1:
         log_phase_table(list(all_results.items()), title="all phases")
     return all_results
-
-
-def _phase_where(phase):
-    return f"phase '{phase.name}'" if phase.name else f"training in {phase.output_dir}"
 
 
 def _finished_phase_record(phase, phases):
