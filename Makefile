@@ -1,5 +1,6 @@
 # ltdet2: `make demo` and `make test` set up the environment on first use.
 # VENV=/path/to/env uses an existing environment (torch / detectron2 found there are kept).
+# Exact tested versions: constraints.txt (the set-up installs under it); pyproject.toml has ranges only.
 VENV ?= .venv
 PYTHON_VENV := $(VENV)/bin/python
 READY := $(VENV)/.ltdet2-ready
@@ -9,9 +10,9 @@ DEMO_OUTPUT ?= output/demo
 
 setup: $(READY)
 
-# Re-checked (in place) when the dependencies or the set-up script change; a second run installs
-# nothing new.
-$(READY): pyproject.toml scripts/setup_env.sh
+# Re-checked (in place) when the dependencies, the pins or the set-up script change; a second run
+# installs nothing new.
+$(READY): pyproject.toml constraints.txt scripts/setup_env.sh
 	@rm -f $(READY)
 	@bash scripts/setup_env.sh $(VENV)
 

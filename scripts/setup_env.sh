@@ -10,12 +10,16 @@
 # completed in place by re-running the (idempotent) steps: an environment the user pointed at
 # (VENV=/path/to/env) is never deleted, and torch / detectron2 already importable there (for example
 # a CUDA build compiled from source) are left as they are.
+#
+# Versions: pyproject.toml states the ranges ltdet2 needs; constraints.txt (repo root) holds the exact
+# tested versions (torch, torchvision, detectron2, ruff), and every install here runs under it (pip -c),
+# except that a torch already in the environment is kept and the rest is constrained to it.
 set -uo pipefail
 
 VENV=${1:-.venv}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON_BOOTSTRAP=${PYTHON:-python3}
-DETECTRON2_PIN="sal-detectron2==0.7.2"
+PINS="$ROOT/constraints.txt"
 READY="$VENV/.ltdet2-ready"
 CREATING="$VENV/.ltdet2-creating"
 TOTAL=6
@@ -35,6 +39,7 @@ if [ -f "$READY" ]; then
 fi
 
 step "python environment in $VENV"
+[ -f "$PINS" ] || fail "$PINS is missing (the tested versions the set-up installs)" "restore it: git checkout -- constraints.txt"
 if [ -f "$CREATING" ]; then
   echo "[setup] creating $VENV did not finish last time: removing it and starting again"
   rm -rf "$VENV"
@@ -60,21 +65,35 @@ step "torch and torchvision"
 if "$PY" -c 'import torch, torchvision' 2>/dev/null; then
   echo "[setup] keeping the installed $("$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)')"
 else
-  TORCH_PINS=$("$PY" "$ROOT/scripts/_read_requirements.py" "$ROOT/pyproject.toml" --only torch torchvision) \
-    || fail "could not read the torch pins from pyproject.toml" "check pyproject.toml is valid TOML"
+  TORCH_REQS=$("$PY" "$ROOT/scripts/_read_requirements.py" "$ROOT/pyproject.toml" --only torch torchvision) \
+    || fail "could not read the torch requirements from pyproject.toml" "check pyproject.toml is valid TOML"
+  TORCH_PINS=$("$PY" "$ROOT/scripts/_read_requirements.py" "$PINS" --only torch torchvision) \
+    || fail "could not read the torch pins from $PINS" "check $PINS (one name==version a line)"
   # shellcheck disable=SC2086
-  "${PIP[@]}" install $TORCH_PINS \
-    || fail "pip could not install $(echo $TORCH_PINS)" \
+  "${PIP[@]}" install -c "$PINS" $TORCH_REQS \
+    || fail "pip could not install $(echo $TORCH_PINS) (constraints.txt)" \
        "check that PyPI is reachable and has these versions for $("$PY" -V); or install torch yourself in $VENV and rerun"
 fi
-# Every later install is constrained to the torch that is now there, so that no dependency can
-# silently replace it with another build.
+# Every later install runs under constraints.txt, with its torch and torchvision pins replaced by the
+# versions now installed, so that no dependency can silently replace the torch there with another build.
 CONSTRAINTS="$VENV/ltdet2-constraints.txt"
-"$PY" - > "$CONSTRAINTS" <<'PYEOF' || fail "could not read the installed torch version" "reinstall torch in $VENV"
-import torch, torchvision
-print(f"torch=={torch.__version__}")
-print(f"torchvision=={torchvision.__version__}")
+{
+  "$PY" "$ROOT/scripts/_read_requirements.py" "$PINS" --exclude torch torchvision \
+    && "$PY" - <<'PYEOF'
+from importlib import metadata
+
+import torch
+import torchvision
+
+for name, module in (("torch", torch), ("torchvision", torchvision)):
+    try:  # the version pip sees (a PyPI CUDA build's torch.__version__ has a +cu suffix its metadata lacks)
+        version = metadata.version(name)
+    except metadata.PackageNotFoundError:  # importable without pip metadata (e.g. on PYTHONPATH)
+        version = module.__version__
+    print(f"{name}=={version}")
 PYEOF
+} > "$CONSTRAINTS" || fail "could not write $CONSTRAINTS (constraints.txt and the installed torch version)" \
+  "check $PINS; reinstall torch in $VENV"
 
 step "ltdet2's dependencies (from pyproject.toml)"
 REQS="$VENV/ltdet2-requirements.txt"
@@ -91,6 +110,8 @@ else
   # sources packaged as a cp310 wheel; its pure-Python part runs on newer Pythons (the compiled _C
   # is not loaded; ltdet2 needs none of rotated boxes, deformable conv or the C++ COCO evaluator).
   # Its own requirements were installed in the previous step.
+  DETECTRON2_PIN=$("$PY" "$ROOT/scripts/_read_requirements.py" "$PINS" --only sal-detectron2)
+  [ -n "$DETECTRON2_PIN" ] || fail "$PINS pins no sal-detectron2" "add the line sal-detectron2==0.7.2 to $PINS"
   STAGE=$(mktemp -d)
   "${PIP[@]}" install --no-deps --only-binary=:all: --python-version 3.10 --implementation cp \
       --target "$STAGE" "$DETECTRON2_PIN" \
