@@ -3,6 +3,7 @@
 from detectron2.config import LazyCall as L
 
 from ltdet2.data.lvis_meta import lvis_meta_from_dataset
+from ltdet2.hooks import MemoryWarmup
 from ltdet2.memory import InstanceFrequency, MeanScore
 from ltdet2.modeling.feature_sources import MemoryFeatureSampler
 from ltdet2.modeling.losses import EquilibriumLoss
@@ -78,3 +79,14 @@ def add_mfs(
             shared_eta=shared_eta,
         ),
     )
+
+
+def add_memory_warmup(train, images_per_class=5, deduplicate=False):
+    """LOCE's official warm-up (:class:`ltdet2.hooks.MemoryWarmup`, in ``train.hooks``): before the fine-tune's first
+    iteration (not on a resume), a class-balanced pass of ``images_per_class`` images per class fills the memories and
+    mean scores."""
+    train["hooks"] = [
+        *(train.get("hooks", None) or []),
+        L(MemoryWarmup)(images_per_class=images_per_class, deduplicate=deduplicate),
+    ]
+    return train

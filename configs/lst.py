@@ -10,17 +10,17 @@
 import copy
 import math
 
-import numpy as np
-
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 
 from ltdet2.data import IncrementalPhaseBuilder, ValidityDatasetMapper
+from ltdet2.data.incremental import ClassIncrementalSplit
 from ltdet2.data.lt_shapes import NUM_CLASSES as LT_SHAPES_NUM_CLASSES
 from ltdet2.data.samplers import replay_draw_sampler
 from ltdet2.engine import make_phase
 from ltdet2.engine.epochs import warmup_multi_step
-from ltdet2.engine.weight_generation import WEIGHT_GENERATION_OPTIONS
+from ltdet2.hooks import ClassExpansion, WriteGeneratedWeights
+from ltdet2.hooks.weight_generation import WEIGHT_GENERATION_OPTIONS
 from ltdet2.modeling import (
     CosineClassifier,
     LinearOutputConvFCHead,
@@ -39,13 +39,6 @@ LST_TOP3_FROZEN_TRAINABLE = [r"backbone\.bottom_up\.(stem|res2)\.", *LST_INCREME
 LT_SHAPES_INCREMENTAL_ITERS = 100
 # lst_phases(weight_generator=...): MetaWeightGeneratorTerm's options (the class sizes come from the split)
 GENERATOR_TERM_OPTIONS = ("weight", "ema_momentum", "attention_scale")
-
-
-def phase_class_counts(num_classes, *, base, num_phases):
-    """K_t, the classes seen after each phase: ``base``, then the bins of ``np.array_split`` over the rest
-    (the split :func:`ltdet2.data.incremental_class_phases` makes)."""
-    sizes = [len(b) for b in np.array_split(np.arange(num_classes - base), num_phases)] if num_phases else []
-    return [base + sum(sizes[:t]) for t in range(num_phases + 1)]
 
 
 def use_lst_model(model, *, num_classes, agnostic_mlp_dim=None, cosine_scale=10.0):
@@ -113,7 +106,7 @@ def replay_draw_options(replay_resampling, epochs=None):
 
 
 def split_generator_options(options):
-    """``lst_phases``' ``weight_generator`` dict as (the term's options, ``train.weight_generation``)."""
+    """``lst_phases``' ``weight_generator`` dict as (the term's options, the phase-end write's)."""
     options = dict(options)
     unknown = sorted(set(options) - set(GENERATOR_TERM_OPTIONS) - set(WEIGHT_GENERATION_OPTIONS))
     if unknown:
@@ -128,7 +121,7 @@ def split_generator_options(options):
 def add_weight_generator(phase, *, base, num_old_classes, num_classes, options):
     """LST's meta weight generator in an incremental phase with a teacher-student model: its episodic term in
     ``model.distillers`` (added to ``train.trainable``, so the generator trains) and the phase-end write of the
-    new classes' rows (``train.weight_generation``)."""
+    new classes' rows (:class:`~ltdet2.hooks.WriteGeneratedWeights` in ``train.hooks``)."""
     term, write = split_generator_options(options)
     model = phase["model"]
     # the generator trains with the phase: its term's parameters must match train.trainable
@@ -142,8 +135,14 @@ def add_weight_generator(phase, *, base, num_old_classes, num_classes, options):
             **term,
         )
     )
-    phase["train"].weight_generation = write
+    add_hook(phase["train"], L(WriteGeneratedWeights)(**write))
     return phase
+
+
+def add_hook(train, hook):
+    """Appends ``hook`` (a LazyCall node) to ``train.hooks``."""
+    train["hooks"] = [*(train.get("hooks", None) or []), hook]
+    return train
 
 
 def lst_phases(
@@ -185,7 +184,7 @@ def lst_phases(
     ``weight_generator``: None (off, the default), or a dict of
     :class:`~ltdet2.modeling.MetaWeightGeneratorTerm` options (``weight``, ``ema_momentum``,
     ``attention_scale``) and of the phase-end write (``row_norm``, ``batch_size``, ``num_workers``;
-    :mod:`ltdet2.engine.weight_generation`): every incremental phase then trains the generator and writes its
+    :class:`ltdet2.hooks.WriteGeneratedWeights`): every incremental phase then trains the generator and writes its
     new classes' rows at its end. It needs ``distill`` (the term runs in :class:`TeacherStudentRCNN`, which
     always builds its teacher when it has terms).
 
@@ -224,10 +223,10 @@ def lst_phases(
         split_generator_options(weight_generator)  # unknown keys: refused here, not when a phase is built
     name_prefix = name_prefix or f"{source}_lst"
     dataset_prefix = name_prefix if chain_name == "incremental" else f"{name_prefix}_{chain_name}"
-    counts = phase_class_counts(num_classes, base=base, num_phases=num_phases)
+    split = ClassIncrementalSplit(num_classes, base, num_phases)
     phases = {}
     previous = from_phase
-    for t, classes_seen in enumerate(counts):
+    for t, classes_seen in enumerate(split.class_counts):
         if t == 0 and from_phase is not None:
             continue
         phase_model = use_lst_model(copy.deepcopy(model), num_classes=classes_seen, agnostic_mlp_dim=agnostic_mlp_dim)
@@ -253,7 +252,8 @@ def lst_phases(
                 phase["train"].init_from_phase = previous
             phase["train"].max_iter = incremental_iters
             phase["train"].epochs = incremental_epochs
-            phase["train"].expand_classes = dict(old_num_classes=counts[t - 1])
+            # the previous phase's model, expanded to this phase's classes (seeded with this phase's train.seed)
+            add_hook(phase["train"], L(ClassExpansion)(old_num_classes=split.old_num_classes(t), seed="${...seed}"))
             phase["train"].trainable = list(trainable)
             phase["train"].init_reinitialize = []  # the previous phase's model loads whole (expanded)
             phase["optimizer"].lr = incremental_lr
@@ -267,14 +267,16 @@ def lst_phases(
                 phase_model.teacher = None  # the previous phase's model, filled by the runner
                 phase_model.teacher_weights = None
                 phase_model.distillers = [
-                    L(OldClassLogitDistillation)(num_old_classes=counts[t - 1], mode=distill_mode, weight=1.0)
+                    L(OldClassLogitDistillation)(
+                        num_old_classes=split.old_num_classes(t), mode=distill_mode, weight=1.0
+                    )
                 ]
                 phase["train"].teacher_from_phase = previous
                 if weight_generator is not None:
                     add_weight_generator(
                         phase,
                         base=base,
-                        num_old_classes=counts[t - 1],
+                        num_old_classes=split.old_num_classes(t),
                         num_classes=classes_seen,
                         options=weight_generator,
                     )

@@ -35,7 +35,7 @@ from ltdet2.engine.leaderboard import evaluate_entries_only
 
 from ..configs.bacl import add_classifier_learning, add_representation_learning
 from ..configs.common.schedules import multi_step
-from ..configs.loce import LOCE_TRAINABLE, add_ebl, add_mfs
+from ..configs.loce import LOCE_TRAINABLE, add_ebl, add_memory_warmup, add_mfs
 from ..configs.lst import lt_shapes_lst_phases
 from ..configs.lt_shapes_defaults import dataloader, optimizer, train
 from ..configs.models.mask_rcnn_r18_fpn_small import model
@@ -83,7 +83,8 @@ def leaderboard_phases(model, dataloader, optimizer, train, *, pretrain_iters, f
         return add_object_replay(phase["model"], dataset_name=phase["dataloader"].train.dataset.names)
 
     def decoupled(phase):  # LOCE's fine-tune: classifier, regressor, RPN and mask head train; memories warmed up
-        phase["train"].update(trainable=LOCE_TRAINABLE, memory_warmup=dict(images_per_class=5))
+        phase["train"].update(trainable=LOCE_TRAINABLE)
+        add_memory_warmup(phase["train"], images_per_class=5)
         return phase
 
     phases = {}

@@ -5,7 +5,7 @@
 from ltdet2.engine import make_phase
 
 from ..configs.common.schedules import multi_step
-from ..configs.loce import LOCE_TRAINABLE, add_ebl, add_mfs
+from ..configs.loce import LOCE_TRAINABLE, add_ebl, add_memory_warmup, add_mfs
 from ..configs.lt_shapes_defaults import MAX_ITER, dataloader, lr_multiplier, model, optimizer, train
 
 train.output_dir = "output/loce"  # the phases train in output/loce/<phase>
@@ -16,7 +16,7 @@ finetune = make_phase(pretrain)
 add_ebl(finetune["model"])
 add_mfs(finetune["model"])
 finetune["train"].trainable = LOCE_TRAINABLE
-finetune["train"].memory_warmup = dict(images_per_class=5)  # official: memory and mean scores filled first
+add_memory_warmup(finetune["train"], images_per_class=5)  # official: memory and mean scores filled first
 finetune["train"].max_iter = FINETUNE_ITERS
 finetune["train"].checkpointer.period = 50
 finetune["lr_multiplier"] = multi_step(  # steps at 3/6 and 5/6 of the fine-tune (paper: epochs 3, 5 of 6)

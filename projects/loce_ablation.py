@@ -23,16 +23,16 @@ use_long_tail_heads(finetune_ce["model"])  # same heads, stock loss: identical t
 # the memory phases start with LOCE's official warm-up (the CE fine-tune has nothing to fill)
 finetune_ebl = make_phase(finetune_ce)
 add_ebl(finetune_ebl["model"])
-finetune_ebl["train"].memory_warmup = finetune["train"].memory_warmup
+finetune_ebl["train"].hooks = finetune["train"].hooks
 
 finetune_mfs = make_phase(finetune_ce)
 add_mfs(finetune_mfs["model"])
-finetune_mfs["train"].memory_warmup = finetune["train"].memory_warmup
+finetune_mfs["train"].hooks = finetune["train"].hooks
 
 finetune_loce = make_phase(finetune_ce)
 add_ebl(finetune_loce["model"])
 add_mfs(finetune_loce["model"])
-finetune_loce["train"].memory_warmup = finetune["train"].memory_warmup
+finetune_loce["train"].hooks = finetune["train"].hooks
 
 phases = dict(
     pretrain=pretrain,

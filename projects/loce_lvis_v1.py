@@ -8,7 +8,7 @@ from ltdet2.engine import make_phase
 from ltdet2.modeling import NormalizedMaskRCNNConvUpsampleHead
 
 from ..configs.common.schedules import epochs_to_iters, multi_step
-from ..configs.loce import LOCE_TRAINABLE, add_ebl, add_mfs
+from ..configs.loce import LOCE_TRAINABLE, add_ebl, add_memory_warmup, add_mfs
 from ..configs.lvis_v1_defaults import (
     BATCH_SIZE,
     NUM_TRAIN_IMAGES,
@@ -38,7 +38,7 @@ finetune = make_phase(pretrain)
 add_ebl(finetune["model"])
 add_mfs(finetune["model"], storage_dtype=torch.float16)  # 1203x80x256x7x7: 2.4 GB
 finetune["train"].trainable = LOCE_TRAINABLE
-finetune["train"].memory_warmup = dict(images_per_class=5)  # official: memory and mean scores filled first
+add_memory_warmup(finetune["train"], images_per_class=5)  # official: memory and mean scores filled first
 finetune["train"].max_iter = iters(6)
 finetune["lr_multiplier"] = multi_step(iters(6), steps=(iters(3), iters(5)), warmup_iters=500)
 

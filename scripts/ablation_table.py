@@ -25,8 +25,10 @@ import os
 import shlex
 import subprocess
 
-from ltdet2.engine.phases import SUMMARY_METRICS, load_config, resolve_phases, train_command
+from ltdet2.engine.launch import train_command
+from ltdet2.engine.phases import load_config, resolve_phases
 from ltdet2.engine.results import (
+    SUMMARY_METRICS,
     format_mean_std_table,
     format_paired_differences,
     git_commit,

@@ -42,7 +42,8 @@ from detectron2.config import instantiate
 from detectron2.utils.events import EventStorage
 
 from ltdet2.engine.derived import derived_dataset_builders, prepare_derived_datasets
-from ltdet2.engine.phases import chain_teachers, load_config, resolve_phases
+from ltdet2.engine.phase_graph import chain_teachers
+from ltdet2.engine.phases import load_config, resolve_phases
 from ltdet2.engine.results import git_commit, machine_description
 from ltdet2.engine.train_loop import build_model
 from ltdet2.utils.json_io import write_json_atomic

@@ -44,7 +44,7 @@ import subprocess
 import sys
 import time
 
-from ltdet2.engine.launch import RunLock
+from ltdet2.engine.launch import RunLock, train_command
 from ltdet2.engine.leaderboard import (
     chain_iterations,
     entry_chains,
@@ -57,7 +57,7 @@ from ltdet2.engine.leaderboard import (
     seed_wall_times,
     write_entry_results,
 )
-from ltdet2.engine.phases import load_config, resolve_phases, train_command
+from ltdet2.engine.phases import load_config, resolve_phases
 from ltdet2.engine.results import git_commit, phase_record, results_record
 from ltdet2.utils.json_io import read_json, write_json_atomic
 

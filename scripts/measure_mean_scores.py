@@ -20,10 +20,10 @@ import numpy as np
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ltdet2.engine.memory_warmup import warm_up_memories
 from ltdet2.engine.phases import load_config
 from ltdet2.engine.train_loop import build_model
 from ltdet2.evaluation.plots import plot_per_class_ap
+from ltdet2.hooks.memory_warmup import warm_up_memories
 
 
 def main():

@@ -45,7 +45,8 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer, _create_text_labels
 
 from ltdet2.data.lvis_meta import lvis_meta_from_dataset
-from ltdet2.engine.derived import derived_dataset_builders, evaluation_input, register_derived_datasets
+from ltdet2.engine.derived import derived_dataset_builders, register_derived_datasets
+from ltdet2.engine.model_input import evaluation_input
 from ltdet2.engine.phases import load_config, resolve_phases, single_phase
 from ltdet2.engine.train_loop import build_model
 

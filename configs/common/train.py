@@ -31,15 +31,13 @@ train = dict(
     # builders (LazyConfigs) of the datasets this phase trains on, e.g. ltdet2.data.ExemplarSetBuilder: built in
     # the phase's folder before it trains, registered whenever it runs (ltdet2.engine.derived)
     derived_datasets=[],
-    # LST network expansion: dict(old_num_classes=K_old) (optional: seed (default train.seed), classifier_std=0.01,
-    # regressor_std=0.001, mask_std=0.001) grows the class rows of train.init_checkpoint (the previous phase's
-    # model, K_old classes) to this phase's model; not applied on --resume. None: no expansion
-    expand_classes=None,
-    # e.g. dict(images_per_class=5): fill memories and indicators before training (LOCE's code)
-    memory_warmup=None,
-    # LST's meta weight generator: e.g. dict(row_norm="keep", batch_size=4) writes the new classes' generated
-    # classifier rows after the last iteration and saves model_final again (ltdet2.engine.weight_generation)
-    weight_generation=None,
+    # the phase's own steps (LazyCall nodes; the contract: ltdet2.engine.train_loop): Detectron2 hooks registered after
+    # the standard ones, e.g. L(ltdet2.hooks.MemoryWarmup)(images_per_class=5) (LOCE: fill memories and indicators
+    # before training, not on --resume) or L(ltdet2.hooks.WriteGeneratedWeights)(row_norm="keep") (LST: write the new
+    # classes' generated classifier rows after the last iteration), and transforms of train.init_checkpoint, e.g.
+    # L(ltdet2.modeling.expansion.ClassExpansion)(old_num_classes=K_old, seed="${...seed}") (LST: grow the previous
+    # phase's class rows to this phase's model; not applied on --resume)
+    hooks=[],
     # a phase whose evaluation finds nothing (no results, or every metric NaN: no detection) is not
     # recorded as done unless this is True
     allow_empty_eval=False,

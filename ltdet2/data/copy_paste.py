@@ -342,7 +342,7 @@ def _decode(segmentation):
 
 def _mask_to_polygons(mask):
     """Outer contours of a [H, W] bool mask as flat float polygons of >= 3 points (holes are filled)."""
-    import cv2
+    import cv2  # lazy: OpenCV is optional (not one of ltdet2's dependencies), needed only for polygon masks
 
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     polygons = [c.reshape(-1).astype(np.float64) + 0.5 for c in contours if len(c) >= 3]

@@ -6,7 +6,7 @@ custom name fails with "No built-in metadata"; a name containing "v1" silently g
 counts), its loader maps ``category_id - 1`` (wrong for ids other than ``1..C``), and bad boxes or
 annotations of unknown images are changed or dropped without a word.
 
-Conventions (as :mod:`ltdet2.data.lvis_meta`): the contiguous class index ``i`` is the position of
+Conventions (as :mod:`ltdet2.data.categories`): the contiguous class index ``i`` is the position of
 the json category id in the sorted ids. Per-class counts come from the annotations (of the training
 json for an evaluation split, given as ``train_json``), never from stored fields, which are checked
 against them instead (:func:`ltdet2.data.validation.check_annotations`); frequency groups are LVIS's
@@ -23,13 +23,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from pycocotools import mask as mask_util
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
+from detectron2.data.datasets.lvis import get_lvis_instances_meta
 from detectron2.structures import BoxMode
+from detectron2.utils.file_io import PathManager
 
 from ..utils.json_io import read_json
-from .lvis_meta import LVISMeta, _fmt_ids, frequency_from_image_count
+from .categories import _fmt_ids, frequency_from_image_count
+from .category_meta import LVISMeta
 from .validation import CATEGORY_LIST_KEYS, CountReference, check_annotations
 
 __all__ = [
@@ -258,8 +262,6 @@ def derived_source(dataset_name: str):
             f"Detectron2's register_lvis_instances (metadata with json_file, image_root and evaluator_type='lvis'); "
             f"its metadata has {sorted(keys)} (evaluator_type={keys.get('evaluator_type')!r})"
         )
-    from detectron2.utils.file_io import PathManager
-
     return Detectron2LVISSource(
         name=dataset_name,
         json_file=_local_path(PathManager.get_local_path(keys["json_file"])),
@@ -291,8 +293,6 @@ def _read_source(source):
 
 def _builtin_lvis_meta(dataset_name: str) -> dict:
     """Detectron2's built-in metadata that its ``load_lvis_json`` sets for ``dataset_name`` ({} for a name without)."""
-    from detectron2.data.datasets.lvis import get_lvis_instances_meta
-
     try:
         return get_lvis_instances_meta(dataset_name)
     except ValueError:
@@ -368,8 +368,6 @@ def dataset_dicts_with_annotation_ids(dataset_name: str) -> list:
         raise ValueError(
             f"dataset {dataset_name!r}: its annotations have no 'id' and its metadata no json_file to recover them from"
         )
-    from detectron2.utils.file_io import PathManager
-
     json_file = PathManager.get_local_path(json_file)
     category_ids = dataset_category_ids(dataset_name)
     d = read_json(json_file, what="dataset json")
@@ -429,8 +427,7 @@ def _instance(annotation: dict, class_index: int) -> dict:
     segmentation = annotation.get("segmentation")
     if segmentation is not None:
         if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-            from pycocotools import mask as mask_util  # uncompressed RLE -> compressed, as load_coco_json
-
+            # uncompressed RLE -> compressed, as load_coco_json
             segmentation = mask_util.frPyObjects(segmentation, *segmentation["size"])
         obj["segmentation"] = segmentation
     if "iscrowd" in annotation:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..utils.files import file_identity
 from ..utils.json_io import read_json, write_json_atomic
-from .class_counts import class_counts
+from .categories import _fmt_ids, class_counts, frequency_from_image_count
 from .datasets import (
     Detectron2LVISSource,
     _read_source,
@@ -34,7 +34,6 @@ from .datasets import (
     derived_source,
     register_lvis_format_dataset,
 )
-from .lvis_meta import _fmt_ids, frequency_from_image_count
 
 __all__ = [
     "build_derived_dataset",

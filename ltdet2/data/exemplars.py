@@ -15,7 +15,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .lvis_meta import LVISMeta, _fmt_ids
+from .categories import _fmt_ids
+from .category_meta import LVISMeta
+from .datasets import _read_source, _validated_meta, derived_source
+from .derived import UNSELECTED_MODES, build_derived_dataset, register_derived_dataset
 
 __all__ = ["select_exemplars", "smooth_tail_quota", "ExemplarSetBuilder"]
 
@@ -181,8 +184,6 @@ class ExemplarSetBuilder:
         score: str = "max_foreground",
         unselected: str = "drop",
     ):
-        from .derived import UNSELECTED_MODES
-
         if unselected not in UNSELECTED_MODES:
             raise ValueError(f"unselected must be one of {UNSELECTED_MODES}, got {unselected!r}")
         self.name = name
@@ -224,9 +225,6 @@ class ExemplarSetBuilder:
         }
 
     def prepare(self, context) -> None:
-        from .datasets import _validated_meta, derived_source
-        from .derived import build_derived_dataset
-
         meta = _validated_meta(derived_source(self.source))  # the counts of the annotations the set is drawn from
         table = _columns(context.annotation_scores(self.scores_from_phase, dataset=self.source, score=self.score))
         table_identity = context.table_identity(self.scores_from_phase, dataset=self.source, score=self.score)
@@ -252,15 +250,11 @@ class ExemplarSetBuilder:
         self._log_summary(meta, table, ids)
 
     def register(self, context) -> None:
-        from .derived import register_derived_dataset
-
         register_derived_dataset(self.name, self.json_path(context), source=self.source)
 
     def _check_table(self, table: dict, table_identity) -> None:
         """Every scored annotation must be an annotation of ``source`` (one of its json's annotations that are
         candidates: with ``skip_invalid``, not a dropped one) with the same image and json category id."""
-        from .datasets import _read_source, derived_source
-
         d, checked, _ = _read_source(derived_source(self.source))
         images, annotations = d["images"], d["annotations"]
         kept = np.flatnonzero(checked.keep)

@@ -1,9 +1,10 @@
 """Class-incremental phases of LST (issue #13; reference §2.1-2.2): the class split, balanced replay and the
 phase datasets.
 
-* :func:`incremental_class_order` / :func:`incremental_class_phases`: classes sorted by training instance count
-  (descending; ties by json category id ascending), a base phase of the top ``base`` classes, then ``num_phases``
-  near-equal bins (``np.array_split`` sizes).
+* :class:`ClassIncrementalSplit`: the split in numbers (a base phase of the top ``base`` classes, then ``num_phases``
+  near-equal bins, ``np.array_split`` sizes) and each phase's class counts, which the phase configs read
+  (``configs/lst.py``); :func:`incremental_class_order` / :func:`incremental_class_phases`: a dataset's classes
+  sorted by training instance count (descending; ties by json category id ascending), split by it.
 * :func:`replay_counts`: images replayed per old class, ``ceil(n_C / n_k)`` (paper) or ``round`` with a minimum of
   1 (official code).
 * :class:`IncrementalPhaseBuilder`: a derived-dataset builder (the phase runner's protocol) writing phase t's
@@ -16,14 +17,16 @@ category id = rank + 1, ``"source_id"`` = the dataset's own id), so a class keep
 
 import logging
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
-from .class_counts import class_counts, unique_image_class_pairs
-from .lvis_meta import LVISMeta, _fmt_ids, frequency_from_image_count
+from .categories import _fmt_ids, class_counts, frequency_from_image_count, unique_image_class_pairs
+from .category_meta import LVISMeta
 from .validation import CATEGORY_LIST_KEYS
 
 __all__ = [
+    "ClassIncrementalSplit",
     "incremental_class_order",
     "incremental_class_phases",
     "replay_counts",
@@ -61,30 +64,86 @@ def incremental_class_order(meta) -> np.ndarray:
     return ids[np.lexsort((ids, -np.asarray(meta.instance_count, dtype=np.int64)))]
 
 
+@dataclass(frozen=True)
+class ClassIncrementalSplit:
+    """LST's class split in numbers, the one place it is made: ``num_classes`` classes in their sorted order
+    (:func:`incremental_class_order`), a base phase (phase 0) of the first ``base``, then ``num_phases`` incremental
+    phases that each add a near-equal bin of the rest, with ``np.array_split`` sizes (the first ``r`` bins one
+    larger). LVIS v0.5, ``base=270, num_phases=6``: 270 + 6 x 160 (paper). ``num_phases=0``: the base phase alone.
+
+    The phase datasets split a dataset's sorted classes with it (:meth:`split`, :func:`incremental_class_phases`);
+    the phase configs read their class counts from it (:attr:`class_counts`, :meth:`old_num_classes`).
+
+    Raises:
+        ValueError: ``base < 1``, ``base`` above ``num_classes``, ``num_phases < 0``, or more phases than classes
+            left after the base (an empty phase).
+    """
+
+    num_classes: int
+    base: int
+    num_phases: int
+
+    def __post_init__(self):
+        num_classes, base, num_phases = int(self.num_classes), int(self.base), int(self.num_phases)
+        object.__setattr__(self, "num_classes", num_classes)
+        object.__setattr__(self, "base", base)
+        object.__setattr__(self, "num_phases", num_phases)
+        if base < 1 or base > num_classes:
+            raise ValueError(f"base must be in [1, {num_classes}] (the number of classes), got {base}")
+        if num_phases < 0:
+            raise ValueError(f"num_phases must be >= 0, got {num_phases}")
+        rest = num_classes - base
+        if num_phases > rest:
+            raise ValueError(
+                f"more phases than classes: {num_phases} incremental phases for the {rest} classes left after the "
+                f"{base} base classes ({num_classes} classes in all); every phase needs at least one class"
+            )
+
+    @property
+    def sizes(self) -> tuple:
+        """The classes each phase adds: ``base``, then the ``num_phases`` bins' sizes."""
+        if not self.num_phases:
+            return (self.base,)
+        size, larger = divmod(self.num_classes - self.base, self.num_phases)
+        return (self.base, *[size + 1] * larger, *[size] * (self.num_phases - larger))
+
+    @property
+    def class_counts(self) -> tuple:
+        """K_t, the classes seen after each phase t = 0 (``base``) .. ``num_phases`` (``num_classes``, but for
+        ``num_phases=0``, whose one phase has the ``base`` classes)."""
+        return tuple(int(k) for k in np.cumsum(self.sizes))
+
+    def old_num_classes(self, phase: int) -> int:
+        """K_{t-1}, the classes phase ``phase`` starts with (the previous phase's); 0 for the base phase."""
+        self._check_phase(phase)
+        return self.class_counts[phase - 1] if phase > 0 else 0
+
+    def split(self, ordered) -> list:
+        """``ordered`` (the ``num_classes`` classes in their sorted order, e.g. json category ids) cut into the
+        phases' classes: a list of ``num_phases + 1`` arrays."""
+        ordered = np.asarray(ordered)
+        if len(ordered) != self.num_classes:
+            raise ValueError(f"{self}: splits {self.num_classes} classes, got {len(ordered)}")
+        bounds = (0, *self.class_counts)
+        return [ordered[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+
+    def _check_phase(self, phase):
+        if not 0 <= phase <= self.num_phases:
+            raise ValueError(f"{self}: phase must be in [0, {self.num_phases}], got {phase}")
+
+
 def incremental_class_phases(meta, *, base: int, num_phases: int) -> list:
     """The classes of each phase: json category ids (int64 arrays, in the sorted order of
-    :func:`incremental_class_order`); phase 0 = the top ``base`` classes, then ``num_phases`` bins of the rest
-    with ``np.array_split`` sizes (the first ``r`` bins one larger). LVIS v0.5, ``base=270, num_phases=6``:
-    270 + 6 x 160 (paper). ``num_phases=0``: one phase of the top ``base`` classes.
+    :func:`incremental_class_order`), split by :class:`ClassIncrementalSplit`: phase 0 = the top ``base`` classes,
+    then ``num_phases`` bins of the rest with ``np.array_split`` sizes (the first ``r`` bins one larger). LVIS v0.5,
+    ``base=270, num_phases=6``: 270 + 6 x 160 (paper). ``num_phases=0``: one phase of the top ``base`` classes.
 
     Raises:
         ValueError: ``base < 1``, ``base`` above the number of classes, ``num_phases < 0``, or more phases than
             classes left after the base (an empty phase).
     """
     order = incremental_class_order(meta)
-    num_classes = len(order)
-    base, num_phases = int(base), int(num_phases)
-    if base < 1 or base > num_classes:
-        raise ValueError(f"base must be in [1, {num_classes}] (the dataset's number of classes), got {base}")
-    if num_phases < 0:
-        raise ValueError(f"num_phases must be >= 0, got {num_phases}")
-    rest = num_classes - base
-    if num_phases > rest:
-        raise ValueError(
-            f"more phases than classes: {num_phases} incremental phases for the {rest} classes left after the "
-            f"{base} base classes ({num_classes} classes in all); every phase needs at least one class"
-        )
-    return [order[:base]] + (np.array_split(order[base:], num_phases) if num_phases else [])
+    return ClassIncrementalSplit(len(order), base, num_phases).split(order)
 
 
 def replay_counts(old_instance_count, old_image_count, new_instance_count, *, mode: str = "ceil") -> np.ndarray:

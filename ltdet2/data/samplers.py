@@ -1,7 +1,7 @@
 """Repeat-factor sampling (RFS, LVIS paper appendix B.2) on Detectron2's own sampler.
 
 The factors are computed here, vectorized with numpy over a flat array of unique (image, class)
-pairs (:func:`ltdet2.data.class_counts.dataset_dict_pairs`), and handed to
+pairs (:func:`ltdet2.data.categories.dataset_dict_pairs`), and handed to
 :class:`detectron2.data.samplers.RepeatFactorTrainingSampler`, which already shards the infinite
 index stream across ranks with a shared seed and rounds fractional factors stochastically each epoch.
 
@@ -34,9 +34,10 @@ import torch
 
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 
-from .class_counts import dataset_dict_pairs, unique_image_class_pairs
+from .categories import _fmt_ids, dataset_dict_pairs, unique_image_class_pairs
+from .category_meta import LVISMeta
 from .incremental import REPLAY_DRAW_KEY
-from .lvis_meta import LVISMeta, _fmt_ids
+from .lvis_meta import lvis_meta_from_dataset
 
 __all__ = [
     "class_repeat_factors",
@@ -323,8 +324,6 @@ def stepwise_repeat_factor_sampler(
     if image_count_from is not None and image_count is not None:
         raise ValueError("give image_count_from or image_count, not both")
     if image_count_from is not None:
-        from .lvis_meta import lvis_meta_from_dataset
-
         image_count = lvis_meta_from_dataset(image_count_from)
     if isinstance(image_count, LVISMeta):
         image_count = image_count.image_count

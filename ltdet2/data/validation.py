@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tabulate import tabulate
 
-from .class_counts import class_counts
-from .lvis_meta import _fmt_ids, _sorted_category_ids, frequency_from_image_count
+from .categories import _fmt_ids, _sorted_category_ids, class_counts, frequency_from_image_count
 
 __all__ = ["CountReference", "CheckedAnnotations", "check_annotations", "CATEGORY_LIST_KEYS"]
 
@@ -362,8 +362,6 @@ def _dropped_per_class(dropped_classes: np.ndarray, names, category_ids) -> str:
     """A table of dropped annotations per class (unknown categories on one row), '' when none."""
     if not len(dropped_classes):
         return ""
-    from tabulate import tabulate
-
     per_class = np.bincount(dropped_classes[dropped_classes >= 0], minlength=len(names))
     rows = [(names[i], int(category_ids[i]), int(per_class[i])) for i in np.nonzero(per_class)[0]]
     unknown = int((dropped_classes < 0).sum())

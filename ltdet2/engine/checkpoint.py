@@ -36,7 +36,7 @@ from detectron2.engine import hooks
 from detectron2.utils import comm
 
 from ..memory.distributed import local_memory_names, per_rank_state_names
-from .launch import on_main_process, raise_if_any_rank_failed
+from .ranks import on_main_process, raise_if_any_rank_failed
 
 logger = logging.getLogger("detectron2")
 
@@ -184,15 +184,18 @@ class AtomicCheckpointer(DetectionCheckpointer):
     After :meth:`resume_or_load`, ``resumed_from`` is the checkpoint training resumes from (None: none),
     the same on every rank.
 
-    ``class_expansion`` (a :class:`~ltdet2.modeling.expansion.ClassExpansion`, ``train.expand_classes``) grows
-    the class rows of the initial checkpoint that :meth:`resume_or_load` loads when it does not resume (LST's
-    network expansion), instead of Detectron2's "shape mismatch, skipped" for the classifier; a resume loads
-    the phase's own (already expanded) checkpoint as it is.
-
     ``reinitialize`` (regexes matched at the start of parameter names, ``train.init_reinitialize``): entries of the
     initial checkpoint that are dropped before it is loaded, so that those parameters keep the model's fresh
     initialisation (e.g. the class-specific heads of a COCO model that starts an LVIS phase); logged, and a
     pattern that drops nothing is refused. A resume loads everything.
+
+    ``initial_transforms``: callables ``transform(state_dict, model_state, where=...)`` that return the model state
+    to load instead of ``state_dict``, applied in order, after ``reinitialize``, to the initial checkpoint that
+    :meth:`resume_or_load` loads when it does not resume (``model_state``: the model's state dict; ``where``: names the
+    checkpoint and the phase, for errors); e.g. LST's network expansion
+    (:class:`~ltdet2.modeling.expansion.ClassExpansion`, in the phase's ``train.hooks``), which grows the class rows
+    instead of Detectron2's "shape mismatch, skipped" for the classifier. A resume loads the phase's own (already
+    transformed) checkpoint as it is.
 
     Every load refuses a checkpoint with entries of another shape than the model's (after the two steps above), and,
     with ``required_parameters`` (names of the model's parameters; an evaluation's), one that lacks any of them:
@@ -200,14 +203,14 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     _temporary_prefix = ".tmp-"
     resumed_from = None
-    _loading_initial = None  # the initial checkpoint being loaded by resume_or_load (expanded), else None
+    _loading_initial = None  # the initial checkpoint being loaded by resume_or_load (transformed), else None
     _loading = None  # the checkpoint being loaded, for the errors
 
     def __init__(
-        self, model, save_dir="", *, class_expansion=None, reinitialize=(), required_parameters=None, **kwargs
+        self, model, save_dir="", *, initial_transforms=(), reinitialize=(), required_parameters=None, **kwargs
     ):
         super().__init__(model, save_dir, **kwargs)
-        self.class_expansion = class_expansion
+        self.initial_transforms = list(initial_transforms or ())
         self.reinitialize = [re.compile(pattern) for pattern in reinitialize or ()]
         self.required_parameters = None if required_parameters is None else list(required_parameters)
 
@@ -292,8 +295,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
         where = f"train.init_checkpoint {self._loading_initial} of the phase in {self.save_dir or '.'}"
         if self._loading_initial is not None and self.reinitialize:
             checkpoint["model"] = self._drop_reinitialized(checkpoint["model"], where)
-        if self._loading_initial is not None and self.class_expansion is not None:
-            checkpoint["model"] = self.class_expansion(checkpoint["model"], self.model.state_dict(), where=where)
+        for transform in self.initial_transforms if self._loading_initial is not None else ():
+            checkpoint["model"] = transform(checkpoint["model"], self.model.state_dict(), where=where)
         incompatible = super()._load_model(checkpoint)
         self._check_fit(incompatible)
         return incompatible
@@ -309,8 +312,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
                 f"{key}: {tuple(saved)} in the checkpoint, {tuple(own)} in the model" for key, saved, own in shapes[:8]
             )
             hint = (
-                "Entries the phase re-initialises are listed in train.init_reinitialize (regexes); LST's new classes "
-                "are added with train.expand_classes"
+                "Entries the phase re-initialises are listed in train.init_reinitialize (regexes); a transform of the "
+                "initial checkpoint in train.hooks adapts it (e.g. ltdet2.modeling.expansion.ClassExpansion, LST's "
+                "new classes)"
                 if initial
                 else "It was saved for another model (another class count: model.roi_heads.num_classes?)"
             )

@@ -24,9 +24,7 @@ import logging
 import os
 
 import torch
-from omegaconf import OmegaConf
 
-from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 
@@ -41,8 +39,10 @@ from .exemplar_scoring import (
     save_score_table,
     score_annotations,
 )
-from .launch import on_main_process, raise_if_any_rank_failed
-from .phases import require_final_checkpoint
+from .model_input import evaluation_input
+from .phase_checks import require_final_checkpoint
+from .phase_graph import derived_dataset_builders, derived_input_phases, earlier_phases
+from .ranks import on_main_process, raise_if_any_rank_failed
 from .train_loop import build_model
 
 __all__ = [
@@ -213,15 +213,6 @@ class DerivedDatasetContext:
                 torch.cuda.empty_cache()
 
 
-def evaluation_input(cfg):
-    """(augmentations, image format) of a phase's test mapper (``dataloader.test.mapper``): the resize the
-    model is evaluated with. None found: no augmentation, BGR."""
-    mapper = OmegaConf.select(cfg, "dataloader.test.mapper", default=None)
-    augmentations = mapper.get("augmentations", None) if mapper is not None else None
-    image_format = mapper.get("image_format", "BGR") if mapper is not None else "BGR"
-    return [instantiate(a) for a in (augmentations or [])], image_format
-
-
 def _dataset_json_identity(dataset):
     """Identity of a registered dataset's json (None when it has none). A dataset whose files are made on first
     use (LT-Shapes) is loaded first, so that the identity is that of the file scoring reads."""
@@ -234,36 +225,18 @@ def _dataset_json_identity(dataset):
 # --- the runner's step ---------------------------------------------------------------------------------------
 
 
-def derived_dataset_builders(cfg):
-    """The builders of a phase config's ``train.derived_datasets`` (LazyConfigs, or objects), instantiated."""
-    entries = cfg.train.get("derived_datasets", None) or []
-    return [instantiate(entry) if _is_lazy(entry) else entry for entry in entries]
-
-
-def _is_lazy(entry):
-    return OmegaConf.is_config(entry) and "_target_" in entry
-
-
 def check_builder_inputs(phase, phases, builders):
-    """Every name in a builder's ``input_phases()`` is a phase before ``phase`` whose final checkpoint exists."""
-    names = [p.name for p in phases]
-    earlier = {p.name: p for p in phases[: names.index(phase.name)]}
-    for builder in builders:
-        for name in builder.input_phases():
-            if name not in earlier:
-                raise ValueError(
-                    f"phase '{phase.name}': derived dataset '{builder.name}' reads phase {name!r}, which is not an "
-                    f"earlier phase (earlier phases: {list(earlier)})"
-                )
-            require_final_checkpoint(
-                earlier[name],
-                f"phase '{phase.name}': derived dataset '{builder.name}' needs phase '{name}''s final checkpoint",
-            )
+    """Every name in a builder's ``input_phases()`` is a phase before ``phase`` whose final checkpoint exists
+    (:func:`~ltdet2.engine.phase_graph.derived_input_phases`)."""
+    for builder, source in derived_input_phases(phases, phase, builders):
+        require_final_checkpoint(
+            source,
+            f"phase '{phase.name}': derived dataset '{builder.name}' needs phase '{source.name}''s final checkpoint",
+        )
 
 
 def make_context(phase, phases):
-    names = [p.name for p in phases]
-    earlier = {p.name: p for p in phases[: names.index(phase.name)]}
+    earlier = earlier_phases(phases, phase)
     return DerivedDatasetContext(
         phase_name=phase.name, output_dir=phase.output_dir, seed=phase.cfg.train.get("seed", 0), phases=earlier
     )

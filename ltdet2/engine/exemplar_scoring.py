@@ -34,7 +34,7 @@ from detectron2.structures import Boxes, BoxMode
 from detectron2.utils import comm
 from detectron2.utils.logger import log_every_n_seconds
 
-from ltdet2.data.datasets import dataset_dicts_with_annotation_ids
+from ltdet2.data.datasets import dataset_category_ids, dataset_dicts_with_annotation_ids
 
 __all__ = [
     "SCORE_MODES",
@@ -132,8 +132,6 @@ def _category_json_ids(dataset_name):
     """``[C]`` json category id of each contiguous index (:func:`ltdet2.data.dataset_category_ids`: ltdet2's
     registrations, a ``thing_dataset_id_to_contiguous_id``, or Detectron2's LVIS ``category_id - 1``); None
     (identity) for a dataset with none of them."""
-    from ltdet2.data.datasets import dataset_category_ids
-
     metadata = MetadataCatalog.get(dataset_name)
     if not metadata.get("thing_dataset_id_to_contiguous_id", None) and metadata.get("evaluator_type", None) != "lvis":
         return None

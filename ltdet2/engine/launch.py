@@ -1,8 +1,9 @@
-"""Processes and ranks: the training entry point, one run per output folder (:class:`RunLock`), decisions taken
-on rank 0 for every rank, process groups from a scheduler's environment, and stop requests (preemption, time-out).
+"""Processes: the training entry point (:func:`train_main`) and its command line, one run per output folder
+(:class:`RunLock`), and process groups from a scheduler's environment.
 
-Nothing here calls torch.distributed in a single process: with one process, :func:`on_main_process`
-runs its function and :func:`raise_if_any_rank_failed` raises the local error, and nothing else.
+The decisions taken on rank 0 for every rank (:mod:`ltdet2.engine.ranks`) and the stop requests
+(:mod:`ltdet2.engine.stop_requests`) have modules of their own, below the engine's others; their names are
+importable from here too, with the rest of what a process that trains needs.
 """
 
 import contextlib
@@ -10,7 +11,6 @@ import gc
 import json
 import logging
 import os
-import pickle
 import shlex
 import signal
 import socket
@@ -23,13 +23,28 @@ from datetime import datetime, timedelta
 import torch
 import torch.distributed as dist
 
+from detectron2.engine import default_setup
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from . import phases
+from .ranks import on_main_process, raise_if_any_rank_failed
+from .stop_requests import (
+    TrainingInterrupted,
+    arm_stop_signal,
+    disarm_stop_requests,
+    request_stop,
+    stop_requested_on_any_rank,
+    stop_requests_armed,
+)
 
 logger = logging.getLogger("detectron2")
 
 __all__ = [
     "train_main",
     "split_flags_from_overrides",
+    "checkpoint_to_evaluate",
+    "train_command",
     "RUN_LOCK_FILE",
     "FORCE_LOCK_ENV",
     "OutputDirLocked",
@@ -40,6 +55,7 @@ __all__ = [
     "close_process_group",
     "TrainingInterrupted",
     "arm_stop_signal",
+    "disarm_stop_requests",
     "request_stop",
     "stop_requests_armed",
     "stop_requested_on_any_rank",
@@ -49,11 +65,8 @@ __all__ = [
 def train_main(args):
     """Loads ``args.config_file`` with ``args.opts``, sets up logging and seeds (Detectron2's
     ``default_setup``) and runs the phases; ``args``: the training script's parsed command line."""
-    from detectron2.engine import default_setup
-
-    from .phases import load_config, run_phases
-
-    cfg = load_config(args.config_file, args.opts)
+    # phases.load_config / phases.run_phases are looked up at the call (tests replace them in that module)
+    cfg = phases.load_config(args.config_file, args.opts)
     # before anything is written in the folder (default_setup writes config.yaml and log.txt); rank 0 holds it
     lock = RunLock(cfg.train.output_dir, force=getattr(args, "force_lock", False))
     on_main_process(lock.acquire)  # refused: raised on every rank
@@ -61,11 +74,8 @@ def train_main(args):
         default_setup(cfg, args)
         # ltdet2's own modules log under "ltdet2.*": the same console and log.txt as Detectron2's logger (otherwise
         # their INFO lines, e.g. what a derived dataset selected, would reach no handler)
-        from detectron2.utils.comm import get_rank
-        from detectron2.utils.logger import setup_logger
-
-        setup_logger(cfg.train.output_dir, distributed_rank=get_rank(), name="ltdet2", abbrev_name="ltdet2")
-        return run_phases(
+        setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="ltdet2", abbrev_name="ltdet2")
+        return phases.run_phases(
             cfg,
             resume=args.resume,
             restart=getattr(args, "restart", False),
@@ -100,6 +110,15 @@ def checkpoint_to_evaluate(opts):
     evaluate (as in Detectron2's script); otherwise each phase's final checkpoint is."""
     given = [o.split("=", 1)[1] for o in opts if o.startswith("train.init_checkpoint=")]
     return given[-1] if given else None
+
+
+def train_command(train_script, config_file, *, seed, output_dir, overrides=(), phase=None):
+    """The command line (a list) that trains ``config_file`` with ``train_script`` (scripts/lazyconfig_train_net.py)
+    in its own process: resumed, ``train.seed`` and ``train.output_dir`` set, then ``overrides``; with ``phase``,
+    only that phase (``--phase``). Used by the scripts that run a project for several seeds or entries."""
+    command = [sys.executable, train_script, "--config-file", config_file, "--resume"]
+    command += ["--phase", phase] if phase else []
+    return command + [f"train.seed={seed}", f"train.output_dir={output_dir}", *overrides]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -362,59 +381,6 @@ def _exit_on_sigterm():
 
 
 # ---------------------------------------------------------------------------------------------------
-# decisions on rank 0
-
-
-class _Raised:
-    """An exception travelling from one rank to the others."""
-
-    def __init__(self, error, rank):
-        self.rank = rank
-        try:  # the exception itself when it pickles, else its text
-            pickle.loads(pickle.dumps(error))
-            self.error = error
-        except Exception:
-            self.error = RuntimeError(f"{type(error).__name__}: {error}")
-
-
-def on_main_process(fn):
-    """Runs ``fn()`` on rank 0 only and returns its result on every rank (a collective: every rank
-    calls it). An exception ``fn`` raises is raised on every rank, so that no rank waits for the others
-    in a later collective. Use it for what must not differ between ranks: whether a phase is finished,
-    which checkpoint to resume from (ranks whose folders are not in sync would otherwise disagree)."""
-    if comm.get_world_size() == 1:
-        return fn()
-    outcome = None
-    if comm.is_main_process():
-        try:
-            outcome = fn()
-        except Exception as e:
-            outcome = _Raised(e, 0)
-    outcome = comm.all_gather(outcome)[0]
-    if isinstance(outcome, _Raised):
-        if comm.is_main_process():
-            raise outcome.error
-        raise outcome.error from RuntimeError("raised on rank 0")
-    return outcome
-
-
-def raise_if_any_rank_failed(error=None):
-    """A collective: each rank passes the exception it met (or None). If any rank met one, every rank
-    raises: a failed rank its own, the others a RuntimeError naming the lowest failed rank and its error.
-    Single process: raises ``error`` if given."""
-    if comm.get_world_size() == 1:
-        if error is not None:
-            raise error
-        return
-    failures = [f for f in comm.all_gather(None if error is None else _Raised(error, comm.get_rank())) if f]
-    if error is not None:
-        raise error
-    if failures:
-        first = failures[0]
-        raise RuntimeError(f"rank {first.rank} failed: {type(first.error).__name__}: {first.error}") from first.error
-
-
-# ---------------------------------------------------------------------------------------------------
 # process groups
 
 
@@ -441,62 +407,3 @@ def close_process_group():
     gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-# ---------------------------------------------------------------------------------------------------
-# stop requests: a signal sets a flag; the training loop checks it after every iteration, on every
-# rank together, saves a checkpoint of that iteration and stops (ltdet2.engine.train_loop.StopOnRequest)
-
-
-class TrainingInterrupted(RuntimeError):
-    """Training stopped on request after saving a checkpoint; ``--resume`` continues from it."""
-
-    def __init__(self, message, *, checkpoint=None, iteration=None):
-        super().__init__(message)
-        self.checkpoint = checkpoint
-        self.iteration = iteration
-
-
-_STOP = {"armed": False, "reason": None}
-
-
-def arm_stop_signal(signum=signal.SIGUSR2):
-    """Makes signal ``signum`` (Slurm's and submitit's preemption / time-out warning: SIGUSR2) a stop
-    request, and arms the check in the training loop. Returns the previous handler."""
-    process = os.getpid()
-
-    def handler(received, frame):
-        if os.getpid() == process:  # not in data loader workers, which inherit the handler and get the signal too
-            request_stop(f"signal {signal.Signals(received).name}")
-
-    previous = signal.signal(signum, handler)
-    _STOP["armed"] = True
-    return previous
-
-
-def disarm_stop_requests():
-    _STOP.update(armed=False, reason=None)
-
-
-def request_stop(reason):
-    """Asks training to save a checkpoint and stop after the current iteration (on every rank)."""
-    if _STOP["reason"] is None:
-        logger.warning(f"stop requested ({reason}): saving a checkpoint after this iteration, then stopping")
-    _STOP["reason"] = reason
-    _STOP["armed"] = True
-
-
-def stop_requests_armed():
-    return _STOP["armed"]
-
-
-def stop_requested_on_any_rank():
-    """Whether any rank received a stop request (a collective when there are several processes: every
-    rank calls it at the same iteration)."""
-    requested = _STOP["reason"] is not None
-    if comm.get_world_size() == 1:
-        return requested
-    device = "cuda" if dist.get_backend() == dist.Backend.NCCL else "cpu"
-    flag = torch.tensor([int(requested)], device=device)
-    dist.all_reduce(flag)
-    return bool(flag.item())

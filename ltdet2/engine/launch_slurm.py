@@ -31,14 +31,10 @@ import sys
 import time
 
 from ..utils.json_io import read_json, write_json_atomic
-from .launch import (
-    TrainingInterrupted,
-    arm_stop_signal,
-    close_process_group,
-    init_process_group,
-    on_main_process,
-    train_main,
-)
+from .launch import close_process_group, init_process_group, train_main
+from .project_config import load_config
+from .ranks import on_main_process
+from .stop_requests import TrainingInterrupted, arm_stop_signal
 
 logger = logging.getLogger("detectron2")
 
@@ -108,7 +104,7 @@ class SlurmTrainJob:
         self.timeout_min = timeout_min
 
     def __call__(self):
-        import submitit
+        import submitit  # here: only Slurm jobs use submitit
 
         env = submitit.JobEnvironment()
         args = copy.copy(self.train_args)
@@ -168,7 +164,7 @@ class SlurmTrainJob:
 
     def checkpoint(self, *args, **kwargs):
         """The job to run when requeued: the same, with ``--resume`` (submitit's Checkpointable protocol)."""
-        from submitit.helpers import DelayedSubmission
+        from submitit.helpers import DelayedSubmission  # here: only Slurm jobs use submitit
 
         resumed = copy.copy(self.train_args)
         resumed.resume = True
@@ -330,8 +326,6 @@ def submit(args):
     (job id, job folder, output folder). Raises :class:`SlurmLaunchError` before submitting anything
     when a check fails, or when sbatch refuses the job (what the submission wrote is removed then), and
     :class:`SubmittedWithoutJobId` when sbatch exits 0 without printing a job id (recorded, files kept)."""
-    from .phases import load_config
-
     check_slurm_available()
     check_partition(args.partition)
     cfg = load_config(args.config_file, args.opts)  # refuses mistyped overrides before the job queues
@@ -341,7 +335,7 @@ def submit(args):
     job_folder = os.path.abspath(args.job_dir or os.path.join(output_dir, SLURM_FOLDER))
     record = check_job_folder(job_folder, output_dir, args.config_file, args.opts, resume=args.resume)
 
-    import submitit
+    import submitit  # here: only Slurm jobs use submitit
     from submitit.core.utils import FailedSubmissionError
 
     train_args = argparse.Namespace(

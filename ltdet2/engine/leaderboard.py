@@ -3,9 +3,10 @@ plots rebuilt from those files alone (``scripts/leaderboard.py``, ``projects/lea
 
 An *entry* of a project is a phase that no other phase starts from, distils from or scores with (its last
 phase); its *chain* is that phase and, transitively, every phase it needs (``train.init_from_phase`` or the
-previous phase, ``train.teacher_from_phase``, the ``scores_from_phase`` of its derived datasets), in the
-project's order. Chains share phases (one pretrain for several fine-tunes): a shared phase trains once per seed.
-Only entries are evaluated (:func:`evaluate_entries_only`).
+previous phase, ``train.teacher_from_phase``, the input phases of its derived datasets' builders: the runner's
+rules, :func:`ltdet2.engine.phase_graph.phase_input_names`), in the project's order. Chains share phases (one
+pretrain for several fine-tunes): a shared phase trains once per seed. Only entries are evaluated
+(:func:`evaluate_entries_only`).
 
 Results file of one (entry, seed), ``<results-dir>/<entry>_seed<N>.json``: the format of
 :mod:`ltdet2.engine.results` (``phases`` holds the entry's last phase under the entry's name) plus ``entry``,
@@ -24,7 +25,16 @@ import os
 
 import numpy as np
 
-from .results import load_results_files, mean_per_class_ap, write_results_file
+from ltdet2.evaluation.plots import agg_figure, plot_per_class_ap
+
+from .phase_graph import phase_input_names
+from .results import (
+    format_mean_std_table,
+    format_paired_differences,
+    load_results_files,
+    mean_per_class_ap,
+    write_results_file,
+)
 
 __all__ = [
     "ENTRY_METRICS",
@@ -65,30 +75,28 @@ def _train(phase):
 
 
 def phase_inputs(phases, name):
-    """Names of the phases phase ``name`` of ``phases`` (an ordered mapping name -> phase config) needs: its
-    input checkpoint's (``train.init_from_phase``; None: the previous phase, "": none), its teacher's and the
-    phases its derived datasets are scored with."""
+    """Names of the phases phase ``name`` of ``phases`` (an ordered mapping name -> phase config) needs
+    (:func:`~ltdet2.engine.phase_graph.phase_input_names`): its input checkpoint's (``train.init_from_phase``; None:
+    the previous phase, "": none), its teacher's and those its derived datasets' builders read (their
+    ``input_phases()``); each must be a phase of the project."""
     names = list(phases)
-    train = _train(phases[name])
-    source = train.get("init_from_phase", None)
-    if source is None:
-        source = names[names.index(name) - 1] if names.index(name) > 0 else ""
-    needed = [source, train.get("teacher_from_phase", None) or ""]
-    needed += [b.get("scores_from_phase", None) or "" for b in train.get("derived_datasets", None) or []]
-    unknown = [n for n in needed if n and n not in phases]
+    index = names.index(name)
+    needed = phase_input_names(_train(phases[name]), names[index - 1] if index > 0 else None)
+    unknown = [n for n in needed if n not in phases]
     if unknown:
         raise ValueError(f"phase {name!r} needs phases {unknown}, which the project does not have ({names})")
-    return list(dict.fromkeys(n for n in needed if n))
+    return needed
 
 
 def entry_chains(phases):
     """{entry: [the phases it needs and itself, in the project's order]} for every phase no other phase needs."""
-    needed_by_others = {n for name in phases for n in phase_inputs(phases, name)}
+    inputs = {name: phase_inputs(phases, name) for name in phases}
+    needed_by_others = {n for name in phases for n in inputs[name]}
     chains = {}
     for entry in (name for name in phases if name not in needed_by_others):
         chain, todo = {entry}, [entry]
         while todo:
-            for source in phase_inputs(phases, todo.pop()):
+            for source in inputs[todo.pop()]:
                 if source not in chain:
                     chain.add(source)
                     todo.append(source)
@@ -164,8 +172,6 @@ def format_leaderboard_table(records, entries=None, reference=None, pairs=()):
     followed by those of ``pairs`` ((entry, other entry), e.g. a composition against one of its parts) whose two
     entries both have results: one table, so Holm's correction runs over all its (pair, metric) cells
     (:func:`ltdet2.engine.results.format_paired_differences`)."""
-    from .results import format_mean_std_table, format_paired_differences
-
     merged = records_by_seed(records, entries)
     if not merged:
         have = sorted({r["entry"] for r in records})
@@ -214,8 +220,6 @@ def apr_apf_points(records, entries=None, task="bbox"):
 def plot_apr_vs_apf(records, out, *, entries=None, task="bbox", title=None):
     """Scatter plot of APr (y) against APf (x), one point per entry with ±1 std error bars over the seeds, each
     labelled with its name; written to ``out`` (PNG, Agg). Returns ``out``."""
-    from ltdet2.evaluation.plots import agg_figure
-
     points = apr_apf_points(records, entries, task)
     if not points:
         raise ValueError("no entry to plot")
@@ -245,8 +249,6 @@ def plot_entries_per_class_ap(records, out_dir, *, entries=None, task="bbox"):
     """Per entry, its per-class AP (mean over the seeds) against training image count
     (:func:`ltdet2.evaluation.plots.plot_per_class_ap`), as ``<out_dir>/<entry>.png``; an entry without any
     defined AP (no detection: a too short ``--quick`` run) has no plot. Returns the paths."""
-    from ltdet2.evaluation.plots import plot_per_class_ap
-
     paths = []
     for entry in entries or dict.fromkeys(r["entry"] for r in records):
         holding = [r for r in records if r["entry"] == entry]
@@ -283,8 +285,6 @@ def plot_ap_by_image_count(records, out, *, entries=None, task="bbox", edges=IMA
     """One line per entry: the mean AP (per class the mean over seeds) of the classes in each bin of training
     image count (:func:`ap_by_image_count`), every entry on one figure; written to ``out`` (PNG, Agg). Returns
     ``out``, or None (nothing written) when no entry has a defined per-class AP."""
-    from ltdet2.evaluation.plots import agg_figure
-
     fig = agg_figure(8, 5)
     ax = fig.subplots()
     lows, highs = np.array(edges[:-1], dtype=np.float64), np.array(edges[1:], dtype=np.float64)

@@ -1,4 +1,5 @@
-"""Small results files of finished runs, and the mean ± std tables built from them alone.
+"""Small results files of finished runs, and the mean ± std tables built from them alone; the table of a run's phases
+that the runner logs (:func:`format_phase_table`).
 
 A results file holds one seed of one project: its metrics and per-class AP per phase, the command
 and commit that produced it, and the machine it ran on. Files are committed (under ``docs/``), so a
@@ -12,18 +13,25 @@ Format (JSON)::
 """
 
 import glob
+import logging
 import os
 import platform
 import subprocess
 
 import numpy as np
 from scipy.stats import t as student_t
+from tabulate import tabulate
 
 from ltdet2.utils.json_io import read_json, write_json_atomic
 
-from .phases import SUMMARY_METRICS
+logger = logging.getLogger("detectron2")
+
+SUMMARY_METRICS = ("AP", "AP50", "APr", "APc", "APf")
 
 __all__ = [
+    "SUMMARY_METRICS",
+    "format_phase_table",
+    "log_phase_table",
     "machine_description",
     "git_commit",
     "phase_record",
@@ -40,6 +48,20 @@ __all__ = [
 ]
 
 
+def format_phase_table(rows):
+    """One row per (phase, task) with AP, AP50, APr, APc, APf (percent)."""
+    table = []
+    for name, results in rows:
+        for task, metrics in (results or {}).items():
+            table.append([name, task] + [metrics.get(key, float("nan")) for key in SUMMARY_METRICS])
+    return tabulate(table, headers=["phase", "task", *SUMMARY_METRICS], floatfmt=".2f", tablefmt="pipe")
+
+
+def log_phase_table(rows, title=None):
+    text = format_phase_table(rows)
+    logger.info(("Results of " + title + ":\n" if title else "Results:\n") + text)
+
+
 def machine_description() -> str:
     """e.g. ``"2 x86_64 cores (AMD EPYC 7B13), no GPU"``: what the figures were measured on."""
     cpu = platform.processor() or platform.machine()
@@ -50,7 +72,7 @@ def machine_description() -> str:
     except OSError:
         pass
     try:
-        import torch
+        import torch  # a heavy import, for the GPU name alone
 
         gpu = f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU"
     except Exception:  # noqa: BLE001 - the description must not fail a finished run

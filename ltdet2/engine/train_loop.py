@@ -2,9 +2,7 @@
 
 The same steps and writers (progress printer, metrics.json, TensorBoard events) as Detectron2's
 ``tools/lazyconfig_train_net.py``; ltdet2 adds the evaluator's output folder, per-phase seeding,
-freezing (``train.trainable``), the network expansion of the initial checkpoint (``train.expand_classes``,
-LST), the memory warm-up (``train.memory_warmup``), LST's phase-end write of generated classifier rows
-(``train.weight_generation``, :mod:`ltdet2.engine.weight_generation`), and an exact resume:
+freezing (``train.trainable``), the phase's own hooks (``train.hooks``, below), and an exact resume:
 
 * every rank's RNG and own buffers come back from the checkpoint (:mod:`ltdet2.engine.checkpoint`);
 * the training batches come from RNG streams of the data loader's own (:class:`ReplayableLoader`), and
@@ -21,6 +19,42 @@ LST), the memory warm-up (``train.memory_warmup``), LST's phase-end write of gen
 
 A divergence (a non-finite loss, or Detectron2's check of non-finite boxes or scores in the model) stops training with
 :class:`TrainingDiverged`, naming the iteration and each loss term's last value.
+
+**Phase hooks** (``train.hooks``: a list of LazyCall nodes, default empty). A method's extra steps are declared by the
+phase, not written here (e.g. :mod:`ltdet2.hooks`: LOCE's memory warm-up, LST's phase-end write of generated rows and
+its network expansion). :func:`do_train` instantiates every entry (:func:`build_phase_hooks`) after building the
+model, before the optimizer and the data loader; each must be one or both of:
+
+* a Detectron2 :class:`~detectron2.engine.HookBase`: registered after the standard hooks (iteration timer, LR
+  scheduler, periodic checkpointer, stop on request, periodic evaluation, writers, and the save of ``model_final`` of a
+  run resumed at the end of its schedule), in list order, before the checkpoint is loaded, so a hook with a
+  ``state_dict`` is saved and resumed with the trainer (Detectron2's hook state; the periodic checkpointer saves in its
+  ``after_step``, before the phase's hooks' ``after_step``: state changed there is saved with the next checkpoint,
+  state changed in ``before_step`` with this iteration's). Its ``before_train`` runs after the
+  checkpoint is loaded and the RNG restored, before the first iteration (the standard hooks' draw no random number);
+  its ``after_train`` after the writers closed and ``model_final`` was saved, also after an error or a stop request:
+  :func:`training_finished` tells whether the loop reached ``train.max_iter``;
+* an initial-checkpoint transform: an object with ``transform_initial_checkpoint(state_dict, model_state, where)``
+  returning the state dict to load (``model_state``: the model's; ``where``: names the checkpoint and the phase for
+  errors). The checkpointer applies the transforms, in list order, to ``train.init_checkpoint`` after
+  ``train.init_reinitialize``'s entries are dropped, never to a checkpoint the run resumes from
+  (:class:`~ltdet2.engine.checkpoint.AtomicCheckpointer`'s ``initial_transforms``).
+
+The trainer a hook sees (``self.trainer``, Detectron2's ``SimpleTrainer`` / ``AMPTrainer``: ``model`` (the DDP wrapper
+when there are several processes), ``optimizer``, ``data_loader``, ``iter``, ``start_iter``, ``max_iter``,
+``storage``) carries, as Detectron2's ``DefaultTrainer`` does:
+
+* ``trainer.cfg``: the phase config;
+* ``trainer.checkpointer``: the phase's :class:`~ltdet2.engine.checkpoint.AtomicCheckpointer` (``save_final``,
+  ``save_on_all_ranks``: collectives);
+* ``trainer.resumed_from``: the checkpoint the run resumed from (None: it started from ``train.init_checkpoint``);
+* ``trainer.resumed_checkpoint``: that checkpoint's further data (``iteration``, what a hook saved with it, ...; None
+  when not resumed).
+
+``resumed_from`` / ``resumed_checkpoint`` are set once the checkpoint is loaded (None before). Hooks run on every
+rank; a step that is a collective must run on all of them. A hook's constructor should only store its options: the
+phase runner may instantiate entries before training (:func:`initial_checkpoint_checks`: a transform may offer
+``check_initial_checkpoint(state_dict, cfg, where)``, run on ``train.init_checkpoint`` before the phase trains).
 """
 
 import contextlib
@@ -28,7 +62,7 @@ import logging
 import os
 
 import numpy as np
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, HookBase, SimpleTrainer, default_writers, hooks
@@ -39,9 +73,7 @@ from detectron2.utils.env import seed_all_rng
 
 from .checkpoint import AtomicCheckpointer, PeriodicCheckpointer, capture_rng_state, restore_rng_state
 from .freezing import check_frozen_terms, freeze_all_but
-from .launch import TrainingInterrupted, stop_requested_on_any_rank, stop_requests_armed
-from .memory_warmup import warm_up_memories
-from .weight_generation import weight_generation_options, write_phase_end_weights
+from .stop_requests import TrainingInterrupted, stop_requested_on_any_rank, stop_requests_armed
 
 logger = logging.getLogger("detectron2")
 
@@ -240,21 +272,57 @@ def build_model(cfg):
     return model
 
 
-def build_class_expansion(cfg):
-    """The network expansion of ``train.expand_classes`` (None: none): a dict of
-    :class:`~ltdet2.modeling.expansion.ClassExpansion`'s arguments (``old_num_classes``, and optionally
-    ``seed`` (default ``train.seed``), ``classifier_std``, ``regressor_std``, ``mask_std``)."""
-    options = cfg.train.get("expand_classes", None)
-    if not options:
-        return None
-    from ltdet2.modeling.expansion import ClassExpansion
+INITIAL_TRANSFORM_METHOD = "transform_initial_checkpoint"
+INITIAL_CHECK_METHOD = "check_initial_checkpoint"
 
-    options = dict(options)
-    options.setdefault("seed", cfg.train.get("seed", -1))
+
+def _hook_target(node):
+    target = node.get("_target_", None) if isinstance(node, (dict, DictConfig)) else None
+    if isinstance(target, str):
+        from detectron2.config.instantiate import locate
+
+        target = locate(target)
+    return target
+
+
+def _instantiate_hook(cfg, index, node):
+    where = f"train.hooks[{index}] of the phase in {cfg.train.get('output_dir', None)}"
     try:
-        return ClassExpansion(**options)
-    except TypeError as e:
-        raise TypeError(f"train.expand_classes={options}: {e}") from e
+        entry = instantiate(node)
+    except TypeError as e:  # e.g. an option the hook does not take
+        raise TypeError(f"{where} ({_hook_target(node)}): {e}") from e
+    if not isinstance(entry, HookBase) and not callable(getattr(entry, INITIAL_TRANSFORM_METHOD, None)):
+        raise TypeError(
+            f"{where} is a {type(entry).__name__}: an entry of train.hooks must be a Detectron2 HookBase or have a "
+            f"{INITIAL_TRANSFORM_METHOD}(state_dict, model_state, where) method (ltdet2.engine.train_loop)"
+        )
+    return entry
+
+
+def build_phase_hooks(cfg):
+    """The phase's ``train.hooks`` instantiated, in order (the module docstring's contract); a TypeError naming
+    the entry for one that is neither a hook nor an initial-checkpoint transform, or that its target refuses."""
+    return [_instantiate_hook(cfg, index, node) for index, node in enumerate(cfg.train.get("hooks", None) or [])]
+
+
+def initial_checkpoint_transforms(entries):
+    """The initial-checkpoint transforms among the phase's hook entries: their bound ``transform_initial_checkpoint``
+    methods, in order (for :class:`~ltdet2.engine.checkpoint.AtomicCheckpointer`'s ``initial_transforms``)."""
+    return [
+        getattr(e, INITIAL_TRANSFORM_METHOD) for e in entries if callable(getattr(e, INITIAL_TRANSFORM_METHOD, None))
+    ]
+
+
+def initial_checkpoint_checks(cfg):
+    """The checks the phase's initial-checkpoint transforms offer before training: the bound
+    ``check_initial_checkpoint(state_dict, cfg, where)`` methods of its ``train.hooks`` entries that have one, in order
+    (the phase runner calls them on ``train.init_checkpoint`` before training, so that a checkpoint a transform cannot
+    take is refused before any work; each raises an error naming ``where``)."""
+    return [
+        getattr(e, INITIAL_CHECK_METHOD)
+        for e in build_phase_hooks(cfg)
+        if callable(getattr(e, INITIAL_CHECK_METHOD, None))
+    ]
 
 
 def create_ddp_model(model, cfg):
@@ -331,6 +399,16 @@ def check_resume_point(checkpoint, start_iter, max_iter):
         )
 
 
+def training_finished(trainer):
+    """In a hook's ``after_train``: whether the training loop reached ``max_iter`` (False after an error or a stop
+    request). Detectron2's loop leaves ``trainer.iter == max_iter`` after the last iteration; a run resumed at the end
+    of its schedule (``start_iter == max_iter``) takes no step and leaves ``max_iter + 1`` (``max_iter`` when a hook's
+    ``before_train`` failed)."""
+    if trainer.start_iter >= trainer.max_iter:
+        return trainer.iter > trainer.max_iter
+    return trainer.iter >= trainer.max_iter
+
+
 def save_final_at_the_end(checkpointer, max_iter):
     """Saves ``model_final`` at the last iteration for a run resumed at the end of its schedule, which takes no step:
     Detectron2's periodic checkpointer writes it after the step of iteration ``max_iter - 1`` only, so a run killed
@@ -342,18 +420,29 @@ def save_final_at_the_end(checkpointer, max_iter):
     checkpointer.save_final(max_iter)
 
 
+class SaveFinalAtTheEnd(HookBase):
+    """After training that finished, for a run resumed at the end of its schedule: :func:`save_final_at_the_end`. The
+    last of the standard hooks, so the phase's hooks' ``after_train`` find ``model_final`` saved."""
+
+    def after_train(self):
+        trainer = self.trainer
+        if trainer.resumed_from and trainer.start_iter == trainer.max_iter and training_finished(trainer):
+            save_final_at_the_end(trainer.checkpointer, trainer.max_iter)
+
+
 def do_train(cfg, *, resume=False):
     """Trains one phase to ``train.max_iter`` in ``train.output_dir``; returns the model.
 
     With ``resume`` and a checkpoint in the output folder, training continues from it with the
     optimizer, scheduler, iteration and every model buffer (memories, indicators) restored.
+    The phase's ``train.hooks`` run as the module docstring says.
     """
     check_max_iter(cfg, f"training in {cfg.train.output_dir}")
     check_total_batch_size(cfg, comm.get_world_size(), f"training in {cfg.train.output_dir}")
     seed_phase(cfg)
     model = build_model(cfg)
     logger.info(f"Model:\n{model}")
-    weight_generation = weight_generation_options(cfg, model)  # checked before training
+    phase_hooks = build_phase_hooks(cfg)
 
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -368,10 +457,13 @@ def do_train(cfg, *, resume=False):
     checkpointer = AtomicCheckpointer(
         model,
         cfg.train.output_dir,
-        class_expansion=build_class_expansion(cfg),
+        initial_transforms=initial_checkpoint_transforms(phase_hooks),
         reinitialize=cfg.train.get("init_reinitialize", None),
         trainer=trainer,
     )
+    # what the phase's hooks read (the module docstring's contract)
+    trainer.cfg, trainer.checkpointer = cfg, checkpointer
+    trainer.resumed_from = trainer.resumed_checkpoint = None
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
@@ -386,10 +478,14 @@ def do_train(cfg, *, resume=False):
             )
             if comm.is_main_process()
             else None,
+            SaveFinalAtTheEnd(),
+            *[entry for entry in phase_hooks if isinstance(entry, HookBase)],
         ]
     )
 
     extra = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    trainer.resumed_from = checkpointer.resumed_from
+    trainer.resumed_checkpoint = extra if checkpointer.resumed_from else None
     if checkpointer.resumed_from:
         # the checkpoint stores the iteration that just finished (and the memories' state)
         start_iter = trainer.iter + 1
@@ -404,15 +500,6 @@ def do_train(cfg, *, resume=False):
             restore_rng_state(extra["rank_state"]["rng"])
     else:
         start_iter = 0
-        warmup = cfg.train.get("memory_warmup", None)
-        if warmup:
-            warm_up_memories(model, cfg, **warmup)
     trainer.train(start_iter, cfg.train.max_iter)
-    if checkpointer.resumed_from and start_iter == cfg.train.max_iter:
-        save_final_at_the_end(checkpointer, cfg.train.max_iter)
-    if weight_generation is not None:
-        write_phase_end_weights(
-            model, cfg, checkpointer, weight_generation, resumed=extra if checkpointer.resumed_from else None
-        )
     comm.synchronize()
     return model

@@ -8,6 +8,7 @@ from .lvis_evaluation import (
     load_lvis_results,
     per_class_records,
 )
+from .plots import plot_per_class_ap
 
 __all__ = [
     "LVIS_METRICS",
@@ -18,12 +19,3 @@ __all__ = [
     "per_class_records",
     "plot_per_class_ap",
 ]
-
-
-def __getattr__(name):
-    # lazy: importing matplotlib is only needed for plotting
-    if name == "plot_per_class_ap":
-        from .plots import plot_per_class_ap
-
-        return plot_per_class_ap
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -37,7 +37,7 @@ def available():
 
 @functools.cache
 def _supported_engine():
-    try:
+    try:  # lazy: heavy to import (its C++ engine), only needed to evaluate
         import faster_coco_eval
         import faster_coco_eval.faster_eval_api_cpp  # noqa: F401
     except ImportError:  # pragma: no cover
@@ -129,6 +129,7 @@ def evaluate_bbox(gt, img, cat, box, score, max_dets, *, chunk_entries=1 << 22, 
     Returns:
         COCOeval_faster: evaluated, accumulated and summarized (``stats_as_dict``, ``eval``).
     """
+    # lazy: heavy to import (its C++ engine), only needed to evaluate
     import faster_coco_eval.faster_eval_api_cpp as _C
     from faster_coco_eval import COCOeval_faster
 

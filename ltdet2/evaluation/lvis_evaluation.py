@@ -84,7 +84,7 @@ def load_lvis_gt(gt_json):
     Returns:
         faster_coco_eval.COCO
     """
-    from faster_coco_eval import COCO
+    from faster_coco_eval import COCO  # lazy: heavy to import (its C++ engine), only needed to evaluate
 
     if isinstance(gt_json, COCO):
         return gt_json
@@ -374,7 +374,7 @@ def _evaluate_public(gt, results, iou_type, max_dets):
     Returns:
         COCOeval_faster: evaluated, accumulated and summarized.
     """
-    from faster_coco_eval import COCOeval_faster
+    from faster_coco_eval import COCOeval_faster  # lazy: heavy to import (its C++ engine), only needed to evaluate
 
     # Federated filtering (after the per-image limit, as the official API): keep a detection
     # only if its category is annotated in, or verified absent from, its image. The engine

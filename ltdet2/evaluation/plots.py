@@ -9,6 +9,7 @@ import math
 import os
 
 import numpy as np
+import torch
 
 from ltdet2.utils.json_io import read_json
 
@@ -69,8 +70,6 @@ def load_mean_scores(path_or_obj, records):
         elif src.endswith(".npy"):
             obj = np.load(src)
         else:
-            import torch
-
             obj = torch.load(src, map_location="cpu")
             if isinstance(obj, dict) and not all(isinstance(k, (str, int)) for k in obj):
                 raise ValueError(f"mean-score file {src}: unsupported content")
@@ -101,6 +100,7 @@ def load_mean_scores(path_or_obj, records):
 
 def agg_figure(width, height):
     """A matplotlib ``Figure`` (inches) on an Agg canvas: no pyplot, no global backend switch."""
+    # lazy: matplotlib is heavy to import and only needed to draw
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -2,12 +2,11 @@
 
 All of them are ``nn.Module``s whose state is registered buffers (checkpointed, restored exactly,
 moved by ``.to(device)``, never cast by ``.to(dtype)``), updated with vectorized tensor ops, and with
-a ``sync`` policy, ``"local"`` or ``"global"`` (see :mod:`ltdet2.memory.distributed`).
+a ``sync`` policy, ``"local"`` or ``"global"`` (see :mod:`ltdet2.memory.sync`).
 """
 
 from .base import MemorySample, StateModule
 from .class_queue import ClassQueue
-from .distributed import SYNC_POLICIES
 from .indicators import (
     CumulativeCount,
     ImageFrequency,
@@ -20,6 +19,7 @@ from .indicators import (
     TruePositiveRate,
 )
 from .prototype_bank import PrototypeBank
+from .sync import SYNC_POLICIES
 
 __all__ = [
     "SYNC_POLICIES",

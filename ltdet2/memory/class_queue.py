@@ -5,7 +5,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from .base import MemorySample, StateModule
-from .distributed import all_gather_rows, check_sync, shared_generator
+from .sync import all_gather_rows, check_sync, shared_generator
 
 __all__ = ["ClassQueue"]
 
@@ -43,7 +43,7 @@ class ClassQueue(StateModule):
             dtype ``sample`` returns (the caller's compute dtype).
         storage_dtype: if given, floating fields are stored in this dtype (e.g. ``torch.float16`` to
             halve LOCE's pre-FC memory). Integer fields keep their dtype.
-        sync: ``"local"`` or ``"global"`` (see :mod:`ltdet2.memory.distributed`).
+        sync: ``"local"`` or ``"global"`` (see :mod:`ltdet2.memory.sync`).
 
     Push and sample are vectorized: no Python loop over classes or entries.
     """

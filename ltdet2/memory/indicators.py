@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import StateModule, check_choice
-from .distributed import all_reduce_sum, check_sync, is_global
+from .sync import all_reduce_sum, check_sync, is_global
 
 __all__ = [
     "UPDATE_TIMINGS",
@@ -260,10 +260,18 @@ class InstanceFrequency(StaticFrequency):
 
 
 class CumulativeCount(LearningStatusIndicator):
-    """N_i: number of foreground rows of each class seen so far. ``vector()`` float32 ``[C]``."""
+    """N_i: number of foreground rows of each class seen so far. ``vector()`` float32 ``[C]`` (an int64 ``counts``
+    buffer, checkpointed).
 
-    def __init__(self, num_classes: int, *, sync: str = "local"):
+    ``update_timing``: ``"after_loss"`` (default: an iteration's losses read the counts of the previous iterations) or
+    ``"before_loss"`` (they include the iteration's own rows: Seesaw loss's N, whose official code, MMDetection's
+    ``SeesawLoss``, adds each batch's labels to its ``cum_samples`` before the loss and does not reduce them over GPUs:
+    ``sync="local"``).
+    """
+
+    def __init__(self, num_classes: int, *, update_timing: str = "after_loss", sync: str = "local"):
         super().__init__(num_classes, sync=sync)
+        self.update_timing = check_update_timing(update_timing)
         self.register_buffer("counts", torch.zeros(self.num_classes, dtype=torch.int64))
 
     @torch.no_grad()

@@ -3,7 +3,7 @@
 import torch
 
 from .base import MemorySample, StateModule
-from .distributed import all_reduce_sum, check_sync, is_global, shared_generator
+from .sync import all_reduce_sum, check_sync, is_global, shared_generator
 
 __all__ = ["PrototypeBank"]
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 __all__ = [
     "CLASS_ROW_KEYS",
@@ -178,9 +179,11 @@ def expand_class_rows(
 
 
 class ClassExpansion:
-    """The network expansion of a phase's initial checkpoint (``train.expand_classes``), applied by
-    :class:`~ltdet2.engine.checkpoint.AtomicCheckpointer` when it loads ``train.init_checkpoint`` (not when it
-    resumes the phase's own checkpoint).
+    """The network expansion of a phase's initial checkpoint: an entry of the phase's ``train.hooks``, e.g.
+    ``L(ClassExpansion)(old_num_classes=K_old, seed="${...seed}")`` (the phase's ``train.seed``, as ``configs/lst.py``
+    writes it). It is an initial-checkpoint transform (:meth:`transform_initial_checkpoint`, the engine's contract:
+    :mod:`ltdet2.engine.train_loop`), applied by :class:`~ltdet2.engine.checkpoint.AtomicCheckpointer` when it loads
+    ``train.init_checkpoint`` (not when it resumes the phase's own checkpoint).
 
     The checkpoint must hold ``old_num_classes`` classes (the previous phase's; it is expanded to the model's
     count) or already the model's count (loaded as it is); any other count is a ValueError naming both.
@@ -210,7 +213,7 @@ class ClassExpansion:
         new_num_classes = checkpoint_num_classes(model_state)
         if new_num_classes is None:
             raise ValueError(
-                f"{where}: train.expand_classes needs a model with a box classifier (box_predictor.cls_score)"
+                f"{where}: ClassExpansion (train.hooks) needs a model with a box classifier (box_predictor.cls_score)"
             )
         if self.check(state_dict, new_num_classes, where) == new_num_classes:
             return state_dict
@@ -230,17 +233,32 @@ class ClassExpansion:
             **self.stds,
         )
 
+    def transform_initial_checkpoint(self, state_dict, model_state, where):
+        """The engine's initial-checkpoint transform (:mod:`ltdet2.engine.train_loop`): :meth:`__call__`."""
+        return self(state_dict, model_state, where=where)
+
     def check(self, state_dict: Mapping[str, object], new_num_classes: int, where: str) -> int:
         """The class count of ``state_dict``'s classifier, which must be ``old_num_classes`` or ``new_num_classes``;
         a ValueError naming its class rows and their shapes otherwise. The phase runner calls it before training."""
         found = checkpoint_num_classes(state_dict)
         if found not in (self.old_num_classes, new_num_classes):
             raise ValueError(
-                f"{where}: the checkpoint's classifier has {found} classes; train.expand_classes expects the "
+                f"{where}: the checkpoint's classifier has {found} classes; ClassExpansion (train.hooks) expects the "
                 f"previous phase's {self.old_num_classes} classes (expanded to this phase's {new_num_classes}) "
                 f"or {new_num_classes}. Its class rows: {describe_class_rows(state_dict) or 'none'}"
             )
         return found
+
+    def check_initial_checkpoint(self, state_dict: Mapping[str, object], cfg, where: str) -> None:
+        """The phase runner's check before training (an initial-checkpoint transform's optional method,
+        :func:`ltdet2.engine.train_loop.initial_checkpoint_checks`): :meth:`check` against the phase's
+        ``model.roi_heads.num_classes`` (nothing to check when that is not a plain integer)."""
+        try:
+            new_num_classes = OmegaConf.select(cfg, "model.roi_heads.num_classes", default=None)
+        except Exception:  # an interpolation that does not resolve here: no class count to check against
+            return
+        if isinstance(new_num_classes, int) and not isinstance(new_num_classes, bool):
+            self.check(state_dict, new_num_classes, where)
 
     def __repr__(self):
         return f"ClassExpansion(old_num_classes={self.old_num_classes}, seed={self.seed}, {self.stds})"

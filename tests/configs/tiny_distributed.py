@@ -6,7 +6,7 @@
 from ltdet2.engine import make_phase
 
 from ...configs.common.schedules import multi_step
-from ...configs.loce import add_ebl, add_mfs
+from ...configs.loce import add_ebl, add_memory_warmup, add_mfs
 from ...configs.rio import add_rio
 from .tiny_two_phase import phases as _tiny
 from .tiny_two_phase import train
@@ -27,7 +27,7 @@ base["train"].init_from_phase = ""  # independent phases, both from scratch
 loce = make_phase(base)
 add_ebl(loce["model"])
 add_mfs(loce["model"], capacity=8, num_sampled_classes=4, per_class=2)
-loce["train"].memory_warmup = dict(images_per_class=1)
+add_memory_warmup(loce["train"], images_per_class=1)
 
 rio = make_phase(base)
 add_rio(rio["model"], rio["dataloader"], capacity=8, per_class=4)

@@ -8,7 +8,7 @@ from ltdet2.data import register_lt_shapes
 from ltdet2.engine import make_phase
 
 from ...configs.common.schedules import multi_step
-from ...configs.loce import LOCE_TRAINABLE, add_ebl, add_mfs
+from ...configs.loce import LOCE_TRAINABLE, add_ebl, add_memory_warmup, add_mfs
 from ..fixtures.models import TINY_LT_SHAPES
 from .tiny_two_phase import phases as _tiny
 from .tiny_two_phase import train
@@ -31,7 +31,7 @@ finetune = make_phase(pretrain)
 add_ebl(finetune["model"])
 add_mfs(finetune["model"], capacity=8, num_sampled_classes=4, per_class=2)
 finetune["train"].trainable = LOCE_TRAINABLE
-finetune["train"].memory_warmup = dict(images_per_class=1)
+add_memory_warmup(finetune["train"], images_per_class=1)
 finetune["train"].max_iter = FINETUNE_ITERS
 finetune["optimizer"].lr = 0.005
 finetune["lr_multiplier"] = multi_step(FINETUNE_ITERS, steps=(FINETUNE_ITERS * 3 // 4,), warmup_iters=1)

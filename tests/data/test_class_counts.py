@@ -1,4 +1,5 @@
-"""Per-class (image, class) pair counting: ltdet2.data.class_counts and the class-balanced warm-up set."""
+"""Per-class (image, class) pair counting: ltdet2.data.categories (also importable from ltdet2.data.class_counts)
+and the class-balanced warm-up set."""
 
 import json
 from collections import defaultdict
@@ -10,8 +11,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.registry import locate
 
 from ltdet2.data import dataset_class_image_count, dataset_dict_pairs, load_lvis_meta, unique_image_class_pairs
-from ltdet2.data.class_counts import class_counts
-from ltdet2.engine.memory_warmup import class_balanced_images
+from ltdet2.data.categories import class_counts
+from ltdet2.hooks.memory_warmup import class_balanced_images
 
 
 def random_annotations(seed=0, num_annotations=500, num_classes=7):

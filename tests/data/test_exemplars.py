@@ -10,7 +10,7 @@ from test_derived import registered_source
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ltdet2.data import ExemplarSetBuilder, select_exemplars, smooth_tail_quota
-from ltdet2.data.lvis_meta import LVISMeta
+from ltdet2.data.category_meta import LVISMeta
 
 # (id, image_id, category_id, score): class 1 has two confident annotations in image 10, class 2 ties in score
 TABLE = [

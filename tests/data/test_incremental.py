@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ltdet2.data import LVISMeta, incremental_class_order, incremental_class_phases, replay_counts
+from ltdet2.data.incremental import ClassIncrementalSplit
 
 
 def toy_meta(instance_count, ids=None):
@@ -52,6 +53,37 @@ def test_lvis_v0_5_sized_split_is_270_plus_6_x_160():
 def test_split_errors_name_the_numbers(base, num_phases, message):
     with pytest.raises(ValueError, match=message):
         incremental_class_phases(toy_meta([6, 5, 4, 3, 2, 1]), base=base, num_phases=num_phases)
+
+
+@pytest.mark.parametrize(
+    "num_classes, base, num_phases", [(72, 30, 3), (1230, 270, 6), (1203, 270, 6), (8, 4, 2), (6, 2, 3), (6, 6, 0),
+                                      (6, 4, 0), (10, 1, 9)],
+)  # fmt: skip
+def test_the_split_in_numbers_is_the_datasets_split(num_classes, base, num_phases):
+    split = ClassIncrementalSplit(num_classes, base, num_phases)
+    order = np.arange(100, 100 + num_classes)
+    reference = [order[:base]] + (np.array_split(order[base:], num_phases) if num_phases else [])
+    assert [p.tolist() for p in split.split(order)] == [p.tolist() for p in reference]
+    assert split.sizes == tuple(len(p) for p in reference)
+    assert split.class_counts == tuple(int(k) for k in np.cumsum([len(p) for p in reference]))
+    assert all(type(k) is int for k in split.class_counts)
+    assert [split.old_num_classes(t) for t in range(num_phases + 1)] == [0, *split.class_counts[:-1]]
+    counts = np.random.default_rng(1).integers(0, 50, size=num_classes)
+    assert [len(p) for p in incremental_class_phases(toy_meta(counts), base=base, num_phases=num_phases)] == list(
+        split.sizes
+    )
+
+
+def test_split_in_numbers_errors():
+    assert ClassIncrementalSplit(72, 30, 3).class_counts == (30, 44, 58, 72)  # LT-Shapes: projects/lst.py
+    with pytest.raises(ValueError, match=r"more phases than classes: 3 incremental phases for the 2 classes"):
+        ClassIncrementalSplit(6, 4, 3)
+    with pytest.raises(ValueError, match=r"base must be in \[1, 6\]"):
+        ClassIncrementalSplit(6, 0, 1)
+    with pytest.raises(ValueError, match=r"phase must be in \[0, 2\], got 3"):
+        ClassIncrementalSplit(8, 4, 2).old_num_classes(3)
+    with pytest.raises(ValueError, match=r"splits 8 classes, got 7"):
+        ClassIncrementalSplit(8, 4, 2).split(np.arange(7))
 
 
 # --- replay counts ---------------------------------------------------------------------------------------------

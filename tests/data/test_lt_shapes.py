@@ -7,7 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from ltdet2.data.class_counts import dataset_dict_pairs
+from ltdet2.data.categories import dataset_dict_pairs, frequency_from_image_count
+from ltdet2.data.category_meta import load_lvis_meta
 from ltdet2.data.lt_shapes import (
     COLORS,
     NUM_CLASSES,
@@ -24,7 +25,6 @@ from ltdet2.data.lt_shapes import (
     register_lt_shapes,
 )
 from ltdet2.data.lt_shapes.__main__ import main as lt_shapes_cli
-from ltdet2.data.lvis_meta import frequency_from_image_count, load_lvis_meta
 
 from fixtures.models import TINY_LT_SHAPES
 

@@ -5,14 +5,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from ltdet2.data.lvis_meta import (
-    FREQUENCY_GROUPS,
-    LVISMeta,
-    clear_lvis_meta_cache,
-    count_from_annotations,
-    frequency_from_image_count,
-    load_lvis_meta,
-)
+from ltdet2.data.categories import FREQUENCY_GROUPS, frequency_from_image_count
+from ltdet2.data.category_meta import LVISMeta, clear_lvis_meta_cache, count_from_annotations, load_lvis_meta
 
 from fixtures.models import RESOURCES
 

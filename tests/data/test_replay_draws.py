@@ -239,7 +239,7 @@ def test_an_incremental_phase_trains_two_iterations_on_resampled_replay(monkeypa
     from ltdet2.engine.train_loop import do_train
 
     cfg = resolve_phases(lst_config(monkeypatch, tiny_dataset, replay_resampling=3))[1].cfg
-    cfg.train.update(output_dir=str(tmp_path / "incremental_1"), expand_classes=None)  # from scratch: no base
+    cfg.train.update(output_dir=str(tmp_path / "incremental_1"), hooks=[])  # from scratch: no base to expand
     (builder,) = derived_dataset_builders(cfg)
     context = SimpleNamespace(output_dir=cfg.train.output_dir, seed=0)
     try:
@@ -290,6 +290,7 @@ def test_lvis_lst_phases_pass_lst_phases_options_through(monkeypatch):
     assert phase["model"].roi_heads.num_classes == 1230
     assert phase["train"].max_iter is None and phase["train"].epochs == 10  # counted when its set is built
     assert [d._target_ for d in phase["model"].distillers] == [OldClassLogitDistillation, MetaWeightGeneratorTerm]
-    assert phase["train"].weight_generation == {"row_norm": "keep"}
+    assert [hook._target_.__name__ for hook in phase["train"].hooks] == ["ClassExpansion", "WriteGeneratedWeights"]
+    assert phase["train"].hooks[1].row_norm == "keep"
     assert phase["train"].derived_datasets[0].replay_draws == 10  # one draw per epoch
     assert phase["dataloader"].train.sampler._target_ is replay_draw_sampler

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from ltdet2.engine.phases import load_config, run_phases, train_command
+from ltdet2.engine.launch import train_command
+from ltdet2.engine.phases import load_config, run_phases
 
 from fixtures.models import ROOT, load_repo_module, tiny_run_overrides
 

@@ -1,4 +1,5 @@
-"""LST's network expansion: the weight surgery and the checkpointer hook that applies it (train.expand_classes)."""
+"""LST's network expansion: the weight surgery and the initial-checkpoint transform that applies it (a ClassExpansion in
+train.hooks)."""
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.box_regression import Box2BoxTransform
 
 from ltdet2.engine.checkpoint import AtomicCheckpointer
-from ltdet2.engine.train_loop import build_class_expansion
+from ltdet2.engine.train_loop import build_phase_hooks, initial_checkpoint_checks
 from ltdet2.modeling import CosineClassifier, LongTailOutputLayers
 from ltdet2.modeling.expansion import ClassExpansion, checkpoint_num_classes, expand_class_rows
 
@@ -102,7 +103,7 @@ def test_checkpointer_expands_the_initial_checkpoint_not_a_resume(tmp_path):
 
     phase1 = str(tmp_path / "phase1")
     model = _predictor_model(6, seed=5)
-    checkpointer = AtomicCheckpointer(model, phase1, class_expansion=ClassExpansion(old_num_classes=4, seed=0))
+    checkpointer = AtomicCheckpointer(model, phase1, initial_transforms=[ClassExpansion(old_num_classes=4, seed=0)])
     checkpointer.resume_or_load(initial, resume=True)  # nothing to resume: loads (and expands) the initial one
     assert checkpointer.resumed_from is None
     state, old_state = model.state_dict(), old_model.state_dict()
@@ -121,7 +122,7 @@ def test_checkpointer_expands_the_initial_checkpoint_not_a_resume(tmp_path):
         model.roi_heads.box_predictor.cls_score.weight.add_(1.0)
     checkpointer.save("model_0000009", iteration=9)
     resumed = _predictor_model(6, seed=6)
-    resumer = AtomicCheckpointer(resumed, phase1, class_expansion=ClassExpansion(old_num_classes=4, seed=0))
+    resumer = AtomicCheckpointer(resumed, phase1, initial_transforms=[ClassExpansion(old_num_classes=4, seed=0)])
     resumer.resume_or_load(initial, resume=True)
     assert resumer.resumed_from.endswith("model_0000009.pth")
     assert all(torch.equal(resumed.state_dict()[k], v) for k, v in model.state_dict().items())
@@ -129,7 +130,7 @@ def test_checkpointer_expands_the_initial_checkpoint_not_a_resume(tmp_path):
     # a checkpoint of neither count: an error, not Detectron2's "skip"
     AtomicCheckpointer(_predictor_model(5), str(tmp_path / "other")).save("model_final")
     wrong = AtomicCheckpointer(
-        _predictor_model(6), str(tmp_path / "p2"), class_expansion=ClassExpansion(old_num_classes=4)
+        _predictor_model(6), str(tmp_path / "p2"), initial_transforms=[ClassExpansion(old_num_classes=4)]
     )
     with pytest.raises(
         ValueError, match=r"other/model_final.pth of the phase in .*p2: the checkpoint's classifier has 5"
@@ -137,14 +138,31 @@ def test_checkpointer_expands_the_initial_checkpoint_not_a_resume(tmp_path):
         wrong.resume_or_load(str(tmp_path / "other" / "model_final.pth"), resume=False)
 
 
-def test_expand_classes_config_key():
+def test_class_expansion_in_train_hooks():
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({"train": {"seed": 11, "expand_classes": {"old_num_classes": 4}}})
-    expansion = build_class_expansion(cfg)
-    assert expansion.old_num_classes == 4 and expansion.seed == 11
-    cfg.train.expand_classes = None
-    assert build_class_expansion(cfg) is None
-    cfg.train.expand_classes = {"old_num_classes": 4, "classifier_sd": 0.1}
-    with pytest.raises(TypeError, match="train.expand_classes="):
-        build_class_expansion(cfg)
+    from detectron2.config import LazyCall as L
+
+    from ltdet2.hooks import MemoryWarmup
+
+    expansion = L(ClassExpansion)(old_num_classes=4, seed="${...seed}")  # the phase's train.seed, as configs/lst.py
+    cfg = OmegaConf.create({"train": {"seed": 11, "output_dir": "out/p1", "hooks": [L(MemoryWarmup)(), expansion]}})
+    found = _class_expansion(cfg)
+    assert isinstance(found, ClassExpansion) and found.old_num_classes == 4 and found.seed == 11
+    cfg.train.hooks[1]._target_ = "ltdet2.modeling.expansion.ClassExpansion"  # as a saved config.yaml has it
+    assert _class_expansion(cfg).seed == 11
+    assert found.transform_initial_checkpoint.__func__ is ClassExpansion.transform_initial_checkpoint
+    (check,) = initial_checkpoint_checks(cfg)  # the runner's check before training: the expansion's alone
+    assert check.__func__ is ClassExpansion.check_initial_checkpoint
+    cfg.train.hooks = [L(MemoryWarmup)()]
+    assert _class_expansion(cfg) is None and initial_checkpoint_checks(cfg) == []
+    assert initial_checkpoint_checks(OmegaConf.create({"train": {"seed": 0}})) == []  # a config without train.hooks
+    cfg.train.hooks = [L(ClassExpansion)(old_num_classes=4, classifier_sd=0.1)]
+    with pytest.raises(
+        TypeError, match=r"train.hooks\[0\] of the phase in out/p1 \(.*ClassExpansion'>\): .*classifier_sd"
+    ):
+        build_phase_hooks(cfg)
+
+
+def _class_expansion(cfg):
+    return next((e for e in build_phase_hooks(cfg) if isinstance(e, ClassExpansion)), None)

@@ -5,6 +5,7 @@ is faked: each phase run writes a finished phase's files); the table and plots f
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -71,7 +72,8 @@ def test_entries_chains_and_equal_iteration_budgets(project):
 
 def test_phase_inputs_follow_the_runners_rules():
     phases = {name: {"train": {}} for name in ("a", "b", "c")}
-    phases["c"]["train"] = {"init_from_phase": "", "teacher_from_phase": "a", "derived_datasets": [{}]}
+    builder = SimpleNamespace(name="d", input_phases=lambda: [])  # a derived dataset built from no phase
+    phases["c"]["train"] = {"init_from_phase": "", "teacher_from_phase": "a", "derived_datasets": [builder]}
     assert phase_inputs(phases, "a") == [] and phase_inputs(phases, "b") == ["a"] and phase_inputs(phases, "c") == ["a"]
     assert entry_chains(phases) == {"b": ["a", "b"], "c": ["a", "c"]}
     phases["c"]["train"]["teacher_from_phase"] = "z"

@@ -18,8 +18,10 @@ from detectron2.modeling import GeneralizedRCNN
 from detectron2.utils.events import EventStorage
 
 from ltdet2.data.lt_shapes import NUM_CLASSES
-from ltdet2.engine.phases import chain_checkpoints, chain_teachers, load_config, resolve_phases, run_phases
-from ltdet2.engine.train_loop import do_train
+from ltdet2.engine.phase_graph import chain_checkpoints, chain_teachers
+from ltdet2.engine.phases import load_config, resolve_phases, run_phases
+from ltdet2.engine.train_loop import build_phase_hooks, do_train
+from ltdet2.hooks import ClassExpansion, WriteGeneratedWeights
 
 from fixtures.models import ROOT, TEST_DEVICE
 
@@ -50,10 +52,16 @@ def test_lst_phases_follow_the_split_with_lsts_pieces(name):
         assert phase.cfg.dataloader.train.mapper._target_.__name__ == "ValidityDatasetMapper"
         assert phase.cfg.dataloader.evaluator.instance_buckets
         if index == 0:
-            assert phase.cfg.train.get("expand_classes") is None and phase.cfg.train.get("teacher_from_phase") is None
+            assert not phase.cfg.train.hooks and phase.cfg.train.get("teacher_from_phase") is None
+            assert not build_phase_hooks(phase.cfg)
             continue
         previous = phases[index - 1]
-        assert phase.cfg.train.expand_classes == {"old_num_classes": previous.cfg.model.roi_heads.num_classes}
+        (expansion,) = phase.cfg.train.hooks  # the network expansion of the initial checkpoint, seeded by train.seed
+        assert expansion._target_ is ClassExpansion
+        assert OmegaConf.to_container(expansion, resolve=False)["seed"] == "${...seed}"
+        (expansion,) = build_phase_hooks(phase.cfg)
+        assert expansion.old_num_classes == previous.cfg.model.roi_heads.num_classes
+        assert expansion.seed == phase.cfg.train.seed == 0
         assert phase.cfg.train.teacher_from_phase == previous.name
         assert [type(d).__name__ for d in model.distillers] == ["OldClassLogitDistillation"]
         assert model.distillers[0].num_old_classes == previous.cfg.model.roi_heads.num_classes
@@ -150,7 +158,9 @@ def test_lst_phases_train_end_to_end_and_an_incremental_phase_resumes(tiny_datas
     cfg = load_config(config, tiny_overrides(output))
     cfg.phases.incremental_2.train.init_from_phase = ""
     cfg.phases.incremental_2.train.init_checkpoint = os.path.join(output, "base", "model_final.pth")
-    with pytest.raises(ValueError, match=r"has 4 classes; train.expand_classes expects the previous phase's 6"):
+    with pytest.raises(
+        ValueError, match=r"has 4 classes; ClassExpansion \(train.hooks\) expects the previous phase's 6"
+    ):
         run_phases(cfg, only="incremental_2")
 
 
@@ -175,7 +185,8 @@ def test_lst_ablation_chains():
             assert cfg.model.roi_heads.num_classes == LST_PROJECTS["lst.py"][t]
             assert cfg.train.get("init_from_phase") == (None if chain == "incremental" else previous)
             assert cfg.train.get("teacher_from_phase") == (None if chain == "no_distill" else previous)
-            assert (cfg.train.get("weight_generation") is not None) == (chain == "mwg")
+            hooks = [hook._target_ for hook in cfg.train.hooks]
+            assert hooks == [ClassExpansion, *([WriteGeneratedWeights] if chain == "mwg" else [])]
             assert (
                 cfg.dataloader.train.dataset.names
                 == {
@@ -209,7 +220,7 @@ def test_lst_ablation_chains():
     term = mwg.distillers[1]
     assert isinstance(term, MetaWeightGeneratorTerm)
     assert (term.num_base_classes, term.num_old_classes, term.num_classes, term.feature_dim) == (30, 44, 58, 256)
-    assert by_name["mwg_2"].train.weight_generation == {"row_norm": "keep"}
+    assert {k: v for k, v in by_name["mwg_2"].train.hooks[1].items() if k != "_target_"} == {"row_norm": "keep"}
     assert type(no_distill) is GeneralizedRCNN and "teacher" not in by_name["no_distill_2"].model
 
 

@@ -22,7 +22,8 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ltdet2.engine import derived
-from ltdet2.engine.phases import has_key, load_config, run_phases
+from ltdet2.engine.phases import load_config, run_phases
+from ltdet2.engine.project_config import has_key
 
 from fixtures.lvis_files import detectron2_builtin_lvis, write_builtin_lvis_files
 from fixtures.models import ROOT
@@ -50,7 +51,7 @@ LST_EPOCHS = 0.06
 TINY = (
     ("train.init_checkpoint", ""),
     ("train.init_reinitialize", "[]"),
-    ("train.memory_warmup", "null"),
+    ("train.hooks.0.images_per_class", "0"),  # LOCE's memory warm-up (its only hook): a pass of no image
     ("train.device", "cpu"),
     ("optimizer.lr", "0.0001"),  # from scratch at 0.02, one step sends the background logit to ~400
     ("dataloader.train.total_batch_size", "2"),

@@ -10,10 +10,10 @@ import torch
 
 from detectron2.config import instantiate
 
-import ltdet2.engine.memory_warmup as memory_warmup
-from ltdet2.engine.memory_warmup import class_balanced_passes, warm_up_memories, warmup_images
+import ltdet2.hooks.memory_warmup as memory_warmup
 from ltdet2.engine.phases import load_config
 from ltdet2.engine.train_loop import build_model
+from ltdet2.hooks.memory_warmup import class_balanced_passes, warm_up_memories, warmup_images
 
 from fixtures.models import ROOT, TINY_LT_SHAPES, loce_tiny_overrides
 

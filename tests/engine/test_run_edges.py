@@ -15,7 +15,8 @@ from detectron2.config import instantiate
 
 from ltdet2.engine import phases as phases_module
 from ltdet2.engine.checkpoint import AtomicCheckpointer, CheckpointMismatchError
-from ltdet2.engine.phases import DONE_FILE, Phase, check_class_counts, run_phases
+from ltdet2.engine.phase_checks import check_class_counts
+from ltdet2.engine.phases import DONE_FILE, Phase, run_phases
 
 from fixtures.models import TINY_LT_SHAPES, small_model_cfg
 from fixtures.runs import load_tiny_run

@@ -190,11 +190,16 @@ def test_an_expansion_checkpoint_of_another_class_count_is_refused_before_traini
     three_class_pretrain, tmp_path, tiny_dataset, trainings
 ):
     out = with_finished_pretrain(three_class_pretrain, tmp_path)
-    cfg = load(out, tiny_dataset, "phases.finetune.train.expand_classes={old_num_classes: 4}")
+    cfg = load(
+        out,
+        tiny_dataset,
+        "phases.finetune.train.hooks=[{_target_: ltdet2.modeling.expansion.ClassExpansion, old_num_classes: 4}]",
+    )
     with pytest.raises(
         ValueError,
         match=r"phase 'finetune': train.init_checkpoint .*pretrain/model_final.pth: the checkpoint's classifier has 3 "
-        r"classes; train.expand_classes expects the previous phase's 4 classes \(expanded to this phase's 8\) or 8. "
+        r"classes; ClassExpansion \(train.hooks\) expects the previous phase's 4 classes \(expanded to this phase's "
+        r"8\) or 8. "
         r"Its class rows: roi_heads.box_predictor.cls_score.weight \(4, \d+\): 3 classes; "
         r"roi_heads.box_predictor.cls_score.bias \(4,\): 3 classes",
     ):
@@ -510,7 +515,8 @@ def test_temporary_files_of_interrupted_writes_are_removed_when_the_phase_starts
 def test_the_keys_the_runner_fills_are_left_out_of_the_config_comparison(tmp_path):
     from detectron2.config import LazyConfig
 
-    from ltdet2.engine.phases import Phase, changed_config_keys
+    from ltdet2.engine.phase_checks import changed_config_keys
+    from ltdet2.engine.phases import Phase
 
     cfg = OmegaConf.create({"train": {"output_dir": str(tmp_path), "init_checkpoint": "a.pth", "device": "cpu"}})
     LazyConfig.save(cfg, str(tmp_path / "config.yaml"))

@@ -133,7 +133,7 @@ def test_loce_project_runs_and_restores_memory_and_mean_scores_exactly(tmp_path,
     from ltdet2.engine.train_loop import do_train
 
     out = str(tmp_path / "loce")
-    overrides = ["phases.finetune.train.memory_warmup={images_per_class: 2}"]
+    overrides = ["phases.finetune.train.hooks.0.images_per_class=2"]  # LOCE's memory warm-up
     results = run_phases(load_loce(out, tiny_dataset, *overrides))
     assert set(results) == {"pretrain", "finetune"}
     finetune_dir = os.path.join(out, "finetune")

@@ -196,7 +196,7 @@ def test_term_bad_settings():
 
 
 def test_phase_end_write_changes_exactly_the_new_rows():
-    from ltdet2.engine.weight_generation import write_generated_weights
+    from ltdet2.hooks.weight_generation import write_generated_weights
 
     model = _model_with_term()
     term = model.distillers[0]
@@ -247,7 +247,7 @@ def test_a_second_write_generates_the_same_weights_but_keep_rounds_the_norm():
     row_norm="generated" a second write is bit-identical. "keep" rescales to the norm of the row it replaces,
     which the second write reads back rounded (a difference of an ulp or so): not bit-identical, which is why
     do_train records the write in model_final and does not write again on a resume."""
-    from ltdet2.engine.weight_generation import write_generated_weights
+    from ltdet2.hooks.weight_generation import write_generated_weights
 
     model = _model_with_term()
     weight = model.roi_heads.box_predictor.cls_score.weight
@@ -269,34 +269,35 @@ def test_a_second_write_generates_the_same_weights_but_keep_rounds_the_norm():
     assert torch.allclose(F.normalize(first[3:6], dim=1), F.normalize(generated, dim=1), atol=1e-6)
 
 
-def _phase_cfg(options, output_dir="output/tiny/phase_x"):
+def _phase_cfg(output_dir="output/tiny/phase_x", names="d"):
     from omegaconf import OmegaConf
 
     train = {"output_dir": output_dir, "max_iter": 4}
-    if options is not ...:
-        train["weight_generation"] = options
-    return OmegaConf.create({"train": train, "dataloader": {"train": {"dataset": {"names": "d"}}}})
+    return OmegaConf.create({"train": train, "dataloader": {"train": {"dataset": {"names": names}}}})
 
 
 def test_phase_end_options_are_checked_before_training():
-    from ltdet2.engine.weight_generation import weight_generation_options
+    from types import SimpleNamespace
+
+    from ltdet2.hooks.weight_generation import WriteGeneratedWeights
 
     model = _model_with_term()
-    assert weight_generation_options(_phase_cfg(...), model) is None
-    assert weight_generation_options(_phase_cfg(None), model) is None
-    assert weight_generation_options(_phase_cfg({}), model) == {"row_norm": "keep", "batch_size": 4, "num_workers": 0}
-    assert weight_generation_options(_phase_cfg({"row_norm": "generated"}), model)["row_norm"] == "generated"
-    with pytest.raises(ValueError, match=r"phase in output/tiny/phase_x: unknown options \['batchsize'\]; known"):
-        weight_generation_options(_phase_cfg({"batchsize": 2}), model)
-    with pytest.raises(ValueError, match=r"phase in output/tiny/phase_x: row_norm must be one of"):
-        weight_generation_options(_phase_cfg({"row_norm": "unit"}), model)
+    assert WriteGeneratedWeights().options == {"row_norm": "keep", "batch_size": 4, "num_workers": 0}
+    assert WriteGeneratedWeights(row_norm="generated").options["row_norm"] == "generated"
+    with pytest.raises(TypeError, match="batchsize"):
+        WriteGeneratedWeights(batchsize=2)
+    with pytest.raises(ValueError, match=r"WriteGeneratedWeights: row_norm must be one of"):
+        WriteGeneratedWeights(row_norm="unit")
+    hook = WriteGeneratedWeights()
+    hook.trainer = SimpleNamespace(model=model, cfg=_phase_cfg())
+    hook.before_train()  # the model holds the term, the phase trains on one dataset
     model.distillers = torch.nn.ModuleList()
     with pytest.raises(ValueError, match=r"phase in output/tiny/phase_x: the model \(TeacherStudentRCNN\) must hold "):
-        weight_generation_options(_phase_cfg({}), model)
+        hook.before_train()
 
 
 def test_phase_end_write_is_not_repeated_on_a_resume_of_the_written_checkpoint():
-    from ltdet2.engine.weight_generation import CHECKPOINT_KEY, write_phase_end_weights
+    from ltdet2.hooks.weight_generation import CHECKPOINT_KEY, write_phase_end_weights
 
     class NoSave:
         checkpointables = {}
@@ -308,14 +309,14 @@ def test_phase_end_write_is_not_repeated_on_a_resume_of_the_written_checkpoint()
     before = model.roi_heads.box_predictor.cls_score.weight.detach().clone()
     record = {"counts": [3, 0, 2], "row_norm": "keep"}
     resumed = {CHECKPOINT_KEY: record, "iteration": 3}
-    assert write_phase_end_weights(model, _phase_cfg({}), NoSave(), {}, resumed=resumed) is record
+    assert write_phase_end_weights(model, _phase_cfg(), NoSave(), {}, resumed=resumed) is record
     assert torch.equal(model.roi_heads.box_predictor.cls_score.weight, before)
 
 
 def _write_worker(rank, port, out_dir):
     import torch.distributed as dist
 
-    from ltdet2.engine.weight_generation import write_generated_weights
+    from ltdet2.hooks.weight_generation import write_generated_weights
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -336,7 +337,7 @@ def test_phase_end_write_over_two_processes_equals_one_process_over_all_the_data
 
     import torch.multiprocessing as mp
 
-    from ltdet2.engine.weight_generation import write_generated_weights
+    from ltdet2.hooks.weight_generation import write_generated_weights
 
     from fixtures.models import TEST_DEVICE
 

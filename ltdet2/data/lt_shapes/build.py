@@ -13,8 +13,7 @@ import time
 import numpy as np
 
 from ...utils.json_io import read_json, write_json_atomic
-from ..class_counts import class_counts
-from ..lvis_meta import FREQUENCY_GROUPS, frequency_from_image_count
+from ..categories import FREQUENCY_GROUPS, class_counts, frequency_from_image_count
 from .plan import plan_class_targets, plan_split
 from .render import render_split
 from .spec import GENERATOR_VERSION, LTShapesSpec, class_attributes, class_names, spec_hash

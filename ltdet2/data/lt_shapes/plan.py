@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ..lvis_meta import frequency_from_image_count
+from ..categories import frequency_from_image_count
 from .spec import LTShapesSpec
 
 __all__ = ["SPLIT_SEED", "plan_class_targets", "plan_split"]

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 import pycocotools.mask as mask_util
+from PIL import Image
 from scipy import ndimage
 
 from .plan import SPLIT_SEED
@@ -153,8 +154,6 @@ def render_split(out_dir: str, split: str, plan: list, spec: LTShapesSpec, seed:
         (LVIS ``images`` records, LVIS ``annotations`` records, number of objects dropped). Image ids
         are 1.. in plan order, annotation ids 1.. in image order, then placement order.
     """
-    from PIL import Image
-
     os.makedirs(os.path.join(out_dir, split), exist_ok=True)
     images, annotations = [], []
     dropped = 0

@@ -9,7 +9,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from ..lvis_meta import COMMON_MAX_IMAGES, RARE_MAX_IMAGES
+from ..categories import COMMON_MAX_IMAGES, RARE_MAX_IMAGES
 
 __all__ = [
     "GENERATOR_VERSION",

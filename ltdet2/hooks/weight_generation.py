@@ -2,29 +2,33 @@
 all instances of c in D_t", written into the classifier's rows of the new classes; the generator is then no longer
 used (the next phase builds its own).
 
-A phase enables it with ``train.weight_generation`` (a dict of :data:`WEIGHT_GENERATION_OPTIONS`; None: off):
-:func:`do_train <ltdet2.engine.train_loop.do_train>` checks it before training
-(:func:`weight_generation_options`) and, after the last iteration, writes the rows and saves ``model_final`` again
-(:func:`write_phase_end_weights`). The write is not bit-idempotent (``row_norm="keep"`` rescales to the norm of the
-row it replaces, which a second write reads back rounded), so the saved ``model_final`` records it
-(:data:`CHECKPOINT_KEY`) and a resume from that checkpoint does not write again."""
+A phase enables it with the hook :class:`WriteGeneratedWeights` in its ``train.hooks`` (options:
+:data:`WEIGHT_GENERATION_OPTIONS`), e.g. ``L(WriteGeneratedWeights)(row_norm="keep", batch_size=4)``: before the first
+iteration it checks that the model holds the generator's term and that the phase trains on one dataset; after the last
+iteration it writes the rows and saves ``model_final`` again (:func:`write_phase_end_weights`). The write is not
+bit-idempotent (``row_norm="keep"`` rescales to the norm of the row it replaces, which a second write reads back
+rounded), so the saved ``model_final`` records it (:data:`CHECKPOINT_KEY`) and a resume from that checkpoint does not
+write again."""
 
 import logging
 
 import torch
 
 from detectron2.data import DatasetCatalog, build_detection_test_loader
+from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ltdet2.data import ValidityDatasetMapper
+from ltdet2.engine.model_input import evaluation_input
+from ltdet2.engine.train_loop import training_finished
 from ltdet2.modeling.meta_weight_term import MetaWeightGeneratorTerm, box_features, new_class_boxes
 
 __all__ = [
     "CHECKPOINT_KEY",
     "ROW_NORMS",
     "WEIGHT_GENERATION_OPTIONS",
+    "WriteGeneratedWeights",
     "generation_loader",
-    "weight_generation_options",
     "write_generated_weights",
     "write_phase_end_weights",
 ]
@@ -32,7 +36,7 @@ __all__ = [
 logger = logging.getLogger("detectron2")
 
 ROW_NORMS = ("keep", "generated")
-# train.weight_generation's keys: write_generated_weights' row_norm, generation_loader's batch_size / num_workers
+# WriteGeneratedWeights' options: write_generated_weights' row_norm, generation_loader's batch_size / num_workers
 WEIGHT_GENERATION_OPTIONS = ("row_norm", "batch_size", "num_workers")
 # the key of model_final's record of the write (per new class, the boxes its row averages; the options)
 CHECKPOINT_KEY = "generated_weights"
@@ -132,26 +136,48 @@ def write_generated_weights(model, data_loader, *, row_norm="keep"):
     return counts.cpu()
 
 
-# --- the phase-end step of do_train ----------------------------------------------------------------------------
+# --- the phase-end step: the hook ------------------------------------------------------------------------------
 
 
-def weight_generation_options(cfg, model):
-    """``train.weight_generation`` checked against ``model`` (before training, so that a mistake costs no
-    training): None when it is off (absent or None), else the options with their defaults
-    (``row_norm="keep"``, ``batch_size=4``, ``num_workers=0``; ``{}`` is on, with the defaults)."""
-    options = cfg.train.get("weight_generation", None)
-    if options is None:
-        return None
-    where = f"train.weight_generation of the phase in {cfg.train.output_dir}"
-    options = dict(options)
-    unknown = sorted(set(options) - set(WEIGHT_GENERATION_OPTIONS))
-    if unknown:
-        raise ValueError(f"{where}: unknown options {unknown}; known: {list(WEIGHT_GENERATION_OPTIONS)}")
-    options = {"row_norm": "keep", "batch_size": 4, "num_workers": 0, **options}
-    if options["row_norm"] not in ROW_NORMS:
-        raise ValueError(f"{where}: row_norm must be one of {ROW_NORMS}, got {options['row_norm']!r}")
-    _the_term(model, owner=where)
-    return options
+class WriteGeneratedWeights(HookBase):
+    """LST's phase-end write as a phase hook (``train.hooks``): after the last iteration (every rank: a collective),
+    :func:`write_phase_end_weights` writes the new classes' generated classifier rows and saves ``model_final`` again,
+    unless the run resumed from a ``model_final`` that records the write.
+
+    Options: ``row_norm`` (``"keep"``, default, or ``"generated"``: :func:`write_generated_weights`), ``batch_size``
+    (4) and ``num_workers`` (0) of the :func:`generation_loader` over the phase's training set. ``before_train``
+    checks (before the first iteration, so that a mistake costs no training) that the model holds exactly one
+    :class:`MetaWeightGeneratorTerm` and that the phase trains on one dataset.
+
+    It reads the engine's ``trainer.cfg``, ``trainer.model``, ``trainer.checkpointer`` and
+    ``trainer.resumed_checkpoint``, and writes only when :func:`~ltdet2.engine.train_loop.training_finished` (not after
+    an error or a stop request). It is registered after the engine's hook that saves ``model_final`` of a run resumed
+    at the end of its schedule, so it replaces that one (:mod:`ltdet2.engine.train_loop`)."""
+
+    def __init__(self, *, row_norm="keep", batch_size=4, num_workers=0):
+        if row_norm not in ROW_NORMS:
+            raise ValueError(f"WriteGeneratedWeights: row_norm must be one of {ROW_NORMS}, got {row_norm!r}")
+        self.options = {"row_norm": row_norm, "batch_size": batch_size, "num_workers": num_workers}
+
+    def before_train(self):
+        where = _where(self.trainer.cfg)
+        _the_term(self.trainer.model, owner=where)
+        _training_dataset(self.trainer.cfg, where)
+
+    def after_train(self):
+        if not training_finished(self.trainer):
+            return
+        trainer = self.trainer
+        write_phase_end_weights(
+            trainer.model, trainer.cfg, trainer.checkpointer, self.options, resumed=trainer.resumed_checkpoint
+        )
+
+    def __repr__(self):
+        return "WriteGeneratedWeights(" + ", ".join(f"{k}={v!r}" for k, v in self.options.items()) + ")"
+
+
+def _where(cfg):
+    return f"WriteGeneratedWeights (train.hooks) of the phase in {cfg.train.output_dir}"
 
 
 def _without_term(model):
@@ -185,22 +211,19 @@ def write_phase_end_weights(model, cfg, checkpointer, options, *, resumed=None):
         cfg: the phase's config.
         checkpointer: the phase's :class:`~ltdet2.engine.checkpoint.AtomicCheckpointer` (its ``trainer``
             checkpointable, if any, is saved at the final iteration, as the periodic checkpointer saved it).
-        options: :func:`weight_generation_options`'s.
+        options: ``row_norm``, ``batch_size``, ``num_workers`` (:class:`WriteGeneratedWeights`').
         resumed: the further data of the checkpoint training resumed from (None: not resumed); when it records
             a write (a resume of the written ``model_final``) nothing is written or saved again.
     Returns:
         the record of the write (``counts``: boxes per new class, the options), or the resumed checkpoint's.
     """
-    from .derived import evaluation_input  # here: ltdet2.engine.derived imports train_loop, which imports this module
-
     if resumed and resumed.get(CHECKPOINT_KEY):
         logger.info(
-            f"train.weight_generation: the resumed checkpoint already holds the generated rows "
+            f"WriteGeneratedWeights: the resumed checkpoint already holds the generated rows "
             f"({resumed[CHECKPOINT_KEY]}); not written again"
         )
         return resumed[CHECKPOINT_KEY]
-    where = f"train.weight_generation of the phase in {cfg.train.output_dir}"
-    dataset = _training_dataset(cfg, where)
+    dataset = _training_dataset(cfg, _where(cfg))
     augmentations, image_format = evaluation_input(cfg)
     loader = generation_loader(
         dataset,
@@ -209,7 +232,7 @@ def write_phase_end_weights(model, cfg, checkpointer, options, *, resumed=None):
         batch_size=options["batch_size"],
         num_workers=options["num_workers"],
     )
-    logger.info(f"train.weight_generation: generating the new classes' classifier rows over {dataset}")
+    logger.info(f"WriteGeneratedWeights: generating the new classes' classifier rows over {dataset}")
     counts = write_generated_weights(model, loader, row_norm=options["row_norm"])
     record = {"counts": counts.tolist(), "dataset": dataset, **options}
     # replaces the periodic checkpointer's model_final: a resume starts after it as from that one

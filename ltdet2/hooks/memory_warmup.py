@@ -4,8 +4,8 @@ LOCE's official implementation runs a class-balanced pass over the training set 
 fine-tune: a few images per class, no backward, so the feature memory and the mean scores start
 from the pretrained model's view instead of empty / 0.01. The paper's supplement says the memory
 is initialised with 5 randomly selected instances per class; the official code takes 5 images per
-class on every GPU (``queue_size // 16``). ltdet2 turns it on with
-``train.memory_warmup = dict(images_per_class=5)``.
+class on every GPU (``queue_size // 16``). A phase turns it on with the hook :class:`MemoryWarmup` in its
+``train.hooks``: ``L(MemoryWarmup)(images_per_class=5)`` (``configs/loce.py:add_memory_warmup``).
 """
 
 import logging
@@ -14,12 +14,39 @@ import numpy as np
 import torch
 
 from detectron2.config import instantiate
+from detectron2.engine import HookBase
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
 from ..data.class_counts import dataset_dict_pairs
 
+__all__ = ["MemoryWarmup", "class_balanced_images", "class_balanced_passes", "warm_up_memories", "warmup_images"]
+
 logger = logging.getLogger("detectron2")
+
+
+class MemoryWarmup(HookBase):
+    """LOCE's memory warm-up as a phase hook (``train.hooks``): before the first iteration of a run that does not
+    resume, :func:`warm_up_memories` fills the model's memories and indicators (``images_per_class``, ``deduplicate``:
+    its arguments). A resumed run gets them back from its checkpoint and is not warmed up again.
+
+    It runs in ``before_train``, after Detectron2's standard hooks' (which draw no random numbers), so the RNG draws
+    come in the order of a warm-up run right after the checkpoint is loaded. It reads the engine's ``trainer.cfg``
+    (the phase config), ``trainer.model`` and ``trainer.resumed_from`` (:mod:`ltdet2.engine.train_loop`)."""
+
+    def __init__(self, images_per_class=5, deduplicate=False):
+        self.images_per_class = images_per_class
+        self.deduplicate = deduplicate
+
+    def before_train(self):
+        if self.trainer.resumed_from:
+            return  # the memories come back from the checkpoint
+        warm_up_memories(
+            self.trainer.model, self.trainer.cfg, images_per_class=self.images_per_class, deduplicate=self.deduplicate
+        )
+
+    def __repr__(self):
+        return f"MemoryWarmup(images_per_class={self.images_per_class}, deduplicate={self.deduplicate})"
 
 
 def class_balanced_passes(dataset_dicts, num_classes, images_per_class, seed=0, rank=0, world_size=1):
