@@ -15,6 +15,7 @@ from ltdet2.memory import (
     SoftConfusionMatrix,
     TruePositiveRate,
 )
+from ltdet2.modeling.box_predictors import SigmoidBackgroundScoring
 from ltdet2.modeling.feature_sources import FeatureHallucination
 from ltdet2.modeling.losses import ForegroundBalanceLoss
 
@@ -35,9 +36,11 @@ def use_sigmoid_background(model, cls_bias_init=None):
     """The sigmoid classifier with a background channel (test-time ``p_j = sigmoid(z_j)(1 - sigmoid(z_C))``,
     loss Eq. 2, biases at -ln 999 unless ``cls_bias_init``); used at test time in both stages."""
     use_long_tail_heads(model)
-    model.roi_heads.box_predictor.class_scoring = "sigmoid_background"
+    predictor = model.roi_heads.box_predictor
+    predictor.pop("class_scoring", None)  # the scoring's name, in configs written before scorings were objects
+    predictor.scoring = L(SigmoidBackgroundScoring)()
     if cls_bias_init is not None:
-        model.roi_heads.box_predictor.cls_bias_init = cls_bias_init
+        predictor.cls_bias_init = cls_bias_init
     return model
 
 

@@ -3,7 +3,14 @@ the teacher-student meta-architecture and its distillation terms."""
 
 from .box_generator import dense_boxes, dense_boxes_per_image
 from .box_heads import LinearOutputConvFCHead
-from .box_predictors import LongTailOutputLayers
+from .box_predictors import (
+    ClassScoring,
+    LongTailOutputLayers,
+    ObjectnessSoftmaxScoring,
+    SigmoidBackgroundScoring,
+    SigmoidCEScoring,
+    SoftmaxScoring,
+)
 from .classifiers import CosineClassifier, WeightNormCosineClassifier
 from .distillers import (
     DistillationContext,
@@ -24,6 +31,11 @@ __all__ = [
     "sigmoid_background_probs",
     "LinearOutputConvFCHead",
     "LongTailOutputLayers",
+    "ClassScoring",
+    "SoftmaxScoring",
+    "SigmoidCEScoring",
+    "ObjectnessSoftmaxScoring",
+    "SigmoidBackgroundScoring",
     "LongTailROIHeads",
     "CosineClassifier",
     "WeightNormCosineClassifier",

@@ -15,7 +15,8 @@ from detectron2.model_zoo import get_config
 
 from ltdet2.data.lt_shapes import LTShapesSpec
 from ltdet2.engine.freezing import check_frozen_terms, freeze_all_but
-from ltdet2.engine.phases import PHASE_KEYS, PROJECT_ROOT_KEYS, load_config, resolve_phases
+from ltdet2.engine.phases import load_config, resolve_phases
+from ltdet2.engine.project_config import PHASE_KEYS, PROJECT_ROOT_KEYS
 
 from fixtures.models import ROOT
 
@@ -34,7 +35,8 @@ def _instantiate_namespace(cfg):
         # the classifier gives C+1 columns (background last) for the model's class count
         predictor = model.roi_heads.box_predictor
         features = torch.zeros(2, predictor.bbox_pred.in_features)
-        assert predictor.cls_score(features).shape == (2, model.roi_heads.num_classes + 1)
+        num_logits = getattr(predictor, "num_logits", model.roi_heads.num_classes + 1)
+        assert predictor.cls_score(features).shape == (2, num_logits)
     if "optimizer" in cfg and model is not None:
         cfg.optimizer.params.model = model
         optimizer = instantiate(cfg.optimizer)
@@ -79,7 +81,16 @@ MULTI_PHASE_PROJECTS = [
     "stepwise_lvis_v0_5.py",
     "stepwise_lvis_v1.py",
 ]
-ONE_PHASE_PROJECTS = ["baseline.py", "baseline_lvis_v1.py", "rio.py", "rio_lvis_v0_5.py", "rio_lvis_v1.py"]
+ONE_PHASE_PROJECTS = [
+    "baseline.py",
+    "baseline_lvis_v1.py",
+    "federated_loss.py",
+    "rio.py",
+    "rio_lvis_v0_5.py",
+    "rio_lvis_v1.py",
+    "seesaw.py",
+    "seesaw_lvis_v1.py",
+]
 
 
 def test_every_project_is_listed_once():
@@ -199,7 +210,7 @@ def test_class_count_override_that_misses_the_method_pieces_is_refused():
 
 
 def test_init_from_phase_names_an_earlier_phase_or_none():
-    from ltdet2.engine.phases import chain_checkpoints
+    from ltdet2.engine.phase_graph import chain_checkpoints
 
     cfg = load_config(os.path.join(ROOT, "projects", "loce_ablation.py"))
     cfg.phases.finetune_ebl.train.init_from_phase = ""  # independent: keeps its own init_checkpoint

@@ -272,6 +272,45 @@ def test_without_distillers_the_losses_are_generalized_rcnn_s(teacher_checkpoint
     assert all(without[name].item() == expected[name].item() for name in expected)
 
 
+class RecordingTerm(torch.nn.Module):
+    """A distillation term that keeps the context it sees and returns no loss."""
+
+    def forward(self, context):
+        self.context = context
+        return {}
+
+
+def test_terms_see_what_the_students_heads_saw_and_the_step_leaves_no_hook(teacher_checkpoint):
+    model = _teacher_student(teacher_checkpoint[0], distillers=[L(RecordingTerm)()])
+    plain = instantiate(long_tail_cfg(small_model_cfg())).to(TEST_DEVICE)
+    plain.load_state_dict(model.state_dict())
+    batch = make_batch(num_images=2, seed=6)
+    seen = {}
+    handle = model.roi_heads.register_forward_pre_hook(lambda module, args: seen.update(args=args))
+    losses = train_losses(model, batch)
+    handle.remove()
+    expected = train_losses(plain, batch)
+    assert losses.keys() == expected.keys() and all(torch.equal(losses[k], expected[k]) for k in expected)
+    context = model.distillers[0].context
+    images, features, _, targets = seen["args"]
+    assert context.images is images and context.student_features is features and context.targets is targets
+    with torch.no_grad():
+        teacher_features = model.teacher.backbone(images.tensor)
+    assert context.teacher_features.keys() == teacher_features.keys()
+    assert all(torch.equal(context.teacher_features[k], teacher_features[k]) for k in teacher_features)
+    assert context.sampled_proposals is model.roi_heads.latest_sampled_proposals
+    assert not model.backbone._forward_hooks and not model.roi_heads._forward_pre_hooks
+
+    # a step that fails in the student's heads leaves no hook either
+    def fail(*args, **kwargs):
+        raise RuntimeError("heads failed")
+
+    model.roi_heads.forward = fail
+    with pytest.raises(RuntimeError, match="heads failed"):
+        train_losses(model, batch)
+    assert not model.backbone._forward_hooks and not model.roi_heads._forward_pre_hooks
+
+
 def test_teacher_is_frozen_in_eval_mode_and_not_part_of_the_student(teacher_checkpoint):
     path, teacher_state = teacher_checkpoint
     teacher = instantiate(long_tail_cfg(small_model_cfg()))

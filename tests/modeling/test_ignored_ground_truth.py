@@ -71,7 +71,9 @@ def test_rois_matched_to_an_invalid_box_are_neither_positive_nor_negative():
     assert int((sampled.gt_classes == heads.num_classes).sum()) == 3
     # gt_indices index the valid boxes (the valid box is the first valid one)
     assert (sampled.gt_indices[positives] == 0).all() and (sampled.gt_indices[~positives] == -1).all()
-    assert len(heads._targets[0]) == 1 and heads._targets[0].gt_classes.tolist() == [1]
+    # the caller's ground truth is left as it was (the heads sample with a copy)
+    assert targets.get_fields().keys() == {"gt_boxes", "gt_classes", "gt_valid"}
+    assert targets.gt_classes.tolist() == [2, 1]
     assert heads.latest_sampled_proposals[0].proposal_boxes.tensor.equal(sampled.proposal_boxes.tensor)
 
 
@@ -103,3 +105,32 @@ def test_all_valid_equals_stock():
     assert got.keys() == expected.keys()
     for name in expected:
         assert got[name].item() == expected[name].item(), name
+
+
+def test_sampling_is_stocks_and_gt_indices_come_with_detectron2s_copy_of_the_matched_ground_truth():
+    """Through Detectron2's public label_and_sample_proposals (no private hook): the same RoIs and labels as the
+    stock heads (same random draws), ``gt_indices`` of the matched box, -1 for background and for an image
+    without ground truth; nothing of the step is kept on the heads but ``latest_sampled_proposals``."""
+    stock, ours = paired_models(feature_sources=[RecordingSource()])
+    batch = make_batch(num_images=3, boxes_per_image=4, seed=3, empty_images=(1,))
+    sampled = {}
+    for name, model in (("stock", stock), ("ours", ours)):
+        model.roi_heads.register_forward_hook(lambda m, args, out, name=name: sampled.update({name: out[0]}))
+    expected, losses = train_losses(stock, batch), train_losses(ours, batch)
+    assert losses.keys() == expected.keys() and all(torch.equal(losses[k], expected[k]) for k in expected)
+    targets, _ = ours.roi_heads.feature_sources[0].seen[-1]
+    for index, (stock_rois, rois, image_targets) in enumerate(zip(sampled["stock"], sampled["ours"], targets)):
+        assert torch.equal(stock_rois.proposal_boxes.tensor, rois.proposal_boxes.tensor)
+        assert torch.equal(stock_rois.gt_classes, rois.gt_classes)
+        assert rois.gt_indices.dtype == torch.int64
+        foreground = rois.gt_classes < ours.roi_heads.num_classes
+        assert (rois.gt_indices[~foreground] == -1).all() and (rois.gt_indices[foreground] >= 0).all()
+        if index == 1:
+            assert len(image_targets) == 0 and not foreground.any()
+            continue
+        matched = rois.gt_indices[foreground]
+        assert torch.equal(image_targets.gt_boxes.tensor[matched], rois.gt_boxes.tensor[foreground])
+        assert torch.equal(image_targets.gt_classes[matched], rois.gt_classes[foreground])
+    heads = ours.roi_heads
+    assert "_sample_proposals" not in vars(type(heads)) and not hasattr(heads, "_targets")
+    assert all(not t.has("gt_indices") for t in (x["instances"] for x in batch))  # the caller's ground truth

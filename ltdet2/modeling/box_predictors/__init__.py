@@ -1,3 +1,11 @@
 from .long_tail_output_layers import LongTailOutputLayers
+from .scoring import ClassScoring, ObjectnessSoftmaxScoring, SigmoidBackgroundScoring, SigmoidCEScoring, SoftmaxScoring
 
-__all__ = ["LongTailOutputLayers"]
+__all__ = [
+    "ClassScoring",
+    "LongTailOutputLayers",
+    "ObjectnessSoftmaxScoring",
+    "SigmoidBackgroundScoring",
+    "SigmoidCEScoring",
+    "SoftmaxScoring",
+]

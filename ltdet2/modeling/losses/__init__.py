@@ -1,5 +1,6 @@
 from .distillation import kl_distillation, logit_distillation, masked_feature_distillation
 from .equilibrium import EquilibriumLoss, equilibrium_loss
+from .federated import FederatedClassWeights
 from .foreground_balance import (
     ForegroundBalanceLoss,
     confusion_margins,
@@ -9,6 +10,13 @@ from .foreground_balance import (
     margin_balanced_loss,
     strength_margins,
 )
+from .seesaw import (
+    SeesawLoss,
+    SeesawNormalizedLinear,
+    objectness_softmax_loss,
+    objectness_softmax_probs,
+    seesaw_loss,
+)
 from .sigmoid_background import sigmoid_background_loss, sigmoid_background_probs
 
 __all__ = [
@@ -17,6 +25,7 @@ __all__ = [
     "masked_feature_distillation",
     "EquilibriumLoss",
     "equilibrium_loss",
+    "FederatedClassWeights",
     "ForegroundBalanceLoss",
     "confusion_margins",
     "foreground_balance_loss",
@@ -24,6 +33,11 @@ __all__ = [
     "indicator_strengths",
     "margin_balanced_loss",
     "strength_margins",
+    "SeesawLoss",
+    "SeesawNormalizedLinear",
+    "objectness_softmax_loss",
+    "objectness_softmax_probs",
+    "seesaw_loss",
     "sigmoid_background_loss",
     "sigmoid_background_probs",
 ]

@@ -209,8 +209,9 @@ def indicator_strengths(indicator: nn.Module, num_classes: int, normalize: str =
 
 
 class ForegroundBalanceLoss(IndicatorUser, nn.Module):
-    """FCBL as a ``cls_loss`` of :class:`~ltdet2.modeling.LongTailOutputLayers` (with
-    ``class_scoring="sigmoid_background"``), guided by a long-term indicator of the ROI heads.
+    """FCBL as a ``cls_loss`` of :class:`~ltdet2.modeling.LongTailOutputLayers` (with the
+    :class:`~ltdet2.modeling.box_predictors.SigmoidBackgroundScoring`, ``class_scoring="sigmoid_background"``),
+    guided by a long-term indicator of the ROI heads.
 
     The indicator is read by name. An indicator with a matrix form (``has_matrix``: the soft confusion
     matrix, the default and the official code's only one) gives the pairwise margins
@@ -233,7 +234,7 @@ class ForegroundBalanceLoss(IndicatorUser, nn.Module):
         normalize: how a vector indicator is scaled to [0, 1] (:func:`indicator_strengths`).
     """
 
-    class_scoring = "sigmoid_background"  # the classifier this loss is for (checked by the box predictor)
+    class_scoring = "sigmoid_background"  # the scoring this loss is for (its name; checked by the box predictor)
 
     def __init__(
         self,

@@ -10,7 +10,6 @@ from torch import nn
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import configurable, instantiate
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
-from detectron2.utils.events import get_event_storage
 
 from ..distillers import DistillationContext
 from .shared_stages import SharedStagesBottomUp, StageOutputs, shared_frozen_stages
@@ -47,13 +46,13 @@ class TeacherStudentRCNN(GeneralizedRCNN):
     ``torch.no_grad()``. After a resume it is built again from ``teacher_weights``. Inference is the student
     alone. Without distillers the model is exactly :class:`GeneralizedRCNN` (no teacher is built).
 
-    In a training step the student runs as GeneralizedRCNN does; the teacher's backbone runs on the same
-    images right after the student's (by default taking from the student the outputs of the leading ResNet
-    stages that are frozen there and hold the teacher's weights, see ``share_frozen_stages``), and each term
-    sees a :class:`DistillationContext` (the student's images, both models' FPN features, the ground truth, the
-    student's sampled RoIs from ``roi_heads.latest_sampled_proposals``, kept by
-    :class:`~ltdet2.modeling.LongTailROIHeads`). The teacher draws no random numbers, so the student's losses
-    are those GeneralizedRCNN computes on the same batch and seed.
+    In a training step the student runs :meth:`GeneralizedRCNN.forward` itself; the teacher's backbone runs on the
+    same images right after the student's (a forward hook on the student's backbone for that call; by default taking
+    from the student the outputs of the leading ResNet stages that are frozen there and hold the teacher's weights,
+    see ``share_frozen_stages``), and each term sees a :class:`DistillationContext` (the student's images, both
+    models' FPN features, the ground truth, the student's sampled RoIs from ``roi_heads.latest_sampled_proposals``,
+    kept by :class:`~ltdet2.modeling.LongTailROIHeads`). The teacher draws no random numbers, so the student's
+    losses are those GeneralizedRCNN computes on the same batch and seed.
 
     Args:
         teacher: the teacher model, or its LazyConfig; None until the phase runner fills it
@@ -159,34 +158,38 @@ class TeacherStudentRCNN(GeneralizedRCNN):
         # built before the student's step (so that it can take the student's frozen stages), without touching the
         # student's random draws (instantiate runs under fork_rng, loading draws nothing)
         teacher = self.teacher_model()
-        # GeneralizedRCNN's training step, keeping the images and features for the distillers
-        images = self.preprocess_image(batched_inputs)
-        gt_instances = (
-            [x["instances"].to(self.device) for x in batched_inputs] if "instances" in batched_inputs[0] else None
-        )
+        # GeneralizedRCNN's training step as it is; two hooks for the duration of the call run the teacher's
+        # backbone right after the student's (on the shared stages' outputs it just recorded) and keep the images,
+        # features and ground truth that the student's ROI heads receive, for the distillers
+        step = {}
+
+        def teacher_after_student_backbone(backbone, args, features):
+            try:
+                step["teacher_features"] = self._teacher_features(teacher, batched_inputs, args[0])
+            finally:
+                self._take_student_stages()
+
+        def keep_roi_heads_inputs(roi_heads, args, kwargs):
+            step.update(zip(("images", "features", "proposals", "targets"), args), **kwargs)
+
+        hooks = [
+            self.backbone.register_forward_hook(teacher_after_student_backbone),
+            self.roi_heads.register_forward_pre_hook(keep_roi_heads_inputs, with_kwargs=True),
+        ]
         if self._student_stages is not None:
             self._student_stages.start()
         try:
-            features = self.backbone(images.tensor)
-            teacher_features = self._teacher_features(teacher, batched_inputs, images)
+            losses = super().forward(batched_inputs)
         finally:
-            if self._student_stages is not None:
-                self._student_stages.take()
-        if self.proposal_generator is not None:
-            proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
-        else:
-            proposals = [x["proposals"].to(self.device) for x in batched_inputs]
-            proposal_losses = {}
-        _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
-        if self.vis_period > 0 and get_event_storage().iter % self.vis_period == 0:
-            self.visualize_training(batched_inputs, proposals)
-        losses = {**detector_losses, **proposal_losses}
+            for hook in hooks:
+                hook.remove()
+            self._take_student_stages()
 
         context = DistillationContext(
-            images=images,
-            student_features=features,
-            teacher_features=teacher_features,
-            targets=gt_instances,
+            images=step["images"],
+            student_features=step["features"],
+            teacher_features=step["teacher_features"],
+            targets=step.get("targets"),
             sampled_proposals=getattr(self.roi_heads, "latest_sampled_proposals", None),
             student=self,
             teacher=teacher,
@@ -201,14 +204,19 @@ class TeacherStudentRCNN(GeneralizedRCNN):
                 losses[name] = value
         return losses
 
+    def _take_student_stages(self):
+        """Ends the recording of the student's shared stages (nothing is kept after the teacher's backbone)."""
+        if self._student_stages is not None:
+            self._student_stages.take()
+
     @torch.no_grad()
-    def _teacher_features(self, teacher, batched_inputs, images):
+    def _teacher_features(self, teacher, batched_inputs, student_images: torch.Tensor):
         """The teacher's FPN features of the batch (right after the student's backbone: the shared stages' outputs
-        are those the student just recorded)."""
+        are those the student just recorded); ``student_images``: the student's padded batch tensor."""
         teacher_images = teacher.preprocess_image(batched_inputs)
-        if teacher_images.tensor.shape != images.tensor.shape:
+        if teacher_images.tensor.shape != student_images.shape:
             raise ValueError(
                 f"TeacherStudentRCNN: the teacher pads the batch to {tuple(teacher_images.tensor.shape)}, the "
-                f"student to {tuple(images.tensor.shape)}; their backbones need the same size_divisibility"
+                f"student to {tuple(student_images.shape)}; their backbones need the same size_divisibility"
             )
         return teacher.backbone(teacher_images.tensor)

@@ -42,6 +42,19 @@ def split_ignored_targets(targets: Instances) -> tuple[Instances, Instances, tor
     return sampling, targets[valid], positions
 
 
+def sampling_targets(targets: Instances) -> Instances:
+    """One image's ground truth as the box head samples with it: :func:`split_ignored_targets`' sampling targets
+    (always a shallow copy) with ``gt_indices`` ([G] int64), each box's position among the valid ones (-1 for
+    invalid ones). Detectron2's ``label_and_sample_proposals`` copies every ``gt_*`` field of the ground truth onto
+    the RoIs matched to it, so the sampled RoIs come back with the index of their box."""
+    sampling, _, positions = split_ignored_targets(targets)
+    if positions is None:
+        sampling = Instances(targets.image_size, **targets.get_fields())
+        positions = torch.arange(len(targets), dtype=torch.int64, device=targets.gt_boxes.device)
+    sampling.gt_indices = positions
+    return sampling
+
+
 @ROI_HEADS_REGISTRY.register()
 class LongTailROIHeads(StandardROIHeads):
     """StandardROIHeads + feature sources + learning-status indicators.
@@ -68,6 +81,10 @@ class LongTailROIHeads(StandardROIHeads):
     labels background stay negatives. Only the box head's sampling changes: the RPN sees every box (the heads
     never alter its targets), and feature sources and indicators see only the valid ground truth (the RoIs'
     ``gt_indices`` index the valid boxes). Without ``gt_valid``, or with all True, nothing changes.
+
+    In training with feature sources or indicators, :meth:`forward` is StandardROIHeads' with the valid ground truth
+    handed to the box branch; otherwise it is StandardROIHeads' own. Nothing is kept between calls but
+    :attr:`latest_sampled_proposals`.
 
     After each training forward, :attr:`latest_sampled_proposals` holds, per image, the sampled RoIs
     (``proposal_boxes``, ``gt_classes``, ``gt_indices`` and, for images with ground truth, ``gt_boxes``), as
@@ -124,8 +141,6 @@ class LongTailROIHeads(StandardROIHeads):
         bind_classifier = getattr(getattr(self, "mask_head", None), "bind_classifier", None)
         if bind_classifier is not None:  # a mask head reading the box classifier (TransferMaskHead)
             bind_classifier(self.box_predictor.cls_score)
-        self._sampled_gt_indices = None
-        self._targets = None
         self.latest_sampled_proposals = None
 
     @classmethod
@@ -142,42 +157,47 @@ class LongTailROIHeads(StandardROIHeads):
         call again after replacing such a module)."""
         bind_indicator_users(self, self.indicators)
 
-    # --- sampling: remember which ground-truth box each sampled RoI matched ---------------------
-
-    def _sample_proposals(self, matched_idxs, matched_labels, gt_classes):
-        sampled_idxs, sampled_gt_classes = super()._sample_proposals(matched_idxs, matched_labels, gt_classes)
-        if self._sampled_gt_indices is not None:
-            self._sampled_gt_indices.append(matched_idxs[sampled_idxs])
-        return sampled_idxs, sampled_gt_classes
+    # --- sampling: which ground-truth box each sampled RoI matched --------------------------------
 
     @torch.no_grad()
     def label_and_sample_proposals(self, proposals: list[Instances], targets: list[Instances]):
         """Stock sampling, RoIs matched to invalid ground truth left out; also sets ``gt_indices`` (index into
-        the image's valid ground truth, -1 for background) on each image's RoIs."""
-        sampling_targets, valid_targets, valid_positions = zip(*(split_ignored_targets(t) for t in targets))
-        self._sampled_gt_indices = []
-        try:
-            proposals = super().label_and_sample_proposals(proposals, list(sampling_targets))
-            for proposals_per_image, gt_indices, positions in zip(proposals, self._sampled_gt_indices, valid_positions):
-                if positions is not None:
-                    gt_indices = positions[gt_indices]
+        the image's valid ground truth, -1 for background) on each image's RoIs.
+
+        The indices come with Detectron2's own copy of the matched ground truth's ``gt_*`` fields
+        (:func:`sampling_targets`), so the sampling (and its random draws) is StandardROIHeads'."""
+        proposals = super().label_and_sample_proposals(proposals, [sampling_targets(t) for t in targets])
+        for proposals_per_image in proposals:
+            if proposals_per_image.has("gt_indices"):
                 is_foreground = proposals_per_image.gt_classes < self.num_classes
-                proposals_per_image.gt_indices = torch.where(is_foreground, gt_indices, -1)
-        finally:
-            self._sampled_gt_indices = None
-        self._targets = list(valid_targets)
+                proposals_per_image.gt_indices = torch.where(is_foreground, proposals_per_image.gt_indices, -1)
+            else:  # an image without ground truth: no gt_* field was copied
+                proposals_per_image.gt_indices = torch.full_like(proposals_per_image.gt_classes, -1)
         self.latest_sampled_proposals = [
             Instances(p.image_size, **{k: p.get(k) for k in _KEPT_ROI_FIELDS if p.has(k)}) for p in proposals
         ]
         return proposals
 
-    # --- the box branch ------------------------------------------------------------------------
+    # --- training with feature sources and indicators ----------------------------------------------
 
-    def _forward_box(self, features: dict[str, torch.Tensor], proposals: list[Instances]):
-        targets, self._targets = self._targets, None
+    def forward(self, images, features, proposals, targets=None):
+        """StandardROIHeads' forward. In training with feature sources or indicators, its training step with the
+        box branch (:meth:`_forward_box_with_sources`) also given each image's valid ground truth."""
         if not self.training or self.is_stock:
-            return super()._forward_box(features, proposals)
+            return super().forward(images, features, proposals, targets)
+        assert targets, "'targets' argument is required during training"
+        proposals = self.label_and_sample_proposals(proposals, targets)
+        valid_targets = [split_ignored_targets(t)[1] for t in targets]
+        losses = self._forward_box_with_sources(features, proposals, valid_targets)
+        losses.update(self._forward_mask(features, proposals))
+        losses.update(self._forward_keypoint(features, proposals))
+        return proposals, losses
 
+    def _forward_box_with_sources(
+        self, features: dict[str, torch.Tensor], proposals: list[Instances], targets: list[Instances]
+    ):
+        """The box branch's losses in training: the sampled RoIs' rows and the feature sources' extra rows, the
+        indicators updated from them (``targets``: per image, the valid ground truth)."""
         feature_maps = [features[f] for f in self.box_in_features]
         pooled = self.box_pooler(feature_maps, [p.proposal_boxes for p in proposals])
         context = SourceContext(

@@ -1,0 +1,149 @@
+"""Detectron2's federated loss as ltdet2 pieces (ltdet2.modeling.losses.federated, configs/federated.py,
+projects/federated_loss.py): the class weights are the training set's per-class image counts to the power 0.5 (what
+Detectron2's ``get_fed_loss_cls_weights`` gives from the dataset's ``class_image_count``), the helper leaves the box
+predictor Detectron2's own, and the LT-Shapes project trains a few iterations."""
+
+import importlib
+import json
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from detectron2.config import LazyCall as L
+from detectron2.config import instantiate
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.detection_utils import get_fed_loss_cls_weights
+from detectron2.modeling.roi_heads import FastRCNNOutputLayers
+
+from ltdet2.engine.phases import load_config, run_phases
+from ltdet2.modeling.losses import FederatedClassWeights, SeesawLoss
+
+from fixtures.models import (
+    ROOT,
+    TEST_DEVICE,
+    TINY_LT_SHAPES,
+    make_batch,
+    small_model_cfg,
+    tiny_run_overrides,
+    train_losses,
+)
+
+
+def repo_configs(name):
+    """``configs/<name>.py`` imported as a module (its helper functions), in a package over ``configs/`` so that its
+    relative imports resolve."""
+    package = "_ltdet2_repo_configs"
+    if package not in sys.modules:
+        module = types.ModuleType(package)
+        module.__path__ = [os.path.join(ROOT, "configs")]
+        sys.modules[package] = module
+    return importlib.import_module(f"{package}.{name}")
+
+
+def json_image_counts(dataset_name):
+    """[K] images holding each class, counted here from the dataset's json (categories in id order)."""
+    DatasetCatalog.get(dataset_name)  # generates the tiny LT-Shapes on first use
+    with open(MetadataCatalog.get(dataset_name).json_file) as f:
+        data = json.load(f)
+    ids = sorted(c["id"] for c in data["categories"])
+    images = {i: set() for i in ids}
+    for annotation in data["annotations"]:
+        images[annotation["category_id"]].add(annotation["image_id"])
+    return np.array([len(images[i]) for i in ids], dtype=np.int64)
+
+
+def test_the_weights_are_image_count_to_the_power_one_half(tiny_dataset):
+    train = tiny_dataset[0]
+    counts = json_image_counts(train)
+    assert len(set(counts.tolist())) > 1 and counts.min() > 0  # a long tail, every class present
+    weights = FederatedClassWeights(dataset_name=train, num_classes=TINY_LT_SHAPES.num_classes)()
+    assert weights.dtype == torch.float32 and weights.shape == (TINY_LT_SHAPES.num_classes,)
+    torch.testing.assert_close(weights, torch.tensor(counts, dtype=torch.float32) ** 0.5, rtol=0, atol=0)
+    # what Detectron2's get_fed_loss_cls_weights gives from the dataset's class_image_count metadata
+    torch.testing.assert_close(weights, get_fed_loss_cls_weights(train, 0.5), rtol=0, atol=0)
+    # other powers, and several datasets summed
+    torch.testing.assert_close(
+        FederatedClassWeights(dataset_name=[train, train], freq_weight_power=1.0)(),
+        torch.tensor(2 * counts, dtype=torch.float32),
+    )
+    with pytest.raises(ValueError, match=f"dataset '{train}' has 8 classes, the box predictor 9"):
+        FederatedClassWeights(dataset_name=train, num_classes=9)()
+
+
+def test_the_helper_keeps_detectron2s_predictor_with_its_federated_loss(tiny_dataset):
+    federated = repo_configs("federated")
+    cfg = small_model_cfg()
+    cfg.roi_heads.num_classes = TINY_LT_SHAPES.num_classes
+    federated.add_federated_loss(cfg, tiny_dataset[0], num_classes=4)
+    predictor_cfg = cfg.roi_heads.box_predictor
+    assert predictor_cfg._target_ is FastRCNNOutputLayers
+    assert predictor_cfg.use_sigmoid_ce and predictor_cfg.use_fed_loss and predictor_cfg.fed_loss_num_classes == 4
+    model = instantiate(cfg).to(TEST_DEVICE)
+    predictor = model.roi_heads.box_predictor
+    assert type(predictor) is FastRCNNOutputLayers
+    expected = torch.tensor(json_image_counts(tiny_dataset[0]), dtype=torch.float32) ** 0.5
+    torch.testing.assert_close(predictor.fed_loss_cls_weights.cpu(), expected)
+    assert "roi_heads.box_predictor.fed_loss_cls_weights" in model.state_dict()  # checkpointed with the model
+
+    # it trains with Detectron2's federated sigmoid cross-entropy (FastRCNNOutputLayers.losses)
+    batch = make_batch(num_images=2, size=96)
+    for record in batch:
+        record["instances"].gt_classes %= TINY_LT_SHAPES.num_classes
+    losses = train_losses(model, batch)
+    assert torch.isfinite(losses["loss_cls"]) and losses["loss_cls"].requires_grad
+
+    with pytest.raises(ValueError, match=r"num_classes=50 classes per iteration must be in \[1, 8\]"):
+        federated.add_federated_loss(cfg, tiny_dataset[0])
+    cfg = small_model_cfg()
+    cfg.roi_heads.box_predictor.cls_loss = L(SeesawLoss)()
+    with pytest.raises(ValueError, match="has a cls_loss"):
+        federated.add_federated_loss(cfg, tiny_dataset[0], num_classes=2)
+
+
+def test_federated_loss_project_trains_a_few_iterations(tmp_path, tiny_dataset):
+    out = str(tmp_path / "run")
+    num_classes = TINY_LT_SHAPES.num_classes
+    cfg = load_config(
+        os.path.join(ROOT, "projects", "federated_loss.py"),
+        [
+            *tiny_run_overrides(tiny_dataset, out),
+            "train.max_iter=3",
+            "train.log_period=1",
+            "train.checkpointer.period=100",
+            "dataloader.train.total_batch_size=2",
+            "model.roi_heads.batch_size_per_image=32",
+            "model.proposal_generator.pre_nms_topk=[200,100]",
+            "model.proposal_generator.post_nms_topk=[100,50]",
+            # the piece holds a copy of the class count and the training dataset (configs/federated.py); 50 classes
+            # per iteration are more than the tiny set's 8
+            f"model.roi_heads.box_predictor.get_fed_loss_cls_weights.num_classes={num_classes}",
+            f"model.roi_heads.box_predictor.get_fed_loss_cls_weights.dataset_name={tiny_dataset[0]}",
+            "model.roi_heads.box_predictor.fed_loss_num_classes=4",
+            "train.allow_empty_eval=True",  # 3 iterations: this checks the run, not AP
+        ],
+    )
+    assert "phases" not in cfg  # one phase: a plain config
+    results = run_phases(cfg)
+    assert {"AP", "APr"} <= set(results[""]["bbox"])
+    final = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)["model"]
+    expected = torch.tensor(json_image_counts(tiny_dataset[0]), dtype=torch.float32) ** 0.5
+    torch.testing.assert_close(final["roi_heads.box_predictor.fed_loss_cls_weights"].cpu(), expected)
+
+
+def test_a_training_dataset_override_that_misses_the_weights_is_refused(tmp_path, tiny_dataset):
+    with pytest.raises(
+        ValueError,
+        match=r"model.roi_heads.box_predictor.get_fed_loss_cls_weights.dataset_name is 'lt_shapes_train' but "
+        rf"dataloader.train.dataset.names is '{tiny_dataset[0]}'",
+    ):
+        load_config(
+            os.path.join(ROOT, "projects", "federated_loss.py"),
+            [
+                *tiny_run_overrides(tiny_dataset, str(tmp_path)),
+                "model.roi_heads.box_predictor.get_fed_loss_cls_weights.num_classes=8",
+            ],
+        )
