@@ -21,12 +21,12 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from detectron2.config import LazyConfig
-from detectron2.config.instantiate import locate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .. import data  # data.ValidityDatasetMapper, read when a mapper is checked
 from ..data.datasets import is_lvis_format_dataset
 from ..modeling.expansion import class_rows_unlike
+from ..utils.lazy_config import lazy_target
 from .checkpoint import (
     LAST_CHECKPOINT,
     CheckpointMismatchError,
@@ -65,8 +65,7 @@ def check_training_mapper(phase):
     ignoring = {n: count for n, count in ignoring.items() if count}
     if not ignoring:
         return
-    target = OmegaConf.select(phase.cfg, "dataloader.train.mapper._target_", default=None)
-    target = locate(target) if isinstance(target, str) else target
+    target = lazy_target(OmegaConf.select(phase.cfg, "dataloader.train.mapper", default=None))
     if not (isinstance(target, type) and issubclass(target, data.ValidityDatasetMapper)):
         where = f"phase '{phase.name}'" if phase.name else phase.output_dir
         datasets = ", ".join(f"{n!r} ({c} ignored annotations)" for n, c in ignoring.items())

@@ -23,10 +23,11 @@ import copy
 from omegaconf import OmegaConf
 
 from detectron2.config import instantiate
-from detectron2.config.instantiate import locate
 from detectron2.modeling import GeneralizedRCNN
 
 from ltdet2.modeling import TeacherStudentRCNN
+
+from ..utils.lazy_config import lazy_target
 
 __all__ = [
     "init_phase_name",
@@ -163,8 +164,7 @@ def teacher_model_config(model_cfg):
     """A copy of an earlier phase's model config to build its frozen model from: a teacher-student model's own
     teacher and distillation terms are left out (a teacher is the phase's student alone, as its checkpoint)."""
     teacher = copy.deepcopy(model_cfg)
-    target = teacher.get("_target_", None)
-    target = locate(target) if isinstance(target, str) else target
+    target = lazy_target(teacher)
     if isinstance(target, type) and issubclass(target, TeacherStudentRCNN):
         for key in ("teacher", "teacher_weights", "distillers"):
             teacher.pop(key, None)

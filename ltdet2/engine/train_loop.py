@@ -58,11 +58,12 @@ phase runner may instantiate entries before training (:func:`initial_checkpoint_
 """
 
 import contextlib
+import inspect
 import logging
 import os
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, HookBase, SimpleTrainer, default_writers, hooks
@@ -71,6 +72,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
+from ..utils.lazy_config import lazy_target
 from .checkpoint import AtomicCheckpointer, PeriodicCheckpointer, capture_rng_state, restore_rng_state
 from .freezing import check_frozen_terms, freeze_all_but
 from .stop_requests import TrainingInterrupted, stop_requested_on_any_rank, stop_requests_armed
@@ -238,15 +240,8 @@ def build_evaluator(cfg):
 
 
 def _accepts_output_dir(lazy_cfg):
-    import inspect
-
-    target = lazy_cfg.get("_target_")
-    if isinstance(target, str):
-        from detectron2.config.instantiate import locate
-
-        target = locate(target)
     try:
-        return "output_dir" in inspect.signature(target).parameters
+        return "output_dir" in inspect.signature(lazy_target(lazy_cfg)).parameters
     except (TypeError, ValueError):
         return False
 
@@ -276,21 +271,12 @@ INITIAL_TRANSFORM_METHOD = "transform_initial_checkpoint"
 INITIAL_CHECK_METHOD = "check_initial_checkpoint"
 
 
-def _hook_target(node):
-    target = node.get("_target_", None) if isinstance(node, (dict, DictConfig)) else None
-    if isinstance(target, str):
-        from detectron2.config.instantiate import locate
-
-        target = locate(target)
-    return target
-
-
 def _instantiate_hook(cfg, index, node):
     where = f"train.hooks[{index}] of the phase in {cfg.train.get('output_dir', None)}"
     try:
         entry = instantiate(node)
     except TypeError as e:  # e.g. an option the hook does not take
-        raise TypeError(f"{where} ({_hook_target(node)}): {e}") from e
+        raise TypeError(f"{where} ({lazy_target(node)}): {e}") from e
     if not isinstance(entry, HookBase) and not callable(getattr(entry, INITIAL_TRANSFORM_METHOD, None)):
         raise TypeError(
             f"{where} is a {type(entry).__name__}: an entry of train.hooks must be a Detectron2 HookBase or have a "
