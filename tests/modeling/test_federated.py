@@ -24,6 +24,7 @@ from ltdet2.modeling.losses import FederatedClassWeights, SeesawLoss
 
 from fixtures.models import (
     ROOT,
+    SHORT_RUN_OVERRIDES,
     TEST_DEVICE,
     TINY_LT_SHAPES,
     make_batch,
@@ -111,13 +112,7 @@ def test_federated_loss_project_trains_a_few_iterations(tmp_path, tiny_dataset):
         os.path.join(ROOT, "projects", "federated_loss.py"),
         [
             *tiny_run_overrides(tiny_dataset, out),
-            "train.max_iter=3",
-            "train.log_period=1",
-            "train.checkpointer.period=100",
-            "dataloader.train.total_batch_size=2",
-            "model.roi_heads.batch_size_per_image=32",
-            "model.proposal_generator.pre_nms_topk=[200,100]",
-            "model.proposal_generator.post_nms_topk=[100,50]",
+            *SHORT_RUN_OVERRIDES,
             # the piece holds a copy of the class count and the training dataset (configs/federated.py); 50 classes
             # per iteration are more than the tiny set's 8
             f"model.roi_heads.box_predictor.get_fed_loss_cls_weights.num_classes={num_classes}",

@@ -31,6 +31,7 @@ from ltdet2.utils.json_io import write_json_atomic
 from fixtures.models import (
     NUM_CLASSES,
     ROOT,
+    SHORT_RUN_OVERRIDES,
     TINY_LT_SHAPES,
     long_tail_cfg,
     make_batch,
@@ -459,13 +460,7 @@ def load_tiny(project, output_dir, tiny_dataset, *extra):
         os.path.join(ROOT, "projects", project),
         [
             *tiny_run_overrides(tiny_dataset, output_dir),
-            "train.max_iter=3",
-            "train.log_period=1",
-            "train.checkpointer.period=100",
-            "dataloader.train.total_batch_size=2",
-            "model.roi_heads.batch_size_per_image=32",
-            "model.proposal_generator.pre_nms_topk=[200,100]",
-            "model.proposal_generator.post_nms_topk=[100,50]",
+            *SHORT_RUN_OVERRIDES,
             # RIO's pieces hold a copy of the class count (configs/rio.py)
             f"model.roi_heads.box_predictor.classifier.num_classes={TINY_LT_SHAPES.num_classes}",
             f"model.roi_heads.feature_sources.0.num_classes={TINY_LT_SHAPES.num_classes}",

@@ -30,6 +30,7 @@ from ltdet2.modeling.losses.seesaw import objectness_softmax_probs, seesaw_loss_
 from fixtures.models import (
     NUM_CLASSES,
     ROOT,
+    SHORT_RUN_OVERRIDES,
     TEST_DEVICE,
     TINY_LT_SHAPES,
     make_batch,
@@ -398,13 +399,7 @@ def test_seesaw_project_trains_a_few_iterations(tmp_path, tiny_dataset):
         os.path.join(ROOT, "projects", "seesaw.py"),
         [
             *tiny_run_overrides(tiny_dataset, out),
-            "train.max_iter=3",
-            "train.log_period=1",
-            "train.checkpointer.period=100",
-            "dataloader.train.total_batch_size=2",
-            "model.roi_heads.batch_size_per_image=32",
-            "model.proposal_generator.pre_nms_topk=[200,100]",
-            "model.proposal_generator.post_nms_topk=[100,50]",
+            *SHORT_RUN_OVERRIDES,
             # Seesaw's pieces hold a copy of the class count (configs/seesaw.py)
             f"model.roi_heads.indicators.seesaw_count.num_classes={num_classes}",
             f"model.roi_heads.box_predictor.cls_loss.num_classes={num_classes}",
