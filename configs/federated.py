@@ -1,52 +1,8 @@
-# Detectron2's federated loss (FastRCNNOutputLayers' use_fed_loss; Zhou et al. 2021, CenterNet2's LVIS loss) as a
-# config piece, to apply to any R-CNN phase config (projects/federated_loss.py): sigmoid cross-entropy over the
-# classes of the batch and negative classes drawn with p ∝ image_count ** 0.5 until 50 classes. Nothing of ltdet2's
-# heads is needed: the box predictor stays Detectron2's own (or ltdet2's LongTailOutputLayers, which computes the same
-# loss with Detectron2's method). The piece copies the class count and the training dataset's name when it is added.
-from detectron2.config import LazyCall as L
-
-from ltdet2.modeling.losses.federated import FederatedClassWeights
-
-from .long_tail import roi_heads_num_classes
-
-# Detectron2's defaults (MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES, FED_LOSS_FREQ_WEIGHT_POWER)
-FED_LOSS_NUM_CLASSES = 50
-FED_LOSS_FREQ_WEIGHT_POWER = 0.5
-
-
-def add_federated_loss(
-    model, dataset_name, *, num_classes=FED_LOSS_NUM_CLASSES, freq_weight_power=FED_LOSS_FREQ_WEIGHT_POWER
-):
-    """Detectron2's federated loss on the box predictor of ``model``: ``use_sigmoid_ce`` and ``use_fed_loss``, the
-    class weights ``image_count ** freq_weight_power`` of ``dataset_name`` (the training dataset,
-    ``dataloader.train.dataset.names``; :class:`~ltdet2.modeling.losses.federated.FederatedClassWeights`, read when
-    the model is built), and ``num_classes`` classes per iteration (``fed_loss_num_classes``: the batch's classes,
-    then negatives drawn by weight). Test-time scores are the sigmoid of each class logit (Detectron2's
-    ``use_sigmoid_ce``).
-
-    Refused on a predictor with a classification loss (it would replace the federated loss) or another scoring than
-    Detectron2's, and for ``num_classes`` above the model's class count (Detectron2 would fail drawing negatives at
-    the first iteration).
-    """
-    predictor = model.roi_heads.box_predictor
-    if predictor.get("cls_loss", None) is not None:
-        raise ValueError("add_federated_loss: the box predictor has a cls_loss, which would replace the federated loss")
-    scoring = predictor.get("scoring", None)
-    if scoring is not None or predictor.get("class_scoring", "softmax") not in (None, "softmax"):
-        raise ValueError(
-            "add_federated_loss: the box predictor has its own scoring; the federated loss is Detectron2's sigmoid "
-            "classifier (use_sigmoid_ce)"
-        )
-    classes = roi_heads_num_classes(model)
-    if not 0 < num_classes <= classes:
-        raise ValueError(
-            f"add_federated_loss: num_classes={num_classes} classes per iteration must be in [1, {classes}] "
-            f"(model.roi_heads.num_classes)"
-        )
-    predictor.use_sigmoid_ce = True
-    predictor.use_fed_loss = True
-    predictor.fed_loss_num_classes = num_classes
-    predictor.get_fed_loss_cls_weights = L(FederatedClassWeights)(
-        dataset_name=dataset_name, freq_weight_power=freq_weight_power, num_classes=classes
-    )
-    return model
+# Detectron2's federated loss as a config piece.
+# Defined in ltdet2.config.federated (importable outside this checkout); imported here for the LazyConfig files
+# that import them relatively, e.g. `from ..configs.federated import add_federated_loss`.
+from ltdet2.config.federated import (
+    FED_LOSS_FREQ_WEIGHT_POWER,
+    FED_LOSS_NUM_CLASSES,
+    add_federated_loss,
+)

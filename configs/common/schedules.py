@@ -1,27 +1,7 @@
-# Learning-rate multipliers: linear warm-up, then step decay by 10x at each milestone.
-from fvcore.common.param_scheduler import MultiStepParamScheduler
-
-from detectron2.config import LazyCall as L
-from detectron2.solver import WarmupParamScheduler
-
-
-def multi_step(max_iter, steps, warmup_iters=1000, warmup_factor=0.001):
-    """LazyConfig of a warm-up + multi-step schedule over `max_iter` iterations."""
-    return L(WarmupParamScheduler)(
-        scheduler=L(MultiStepParamScheduler)(
-            values=[0.1**k for k in range(len(steps) + 1)],
-            milestones=list(steps),
-            num_updates=max_iter,
-        ),
-        warmup_length=warmup_iters / max_iter,
-        warmup_method="linear",
-        warmup_factor=warmup_factor,
-    )
-
-
-def epochs_to_iters(epochs, num_images, batch_size):
-    return int(round(epochs * num_images / batch_size))
-
+# Learning-rate multipliers: linear warm-up, then step decay by 10x at each milestone. The helpers are defined in
+# ltdet2.config.schedules (importable outside this checkout); imported here for the LazyConfig files that import them
+# relatively (`from ..configs.common.schedules import multi_step`).
+from ltdet2.config.schedules import epochs_to_iters, multi_step
 
 # Detectron2's 1x schedule at batch 16 (90k iterations, steps at 60k and 80k).
 lr_multiplier = multi_step(90000, steps=(60000, 80000))

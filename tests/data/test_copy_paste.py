@@ -15,20 +15,14 @@ from detectron2.data import DatasetCatalog
 from detectron2.structures import BitMasks, BoxMode, PolygonMasks
 from detectron2.structures.masks import polygons_to_bitmask
 
+from ltdet2.config.copy_paste import add_copy_paste
 from ltdet2.data import CopyPasteMapper
 from ltdet2.data.copy_paste import ObjectsImage, masks_to_boxes, paste_objects
 from ltdet2.engine import make_phase
 
-from fixtures.models import ROOT, TINY_LT_SHAPES, load_repo_module
+from fixtures.models import ROOT, TINY_LT_SHAPES
 
 S = 64  # image size of the synthetic tests
-
-
-def _load_config_helper():
-    return load_repo_module("configs/data/copy_paste.py").add_copy_paste
-
-
-add_copy_paste = _load_config_helper()
 
 
 def _rect_polygon(x0, y0, x1, y1):

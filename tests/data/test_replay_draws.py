@@ -5,7 +5,6 @@ draws (``IncrementalPhaseBuilder(replay_draws=...)``), :class:`ReplayDrawSampler
 Tiny LT-Shapes, base 4, 2 phases: phase 1 has 13 new-class entries and replays the 4 old classes (one instance per
 image; 48, 31, 20 and 13 images) 7 images each (n_C = 6.5): 28 replay entries per draw."""
 
-import importlib
 import json
 import os
 from types import SimpleNamespace
@@ -167,15 +166,15 @@ def test_sampler_reads_the_dataset_dicts_and_names_what_is_wrong():
 # --- the config: lst_phases(replay_resampling=...) -----------------------------------------------------------------
 
 
-def lst_config(monkeypatch, tiny_dataset, **options):
+def lst_config(tiny_dataset, **options):
     """A root config (train + phases) of lst_phases on the tiny LT-Shapes: base 4 classes, 2 phases of 2, 2 iterations
     each at batch 2, no distillation (no teacher to build)."""
     from omegaconf import DictConfig
 
     from detectron2.config import LazyConfig
 
-    monkeypatch.syspath_prepend(ROOT)  # configs/ as a namespace package
-    lst_phases = importlib.import_module("configs.lst").lst_phases
+    from ltdet2.config.lst import lst_phases
+
     cfg = LazyConfig.load(os.path.join(ROOT, "configs", "lt_shapes_defaults.py"))
     model = LazyConfig.load(os.path.join(ROOT, "configs", "models", "mask_rcnn_r18_fpn_small.py")).model
     cfg.train.update(max_iter=2, device=TEST_DEVICE)
@@ -202,11 +201,11 @@ def lst_config(monkeypatch, tiny_dataset, **options):
     return DictConfig({"train": cfg.train, "phases": phases}, flags={"allow_objects": True})
 
 
-def test_replay_resampling_sets_the_builders_and_samplers(monkeypatch, tiny_dataset):
+def test_replay_resampling_sets_the_builders_and_samplers(tiny_dataset):
     from ltdet2.engine.derived import derived_dataset_builders
     from ltdet2.engine.phases import resolve_phases
 
-    phases = resolve_phases(lst_config(monkeypatch, tiny_dataset, replay_resampling=True))
+    phases = resolve_phases(lst_config(tiny_dataset, replay_resampling=True))
     builders = [derived_dataset_builders(p.cfg)[0] for p in phases]
     assert [b.replay_draws for b in builders] == [1, "epochs", "epochs"]
     # the schedule is the phase's own, read when the builder is made: an override reaches it
@@ -218,19 +217,19 @@ def test_replay_resampling_sets_the_builders_and_samplers(monkeypatch, tiny_data
     assert "sampler" not in phases[0].cfg.dataloader.train
     assert [p.cfg.dataloader.train.sampler._target_ for p in phases[1:]] == [replay_draw_sampler] * 2
 
-    fixed = resolve_phases(lst_config(monkeypatch, tiny_dataset))
+    fixed = resolve_phases(lst_config(tiny_dataset))
     assert all("sampler" not in p.cfg.dataloader.train for p in fixed)
     assert [derived_dataset_builders(p.cfg)[0].replay_draws for p in fixed] == [1, 1, 1]
-    drawn = resolve_phases(lst_config(monkeypatch, tiny_dataset, replay_resampling=4))
+    drawn = resolve_phases(lst_config(tiny_dataset, replay_resampling=4))
     assert [derived_dataset_builders(p.cfg)[0].replay_draws for p in drawn] == [1, 4, 4]
     for bad in (1, 0, "epochs"):
         with pytest.raises(ValueError, match="replay_resampling must be False .* or an int >= 2"):
-            lst_config(monkeypatch, tiny_dataset, replay_resampling=bad)
+            lst_config(tiny_dataset, replay_resampling=bad)
     with pytest.raises(ValueError, match="set replay_resampling, not replay_draws"):
-        lst_config(monkeypatch, tiny_dataset, replay_draws=3)
+        lst_config(tiny_dataset, replay_draws=3)
 
 
-def test_an_incremental_phase_trains_two_iterations_on_resampled_replay(monkeypatch, tiny_dataset, tmp_path):
+def test_an_incremental_phase_trains_two_iterations_on_resampled_replay(tiny_dataset, tmp_path):
     from detectron2.config import instantiate
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -238,7 +237,7 @@ def test_an_incremental_phase_trains_two_iterations_on_resampled_replay(monkeypa
     from ltdet2.engine.phases import resolve_phases
     from ltdet2.engine.train_loop import do_train
 
-    cfg = resolve_phases(lst_config(monkeypatch, tiny_dataset, replay_resampling=3))[1].cfg
+    cfg = resolve_phases(lst_config(tiny_dataset, replay_resampling=3))[1].cfg
     cfg.train.update(output_dir=str(tmp_path / "incremental_1"), hooks=[])  # from scratch: no base to expand
     (builder,) = derived_dataset_builders(cfg)
     context = SimpleNamespace(output_dir=cfg.train.output_dir, seed=0)
@@ -265,13 +264,12 @@ def test_an_incremental_phase_trains_two_iterations_on_resampled_replay(monkeypa
                 MetadataCatalog.remove(name)
 
 
-def test_lvis_lst_phases_pass_lst_phases_options_through(monkeypatch):
+def test_lvis_lst_phases_pass_lst_phases_options_through():
     from detectron2.config import LazyConfig
 
+    from ltdet2.config.lst import lvis_lst_phases
     from ltdet2.modeling import MetaWeightGeneratorTerm, OldClassLogitDistillation
 
-    monkeypatch.syspath_prepend(ROOT)
-    lvis_lst_phases = importlib.import_module("configs.lst").lvis_lst_phases
     cfg = LazyConfig.load(os.path.join(ROOT, "configs", "lvis_v0_5_defaults.py"))
     phases = lvis_lst_phases(
         cfg.model,

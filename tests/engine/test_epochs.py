@@ -3,7 +3,6 @@ LVIS LST projects' schedules and COCO initialisation, and train.init_reinitializ
 class-specific heads start fresh)."""
 
 import copy
-import importlib
 import os
 
 import pytest
@@ -14,6 +13,7 @@ from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog
 
+from ltdet2.config import lst as lst_configs
 from ltdet2.data.incremental import REPLAY_DRAW_KEY
 from ltdet2.engine.checkpoint import AtomicCheckpointer
 from ltdet2.engine.derived import derived_dataset_builders, prepare_derived_datasets
@@ -21,12 +21,6 @@ from ltdet2.engine.epochs import epoch_entries, resolve_epoch_schedule, warmup_m
 from ltdet2.engine.phases import load_config, resolve_phases
 
 from fixtures.models import ROOT
-
-
-@pytest.fixture
-def lst_configs(monkeypatch):
-    monkeypatch.syspath_prepend(ROOT)  # configs/ as a namespace package, as test_lst_project does
-    return importlib.import_module("configs.lst")
 
 
 def phase_cfg(names, *, epochs, max_iter=None, batch_size=8):
@@ -94,7 +88,7 @@ def test_a_length_in_both_units_or_a_bad_epoch_count_is_refused(registered):
 
 
 @pytest.mark.parametrize("name", ["lst_lvis_v0_5.py", "lst_lvis_v1.py"])
-def test_lvis_lst_phases_run_ten_epochs_of_their_sets_at_800_from_coco(name, lst_configs):
+def test_lvis_lst_phases_run_ten_epochs_of_their_sets_at_800_from_coco(name):
     phases = resolve_phases(load_config(os.path.join(ROOT, "projects", name), ["train.device=cpu"]))
     for index, phase in enumerate(phases):
         cfg = phase.cfg
@@ -115,7 +109,7 @@ def test_lvis_lst_phases_run_ten_epochs_of_their_sets_at_800_from_coco(name, lst
             assert cfg.train.init_checkpoint == "" and list(cfg.train.init_reinitialize) == []
 
 
-def test_imagenet_is_the_named_alternative_init(lst_configs):
+def test_imagenet_is_the_named_alternative_init():
     train = OmegaConf.create({"init_checkpoint": "", "init_reinitialize": []})
     lst_configs.use_lst_lvis_init(train, "imagenet")
     assert train.init_checkpoint == "detectron2://ImageNetPretrained/MSRA/R-50.pkl" and not train.init_reinitialize
@@ -123,7 +117,7 @@ def test_imagenet_is_the_named_alternative_init(lst_configs):
         lst_configs.use_lst_lvis_init(train, "coco80")
 
 
-def test_every_lst_phase_built_on_tiny_data_is_as_long_as_its_epochs(tiny_dataset, tmp_path, lst_configs):
+def test_every_lst_phase_built_on_tiny_data_is_as_long_as_its_epochs(tiny_dataset, tmp_path):
     """The rule on real phase sets: LST phases (tiny LT-Shapes, base 4 classes then 2 phases of 2) built by the
     runner's own step, each phase's length from its built set."""
     config = LazyConfig.load(os.path.join(ROOT, "tests", "configs", "tiny_lst.py"))
@@ -163,7 +157,7 @@ def test_every_lst_phase_built_on_tiny_data_is_as_long_as_its_epochs(tiny_datase
     assert len({entries for entries, _ in lengths.values()}) == 3  # three sets, three lengths
 
 
-def mask_rcnn(lst_configs, num_classes, lst=False):
+def mask_rcnn(num_classes, lst=False):
     cfg = LazyConfig.load(os.path.join(ROOT, "configs", "models", "mask_rcnn_r18_fpn_small.py")).model
     if lst:
         return lst_configs.use_lst_model(cfg, num_classes=num_classes, agnostic_mlp_dim=16)
@@ -171,13 +165,13 @@ def mask_rcnn(lst_configs, num_classes, lst=False):
     return cfg
 
 
-def test_a_coco_shaped_checkpoint_loads_into_the_base_phase_with_its_box_predictor_reinitialised(tmp_path, lst_configs):
+def test_a_coco_shaped_checkpoint_loads_into_the_base_phase_with_its_box_predictor_reinitialised(tmp_path):
     torch.manual_seed(0)
-    coco = instantiate(mask_rcnn(lst_configs, 80)).state_dict()  # 81-class heads, as Detectron2's COCO models
+    coco = instantiate(mask_rcnn(80)).state_dict()  # 81-class heads, as Detectron2's COCO models
     path = str(tmp_path / "coco.pth")
     torch.save({"model": coco}, path)
     torch.manual_seed(1)
-    fresh = instantiate(mask_rcnn(lst_configs, 30, lst=True))
+    fresh = instantiate(mask_rcnn(30, lst=True))
     initial = {k: v.clone() for k, v in fresh.state_dict().items()}
     AtomicCheckpointer(fresh, reinitialize=lst_configs.COCO_REINITIALIZE).resume_or_load(path, resume=False)
     loaded = fresh.state_dict()

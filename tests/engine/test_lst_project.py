@@ -1,12 +1,11 @@
 """LST's projects: every phase instantiates with the class count of its split and LST's pieces; the phases (on a
-tiny LT-Shapes, tests/configs/tiny_lst.py, built by the same configs/lst.py) train end to end on CPU: base,
+tiny LT-Shapes, tests/configs/tiny_lst.py, built by the same ltdet2.config.lst) train end to end on CPU: base,
 then incremental phases that expand the previous model, freeze the ResNet and distil from the frozen previous
 phase; an interrupted incremental phase resumes to the same weights; a checkpoint of another class count is
 named in the error."""
 
 import copy
 import hashlib
-import importlib
 import os
 
 import pytest
@@ -17,6 +16,7 @@ from detectron2.config import instantiate
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.utils.events import EventStorage
 
+from ltdet2.config.lst import lst_phases
 from ltdet2.data.lt_shapes import NUM_CLASSES
 from ltdet2.engine.phase_graph import chain_checkpoints, chain_teachers
 from ltdet2.engine.phases import load_config, resolve_phases, run_phases
@@ -224,11 +224,9 @@ def test_lst_ablation_chains():
     assert type(no_distill) is GeneralizedRCNN and "teacher" not in by_name["no_distill_2"].model
 
 
-def test_lst_phases_refuse_a_generator_they_cannot_run(monkeypatch):
+def test_lst_phases_refuse_a_generator_they_cannot_run():
     from detectron2.config import LazyConfig
 
-    monkeypatch.syspath_prepend(ROOT)  # configs/ as a namespace package: lst_phases itself, not a loaded config
-    lst_phases = importlib.import_module("configs.lst").lst_phases
     cfg = LazyConfig.load(os.path.join(ROOT, "configs", "lt_shapes_defaults.py"))
     args = (cfg.model, cfg.dataloader, cfg.optimizer, cfg.lr_multiplier, cfg.train)
     sizes = dict(num_classes=8, source="s", source_val="v", base=4, num_phases=2, incremental_iters=4)

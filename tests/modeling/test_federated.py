@@ -3,11 +3,8 @@ projects/federated_loss.py): the class weights are the training set's per-class 
 Detectron2's ``get_fed_loss_cls_weights`` gives from the dataset's ``class_image_count``), the helper leaves the box
 predictor Detectron2's own, and the LT-Shapes project trains a few iterations."""
 
-import importlib
 import json
 import os
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -19,6 +16,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import get_fed_loss_cls_weights
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 
+from ltdet2.config.federated import add_federated_loss
 from ltdet2.engine.phases import load_config, run_phases
 from ltdet2.modeling.losses import FederatedClassWeights, SeesawLoss
 
@@ -32,17 +30,6 @@ from fixtures.models import (
     tiny_run_overrides,
     train_losses,
 )
-
-
-def repo_configs(name):
-    """``configs/<name>.py`` imported as a module (its helper functions), in a package over ``configs/`` so that its
-    relative imports resolve."""
-    package = "_ltdet2_repo_configs"
-    if package not in sys.modules:
-        module = types.ModuleType(package)
-        module.__path__ = [os.path.join(ROOT, "configs")]
-        sys.modules[package] = module
-    return importlib.import_module(f"{package}.{name}")
 
 
 def json_image_counts(dataset_name):
@@ -76,10 +63,9 @@ def test_the_weights_are_image_count_to_the_power_one_half(tiny_dataset):
 
 
 def test_the_helper_keeps_detectron2s_predictor_with_its_federated_loss(tiny_dataset):
-    federated = repo_configs("federated")
     cfg = small_model_cfg()
     cfg.roi_heads.num_classes = TINY_LT_SHAPES.num_classes
-    federated.add_federated_loss(cfg, tiny_dataset[0], num_classes=4)
+    add_federated_loss(cfg, tiny_dataset[0], num_classes=4)
     predictor_cfg = cfg.roi_heads.box_predictor
     assert predictor_cfg._target_ is FastRCNNOutputLayers
     assert predictor_cfg.use_sigmoid_ce and predictor_cfg.use_fed_loss and predictor_cfg.fed_loss_num_classes == 4
@@ -98,11 +84,11 @@ def test_the_helper_keeps_detectron2s_predictor_with_its_federated_loss(tiny_dat
     assert torch.isfinite(losses["loss_cls"]) and losses["loss_cls"].requires_grad
 
     with pytest.raises(ValueError, match=r"num_classes=50 classes per iteration must be in \[1, 8\]"):
-        federated.add_federated_loss(cfg, tiny_dataset[0])
+        add_federated_loss(cfg, tiny_dataset[0])
     cfg = small_model_cfg()
     cfg.roi_heads.box_predictor.cls_loss = L(SeesawLoss)()
     with pytest.raises(ValueError, match="has a cls_loss"):
-        federated.add_federated_loss(cfg, tiny_dataset[0], num_classes=2)
+        add_federated_loss(cfg, tiny_dataset[0], num_classes=2)
 
 
 def test_federated_loss_project_trains_a_few_iterations(tmp_path, tiny_dataset):

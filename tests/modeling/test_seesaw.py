@@ -4,11 +4,8 @@ gradients flow through the logits only, the class counts it reads are updated be
 checkpoint, the objectness-aware scoring and the normalised linear classifier compute what the official code does,
 and the LT-Shapes project trains a few iterations."""
 
-import importlib
 import math
 import os
-import sys
-import types
 
 import pytest
 import torch
@@ -20,6 +17,8 @@ from detectron2.config import instantiate
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from ltdet2.config.long_tail import use_long_tail_heads
+from ltdet2.config.seesaw import add_seesaw
 from ltdet2.engine.phases import load_config, run_phases
 from ltdet2.memory import CumulativeCount
 from ltdet2.modeling.box_predictors.scoring import ObjectnessSoftmaxScoring, SoftmaxScoring
@@ -217,21 +216,10 @@ def test_normalized_linear_is_mmdetections_normed_linear_with_k_plus_2_outputs()
     assert SeesawNormalizedLinear(8, K, bias=False).bias is None
 
 
-def repo_configs(name):
-    """``configs/<name>.py`` imported as a module (its helper functions), in a package over ``configs/`` so that its
-    relative imports (``from .long_tail import ...``) resolve."""
-    package = "_ltdet2_repo_configs"
-    if package not in sys.modules:
-        module = types.ModuleType(package)
-        module.__path__ = [os.path.join(ROOT, "configs")]
-        sys.modules[package] = module
-    return importlib.import_module(f"{package}.{name}")
-
-
 def seesaw_model(**options):
-    """The small model (NUM_CLASSES classes) with ``configs/seesaw.py:add_seesaw(model, **options)``."""
+    """The small model (NUM_CLASSES classes) with ``add_seesaw(model, **options)``."""
     cfg = small_model_cfg()
-    repo_configs("seesaw").add_seesaw(cfg, **options)
+    add_seesaw(cfg, **options)
     torch.manual_seed(0)
     return instantiate(cfg).to(TEST_DEVICE)
 
@@ -257,8 +245,7 @@ def test_add_seesaw_builds_the_k_plus_2_predictor():
 
 def test_a_classifier_with_another_logit_count_and_loss_scoring_mismatches_are_refused():
     cfg = small_model_cfg()
-    seesaw = repo_configs("seesaw")
-    seesaw.add_seesaw(cfg)
+    add_seesaw(cfg)
     cfg.roi_heads.box_predictor.classifier = L(CosineClassifier)(input_dim=FEATURE_DIM, num_classes=NUM_CLASSES)
     with pytest.raises(
         ValueError,
@@ -267,17 +254,17 @@ def test_a_classifier_with_another_logit_count_and_loss_scoring_mismatches_are_r
     ):
         instantiate(cfg)
     cfg = small_model_cfg()
-    seesaw.add_seesaw(cfg)
+    add_seesaw(cfg)
     cfg.roi_heads.box_predictor.scoring = L(SoftmaxScoring)()
     with pytest.raises(ValueError, match="SeesawLoss is a loss for class_scoring='objectness_softmax'"):
         instantiate(cfg)
     # the helper refuses a predictor whose classification is someone else's
     for key, value in (("cls_loss", L(SeesawLoss)()), ("classifier", L(CosineClassifier)(input_dim=1, num_classes=1))):
         cfg = small_model_cfg()
-        seesaw.use_long_tail_heads(cfg)
+        use_long_tail_heads(cfg)
         cfg.roi_heads.box_predictor[key] = value
         with pytest.raises(ValueError, match=f"already has .* \\({key}\\)"):
-            seesaw.add_seesaw(cfg)
+            add_seesaw(cfg)
 
 
 def sampled_foreground_counts(model):
@@ -319,7 +306,7 @@ def test_the_counts_are_updated_before_the_loss_and_restored_from_a_checkpoint(t
 
 def test_an_indicator_updated_after_the_loss_gives_the_previous_iterations_counts():
     cfg = small_model_cfg()
-    repo_configs("seesaw").add_seesaw(cfg)
+    add_seesaw(cfg)
     cfg.roi_heads.indicators["seesaw_count"] = L(CumulativeCount)(num_classes=NUM_CLASSES)
     torch.manual_seed(0)
     model = instantiate(cfg).to(TEST_DEVICE)

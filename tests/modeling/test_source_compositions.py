@@ -1,8 +1,7 @@
-"""Method helpers compose in any order: every helper appends its feature source (configs/long_tail.py:
+"""Method helpers compose in any order: every helper appends its feature source (ltdet2.config.long_tail:
 add_feature_source), so each ordered pair of MFS, RIO's object replay and BACL's FHM gives a model with both sources
 that trains; a second source of one type is refused."""
 
-import importlib
 import itertools
 
 import pytest
@@ -10,13 +9,13 @@ import torch
 
 from detectron2.config import instantiate
 
-from fixtures.models import ROOT, TEST_DEVICE, make_batch, small_model_cfg, train_losses
+from ltdet2.config import bacl, loce, rio
+
+from fixtures.models import TEST_DEVICE, make_batch, small_model_cfg, train_losses
 
 
 @pytest.fixture
-def helpers(monkeypatch):
-    monkeypatch.syspath_prepend(ROOT)  # configs/ as a namespace package
-    loce, rio, bacl = (importlib.import_module(f"configs.{name}") for name in ("loce", "rio", "bacl"))
+def helpers():
     return {
         "MemoryFeatureSampler": lambda model: loce.add_mfs(model, capacity=8, num_sampled_classes=2, per_class=2),
         "ObjectReplay": lambda model: rio.add_object_replay(model, targeted_classes=[0, 1, 2], capacity=8, per_class=2),

@@ -1,0 +1,2 @@
+"""ltdet2's config helpers: the method helpers that LazyConfig files call (``ltdet2.config.loce``, ...)
+and the YAML (yacs) keys of ltdet2's heads (``add_ltdet2_config``)."""
