@@ -9,10 +9,10 @@
 # feature extractor converges in fewer steps, and the whole project stays ~10 minutes on 2 cores).
 # LVIS with the paper's settings: projects/bacl_lvis_v0_5.py, bacl_lvis_v1.py, bacl_lvis_v1_mask.py;
 # ablation: projects/bacl_ablation.py.
+from ltdet2.config.bacl import add_classifier_learning, add_representation_learning
+from ltdet2.config.schedules import multi_step
 from ltdet2.engine import make_phase
 
-from ..configs.bacl import add_classifier_learning, add_representation_learning
-from ..configs.common.schedules import multi_step
 from ..configs.lt_shapes_defaults import MAX_ITER, dataloader, lr_multiplier, model, optimizer, train
 
 IMAGE_SIZE = 128  # LT-Shapes' images; LVIS: 1280

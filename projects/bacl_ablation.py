@@ -8,9 +8,9 @@
 #   fcbl_fhm      FCBL + FHM (BACL)
 # Run: python scripts/ablation_table.py --config-file projects/bacl_ablation.py --seeds 0 1 2 \
 #          --output-dir output/bacl_ablation
+from ltdet2.config.bacl import add_classifier_learning
 from ltdet2.engine import make_phase
 
-from ..configs.bacl import add_classifier_learning
 from .bacl import phases as bacl_phases
 from .bacl import train
 

@@ -5,7 +5,8 @@
 # box-head FCs frozen, FCBL (alpha 0.85, p_t 0.7, global confusion matrix) + FHM (c=8 x m=12 per process,
 # beta 0.9), multi-scale 640-800 + flip, weight decay 1e-4. Test: 1333x800, 300 detections, score 1e-4.
 # FHM's c and m are per process: the official runs use 8 GPUs x 2 images (`--num-gpus 8`).
-from ..configs.bacl import lvis_phases
+from ltdet2.config.bacl import lvis_phases
+
 from ..configs.lvis_v1_defaults import BATCH_SIZE, NUM_CLASSES, NUM_TRAIN_IMAGES, dataloader, optimizer, train
 from ..configs.models.faster_rcnn_r50_fpn import model
 

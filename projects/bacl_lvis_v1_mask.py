@@ -3,9 +3,9 @@
 # (mask_rcnn_r50_fpn_normed_mask_*) use a cosine mask predictor, not in the paper: ltdet2's
 # NormalizedMaskRCNNConvUpsampleHead, here in both stages (set the mask head's _target_ back to
 # Detectron2's MaskRCNNConvUpsampleHead for the plain one).
+from ltdet2.config.bacl import lvis_phases
 from ltdet2.modeling import NormalizedMaskRCNNConvUpsampleHead
 
-from ..configs.bacl import lvis_phases
 from ..configs.lvis_v1_defaults import BATCH_SIZE, NUM_TRAIN_IMAGES, dataloader, model, optimizer, train
 
 model.roi_heads.mask_head._target_ = NormalizedMaskRCNNConvUpsampleHead

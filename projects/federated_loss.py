@@ -4,7 +4,8 @@
 # per-class image counts) until 50 classes per iteration, Detectron2's defaults (on LT-Shapes' 72 classes that is
 # most of them; fed_loss_num_classes=... overrides it). The box predictor stays Detectron2's own. One phase: a
 # plain single-phase config (also runs with Detectron2's script).
-from ..configs.federated import add_federated_loss
+from ltdet2.config.federated import add_federated_loss
+
 from ..configs.lt_shapes_defaults import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
 add_federated_loss(model, dataloader.train.dataset.names)

@@ -29,18 +29,18 @@
 # Budget: P = 300, F = 150, 2,400 iterations and 10 evaluations per seed, ~2.5 h per seed on 2 CPU cores; 3 seeds
 # with --jobs 2 (two seeds at once, then the third) measured 6.7 h (scripts/leaderboard.py's docstring, the README).
 # Run: python scripts/leaderboard.py [--entries ce loce] [--seeds 0 1 2] [--jobs 2] [--quick] [--dry-run]
+from ltdet2.config.bacl import add_classifier_learning, add_representation_learning
+from ltdet2.config.loce import LOCE_TRAINABLE, add_ebl, add_memory_warmup, add_mfs
+from ltdet2.config.lst import lt_shapes_lst_phases
+from ltdet2.config.rio import add_cosine_classifier, add_object_replay, add_rfs
+from ltdet2.config.schedules import multi_step
+from ltdet2.config.stepwise import stepwise_phases
 from ltdet2.data.lt_shapes import NUM_CLASSES
 from ltdet2.engine import make_phase
 from ltdet2.engine.leaderboard import evaluate_entries_only
 
-from ..configs.bacl import add_classifier_learning, add_representation_learning
-from ..configs.common.schedules import multi_step
-from ..configs.loce import LOCE_TRAINABLE, add_ebl, add_memory_warmup, add_mfs
-from ..configs.lst import lt_shapes_lst_phases
 from ..configs.lt_shapes_defaults import dataloader, optimizer, train
 from ..configs.models.mask_rcnn_r18_fpn_small import model
-from ..configs.rio import add_cosine_classifier, add_object_replay, add_rfs
-from ..configs.stepwise import stepwise_phases
 
 PRETRAIN_ITERS = 300  # every entry's first phase (the shared pretrain, BACL's stage 1, LST's base)
 FINETUNE_ITERS = 150  # the rest of every entry (divisible by 2 and 3: step-wise's and LST's own phases)
@@ -147,7 +147,7 @@ def leaderboard_phases(model, dataloader, optimizer, train, *, pretrain_iters, f
         chain_name="lst",
         from_phase="lst_base",
         incremental_iters=finetune_iters // LST_INCREMENTAL_PHASES,
-        # configs/lst.py's LT-Shapes schedule (x0.1 after 60%) with the warm-up fitted to short phases
+        # ltdet2/config/lst.py's LT-Shapes schedule (x0.1 after 60%) with the warm-up fitted to short phases
         incremental_schedule=lambda iters: multi_step(iters, steps=(iters * 6 // 10,), warmup_iters=warmup(iters)),
     )
     last = f"lst_{LST_INCREMENTAL_PHASES}"

@@ -2,10 +2,10 @@
 # "finetune": equilibrium loss + memory-augmented feature sampling, feature extractor frozen.
 # Defaults: LT-Shapes on a CPU (fine-tune = 1/4 of the pretrain length, as 6 of 24 epochs).
 # LVIS v1 with the paper's settings: projects/loce_lvis_v1.py.
+from ltdet2.config.loce import LOCE_TRAINABLE, add_ebl, add_memory_warmup, add_mfs
+from ltdet2.config.schedules import multi_step
 from ltdet2.engine import make_phase
 
-from ..configs.common.schedules import multi_step
-from ..configs.loce import LOCE_TRAINABLE, add_ebl, add_memory_warmup, add_mfs
 from ..configs.lt_shapes_defaults import MAX_ITER, dataloader, lr_multiplier, model, optimizer, train
 
 train.output_dir = "output/loce"  # the phases train in output/loce/<phase>

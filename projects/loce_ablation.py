@@ -1,10 +1,10 @@
 # LOCE ablation on LT-Shapes (the README's LOCE table): one softmax-CE pretrain, then four
 # fine-tunes of equal length from that same checkpoint: CE, EBL only, MFS only, EBL + MFS (LOCE).
 # Run: python scripts/lazyconfig_train_net.py --config-file projects/loce_ablation.py train.seed=N
+from ltdet2.config.loce import LOCE_TRAINABLE, add_ebl, add_mfs
+from ltdet2.config.long_tail import use_long_tail_heads
 from ltdet2.engine import make_phase
 
-from ..configs.loce import LOCE_TRAINABLE, add_ebl, add_mfs
-from ..configs.long_tail import use_long_tail_heads
 from .loce import phases as loce_phases
 from .loce import train
 

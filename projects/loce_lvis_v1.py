@@ -4,11 +4,11 @@
 # float16, k 8 classes x m 4 features); 300 detections, score threshold 1e-4.
 import torch
 
+from ltdet2.config.loce import LOCE_TRAINABLE, add_ebl, add_memory_warmup, add_mfs
+from ltdet2.config.schedules import epochs_to_iters, multi_step
 from ltdet2.engine import make_phase
 from ltdet2.modeling import NormalizedMaskRCNNConvUpsampleHead
 
-from ..configs.common.schedules import epochs_to_iters, multi_step
-from ..configs.loce import LOCE_TRAINABLE, add_ebl, add_memory_warmup, add_mfs
 from ..configs.lvis_v1_defaults import (
     BATCH_SIZE,
     NUM_TRAIN_IMAGES,

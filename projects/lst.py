@@ -5,9 +5,10 @@
 # ones; network expansion, ResNet frozen, L2 distillation of the old classes' cosine logits from the frozen
 # previous phase. The class-agnostic mask MLP is a small two-layer one (64 hidden; the official single layer
 # would be ~79M parameters here). Evaluation: the classes seen so far, with r/c/f and instance-count buckets.
-# The settings: configs/lst.py:lt_shapes_lst_phases (shared with projects/lst_ablation.py).
+# The settings: ltdet2/config/lst.py:lt_shapes_lst_phases (shared with projects/lst_ablation.py).
 # LVIS: projects/lst_lvis_v0_5.py (the paper's settings), projects/lst_lvis_v1.py.
-from ..configs.lst import lt_shapes_lst_phases
+from ltdet2.config.lst import lt_shapes_lst_phases
+
 from ..configs.lt_shapes_defaults import dataloader, lr_multiplier, optimizer, train
 from ..configs.models.mask_rcnn_r18_fpn_small import model
 

@@ -12,13 +12,13 @@
 # joint_rfs: box and mask AP with r/c/f and the training instance-count buckets.
 # Run: python scripts/ablation_table.py --config-file projects/lst_ablation.py --seeds 0 1 2 \
 #          --output-dir output/lst_ablation --task segm    (and --task bbox: box AP)
+from ltdet2.config.lst import LT_SHAPES_INCREMENTAL_ITERS, LT_SHAPES_NUM_CLASSES, lt_shapes_lst_phases
+from ltdet2.config.rio import add_rfs
+from ltdet2.config.schedules import multi_step
 from ltdet2.engine import make_phase
 
-from ..configs.common.schedules import multi_step
-from ..configs.lst import LT_SHAPES_INCREMENTAL_ITERS, LT_SHAPES_NUM_CLASSES, lt_shapes_lst_phases
 from ..configs.lt_shapes_defaults import MAX_ITER, dataloader, lr_multiplier, optimizer, train
 from ..configs.models.mask_rcnn_r18_fpn_small import model
-from ..configs.rio import add_rfs
 
 train.output_dir = "output/lst_ablation"
 JOINT_ITERS = MAX_ITER + 3 * LT_SHAPES_INCREMENTAL_ITERS  # the LST chain's iterations

@@ -4,8 +4,9 @@
 # (scale 48, learnable). One phase: a plain single-phase config (also runs with Detectron2's script).
 # Defaults: LT-Shapes on a CPU with the baseline's schedule. LVIS with the paper's settings:
 # projects/rio_lvis_v0_5.py, projects/rio_lvis_v1.py; ablation: projects/rio_ablation.py.
+from ltdet2.config.rio import add_rio
+
 from ..configs.lt_shapes_defaults import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
-from ..configs.rio import add_rio
 
 train.output_dir = "output/rio"
 add_rio(model, dataloader)

@@ -10,10 +10,10 @@
 # 37.5 with the linear classifier), so the CE pretrain stands in for the pretrained backbone.
 # Run: python scripts/ablation_table.py --config-file projects/rio_ablation.py --seeds 0 1 \
 #          --output-dir output/rio_ablation
+from ltdet2.config.rio import add_cosine_classifier, add_object_replay, add_rfs
+from ltdet2.config.schedules import multi_step
 from ltdet2.engine import make_phase
 
-from ..configs.common.schedules import multi_step
-from ..configs.rio import add_cosine_classifier, add_object_replay, add_rfs
 from .loce import phases as loce_phases
 from .loce import train
 

@@ -4,8 +4,9 @@
 # probability) and the normalised linear classifier (temperature 20), N counted online per class before each loss.
 # One phase: a plain single-phase config (also runs with Detectron2's script). LVIS v1 with the paper's setting:
 # projects/seesaw_lvis_v1.py.
+from ltdet2.config.seesaw import add_seesaw
+
 from ..configs.lt_shapes_defaults import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
-from ..configs.seesaw import add_seesaw
 
 add_seesaw(model)
 train.output_dir = "output/seesaw"

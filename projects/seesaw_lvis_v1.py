@@ -11,10 +11,11 @@
 # RFS variant (MMDetection's "sample1e-3" configs: repeat-factor sampling at threshold 1e-3): set SAMPLER below to
 # "sample1e-3". ltdet2 then keeps the iteration count above (Detectron2's convention for RFS); MMDetection's 24
 # epochs of its ClassBalancedDataset are longer, by the mean repeat factor.
-from ..configs.common.schedules import epochs_to_iters, multi_step
+from ltdet2.config.rio import add_rfs
+from ltdet2.config.schedules import epochs_to_iters, multi_step
+from ltdet2.config.seesaw import add_seesaw
+
 from ..configs.lvis_v1_defaults import BATCH_SIZE, NUM_TRAIN_IMAGES, dataloader, model, optimizer, train
-from ..configs.rio import add_rfs
-from ..configs.seesaw import add_seesaw
 
 SAMPLER = "random"  # or "sample1e-3"
 

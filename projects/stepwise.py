@@ -10,9 +10,10 @@
 # Sets: LT-Shapes has 2,500 training images (LVIS v0.5: 57k), so the paper's quotas (200 / 30 / 50 per class)
 # are scaled by 0.3 and the official RFS thresholds by 30 (reference §2.3-2.4; our choice).
 # Ablation with the control: projects/stepwise_ablation.py. LVIS: projects/stepwise_lvis_v0_5.py, _v1.py.
-from ..configs.common.schedules import multi_step
+from ltdet2.config.schedules import multi_step
+from ltdet2.config.stepwise import stepwise_phases
+
 from ..configs.lt_shapes_defaults import dataloader, model, optimizer, train
-from ..configs.stepwise import stepwise_phases
 
 train.output_dir = "output/stepwise"  # the phases train in output/stepwise/<phase>
 # The method fine-tunes a converged detector (paper). After the default 400 iterations the small Faster R-CNN is

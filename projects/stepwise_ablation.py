@@ -13,11 +13,11 @@
 # Run: python scripts/ablation_table.py --config-file projects/stepwise_ablation.py --seeds 0 1 2 \
 #          --output-dir output/stepwise_ablation --results-dir docs/results/stepwise_ablation \
 #          --paired transfer-control transfer-pretrain
+from ltdet2.config.schedules import multi_step
+from ltdet2.config.stepwise import STEPWISE_TRAINABLE, use_smooth_tail_set
 from ltdet2.data import ValidityDatasetMapper
 from ltdet2.engine import make_phase
 
-from ..configs.common.schedules import multi_step
-from ..configs.stepwise import STEPWISE_TRAINABLE, use_smooth_tail_set
 from .stepwise import phases as stepwise_phases
 from .stepwise import train
 

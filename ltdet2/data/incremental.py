@@ -3,7 +3,7 @@ phase datasets.
 
 * :class:`ClassIncrementalSplit`: the split in numbers (a base phase of the top ``base`` classes, then ``num_phases``
   near-equal bins, ``np.array_split`` sizes) and each phase's class counts, which the phase configs read
-  (``configs/lst.py``); :func:`incremental_class_order` / :func:`incremental_class_phases`: a dataset's classes
+  (``ltdet2/config/lst.py``); :func:`incremental_class_order` / :func:`incremental_class_phases`: a dataset's classes
   sorted by training instance count (descending; ties by json category id ascending), split by it.
 * :func:`replay_counts`: images replayed per old class, ``ceil(n_C / n_k)`` (paper) or ``round`` with a minimum of
   1 (official code).

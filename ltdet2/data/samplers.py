@@ -406,7 +406,7 @@ class ReplayDrawSampler(TrainingSampler):
 
 def replay_draw_sampler(dataset_dicts: Sequence[dict], *, shuffle: bool = True, seed: int | None = None):
     """:class:`ReplayDrawSampler` over a phase set's dataset dicts (their ``"replay_draw"``, absent: every
-    epoch); LazyConfig use (configs/lst.py: ``lst_phases(replay_resampling=...)``)::
+    epoch); LazyConfig use (ltdet2/config/lst.py: ``lst_phases(replay_resampling=...)``)::
 
         dataloader.train.sampler = L(replay_draw_sampler)(dataset_dicts="${..dataset}")
 

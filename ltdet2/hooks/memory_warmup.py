@@ -5,7 +5,7 @@ fine-tune: a few images per class, no backward, so the feature memory and the me
 from the pretrained model's view instead of empty / 0.01. The paper's supplement says the memory
 is initialised with 5 randomly selected instances per class; the official code takes 5 images per
 class on every GPU (``queue_size // 16``). A phase turns it on with the hook :class:`MemoryWarmup` in its
-``train.hooks``: ``L(MemoryWarmup)(images_per_class=5)`` (``configs/loce.py:add_memory_warmup``).
+``train.hooks``: ``L(MemoryWarmup)(images_per_class=5)`` (``ltdet2/config/loce.py:add_memory_warmup``).
 """
 
 import logging

@@ -3,14 +3,12 @@ process started in an empty folder, with no PYTHONPATH entry into the repository
 ``configs`` is not importable, a LOCE fine-tune model is built from ltdet2.config helpers on a model piece from the
 model zoo, and ``get_config("loce.py")`` loads the LOCE project."""
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from fixtures.models import ROOT
+from fixtures.outside import run_outside
 
 SCRIPT = r"""
 import json
@@ -67,25 +65,10 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def _inside_repo(path):
-    path = os.path.realpath(path or os.curdir)
-    return path == os.path.realpath(ROOT) or path.startswith(os.path.realpath(ROOT) + os.sep)
-
-
 @pytest.fixture(scope="module")
 def outside(tmp_path_factory):
     """What the script reports, run by this Python in an empty folder with the repository off PYTHONPATH."""
-    folder = tmp_path_factory.mktemp("outside_repo")
-    env = dict(os.environ)
-    python_path = [p for p in env.pop("PYTHONPATH", "").split(os.pathsep) if p and not _inside_repo(p)]
-    if python_path:
-        env["PYTHONPATH"] = os.pathsep.join(python_path)
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=folder, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    (line,) = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    return json.loads(line[len("RESULT ") :])
+    return run_outside(SCRIPT, tmp_path_factory.mktemp("outside_repo"))
 
 
 def test_the_repository_is_not_importable(outside):
