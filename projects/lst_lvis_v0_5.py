@@ -3,8 +3,8 @@
 # classes sorted by training instance count, base 270 then 6 phases of 160; batch 8 at the single scale 800, base
 # lr 0.01 and incremental lr 0.002, every phase 10 epochs of the set it builds (steps after 6 (and 8) epochs; the
 # iterations are logged when the set is built), 100 RoIs per image in the incremental phases
-# (ltdet2/config/lst.py:lvis_lst_phases). Initialised from Detectron2's COCO Mask R-CNN R-50-FPN 1x as the paper, its box
-# predictor re-initialised; ImageNet instead: lvis_lst_phases(..., init="imagenet"), or the overrides
+# (ltdet2/config/lst.py:lvis_lst_phases). Initialised from Detectron2's COCO Mask R-CNN R-50-FPN 1x as the paper,
+# its box predictor re-initialised; ImageNet instead: lvis_lst_phases(..., init="imagenet"), or the overrides
 # phases.base.train.init_checkpoint=detectron2://ImageNetPretrained/MSRA/R-50.pkl
 # "phases.base.train.init_reinitialize=[]".
 from ltdet2.config.lst import lvis_lst_phases
