@@ -9,7 +9,10 @@ from detectron2.layers import cat
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, _log_classification_stats
 from detectron2.structures import Instances
 
+from ..classifiers import CosineClassifier, WeightNormCosineClassifier
 from ..extra_rows import ExtraRowsBatch
+from ..losses.equilibrium import EquilibriumLoss
+from ..losses.foreground_balance import ForegroundBalanceLoss
 from .scoring import (
     ClassScoring,
     SigmoidCEScoring,
@@ -138,7 +141,41 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        return super().from_config(cfg, input_shape)
+        """Detectron2's arguments, plus, from ``MODEL.LTDET2`` (:func:`ltdet2.config.yaml_config.add_ltdet2_config`),
+        the classifier (``CLASSIFIER``), the scoring (``CLASS_SCORING``) and the loss (``EBL``, ``FCBL``) that the
+        LazyConfig helpers set (``ltdet2.config.rio.add_cosine_classifier``,
+        ``ltdet2.config.bacl.use_sigmoid_background``, ``ltdet2.config.loce.add_ebl``, ``ltdet2.config.bacl.add_fcbl``).
+        Without ``MODEL.LTDET2``: Detectron2's."""
+        ret = super().from_config(cfg, input_shape)
+        options = cfg.MODEL.get("LTDET2")
+        if options is None:
+            return ret
+        num_classes = ret["num_classes"]
+        input_dim = input_shape.channels * (input_shape.width or 1) * (input_shape.height or 1)
+        classifier = options.CLASSIFIER
+        if classifier.NAME == "WeightNormCosineClassifier":
+            ret["classifier"] = WeightNormCosineClassifier(input_dim, num_classes, scale=classifier.SCALE)
+        elif classifier.NAME == "CosineClassifier":
+            ret["classifier"] = CosineClassifier(
+                input_dim, num_classes, scale=classifier.SCALE, learnable_scale=classifier.LEARNABLE_SCALE
+            )
+        elif classifier.NAME:
+            raise ValueError(f"MODEL.LTDET2.CLASSIFIER.NAME={classifier.NAME!r} is not a classifier of ltdet2")
+        if options.CLASS_SCORING != "softmax":  # "softmax": Detectron2's scoring (as scoring=None)
+            ret["scoring"] = scoring_from_name(options.CLASS_SCORING)
+        if options.EBL.ENABLED:
+            ret["cls_loss"] = EquilibriumLoss(
+                indicator="mean_score", background_score=options.MEAN_SCORE.BACKGROUND_SCORE
+            )
+        if options.FCBL.ENABLED:
+            ret["cls_loss"] = ForegroundBalanceLoss(
+                indicator="confusion",
+                num_classes=num_classes,
+                alpha=options.FCBL.ALPHA,
+                weight_threshold=options.FCBL.WEIGHT_THRESHOLD,
+                weight_term=options.FCBL.WEIGHT_TERM,
+            )
+        return ret
 
     @property
     def class_scoring(self) -> str:

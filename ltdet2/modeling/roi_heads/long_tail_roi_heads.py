@@ -1,6 +1,7 @@
 """StandardROIHeads whose box predictor also trains on rows from memories (feature sources)."""
 
 import logging
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -10,17 +11,27 @@ from detectron2.config import configurable, instantiate
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Boxes, Instances
 
-from ltdet2.memory.indicators import UPDATE_TIMINGS
+from ltdet2.memory.indicators import UPDATE_TIMINGS, MeanScore, SoftConfusionMatrix
 
 from ..box_predictors import LongTailOutputLayers
 from ..extra_rows import ExtraRowsBatch
 from ..feature_sources.base import STAGES, SourceContext
+from ..feature_sources.feature_hallucination import FeatureHallucination
+from ..feature_sources.memory_feature_sampler import MemoryFeatureSampler
+from ..feature_sources.object_replay import ObjectReplay
 from ..indicator_links import bind_indicator_users, predictor_batch, predictor_row_objects, update_indicators
 
 logger = logging.getLogger(__name__)
 
 
 _KEPT_ROI_FIELDS = ("proposal_boxes", "gt_classes", "gt_indices", "gt_boxes")
+_STORAGE_DTYPES = {"": None, "float16": torch.float16, "bfloat16": torch.bfloat16}  # MODEL.LTDET2.*.STORAGE_DTYPE
+
+
+def _storage_dtype(name: str):
+    if name not in _STORAGE_DTYPES:
+        raise ValueError(f"storage dtype {name!r}: expected one of {tuple(_STORAGE_DTYPES)}")
+    return _STORAGE_DTYPES[name]
 
 
 def split_ignored_targets(targets: Instances) -> tuple[Instances, Instances, torch.Tensor | None]:
@@ -145,8 +156,96 @@ class LongTailROIHeads(StandardROIHeads):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        # YAML users get the stock heads; sources and indicators are set in LazyConfig files.
-        return super().from_config(cfg, input_shape)
+        """StandardROIHeads' arguments, plus what ``MODEL.LTDET2`` (:func:`ltdet2.config.yaml_config.add_ltdet2_config`)
+        turns on, built as the LazyConfig helpers (``ltdet2.config.loce``, ``.rio``, ``.bacl``) build it: the
+        indicators (``"mean_score"`` for EBL / MFS, ``"confusion"`` for FCBL / FHM), the feature sources (MFS, object
+        replay, FHM, in that order) and a :class:`LongTailOutputLayers` box predictor (its own ``from_config``) in
+        place of Detectron2's.
+
+        With every ``MODEL.LTDET2`` method off the arguments are StandardROIHeads' own (Detectron2's predictor, no
+        extra random draw): the heads are StandardROIHeads. Without ``MODEL.LTDET2`` (``add_ltdet2_config`` not
+        called) they are too, with a warning."""
+        ret = super().from_config(cfg, input_shape)
+        if cfg.MODEL.get("LTDET2") is None:
+            warnings.warn(
+                "MODEL.ROI_HEADS.NAME is LongTailROIHeads but the config has no MODEL.LTDET2 keys: the heads are "
+                "Detectron2's StandardROIHeads, with no long-tail method. Call "
+                "ltdet2.config.yaml_config.add_ltdet2_config(cfg) before merging the YAML file (scripts/train_net.py "
+                "does) and turn methods on under MODEL.LTDET2",
+                UserWarning,
+                stacklevel=2,
+            )
+            return ret
+        # imported here: the config package may import the modeling one
+        from ltdet2.config.yaml_config import check_ltdet2_config, ltdet2_methods_on
+
+        check_ltdet2_config(cfg)
+        if not ltdet2_methods_on(cfg):
+            return ret
+        options = cfg.MODEL.LTDET2
+        num_classes = ret["num_classes"]
+        box_head_output = ret["box_head"].output_shape
+        ret["box_predictor"] = LongTailOutputLayers(cfg, box_head_output)
+        feature_dim = box_head_output.channels * (box_head_output.width or 1) * (box_head_output.height or 1)
+        pooled_channels = input_shape[ret["box_in_features"][0]].channels
+        resolution = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
+
+        indicators = {}
+        if options.EBL.ENABLED or options.MFS.ENABLED:
+            indicators["mean_score"] = MeanScore(
+                num_classes=num_classes,
+                alpha=options.MEAN_SCORE.ALPHA,
+                background_score=options.MEAN_SCORE.BACKGROUND_SCORE,
+                sync="global",
+                update_timing="before_loss",
+            )
+        if options.FCBL.ENABLED or options.FHM.ENABLED:
+            indicators["confusion"] = SoftConfusionMatrix(num_classes=num_classes, sync="global")
+        sources = []
+        if options.MFS.ENABLED:
+            sources.append(
+                MemoryFeatureSampler(
+                    num_classes=num_classes,
+                    feature_shape=(pooled_channels, resolution, resolution),
+                    capacity=options.MFS.CAPACITY,
+                    num_sampled_classes=options.MFS.NUM_SAMPLED_CLASSES,
+                    per_class=options.MFS.PER_CLASS,
+                    indicator="mean_score",
+                    storage_dtype=_storage_dtype(options.MFS.STORAGE_DTYPE),
+                    shared_eta=options.MFS.SHARED_ETA,
+                )
+            )
+        if options.REPLAY.ENABLED:
+            train_names = list(cfg.DATASETS.TRAIN)
+            if not train_names:
+                raise ValueError("MODEL.LTDET2.REPLAY targets the classes of DATASETS.TRAIN, which is empty")
+            sources.append(
+                ObjectReplay(
+                    num_classes=num_classes,
+                    feature_dim=feature_dim,
+                    dataset_name=train_names[0] if len(train_names) == 1 else train_names,
+                    max_images=options.REPLAY.MAX_IMAGES,
+                    capacity=options.REPLAY.CAPACITY,
+                    per_class=options.REPLAY.PER_CLASS,
+                    mode=options.REPLAY.MODE,
+                    storage_dtype=_storage_dtype(options.REPLAY.STORAGE_DTYPE),
+                    sync="local",
+                )
+            )
+        if options.FHM.ENABLED:
+            sources.append(
+                FeatureHallucination(
+                    num_classes=num_classes,
+                    feature_dim=feature_dim,
+                    num_sampled_classes=options.FHM.NUM_SAMPLED_CLASSES,
+                    per_class=options.FHM.PER_CLASS,
+                    momentum=options.FHM.MOMENTUM,
+                    indicator="confusion",
+                )
+            )
+        ret["indicators"] = indicators
+        ret["feature_sources"] = sources
+        return ret
 
     @property
     def is_stock(self):
