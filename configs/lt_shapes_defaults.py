@@ -1,5 +1,5 @@
 # Shared defaults for every project on LT-Shapes on a CPU: the small Faster R-CNN trained from
-# scratch, batch 8, lr 0.02 with 100 warm-up iterations, 400 iterations (about 8 minutes on 2 cores).
+# scratch, batch 8, lr 0.02 with 100 warm-up iterations, 400 iterations (times: docs/benchmarks.md).
 # A single-phase config: projects use it as is, or copy it into their phases (ltdet2.engine.make_phase).
 from ltdet2.data.lt_shapes import LTShapesSpec
 

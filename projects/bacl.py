@@ -6,7 +6,7 @@
 #       p_t 0.7) guided by the global soft confusion matrix + FHM (c=8 classes x m=12 rows, beta 0.9);
 #       the stage-1 data pipeline of the baseline (flip), weight decay 1e-4.
 # Paper: 12 + 12 epochs; here the classifier stage is half the representation's length (a frozen
-# feature extractor converges in fewer steps, and the whole project stays ~10 minutes on 2 cores).
+# feature extractor converges in fewer steps).
 # LVIS with the paper's settings: projects/bacl_lvis_v0_5.py, bacl_lvis_v1.py, bacl_lvis_v1_mask.py;
 # ablation: projects/bacl_ablation.py.
 from ltdet2.config.bacl import add_classifier_learning, add_representation_learning

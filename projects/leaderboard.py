@@ -4,8 +4,8 @@
 # same number of training iterations per entry: TOTAL_ITERS = PRETRAIN_ITERS + FINETUNE_ITERS, every phase of the
 # entry counted. An entry is a phase that has an evaluator (its last one); the phases it starts from (init, teacher,
 # scores) are its chain, trained once per seed and shared between entries (ltdet2.engine.leaderboard). Only the
-# entries' last phases are evaluated: on 2 CPU cores an evaluation (400 val images, score 1e-4, 300 detections,
-# masks) costs ~3 minutes, and the leaderboard reports nothing of the intermediate phases.
+# entries' last phases are evaluated: an evaluation (400 val images, score 1e-4, 300 detections, masks) is the
+# costliest step on a CPU, and the leaderboard reports nothing of the intermediate phases.
 #
 #   shared chain                         entry          its own phase(s) (FINETUNE_ITERS in all)
 #   pretrain (softmax CE, P iters)   ->  ce             CE continued, whole model (the control)
@@ -26,8 +26,8 @@
 # Each trains its own first phase of PRETRAIN_ITERS, so every entry still has TOTAL_ITERS.
 # Schedules: a first phase has LT-Shapes' (lr 0.02, x0.1 at 3/4 and 37/40, warm-up min(100, P/2)); a fine-tune LOCE's
 # (warm-up 10, x0.1 at 1/2 and 5/6) over its length; step-wise and LST keep their methods' own lr (0.1x / 0.2x).
-# Budget: P = 300, F = 150, 2,400 iterations and 10 evaluations per seed, ~2.5 h per seed on 2 CPU cores; 3 seeds
-# with --jobs 2 (two seeds at once, then the third) measured 6.7 h (scripts/leaderboard.py's docstring, the README).
+# Budget: P = 300, F = 150, 2,400 iterations and 10 evaluations per seed (times: docs/leaderboard.md,
+# docs/benchmarks.md).
 # Run: python scripts/leaderboard.py [--entries ce loce] [--seeds 0 1 2] [--jobs 2] [--quick] [--dry-run]
 from ltdet2.config.bacl import add_classifier_learning, add_representation_learning
 from ltdet2.config.loce import LOCE_TRAINABLE, add_ebl, add_memory_warmup, add_mfs

@@ -1,9 +1,9 @@
 # scripts/leaderboard.py --quick: projects/leaderboard.py's entries and chains at a demo length, for a user who wants
-# to try the leaderboard (< 30 minutes on 2 CPU cores, seed 0; its numbers are no result). Every entry trains
+# to try the leaderboard (seed 0; its numbers are no result). Every entry trains
 # QUICK_PRETRAIN_ITERS + QUICK_FINETUNE_ITERS iterations (the first phases at half the lr: a from-scratch model
 # diverges at lr 0.02 after so short a warm-up), and is evaluated with COCO's test settings (score > 0.05, 100
 # detections per image) instead of LVIS' (1e-4, 300): at 1e-4 a barely trained Mask R-CNN keeps 300 detections per
-# image and pastes their masks, ~1 s per image on 2 cores (400 val images per entry). Empty evaluations are accepted.
+# image and pastes their masks (400 val images per entry). Empty evaluations are accepted.
 from ..configs.lt_shapes_defaults import dataloader, optimizer, train
 from ..configs.models.mask_rcnn_r18_fpn_small import model
 from .leaderboard import leaderboard_phases

@@ -28,8 +28,8 @@ def content_identity(path):
     for URLs (``scheme://...``) or missing files. Unlike :func:`file_identity` it holds no path and no time: a copy
     or a move of the file (a run folder moved elsewhere) keeps it, a rewrite with other bytes changes it (even with
     the same size and modification time). The digest reads the whole file once per version of it (path, size,
-    modification and change times, inode) in a process: about a second per GB, for a cache that saves far more
-    (e.g. a score table's model checkpoint)."""
+    modification and change times, inode) in a process, for a cache that saves far more (e.g. a score table's
+    model checkpoint)."""
     if not path or "://" in str(path) or not os.path.isfile(path):
         return None
     stat = os.stat(path)
