@@ -21,13 +21,20 @@ One run per output folder: the run holds ``<train.output_dir>/run.lock`` while i
 folder is refused, naming the first (host, pid, command, start time). A lock left by a process of this host that is
 gone is taken over with a warning; one of another host only with ``--force-lock`` (or ``LTDET2_FORCE_LOCK=1``), once
 that run is known to be gone (see ltdet2.engine.launch.RunLock).
+
+A YAML (yacs) config (``MODEL:``, ``_BASE_:`` ...) is refused in one line naming scripts/train_net.py, which trains
+those; a ``config.yaml`` that a LazyConfig run saved loads. Every run ends with one line naming where its outputs are
+(the output folder, ``model_final.pth``, ``metrics.json`` with the final evaluation's metrics at the last iteration,
+the evaluation results), and ``--eval-only`` appends its metrics to ``eval_only_metrics.json`` in the phase's folder.
 """
 
 import logging
+import os
 
 from detectron2.engine import default_argument_parser, launch
 
 from ltdet2.engine.launch import checkpoint_to_evaluate, split_flags_from_overrides, train_main
+from ltdet2.engine.project_config import yacs_config_problem
 
 logger = logging.getLogger("detectron2")
 __all__ = ["argument_parser", "parse_args", "checkpoint_to_evaluate", "main", "invoke_main"]
@@ -60,6 +67,9 @@ def parse_args(argv=None):
     if flags:
         parser.parse_args(flags, namespace=args)
     args.opts = overrides
+    problem = yacs_config_problem(args.config_file) if args.config_file else None
+    if problem:  # a YAML (yacs) config: one line naming the script that trains it, before anything starts
+        parser.exit(2, f"{os.path.basename(__file__)}: error: {problem}\n")
     if args.resume and args.restart:
         parser.error(
             "--resume and --restart: choose one (--resume continues the phases that have not finished from their "

@@ -4,15 +4,22 @@ per finished (entry, seed), and rebuilds the table and plots from those files al
 
     python scripts/leaderboard.py [key=value ...] [--entries ce loce ...] [--seeds 0 1 2] [--dry-run]
     python scripts/leaderboard.py --quick              # fewer iterations, seed 0, its own folders (< 30 min)
-    python scripts/leaderboard.py --from-results       # only the table and plots, from docs/leaderboard/results
+    python scripts/leaderboard.py --from-results       # only the table and plots, from <docs-dir>/results
     python scripts/leaderboard.py --jobs 2             # the seeds as 2 concurrent processes, cores split between them
+    python scripts/leaderboard.py --from-results --docs-dir docs/leaderboard   # the committed table and plots
+
+By default everything is written under output/: training folders in ``output/leaderboard[_quick]``, results files,
+table and plots in ``output/docs/leaderboard[/quick]`` (``--docs-dir``; ``--results-dir``, default
+``<docs-dir>/results``), so a run in a fresh clone trains (the committed results under docs/ are not its own) and
+writes no tracked file. ``--docs-dir docs/leaderboard`` (``docs/leaderboard/quick`` with ``--quick``) continues and
+rebuilds the committed ones.
 
 Each (entry, seed) trains its chain (ltdet2.engine.leaderboard) in ``<output-dir>/seed<N>/<phase>``, one
 ``lazyconfig_train_net.py --phase NAME`` run per phase; a phase that already finished there (a shared pretrain)
 is not run again, so a shared phase trains once per seed. When the entry's last phase has finished,
 ``<results-dir>/<entry>_seed<N>.json`` is written (box and mask metrics with per-class AP of the entry's last
 phase, the command, commit, machine, iterations and the wall time of each phase's run); an (entry, seed) whose
-results file exists is skipped. The results files are committed, so the work spans machines and sittings.
+results file exists is skipped. The results files of docs/ are committed, so the work spans machines and sittings.
 A seed's folder is one run's while it trains: the script holds its ``run.lock`` (its training processes run under
 it), and another leaderboard or training run on that folder is refused (ltdet2.engine.launch.RunLock).
 Then, from the results files alone: ``<docs-dir>/leaderboard.md`` (mean ± std over seeds of box AP, AP50, APr,
@@ -71,9 +78,12 @@ COMPOSITION_PAIRS = (
     ("replay_ebl", "rio"),  # LOCE's EBL (decoupled) instead of RIO's RFS and cosine classifier
     ("fcbl_replay", "bacl"),  # RIO's object replay instead of BACL's FHM
 )
-SETTINGS = {  # (config, seeds, output dir, docs dir) of the full leaderboard and of --quick
-    False: ("projects/leaderboard.py", [0, 1, 2], "output/leaderboard", "docs/leaderboard"),
-    True: ("projects/leaderboard_quick.py", [0], "output/leaderboard_quick", "docs/leaderboard/quick"),
+# (config, seeds, output dir, docs dir) of the full leaderboard and of --quick. Everything goes under output/ by
+# default (the docs dirs mirror the committed docs/leaderboard[/quick]); the committed results and tables are
+# regenerated with --docs-dir docs/leaderboard[/quick] (results: <docs-dir>/results).
+SETTINGS = {
+    False: ("projects/leaderboard.py", [0, 1, 2], "output/leaderboard", "output/docs/leaderboard"),
+    True: ("projects/leaderboard_quick.py", [0], "output/leaderboard_quick", "output/docs/leaderboard/quick"),
 }
 
 
@@ -237,7 +247,10 @@ def main(argv=None):
     parser.add_argument("--entries", nargs="+", help="run only these entries (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (--quick: 0)")
     parser.add_argument("--output-dir", help="training folders (default output/leaderboard[_quick])")
-    parser.add_argument("--docs-dir", help="table and plots (default docs/leaderboard[/quick])")
+    parser.add_argument(
+        "--docs-dir",
+        help="table and plots (default output/docs/leaderboard[/quick]; the committed ones: docs/leaderboard[/quick])",
+    )
     parser.add_argument("--results-dir", help="results files (default <docs-dir>/results)")
     parser.add_argument("--quick", action="store_true", help="the short setting: fewer iterations, seed 0")
     parser.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")

@@ -14,6 +14,7 @@ thresholds on those image counts.
 """
 
 import contextlib
+import difflib
 import gc
 import logging
 import os
@@ -47,6 +48,7 @@ __all__ = [
     "Detectron2LVISSource",
     "dataset_category_ids",
     "dataset_dicts_with_annotation_ids",
+    "unregistered_dataset_message",
 ]
 
 logger = logging.getLogger(__name__)
@@ -237,6 +239,18 @@ class Detectron2LVISSource:
     image_root: str
 
 
+def unregistered_dataset_message(dataset_name: str, known=()) -> str:
+    """``"dataset 'X' is not registered; did you mean 'Y'?"``: the registered names closest to ``dataset_name``
+    (``difflib.get_close_matches`` over Detectron2's ``DatasetCatalog.list()`` and ``known``, names to be registered
+    later; of those, the ones about as close as the closest: many names share a prefix), or that none is close."""
+    name = str(dataset_name)
+    close = difflib.get_close_matches(name, sorted({*DatasetCatalog.list(), *known}), n=3, cutoff=0.6)
+    ratios = [difflib.SequenceMatcher(None, name, c).ratio() for c in close]
+    close = [c for c, ratio in zip(close, ratios) if ratio >= ratios[0] - 0.05]
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else " (no registered name is close to it)"
+    return f"dataset {dataset_name!r} is not registered{hint}"
+
+
 def derived_source(dataset_name: str):
     """The registration a derived-dataset builder reads ``dataset_name`` through: its
     :class:`LVISFormatMetadata` (registered by :func:`register_lvis_format_dataset`, or LT-Shapes) or, for a
@@ -251,7 +265,7 @@ def derived_source(dataset_name: str):
         return metadata
     if dataset_name not in DatasetCatalog:
         raise ValueError(
-            f"dataset {dataset_name!r} is not registered: register it with ltdet2.data.register_lvis_format_dataset "
+            f"{unregistered_dataset_message(dataset_name)}: register it with ltdet2.data.register_lvis_format_dataset "
             f"or Detectron2's register_lvis_instances (Detectron2 registers lvis_v0.5_* / lvis_v1_* itself, reading "
             f"$DETECTRON2_DATASETS)"
         )

@@ -22,6 +22,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.solver import WarmupParamScheduler
 
 from ..data.incremental import REPLAY_DRAW_KEY
+from .train_loop import check_dataset_names
 
 __all__ = ["epoch_entries", "resolve_epoch_schedule", "warmup_multi_step"]
 
@@ -81,6 +82,7 @@ def resolve_epoch_schedule(cfg, where="the phase"):
             f"{where}: train.epochs={epochs} and train.max_iter={cfg.train.max_iter} both set the length; set "
             "train.max_iter=None to count it in epochs of the training set, or train.epochs=None"
         )
+    check_dataset_names(cfg, where, ("dataloader.train.dataset.names",))  # a misspelt name, with the closest ones
     names = _dataset_names(cfg.dataloader.train.dataset.names)
     entries = sum(epoch_entries(DatasetCatalog.get(name)) for name in names)
     batch_size = int(cfg.dataloader.train.total_batch_size)

@@ -4,9 +4,12 @@ Before a phase trains (:func:`ltdet2.engine.phases.run_phases`): the files of th
 (:func:`check_dataset_files`), the checkpoints it will load (:func:`check_phase_checkpoints`: its teacher's and, LST,
 its expanded initial checkpoint), the checkpoints of an earlier run in its folder (:func:`check_earlier_run`), the
 final checkpoints of the earlier phases it needs (:func:`require_final_checkpoint`), the class counts of its model
-against its datasets' (:func:`check_class_counts`) and its mapper for datasets with ignored annotations
-(:func:`check_training_mapper`). A finished phase whose config has changed since it trained is warned about
-(:func:`warn_if_config_changed`); a phase is done only once its final checkpoint loads (:func:`require_loadable_final`).
+against its datasets' (:func:`check_class_counts`), its mapper for datasets with ignored annotations
+(:func:`check_training_mapper`) and, before any phase trains, its LVIS evaluator's dataset, which must not be a
+COCO-format json (:func:`check_lvis_evaluator_dataset`). A misspelt dataset name is refused, with the closest
+registered names, before the model is built (:func:`ltdet2.engine.train_loop.check_dataset_names`). A finished phase
+whose config has changed since it trained is warned about (:func:`warn_if_config_changed`); a phase is done only
+once its final checkpoint loads (:func:`require_loadable_final`).
 
 Each takes a phase (``name``, ``cfg``, ``output_dir``, ``where``, ...: :class:`ltdet2.engine.phases.Phase`) and runs on
 the main process (the runner calls it through :func:`ltdet2.engine.ranks.on_main_process`).
@@ -25,6 +28,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .. import data  # data.ValidityDatasetMapper, read when a mapper is checked
 from ..data.datasets import is_lvis_format_dataset
+from ..evaluation.lvis_evaluation import coco_format_advice, json_lacks_lvis_fields
 from ..modeling.expansion import class_rows_unlike
 from ..utils.lazy_config import lazy_target
 from .checkpoint import (
@@ -45,6 +49,7 @@ __all__ = [
     "check_training_mapper",
     "check_class_counts",
     "check_dataset_files",
+    "check_lvis_evaluator_dataset",
     "check_phase_checkpoints",
     "check_earlier_run",
     "warn_if_config_changed",
@@ -126,6 +131,38 @@ def _dataset_class_counts(cfg, key):
         classes = MetadataCatalog.get(name).get("thing_classes", None)
         if classes is not None:
             yield name, len(classes)
+
+
+def check_lvis_evaluator_dataset(phase):
+    """An LVIS evaluator (``dataloader.evaluator``: Detectron2's ``LVISEvaluator`` or a subclass, e.g.
+    :class:`ltdet2.evaluation.LTLVISEvaluator`) given a dataset whose json is COCO-format (no LVIS field, e.g. one
+    registered by Detectron2's ``register_coco_instances``) would fail at the end of training: a ValueError before,
+    saying to register the file with :func:`ltdet2.data.register_lvis_format_dataset` (which evaluates a COCO file as
+    exhaustively annotated). Datasets registered by ltdet2, unregistered names
+    (:func:`~ltdet2.engine.train_loop.check_dataset_names`) and missing files (:func:`check_dataset_files`) are left to
+    those."""
+    from detectron2.evaluation import LVISEvaluator
+
+    try:
+        evaluator = OmegaConf.select(phase.cfg, "dataloader.evaluator", default=None)
+        target = lazy_target(evaluator)
+        name = OmegaConf.select(phase.cfg, "dataloader.evaluator.dataset_name", default=None)
+    except Exception:  # a target or an interpolation that does not resolve here: left to the evaluator
+        return
+    if not (isinstance(target, type) and issubclass(target, LVISEvaluator)) or not isinstance(name, str):
+        return
+    if name not in DatasetCatalog or is_lvis_format_dataset(name):
+        return
+    json_file = MetadataCatalog.get(name).get("json_file", None)
+    if not isinstance(json_file, str) or "://" in json_file or not os.path.isfile(os.path.expanduser(json_file)):
+        return
+    if json_lacks_lvis_fields(os.path.expanduser(json_file)):
+        raise ValueError(
+            coco_format_advice(
+                f"{phase.where}: dataloader.evaluator ({target.__name__}) evaluates dataset {name!r}, whose json_file "
+                f"{json_file}"
+            )
+        )
 
 
 def check_dataset_files(phase, dataset_keys=None):

@@ -13,6 +13,12 @@ and gives a teacher-student model the frozen final model of ``train.teacher_from
 (:func:`~ltdet2.engine.phase_graph.chain_teachers`). A config without ``phases`` is one phase trained in
 ``train.output_dir`` itself, exactly as Detectron2's own script does (a one-phase project is such a plain config).
 
+A phase's final evaluation runs at the end of its training (:func:`~ltdet2.engine.train_loop.final_evaluation`), so
+that its metrics are in the phase's metrics.json and TensorBoard events at the last iteration; ``--eval-only`` appends
+its metrics to the phase's :data:`EVAL_ONLY_METRICS_FILE`. Every phase that trains or is evaluated ends with one line
+naming where its outputs are (:func:`outputs_line`), and a run of several phases with one more
+(:func:`run_outputs_line`), after the table of all phases.
+
 With several processes, rank 0 takes the decisions (skip a phase, train it, resume it from which
 checkpoint, record it as done) and every rank follows them, so ranks whose folders are not in sync
 cannot disagree; every rank returns rank 0's results.
@@ -28,6 +34,7 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 
 import torch
 from omegaconf import DictConfig
@@ -46,6 +53,7 @@ from .phase_checks import (
     check_class_counts,
     check_dataset_files,
     check_earlier_run,
+    check_lvis_evaluator_dataset,
     check_phase_checkpoints,
     check_training_mapper,
     require_final_checkpoint,
@@ -67,11 +75,16 @@ from .results import log_phase_table
 from .train_loop import (
     FINAL_CHECKPOINT,
     build_model,
+    check_dataset_names,
     check_max_iter,
     check_total_batch_size,
     create_ddp_model,
     do_test,
     do_train,
+    evaluation_scalars,
+    evaluator_output_dir,
+    final_evaluation,
+    non_finite_parameters,
 )
 
 logger = logging.getLogger("detectron2")
@@ -89,9 +102,15 @@ __all__ = [
     "checkpoint_identity",
     "empty_evaluation",
     "non_finite_parameters",
+    "EVAL_ONLY_METRICS_FILE",
+    "write_eval_only_record",
+    "outputs_line",
+    "run_outputs_line",
 ]
 
 DONE_FILE = "phase_done.json"
+# the datasets an evaluation only reads: the test set and the evaluator's
+EVALUATED_DATASET_KEYS = ("dataloader.test.dataset.names", "dataloader.evaluator.dataset_name")
 
 
 @dataclass
@@ -175,7 +194,9 @@ def run_phase(phase, *, resume=False):
         LazyConfig.save(phase.cfg, os.path.join(phase.output_dir, "config.yaml"))
     train_start = time.perf_counter()
     try:
-        model = do_train(phase.cfg, resume=resume)
+        # the final evaluation runs at the end of training, so that its metrics reach metrics.json and TensorBoard
+        with final_evaluation() as evaluation:
+            model = do_train(phase.cfg, resume=resume)
     except FloatingPointError as e:
         raise FloatingPointError(f"{where} diverged (not marked done): {e}") from e
     on_main_process(lambda: require_loadable_final(phase))
@@ -189,8 +210,12 @@ def run_phase(phase, *, resume=False):
         else None
     )
     eval_start = time.perf_counter()
-    results = do_test(phase.cfg, model)
-    seconds = {"train_seconds": eval_start - train_start, "eval_seconds": time.perf_counter() - eval_start}
+    if evaluation.ran:
+        results, eval_seconds = evaluation.results, evaluation.seconds
+    else:  # a training function that does not evaluate at its end (e.g. a replaced do_train)
+        results = do_test(phase.cfg, model)
+        eval_seconds = time.perf_counter() - eval_start
+    seconds = {"train_seconds": eval_start - train_start - evaluation.seconds, "eval_seconds": eval_seconds}
 
     def record():  # on rank 0, which holds the evaluator's results; every rank returns them
         empty = empty_evaluation(results) if "evaluator" in phase.cfg.dataloader else []
@@ -222,6 +247,7 @@ def run_phase(phase, *, resume=False):
             indent=2,
         )
         log_phase_table([(phase.name or "final", results)])
+        logger.info(outputs_line(phase))
         return results
 
     return on_main_process(record)
@@ -292,18 +318,10 @@ def empty_evaluation(results):
     ]
 
 
-def non_finite_parameters(model):
-    """Names of the parameters and buffers of ``model`` holding NaN or infinite values."""
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-    floating = [(name, t) for name, t in tensors if t.is_floating_point()]
-    if not floating:
-        return []
-    finite = torch.stack([torch.isfinite(t).all() for _, t in floating]).tolist()
-    return [name for (name, _), ok in zip(floating, finite) if not ok]
-
-
 def evaluate_phase(phase, checkpoint=None):
-    """Evaluates a phase's final checkpoint (or ``checkpoint``: a path or a Detectron2 URL)."""
+    """Evaluates a phase's final checkpoint (or ``checkpoint``: a path or a Detectron2 URL); appends the metrics to
+    the phase's :data:`EVAL_ONLY_METRICS_FILE` (:func:`write_eval_only_record`) and ends with the line naming its
+    outputs (:func:`outputs_line`)."""
     checkpoint = checkpoint or phase.final_checkpoint
 
     def check():
@@ -311,10 +329,94 @@ def evaluate_phase(phase, checkpoint=None):
             raise FileNotFoundError(f"phase '{phase.name}': no checkpoint to evaluate at {checkpoint}")
 
     on_main_process(check)
+    check_dataset_names(phase.cfg, phase.where, EVALUATED_DATASET_KEYS)
     model = create_ddp_model(build_model(phase.cfg), phase.cfg)
-    AtomicCheckpointer(model, required_parameters=evaluated_parameters(model)).load(checkpoint)
+    loaded = AtomicCheckpointer(model, required_parameters=evaluated_parameters(model)).load(checkpoint)
     results = do_test(phase.cfg, model)
-    return on_main_process(lambda: results)  # the evaluator's results are rank 0's
+
+    def record():  # the evaluator's results are rank 0's
+        write_eval_only_record(phase, checkpoint, (loaded or {}).get("iteration", None), results)
+        logger.info(outputs_line(phase, evaluated=checkpoint))
+        return results
+
+    return on_main_process(record)
+
+
+EVAL_ONLY_METRICS_FILE = "eval_only_metrics.json"
+
+
+def write_eval_only_record(phase, checkpoint, iteration, results):
+    """Appends one line to ``<phase folder>/eval_only_metrics.json`` (JSON lines, one record per ``--eval-only`` run,
+    strict JSON): ``checkpoint``, its ``iteration`` (None when it records none), ``time`` (local, ISO 8601) and the
+    evaluator's metrics flattened as in metrics.json (``"bbox/AP"``; a non-finite value is null). A training run's
+    metrics.json is not written by an evaluation only. Returns the file's path."""
+    finite, non_finite = evaluation_scalars(results)
+    record = {
+        "checkpoint": checkpoint,
+        "iteration": iteration,
+        "time": datetime.now().isoformat(timespec="seconds"),
+        **finite,
+        **dict.fromkeys(non_finite),
+    }
+    os.makedirs(phase.output_dir, exist_ok=True)
+    path = os.path.join(phase.output_dir, EVAL_ONLY_METRICS_FILE)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
+    return path
+
+
+def evaluation_files(cfg):
+    """(folder, [file names]) of what the phase's evaluator wrote (its ``output_dir``: ``<phase folder>/inference``
+    unless the config names another), or None for a phase without an evaluator, or whose evaluator wrote nothing
+    there."""
+    try:
+        folder = evaluator_output_dir(cfg)
+    except Exception:  # an evaluator config that does not resolve here: the line names no evaluation files
+        return None
+    if folder is None or not os.path.isdir(folder):
+        return None
+    names = sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n)) and ".tmp" not in n)
+    return (folder, names) if names else None
+
+
+def outputs_line(phase, *, evaluated=None):
+    """The line that ends a phase's run, naming where its outputs are: the folder, the final checkpoint, metrics.json
+    (training and final evaluation metrics), the evaluator's results files and the phase's record; after an
+    evaluation only (``evaluated``: the checkpoint evaluated), :data:`EVAL_ONLY_METRICS_FILE` and the evaluator's
+    files. Only what exists is named."""
+    folder = phase.output_dir
+
+    def existing(label, name):
+        path = os.path.join(folder, name)
+        return [f"{label} {path}"] if os.path.isfile(path) else []
+
+    evaluation = evaluation_files(phase.cfg)
+    evaluated_files = [f"evaluation results {evaluation[0]} ({', '.join(evaluation[1])})"] if evaluation else []
+    if evaluated is not None:
+        what = f"Evaluation of {evaluated}" + (f" (phase '{phase.name}')" if phase.name else "")
+        parts = existing("metrics", EVAL_ONLY_METRICS_FILE) + evaluated_files
+    else:
+        what = f"Phase '{phase.name}'" if phase.name else "Training"
+        parts = [
+            *existing("final checkpoint", FINAL_CHECKPOINT),
+            *existing("metrics", "metrics.json"),
+            *evaluated_files,
+            *existing("record", DONE_FILE),
+        ]
+    return f"{what} done; outputs in {folder}: {'; '.join(parts) or 'none'}"
+
+
+def run_outputs_line(cfg, reported, *, eval_only=False):
+    """The line that ends a run of several phases (``reported``: the phases in its results, in order): the run's
+    folder and each phase's final checkpoint (or, ``eval_only``, its :data:`EVAL_ONLY_METRICS_FILE`)."""
+    name = EVAL_ONLY_METRICS_FILE if eval_only else FINAL_CHECKPOINT
+    listed = ", ".join(f"{p.name} {os.path.join(p.output_dir, name)}" for p in reported)
+    evaluated = any(evaluation_files(p.cfg) for p in reported)
+    inside = [*([] if eval_only else ["metrics.json"]), *(["its evaluation results"] if evaluated else [])]
+    inside += [] if eval_only else [DONE_FILE]
+    listing = ", ".join(inside[:-1]) + (" and " if len(inside) > 1 else "") + (inside[-1] if inside else "")
+    also = f" (each phase's folder also holds {listing})" if inside else ""
+    return f"Run done; outputs in {cfg.train.output_dir}: {listed}{also}"
 
 
 def evaluated_parameters(model):
@@ -354,6 +456,8 @@ def run_phases(cfg, *, resume=False, restart=False, only=None, eval_only=False, 
                 check_max_iter(phase.cfg, phase.where)
             if phase.name not in finished:  # a finished phase may have trained with another number of processes
                 check_total_batch_size(phase.cfg, comm.get_world_size(), phase.where)
+                # a COCO json given to the LVIS evaluator would fail at the end of training: before any phase trains
+                on_main_process(lambda p=phase: check_lvis_evaluator_dataset(p))
     for phase in selected:
         # a phase's derived datasets are registered whenever it runs (registration reads no file), built only
         # before it trains: evaluation uses the test set, which is not derived
@@ -364,6 +468,7 @@ def run_phases(cfg, *, resume=False, restart=False, only=None, eval_only=False, 
                 logger.warning(f"phase '{phase.name}' has no {FINAL_CHECKPOINT} yet: not evaluated")
                 continue
             # the test set only: a derived training set is registered, but may not be built
+            on_main_process(lambda p=phase: check_lvis_evaluator_dataset(p))
             on_main_process(lambda p=phase: check_dataset_files(p, ("dataloader.test.dataset.names",)))
             on_main_process(lambda p=phase: check_class_counts(p, ("dataloader.test.dataset.names",)))
             all_results[phase.name] = evaluate_phase(phase, eval_checkpoint)
@@ -397,6 +502,8 @@ def run_phases(cfg, *, resume=False, restart=False, only=None, eval_only=False, 
         )
     if comm.is_main_process() and len(all_results) > 1:
         log_phase_table(list(all_results.items()), title="all phases")
+        reported = [p for p in selected if p.name in all_results]
+        logger.info(run_outputs_line(cfg, reported, eval_only=eval_only))
     return all_results
 
 

@@ -14,13 +14,23 @@ project with phases: its root has no ``model``.
 
 import copy
 import difflib
+import os
+import re
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from detectron2.config import LazyConfig
 
-__all__ = ["PHASE_KEYS", "PROJECT_ROOT_KEYS", "make_phase", "Override", "has_key", "load_config"]
+__all__ = [
+    "PHASE_KEYS",
+    "PROJECT_ROOT_KEYS",
+    "make_phase",
+    "Override",
+    "has_key",
+    "load_config",
+    "yacs_config_problem",
+]
 
 PHASE_KEYS = ("model", "dataloader", "optimizer", "lr_multiplier", "train")
 PROJECT_ROOT_KEYS = ("train", "phases")
@@ -134,12 +144,43 @@ def _apply_phase_override(cfg, override, config_file):
     _apply_override(phase_override, {name: cfg.phases[name]}, f"phase {name!r} of {config_file}")
 
 
+# a YAML file's top-level keys (a line starting with a key and a colon)
+_TOP_LEVEL_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*:", re.MULTILINE)
+
+
+def yacs_config_problem(config_file):
+    """The one-line message for a YAML (yacs) config given where a LazyConfig is loaded (Detectron2's ``CfgNode``
+    files: top-level keys in upper case, ``MODEL:``, ``SOLVER:``, or a ``_BASE_:``), or None: a ``.py`` file, a
+    LazyConfig's ``config.yaml`` dump (lower-case top-level keys: ``model``, ``train``, ...), a file that does not
+    exist (left to the loader)."""
+    if os.path.splitext(str(config_file))[1].lower() not in (".yaml", ".yml") or not os.path.isfile(config_file):
+        return None
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            keys = list(dict.fromkeys(_TOP_LEVEL_KEY.findall(f.read())))
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not keys or not ("_BASE_" in keys or all(key.upper() == key for key in keys)):
+        return None
+    listed = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
+    return (
+        f"{config_file} is a YAML (yacs) config (top-level keys {listed}), not a LazyConfig: "
+        f"scripts/lazyconfig_train_net.py trains LazyConfigs (a .py file, or the config.yaml a LazyConfig run saved); "
+        f"train it with scripts/train_net.py --config-file {config_file}"
+    )
+
+
 def load_config(config_file, overrides=()):
     """Loads a (project) config and applies overrides; general ones apply to every phase too.
 
     An override must name an existing key (``+key=value`` adds one): a general override changes the
     root ``train`` and every phase that hold the key, ``phases.NAME.key=value`` one phase (after the
-    general ones, so it wins). Mistyped keys and phase names are refused with the closest names."""
+    general ones, so it wins). Mistyped keys and phase names are refused with the closest names. A YAML (yacs)
+    config is refused, naming the script that trains it (:func:`yacs_config_problem`); a LazyConfig's config.yaml
+    dump loads."""
+    problem = yacs_config_problem(config_file)
+    if problem:
+        raise ValueError(problem)
     cfg = LazyConfig.load(config_file)
     parsed = [Override.parse(o) for o in overrides]
     phase_specific = [o for o in parsed if o.key.startswith("phases.")]

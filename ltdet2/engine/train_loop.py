@@ -17,6 +17,26 @@ freezing (``train.trainable``), the phase's own hooks (``train.hooks``, below), 
   is of the last iteration) takes no step and writes ``model_final`` from that checkpoint; a resume from a
   checkpoint beyond ``train.max_iter`` is refused, as is a schedule without iterations (``train.max_iter`` < 1).
 
+**What a run writes** (Detectron2's writers: ``metrics.json``, TensorBoard events, progress lines). The training
+scalars are written every ``train.log_period`` iterations and at the last one (one metrics.json record per iteration
+written). Within
+:func:`final_evaluation` (the phase runner trains every phase so), the final evaluation (:class:`FinalEvaluation`:
+``dataloader.test`` with ``dataloader.evaluator``) runs at the end of a training that reached ``train.max_iter``, after
+every hook's ``after_train`` (the phase's hooks may still change the model), and its metrics go to the
+``EventStorage`` at the last iteration, ``max_iter - 1``, flattened as Detectron2's ``EvalHook`` names them
+(``bbox/AP``, ``bbox/APr``, ..., ``segm/AP`` with masks): metrics.json and TensorBoard hold them in that iteration's
+record (the writers write the last iteration after the evaluation; its progress line is printed at its step), so
+metrics.json keeps one record per logged iteration, ``0 .. max_iter - 1``. A non-finite metric (NaN: a class group
+without ground truth, or an evaluation without a detection) is left out of them (named in the log; metrics.json stays
+strict JSON); the evaluator's results (the phase's ``phase_done.json``) keep it. The periodic evaluation
+(``train.eval_period``) puts its metrics at its iteration the same way. A run resumed at the end of its schedule takes
+no step: its final evaluation's metrics are appended as one more record of iteration ``max_iter - 1`` (Detectron2
+appends to metrics.json on every run; a reader takes an iteration's last record). A run that stopped early (an error,
+a stop request) is not evaluated. An evaluation only (``--eval-only``: :func:`ltdet2.engine.phases.evaluate_phase`)
+does not write metrics.json: it appends one record (the checkpoint, its iteration, the time, the metrics; a non-finite
+one null) to ``eval_only_metrics.json`` in the phase's folder. Every run ends with one line naming where its outputs
+are (:func:`ltdet2.engine.phases.outputs_line`).
+
 A divergence (a non-finite loss, or Detectron2's check of non-finite boxes or scores in the model) stops training with
 :class:`TrainingDiverged`, naming the iteration and each loss term's last value.
 
@@ -27,13 +47,15 @@ model, before the optimizer and the data loader; each must be one or both of:
 
 * a Detectron2 :class:`~detectron2.engine.HookBase`: registered after the standard hooks (iteration timer, LR
   scheduler, periodic checkpointer, stop on request, periodic evaluation, writers, and the save of ``model_final`` of a
-  run resumed at the end of its schedule), in list order, before the checkpoint is loaded, so a hook with a
+  run resumed at the end of its schedule), in list order, before the final evaluation (the last hook, when there is
+  one: above) and before the checkpoint is loaded, so a hook with a
   ``state_dict`` is saved and resumed with the trainer (Detectron2's hook state; the periodic checkpointer saves in its
   ``after_step``, before the phase's hooks' ``after_step``: state changed there is saved with the next checkpoint,
   state changed in ``before_step`` with this iteration's). Its ``before_train`` runs after the
   checkpoint is loaded and the RNG restored, before the first iteration (the standard hooks' draw no random number);
-  its ``after_train`` after the writers closed and ``model_final`` was saved, also after an error or a stop request:
-  :func:`training_finished` tells whether the loop reached ``train.max_iter``;
+  its ``after_train`` after ``model_final`` was saved and before the final evaluation, also after an error or a stop
+  request: :func:`training_finished` tells whether the loop reached ``train.max_iter`` (the writers write the last
+  iteration's metrics.json record after it when the final evaluation follows, before it otherwise);
 * an initial-checkpoint transform: an object with ``transform_initial_checkpoint(state_dict, model_state, where)``
   returning the state dict to load (``model_state``: the model's; ``where``: names the checkpoint and the phase for
   errors). The checkpointer applies the transforms, in list order, to ``train.init_checkpoint`` after
@@ -58,19 +80,25 @@ phase runner may instantiate entries before training (:func:`initial_checkpoint_
 """
 
 import contextlib
+import contextvars
 import inspect
 import logging
+import math
 import os
+import time
 
 import numpy as np
-from omegaconf import OmegaConf
+import torch
+from omegaconf import ListConfig, OmegaConf
 
 from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, HookBase, SimpleTrainer, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model as _create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
+from detectron2.utils.events import CommonMetricPrinter
 
 from ..utils.lazy_config import lazy_target
 from .checkpoint import AtomicCheckpointer, PeriodicCheckpointer, capture_rng_state, restore_rng_state
@@ -229,13 +257,25 @@ class StopOnRequest(HookBase):
         )
 
 
+def evaluator_output_dir(cfg):
+    """Where the phase's evaluator writes its results: its ``output_dir``, by default (when it takes one)
+    ``<train.output_dir>/inference``, as Detectron2's train_net; None without an evaluator or for one that takes
+    no ``output_dir``."""
+    evaluator_cfg = cfg.dataloader.get("evaluator", None)
+    if evaluator_cfg is None:
+        return None
+    if evaluator_cfg.get("output_dir", None) is not None:
+        return evaluator_cfg.output_dir
+    return os.path.join(cfg.train.output_dir, "inference") if _accepts_output_dir(evaluator_cfg) else None
+
+
 def build_evaluator(cfg):
     if "evaluator" not in cfg.dataloader:
         return None
     evaluator_cfg = cfg.dataloader.evaluator
     # like Detectron2's train_net: results and per-class AP go to <phase output>/inference
     if evaluator_cfg.get("output_dir") is None and _accepts_output_dir(evaluator_cfg):
-        evaluator_cfg.output_dir = os.path.join(cfg.train.output_dir, "inference")
+        evaluator_cfg.output_dir = evaluator_output_dir(cfg)
     return instantiate(evaluator_cfg)
 
 
@@ -255,6 +295,160 @@ def do_test(cfg, model):
     if comm.is_main_process():
         print_csv_format(results)
     return results
+
+
+def evaluation_scalars(results):
+    """``({name: float}, [name, ...])``: the finite and the non-finite metrics of evaluator ``results`` (a nested dict:
+    ``{"bbox": {"AP": ...}}``), flattened as Detectron2's ``EvalHook`` names them (``"bbox/AP"``: its
+    ``flatten_results_dict``). A value that is not a number is a ValueError naming it (as Detectron2's)."""
+    finite, non_finite = {}, []
+    for name, value in flatten_results_dict(results or {}).items():
+        try:
+            value = float(value)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"an evaluation metric must be a number: {name}={value!r}") from e
+        if math.isfinite(value):
+            finite[name] = value
+        else:
+            non_finite.append(name)
+    return finite, non_finite
+
+
+def put_evaluation_metrics(storage, results, iteration):
+    """Puts the finite metrics of evaluator ``results`` (:func:`evaluation_scalars`) in Detectron2's ``storage`` at
+    ``iteration`` (not smoothed), for its writers (metrics.json, TensorBoard). A non-finite value (NaN: AP of a class
+    group without ground truth, or of an evaluation without a detection) is left out, so that metrics.json stays
+    strict JSON; the evaluator's results (and the phase's record) keep it. Returns the names left out."""
+    finite, non_finite = evaluation_scalars(results)
+    if finite:
+        storage.put_scalars(**finite, smoothing_hint=False, cur_iter=iteration)
+    return non_finite
+
+
+class EvalHook(hooks.EvalHook):
+    """Detectron2's ``EvalHook`` (the periodic evaluation, ``train.eval_period``), its metrics put in the storage as
+    :func:`put_evaluation_metrics` puts them (non-finite ones left out)."""
+
+    def _do_eval(self):
+        results = self._func()
+        if results:
+            if not isinstance(results, dict):
+                raise TypeError(f"the evaluation function must return a dict, got {type(results).__name__}")
+            put_evaluation_metrics(self.trainer.storage, results, self.trainer.storage.iter)
+        comm.synchronize()  # evaluation may take different times on the ranks: they start the next step together
+
+
+class PeriodicWriter(hooks.PeriodicWriter):
+    """Detectron2's ``PeriodicWriter`` (its progress printer, metrics.json and TensorBoard writers), except when the
+    phase's final evaluation follows (:class:`FinalEvaluation`, ``final_evaluation``): metrics.json and TensorBoard
+    are then written for the last iteration after that evaluation, so that its metrics share the iteration's record;
+    the progress line of the last iteration is printed at its step, as always."""
+
+    def __init__(self, writers, period=20):
+        super().__init__(writers, period=period)
+        self.final_evaluation = None  # the FinalEvaluation that writes the last iteration and closes the writers
+        self.closed = False
+
+    def _waits(self):
+        return self.final_evaluation is not None and not self.closed
+
+    def after_step(self):
+        if self._waits() and self.trainer.iter == self.trainer.max_iter - 1:
+            for writer in self._writers:
+                if isinstance(writer, CommonMetricPrinter):
+                    writer.write()
+            return
+        super().after_step()
+
+    def after_train(self):
+        if self._waits() and training_finished(self.trainer):
+            return  # FinalEvaluation.after_train writes and closes
+        self.write_and_close()
+
+    def write_and_close(self):
+        """Writes what the storage holds that was not written yet and closes the writers (once)."""
+        if self.closed:
+            return
+        self.closed = True
+        for writer in self._writers:
+            writer.write()
+            writer.close()
+
+
+class FinalEvaluation(HookBase):
+    """The phase's final evaluation (:func:`do_test`: ``dataloader.test`` with ``dataloader.evaluator``), at the end
+    of a training that reached ``train.max_iter`` (:func:`training_finished`), inside the training loop so that its
+    metrics go to Detectron2's ``EventStorage`` at the last iteration (``max_iter - 1``): metrics.json and TensorBoard
+    hold ``bbox/AP``, ``bbox/APr``, ... (``segm/...`` with masks) in that iteration's record
+    (:func:`put_evaluation_metrics`). Registered after every other hook, the phase's included: their ``after_train``
+    may still change the model (LST's written classifier rows) or save ``model_final``. It then writes and closes
+    the writers (:class:`PeriodicWriter`), also when training failed or the evaluation raised.
+
+    A model whose parameters or buffers are not finite (on any rank) is not evaluated: the runner reports the
+    divergence. After :meth:`after_train`: ``ran`` (evaluated), ``results`` (the evaluator's, rank 0's; ``{}`` without
+    an evaluator) and ``seconds``. Every rank runs it (the evaluation is a collective)."""
+
+    def __init__(self):
+        self.writers = None  # the PeriodicWriter hook (main process), set by do_train
+        self.ran = False
+        self.results = None
+        self.seconds = 0.0
+
+    def after_train(self):
+        try:
+            if training_finished(self.trainer):
+                self._evaluate()
+        finally:
+            if self.writers is not None:
+                self.writers.write_and_close()
+
+    def _evaluate(self):
+        trainer = self.trainer
+        model = getattr(trainer.model, "module", trainer.model)
+        if any(comm.all_gather(bool(non_finite_parameters(model)))):
+            logger.warning(
+                f"The final model of the training in {trainer.cfg.train.output_dir} holds NaN or infinite values: "
+                f"not evaluated"
+            )
+            return
+        start = time.perf_counter()
+        self.results = do_test(trainer.cfg, trainer.model)
+        self.seconds = time.perf_counter() - start
+        self.ran = True
+        left_out = put_evaluation_metrics(trainer.storage, self.results, trainer.max_iter - 1)
+        if left_out and comm.is_main_process():
+            logger.info(
+                f"Final evaluation: {len(left_out)} metric(s) are not finite (NaN: no ground truth in the group, or no "
+                f"detection) and are left out of metrics.json and TensorBoard: {', '.join(left_out[:12])}"
+                f"{' ...' if len(left_out) > 12 else ''}"
+            )
+
+
+_FINAL_EVALUATION = contextvars.ContextVar("ltdet2_final_evaluation", default=None)
+
+
+@contextlib.contextmanager
+def final_evaluation():
+    """Within it, :func:`do_train` ends with the phase's final evaluation (:class:`FinalEvaluation`, the object
+    yielded: read its ``ran``, ``results`` and ``seconds`` afterwards). Without it, :func:`do_train` does not
+    evaluate after training (the periodic evaluation, ``train.eval_period``, still runs). The phase runner trains
+    each phase within it (:func:`ltdet2.engine.phases.run_phase`)."""
+    hook = FinalEvaluation()
+    token = _FINAL_EVALUATION.set(hook)
+    try:
+        yield hook
+    finally:
+        _FINAL_EVALUATION.reset(token)
+
+
+def non_finite_parameters(model):
+    """Names of the parameters and buffers of ``model`` holding NaN or infinite values."""
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    floating = [(name, t) for name, t in tensors if t.is_floating_point()]
+    if not floating:
+        return []
+    finite = torch.stack([torch.isfinite(t).all() for _, t in floating]).tolist()
+    return [name for (name, _), ok in zip(floating, finite) if not ok]
 
 
 def build_model(cfg):
@@ -375,6 +569,44 @@ def check_total_batch_size(cfg, world_size, where="training"):
         )
 
 
+# where a phase names the datasets it reads: its training and test sets, and its evaluator's
+NAMED_DATASET_KEYS = (
+    "dataloader.train.dataset.names",
+    "dataloader.test.dataset.names",
+    "dataloader.evaluator.dataset_name",
+)
+
+
+def check_dataset_names(cfg, where="training", dataset_keys=NAMED_DATASET_KEYS):
+    """A ValueError for a dataset name at ``dataset_keys`` of ``cfg`` (default: the training and test sets and the
+    evaluator's) that is not registered in Detectron2's ``DatasetCatalog``, naming the key and the closest registered
+    names (a misspelt name: ``difflib``), before the model is built (rather than Detectron2's KeyError listing every
+    registered dataset when the loader is built, or the evaluator's at the end of training)."""
+    from detectron2.data import DatasetCatalog
+
+    from ..data.datasets import unregistered_dataset_message
+
+    registered = set(DatasetCatalog.list())
+    for key in dataset_keys:
+        try:
+            value = OmegaConf.select(cfg, key, default=None)
+        except Exception:  # an interpolation that does not resolve here: left to the loader
+            continue
+        if isinstance(value, str):
+            value = [value]
+        names = list(value) if isinstance(value, (list, tuple, ListConfig)) else []
+        for name in names:
+            if isinstance(name, str) and name not in registered:
+                message = unregistered_dataset_message(name)
+                message += " " if message.endswith("?") else ". "
+                raise ValueError(
+                    f"{where}: {key}: {message}Detectron2 registers its built-in datasets (lvis_v1_val, "
+                    f"coco_2017_train, ...) and ltdet2 LT-Shapes (lt_shapes_train, lt_shapes_val) on import; register "
+                    f"your own with ltdet2.data.register_lvis_format_dataset(name, json_file, image_root) before the "
+                    f"run (e.g. in the config file)"
+                )
+
+
 def check_resume_point(checkpoint, start_iter, max_iter):
     """ValueError when the checkpoint a run resumes from lies beyond the end of its schedule."""
     if start_iter > max_iter:
@@ -425,6 +657,7 @@ def do_train(cfg, *, resume=False):
     """
     check_max_iter(cfg, f"training in {cfg.train.output_dir}")
     check_total_batch_size(cfg, comm.get_world_size(), f"training in {cfg.train.output_dir}")
+    check_dataset_names(cfg, f"training in {cfg.train.output_dir}")
     seed_phase(cfg)
     model = build_model(cfg)
     logger.info(f"Model:\n{model}")
@@ -450,22 +683,28 @@ def do_train(cfg, *, resume=False):
     # what the phase's hooks read (the module docstring's contract)
     trainer.cfg, trainer.checkpointer = cfg, checkpointer
     trainer.resumed_from = trainer.resumed_checkpoint = None
+    writers = (
+        PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+        if comm.is_main_process()
+        else None
+    )
+    final = _FINAL_EVALUATION.get()  # within final_evaluation(): the runner's final evaluation, after every hook
+    if final is not None:
+        final.writers = writers
+        if writers is not None:
+            writers.final_evaluation = final
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer),  # on every rank: each rank saves its state
             StopOnRequest(checkpointer, cfg.train.checkpointer.period) if stop_requests_armed() else None,
-            # periodic evaluation only; the phase runner evaluates the final model itself
-            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model), eval_after_train=False),
-            hooks.PeriodicWriter(
-                default_writers(cfg.train.output_dir, cfg.train.max_iter),
-                period=cfg.train.log_period,
-            )
-            if comm.is_main_process()
-            else None,
+            # periodic evaluation only (eval_after_train=False): the final one is FinalEvaluation's
+            EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model), eval_after_train=False),
+            writers,
             SaveFinalAtTheEnd(),
             *[entry for entry in phase_hooks if isinstance(entry, HookBase)],
+            final,
         ]
     )
 
@@ -486,6 +725,12 @@ def do_train(cfg, *, resume=False):
             restore_rng_state(extra["rank_state"]["rng"])
     else:
         start_iter = 0
-    trainer.train(start_iter, cfg.train.max_iter)
+    try:
+        trainer.train(start_iter, cfg.train.max_iter)
+    finally:
+        if writers is not None and not writers.closed and getattr(trainer, "storage", None) is not None:
+            # a hook's after_train raised before the final evaluation's: the last iteration's metrics still written
+            with trainer.storage:
+                writers.write_and_close()
     comm.synchronize()
     return model

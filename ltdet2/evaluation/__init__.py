@@ -2,6 +2,7 @@
 
 from .lvis_evaluation import (
     LVIS_METRICS,
+    COCOFormatGroundTruth,
     LTLVISEvaluator,
     evaluate_lvis,
     load_lvis_gt,
@@ -12,6 +13,7 @@ from .plots import plot_per_class_ap
 
 __all__ = [
     "LVIS_METRICS",
+    "COCOFormatGroundTruth",
     "LTLVISEvaluator",
     "evaluate_lvis",
     "load_lvis_gt",

@@ -52,7 +52,11 @@ from . import fast_lvis_feed
 __all__ = [
     "INSTANCE_COUNT_BUCKETS",
     "LVIS_METRICS",
+    "LVIS_GROUND_TRUTH_FIELDS",
     "LTLVISEvaluator",
+    "COCOFormatGroundTruth",
+    "coco_format_advice",
+    "json_lacks_lvis_fields",
     "evaluate_lvis",
     "load_lvis_gt",
     "load_lvis_results",
@@ -73,6 +77,46 @@ RESULT_ARRAY_COLUMNS = ("image_id", "x", "y", "w", "h", "score", "category_id")
 # ----------------------------------------------------------------------------------------
 # loading and validation
 # ----------------------------------------------------------------------------------------
+# what an LVIS json has and a COCO one has not: each image's negative and non-exhaustive categories, each category's
+# frequency group
+LVIS_GROUND_TRUTH_FIELDS = ("neg_category_ids", "not_exhaustive_category_ids", "frequency")
+
+
+class COCOFormatGroundTruth(ValueError):
+    """A COCO-format json (none of :data:`LVIS_GROUND_TRUTH_FIELDS`) given as LVIS ground truth."""
+
+
+def coco_format_advice(what):
+    """The one-line message for a COCO-format json (``what`` names it) given where LVIS ground truth is needed."""
+    return (
+        f"{what} is a COCO-format file, not LVIS (no image has neg_category_ids / not_exhaustive_category_ids, no "
+        f"category a frequency): register it with ltdet2.data.register_lvis_format_dataset(name, json_file, "
+        f"image_root), which evaluates a COCO file as exhaustively annotated, and evaluate that name "
+        f"(LTLVISEvaluator(dataset_name=name); evaluate_lvis takes ltdet2.data.evaluation_ground_truth(name)), or use "
+        f"Detectron2's COCOEvaluator for COCO metrics"
+    )
+
+
+def json_lacks_lvis_fields(path):
+    """True when the json file at ``path`` holds none of :data:`LVIS_GROUND_TRUTH_FIELDS` as a key: a COCO-format
+    file. The bytes are searched, the file is not parsed (cheap for LVIS-sized files; the search stops at the first
+    field found)."""
+    import mmap
+
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return True
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return all(data.find(f'"{field}"'.encode()) < 0 for field in LVIS_GROUND_TRUTH_FIELDS)
+
+
+def _lacks_lvis_fields(data):
+    """True when the loaded json ``data`` has none of :data:`LVIS_GROUND_TRUTH_FIELDS` (a COCO-format file)."""
+    images, categories = data.get("images") or [], data.get("categories") or []
+    in_images = any(key in img for img in images[:1] for key in LVIS_GROUND_TRUTH_FIELDS[:2])
+    return not in_images and not any("frequency" in c for c in categories)
+
+
 def load_lvis_gt(gt_json):
     """
     Load LVIS ground truth into a faster-coco-eval ``COCO`` object.
@@ -102,6 +146,8 @@ def load_lvis_gt(gt_json):
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise ValueError(f"LVIS ground truth {source} has no '{key}' field")
+    if data["images"] and _lacks_lvis_fields(data):
+        raise COCOFormatGroundTruth(coco_format_advice(f"LVIS ground truth {source}"))
     for img in data["images"][:1]:
         for key in ("neg_category_ids", "not_exhaustive_category_ids"):
             if key not in img:
@@ -617,7 +663,12 @@ class LTLVISEvaluator(LVISEvaluator):
         ground_truth = evaluation_ground_truth(dataset_name)
         if isinstance(ground_truth, str):
             ground_truth = PathManager.get_local_path(ground_truth)
-        self._lvis_api = load_lvis_gt(ground_truth)
+        try:
+            self._lvis_api = load_lvis_gt(ground_truth)
+        except COCOFormatGroundTruth:
+            raise COCOFormatGroundTruth(
+                coco_format_advice(f"LTLVISEvaluator(dataset_name={dataset_name!r}): its json_file {ground_truth}")
+            ) from None
         # Test-set json files have no annotations (evaluated by the LVIS server).
         self._do_evaluation = len(self._lvis_api.anns) > 0
         if self._instance_buckets:
