@@ -5,6 +5,8 @@ VENV ?= .venv
 PYTHON_VENV := $(VENV)/bin/python
 READY := $(VENV)/.ltdet2-ready
 DEMO_OUTPUT ?= output/demo
+# torch build for a new environment: auto (CPU-only where no NVIDIA GPU is seen), cpu or cuda
+TORCH ?= auto
 
 .PHONY: setup test test-slurm lint format demo clean-venv
 
@@ -14,7 +16,7 @@ setup: $(READY)
 # installs nothing new.
 $(READY): pyproject.toml constraints.txt scripts/setup_env.sh
 	@rm -f $(READY)
-	@bash scripts/setup_env.sh $(VENV)
+	@TORCH=$(TORCH) bash scripts/setup_env.sh $(VENV)
 
 # lint first: a lint or format error fails `make test` (and CI)
 test: lint
@@ -35,9 +37,17 @@ format: $(READY)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Trains and evaluates projects/baseline.py in $(DEMO_OUTPUT). Run again where it finished, it trains nothing and says
+# so, naming the outputs; an interrupted demo continues from its last checkpoint (--resume).
 demo: $(READY)
-	$(PYTHON_VENV) scripts/lazyconfig_train_net.py --config-file projects/baseline.py \
-		train.output_dir=$(DEMO_OUTPUT)
+	@if [ -f "$(DEMO_OUTPUT)/phase_done.json" ] && [ -f "$(DEMO_OUTPUT)/model_final.pth" ]; then \
+		echo "make demo: already finished: $(DEMO_OUTPUT)/model_final.pth, $(DEMO_OUTPUT)/metrics.json," \
+			"$(DEMO_OUTPUT)/inference/ (evaluation), $(DEMO_OUTPUT)/phase_done.json (results);" \
+			"remove $(DEMO_OUTPUT) or set DEMO_OUTPUT to train again"; \
+	else \
+		set -x; $(PYTHON_VENV) scripts/lazyconfig_train_net.py --config-file projects/baseline.py --resume \
+			train.output_dir=$(DEMO_OUTPUT); \
+	fi
 
 clean-venv:
 	rm -rf .venv

@@ -69,10 +69,22 @@ else
     || fail "could not read the torch requirements from pyproject.toml" "check pyproject.toml is valid TOML"
   TORCH_PINS=$("$PY" "$ROOT/scripts/_read_requirements.py" "$PINS" --only torch torchvision) \
     || fail "could not read the torch pins from $PINS" "check $PINS (one name==version a line)"
+  # TORCH=auto|cpu|cuda (scripts/_torch_variant.py): the CPU-only build where no NVIDIA GPU is seen
+  TORCH_PLAN=$("$PY" "$ROOT/scripts/_torch_variant.py") \
+    || fail "no torch build to install for TORCH=${TORCH:-auto} (the line above says why)" \
+       "set TORCH_CPU_INDEX to a reachable mirror of the CPU index, or TORCH=cuda"
+  TORCH_VARIANT=$(echo "$TORCH_PLAN" | sed -n 1p)
+  TORCH_INDEX_ARGS=$(echo "$TORCH_PLAN" | sed -n 2p)
   # shellcheck disable=SC2086
-  "${PIP[@]}" install -c "$PINS" $TORCH_REQS \
-    || fail "pip could not install $(echo $TORCH_PINS) (constraints.txt)" \
-       "check that PyPI is reachable and has these versions for $("$PY" -V); or install torch yourself in $VENV and rerun"
+  "${PIP[@]}" install -c "$PINS" $TORCH_INDEX_ARGS $TORCH_REQS \
+    || fail "pip could not install $(echo $TORCH_PINS) (constraints.txt, $TORCH_VARIANT build)" \
+       "check that the index is reachable and has these versions for $("$PY" -V); or install torch yourself in $VENV and rerun"
+  # pip also reads extra indexes from its own configuration: make sure a CPU request did not get a CUDA build
+  if [ "$TORCH_VARIANT" = cpu ]; then
+    "$PY" -c 'import sys, torch; sys.exit(torch.version.cuda is not None)' \
+      || fail "a CPU-only torch was asked for, but pip installed $("$PY" -c 'import torch; print(torch.__version__)') (a CUDA build; an extra index in pip's configuration served it)" \
+         "remove $VENV and rerun with PIP_CONFIG_FILE=/dev/null, or TORCH=cuda"
+  fi
 fi
 # Every later install runs under constraints.txt, with its torch and torchvision pins replaced by the
 # versions now installed, so that no dependency can silently replace the torch there with another build.
