@@ -6,6 +6,9 @@ final checkpoint (model, and the optimizer's and scheduler's state), for checkin
         --output /tmp/fp/loce_before.json
     python scripts/run_fingerprint.py --compare /tmp/fp/loce_before.json /tmp/fp/loce_after.json
 
+``--output-dir`` must be a new or empty folder: the phase runner skips the phases that finished there, so a folder
+holding an earlier run would be "fingerprinted" from its old files. ``--overwrite`` deletes what it holds first.
+
 Every phase trains ``--max-iter`` iterations (``train.max_iter``, ``train.epochs`` cleared) without evaluation (the
 phases' evaluators are removed: derived datasets, memory warm-ups and teachers still run as in a full run). The
 comparison prints the first difference of each phase and exits 1 when any loss or tensor differs.
@@ -15,6 +18,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
 
 import torch
@@ -52,6 +56,39 @@ def logged_losses(metrics_file):
             if losses:
                 rows.append({"iteration": record["iteration"], **losses})
     return rows
+
+
+def prepare_output_dir(output_dir, overwrite=False):
+    """Refuses an ``output_dir`` that holds anything (a finished run there would be skipped and its old files
+    compared), unless ``overwrite``, which deletes its contents first (not the folder of the checkout, the current
+    folder, the home folder or the file system's root). Returns the error message, or None when the folder is ready."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        return f"--output-dir {output_dir} is a file, not a folder"
+    entries = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
+    if not entries:
+        return None
+    listed = ", ".join(entries[:6]) + (" ..." if len(entries) > 6 else "")
+    if not overwrite:
+        return (
+            f"--output-dir {output_dir} is not empty ({listed}): the phases that finished there would be skipped and "
+            f"their old files fingerprinted instead of a new run's. Give a new or empty folder, or add --overwrite to "
+            f"delete its contents first"
+        )
+    real = os.path.realpath(output_dir)
+    protected = {os.path.realpath(p) for p in (os.sep, os.getcwd(), os.path.expanduser("~"), _CHECKOUT)}
+    if real in protected or os.path.isdir(os.path.join(real, ".git")):
+        return f"--overwrite: refusing to delete the contents of {output_dir} ({real}); give a folder of its own"
+    for name in entries:
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    print(f"--overwrite: deleted the contents of {output_dir} ({listed})")
+    return None
+
+
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(args):
@@ -120,7 +157,10 @@ def compare(first_file, second_file):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file")
-    parser.add_argument("--output-dir")
+    parser.add_argument("--output-dir", help="a new or empty folder for the run (see --overwrite)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="delete what --output-dir holds before the run (else it is refused)"
+    )
     parser.add_argument("--output", help="the fingerprint's json file")
     parser.add_argument("--max-iter", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
@@ -131,6 +171,9 @@ def main(argv=None):
         return 0 if compare(*args.compare) else 1
     if not (args.config_file and args.output_dir and args.output):
         parser.error("--config-file, --output-dir and --output (or --compare FIRST SECOND)")
+    refused = prepare_output_dir(args.output_dir, args.overwrite)
+    if refused:
+        parser.error(refused)
     run(args)
     return 0
 

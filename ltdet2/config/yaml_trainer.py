@@ -219,7 +219,7 @@ class LongTailTrainer(DefaultTrainer):
         """Detectron2's model, the parameters ``MODEL.LTDET2.TRAINABLE`` leaves out frozen (a loss term left without
         a trainable parameter is refused: :func:`ltdet2.engine.freezing.check_frozen_terms`)."""
         model = super().build_model(cfg)
-        freeze_all_but(model, trainable_patterns(cfg))
+        freeze_all_but(model, trainable_patterns(cfg), key="MODEL.LTDET2.TRAINABLE")
         check_frozen_terms(model)
         return model
 

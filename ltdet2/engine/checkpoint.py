@@ -7,6 +7,11 @@ place (a kill during a save leaves a truncated file that ``--resume`` then fails
 ``PeriodicCheckpointer`` only counts the checkpoints of the current run towards ``max_to_keep``, and it
 saves rank 0's model only: every rank resumes from rank 0's buffers and nobody's RNG.
 
+A ``--resume`` in a folder that holds checkpoints but no ``last_checkpoint`` (deleted, or a copy of the folder without
+it) resumes from the newest of them (``model_final``, else the highest iteration in a ``model_XXXXXXX.pth`` name),
+logged; if that one cannot be read, it is an error naming it (Detectron2 would start from iteration 0 and overwrite
+them).
+
 Layout of a checkpoint ``NAME`` saved by W processes (:meth:`AtomicCheckpointer.save_on_all_ranks`):
 ``NAME.pth`` (rank 0's model, optimizer, scheduler, iteration, and ``rank_state``: W and rank 0's RNG)
 and, for each rank r >= 1, ``rank_state/NAME.rank<r>.pth`` (its RNG and its buffers except those of
@@ -353,9 +358,14 @@ class AtomicCheckpointer(DetectionCheckpointer):
         loaded = {}
 
         def choose():
-            if not (resume and self.has_checkpoint()):
+            if not resume:
                 return None
-            chosen, loaded["rank 0"] = self._load_newest_intact()
+            if self.has_checkpoint():
+                chosen, loaded["rank 0"] = self._load_newest_intact()
+            elif checkpoints_in(self.save_dir):  # no last_checkpoint (deleted, or a copy of the folder without it)
+                chosen, loaded["rank 0"] = self._load_newest_untagged()
+            else:
+                return None
             return chosen
 
         self.resumed_from = on_main_process(choose)
@@ -410,6 +420,34 @@ class AtomicCheckpointer(DetectionCheckpointer):
             f"cannot resume in {self.save_dir}: {last} names no checkpoint in the folder and there "
             f"is none. Remove {last} to train this phase from its beginning"
         )
+
+    def _load_newest_untagged(self):
+        """(path, further data) of the newest checkpoint of ``save_dir`` (:func:`checkpoints_in`: ``model_final``,
+        else the highest iteration), for a folder that holds checkpoints but no ``last_checkpoint``: logged. Without
+        ``last_checkpoint`` to say which save completed last, a newest file that cannot be read is an error naming it
+        (rather than a silent resume from an older one, or a start from iteration 0 over them)."""
+        found = checkpoints_in(self.save_dir)
+        newest, last = found[0], os.path.join(self.save_dir, LAST_CHECKPOINT)
+        names = [os.path.basename(path) for path in found]
+        listed = ", ".join(names[:6]) + (" ..." if len(names) > 6 else "")
+        try:
+            loaded = self.load(newest)
+        except DamagedCheckpointError as e:
+            self._parsed_url_during_load = None  # Detectron2's load leaves it set when reading fails
+            earlier = (
+                f"to resume from the one before it ({os.path.basename(found[1])})"
+                if len(found) > 1
+                else "to train this phase from its beginning"
+            )
+            raise RuntimeError(
+                f"cannot resume in {self.save_dir}: there is no {last}, and the newest of its checkpoints ({listed}), "
+                f"{newest}, cannot be read ({type(e.__cause__).__name__}: {e.__cause__}). Remove it {earlier}, or "
+                f"write the name of the checkpoint to resume from into {last}"
+            ) from e
+        logger.warning(
+            f"{self.save_dir} holds checkpoints ({listed}) but no {LAST_CHECKPOINT}: resuming from the newest, {newest}"
+        )
+        return newest, loaded
 
     def _own_rank_state(self, checkpoint, saved):
         """Restores this rank's buffers from its rank file (ranks >= 1) and returns its saved state."""

@@ -54,10 +54,12 @@ def check_frozen_terms(model: nn.Module, allowed: Sequence[str] = ()):
         )
 
 
-def freeze_all_but(model: nn.Module, trainable: Sequence[str] | None):
+def freeze_all_but(model: nn.Module, trainable: Sequence[str] | None, *, key: str = "train.trainable"):
     """Freezes every parameter whose name matches none of the regexes in ``trainable`` (matched at
     the start of the name, e.g. ``"roi_heads.box_predictor."``); ``None`` trains everything. A pattern that
     matches nothing is logged (a mask-head pattern on a model without one); patterns that all match nothing raise.
+    ``key``: the config key the patterns come from, as the messages name it (``MODEL.LTDET2.TRAINABLE`` for a YAML
+    config).
 
     BatchNorm layers left with no trainable parameter become ``FrozenBatchNorm2d``, so their running
     statistics stay fixed too. Logs trainable / frozen parameter counts per top-level module and
@@ -75,17 +77,17 @@ def freeze_all_but(model: nn.Module, trainable: Sequence[str] | None):
         if patterns and len(unmatched) == len(patterns):  # a typo, not a head this model lacks: nothing trains
             top_level = sorted({name.split(".")[0] for name, _ in model.named_parameters()})
             raise ValueError(
-                f"train.trainable: no pattern of {list(trainable)} matches a parameter of the model, so nothing "
+                f"{key}: no pattern of {list(trainable)} matches a parameter of the model, so nothing "
                 f"would train (patterns match at the start of names such as {top_level[0]}.*; top-level modules: "
                 f"{top_level})"
             )
         if unmatched:  # e.g. a mask-head pattern on a model without a mask head
-            logger.warning(f"train.trainable: patterns {unmatched} match no parameter of the model")
-        _freeze_batch_norms(model)
+            logger.warning(f"{key}: patterns {unmatched} match no parameter of the model")
+        _freeze_batch_norms(model, key)
     return _report(model)
 
 
-def _freeze_batch_norms(model):
+def _freeze_batch_norms(model, key="train.trainable"):
     frozen = [
         name
         for name, module in model.named_modules()
@@ -94,7 +96,7 @@ def _freeze_batch_norms(model):
     other = [n for n in frozen if not isinstance(model.get_submodule(n), (nn.BatchNorm2d, nn.SyncBatchNorm))]
     if other:  # FrozenBatchNorm2d replaces 2-D BatchNorm only
         raise ValueError(
-            f"train.trainable freezes {other}, BatchNorm layers that are not 2-D; "
+            f"{key} freezes {other}, BatchNorm layers that are not 2-D; "
             "ltdet2 can only freeze BatchNorm2d / SyncBatchNorm statistics"
         )
     for name in frozen:

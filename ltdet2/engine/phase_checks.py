@@ -32,7 +32,6 @@ from ..evaluation.lvis_evaluation import coco_format_advice, json_lacks_lvis_fie
 from ..modeling.expansion import class_rows_unlike
 from ..utils.lazy_config import lazy_target
 from .checkpoint import (
-    LAST_CHECKPOINT,
     CheckpointMismatchError,
     checkpoint_model_state,
     remove_run_checkpoints,
@@ -239,9 +238,9 @@ def check_phase_checkpoints(phase, *, resume=False):
     (:func:`~ltdet2.engine.train_loop.initial_checkpoint_checks`, e.g. LST's network expansion), unless it resumes its
     own."""
     _check_teacher_checkpoint(phase)
-    last = os.path.join(phase.output_dir, LAST_CHECKPOINT)
     checks = initial_checkpoint_checks(phase.cfg)
-    if checks and not (resume and os.path.isfile(last)):
+    # a resume loads the phase's own checkpoint (with or without last_checkpoint: AtomicCheckpointer.resume_or_load)
+    if checks and not (resume and run_checkpoints(phase.output_dir)):
         _check_initial_checkpoint(phase, checks)
 
 

@@ -4,19 +4,23 @@
 The runner trains phase k starting from phase k-1's final checkpoint (given as ``train.init_checkpoint``;
 ``train.init_from_phase`` names another earlier phase instead: :mod:`ltdet2.engine.phase_graph`), skips phases that
 already finished (warning when a finished phase's config has changed since), resumes an interrupted one with
-``--resume`` (without it, or ``--restart``, a phase holding an earlier run's checkpoints is refused), and ends with one
-table of every phase's results. Before a phase trains, what would otherwise fail late or silently is checked
+``--resume`` (without it, or ``--restart``, a phase holding an earlier run's checkpoints is refused; a folder whose
+``last_checkpoint`` is missing resumes from its newest checkpoint, logged: :mod:`ltdet2.engine.checkpoint`), and ends
+with one table of every phase's results. Before a phase trains, what would otherwise fail late or silently is checked
 (:mod:`ltdet2.engine.phase_checks`): its datasets' files, the class counts of its teacher's and (LST) expanded
-checkpoint, the total batch against the number of processes; the temporary files of interrupted writes in its folder
-are removed. Then it builds the phase's derived datasets (``train.derived_datasets``, :mod:`ltdet2.engine.derived`)
-and gives a teacher-student model the frozen final model of ``train.teacher_from_phase``
-(:func:`~ltdet2.engine.phase_graph.chain_teachers`). A config without ``phases`` is one phase trained in
-``train.output_dir`` itself, exactly as Detectron2's own script does (a one-phase project is such a plain config).
+checkpoint, the total batch against the number of processes, ``train.checkpointer.period`` (>= 1); the temporary
+files of interrupted writes in its folder are removed. Then it builds the phase's derived datasets
+(``train.derived_datasets``, :mod:`ltdet2.engine.derived`) and gives a teacher-student model the frozen final model
+of ``train.teacher_from_phase`` (:func:`~ltdet2.engine.phase_graph.chain_teachers`). A config without ``phases`` is
+one phase trained in ``train.output_dir`` itself, exactly as Detectron2's own script does (a one-phase project is such
+a plain config).
 
 A phase's final evaluation runs at the end of its training (:func:`~ltdet2.engine.train_loop.final_evaluation`), so
 that its metrics are in the phase's metrics.json and TensorBoard events at the last iteration; ``--eval-only`` appends
-its metrics to the phase's :data:`EVAL_ONLY_METRICS_FILE`. Every phase that trains or is evaluated ends with one line
-naming where its outputs are (:func:`outputs_line`), and a run of several phases with one more
+its metrics to the phase's :data:`EVAL_ONLY_METRICS_FILE` and has the evaluator write its files to
+``<phase folder>/inference_eval_only/<checkpoint stem>/`` (:func:`eval_only_output_dir`), leaving the training's
+``inference/`` (read by the phase's record and the leaderboard) as it was. Every phase that trains or is evaluated
+ends with one line naming where its outputs are (:func:`outputs_line`), and a run of several phases with one more
 (:func:`run_outputs_line`), after the table of all phases.
 
 With several processes, rank 0 takes the decisions (skip a phase, train it, resume it from which
@@ -31,6 +35,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -75,6 +80,7 @@ from .results import log_phase_table
 from .train_loop import (
     FINAL_CHECKPOINT,
     build_model,
+    check_checkpoint_period,
     check_dataset_names,
     check_max_iter,
     check_total_batch_size,
@@ -103,6 +109,8 @@ __all__ = [
     "empty_evaluation",
     "non_finite_parameters",
     "EVAL_ONLY_METRICS_FILE",
+    "EVAL_ONLY_INFERENCE_DIR",
+    "eval_only_output_dir",
     "write_eval_only_record",
     "outputs_line",
     "run_outputs_line",
@@ -320,7 +328,8 @@ def empty_evaluation(results):
 
 def evaluate_phase(phase, checkpoint=None):
     """Evaluates a phase's final checkpoint (or ``checkpoint``: a path or a Detectron2 URL); appends the metrics to
-    the phase's :data:`EVAL_ONLY_METRICS_FILE` (:func:`write_eval_only_record`) and ends with the line naming its
+    the phase's :data:`EVAL_ONLY_METRICS_FILE` (:func:`write_eval_only_record`), has the evaluator write its files to
+    :func:`eval_only_output_dir` (the training's ``inference/`` is left as it is) and ends with the line naming its
     outputs (:func:`outputs_line`)."""
     checkpoint = checkpoint or phase.final_checkpoint
 
@@ -332,7 +341,8 @@ def evaluate_phase(phase, checkpoint=None):
     check_dataset_names(phase.cfg, phase.where, EVALUATED_DATASET_KEYS)
     model = create_ddp_model(build_model(phase.cfg), phase.cfg)
     loaded = AtomicCheckpointer(model, required_parameters=evaluated_parameters(model)).load(checkpoint)
-    results = do_test(phase.cfg, model)
+    folder = eval_only_output_dir(phase.cfg, checkpoint)  # not the training's inference/: its record reads it
+    results = do_test(phase.cfg, model, **({"output_dir": folder} if folder else {}))
 
     def record():  # the evaluator's results are rank 0's
         write_eval_only_record(phase, checkpoint, (loaded or {}).get("iteration", None), results)
@@ -343,6 +353,26 @@ def evaluate_phase(phase, checkpoint=None):
 
 
 EVAL_ONLY_METRICS_FILE = "eval_only_metrics.json"
+EVAL_ONLY_INFERENCE_DIR = "inference_eval_only"
+
+
+def eval_only_output_dir(cfg, checkpoint):
+    """Where an evaluation only (``--eval-only``) of ``checkpoint`` has the phase's evaluator write its files:
+    ``<phase folder>/inference_eval_only/<checkpoint's file name without extension>/`` (e.g.
+    ``inference_eval_only/model_final/``), so that the training's ``inference/`` (its per-class AP, read by the phase's
+    record and the leaderboard: :func:`ltdet2.engine.results.phase_record`) is not overwritten. None when the
+    evaluator writes no files of its own (no evaluator, or one that takes no ``output_dir``) or when the config names
+    its own folder for them (``dataloader.evaluator.output_dir``, kept)."""
+    try:
+        training = evaluator_output_dir(cfg)
+    except Exception:  # an evaluator config that does not resolve here: the evaluator's own folder
+        return None
+    default = os.path.join(cfg.train.output_dir, "inference")
+    if training is None or os.path.normpath(training) != os.path.normpath(default):
+        return None
+    stem = os.path.splitext(os.path.basename(str(checkpoint).rstrip("/")))[0]
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".") or "checkpoint"
+    return os.path.join(cfg.train.output_dir, EVAL_ONLY_INFERENCE_DIR, stem)
 
 
 def write_eval_only_record(phase, checkpoint, iteration, results):
@@ -365,12 +395,13 @@ def write_eval_only_record(phase, checkpoint, iteration, results):
     return path
 
 
-def evaluation_files(cfg):
+def evaluation_files(cfg, *, evaluated=None):
     """(folder, [file names]) of what the phase's evaluator wrote (its ``output_dir``: ``<phase folder>/inference``
-    unless the config names another), or None for a phase without an evaluator, or whose evaluator wrote nothing
-    there."""
+    unless the config names another; for an evaluation only of checkpoint ``evaluated``, :func:`eval_only_output_dir`),
+    or None for a phase without an evaluator, or whose evaluator wrote nothing there."""
     try:
-        folder = evaluator_output_dir(cfg)
+        folder = eval_only_output_dir(cfg, evaluated) if evaluated is not None else None
+        folder = folder or evaluator_output_dir(cfg)
     except Exception:  # an evaluator config that does not resolve here: the line names no evaluation files
         return None
     if folder is None or not os.path.isdir(folder):
@@ -383,14 +414,14 @@ def outputs_line(phase, *, evaluated=None):
     """The line that ends a phase's run, naming where its outputs are: the folder, the final checkpoint, metrics.json
     (training and final evaluation metrics), the evaluator's results files and the phase's record; after an
     evaluation only (``evaluated``: the checkpoint evaluated), :data:`EVAL_ONLY_METRICS_FILE` and the evaluator's
-    files. Only what exists is named."""
+    files of that evaluation (:func:`eval_only_output_dir`). Only what exists is named."""
     folder = phase.output_dir
 
     def existing(label, name):
         path = os.path.join(folder, name)
         return [f"{label} {path}"] if os.path.isfile(path) else []
 
-    evaluation = evaluation_files(phase.cfg)
+    evaluation = evaluation_files(phase.cfg, evaluated=evaluated)
     evaluated_files = [f"evaluation results {evaluation[0]} ({', '.join(evaluation[1])})"] if evaluation else []
     if evaluated is not None:
         what = f"Evaluation of {evaluated}" + (f" (phase '{phase.name}')" if phase.name else "")
@@ -411,8 +442,10 @@ def run_outputs_line(cfg, reported, *, eval_only=False):
     folder and each phase's final checkpoint (or, ``eval_only``, its :data:`EVAL_ONLY_METRICS_FILE`)."""
     name = EVAL_ONLY_METRICS_FILE if eval_only else FINAL_CHECKPOINT
     listed = ", ".join(f"{p.name} {os.path.join(p.output_dir, name)}" for p in reported)
-    evaluated = any(evaluation_files(p.cfg) for p in reported)
-    inside = [*([] if eval_only else ["metrics.json"]), *(["its evaluation results"] if evaluated else [])]
+    # an evaluation only of several phases evaluates their final checkpoints (a checkpoint given needs one phase)
+    evaluated = any(evaluation_files(p.cfg, evaluated=p.final_checkpoint if eval_only else None) for p in reported)
+    results = f"its evaluation results ({EVAL_ONLY_INFERENCE_DIR}/)" if eval_only else "its evaluation results"
+    inside = [*([] if eval_only else ["metrics.json"]), *([results] if evaluated else [])]
     inside += [] if eval_only else [DONE_FILE]
     listing = ", ".join(inside[:-1]) + (" and " if len(inside) > 1 else "") + (inside[-1] if inside else "")
     also = f" (each phase's folder also holds {listing})" if inside else ""
@@ -455,6 +488,7 @@ def run_phases(cfg, *, resume=False, restart=False, only=None, eval_only=False, 
             if phase.cfg.train.get("epochs", None) is None and "max_iter" in phase.cfg.train:
                 check_max_iter(phase.cfg, phase.where)
             if phase.name not in finished:  # a finished phase may have trained with another number of processes
+                check_checkpoint_period(phase.cfg, phase.where)
                 check_total_batch_size(phase.cfg, comm.get_world_size(), phase.where)
                 # a COCO json given to the LVIS evaluator would fail at the end of training: before any phase trains
                 on_main_process(lambda p=phase: check_lvis_evaluator_dataset(p))

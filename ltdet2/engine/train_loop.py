@@ -15,7 +15,14 @@ freezing (``train.trainable``), the phase's own hooks (``train.hooks``, below), 
   the current iteration on every rank and stops with :class:`~ltdet2.engine.launch.TrainingInterrupted`;
 * a resume at the end of the schedule (a run killed while it saved ``model_final``: its last periodic checkpoint
   is of the last iteration) takes no step and writes ``model_final`` from that checkpoint; a resume from a
-  checkpoint beyond ``train.max_iter`` is refused, as is a schedule without iterations (``train.max_iter`` < 1).
+  checkpoint beyond ``train.max_iter`` is refused, as is a schedule without iterations (``train.max_iter`` < 1);
+* ``--resume`` in a folder whose ``last_checkpoint`` is missing (deleted, or a copy of the folder without it) but
+  that holds checkpoints resumes from the newest of them (``model_final``, else the highest iteration of
+  ``model_XXXXXXX.pth``), logging which; one that cannot be read is an error naming it (not a start from iteration
+  0 over them);
+* ``train.checkpointer.period`` must be >= 1 (:func:`check_checkpoint_period`, a ValueError naming the phase before
+  it trains, where Detectron2's checkpointer fails with a ZeroDivisionError at the first step); a period above
+  ``train.max_iter`` saves ``model_final`` only.
 
 **What a run writes** (Detectron2's writers: ``metrics.json``, TensorBoard events, progress lines). The training
 scalars are written every ``train.log_period`` iterations and at the last one (one metrics.json record per iteration
@@ -34,7 +41,10 @@ no step: its final evaluation's metrics are appended as one more record of itera
 appends to metrics.json on every run; a reader takes an iteration's last record). A run that stopped early (an error,
 a stop request) is not evaluated. An evaluation only (``--eval-only``: :func:`ltdet2.engine.phases.evaluate_phase`)
 does not write metrics.json: it appends one record (the checkpoint, its iteration, the time, the metrics; a non-finite
-one null) to ``eval_only_metrics.json`` in the phase's folder. Every run ends with one line naming where its outputs
+one null) to ``eval_only_metrics.json`` in the phase's folder, and its evaluator writes its files (per-class AP,
+predictions) to ``<phase folder>/inference_eval_only/<checkpoint's file name without extension>/``
+(:func:`ltdet2.engine.phases.eval_only_output_dir`), not to the training's ``inference/``, which the phase's record
+and the leaderboard read. Every run ends with one line naming where its outputs
 are (:func:`ltdet2.engine.phases.outputs_line`).
 
 A divergence (a non-finite loss, or Detectron2's check of non-finite boxes or scores in the model) stops training with
@@ -269,10 +279,19 @@ def evaluator_output_dir(cfg):
     return os.path.join(cfg.train.output_dir, "inference") if _accepts_output_dir(evaluator_cfg) else None
 
 
-def build_evaluator(cfg):
+def build_evaluator(cfg, output_dir=None):
+    """The phase's evaluator (None without one); ``output_dir``: where it writes instead of
+    :func:`evaluator_output_dir` (an evaluation only's folder), for an evaluator that takes one."""
     if "evaluator" not in cfg.dataloader:
         return None
     evaluator_cfg = cfg.dataloader.evaluator
+    if output_dir is not None and _accepts_output_dir(evaluator_cfg):
+        saved = evaluator_cfg.get("output_dir", None)
+        evaluator_cfg.output_dir = output_dir
+        try:
+            return instantiate(evaluator_cfg)
+        finally:
+            evaluator_cfg.output_dir = saved
     # like Detectron2's train_net: results and per-class AP go to <phase output>/inference
     if evaluator_cfg.get("output_dir") is None and _accepts_output_dir(evaluator_cfg):
         evaluator_cfg.output_dir = evaluator_output_dir(cfg)
@@ -286,9 +305,10 @@ def _accepts_output_dir(lazy_cfg):
         return False
 
 
-def do_test(cfg, model):
-    """Evaluates ``model`` on ``dataloader.test``; returns the evaluator's results (or {})."""
-    evaluator = build_evaluator(cfg)
+def do_test(cfg, model, *, output_dir=None):
+    """Evaluates ``model`` on ``dataloader.test``; returns the evaluator's results (or {}). ``output_dir``: where the
+    evaluator writes its files instead of its own folder (:func:`build_evaluator`)."""
+    evaluator = build_evaluator(cfg, output_dir)
     if evaluator is None:
         return {}
     results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
@@ -549,6 +569,29 @@ def check_max_iter(cfg, where="training"):
     )
 
 
+def check_checkpoint_period(cfg, where="training"):
+    """ValueError unless ``train.checkpointer.period`` is a whole number of iterations >= 1. Detectron2's periodic
+    checkpointer saves ``model_XXXXXXX`` after every ``period`` iterations (and ``model_final`` at the last one,
+    whatever the period); a period of 0 makes its ``(iteration + 1) % period`` a ZeroDivisionError at the first
+    step, and a negative one saves at every iteration. A period above ``train.max_iter`` saves ``model_final`` only."""
+    checkpointer = cfg.train.get("checkpointer", None)
+    if checkpointer is None or "period" not in checkpointer:
+        return
+    try:
+        period = checkpointer.period
+    except Exception:  # an interpolation that does not resolve here: left to the hook
+        return
+    if isinstance(period, int) and not isinstance(period, bool) and period >= 1:
+        return
+    max_iter = cfg.train.get("max_iter", None)
+    only_final = f" (e.g. {max_iter + 1})" if isinstance(max_iter, int) and max_iter >= 1 else ""
+    raise ValueError(
+        f"{where}: train.checkpointer.period={period!r}: the periodic checkpointer saves a checkpoint every period "
+        f"iterations, so it must be a whole number >= 1. Set train.checkpointer.period to a period >= 1; to save "
+        f"model_final only, set it above train.max_iter{only_final}"
+    )
+
+
 def check_total_batch_size(cfg, world_size, where="training"):
     """ValueError unless ``dataloader.train.total_batch_size`` (when the loader has one) is a positive multiple of the
     number of training processes, among which Detectron2's loader divides it (each loads total / processes images)."""
@@ -656,6 +699,7 @@ def do_train(cfg, *, resume=False):
     The phase's ``train.hooks`` run as the module docstring says.
     """
     check_max_iter(cfg, f"training in {cfg.train.output_dir}")
+    check_checkpoint_period(cfg, f"training in {cfg.train.output_dir}")
     check_total_batch_size(cfg, comm.get_world_size(), f"training in {cfg.train.output_dir}")
     check_dataset_names(cfg, f"training in {cfg.train.output_dir}")
     seed_phase(cfg)

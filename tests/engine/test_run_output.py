@@ -229,8 +229,8 @@ def test_eval_only_appends_its_metrics_to_its_own_file_and_names_its_outputs(
     assert record == {k: (v if math.isfinite(v) else None) for k, v in flat(results).items()}  # NaN: null
     assert messages[-1] == (
         f"Evaluation of {final} done; outputs in {out}: metrics {os.path.join(out, EVAL_ONLY_METRICS_FILE)}; "
-        f"evaluation results {os.path.join(out, 'inference')} ({EVALUATION_FILES})"
-    )
+        f"evaluation results {os.path.join(out, 'inference_eval_only', 'model_final')} ({EVALUATION_FILES})"
+    )  # the training's inference/ is left as it was (tests/engine/test_reliability_edges.py)
 
 
 def test_a_one_phase_run_ends_with_the_line_naming_its_outputs(tiny_dataset, tmp_path, messages):
