@@ -1,13 +1,16 @@
 """Learning-status indicators (BACL Tab. II, LOCE's mean score): per-class vectors for losses and samplers.
 
-Conventions: foreground classes are ``0 .. C-1`` and the background index is ``C`` (Detectron2).
+Conventions: foreground classes are ``0 .. C-1`` and the background index is ``C`` (Detectron2). From the box
+predictor (:class:`PredictorBatch`) an indicator reads per-class scores from the ``[N, C+1]`` probabilities
+(background column C, in [0, 1]), whatever the width of the logits (``C+1``, or ``C+2`` for Seesaw's scoring), and
+from the logits only their first C columns, the classes'.
 ``update`` ignores background rows where they can occur (all RoIs of a batch) and rejects labels
 outside ``[0, C]``. Under ``sync="global"`` the increments of all ranks are summed before they are
 applied (a collective: every rank calls ``update`` every step, possibly with no rows), which gives
 the state a single process would reach on the ranks' batches concatenated.
 """
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 import numpy as np
 import torch
@@ -43,44 +46,91 @@ def check_update_timing(timing: str) -> str:
 class PredictorBatch:
     """One training iteration's box-predictor rows, as the indicators read them (all detached).
 
+    The two score tensors have different widths in general. The logits are the classifier's raw outputs, ``[N, L]``
+    with ``L = scoring.num_logits(C)``: ``C+1`` (background column C) for Detectron2's scorings and BACL's, ``C+2``
+    for Seesaw's objectness-aware one (C classes, then foreground and background objectness), whatever a scoring
+    asks for. Only their first C columns have a meaning every scoring shares: the C classes' logits, in class order
+    (:meth:`class_logits`). The probabilities are always ``[N, C+1]``, in [0, 1], background in column C: the
+    predictor's test-time scores, the per-class scores an indicator reads (:meth:`class_probabilities`).
+
     Attributes:
-        logits: [N, C+1] classification logits, background column C: the sampled RoIs, then the
-            extra (memory) rows.
+        logits: [N, L] classification logits (see above): the sampled RoIs, then the extra (memory) rows.
         labels: [N] int64 classes in [0, C] (C = background).
         object_ids: [N] int64; rows of one object (one ground-truth box, or one (source, class) of
             memory rows) share an id; rows with id < 0 (background) belong to no object.
-        probabilities: [N, C+1] float32 class probabilities from the box predictor's own test-time
-            scoring (background column C); None when no indicator reads them
+        probabilities: [N, C+1] float32 class probabilities (background column C) from the box predictor's own
+            test-time scoring (``scoring.probabilities(logits)``); None when no indicator reads them
             (``reads_probabilities``).
+
+    Init-only (checks, not stored: ``dataclasses.replace`` of a batch need not repeat them):
+        num_classes: C, when the builder knows it (the ROI heads give it): the probabilities must then be
+            ``[N, C+1]`` and the logits at least C columns wide.
+        num_logits: L, when the builder knows the scoring (``scoring.num_logits(C)``): the logits must be
+            ``[N, L]``. None: their width is not checked.
     """
 
     logits: torch.Tensor
     labels: torch.Tensor
     object_ids: torch.Tensor
     probabilities: torch.Tensor | None = None
+    num_classes: InitVar[int | None] = None
+    num_logits: InitVar[int | None] = None
 
-    def __post_init__(self):
-        num_rows = self.logits.shape[0]
+    def __post_init__(self, num_classes, num_logits):
         if self.logits.dim() != 2:
-            raise ValueError(f"PredictorBatch: logits must be [N, C+1], got {tuple(self.logits.shape)}")
+            raise ValueError(f"PredictorBatch: logits must be [N, L] (2-D), got {tuple(self.logits.shape)}")
+        num_rows, columns = self.logits.shape
         for name in ("labels", "object_ids"):
             value = getattr(self, name)
             if tuple(value.shape) != (num_rows,):
                 raise ValueError(f"PredictorBatch: {name} must be [{num_rows}], got {tuple(value.shape)}")
-        if self.probabilities is not None and self.probabilities.shape != self.logits.shape:
+        if num_logits is not None and columns != num_logits:
             raise ValueError(
-                f"PredictorBatch: probabilities {tuple(self.probabilities.shape)} and logits "
-                f"{tuple(self.logits.shape)} differ in shape"
+                f"PredictorBatch: logits must be [{num_rows}, {num_logits}] (the scoring's num_logits), "
+                f"got {tuple(self.logits.shape)}"
+            )
+        if num_classes is not None and columns < num_classes:
+            raise ValueError(
+                f"PredictorBatch: logits must start with the {num_classes} classes' columns, got "
+                f"{tuple(self.logits.shape)}"
+            )
+        if self.probabilities is None:
+            return
+        shape = tuple(self.probabilities.shape)
+        width = None if num_classes is None else num_classes + 1
+        if len(shape) != 2 or shape[0] != num_rows or (width is not None and shape[1] != width):
+            expected = f"[{num_rows}, {width}]" if width is not None else f"[{num_rows}, C+1]"
+            raise ValueError(
+                f"PredictorBatch: probabilities must be {expected} (the C classes, then background in column C, "
+                f"whatever the logits' width: {columns} here), got {shape}; a scoring's probabilities() gives C+1 "
+                "columns"
             )
 
-    def class_probabilities(self, reader: str) -> torch.Tensor:
-        """``probabilities``, or a clear error naming the indicator that needs them."""
+    def class_probabilities(self, reader: str, num_classes: int | None = None) -> torch.Tensor:
+        """``probabilities`` ``[N, C+1]`` (background column C), or a clear error naming the indicator ``reader``
+        that needs them; with ``num_classes`` (the reader's C) their width is checked against ``C+1``."""
         if self.probabilities is None:
             raise ValueError(
                 f"{reader} reads the predictor's class probabilities, but the batch has none "
                 "(set reads_probabilities = True on the indicator)"
             )
+        if num_classes is not None and self.probabilities.shape[1] != num_classes + 1:
+            raise ValueError(
+                f"{reader} reads [N, {num_classes + 1}] class probabilities ({num_classes} classes, then "
+                f"background), but the batch's are {tuple(self.probabilities.shape)}"
+            )
         return self.probabilities
+
+    def class_logits(self, reader: str, num_classes: int) -> torch.Tensor:
+        """``[N, C]``: the C classes' logits, the first C columns of ``logits`` whatever the scoring's width (without
+        background, objectness or any other column a scoring adds); a clear error naming ``reader`` when the logits
+        are narrower."""
+        if self.logits.shape[1] < num_classes:
+            raise ValueError(
+                f"{reader} reads the {num_classes} classes' logits (the first {num_classes} columns), but the "
+                f"batch's logits are {tuple(self.logits.shape)}"
+            )
+        return self.logits[:, :num_classes]
 
 
 @torch.no_grad()
@@ -88,7 +138,8 @@ def object_mean_scores(probabilities, labels, object_ids):
     """Per object, the mean over its rows of the probability of its class (LOCE's mean-score entries).
 
     Args:
-        probabilities: [N, C+1] class probabilities (background index C).
+        probabilities: [N, C+1] class probabilities (background index C), not logits (whose width depends on
+            the scoring).
         labels: [N] classes; rows labelled C (background) are ignored.
         object_ids: [N] int64, rows of one object share an id; rows with id < 0 are ignored.
 
@@ -300,7 +351,9 @@ class MeanScore(LearningStatusIndicator):
     the background entry is the constant ``background_score`` (LOCE uses 0.01 for both).
 
     From the box predictor (:meth:`update_from_predictions`): one entry per object, the mean over the
-    object's rows of the predictor's probability of its class (:func:`object_mean_scores`).
+    object's rows of the predictor's probability of its class (:func:`object_mean_scores`), read from the
+    ``[N, C+1]`` test-time probabilities of the predictor's scoring whatever the width of its logits (Seesaw's
+    ``C+2``: ``softmax(classes) * p_fg``).
 
     Timing and multi-process (the paper is silent on both; defaults are the official code's):
     ``update_timing="before_loss"`` (official: EBL of an iteration uses the scores updated with that
@@ -355,7 +408,7 @@ class MeanScore(LearningStatusIndicator):
         self.mean_scores[: self.num_classes] = (decay * old + (1 - decay) * means).to(self.mean_scores.dtype)
 
     def update_from_predictions(self, batch: PredictorBatch) -> None:
-        probabilities = batch.class_probabilities(type(self).__name__)
+        probabilities = batch.class_probabilities(type(self).__name__, self.num_classes)
         self.update(*object_mean_scores(probabilities, batch.labels, batch.object_ids))
 
     def reset(self) -> None:
@@ -378,9 +431,9 @@ class TruePositiveRate(LearningStatusIndicator):
     ``update``: ``scores [N, C]`` or ``[N, C+1]``, probabilities or logits, whatever the classifier's
     decision is the argmax of; with C+1 columns a positive whose argmax is background is a miss.
     From the box predictor (:meth:`update_from_predictions`): the argmax over the C foreground
-    columns of the predictor's probabilities (BACL Tab. II; with a background channel, the argmax of
-    the detection scores), so a positive counts by its best foreground class even when background
-    scores higher. Classes never seen have TPR 0. ``vector()`` float32 ``[C]``.
+    columns of the predictor's ``[N, C+1]`` probabilities, never its logits (BACL Tab. II; with a background
+    channel, the argmax of the detection scores), so a positive counts by its best foreground class even when
+    background scores higher. Classes never seen have TPR 0. ``vector()`` float32 ``[C]``.
     """
 
     reads_probabilities = True
@@ -404,7 +457,7 @@ class TruePositiveRate(LearningStatusIndicator):
         self.positives += stats[1]
 
     def update_from_predictions(self, batch: PredictorBatch) -> None:
-        probabilities = batch.class_probabilities(type(self).__name__)
+        probabilities = batch.class_probabilities(type(self).__name__, self.num_classes)
         self.update(batch.labels, probabilities[:, : self.num_classes])
 
     def vector(self) -> torch.Tensor:
@@ -420,7 +473,9 @@ class SoftConfusionMatrix(LearningStatusIndicator):
     ``matrix()`` float32 ``[C, C]``; ``vector()`` is the diagonal ``M[i, i]``, the per-class status
     BACL's FHM samples by (``p ∝ 1 - M[i, i]``). FCBL's pairwise form uses ``matrix()``.
     From the box predictor (:meth:`update_from_predictions`) it reads the logits, not the predictor's
-    probabilities: the definition is a softmax over the foreground logits whatever the classifier.
+    probabilities: the definition is a softmax over the foreground logits whatever the classifier, the C class
+    columns of the predictor's logits (:meth:`PredictorBatch.class_logits`, whatever their width: with Seesaw's
+    ``C+2`` logits, the softmax over its C class logits).
     """
 
     has_matrix = True
@@ -450,7 +505,8 @@ class SoftConfusionMatrix(LearningStatusIndicator):
         self.positives += counts
 
     def update_from_predictions(self, batch: PredictorBatch) -> None:
-        self.update(batch.labels, batch.logits)
+        # the C class logits only: the logits may have other columns than C+1 (Seesaw's objectness pair)
+        self.update(batch.labels, batch.class_logits(type(self).__name__, self.num_classes))
 
     def matrix(self) -> torch.Tensor:
         return (self.numerator / self.positives.clamp(min=1)[:, None]).float()

@@ -111,22 +111,35 @@ def predictor_batch(
     labels: torch.Tensor,
     object_ids: torch.Tensor,
     class_probabilities: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    num_classes: int | None = None,
+    num_logits: int | None = None,
 ) -> PredictorBatch:
     """One iteration's predictor rows as the indicators read them (built once, for every indicator).
 
     Args:
         indicators: name -> indicator; the class probabilities are computed only if one of them reads
             them (``reads_probabilities``).
-        logits: [N, C+1] classification logits (background C); detached here.
+        logits: [N, L] classification logits, ``L = scoring.num_logits(C)`` (``C+1`` with background column C;
+            ``C+2`` for Seesaw's objectness-aware scoring); detached here.
         labels, object_ids: [N] each, see :func:`predictor_row_objects`.
-        class_probabilities: the box predictor's scoring, ``[N, C+1] logits -> [N, C+1]`` probabilities
-            (what its inference uses); called once on float32 logits.
+        class_probabilities: the box predictor's scoring, ``[N, L] logits -> [N, C+1]`` probabilities
+            (background column C; what its inference uses); called once on float32 logits.
+        num_classes: C; when given, the probabilities are checked to be ``[N, C+1]`` (:class:`PredictorBatch`).
+        num_logits: L (the scoring's ``num_logits(C)``); when given, the logits are checked to be ``[N, L]``.
     """
     logits = logits.detach()
     probabilities = None
     if any(getattr(indicator, "reads_probabilities", False) for indicator in indicators.values()):
         probabilities = class_probabilities(logits.float()).float()
-    return PredictorBatch(logits=logits, labels=labels, object_ids=object_ids, probabilities=probabilities)
+    return PredictorBatch(
+        logits=logits,
+        labels=labels,
+        object_ids=object_ids,
+        probabilities=probabilities,
+        num_classes=num_classes,
+        num_logits=num_logits,
+    )
 
 
 @torch.no_grad()

@@ -283,10 +283,11 @@ def test_predictor_batch_checks_shapes():
     logits = torch.zeros(3, C + 1)
     with pytest.raises(ValueError, match=r"labels must be \[3\]"):
         PredictorBatch(logits, torch.zeros(2, dtype=torch.int64), torch.zeros(3, dtype=torch.int64))
-    with pytest.raises(ValueError, match="probabilities"):
+    with pytest.raises(ValueError, match=rf"probabilities must be \[3, {C + 1}\]"):
         PredictorBatch(
             logits,
             torch.zeros(3, dtype=torch.int64),
             torch.zeros(3, dtype=torch.int64),
             probabilities=torch.zeros(3, C),
+            num_classes=C,  # the batch checks the probabilities against C+1 (whatever the logits' width)
         )

@@ -203,8 +203,9 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
         return scores, deltas
 
     def predict_class_probabilities(self, scores: torch.Tensor) -> torch.Tensor:
-        """``[N, C+1]`` class probabilities (background column C) from ``[N, C+1]`` logits: the test-time
-        scoring (the ``scoring``'s), shared by inference and the learning-status indicators."""
+        """``[N, C+1]`` class probabilities (background column C, in [0, 1]) from ``[N, num_logits]`` logits
+        (``C+1``, or what the scoring asks for: Seesaw's ``C+2``): the test-time scoring (the ``scoring``'s), shared
+        by inference and the learning-status indicators (:class:`~ltdet2.memory.PredictorBatch`)."""
         return self.scoring.probabilities(scores)
 
     def predict_probs(self, predictions: tuple[torch.Tensor, torch.Tensor], proposals: list[Instances]):
@@ -231,7 +232,7 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
     def losses(self, predictions, proposals, extra_rows: ExtraRowsBatch | None = None):
         """
         Args:
-            predictions: ``(scores [N+R, C+1], deltas [N+R, 4C or 4])`` for the N sampled RoIs of
+            predictions: ``(scores [N+R, num_logits], deltas [N+R, 4C or 4])`` for the N sampled RoIs of
                 ``proposals`` followed by the R extra rows.
             proposals (list[Instances]): with ``proposal_boxes``, ``gt_boxes``, ``gt_classes``.
             extra_rows: the R extra rows; their boxes (if any) train regression, their weights scale

@@ -38,8 +38,11 @@ class ClassScoring(nn.Module):
 
     Subclasses implement :meth:`probabilities` and :meth:`loss`, :meth:`init_bias` where their classifier starts
     elsewhere than Detectron2's zero biases, and :meth:`num_logits` where their classifier has other than ``K+1``
-    outputs (the objectness-aware scoring: ``K+2``). Whatever the logits, :meth:`probabilities` gives ``[R, K+1]``
-    probabilities with background in column K: what inference and the learning-status indicators read. A scoring
+    outputs (the objectness-aware scoring: ``K+2``). The first K logit columns are the K classes', in class order
+    (what follows is the scoring's own: background, an objectness pair); a reader of the logits that is not the
+    scoring itself (:class:`~ltdet2.memory.SoftConfusionMatrix`) reads only those K. Whatever the logits,
+    :meth:`probabilities` gives ``[R, K+1]`` probabilities in [0, 1] with background in column K: what inference and
+    the learning-status indicators read (:class:`~ltdet2.memory.PredictorBatch` checks the ``K+1`` columns). A scoring
     may hold buffers (they are checkpointed under the predictor's ``scoring.``) or read indicators (an
     ``IndicatorUser``: the ROI heads bind it like a loss); the ones here hold nothing.
     """
@@ -54,8 +57,9 @@ class ClassScoring(nn.Module):
         return num_classes + 1
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """``[R, K+1]`` test-time class probabilities (background column K, which inference drops) of ``[R, L]``
-        logits; also what the learning-status indicators read."""
+        """``[R, K+1]`` test-time class probabilities in [0, 1] (background column K, which inference drops) of
+        ``[R, L]`` logits, ``L = num_logits(K)``; also what the learning-status indicators read. Always ``K+1`` columns,
+        whatever ``L``."""
         raise NotImplementedError
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

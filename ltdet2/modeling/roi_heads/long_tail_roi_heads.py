@@ -361,7 +361,13 @@ class LongTailROIHeads(StandardROIHeads):
             return None
         labels, object_ids = predictor_row_objects(proposals, targets, extra_rows, self.num_classes)
         return predictor_batch(
-            self.indicators, logits, labels, object_ids, self.box_predictor.predict_class_probabilities
+            self.indicators,
+            logits,
+            labels,
+            object_ids,
+            self.box_predictor.predict_class_probabilities,
+            num_classes=self.num_classes,
+            num_logits=getattr(self.box_predictor, "num_logits", None),  # LongTailOutputLayers: scoring.num_logits(C)
         )
 
     def _update_indicators(self, batch, timing):
