@@ -4,10 +4,8 @@ freezing's messages name. Tiny LT-Shapes on CPU (tests/configs/tiny_two_phase.py
 seeded."""
 
 import json
-import logging
 import os
 import re
-import shutil
 
 import pytest
 import torch
@@ -24,7 +22,7 @@ from ltdet2.engine.results import phase_record
 from ltdet2.engine.train_loop import do_train
 
 from fixtures.models import ROOT, TEST_DEVICE, TINY_LT_SHAPES, load_repo_module
-from fixtures.runs import load_tiny_run
+from fixtures.runs import copy_of_run, load_tiny_run, metrics_iterations
 
 load = load_tiny_run  # `trained` (tests/engine/conftest.py): phase 'pretrain' finished, model_0000001/0000003/final
 # every box kept: a model of 4 iterations has detections, so the evaluator writes its files
@@ -32,32 +30,6 @@ DETECTIONS = (
     "model.roi_heads.box_predictor.test_score_thresh=0.0",
     "model.roi_heads.box_predictor.test_topk_per_image=5",
 )
-
-
-@pytest.fixture
-def messages():
-    """The messages of the detectron2 logger from INFO on (Detectron2's setup_logger stops its propagation)."""
-    found = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: found.append(record.getMessage())
-    logger = logging.getLogger("detectron2")
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    yield found
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
-def copy_of(trained, tmp_path):
-    out = str(tmp_path / "run")
-    shutil.copytree(trained, out)
-    return out
-
-
-def iterations_in(metrics_json):
-    with open(metrics_json) as f:
-        return [json.loads(line)["iteration"] for line in f if line.strip()]
 
 
 # --- 1. train.checkpointer.period=0 ---------------------------------------------------------------------------------
@@ -118,11 +90,11 @@ def test_a_resume_without_last_checkpoint_takes_the_highest_iteration(tmp_path, 
 def test_a_resume_without_last_checkpoint_continues_from_the_newest_checkpoint(
     trained, tmp_path, tiny_dataset, messages
 ):
-    out = copy_of(trained, tmp_path)
+    out = copy_of_run(trained, tmp_path)
     pretrain = os.path.join(out, "pretrain")
     for name in ("model_final.pth", "model_0000003.pth", DONE_FILE, "last_checkpoint"):  # killed after iteration 1
         os.remove(os.path.join(pretrain, name))
-    before = iterations_in(os.path.join(pretrain, "metrics.json"))
+    before = metrics_iterations(os.path.join(pretrain, "metrics.json"))
     resumed_from = torch.load(os.path.join(pretrain, "model_0000001.pth"), map_location="cpu", weights_only=False)
 
     run_phases(load(out, tiny_dataset), only="pretrain", resume=True)
@@ -133,7 +105,7 @@ def test_a_resume_without_last_checkpoint_continues_from_the_newest_checkpoint(
         in (messages)
     )
     assert "Starting training from iteration 2" in messages  # not from iteration 0 over its checkpoints
-    assert iterations_in(os.path.join(pretrain, "metrics.json")) == before + [2, 3]
+    assert metrics_iterations(os.path.join(pretrain, "metrics.json")) == before + [2, 3]
     # the checkpoint resumed from was not overwritten
     kept = torch.load(newest, map_location="cpu", weights_only=False)
     assert kept["iteration"] == 1 and all(torch.equal(kept["model"][k], v) for k, v in resumed_from["model"].items())
@@ -142,7 +114,7 @@ def test_a_resume_without_last_checkpoint_continues_from_the_newest_checkpoint(
 
 
 def test_a_resume_without_last_checkpoint_refuses_an_unreadable_newest_checkpoint(trained, tmp_path, tiny_dataset):
-    out = copy_of(trained, tmp_path)
+    out = copy_of_run(trained, tmp_path)
     pretrain = os.path.join(out, "pretrain")
     for name in ("model_final.pth", DONE_FILE, "last_checkpoint"):
         os.remove(os.path.join(pretrain, name))
@@ -165,7 +137,7 @@ def test_a_resume_without_last_checkpoint_refuses_an_unreadable_newest_checkpoin
 
 
 def test_eval_only_writes_its_evaluator_files_apart_from_the_trainings(trained, tmp_path, tiny_dataset, messages):
-    out = copy_of(trained, tmp_path)
+    out = copy_of_run(trained, tmp_path)
     pretrain = os.path.join(out, "pretrain")
     # what the training's evaluation wrote (this fixture trained without an evaluator): the phase's record reads it
     training_ap = os.path.join(pretrain, "inference", "per_class_ap_bbox.json")

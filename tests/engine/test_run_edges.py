@@ -4,7 +4,6 @@ CPU; the phases have no evaluator (what is checked happens before or after it), 
 
 import glob
 import os
-import shutil
 
 import pytest
 import torch
@@ -19,15 +18,9 @@ from ltdet2.engine.phase_checks import check_class_counts
 from ltdet2.engine.phases import DONE_FILE, Phase, run_phases
 
 from fixtures.models import TINY_LT_SHAPES, small_model_cfg
-from fixtures.runs import load_tiny_run
+from fixtures.runs import copy_of_run, load_tiny_run
 
 load = load_tiny_run  # the tiny two-phase run (fixtures.runs); `trained`: tests/engine/conftest.py
-
-
-def copy_of(trained, tmp_path):
-    out = str(tmp_path / "run")
-    shutil.copytree(trained, out)
-    return out
 
 
 def checkpoint_at(path):
@@ -39,7 +32,7 @@ def checkpoint_at(path):
 
 @pytest.mark.parametrize("left", ["killed_during_the_final_save", "garbage_last_checkpoint"])
 def test_a_resume_at_the_end_of_the_schedule_writes_the_final_checkpoint(trained, tmp_path, tiny_dataset, left):
-    out = copy_of(trained, tmp_path)
+    out = copy_of_run(trained, tmp_path)
     pretrain = os.path.join(out, "pretrain")
     os.remove(os.path.join(pretrain, "model_final.pth"))
     os.remove(os.path.join(pretrain, DONE_FILE))
@@ -199,7 +192,7 @@ def test_a_schedule_without_iterations_is_refused(tmp_path, tiny_dataset, max_it
 
 
 def test_a_resume_beyond_max_iter_is_refused(trained, tmp_path, tiny_dataset):
-    out = copy_of(trained, tmp_path)
+    out = copy_of_run(trained, tmp_path)
     os.remove(os.path.join(out, "pretrain", DONE_FILE))
     with pytest.raises(
         ValueError,

@@ -6,7 +6,6 @@ writes. Tiny LT-Shapes on CPU; the phases have no evaluator, except where said."
 
 import itertools
 import json
-import logging
 import os
 import re
 import shutil
@@ -53,21 +52,6 @@ def with_finished_pretrain(pretrain_dir, tmp_path):
     out.mkdir(parents=True)
     os.symlink(pretrain_dir, out / "pretrain")
     return str(out)
-
-
-@pytest.fixture
-def messages():
-    """The messages the detectron2 logger gives from INFO on (Detectron2's setup_logger stops its propagation)."""
-    found = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: found.append(record.getMessage())
-    logger = logging.getLogger("detectron2")
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    yield found
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ Tiny LT-Shapes on CPU (4 iterations)."""
 import copy
 import glob
 import json
-import logging
 import math
 import os
 import shutil
@@ -28,7 +27,7 @@ from ltdet2.engine.train_loop import do_train, final_evaluation, put_evaluation_
 from ltdet2.utils.json_io import read_json
 
 from fixtures.models import ROOT, load_repo_module
-from fixtures.runs import load_tiny_run
+from fixtures.runs import copy_of_run, load_tiny_run
 
 MAX_ITER = 4  # tests/configs/tiny_two_phase.py, log_period 1
 # every box kept: a model of 4 iterations has detections, so the evaluation finds something
@@ -76,33 +75,12 @@ def tensorboard_scalars(output_dir):
     return scalars
 
 
-@pytest.fixture
-def messages():
-    """The messages of the detectron2 logger from INFO on (Detectron2's setup_logger stops its propagation)."""
-    found = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: found.append(record.getMessage())
-    logger = logging.getLogger("detectron2")
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    yield found
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, tiny_dataset):
     """A one-phase run that finished (trained and evaluated), and its results; tests copy it before changing it."""
     out = str(tmp_path_factory.mktemp("finished") / "run")
     results = run_phases(single_phase(out, tiny_dataset))
     return out, results[""]
-
-
-def copy_of(finished, tmp_path):
-    out = str(tmp_path / "run")
-    shutil.copytree(finished[0], out)
-    return out
 
 
 # --- 1. the final evaluation's metrics in metrics.json and TensorBoard ------------------------------------------------
@@ -149,7 +127,7 @@ def test_non_finite_metrics_are_left_out_and_metrics_json_stays_strict(tmp_path)
 def test_a_run_resumed_at_the_end_trains_nothing_and_appends_its_final_metrics(
     finished, tiny_dataset, tmp_path, messages
 ):
-    out = copy_of(finished, tmp_path)
+    out = copy_of_run(finished[0], tmp_path)
     final = os.path.join(out, "model_final.pth")
     before = torch.load(final, weights_only=False)
     logged = records(os.path.join(out, "metrics.json"))
@@ -216,7 +194,7 @@ def test_the_final_evaluation_sees_the_model_after_the_phase_hooks_and_periodic_
 def test_eval_only_appends_its_metrics_to_its_own_file_and_names_its_outputs(
     finished, tiny_dataset, tmp_path, messages
 ):
-    out = copy_of(finished, tmp_path)
+    out = copy_of_run(finished[0], tmp_path)
     metrics_json = os.path.join(out, "metrics.json")
     with open(metrics_json) as f:
         training_metrics = f.read()
@@ -301,7 +279,7 @@ def test_make_demo_resumes_and_says_it_already_finished(tmp_path):
 
 def test_a_finished_one_phase_run_is_refused_without_resume(finished, tiny_dataset, tmp_path):
     """What `make demo` did before it passed --resume: the earlier run's checkpoints are not overwritten."""
-    out = copy_of(finished, tmp_path)
+    out = copy_of_run(finished[0], tmp_path)
     with pytest.raises(RuntimeError, match="holds checkpoints of an earlier run.*Run again with --resume"):
         run_phases(single_phase(out, tiny_dataset))
 

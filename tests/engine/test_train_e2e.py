@@ -2,7 +2,6 @@
 resumes an interrupted one, evaluates, and refuses a phase whose input checkpoint is missing."""
 
 import glob
-import json
 import logging
 import os
 
@@ -15,18 +14,12 @@ from detectron2.utils.logger import setup_logger
 from ltdet2.engine.phases import DONE_FILE, load_config, run_phases
 from ltdet2.utils.json_io import read_json
 
-from fixtures.models import ROOT, loce_tiny_overrides, tiny_run_overrides
-
-PROJECT = os.path.join(ROOT, "tests", "configs", "tiny_two_phase.py")
+from fixtures.models import ROOT, loce_tiny_overrides
+from fixtures.runs import load_tiny_run, metrics_iterations
 
 
 def load(output_dir, tiny_dataset, *extra):
-    return load_config(PROJECT, [*tiny_run_overrides(tiny_dataset, output_dir), *extra])
-
-
-def iterations_in(path):
-    with open(path) as f:
-        return [json.loads(line)["iteration"] for line in f if line.strip()]
+    return load_tiny_run(output_dir, tiny_dataset, *extra, evaluator=True)  # the tiny two-phase run, evaluated
 
 
 def tensorboard_scalars(output_dir):
@@ -53,7 +46,7 @@ def test_two_phases_train_skip_resume_and_evaluate(tmp_path, tiny_dataset):
         assert os.path.isfile(os.path.join(out, name, "inference", "per_class_ap_bbox.json"))
         done = read_json(os.path.join(out, name, DONE_FILE))
         assert done["train_seconds"] > 0 and done["eval_seconds"] > 0  # the leaderboard's timings
-        assert tensorboard_scalars(os.path.join(out, name))["total_loss"] == iterations_in(
+        assert tensorboard_scalars(os.path.join(out, name))["total_loss"] == metrics_iterations(
             os.path.join(out, name, "metrics.json")
         )  # Detectron2's TensorBoard writer, every log period
 
@@ -85,7 +78,7 @@ def test_two_phases_train_skip_resume_and_evaluate(tmp_path, tiny_dataset):
     assert any("phase 'pretrain' already finished" in m for m in messages)
     assert any("Starting training from iteration 2" in m for m in messages)
     assert os.path.getmtime(os.path.join(out, "pretrain", DONE_FILE)) == pretrain_done_mtime
-    assert iterations_in(os.path.join(finetune_dir, "metrics.json"))[0] == 2  # continued, not restarted
+    assert metrics_iterations(os.path.join(finetune_dir, "metrics.json"))[0] == 2  # continued, not restarted
     final_after = torch.load(os.path.join(finetune_dir, "model_final.pth"), weights_only=False)
     assert final_after["iteration"] == 3
     assert set(resumed) == {"pretrain", "finetune"}

@@ -11,13 +11,14 @@ from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 
-from ltdet2.memory import LearningStatusIndicator, MeanScore, SoftConfusionMatrix, TruePositiveRate
+from ltdet2.memory import MeanScore, SoftConfusionMatrix, TruePositiveRate
 from ltdet2.memory.indicators import object_mean_scores
 from ltdet2.modeling import LongTailOutputLayers
 from ltdet2.modeling.extra_rows import ExtraRows
 from ltdet2.modeling.feature_sources import FeatureSource, MemoryFeatureSampler
 from ltdet2.modeling.losses import EquilibriumLoss
 
+from fixtures.indicators import BatchRecorder
 from fixtures.models import (
     NUM_CLASSES,
     long_tail_cfg,
@@ -213,31 +214,6 @@ def test_mfs_rows_come_from_memory_and_keep_mask_loss():
 
 
 # --- indicators: binding and updates from the predictor's own probabilities -----------------------
-
-
-class BatchRecorder(LearningStatusIndicator):
-    """Records the PredictorBatch the heads give the indicators."""
-
-    reads_probabilities = True
-
-    def __init__(self, num_classes):
-        super().__init__(num_classes)
-        self.batches = []
-
-    def update_from_predictions(self, batch):  # kept on the CPU, where the tests compare
-        self.batches.append(
-            dataclasses.replace(
-                batch,
-                **{
-                    f.name: getattr(batch, f.name).cpu()
-                    for f in dataclasses.fields(batch)
-                    if getattr(batch, f.name) is not None
-                },
-            )
-        )
-
-    def vector(self):
-        return torch.zeros(self.num_classes)
 
 
 class BackgroundSigmoidOutputLayers(LongTailOutputLayers):

@@ -16,10 +16,11 @@ from detectron2.config import instantiate
 
 from ltdet2.config.loce import add_mean_score, add_mfs
 from ltdet2.config.seesaw import add_seesaw
-from ltdet2.memory import LearningStatusIndicator, MeanScore, PredictorBatch, SoftConfusionMatrix, TruePositiveRate
+from ltdet2.memory import MeanScore, PredictorBatch, SoftConfusionMatrix, TruePositiveRate
 from ltdet2.modeling.box_predictors.scoring import ObjectnessSoftmaxScoring
 from ltdet2.modeling.indicator_links import predictor_batch, update_indicators
 
+from fixtures.indicators import BatchRecorder
 from fixtures.models import NUM_CLASSES, TEST_DEVICE, make_batch, small_model_cfg, train_losses
 
 K = 5
@@ -138,31 +139,6 @@ def test_indicators_read_the_k_plus_1_probabilities_and_the_k_class_logits_of_k_
 
 
 # --- a Seesaw model with score-reading indicators trains -------------------------------------------------------------
-
-
-class BatchRecorder(LearningStatusIndicator):
-    """Records (on the CPU) the PredictorBatch the heads give the indicators."""
-
-    reads_probabilities = True
-
-    def __init__(self, num_classes):
-        super().__init__(num_classes)
-        self.batches = []
-
-    def update_from_predictions(self, batch):
-        self.batches.append(
-            dataclasses.replace(
-                batch,
-                **{
-                    f.name: getattr(batch, f.name).cpu()
-                    for f in dataclasses.fields(batch)
-                    if getattr(batch, f.name) is not None
-                },
-            )
-        )
-
-    def vector(self):
-        return torch.zeros(self.num_classes)
 
 
 def seesaw_cfg_with_indicators():
