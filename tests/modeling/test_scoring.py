@@ -22,12 +22,19 @@ from ltdet2.modeling.box_predictors import (
     SoftmaxScoring,
 )
 from ltdet2.modeling.classifiers import CosineClassifier
-from ltdet2.modeling.extra_rows import ExtraRows, ExtraRowsBatch
+from ltdet2.modeling.extra_rows import ExtraRowsBatch
 from ltdet2.modeling.losses import ForegroundBalanceLoss
 
-from fixtures.models import NUM_CLASSES, TEST_DEVICE, long_tail_cfg, make_batch, small_model_cfg, train_losses
-
-FEATURE_DIM = 256  # the small model's box-head output
+from fixtures.models import (
+    NUM_CLASSES,
+    SMALL_BOX_FEATURE_DIM,
+    TEST_DEVICE,
+    long_tail_cfg,
+    make_batch,
+    predictor_rows_with_extras,
+    small_model_cfg,
+    train_losses,
+)
 
 
 def random_rows(num_rows=30, num_classes=4, seed=0, scale=3.0):
@@ -232,17 +239,7 @@ def test_a_custom_scoring_trains_on_extra_rows_with_their_weights():
     predictor = custom_model().roi_heads.box_predictor
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(7, NUM_CLASSES + 1, generator=generator).to(TEST_DEVICE)
-    labels = torch.tensor([0, 1, NUM_CLASSES, 2], device=TEST_DEVICE)
-    rows = ExtraRows(
-        features=torch.zeros(3, FEATURE_DIM, device=TEST_DEVICE),
-        labels=torch.tensor([3, 4, 5], device=TEST_DEVICE),
-        weights=torch.tensor([0.5, 2.0, 1.0], device=TEST_DEVICE),
-    )
-    proposals = Instances((32, 32))
-    proposals.proposal_boxes = Boxes(torch.tensor([[0.0, 0.0, 8.0, 8.0]] * 4, device=TEST_DEVICE))
-    proposals.gt_boxes = Boxes(torch.tensor([[1.0, 1.0, 9.0, 9.0]] * 4, device=TEST_DEVICE))
-    proposals.gt_classes = labels
-    deltas = torch.zeros(7, 4 * NUM_CLASSES, device=TEST_DEVICE)
+    labels, rows, proposals, deltas = predictor_rows_with_extras()
     with EventStorage(0):
         losses = predictor.losses((logits, deltas), [proposals], ExtraRowsBatch([rows]))
     all_labels = torch.cat([labels, rows.labels])
@@ -256,7 +253,7 @@ def test_a_cls_bias_init_or_a_classifier_module_takes_the_scorings_place_at_init
     predictor = custom_model(cls_bias_init=-1.0).roi_heads.box_predictor
     assert torch.equal(predictor.cls_score.bias, torch.full((NUM_CLASSES + 1,), -1.0, device=TEST_DEVICE))
     assert predictor.scoring.calls["init_bias"] == 0
-    classifier = L(CosineClassifier)(input_dim=FEATURE_DIM, num_classes=NUM_CLASSES)
+    classifier = L(CosineClassifier)(input_dim=SMALL_BOX_FEATURE_DIM, num_classes=NUM_CLASSES)
     predictor = custom_model(classifier=classifier).roi_heads.box_predictor
     assert isinstance(predictor.cls_score, CosineClassifier) and predictor.class_scoring == "temperature"
     assert predictor.scoring.calls["init_bias"] == 0  # the classifier initialises itself

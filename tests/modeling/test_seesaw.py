@@ -14,7 +14,6 @@ from torch.nn import functional as F
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
-from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from ltdet2.config.long_tail import use_long_tail_heads
@@ -30,15 +29,16 @@ from fixtures.models import (
     NUM_CLASSES,
     ROOT,
     SHORT_RUN_OVERRIDES,
+    SMALL_BOX_FEATURE_DIM,
     TEST_DEVICE,
     TINY_LT_SHAPES,
     make_batch,
+    predictor_rows_with_extras,
     small_model_cfg,
     tiny_run_overrides,
     train_losses,
 )
 
-FEATURE_DIM = 256  # the small model's box-head output
 K = 5
 COUNTS = [0, 3, 50, 1000, 7]  # class 0 never seen: N clamped at 1
 
@@ -246,7 +246,9 @@ def test_add_seesaw_builds_the_k_plus_2_predictor():
 def test_a_classifier_with_another_logit_count_and_loss_scoring_mismatches_are_refused():
     cfg = small_model_cfg()
     add_seesaw(cfg)
-    cfg.roi_heads.box_predictor.classifier = L(CosineClassifier)(input_dim=FEATURE_DIM, num_classes=NUM_CLASSES)
+    cfg.roi_heads.box_predictor.classifier = L(CosineClassifier)(
+        input_dim=SMALL_BOX_FEATURE_DIM, num_classes=NUM_CLASSES
+    )
     with pytest.raises(
         ValueError,
         match=r"CosineClassifier gives 7 logit columns, but the scoring "
@@ -349,19 +351,9 @@ def test_predictor_losses_with_extra_rows_and_their_weights():
     predictor.cls_loss.bound_indicator.counts.copy_(indicator_counts)
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(7, NUM_CLASSES + 2, generator=generator).to(TEST_DEVICE)
-    labels = torch.tensor([0, 1, NUM_CLASSES, 2], device=TEST_DEVICE)
-    from ltdet2.modeling.extra_rows import ExtraRows, ExtraRowsBatch
+    from ltdet2.modeling.extra_rows import ExtraRowsBatch
 
-    rows = ExtraRows(
-        features=torch.zeros(3, FEATURE_DIM, device=TEST_DEVICE),
-        labels=torch.tensor([3, 4, 5], device=TEST_DEVICE),
-        weights=torch.tensor([0.5, 2.0, 1.0], device=TEST_DEVICE),
-    )
-    proposals = Instances((32, 32))
-    proposals.proposal_boxes = Boxes(torch.tensor([[0.0, 0.0, 8.0, 8.0]] * 4, device=TEST_DEVICE))
-    proposals.gt_boxes = Boxes(torch.tensor([[1.0, 1.0, 9.0, 9.0]] * 4, device=TEST_DEVICE))
-    proposals.gt_classes = labels
-    deltas = torch.zeros(7, 4 * NUM_CLASSES, device=TEST_DEVICE)
+    labels, rows, proposals, deltas = predictor_rows_with_extras()
     with EventStorage(0) as storage:
         losses = predictor.losses((logits, deltas), [proposals], ExtraRowsBatch([rows]))
     all_labels = torch.cat([labels, rows.labels])
