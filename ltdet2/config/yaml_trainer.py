@@ -39,7 +39,7 @@ from ltdet2.data.copy_paste import CopyPasteMapper
 from ltdet2.data.samplers import repeat_factor_sampler
 from ltdet2.engine.freezing import check_frozen_terms, freeze_all_but
 from ltdet2.evaluation import LTLVISEvaluator
-from ltdet2.hooks.memory_warmup import MemoryWarmup, warm_up_memories
+from ltdet2.hooks.memory_warmup import MemoryWarmup
 from ltdet2.modeling import LongTailROIHeads
 
 from .yaml_config import check_ltdet2_config, ltdet2_methods_on
@@ -184,15 +184,8 @@ class YAMLMemoryWarmup(MemoryWarmup):
     training data (``DATASETS.TRAIN`` through the training mapper, ``SOLVER.IMS_PER_BATCH`` images per forward
     over all processes, image choice seeded with ``SEED``, 0 when negative)."""
 
-    def before_train(self):
-        if self.trainer.resumed_from:
-            return  # the memories come back from the checkpoint
-        warm_up_memories(
-            self.trainer.model,
-            _lazy_view(self.trainer.cfg),
-            images_per_class=self.images_per_class,
-            deduplicate=self.deduplicate,
-        )
+    def phase_config(self):
+        return _lazy_view(self.trainer.cfg)
 
 
 class LongTailTrainer(DefaultTrainer):

@@ -42,8 +42,16 @@ class MemoryWarmup(HookBase):
         if self.trainer.resumed_from:
             return  # the memories come back from the checkpoint
         warm_up_memories(
-            self.trainer.model, self.trainer.cfg, images_per_class=self.images_per_class, deduplicate=self.deduplicate
+            self.trainer.model,
+            self.phase_config(),
+            images_per_class=self.images_per_class,
+            deduplicate=self.deduplicate,
         )
+
+    def phase_config(self):
+        """The config :func:`warm_up_memories` reads (the training data, batch, class count, seed): the engine's
+        ``trainer.cfg``. A trainer with another kind of config overrides this."""
+        return self.trainer.cfg
 
     def __repr__(self):
         return f"MemoryWarmup(images_per_class={self.images_per_class}, deduplicate={self.deduplicate})"
