@@ -24,6 +24,17 @@ phase (``train.teacher_from_phase``) trains with its teacher, the named phase's 
     python scripts/benchmark_step_time.py --config-file projects/lst_ablation.py --baseline-phase no_distill_1 \
         --method-phase incremental_1 --checkpoint output/lst_ablation/seed0/base/model_final.pth \
         train.output_dir=output/lst_ablation/seed0
+
+Overrides (``key=value``) apply to both phases; ``--baseline-opts`` / ``--method-opts`` to one. With one phase on
+both sides and opts on one, it is an A/B of the same model with and without a change, e.g. the CPU poolers of issue 29
+(the small models' default) against Detectron2's:
+
+    python scripts/benchmark_step_time.py --config-file projects/baseline.py --baseline-phase train \
+        --method-phase train --output docs/results/speed/step_faster_rcnn.json \
+        --baseline-opts model.roi_heads.box_pooler.fast_backward=False
+
+The first step's losses of both models (same weights, same batch) are compared and reported (``first_step_losses``),
+so a change that should keep the numbers shows that it does.
 """
 
 import argparse
@@ -67,6 +78,14 @@ def step(model, optimizer, batch):
     optimizer.step()
 
 
+def first_losses(model, batch):
+    """The model's losses on ``batch`` (a forward only, no update; the RoI sampling seeded alike): equal on both sides
+    when a change keeps values."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return {name: float(value) for name, value in model(batch).items()}
+
+
 def synchronize(model):
     device = next(model.parameters()).device
     if device.type == "cuda":
@@ -84,7 +103,7 @@ def timed_block(model, optimizer, batches):
     return times
 
 
-def step_time_result(baseline_times, method_times, *, baseline_phase, method_phase, settings):
+def step_time_result(baseline_times, method_times, *, baseline_phase, method_phase, settings, first_step_losses=None):
     """The results file's dict: each phase's step times (s) and median (ms), the ratio of the medians
     (method / baseline), the settings, machine, commit and command."""
     baseline_median, method_median = statistics.median(baseline_times), statistics.median(method_times)
@@ -92,6 +111,7 @@ def step_time_result(baseline_times, method_times, *, baseline_phase, method_pha
         "baseline": {"phase": baseline_phase, "median_ms": baseline_median * 1000, "step_s": list(baseline_times)},
         "method": {"phase": method_phase, "median_ms": method_median * 1000, "step_s": list(method_times)},
         "ratio": method_median / baseline_median,
+        "first_step_losses": first_step_losses,
         "settings": settings,
         "machine": machine_description(),
         "commit": git_commit(),
@@ -102,8 +122,8 @@ def step_time_result(baseline_times, method_times, *, baseline_phase, method_pha
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--baseline-phase", required=True)
-    parser.add_argument("--method-phase", required=True)
+    parser.add_argument("--baseline-phase", default=None, help="needed when the config has several phases")
+    parser.add_argument("--method-phase", default=None, help="needed when the config has several phases")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=5)
@@ -111,20 +131,28 @@ def main():
         "--checkpoint", default=None, help="weights to start both models from (e.g. the pretrain's model_final.pth)"
     )
     parser.add_argument("--output", default=None, help="JSON file for the step times, ratio and settings")
+    parser.add_argument("--baseline-opts", nargs="*", default=[], help="overrides of the baseline phase only")
+    parser.add_argument("--method-opts", nargs="*", default=[], help="overrides of the method phase only")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
-    cfg = load_config(args.config_file, args.overrides)
-    resolved = resolve_phases(cfg)
-    chain_teachers(resolved)  # a teacher-student phase gets its teacher as the runner gives it
-    phases = {p.name: p for p in resolved}
-    for name in (args.baseline_phase, args.method_phase):
-        if name not in phases:
-            parser.error(f"phase {name!r}: {args.config_file} has phases {list(phases)}")
+    sides = {}
+    for side, phase_name, opts in (
+        ("baseline", args.baseline_phase, args.baseline_opts),
+        ("method", args.method_phase, args.method_opts),
+    ):
+        resolved = resolve_phases(load_config(args.config_file, [*args.overrides, *opts]))
+        chain_teachers(resolved)  # a teacher-student phase gets its teacher as the runner gives it
+        phases = {p.name: p for p in resolved}
+        if phase_name is None and len(phases) == 1:
+            phase_name = next(iter(phases))
+        if phase_name not in phases:
+            parser.error(f"phase {phase_name!r}: {args.config_file} has phases {list(phases)}")
+        sides[side] = (phases[phase_name], resolved)
     # the baseline's training set, when the phase derives it (e.g. LST's phase sets), is built as the runner does
-    baseline_phase = phases[args.baseline_phase]
+    baseline_phase, resolved = sides["baseline"]
     prepare_derived_datasets(baseline_phase, resolved, derived_dataset_builders(baseline_phase.cfg))
-    baseline_cfg, method_cfg = baseline_phase.cfg, phases[args.method_phase].cfg
+    baseline_cfg, method_cfg = baseline_phase.cfg, sides["method"][0].cfg
     baseline, baseline_optimizer = build(baseline_cfg)
     if args.checkpoint:
         DetectionCheckpointer(baseline).load(args.checkpoint)
@@ -134,6 +162,10 @@ def main():
 
     baseline_times, method_times = [], []
     with EventStorage(0):
+        first_step_losses = {
+            "baseline": first_losses(baseline, batches[0]),
+            "method": first_losses(method, batches[0]),
+        }
         for model, optimizer in ((baseline, baseline_optimizer), (method, method_optimizer)):
             timed_block(model, optimizer, batches[: args.warmup])  # warm-up: allocator, memory fill
         for _ in range(args.rounds):
@@ -146,6 +178,9 @@ def main():
         "config_file": args.config_file,
         "checkpoint": args.checkpoint,
         "batch_size": baseline_cfg.dataloader.train.total_batch_size,
+        "baseline_opts": args.baseline_opts,
+        "method_opts": args.method_opts,
+        "overrides": args.overrides,
         "rounds": args.rounds,
         "steps": args.steps,
         "warmup": args.warmup,
@@ -157,9 +192,10 @@ def main():
     result = step_time_result(
         baseline_times,
         method_times,
-        baseline_phase=args.baseline_phase,
-        method_phase=args.method_phase,
+        baseline_phase=baseline_phase.name,
+        method_phase=sides["method"][0].name,
         settings=settings,
+        first_step_losses=first_step_losses,
     )
     print(
         f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
@@ -169,9 +205,19 @@ def main():
         f"batch: {baseline_cfg.dataloader.train.total_batch_size} images; "
         f"{args.rounds} rounds x {args.steps} steps per model, after {args.warmup} warm-up steps"
     )
-    print(f"{args.baseline_phase}: median step {result['baseline']['median_ms']:.1f} ms")
-    print(f"{args.method_phase}: median step {result['method']['median_ms']:.1f} ms")
-    print(f"ratio {args.method_phase} / {args.baseline_phase}: {result['ratio']:.3f}x")
+    labels = {}
+    for side, opts in (("baseline", args.baseline_opts), ("method", args.method_opts)):
+        labels[side] = f"{side} (phase {result[side]['phase'] or '-'}{', ' + ' '.join(opts) if opts else ''})"
+        print(f"{labels[side]}: median step {result[side]['median_ms']:.1f} ms")
+    print(f"ratio method / baseline: {result['ratio']:.3f}x")
+    differences = {
+        name: abs(value - first_step_losses["method"][name])
+        for name, value in first_step_losses["baseline"].items()
+        if name in first_step_losses["method"]
+    }
+    if differences:
+        worst = max(differences, key=differences.get)
+        print(f"first step's losses: largest difference {differences[worst]:.3g} ({worst})")
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         write_json_atomic(args.output, result, indent=1)

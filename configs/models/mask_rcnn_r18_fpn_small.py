@@ -6,6 +6,8 @@ from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BasicStem, ResNet
 
+from ltdet2.layers import FastCPUROIPooler
+
 from .mask_rcnn_r50_fpn import model
 
 FPN_CHANNELS = 128
@@ -28,3 +30,13 @@ model.roi_heads.box_head.fc_dims = [256, 256]
 model.roi_heads.box_predictor.input_shape = ShapeSpec(channels=256)
 model.roi_heads.mask_head.input_shape = ShapeSpec(channels=FPN_CHANNELS, width=14, height=14)
 model.roi_heads.mask_head.conv_dims = [FPN_CHANNELS] * 3
+
+# CPU speed (issue 29; docs/benchmarks.md): the poolers' RoIAlign backward runs as matmuls on CPU (torchvision's
+# one-thread kernel was half of a training step), and the mask head's convolutions in channels-last layout. Same
+# values up to float rounding; on CUDA, and in inference, the poolers are Detectron2's. fast_backward=False and
+# channels_last=False give Detectron2's poolers exactly (the A/B switch of scripts/benchmark_step_time.py).
+model.roi_heads.box_pooler._target_ = FastCPUROIPooler
+model.roi_heads.box_pooler.fast_backward = True
+model.roi_heads.mask_pooler._target_ = FastCPUROIPooler
+model.roi_heads.mask_pooler.fast_backward = True
+model.roi_heads.mask_pooler.channels_last = True

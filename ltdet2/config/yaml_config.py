@@ -47,6 +47,7 @@ CLASSIFIERS = ("", "CosineClassifier", "WeightNormCosineClassifier")  # "": Dete
 CLASS_SCORINGS = ("softmax", "sigmoid_background")
 STORAGE_DTYPES = ("", "float16", "bfloat16")
 REPLAY_MODES = ("recent", "random")
+MASK_INFERENCE_DTYPES = ("float32", "bfloat16")  # ltdet2.modeling.roi_heads.long_tail_roi_heads
 
 
 def add_ltdet2_config(cfg):
@@ -69,6 +70,15 @@ def add_ltdet2_config(cfg):
     # How logits become test-time probabilities (and the default loss): "softmax" (Detectron2's; its sigmoid with
     # MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE) or "sigmoid_background" (BACL: C+1 sigmoids, background last, biases -ln 999)
     _C.MODEL.LTDET2.CLASS_SCORING = "softmax"
+    # The mask head's precision at inference: "float32" (Detectron2's) or "bfloat16" (autocast; faster on CPUs with
+    # bf16 instructions; check AP first). LongTailROIHeads only.
+    _C.MODEL.LTDET2.MASK_INFERENCE_DTYPE = "float32"
+    # CPU speed (ltdet2.layers.FastCPUROIPooler): the box and mask poolers' RoIAlign backward as matmuls on CPU
+    # (CUDA and inference keep torchvision's kernels), and the mask features in channels-last layout on CPU. Same
+    # values up to float rounding. Applied to any ROI heads' poolers by ltdet2's trainer (LongTailTrainer.build_model);
+    # Base-LT-Shapes.yaml turns both on, as the small LazyConfig models do.
+    _C.MODEL.LTDET2.CPU_POOLERS = False
+    _C.MODEL.LTDET2.MASK_CHANNELS_LAST = False
 
     # --- LOCE (Feng et al., ICCV 2021) ------------------------------------------------------------------------------
     # The mean classification score s read by EBL and MFS (added when either is on)
@@ -216,6 +226,7 @@ def check_ltdet2_config(cfg):
     _check_choice("MFS.STORAGE_DTYPE", options.MFS.STORAGE_DTYPE, STORAGE_DTYPES)
     _check_choice("REPLAY.STORAGE_DTYPE", options.REPLAY.STORAGE_DTYPE, STORAGE_DTYPES)
     _check_choice("REPLAY.MODE", options.REPLAY.MODE, REPLAY_MODES)
+    _check_choice("MASK_INFERENCE_DTYPE", options.MASK_INFERENCE_DTYPE, MASK_INFERENCE_DTYPES)
     if options.EBL.ENABLED and options.FCBL.ENABLED:
         raise ValueError(
             "MODEL.LTDET2: EBL.ENABLED and FCBL.ENABLED are both classification losses; turn one of them off"

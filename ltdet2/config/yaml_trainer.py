@@ -40,6 +40,7 @@ from ltdet2.data.samplers import repeat_factor_sampler
 from ltdet2.engine.freezing import check_frozen_terms, freeze_all_but
 from ltdet2.evaluation import LTLVISEvaluator
 from ltdet2.hooks.memory_warmup import MemoryWarmup
+from ltdet2.layers import FastCPUROIPooler
 from ltdet2.modeling import LongTailROIHeads
 
 from .yaml_config import check_ltdet2_config, ltdet2_methods_on
@@ -188,6 +189,17 @@ class YAMLMemoryWarmup(MemoryWarmup):
         return _lazy_view(self.trainer.cfg)
 
 
+def use_cpu_poolers(roi_heads, *, mask_channels_last):
+    """Replaces the box and mask poolers of ``roi_heads`` (Detectron2's ``ROIPooler``, as the YAML config builds them)
+    with :class:`~ltdet2.layers.FastCPUROIPooler` of the same settings, as the small LazyConfig models configure them:
+    ``mask_channels_last`` for the mask pooler. Poolers hold no state: checkpoints load alike."""
+    for name in ("box_pooler", "mask_pooler"):
+        pooler = getattr(roi_heads, name, None)
+        if pooler is not None:
+            channels_last = mask_channels_last and name == "mask_pooler"
+            setattr(roi_heads, name, FastCPUROIPooler.from_roi_pooler(pooler, channels_last=channels_last))
+
+
 class LongTailTrainer(DefaultTrainer):
     """Detectron2's :class:`DefaultTrainer` with ltdet2's methods (the module docstring): ``MODEL.LTDET2`` is checked
     first (:func:`check_yaml_config`), then the model is built and frozen, the loader built with ltdet2's sampler
@@ -209,9 +221,12 @@ class LongTailTrainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        """Detectron2's model, the parameters ``MODEL.LTDET2.TRAINABLE`` leaves out frozen (a loss term left without
+        """Detectron2's model, its ROI heads' poolers ltdet2's CPU ones where ``MODEL.LTDET2.CPU_POOLERS`` says
+        (:func:`use_cpu_poolers`), the parameters ``MODEL.LTDET2.TRAINABLE`` leaves out frozen (a loss term left without
         a trainable parameter is refused: :func:`ltdet2.engine.freezing.check_frozen_terms`)."""
         model = super().build_model(cfg)
+        if cfg.MODEL.LTDET2.CPU_POOLERS:
+            use_cpu_poolers(model.roi_heads, mask_channels_last=cfg.MODEL.LTDET2.MASK_CHANNELS_LAST)
         freeze_all_but(model, trainable_patterns(cfg), key="MODEL.LTDET2.TRAINABLE")
         check_frozen_terms(model)
         return model

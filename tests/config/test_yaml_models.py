@@ -235,3 +235,26 @@ def test_lt_shapes_input_is_used_at_its_native_size():
         for augmentation in detection_utils.build_augmentation(cfg, is_train):
             transform = augmentation.get_transform(torch.zeros(128, 96, 3).numpy())
             assert transform.apply_image(torch.zeros(128, 96, 3).numpy()).shape == (128, 96, 3)
+
+
+def test_cpu_poolers_and_mask_inference_dtype():
+    """MODEL.LTDET2.CPU_POOLERS / MASK_CHANNELS_LAST (on in Base-LT-Shapes.yaml) give the poolers of the small
+    LazyConfig Mask R-CNN; off, Detectron2's ROIPooler. MASK_INFERENCE_DTYPE reaches LongTailROIHeads."""
+    from detectron2.modeling.poolers import ROIPooler
+
+    from ltdet2.layers import FastCPUROIPooler
+
+    cfg = yaml_cfg("loce_lt_shapes.yaml", "MODEL.WEIGHTS", "", "MODEL.MASK_ON", "True")
+    cfg.MODEL.LTDET2.MASK_INFERENCE_DTYPE = "bfloat16"
+    heads = LongTailTrainer.build_model(cfg).roi_heads
+    lazy = LazyConfig.load(os.path.join(ROOT, "configs", "models", "mask_rcnn_r18_fpn_small.py")).model.roi_heads
+    assert type(heads.box_pooler) is FastCPUROIPooler and type(heads.mask_pooler) is FastCPUROIPooler
+    assert (heads.box_pooler.channels_last, heads.mask_pooler.channels_last) == (False, True)
+    assert (lazy.box_pooler.get("channels_last", False), lazy.mask_pooler.channels_last) == (False, True)
+    assert repr(heads.mask_pooler) == repr(instantiate(lazy.mask_pooler))
+    assert heads.mask_inference_dtype == "bfloat16"
+
+    off = LongTailTrainer.build_model(
+        yaml_cfg("loce_lt_shapes.yaml", "MODEL.WEIGHTS", "", "MODEL.LTDET2.CPU_POOLERS", "False")
+    ).roi_heads
+    assert type(off.box_pooler) is ROIPooler

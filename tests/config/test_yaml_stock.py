@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_model
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers, StandardROIHeads
 
@@ -19,10 +19,15 @@ BASE = os.path.join(ROOT, "configs", "yaml", "Base-LT-Shapes.yaml")
 
 
 def small_cfg(roi_heads, *, mask, ltdet2=True):
+    """Base-LT-Shapes.yaml's model; with ``ltdet2=False`` in a stock Detectron2 config, without its MODEL.LTDET2
+    section (the CPU poolers; Detectron2's own keys only)."""
     cfg = get_cfg()
+    base = CfgNode(CfgNode.load_yaml_with_base(BASE))
     if ltdet2:
         add_ltdet2_config(cfg)
-    cfg.merge_from_file(BASE)
+    else:
+        base.MODEL.pop("LTDET2")
+    cfg.merge_from_other_cfg(base)
     cfg.MODEL.ROI_HEADS.NAME = roi_heads
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = NUM_CLASSES
     cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32

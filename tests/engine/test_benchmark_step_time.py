@@ -14,3 +14,4 @@ def test_step_time_result_holds_the_medians_their_ratio_and_the_step_times(monke
     assert result["method"]["median_ms"] == 275.0 and result["ratio"] == 0.275 / 0.2
     assert result["command"] == "scripts/benchmark_step_time.py --config-file p.py --rounds 2"
     assert result["settings"] == {"rounds": 2} and "cores" in result["machine"] and "commit" in result
+    assert result["first_step_losses"] is None  # not given here; main() records both sides' first-step losses

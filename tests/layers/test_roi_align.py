@@ -246,20 +246,52 @@ def test_roi_pooler_with_fast_level_poolers():
     assert sum(g.abs().sum() for g in results[0][1]) > 0
 
 
-def test_small_mask_rcnn_training_step():
-    """The small CPU Mask R-CNN with FastCPUROIPooler (the config hook) or use_fast_cpu_roi_align (the module swap):
-    the same losses, and the same gradients up to float rounding, as the stock model."""
+def test_pooler_channels_last_and_stock_switch():
+    """channels_last: the same pooled values, in NHWC layout on CPU; fast_backward=False: Detectron2's ROIAlign."""
+    generator = torch.Generator().manual_seed(9)
+    scales = (1 / 4, 1 / 8)
+    features = [torch.randn(2, 5, 32 // int(1 / s), 32 // int(1 / s), generator=generator) for s in scales]
+    boxes = [
+        Boxes(torch.tensor([[1.0, 2.0, 20.0, 25.0], [0.0, 0.0, 31.0, 31.0]])),
+        Boxes(torch.tensor([[4.0, 4.0, 9.0, 9.0]])),
+    ]
+    stock = ROIPooler((14, 14), scales, 0, "ROIAlignV2")(features, boxes)
+    nhwc = FastCPUROIPooler((14, 14), scales, 0, "ROIAlignV2", channels_last=True)(features, boxes)
+    assert not stock.is_contiguous(memory_format=torch.channels_last)
+    assert nhwc.is_contiguous(memory_format=torch.channels_last) and nhwc.shape == (3, 5, 14, 14)
+    assert torch.equal(nhwc, stock)
+    plain = FastCPUROIPooler((14, 14), scales, 0, "ROIAlignV2", fast_backward=False)
+    assert all(type(p) is ROIAlign for p in plain.level_poolers)
+    assert torch.equal(plain(features, boxes), stock) and plain(features, boxes).is_contiguous()
+
+
+def test_small_models_use_the_cpu_poolers():
     from detectron2.config import instantiate
 
-    from fixtures.models import make_batch, small_model_cfg, train_losses
+    from fixtures.models import small_model_cfg
+
+    model = instantiate(small_model_cfg(mask=True))
+    box_pooler, mask_pooler = model.roi_heads.box_pooler, model.roi_heads.mask_pooler
+    assert type(box_pooler) is FastCPUROIPooler and not box_pooler.channels_last
+    assert type(mask_pooler) is FastCPUROIPooler and mask_pooler.channels_last
+    assert sum(type(m) is FastCPUROIAlign for m in model.modules()) == 8  # p2-p5 of the box and of the mask pooler
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_small_mask_rcnn_training_step(channels_last):
+    """The small CPU Mask R-CNN with FastCPUROIPooler (the config's default, with or without the channels-last mask
+    features) or use_fast_cpu_roi_align (the module swap): the same losses up to float rounding (exactly, without
+    channels-last), and the same gradients up to float rounding, as the model with Detectron2's poolers."""
+    from detectron2.config import instantiate
+
+    from fixtures.models import make_batch, small_model_cfg, train_losses, with_stock_poolers
 
     cfg = small_model_cfg(mask=True)
+    cfg.roi_heads.mask_pooler.channels_last = channels_last
+    stock_cfg = with_stock_poolers(cfg)
     torch.manual_seed(0)
-    stock = instantiate(cfg)
-    fast_cfg = copy.deepcopy(cfg)
-    fast_cfg.roi_heads.box_pooler._target_ = FastCPUROIPooler
-    fast_cfg.roi_heads.mask_pooler._target_ = FastCPUROIPooler
-    by_config = instantiate(fast_cfg)
+    stock = instantiate(stock_cfg)
+    by_config = instantiate(cfg)
     by_config.load_state_dict(stock.state_dict())
     by_swap = copy.deepcopy(stock)
     assert use_fast_cpu_roi_align(by_swap) == 8  # p2-p5 of the box and of the mask pooler
@@ -272,8 +304,13 @@ def test_small_mask_rcnn_training_step():
         sum(losses.values()).backward()
         grads.append((losses, {name: p.grad for name, p in model.named_parameters() if p.grad is not None}))
     stock_losses, stock_grads = grads[0]
+    assert stock_losses["loss_mask"] > 0
     for losses, model_grads in grads[1:]:
-        assert {k: v.item() for k, v in losses.items()} == {k: v.item() for k, v in stock_losses.items()}
+        if channels_last and losses is grads[1][0]:
+            for name, value in losses.items():
+                torch.testing.assert_close(value, stock_losses[name], atol=0, rtol=1e-6, msg=name)
+        else:
+            assert {k: v.item() for k, v in losses.items()} == {k: v.item() for k, v in stock_losses.items()}
         assert model_grads.keys() == stock_grads.keys()
         for name, grad in model_grads.items():
             torch.testing.assert_close(grad, stock_grads[name], atol=1e-6, rtol=1e-4, msg=name)

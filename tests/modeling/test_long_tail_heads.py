@@ -386,3 +386,37 @@ def test_missing_indicator_is_a_build_error_naming_it(where):
         r"have \['mean_score'\]",
     ):
         instantiate(cfg)
+
+
+def test_bfloat16_mask_inference():
+    """mask_inference_dtype="bfloat16": the same training losses and the same boxes, scores and classes; the mask
+    head (not the mask pooler) runs in bf16 and the mask probabilities come back as float32, within bf16 rounding."""
+    float32, bfloat16 = paired_models(mask=True)
+    bfloat16 = instantiate(long_tail_cfg(small_model_cfg(mask=True), mask_inference_dtype="bfloat16"))
+    bfloat16.load_state_dict(float32.state_dict())
+    bfloat16.to(float32.device)
+    batch = make_batch(mask=True)
+    losses, bf16_losses = train_losses(float32, batch), train_losses(bfloat16, batch)
+    assert {k: v.item() for k, v in losses.items()} == {k: v.item() for k, v in bf16_losses.items()}
+
+    dtypes = []
+    bfloat16.roi_heads.mask_pooler.register_forward_hook(lambda m, i, out: dtypes.append(("pooler", out.dtype)))
+    bfloat16.roi_heads.mask_head.predictor.register_forward_hook(lambda m, i, out: dtypes.append(("head", out.dtype)))
+    outputs = []
+    for model in (float32, bfloat16):
+        model.eval()
+        with torch.no_grad():
+            outputs.append([r for r in model.inference(batch, do_postprocess=False)])
+    assert dtypes == [("pooler", torch.float32), ("head", torch.bfloat16)]
+    for expected, actual in zip(*outputs, strict=True):
+        assert len(expected) > 0
+        assert torch.equal(expected.pred_boxes.tensor, actual.pred_boxes.tensor)
+        assert torch.equal(expected.scores, actual.scores) and torch.equal(expected.pred_classes, actual.pred_classes)
+        assert actual.pred_masks.dtype == torch.float32 and actual.pred_masks.shape == expected.pred_masks.shape
+        difference = (actual.pred_masks - expected.pred_masks).abs().max().item()
+        assert 0 < difference < 2e-2
+
+
+def test_unknown_mask_inference_dtype_is_refused():
+    with pytest.raises(ValueError, match=r"mask_inference_dtype 'float16': expected one of \['bfloat16', 'float32'\]"):
+        instantiate(long_tail_cfg(small_model_cfg(mask=True), mask_inference_dtype="float16"))

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 _KEPT_ROI_FIELDS = ("proposal_boxes", "gt_classes", "gt_indices", "gt_boxes")
+# mask_inference_dtype -> autocast dtype of the mask head at inference (None: no autocast)
+MASK_INFERENCE_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
 _STORAGE_DTYPES = {"": None, "float16": torch.float16, "bfloat16": torch.bfloat16}  # MODEL.LTDET2.*.STORAGE_DTYPE
 
 
@@ -110,6 +112,11 @@ class LongTailROIHeads(StandardROIHeads):
         indicators: name -> learning-status indicator (or its LazyConfig); owned (and checkpointed)
             here and bound by name to every module under the heads that reads them (feature sources,
             the predictor's loss or classifier: :class:`~ltdet2.modeling.indicator_links.IndicatorUser`).
+        mask_inference_dtype: ``"float32"`` (default, Detectron2's) or ``"bfloat16"``: at inference the mask head
+            runs under bf16 autocast (its convolutions and deconvolution; the mask pooler stays float32, as
+            torchvision's autocast rule for RoIAlign keeps it) and its ``pred_masks`` come back as float32
+            probabilities. About 2x faster mask head on CPUs with bf16 instructions; masks differ by bf16 rounding
+            (3 significant digits), so check AP before using it (``docs/benchmarks.md``). Training is unchanged.
         other arguments: those of :class:`StandardROIHeads`.
     """
 
@@ -119,9 +126,15 @@ class LongTailROIHeads(StandardROIHeads):
         *,
         feature_sources: Sequence[nn.Module] = (),
         indicators: dict[str, nn.Module] | None = None,
+        mask_inference_dtype: str = "float32",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if mask_inference_dtype not in MASK_INFERENCE_DTYPES:
+            raise ValueError(
+                f"mask_inference_dtype {mask_inference_dtype!r}: expected one of {sorted(MASK_INFERENCE_DTYPES)}"
+            )
+        self.mask_inference_dtype = mask_inference_dtype
         self.feature_sources = nn.ModuleList(feature_sources)
         # LazyConfig does not instantiate the values of a plain dict; do it here
         self.indicators = nn.ModuleDict({name: instantiate(value) for name, value in (indicators or {}).items()})
@@ -180,6 +193,7 @@ class LongTailROIHeads(StandardROIHeads):
         from ltdet2.config.yaml_config import check_ltdet2_config, ltdet2_methods_on
 
         check_ltdet2_config(cfg)
+        ret["mask_inference_dtype"] = cfg.MODEL.LTDET2.MASK_INFERENCE_DTYPE
         if not ltdet2_methods_on(cfg):
             return ret
         options = cfg.MODEL.LTDET2
@@ -246,6 +260,19 @@ class LongTailROIHeads(StandardROIHeads):
         ret["indicators"] = indicators
         ret["feature_sources"] = sources
         return ret
+
+    def _forward_mask(self, features, instances):
+        """StandardROIHeads' mask branch; at inference with ``mask_inference_dtype="bfloat16"`` under bf16 autocast,
+        its ``pred_masks`` cast back to float32."""
+        dtype = MASK_INFERENCE_DTYPES[self.mask_inference_dtype]
+        if self.training or dtype is None or not self.mask_on:
+            return super()._forward_mask(features, instances)
+        device_type = next(iter(features.values())).device.type
+        with torch.autocast(device_type, dtype=dtype):
+            instances = super()._forward_mask(features, instances)
+        for instances_per_image in instances:
+            instances_per_image.pred_masks = instances_per_image.pred_masks.float()
+        return instances
 
     @property
     def is_stock(self):
