@@ -5,7 +5,7 @@ per finished (entry, seed), and rebuilds the table and plots from those files al
     python scripts/leaderboard.py [key=value ...] [--entries ce loce ...] [--seeds 0 1 2] [--dry-run]
     python scripts/leaderboard.py --quick              # fewer iterations, seed 0, its own folders (< 30 min)
     python scripts/leaderboard.py --from-results       # only the table and plots, from <docs-dir>/results
-    python scripts/leaderboard.py --jobs 2             # the seeds as 2 concurrent processes, cores split between them
+    python scripts/leaderboard.py --jobs 2             # the phases of all seeds, 2 processes at a time
     python scripts/leaderboard.py --from-results --docs-dir docs/leaderboard   # the committed table and plots
 
 By default everything is written under output/: training folders in ``output/leaderboard[_quick]``, results files,
@@ -28,15 +28,31 @@ APc, APf, mask AP, mask APr and wall time per entry, and the paired differences 
 ``<docs-dir>/apr_vs_apf.png``, ``<docs-dir>/per_class_ap/<entry>.png`` and ``<docs-dir>/ap_by_image_count.png``
 (every entry's mean per-class AP per bin of training image count).
 
+``--jobs N`` (N > 1) schedules phases instead of running them one after another: every phase that the wanted
+(entry, seed) pairs still lack is one job (seed, phase), a shared phase one per seed, waiting for its input phases
+of the same seed (ltdet2.engine.leaderboard.phase_jobs); the chains are independent otherwise (``pretrain``,
+``bacl_representation`` and ``lst_base`` need nothing; after ``pretrain`` all its fine-tunes can run). Up to N jobs
+run at once, each a ``lazyconfig_train_net.py --phase NAME`` process logging to ``<seed folder>/logs/<phase>.log``;
+of the ready jobs, the one with the longest remaining path in iterations (its ``train.max_iter`` plus the longest
+of the jobs that need it) starts first, ties by seed then the project's order. A job gets ``cores // min(N, jobs
+running and ready when it starts)`` threads (OMP_NUM_THREADS, MKL_NUM_THREADS; at least 1), so one that starts
+alone gets all the cores; its phase's ``leaderboard_wall.json`` records them, and the entry's results file the
+threads of its last phase. A results file is written as soon as its chain is done. A failed phase's dependents are
+not started, the other jobs go on, and the run ends with an error naming each failed phase and its log; otherwise
+the table and plots are rebuilt once, when all have finished. The script holds the lock of every seed's folder
+meanwhile. ``--dry-run --jobs N`` lists the jobs in the order they are preferred, with what each waits for and
+its priority.
+
 Budget, 2 AMD EPYC cores, no GPU. Measured: the small Mask R-CNN trains at 1.58 s per iteration (batch 8, quiet
 machine, nice 10; 4-19 s when other trainings share the cores). An evaluation of an entry (400 val images, score
 1e-4, 300 detections, box and mask) took ~5 min for a trained model on busy cores (README, LST); a barely trained
 model keeps 300 detections per image and takes ~10 s per image on busy cores, hence only entries are evaluated
 and --quick evaluates COCO-style. Per seed: 3 first phases x 300 + 10 entries x 150 = 2,400 iterations + 10
-evaluations. Measured (the results files' phase wall times, 2026-11-23): seed 0 alone (2 threads) 2.89 h, ~2.5 h
-without the other work that shared the cores then; seeds 1 and 2 together (``--jobs 2``, two 1-thread processes)
-3.79 h, ~1.5x one seed. All 3 seeds: 6.68 h (~6.3 h quiet) instead of ~7.5 h one after another; ``--jobs 2`` over
-3 seeds runs that schedule (two seeds together, then the third alone with both cores). ``--quick``
+evaluations. Measured (the results files' phase wall times, 2026-11-23, with the ``--jobs`` of then, which ran
+whole seeds as processes, the cores split between them): seed 0 alone (2 threads) 2.89 h, ~2.5 h without the other
+work that shared the cores then; seeds 1 and 2 together (``--jobs 2``, two 1-thread processes) 3.79 h, ~1.5x one
+seed. All 3 seeds: 6.68 h (~6.3 h quiet) instead of ~7.5 h one after another (two seeds together, then the third
+alone with both cores). The phase-level ``--jobs`` has not been timed yet. ``--quick``
 (projects/leaderboard_quick.py): 48 + 24 iterations per entry, 384 in all, COCO-style evaluation: see its header
 and the measured time in the README.
 """
@@ -45,10 +61,8 @@ import argparse
 import concurrent.futures
 import contextlib
 import os
-import resource
 import shlex
 import subprocess
-import sys
 import time
 
 from ltdet2.engine.launch import RunLock, train_command
@@ -57,6 +71,7 @@ from ltdet2.engine.leaderboard import (
     entry_chains,
     format_leaderboard_table,
     load_entry_results,
+    phase_jobs,
     plot_ap_by_image_count,
     plot_apr_vs_apf,
     plot_entries_per_class_ap,
@@ -93,46 +108,81 @@ def seed_phases(cfg, seed_dir):
     return {phase.name: phase for phase in resolve_phases(cfg)}
 
 
-def children_cpu_seconds():
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+def run_process(command, *, env=None, stdout=None):
+    """Runs ``command`` to its end, as ``subprocess.run(command, env=env, check=True)`` does (its stderr goes with
+    ``stdout`` when that is given), and returns the CPU seconds (user + system) of that process and of the children
+    it waited for (its data workers): its own rusage (``os.wait4``), right when other processes run beside it."""
+    stderr = None if stdout is None else subprocess.STDOUT
+    proc = subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:  # as subprocess.run: the child does not outlive an interrupted wait
+        proc.kill()
+        proc.wait()
+        raise
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, command)
     return usage.ru_utime + usage.ru_stime
 
 
-def run_phase(config_file, phase, seed, seed_dir, overrides):
-    """Trains (and, for an entry, evaluates) one phase in its own process; records its wall time, the CPU
-    seconds of the process (user + system, its data workers included: less sensitive than the wall time to
-    other work on the machine) and the machine's load average at its end."""
+def run_phase(config_file, phase, seed, seed_dir, overrides, env=None, log_path=None):
+    """Trains (and, for an entry, evaluates) one phase in its own process, with ``env`` (default: this process's
+    environment) and its output appended to ``log_path`` (default: this process's stdout and stderr); records in
+    the phase's :data:`WALL_FILE` its wall time, the CPU seconds of the process (user + system, its data workers
+    included: less sensitive than the wall time to other work on the machine), the machine's load average at its
+    end and its ``threads`` (its OMP_NUM_THREADS as the environment holds it, a string; None: the library
+    default, all cores). Returns the wall seconds."""
     command = train_command(
         TRAIN_SCRIPT, config_file, seed=seed, output_dir=seed_dir, overrides=overrides, phase=phase.name
     )
-    print("+", shlex.join(command), flush=True)
-    cpu_start, start = children_cpu_seconds(), time.perf_counter()
-    subprocess.run(command, check=True)
+    threads = (os.environ if env is None else env).get("OMP_NUM_THREADS")
+    with contextlib.ExitStack() as files:
+        log = None
+        if log_path is not None:
+            os.makedirs(os.path.dirname(log_path), exist_ok=True)
+            log = files.enter_context(open(log_path, "a"))
+        print("+", shlex.join(command), file=log, flush=True)
+        start = time.perf_counter()
+        cpu_s = run_process(command, env=env, stdout=log)
     timing = {
         "wall_s": time.perf_counter() - start,
-        "cpu_s": children_cpu_seconds() - cpu_start,
+        "cpu_s": cpu_s,
         "load_avg": list(os.getloadavg()),  # 1, 5, 15 min
+        "threads": threads,
     }
     write_json_atomic(os.path.join(phase.output_dir, WALL_FILE), timing, indent=1)
     return timing["wall_s"]
 
 
 def phase_timing(phase):
-    """The phase's recorded run, read once: {"wall_s", "cpu_s", "load_avg"}, NaN / None for what it lacks."""
+    """The phase's recorded run, read once: {"wall_s", "cpu_s", "load_avg", "threads"}, NaN / None for what it
+    lacks."""
     path = os.path.join(phase.output_dir, WALL_FILE)
     timing = read_json(path, what="wall time") if os.path.isfile(path) else {}
     nan = float("nan")
-    return {"wall_s": timing.get("wall_s", nan), "cpu_s": timing.get("cpu_s", nan), "load_avg": timing.get("load_avg")}
+    return {
+        "wall_s": timing.get("wall_s", nan),
+        "cpu_s": timing.get("cpu_s", nan),
+        "load_avg": timing.get("load_avg"),
+        "threads": timing.get("threads"),
+    }
 
 
-def run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command):
-    """Trains what ``chain`` still lacks in ``seed_dir`` and returns the (entry, seed) results record."""
-    commit = git_commit()  # the code the entry runs on
-    for name in chain:
-        if phases[name].is_done():
-            print(f"  phase {name}: finished in {phases[name].output_dir}, not run again", flush=True)
-        else:
-            run_phase(args.config_file, phases[name], seed, seed_dir, args.overrides)
+def entry_command(args, entry, seed):
+    """The command line a results file records: this script for the one (entry, seed)."""
+    # overrides first: after --entries / --seeds, argparse would read them as entries or seeds
+    return shlex.join(
+        ["scripts/leaderboard.py", *args.overrides, *(["--quick"] if args.quick else [])]
+        + ["--entries", entry, "--seeds", str(seed)]
+    )
+
+
+def entry_record(args, entry, chain, seed, cfg, phases, *, command, commit, omp_num_threads):
+    """The (entry, seed) results record (ltdet2.engine.leaderboard's format) of a chain whose phases are all done
+    in ``phases`` (the seed's {name: Phase}): the entry's metrics, ``command``, ``commit`` (the code it ran on),
+    the iterations and each phase's recorded timing (:func:`phase_timing`), and ``omp_num_threads`` (a string, None:
+    the library default)."""
     record = results_record(
         project=args.config_file,
         seed=seed,
@@ -155,52 +205,181 @@ def run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command):
         phase_cpu_s=cpu,
         cpu_s=sum(cpu.values()),
         phase_load_avg={name: timing["load_avg"] for name, timing in timings.items()},
-        omp_num_threads=os.environ.get("OMP_NUM_THREADS"),  # None: the library default (all cores)
+        omp_num_threads=omp_num_threads,
     )
     return record
 
 
-def seed_job_commands(args, seeds, output_dir, docs_dir, results_dir):
-    """{seed: argv} of ``--jobs``: this script for one seed with this run's project, entries, overrides and
-    folders, without rebuilding the table (the parent does, once all have finished)."""
-    options = ["--config-file", args.config_file, "--output-dir", output_dir, "--docs-dir", docs_dir]
-    options += ["--results-dir", results_dir, "--no-outputs", *(["--quick"] if args.quick else [])]
-    options += ["--entries", *args.entries] if args.entries else []
-    script = os.path.abspath(__file__)
-    # overrides first: after --entries / --seeds, argparse would read them as entries or seeds
-    return {seed: [sys.executable, script, *args.overrides, *options, "--seeds", str(seed)] for seed in seeds}
+def run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command):
+    """Trains what ``chain`` still lacks in ``seed_dir``, one phase after another, and returns the (entry, seed)
+    results record."""
+    commit = git_commit()  # the code the entry runs on
+    for name in chain:
+        if phases[name].is_done():
+            print(f"  phase {name}: finished in {phases[name].output_dir}, not run again", flush=True)
+        else:
+            run_phase(args.config_file, phases[name], seed, seed_dir, args.overrides)
+    # None: the library default (all cores)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    return entry_record(args, entry, chain, seed, cfg, phases, command=command, commit=commit, omp_num_threads=threads)
 
 
-def run_seed_job(command, env, log_path):
-    """Runs one seed's process with its output in ``log_path``; returns its exit status."""
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    with open(log_path, "a") as log:
-        return subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+# ---------------------------------------------------------------------------------------------------
+# --jobs N > 1: the phases of every seed as jobs, N processes at a time
 
 
-def seed_threads(seeds, jobs, cores):
-    """{seed: intra-op threads} of ``--jobs``: the seeds, taken ``jobs`` at a time in order, split the cores evenly
-    with the others of their group; a last, smaller group splits them among fewer (3 seeds, 2 jobs, 2 cores: 1, 1,
-    then 2 threads: a lone seed with one thread would leave a core idle). A seed starts as soon as a process ends,
-    so a later group's first seed overlaps the tail of the group before it."""
-    return {seed: max(1, cores // min(jobs, len(seeds) - i // jobs * jobs)) for i, seed in enumerate(seeds)}
+def job_threads(cores, jobs, runnable):
+    """Intra-op threads (OMP / MKL) of a job started while ``runnable`` jobs (those running and those ready, this
+    one included) share the ``cores``, ``jobs`` at most at once: the cores split evenly, at least 1 each, so that a
+    job that starts alone gets them all."""
+    return max(1, cores // min(jobs, runnable))
 
 
-def run_seed_jobs(commands, jobs, threads, output_dir):
-    """Runs the seeds' processes, ``jobs`` at a time, each with ``threads[seed]`` intra-op threads (OMP / MKL),
-    and raises naming every seed that failed and its log."""
-    logs = {seed: os.path.join(output_dir, f"seed{seed}", "leaderboard.log") for seed in commands}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {}
-        for seed, command in commands.items():
-            n = str(threads[seed])
-            env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
-            print(f"seed {seed}: {n} thread(s), log in {logs[seed]}", flush=True)
-            futures[seed] = pool.submit(run_seed_job, command, env, logs[seed])
-        status = {seed: future.result() for seed, future in futures.items()}
-    failed = {seed: logs[seed] for seed, code in status.items() if code != 0}
+def phase_log_path(seed_dir, name):
+    return os.path.join(seed_dir, "logs", f"{name}.log")
+
+
+def wanted_entries(entries, seeds, results_dir):
+    """The (seed, entry) pairs without a results file, in seed then entry order; the others are printed as
+    skipped."""
+    wanted = []
+    for seed in seeds:
+        for entry in entries:
+            path = results_path(results_dir, entry, seed)
+            if os.path.isfile(path):
+                print(f"{entry} seed {seed}: {path} exists, skipped", flush=True)
+            else:
+                wanted.append((seed, entry))
+    return wanted
+
+
+def print_job_plan(jobs, workers):
+    """--dry-run: the jobs in the scheduler's order of preference (the first ready one starts first)."""
+    print(f"--jobs {workers}: {len(jobs)} phase run(s), in the order they are preferred", flush=True)
+    for job in jobs:
+        needs = ", ".join(name for _, name in job.needs) or "nothing"
+        path = f"{job.priority} iterations over {job.path_phases} phase(s)"
+        print(f"  seed {job.seed} phase {job.phase}: path {path}, needs {needs}", flush=True)
+
+
+def failure_reason(error):
+    if isinstance(error, subprocess.CalledProcessError):
+        return f"exit status {error.returncode}"
+    return f"{type(error).__name__}: {error}"
+
+
+def skip_dependents(waiting, blocked):
+    """Removes from ``waiting`` ({key: job}, in a topological order) every job that needs one of ``blocked`` (keys
+    of failed or skipped jobs), transitively, and prints each; returns their keys."""
+    skipped = set()
+    for key, job in list(waiting.items()):
+        failed_inputs = [need for need in job.needs if need in blocked or need in skipped]
+        if failed_inputs:
+            skipped.add(key)
+            del waiting[key]
+            names = ", ".join(name for _, name in failed_inputs)
+            print(f"seed {job.seed} phase {job.phase}: skipped, it needs {names}, which did not finish", flush=True)
+    return skipped
+
+
+def run_phase_jobs(args, jobs, phases, seed_dirs, workers, on_finished):
+    """Runs ``jobs`` (ltdet2.engine.leaderboard.phase_jobs, in their order of preference) ``workers`` at a time, each
+    phase in its own process (:func:`run_phase`) with its output in ``<seed_dir>/logs/<phase>.log`` and
+    :func:`job_threads` threads, decided when it starts; ``phases`` / ``seed_dirs``: {seed: {name: Phase}} /
+    {seed: folder}. Whenever a slot is free, the first ready job (its needs finished) starts. ``on_finished(job)``
+    runs in this thread as each job finishes. A failed job's dependents are not started; the others go on.
+    Returns {(seed, phase): (error, log path)} of the failed jobs."""
+    cores = os.cpu_count() or 1
+    rank = {job.key: index for index, job in enumerate(jobs)}
+    waiting = {job.key: job for job in jobs}
+    finished, failed, running = set(), {}, {}  # running: {future: (job, threads, log path)}
+
+    def run(job, threads, log_path):
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        phase = phases[job.seed][job.phase]
+        seed_dir = seed_dirs[job.seed]
+        return run_phase(args.config_file, phase, job.seed, seed_dir, args.overrides, env=env, log_path=log_path)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        while waiting or running:
+            ready = [job for job in waiting.values() if all(need in finished for need in job.needs)]
+            starting = ready[: workers - len(running)]
+            if starting:  # running + ready stays the same while these start: they all get the same threads
+                threads = job_threads(cores, workers, len(running) + len(ready))
+            for job in starting:
+                del waiting[job.key]
+                log_path = phase_log_path(seed_dirs[job.seed], job.phase)
+                print(f"seed {job.seed} phase {job.phase}: started, {threads} thread(s), log {log_path}", flush=True)
+                running[pool.submit(run, job, threads, log_path)] = (job, threads, log_path)
+            if not running:
+                raise RuntimeError(f"--jobs: jobs {list(waiting)} wait for phases that are neither done nor planned")
+            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: rank[running[f][0].key]):
+                job, threads, log_path = running.pop(future)
+                error = future.exception()
+                where = f"seed {job.seed} phase {job.phase}"
+                if error is not None:
+                    failed[job.key] = (error, log_path)
+                    print(f"{where}: failed ({failure_reason(error)}), log {log_path}", flush=True)
+                    skip_dependents(waiting, {job.key})
+                    continue
+                finished.add(job.key)
+                wall_min = future.result() / 60
+                print(f"{where}: finished in {wall_min:.1f} min, {threads} thread(s), log {log_path}", flush=True)
+                on_finished(job)
+    return failed
+
+
+def train_with_jobs(args, cfg, chains, entries, seeds, output_dir, results_dir):
+    """``--jobs N`` > 1: the phases that the wanted (entry, seed) pairs (those without a results file) still lack,
+    as jobs of ltdet2.engine.leaderboard.phase_jobs run N at a time (:func:`run_phase_jobs`), under the lock of
+    every seed's folder; an (entry, seed)'s results file is written as soon as its whole chain is done. Raises,
+    once every other job has ended, naming each failed (seed, phase) and its log."""
+    seed_dirs = {seed: os.path.join(output_dir, f"seed{seed}") for seed in seeds}
+    with contextlib.ExitStack() as locks:
+        if not args.dry_run:  # one run per seed's folder; the training processes run under its lock
+            for seed in seeds:
+                locks.enter_context(RunLock(seed_dirs[seed]))
+        phases = {seed: seed_phases(cfg, seed_dirs[seed]) for seed in seeds}  # a Phase keeps its own output_dir
+        wanted = wanted_entries(entries, seeds, results_dir)
+        done = {(seed, name) for seed in seeds for name, phase in phases[seed].items() if phase.is_done()}
+        jobs = phase_jobs(cfg.phases, chains, wanted, done)
+        if args.dry_run:
+            print_job_plan(jobs, args.jobs)
+            return
+        commit = git_commit()  # the code the entries run on
+        unwritten = list(wanted)
+
+        def write_finished_entries():
+            for seed, entry in list(unwritten):
+                if all((seed, name) in done for name in chains[entry]):
+                    unwritten.remove((seed, entry))
+                    write_job_results(args, entry, chains[entry], seed, cfg, phases[seed], results_dir, commit)
+
+        def on_finished(job):
+            done.add(job.key)
+            write_finished_entries()
+
+        write_finished_entries()  # chains that finished in an earlier run without writing their results
+        failed = run_phase_jobs(args, jobs, phases, seed_dirs, args.jobs, on_finished)
     if failed:
-        raise RuntimeError(f"--jobs: seeds {sorted(failed)} failed; see {', '.join(failed.values())}")
+        named = "; ".join(
+            f"seed {seed} phase {name} ({failure_reason(error)}, log {log_path})"
+            for (seed, name), (error, log_path) in failed.items()
+        )
+        raise RuntimeError(f"--jobs: {len(failed)} phase(s) failed, the phases that need them were not run: {named}")
+
+
+def write_job_results(args, entry, chain, seed, cfg, phases, results_dir, commit):
+    """Writes the results file of an (entry, seed) whose chain is done; its ``omp_num_threads`` is the threads of
+    the entry's own last phase (its :data:`WALL_FILE`; this process's OMP_NUM_THREADS where that lacks them)."""
+    threads = phase_timing(phases[entry])["threads"]
+    threads = os.environ.get("OMP_NUM_THREADS") if threads is None else threads
+    command = entry_command(args, entry, seed)
+    record = entry_record(
+        args, entry, chain, seed, cfg, phases, command=command, commit=commit, omp_num_threads=threads
+    )
+    print(f"{entry} seed {seed}: wrote {write_entry_results(results_dir, record)}", flush=True)
 
 
 def threads_note(records, seed):
@@ -259,8 +438,11 @@ def main(argv=None):
         "--jobs",
         type=int,
         default=1,
-        help="run the seeds as this many concurrent processes, the cores split evenly between them (on 2 cores,"
-        " two seeds as 2 one-thread processes take ~1.5x the time of one seed with both cores)",
+        help="train the phases of all seeds as jobs, this many processes at a time, each as soon as its input"
+        " phases are done (longest remaining path first), the cores split evenly between the jobs running and ready"
+        " when one starts; logs in <output-dir>/seed<N>/logs/<phase>.log (1: one phase after another, in this"
+        " process's output; measured 2026-11-23 with the seed-level --jobs of then: on 2 cores, two seeds as 2"
+        " one-thread processes took ~1.5x the time of one seed with both cores)",
     )
     parser.add_argument("--no-outputs", action="store_true", help="train only: leave the table and plots as they are")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides (before --entries / --seeds)")
@@ -281,10 +463,8 @@ def main(argv=None):
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: must be at least 1")
 
-    if args.jobs > 1 and len(seeds) > 1 and not (args.from_results or args.dry_run):
-        threads = seed_threads(seeds, args.jobs, os.cpu_count() or 1)
-        commands = seed_job_commands(args, seeds, output_dir, docs_dir, results_dir)
-        run_seed_jobs(commands, args.jobs, threads, output_dir)
+    if args.jobs > 1 and not args.from_results:
+        train_with_jobs(args, cfg, chains, entries, seeds, output_dir, results_dir)
     elif not args.from_results:
         for seed in seeds:
             seed_dir = os.path.join(output_dir, f"seed{seed}")
@@ -304,11 +484,7 @@ def main(argv=None):
                     planned.update(todo)
                     if args.dry_run:
                         continue
-                    # overrides first: after --entries / --seeds, argparse would read them as entries or seeds
-                    command = shlex.join(
-                        ["scripts/leaderboard.py", *args.overrides, *(["--quick"] if args.quick else [])]
-                        + ["--entries", entry, "--seeds", str(seed)]
-                    )
+                    command = entry_command(args, entry, seed)
                     record = run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command)
                     print(f"{entry} seed {seed}: wrote {write_entry_results(results_dir, record)}", flush=True)
     if args.dry_run or args.no_outputs:

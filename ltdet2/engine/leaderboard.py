@@ -17,11 +17,15 @@ phase record's ``eval_seconds``), ``train_s`` (``wall_s - eval_s``: the entry's 
 and process start-ups included), ``phase_cpu_s`` / ``cpu_s`` (CPU seconds of each phase's process and their sum:
 less sensitive than wall times to other work on the machine) and ``phase_load_avg`` (the machine's 1, 5 and 15
 minute load averages when each phase's run ended). Timings a record lacks (older records) are NaN or missing.
+
+The phases of several entries and seeds can train at once (``scripts/leaderboard.py --jobs N``):
+:func:`phase_jobs` plans them as jobs ``(seed, phase)``, each waiting for its input phases of the same seed.
 """
 
 import glob
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,6 +46,8 @@ __all__ = [
     "entry_chains",
     "evaluate_entries_only",
     "chain_iterations",
+    "PhaseJob",
+    "phase_jobs",
     "results_path",
     "write_entry_results",
     "load_entry_results",
@@ -117,6 +123,59 @@ def evaluate_entries_only(phases):
 def chain_iterations(phases, chain):
     """Training iterations of a chain: the sum of its phases' ``train.max_iter``."""
     return sum(int(_train(phases[name]).max_iter) for name in chain)
+
+
+@dataclass(frozen=True)
+class PhaseJob:
+    """One phase of one seed to train (:func:`phase_jobs`)."""
+
+    seed: int
+    phase: str
+    needs: tuple  # the (seed, phase) keys of the jobs it waits for: its input phases of its seed not yet done
+    priority: int  # iterations on its longest path of jobs to the end of a chain, its own included
+    path_phases: int = 1  # phases on its longest path of jobs (its own included): the tie-break of priority
+
+    @property
+    def key(self):
+        return (self.seed, self.phase)
+
+
+def phase_jobs(phases, chains, wanted, done=()):
+    """The jobs that train the (seed, entry) pairs of ``wanted``: every phase of an entry's chain (``chains``:
+    :func:`entry_chains`) that is not in ``done`` ((seed, phase) pairs already finished) is one job per seed, however
+    many of the seed's entries share it. A job needs the jobs of its :func:`phase_inputs` in its seed (an input in
+    ``done`` needs nothing). Its priority is the critical path in iterations: its phase's ``train.max_iter`` plus the
+    largest priority among the jobs that need it. Ties (every entry has the same iteration budget) go to the longer
+    path in phases (each phase costs a process start-up and, for an entry, an evaluation: LST's serial chain first).
+
+    Returns the jobs in the order a scheduler prefers them: priority descending, then path length in phases
+    descending, then seed, then the project's order of ``phases``. It is a topological order: a job's inputs come
+    before it (a phase's inputs are earlier phases of the project, and their priority exceeds its own)."""
+    order = {name: index for index, name in enumerate(phases)}
+    done = set(done)
+    keys = {(seed, name) for seed, entry in wanted for name in chains[entry] if (seed, name) not in done}
+    needs = {
+        (seed, name): tuple((seed, n) for n in phase_inputs(phases, name) if (seed, n) not in done)
+        for seed, name in keys
+    }
+    dependents = {key: [] for key in keys}
+    for key, inputs in needs.items():
+        for source in inputs:
+            dependents[source].append(key)
+    priorities, path_phases = {}, {}
+
+    def priority(key):  # memoized: the graph is a DAG of a few dozen jobs
+        if key not in priorities:
+            own = chain_iterations(phases, [key[1]])
+            priorities[key] = own + max((priority(d) for d in dependents[key]), default=0)
+            path_phases[key] = 1 + max((path_phases[d] for d in dependents[key]), default=0)
+        return priorities[key]
+
+    jobs = []
+    for seed, name in keys:
+        job_priority = priority((seed, name))
+        jobs.append(PhaseJob(seed, name, needs[seed, name], job_priority, path_phases[seed, name]))
+    return sorted(jobs, key=lambda job: (-job.priority, -job.path_phases, job.seed, order[job.phase]))
 
 
 def results_path(results_dir, entry, seed):

@@ -1,10 +1,17 @@
 """The leaderboard (projects/leaderboard.py, scripts/leaderboard.py, ltdet2.engine.leaderboard): every entry's phases
 instantiate, every entry trains the same number of iterations, only entries are evaluated; the script trains a
 shared phase once per seed, writes one results file per (entry, seed) and skips those that exist (the training
-is faked: each phase run writes a finished phase's files); the table and plots from fake results files."""
+is faked: each phase run writes a finished phase's files), and with --jobs schedules the phases of all seeds as
+jobs; the table and plots from fake results files."""
 
+import concurrent.futures
 import json
 import os
+import re
+import subprocess
+import sys
+import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,6 +30,7 @@ from ltdet2.engine.leaderboard import (
     format_leaderboard_table,
     load_entry_results,
     phase_inputs,
+    phase_jobs,
     plot_apr_vs_apf,
     plot_entries_per_class_ap,
     write_entry_results,
@@ -106,9 +114,10 @@ def test_every_phase_instantiates_and_trains_a_step_with_masks(project):
 
 
 def fake_phase_run(calls, metrics_of):
-    """A stand-in for scripts/leaderboard.py's run_phase: writes what a finished phase leaves behind."""
+    """A stand-in for scripts/leaderboard.py's run_phase: writes what a finished phase leaves behind (its timing
+    with the OMP_NUM_THREADS of the environment it is given)."""
 
-    def run_phase(config_file, phase, seed, seed_dir, overrides):
+    def run_phase(config_file, phase, seed, seed_dir, overrides, env=None, log_path=None):
         calls.append((seed, phase.name))
         os.makedirs(os.path.join(phase.output_dir, "inference"), exist_ok=True)
         open(phase.final_checkpoint, "wb").close()
@@ -123,7 +132,8 @@ def fake_phase_run(calls, metrics_of):
             with open(os.path.join(phase.output_dir, "inference", f"per_class_ap_{task}.json"), "w") as f:
                 json.dump(per_class, f)
         with open(os.path.join(phase.output_dir, "leaderboard_wall.json"), "w") as f:
-            json.dump({"wall_s": 60.0, "cpu_s": 100.0, "load_avg": [1.0, 1.5, 2.0]}, f)
+            threads = (os.environ if env is None else env).get("OMP_NUM_THREADS")
+            json.dump({"wall_s": 60.0, "cpu_s": 100.0, "load_avg": [1.0, 1.5, 2.0], "threads": threads}, f)
         return 60.0
 
     return run_phase
@@ -310,6 +320,35 @@ def test_a_phase_run_records_its_wall_and_cpu_time_and_the_load(tmp_path, monkey
     assert np.isnan(unrecorded["wall_s"]) and np.isnan(unrecorded["cpu_s"]) and unrecorded["load_avg"] is None
 
 
+def test_concurrent_phase_runs_record_their_own_cpu_time_threads_and_log(tmp_path, monkeypatch):
+    """Two phases at once (--jobs): each records its own process's CPU seconds (os.wait4), not those of whichever
+    process ended meanwhile, the threads of the environment it was given, and its output in its log."""
+    script = load_repo_module("scripts/leaderboard.py")
+    commands = {
+        "busy": [sys.executable, "-c", "sum(i * i for i in range(3 * 10**6)); print('busy done')"],
+        "idle": [sys.executable, "-c", "import time; time.sleep(1.5)"],  # ends after "busy"
+        "failing": [sys.executable, "-c", "raise SystemExit(3)"],
+    }
+    monkeypatch.setattr(script, "train_command", lambda *args, phase, **kwargs: commands[phase])
+    phases = {name: SimpleNamespace(name=name, output_dir=str(tmp_path / name)) for name in commands}
+    for phase in phases.values():
+        os.makedirs(phase.output_dir)
+    logs = {name: str(tmp_path / "logs" / f"{name}.log") for name in commands}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        idle = pool.submit(script.run_phase, "p.py", phases["idle"], 0, str(tmp_path), [], env, logs["idle"])
+        script.run_phase("p.py", phases["busy"], 0, str(tmp_path), [], env, logs["busy"])
+        idle.result()
+    busy, idle = (read_json(os.path.join(phases[name].output_dir, script.WALL_FILE)) for name in ("busy", "idle"))
+    assert idle["wall_s"] > 1.5 and idle["cpu_s"] < 0.5 * busy["cpu_s"] and busy["threads"] == idle["threads"] == "1"
+    assert open(logs["busy"]).read().splitlines()[1:] == ["busy done"]  # after the command's "+ ..." line
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        script.run_phase("p.py", phases["failing"], 0, str(tmp_path), [], env, logs["failing"])
+    assert failed.value.returncode == 3 and not os.path.exists(
+        os.path.join(phases["failing"].output_dir, script.WALL_FILE)
+    )
+
+
 def test_quick_run_folders_are_its_own():
     script = load_repo_module("scripts/leaderboard.py")
     full, quick = script.SETTINGS[False], script.SETTINGS[True]
@@ -366,61 +405,168 @@ def test_two_entries_train_end_to_end_on_a_tiny_lt_shapes(tiny_dataset, tmp_path
     assert os.path.isfile(os.path.join(docs, "per_class_ap", "replay_ebl.png"))
 
 
-def test_jobs_run_each_seed_in_its_own_process_with_the_cores_split(tmp_path, monkeypatch, capsys):
-    import threading
-
-    script = load_repo_module("scripts/leaderboard.py")
-    calls, lock, launched = [], threading.Lock(), []
-    monkeypatch.setattr(script, "run_phase", fake_phase_run(calls, lambda name, seed: metrics(10.0 + seed)))
-    monkeypatch.setattr(script.os, "cpu_count", lambda: 4)
-
-    def run_in_process(command, env, log_path):  # the seed's process, here: its argv run by main under a lock
-        assert command[1] == os.path.abspath(script.__file__) and log_path.endswith("leaderboard.log")
-        with lock:
-            launched.append((command[-1], env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]))
-            monkeypatch.setenv("OMP_NUM_THREADS", env["OMP_NUM_THREADS"])  # what the process would see
-            script.main(command[2:])
-        return 0
-
-    monkeypatch.setattr(script, "run_seed_job", run_in_process)
-    out, docs = str(tmp_path / "out"), str(tmp_path / "docs")
-    common = ["train.max_iter=9", "--quick", "--output-dir", out, "--docs-dir", docs, "--entries", "ce"]
-    script.main([*common, "--seeds", "0", "1", "--jobs", "2"])
-    assert sorted(launched) == [("0", "2", "2"), ("1", "2", "2")]  # 4 cores, 2 jobs: 2 threads each
-    assert sorted(calls) == [(s, n) for s in (0, 1) for n in ("ce", "pretrain")]
-    record = read_json(os.path.join(docs, "results", "ce_seed1.json"))
-    assert record["command"] == "scripts/leaderboard.py train.max_iter=9 --quick --entries ce --seeds 1"
-    table = open(os.path.join(docs, "leaderboard.md")).read()  # rebuilt once, by the parent
-    assert "seed 1: 0.03 h for 1 of 10 entries, 2 thread(s) per process" in table  # pretrain + ce, 60 s each
-    assert table.splitlines()[2].startswith("| ce | 10.50 ± 0.71 |")
-
-    commands = script.seed_job_commands(
-        script.argparse.Namespace(config_file="p.py", quick=False, entries=None, overrides=["a=1"]), [3], "o", "d", "r"
-    )
-    assert commands[3][2:] == [
-        "a=1",
-        "--config-file",
-        "p.py",
-        "--output-dir",
-        "o",
-        "--docs-dir",
-        "d",
-        "--results-dir",
-        "r",
-        "--no-outputs",
-        "--seeds",
-        "3",
+def test_phase_jobs_plan_the_missing_phases_of_each_seed_longest_path_first(project):
+    chains = entry_chains(project.phases)
+    # seed 0's pretrain is done; seed 1's lst has its results file: neither is planned, nor what only lst needs
+    wanted = [(seed, entry) for seed in (0, 1) for entry in ENTRIES if (seed, entry) != (1, "lst")]
+    jobs = phase_jobs(project.phases, chains, wanted, done={(0, "pretrain")})
+    keys = [job.key for job in jobs]
+    assert len(keys) == len(set(keys))  # a shared phase is one job per seed
+    fine_tunes = ["ce", "rfs", "rio", "loce", "loce_rfs", "replay_ebl", "bacl", "fcbl_replay"]  # ending a chain
+    # the first phases (P = 300) tie at 300 + 150 (every entry has the same budget): the longer path in phases goes
+    # first (LST's 4, the pretrain's 3 through step-wise, BACL's 2); then seed, then the project's order
+    assert keys == [
+        (0, "lst_base"),
+        (1, "pretrain"),
+        (0, "bacl_representation"),
+        (1, "bacl_representation"),
+        (0, "lst_1"),
+        (0, "stepwise_head_expert"),
+        (1, "stepwise_head_expert"),
+        *[(0, name) for name in fine_tunes],
+        *[(1, name) for name in fine_tunes],
+        (0, "lst_2"),
+        (0, "stepwise"),
+        (1, "stepwise"),
+        (0, "lst"),
     ]
+    assert {job.key: job.path_phases for job in jobs if job.key[0] == 0 and job.phase.startswith("lst")} == {
+        (0, "lst_base"): 4,
+        (0, "lst_1"): 3,
+        (0, "lst_2"): 2,
+        (0, "lst"): 1,
+    }
+    priorities = {job.key: job.priority for job in jobs}
+    assert {priorities[0, "lst_base"], priorities[1, "pretrain"], priorities[1, "bacl_representation"]} == {450}
+    assert [priorities[0, name] for name in ("lst_1", "lst_2", "lst")] == [150, 100, 50]  # 50 iterations each
+    assert priorities[0, "stepwise_head_expert"] == 150 and priorities[0, "stepwise"] == 75
+    assert {priorities[seed, name] for seed in (0, 1) for name in [*fine_tunes, "stepwise_head_expert"]} == {150}
+    needs = {job.key: job.needs for job in jobs}
+    assert needs[1, "ce"] == ((1, "pretrain"),) and needs[0, "ce"] == ()  # seed 0's pretrain is done
+    assert needs[0, "stepwise"] == ((0, "stepwise_head_expert"),)  # its input and its teacher: one job
+    assert needs[0, "lst_2"] == ((0, "lst_1"),) and needs[1, "fcbl_replay"] == ((1, "bacl_representation"),)
+    assert all(keys.index(need) < keys.index(key) for key, inputs in needs.items() for need in inputs)
+    # only what the wanted entries need: ce alone needs its pretrain, which now leads by its own path only
+    jobs = phase_jobs(project.phases, chains, [(3, "ce")])
+    assert [(job.key, job.needs, job.priority) for job in jobs] == [
+        ((3, "pretrain"), (), PRETRAIN_ITERS + FINETUNE_ITERS),
+        ((3, "ce"), ((3, "pretrain"),), FINETUNE_ITERS),
+    ]
+    assert phase_jobs(project.phases, chains, [(3, "ce")], done={(3, "pretrain"), (3, "ce")}) == []
 
-    # rounds of --jobs seeds split the cores; a last, smaller round gets more threads per seed
-    assert script.seed_threads([0, 1, 2], 2, 2) == {0: 1, 1: 1, 2: 2}
-    assert script.seed_threads([5, 6, 7, 8, 9], 2, 4) == {5: 2, 6: 2, 7: 2, 8: 2, 9: 4}
-    assert script.seed_threads([0, 1], 3, 2) == {0: 1, 1: 1}  # more jobs than seeds: one round of 2
-    assert script.seed_threads([0, 1, 2], 4, 2) == {0: 1, 1: 1, 2: 1}  # never fewer than 1
 
-    monkeypatch.setattr(script, "run_seed_job", lambda command, env, log_path: int(command[-1] == "1"))
-    with pytest.raises(RuntimeError, match=r"seeds \[1\] failed; see .*seed1.leaderboard.log"):
+class PhaseRuns:
+    """A thread-safe stand-in for run_phase under --jobs: fake_phase_run's files, each run a little long, and what
+    the tests check: the starts and ends in order, the most runs at once, each run's OMP_NUM_THREADS and log. The
+    runs of ``together`` wait for each other (a barrier), so they provably run at once; those of ``fail`` raise as
+    a failed process does."""
+
+    def __init__(self, metrics_of, together=(), fail=()):
+        self.calls, self.events, self.threads, self.logs = [], [], {}, {}
+        self.running = self.most = 0
+        self.lock = threading.Lock()
+        self.write = fake_phase_run(self.calls, metrics_of)
+        self.together, self.fail = set(together), set(fail)
+        self.barrier = threading.Barrier(max(1, len(self.together)))
+
+    def __call__(self, config_file, phase, seed, seed_dir, overrides, env=None, log_path=None):
+        key = (seed, phase.name)
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.events.append(("start", *key))
+            self.threads[key], self.logs[key] = env["OMP_NUM_THREADS"], log_path
+        try:
+            if key in self.together:
+                self.barrier.wait(timeout=10)
+            time.sleep(0.01)
+            if key in self.fail:
+                raise subprocess.CalledProcessError(1, ["train"])
+            with self.lock:
+                return self.write(config_file, phase, seed, seed_dir, overrides, env=env, log_path=log_path)
+        finally:
+            with self.lock:
+                self.events.append(("end", *key))
+                self.running -= 1
+
+
+def test_jobs_run_the_phases_of_all_seeds_two_at_a_time_with_the_cores_split(tmp_path, monkeypatch, capsys):
+    script = load_repo_module("scripts/leaderboard.py")
+    runs = PhaseRuns(lambda name, seed: metrics(10.0 + seed), together=[(0, "pretrain"), (1, "pretrain")])
+    monkeypatch.setattr(script, "run_phase", runs)
+    monkeypatch.setattr(script.os, "cpu_count", lambda: 2)
+    rebuilt, build_outputs = [], script.build_outputs
+    monkeypatch.setattr(script, "build_outputs", lambda *args: rebuilt.append(args) or build_outputs(*args))
+    out, docs = str(tmp_path / "out"), str(tmp_path / "docs")
+    common = ["train.max_iter=9", "--quick", "--output-dir", out, "--docs-dir", docs, "--entries", "ce", "loce"]
+    common += ["--jobs", "2"]
+
+    script.main([*common, "--seeds", "0", "1", "--dry-run"])  # every phase 9 iterations
+    assert capsys.readouterr().out.splitlines() == [
+        "--jobs 2: 6 phase run(s), in the order they are preferred",
+        "  seed 0 phase pretrain: path 18 iterations over 2 phase(s), needs nothing",
+        "  seed 1 phase pretrain: path 18 iterations over 2 phase(s), needs nothing",
+        "  seed 0 phase ce: path 9 iterations over 1 phase(s), needs pretrain",
+        "  seed 0 phase loce: path 9 iterations over 1 phase(s), needs pretrain",
+        "  seed 1 phase ce: path 9 iterations over 1 phase(s), needs pretrain",
+        "  seed 1 phase loce: path 9 iterations over 1 phase(s), needs pretrain",
+    ]
+    assert runs.calls == [] and not os.path.exists(out)
+
+    script.main([*common, "--seeds", "0", "1"])
+    assert sorted(runs.calls) == sorted((s, n) for s in (0, 1) for n in ("pretrain", "ce", "loce"))  # once each
+    started, ended = ({(s, n): runs.events.index((kind, s, n)) for s, n in runs.calls} for kind in ("start", "end"))
+    assert all(started[s, n] > ended[s, "pretrain"] for s in (0, 1) for n in ("ce", "loce"))
+    assert runs.most == 2  # the pretrains met at their barrier; never more than 2
+    assert runs.threads[0, "pretrain"] == runs.threads[1, "pretrain"] == "1"  # 2 cores, 2 runnable
+    assert runs.logs[1, "ce"] == os.path.join(out, "seed1", "logs", "ce.log")
+    printed = capsys.readouterr().out
+    log = os.path.join(out, "seed0", "logs", "pretrain.log")
+    assert f"seed 0 phase pretrain: started, 1 thread(s), log {log}" in printed
+    assert f"seed 0 phase pretrain: finished in 1.0 min, 1 thread(s), log {log}" in printed  # the fake's 60 s
+    results = os.path.join(docs, "results")
+    assert sorted(os.listdir(results)) == ["ce_seed0.json", "ce_seed1.json", "loce_seed0.json", "loce_seed1.json"]
+    for seed, entry in ((0, "ce"), (0, "loce"), (1, "ce"), (1, "loce")):
+        record = read_json(os.path.join(results, f"{entry}_seed{seed}.json"))
+        assert record["omp_num_threads"] == runs.threads[seed, entry]  # its own last phase's
+        assert record["chain"] == ["pretrain", entry] and record["wall_s"] == 120.0
+    assert record["command"] == "scripts/leaderboard.py train.max_iter=9 --quick --entries loce --seeds 1"
+    assert len(rebuilt) == 1 and not os.path.exists(os.path.join(out, "seed0", "run.lock"))
+    assert open(os.path.join(docs, "leaderboard.md")).read().splitlines()[2].startswith("| ce | 10.50 ± 0.71 |")
+
+    # seed 0's results exist: only seed 2 trains; its pretrain is the only runnable job (both cores), then ce and
+    # loce split them
+    runs.calls.clear()
+    runs.threads.clear()
+    script.main([*common, "--seeds", "0", "2"])
+    assert sorted(runs.calls) == [(2, "ce"), (2, "loce"), (2, "pretrain")]
+    assert runs.threads == {(2, "pretrain"): "2", (2, "ce"): "1", (2, "loce"): "1"}
+    assert read_json(os.path.join(results, "ce_seed2.json"))["omp_num_threads"] == "1"
+    assert "ce seed 0: " in capsys.readouterr().out
+    table = open(os.path.join(docs, "leaderboard.md")).read()
+    assert len(rebuilt) == 2 and "seed 2: 0.05 h for 2 of 10 entries, 1 thread(s) per process" in table
+
+    assert [script.job_threads(2, 2, n) for n in (1, 2, 3)] == [2, 1, 1]
+    assert script.job_threads(16, 4, 3) == 5 and script.job_threads(2, 4, 3) == 1  # never fewer than 1
+
+
+def test_a_failed_phase_job_skips_the_phases_that_need_it(tmp_path, monkeypatch, capsys):
+    script = load_repo_module("scripts/leaderboard.py")
+    runs = PhaseRuns(lambda name, seed: metrics(10.0 + seed), fail=[(0, "pretrain")])
+    monkeypatch.setattr(script, "run_phase", runs)
+    out, docs = str(tmp_path / "out"), str(tmp_path / "docs")
+    common = ["--quick", "--output-dir", out, "--docs-dir", docs, "--entries", "ce", "loce"]
+    log = os.path.join(out, "seed0", "logs", "pretrain.log")
+    named = re.escape(f": seed 0 phase pretrain (exit status 1, log {log})")
+    with pytest.raises(RuntimeError, match=rf"--jobs: 1 phase\(s\) failed, .*{named}$"):
         script.main([*common, "--seeds", "0", "1", "--jobs", "2"])
+    assert sorted(runs.calls) == [(1, "ce"), (1, "loce"), (1, "pretrain")]  # seed 1 went on
+    assert ("start", 0, "ce") not in runs.events and ("start", 0, "loce") not in runs.events
+    printed = capsys.readouterr().out
+    assert "seed 0 phase ce: skipped, it needs pretrain, which did not finish" in printed
+    assert f"seed 0 phase pretrain: failed (exit status 1), log {log}" in printed
+    assert sorted(os.listdir(os.path.join(docs, "results"))) == ["ce_seed1.json", "loce_seed1.json"]
+    assert not os.path.exists(os.path.join(docs, "leaderboard.md"))  # no table after a failure
     with pytest.raises(SystemExit):
         script.main([*common, "--jobs", "0"])
     assert "--jobs 0: must be at least 1" in capsys.readouterr().err
