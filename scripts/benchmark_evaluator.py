@@ -32,6 +32,7 @@ import math
 import os
 import platform
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -176,6 +177,7 @@ def main(argv=None):
     p.add_argument("--ours-list", action="store_true",
                    help="also run evaluate_lvis on a list of dicts (the Detectron2 evaluator's input)")  # fmt: skip
     p.add_argument("--official-timeout", type=float, default=None, help="seconds; stop the official side after")
+    p.add_argument("--output", default=None, help="JSON file for every side's time, memory and metrics")
     p.add_argument("--worker", choices=("ours", "ours-list", "public", "official"), help=argparse.SUPPRESS)
     p.add_argument("--gt", help=argparse.SUPPRESS)
     p.add_argument("--dets", help=argparse.SUPPRESS)
@@ -215,6 +217,23 @@ def main(argv=None):
         for side in ("public", "official"):
             if side in results:
                 _compare(results["ours"], results[side])
+        if args.output:
+            from ltdet2.engine.results import git_commit, machine_description
+            from ltdet2.utils.json_io import write_json_atomic
+
+            settings = {k: getattr(args, k) for k in ("num_images", "dets_per_image", "num_classes", "max_objects")}
+            record = {
+                "sides": results,
+                "settings": {**settings, "max_dets": args.max_dets, "seed": args.seed, "load_avg": os.getloadavg()},
+                "machine": machine_description(),
+                "commit": git_commit(),
+                "command": shlex.join(
+                    ["scripts/benchmark_evaluator.py", *(argv if argv is not None else sys.argv[1:])]
+                ),
+            }
+            os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+            write_json_atomic(args.output, record, indent=1)
+            print(f"written to {args.output}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
