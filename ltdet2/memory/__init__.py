@@ -9,6 +9,7 @@ from .base import MemorySample, StateModule
 from .class_queue import ClassQueue
 from .indicators import (
     CumulativeCount,
+    GradientRatio,
     ImageFrequency,
     InstanceFrequency,
     LearningStatusIndicator,
@@ -36,4 +37,5 @@ __all__ = [
     "MeanScore",
     "TruePositiveRate",
     "SoftConfusionMatrix",
+    "GradientRatio",
 ]

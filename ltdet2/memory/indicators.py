@@ -1,4 +1,5 @@
-"""Learning-status indicators (BACL Tab. II, LOCE's mean score): per-class vectors for losses and samplers.
+"""Learning-status indicators (BACL Tab. II, LOCE's mean score, EQLv2's gradient ratio): per-class vectors for losses
+and samplers.
 
 Conventions: foreground classes are ``0 .. C-1`` and the background index is ``C`` (Detectron2). From the box
 predictor (:class:`PredictorBatch`) an indicator reads per-class scores from the ``[N, C+1]`` probabilities
@@ -31,6 +32,8 @@ __all__ = [
     "MeanScore",
     "TruePositiveRate",
     "SoftConfusionMatrix",
+    "GradientRatio",
+    "eqlv2_weights",
 ]
 
 # When in a training iteration the ROI heads update an indicator from the box predictor's rows: before the
@@ -513,3 +516,152 @@ class SoftConfusionMatrix(LearningStatusIndicator):
 
     def vector(self) -> torch.Tensor:
         return (self.numerator.diagonal() / self.positives.clamp(min=1)).float()
+
+
+# EQLv2's official values (tztztztztz/eqlv2, mmdet/models/losses/eqlv2.py: EQLv2.__init__ and collect_grad)
+EQLV2_GAMMA = 12.0
+EQLV2_MU = 0.8
+EQLV2_ALPHA = 4.0
+EQLV2_EPS = 1e-10  # g_j = pos_j / (neg_j + 1e-10)
+
+
+def eqlv2_weights(
+    pos_grad: torch.Tensor,
+    neg_grad: torch.Tensor,
+    *,
+    gamma: float = EQLV2_GAMMA,
+    mu: float = EQLV2_MU,
+    alpha: float = EQLV2_ALPHA,
+    eps: float = EQLV2_EPS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """EQLv2's per-class weights (Tan et al., CVPR 2021, gradient-guided re-weighing) from the accumulated gradients.
+
+    ``g_j = pos_j / (neg_j + eps)``, ``f(x) = 1 / (1 + exp(-gamma (x - mu)))``, negative weight ``r_j = f(g_j)``,
+    positive weight ``q_j = 1 + alpha (1 - r_j)``. A class with no positive gradient yet (``g_j = 0``) gets
+    ``r_j = f(0)`` (``6.8e-5`` with the official gamma and mu) and ``q_j`` close to ``1 + alpha``.
+
+    Args:
+        pos_grad, neg_grad: ``[K]`` accumulated positive / negative gradient magnitudes of the K classes
+            (no background entry).
+        gamma, mu, alpha: the mapping's slope and centre and the positive up-weighting (official 12, 0.8, 4).
+        eps: added to the negative sum (official 1e-10).
+
+    Returns:
+        ``(q [K], r [K])`` in ``pos_grad``'s dtype; not differentiated through (the inputs are state).
+    """
+    if pos_grad.shape != neg_grad.shape or pos_grad.dim() != 1:
+        raise ValueError(
+            f"eqlv2_weights: pos_grad and neg_grad must both be [K], got {tuple(pos_grad.shape)} and "
+            f"{tuple(neg_grad.shape)}"
+        )
+    ratio = pos_grad.detach() / (neg_grad.detach() + eps)
+    negative = torch.sigmoid(gamma * (ratio - mu))  # 1 / (1 + exp(-gamma (g - mu))), without overflow
+    positive = 1 + alpha * (1 - negative)
+    return positive, negative
+
+
+class GradientRatio(LearningStatusIndicator):
+    """EQLv2's learning status: per class j, the accumulated positive and negative gradient magnitudes of its sigmoid
+    logit, ``pos_j`` and ``neg_j`` (float64 ``[K]`` buffers ``pos_grad`` / ``neg_grad``, checkpointed, with the
+    number of updates ``num_updates``), and from them the weights the loss uses (:meth:`weights`,
+    :func:`eqlv2_weights`). ``vector()`` is the ratio ``g_j = pos_j / (neg_j + 1e-10)``, float32 ``[K]`` (larger: a
+    class whose positives weigh more against its negatives, a better trained one).
+
+    It reads the predictor's ``[N, K+1]`` logits of a sigmoid classifier with a background column K (BACL's and
+    EQLv2's :class:`~ltdet2.modeling.box_predictors.scoring.SigmoidBackgroundScoring`): the gradient of each logit's
+    binary cross-entropy is ``sigmoid(z) - y``, so a row of class i adds ``q_i |sigmoid(z_i) - 1|`` to ``pos_i`` and
+    ``r_j sigmoid(z_j)`` to ``neg_j`` for every other class j (background rows to every class's ``neg``), with the
+    weights ``q``, ``r`` of this iteration, those the loss used (official ``collect_grad(cls_score, target,
+    weight)``, called with the step's weights after the loss). The background column is not accumulated (its weights
+    are 1: official ``[:-1]``). Magnitudes are not divided by the number of rows (official).
+
+    Timing: always ``"after_loss"``: the update computes the step's weights from the state the loss read (nothing
+    changes the state in between), then adds the step's gradients. Until the first update the weights are 1 (both
+    official versions: the first one skips the mapping while its buffers are unset, the later one starts the ratio
+    at 100, where ``f = 1``).
+
+    ``sync="global"`` (default): the increments are summed over the ranks before they are added (the official
+    ``dist.all_reduce`` of both sums), so every rank holds the same state; ``"local"``: each rank its own.
+    Per-row weights of extra rows (feature sources) scale their loss terms but not the accumulated gradients (the
+    indicator sees the rows, not their weights); EQLv2's own setting has no extra rows.
+    """
+
+    update_timing = "after_loss"
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        gamma: float = EQLV2_GAMMA,
+        mu: float = EQLV2_MU,
+        alpha: float = EQLV2_ALPHA,
+        sync: str = "global",
+    ):
+        super().__init__(num_classes, sync=sync)
+        for name, value in (("gamma", gamma), ("mu", mu), ("alpha", alpha)):
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)):
+                raise ValueError(f"GradientRatio: {name} must be a finite number, got {value!r}")
+        if alpha < 0:
+            raise ValueError(f"GradientRatio: alpha must be >= 0 (positive weights 1 + alpha (1 - r)), got {alpha}")
+        self.gamma, self.mu, self.alpha = float(gamma), float(mu), float(alpha)
+        self.register_buffer("pos_grad", torch.zeros(self.num_classes, dtype=torch.float64))
+        self.register_buffer("neg_grad", torch.zeros(self.num_classes, dtype=torch.float64))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
+
+    def ratio(self) -> torch.Tensor:
+        """``[K]`` float64 ``g_j = pos_j / (neg_j + 1e-10)``."""
+        return self.pos_grad / (self.neg_grad + EQLV2_EPS)
+
+    def vector(self) -> torch.Tensor:
+        return self.ratio().float()
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This iteration's ``(positive [K+1], negative [K+1])`` float64 weights, ``(q, 1)`` and ``(r, 1)``: the K
+        classes' (:func:`eqlv2_weights` of the state; 1 before the first update), then 1 for the background column."""
+        positive, negative = eqlv2_weights(self.pos_grad, self.neg_grad, gamma=self.gamma, mu=self.mu, alpha=self.alpha)
+        started = self.num_updates > 0  # a 0-dim tensor: no host sync
+        positive = torch.where(started, positive, torch.ones_like(positive))
+        negative = torch.where(started, negative, torch.ones_like(negative))
+        background = positive.new_ones(1)
+        return torch.cat([positive, background]), torch.cat([negative, background])
+
+    @torch.no_grad()
+    def update(self, labels: torch.Tensor, logits: torch.Tensor) -> None:
+        """``labels [N]`` in ``[0, K]``, ``logits [N, K+1]`` (background column K): adds the step's weighted
+        gradient magnitudes of the K class columns."""
+        num_classes = self.num_classes
+        if logits.dim() != 2 or logits.shape[1] != num_classes + 1:
+            raise ValueError(
+                f"GradientRatio.update: logits must be [N, {num_classes + 1}] ({num_classes} classes, then "
+                f"background), got {tuple(logits.shape)}"
+            )
+        labels = self._check_labels(labels, num_classes, "update", allow_background=True)
+        if logits.shape[0] != labels.numel():
+            raise ValueError(f"GradientRatio.update: {labels.numel()} labels but {logits.shape[0]} rows")
+        positive, negative = self.weights()
+        probabilities = logits.detach().to(device=self.device, dtype=torch.float64)[:, :num_classes].sigmoid()
+        targets = F.one_hot(labels, num_classes + 1)[:, :num_classes].to(torch.float64)
+        # per column, the weight is the same for every row: sum the magnitudes over the rows, then weight
+        stats = torch.stack(
+            [
+                ((1 - probabilities) * targets).sum(0) * positive[:num_classes],
+                (probabilities * (1 - targets)).sum(0) * negative[:num_classes],
+            ]
+        )
+        if is_global(self.sync):
+            all_reduce_sum(stats)
+        self.pos_grad += stats[0]
+        self.neg_grad += stats[1]
+        self.num_updates += 1
+
+    def update_from_predictions(self, batch: PredictorBatch) -> None:
+        """Accumulates from the predictor's ``[N, K+1]`` logits (sampled RoIs and extra rows)."""
+        if batch.logits.shape[1] != self.num_classes + 1:
+            raise ValueError(
+                f"GradientRatio reads the [N, {self.num_classes + 1}] logits of a sigmoid classifier with a "
+                f"background column (SigmoidBackgroundScoring), but the batch's are {tuple(batch.logits.shape)}"
+            )
+        self.update(batch.labels, batch.logits)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, gamma={self.gamma}, mu={self.mu}, alpha={self.alpha}"

@@ -129,35 +129,50 @@ class SigmoidBackgroundScoring(ClassScoring):
     ``[sigmoid(z_j) * (1 - sigmoid(z_K)), sigmoid(z_K)]`` (:func:`~ltdet2.modeling.sigmoid_background_probs`), loss
     :func:`~ltdet2.modeling.losses.sigmoid_background_loss` (BCE over all K+1 channels, background rows with target 1
     on channel K), and all K+1 biases at ``-ln((1 - prior_prob) / prior_prob)`` (official code: prior 0.001, mmcv's
-    ``bias_init_with_prob``, so ``-ln 999``; not in the paper). EQLv2's sigmoid scores the same way.
+    ``bias_init_with_prob``, so ``-ln 999``; not in the paper).
+
+    EQLv2's official classifier scores the same way (``EQLv2.get_activation``;
+    :class:`~ltdet2.modeling.losses.EQLv2Loss` declares this scoring), with ``prior_prob=None`` (the zero biases of
+    Detectron2 and of EQLv2's official ``BBoxHead``) and ``test_with_objectness`` (EQLv2's ``test_with_obj``, True by
+    default; False: the test-time class probabilities are the plain ``sigmoid(z_j)``, the background column
+    ``sigmoid(z_K)``).
 
     Args:
-        prior_prob: the initial probability of every channel.
+        prior_prob: the initial probability of every channel; None: the biases stay Detectron2's zeros.
+        test_with_objectness: multiply the class probabilities by ``1 - sigmoid(z_K)`` (default).
     """
 
     name = "sigmoid_background"
 
-    def __init__(self, *, prior_prob: float = 0.001):
+    def __init__(self, *, prior_prob: float | None = 0.001, test_with_objectness: bool = True):
         super().__init__()
-        if not 0.0 < prior_prob < 1.0:
-            raise ValueError(f"SigmoidBackgroundScoring: prior_prob must be in (0, 1), got {prior_prob}")
+        if prior_prob is not None and not 0.0 < prior_prob < 1.0:
+            raise ValueError(f"SigmoidBackgroundScoring: prior_prob must be in (0, 1) or None, got {prior_prob}")
         self.prior_prob = prior_prob
+        self.test_with_objectness = bool(test_with_objectness)
 
     @property
-    def bias_value(self) -> float:
+    def bias_value(self) -> float | None:
+        """The initial bias of every channel; None with ``prior_prob=None`` (the biases are left at 0)."""
+        if self.prior_prob is None:
+            return None
         return -math.log((1 - self.prior_prob) / self.prior_prob)
 
     def probabilities(self, logits):
+        if not self.test_with_objectness:
+            return logits.sigmoid()
         return sigmoid_background_probs(logits)
 
     def loss(self, logits, labels, weights=None):
         return sigmoid_background_loss(logits, labels, weights)
 
     def init_bias(self, bias):
-        nn.init.constant_(bias, self.bias_value)
+        if self.prior_prob is not None:
+            nn.init.constant_(bias, self.bias_value)
 
     def extra_repr(self):
-        return f"prior_prob={self.prior_prob}"
+        extra = "" if self.test_with_objectness else ", test_with_objectness=False"
+        return f"prior_prob={self.prior_prob}{extra}"
 
 
 class ObjectnessSoftmaxScoring(ClassScoring):

@@ -1,4 +1,5 @@
 from .distillation import kl_distillation, logit_distillation, masked_feature_distillation
+from .eqlv2 import EQLv2Loss, eqlv2_loss, eqlv2_weights, weighted_sigmoid_loss
 from .equilibrium import EquilibriumLoss, equilibrium_loss
 from .federated import FederatedClassWeights
 from .foreground_balance import (
@@ -23,6 +24,10 @@ __all__ = [
     "kl_distillation",
     "logit_distillation",
     "masked_feature_distillation",
+    "EQLv2Loss",
+    "eqlv2_loss",
+    "eqlv2_weights",
+    "weighted_sigmoid_loss",
     "EquilibriumLoss",
     "equilibrium_loss",
     "FederatedClassWeights",
