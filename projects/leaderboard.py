@@ -29,14 +29,19 @@
 # Budget: P = 300, F = 150, 2,400 iterations and 10 evaluations per seed (times: docs/leaderboard.md,
 # docs/benchmarks.md).
 # Run: python scripts/leaderboard.py [--entries ce loce] [--seeds 0 1 2] [--jobs 2] [--quick] [--dry-run]
-from ltdet2.config.bacl import add_classifier_learning, add_representation_learning
-from ltdet2.config.loce import LOCE_TRAINABLE, add_ebl, add_memory_warmup, add_mfs
-from ltdet2.config.lst import lt_shapes_lst_phases
-from ltdet2.config.rio import add_cosine_classifier, add_object_replay, add_rfs
-from ltdet2.config.schedules import multi_step
-from ltdet2.config.stepwise import stepwise_phases
+from ltdet2.config.leaderboard import (
+    LST_INCREMENTAL_PHASES,
+    bacl_chain,
+    decoupled,
+    fine_tune,
+    from_scratch,
+    lst_chain,
+    stepwise_chain,
+    with_object_replay,
+)
+from ltdet2.config.loce import add_ebl, add_mfs
+from ltdet2.config.rio import add_cosine_classifier, add_rfs
 from ltdet2.data.lt_shapes import NUM_CLASSES
-from ltdet2.engine import make_phase
 from ltdet2.engine.leaderboard import evaluate_entries_only
 
 from ..configs.lt_shapes_defaults import dataloader, optimizer, train
@@ -45,8 +50,6 @@ from ..configs.models.mask_rcnn_r18_fpn_small import model
 PRETRAIN_ITERS = 300  # every entry's first phase (the shared pretrain, BACL's stage 1, LST's base)
 FINETUNE_ITERS = 150  # the rest of every entry (divisible by 2 and 3: step-wise's and LST's own phases)
 TOTAL_ITERS = PRETRAIN_ITERS + FINETUNE_ITERS
-IMAGE_SIZE = 128  # LT-Shapes' images (BACL's copy-paste size)
-LST_INCREMENTAL_PHASES = 3
 
 
 def leaderboard_phases(model, dataloader, optimizer, train, *, pretrain_iters, finetune_iters, checkpoint_period=50):
@@ -55,105 +58,48 @@ def leaderboard_phases(model, dataloader, optimizer, train, *, pretrain_iters, f
     if finetune_iters % 6:
         raise ValueError(f"finetune_iters={finetune_iters}: step-wise (2 phases) and LST (3) need a multiple of 6")
     model.roi_heads.num_classes = NUM_CLASSES
-    first_schedule = multi_step(
-        pretrain_iters,
-        steps=(pretrain_iters * 3 // 4, pretrain_iters * 37 // 40),
-        warmup_iters=min(100, pretrain_iters // 2),
-    )
-
-    def warmup(iters):  # a fine-tune's: 10 iterations, at most half of a short (--quick) phase
-        return min(10, iters // 2)
-
-    def fine_tune_schedule(iters):
-        return multi_step(iters, steps=(iters // 2, iters * 5 // 6), warmup_iters=warmup(iters))
-
-    def first_phase(**keys):
-        phase = make_phase(model=model, dataloader=dataloader, optimizer=optimizer, train=train, **keys)
-        phase["lr_multiplier"] = first_schedule
-        phase["train"].update(max_iter=pretrain_iters, init_from_phase="")  # from scratch
-        phase["train"].checkpointer.period = checkpoint_period
-        return phase
-
-    def fine_tune(base, source, **keys):
-        phase = make_phase(base, lr_multiplier=fine_tune_schedule(finetune_iters), **keys)
-        phase["train"].update(max_iter=finetune_iters, init_from_phase=source)
-        return phase
-
-    def replay(phase):
-        return add_object_replay(phase["model"], dataset_name=phase["dataloader"].train.dataset.names)
-
-    def decoupled(phase):  # LOCE's fine-tune: classifier, regressor, RPN and mask head train; memories warmed up
-        phase["train"].update(trainable=LOCE_TRAINABLE)
-        add_memory_warmup(phase["train"], images_per_class=5)
-        return phase
-
+    first = dict(iters=pretrain_iters, checkpoint_period=checkpoint_period)
     phases = {}
-    pretrain = phases["pretrain"] = first_phase()
-    ce = phases["ce"] = fine_tune(pretrain, "pretrain")
-    phases["rfs"] = rfs = fine_tune(ce, "pretrain")
+    pretrain = phases["pretrain"] = from_scratch(model, dataloader, optimizer, train, **first)
+    ce = phases["ce"] = fine_tune(pretrain, "pretrain", iters=finetune_iters)
+    phases["rfs"] = rfs = fine_tune(ce, "pretrain", iters=finetune_iters)
     add_rfs(rfs["dataloader"])
-    phases["rio"] = rio = fine_tune(rfs, "pretrain")
+    phases["rio"] = rio = with_object_replay(fine_tune(rfs, "pretrain", iters=finetune_iters))
     add_cosine_classifier(rio["model"])
-    replay(rio)
-    phases["loce"] = loce = decoupled(fine_tune(ce, "pretrain"))
+    phases["loce"] = loce = decoupled(fine_tune(ce, "pretrain", iters=finetune_iters))
     add_ebl(loce["model"])
     add_mfs(loce["model"])
-    phases["loce_rfs"] = loce_rfs = fine_tune(loce, "pretrain")
+    phases["loce_rfs"] = loce_rfs = fine_tune(loce, "pretrain", iters=finetune_iters)
     add_rfs(loce_rfs["dataloader"])
-    phases["replay_ebl"] = replay_ebl = decoupled(fine_tune(ce, "pretrain"))
+    phases["replay_ebl"] = replay_ebl = decoupled(fine_tune(ce, "pretrain", iters=finetune_iters))
     add_ebl(replay_ebl["model"])
-    replay(replay_ebl)
-
-    stepwise = stepwise_phases(
-        model,
-        dataloader,
-        optimizer,
-        first_schedule,
-        train,
-        source="lt_shapes_train",
-        head_iters=finetune_iters // 2,
-        transfer_iters=finetune_iters // 2,
-        warmup_iters=warmup(finetune_iters // 2),
-        checkpoint_period=checkpoint_period,
-        quota_scale=0.3,  # projects/stepwise.py's scaling of the paper's quotas and thresholds to LT-Shapes
-        threshold_scale=30,
+    with_object_replay(replay_ebl)
+    phases.update(
+        stepwise_chain(model, dataloader, optimizer, train, iters=finetune_iters, checkpoint_period=checkpoint_period)
     )
-    phases["stepwise_head_expert"] = stepwise["head_expert"]  # init_from_phase="pretrain" (its own)
-    phases["stepwise"] = stepwise["transfer"]
-    phases["stepwise"]["train"].update(
-        init_from_phase="stepwise_head_expert", teacher_from_phase="stepwise_head_expert"
+    phases.update(
+        bacl_chain(
+            model,
+            dataloader,
+            optimizer,
+            train,
+            representation_iters=pretrain_iters,
+            classifier_iters=finetune_iters,
+            checkpoint_period=checkpoint_period,
+        )
     )
-
-    representation = phases["bacl_representation"] = first_phase()
-    add_representation_learning(
-        representation, image_size=IMAGE_SIZE, train_proposals=1000, box_shift_threshold=1, mask_area_threshold=3
-    )  # projects/bacl.py's LT-Shapes settings
-    # stage 2: the stage-1 data pipeline and weight decay undone (projects/bacl.py)
-    classifier = fine_tune(representation, "bacl_representation", dataloader=dataloader, optimizer=optimizer)
-    phases["bacl"] = add_classifier_learning(make_phase(classifier))
-    phases["fcbl_replay"] = fcbl_replay = add_classifier_learning(make_phase(classifier), fhm=False)
-    replay(fcbl_replay)
-
-    phases["lst_base"] = lt_shapes_lst_phases(model, dataloader, optimizer, first_schedule, train)["base"]
-    phases["lst_base"]["train"].update(max_iter=pretrain_iters, init_from_phase="")
-    phases["lst_base"]["train"].checkpointer.period = checkpoint_period
-    # the chain from lst_base, each phase from (and distilled from) the one before it
-    chain = lt_shapes_lst_phases(
-        model,
-        dataloader,
-        optimizer,
-        first_schedule,
-        train,
-        chain_name="lst",
-        from_phase="lst_base",
-        incremental_iters=finetune_iters // LST_INCREMENTAL_PHASES,
-        # ltdet2/config/lst.py's LT-Shapes schedule (x0.1 after 60%) with the warm-up fitted to short phases
-        incremental_schedule=lambda iters: multi_step(iters, steps=(iters * 6 // 10,), warmup_iters=warmup(iters)),
+    phases.update(
+        lst_chain(
+            model,
+            dataloader,
+            optimizer,
+            train,
+            base_iters=pretrain_iters,
+            incremental_iters=finetune_iters,
+            checkpoint_period=checkpoint_period,
+        )
     )
-    last = f"lst_{LST_INCREMENTAL_PHASES}"
-    phases.update({name: phase for name, phase in chain.items() if name != last})
-    phases["lst"] = chain[last]  # the entry's name
-
+    assert LST_INCREMENTAL_PHASES == 3  # the header's table
     return evaluate_entries_only(phases)
 
 

@@ -64,17 +64,21 @@ import os
 import shlex
 import subprocess
 import time
+from dataclasses import dataclass
 
 from ltdet2.engine.launch import RunLock, train_command
 from ltdet2.engine.leaderboard import (
     chain_iterations,
     entry_chains,
+    format_curves_table,
     format_leaderboard_table,
     load_entry_results,
     phase_jobs,
     plot_ap_by_image_count,
     plot_apr_vs_apf,
     plot_entries_per_class_ap,
+    plot_learning_curves,
+    read_learning_curve,
     results_path,
     seed_wall_times,
     write_entry_results,
@@ -93,12 +97,73 @@ COMPOSITION_PAIRS = (
     ("replay_ebl", "rio"),  # LOCE's EBL (decoupled) instead of RIO's RFS and cosine classifier
     ("fcbl_replay", "bacl"),  # RIO's object replay instead of BACL's FHM
 )
-# (config, seeds, output dir, docs dir) of the full leaderboard and of --quick. Everything goes under output/ by
-# default (the docs dirs mirror the committed docs/leaderboard[/quick]); the committed results and tables are
-# regenerated with --docs-dir docs/leaderboard[/quick] (results: <docs-dir>/results).
+# v2 (docs/leaderboard/protocol.md): families of paired comparisons, each its own table with Holm's correction
+# within it: each entry against the control of its regime, the controls against each other, RIO's two parts apart
+# and the compositions against their parts
+V2_FAMILIES = (
+    ("Controls: each against `ce`", (("crt", "ce"), ("stepwise_control", "ce"))),
+    (
+        "End to end: each against `ce`",
+        tuple((entry, "ce") for entry in ("rfs", "rio_replay", "rio", "seesaw", "eqlv2", "federated", "lst")),
+    ),
+    (
+        "Decoupled: each against `crt`",
+        tuple((entry, "crt") for entry in ("loce", "loce_rfs", "replay_ebl", "bacl", "fcbl_replay")),
+    ),
+    ("Step-wise: against its control", (("stepwise", "stepwise_control"),)),
+    (
+        "Parts: RIO's replay and classifier apart, the compositions against the entry they change",
+        (("rio_replay", "rfs"), ("rio", "rio_replay"), *COMPOSITION_PAIRS[:2], COMPOSITION_PAIRS[3]),
+    ),
+)
+CURVE_PHASE = "pretrain"  # v2: the shared pretrain's learning curve (the protocol's convergence rule)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Where a leaderboard's project, runs and docs are (``--protocol``, ``--quick``) and the pairs of its table.
+    Everything goes under output/ by default (the docs dirs mirror the committed ones); the committed results and
+    tables are regenerated with ``--docs-dir docs/<docs>`` (results: ``<docs-dir>/results``)."""
+
+    config_file: str
+    seeds: tuple
+    output_dir: str
+    docs_dir: str
+    reference: str | None
+    pairs: tuple
+    families: tuple = ()
+
+
 SETTINGS = {
-    False: ("projects/leaderboard.py", [0, 1, 2], "output/leaderboard", "output/docs/leaderboard"),
-    True: ("projects/leaderboard_quick.py", [0], "output/leaderboard_quick", "output/docs/leaderboard/quick"),
+    ("v1", False): Setting(
+        "projects/leaderboard.py", (0, 1, 2), "output/leaderboard", "output/docs/leaderboard", "ce", COMPOSITION_PAIRS
+    ),
+    ("v1", True): Setting(
+        "projects/leaderboard_quick.py",
+        (0,),
+        "output/leaderboard_quick",
+        "output/docs/leaderboard/quick",
+        "ce",
+        COMPOSITION_PAIRS,
+    ),
+    ("v2", False): Setting(
+        "projects/leaderboard_v2.py",
+        (0, 1, 2, 3, 4),
+        "output/leaderboard_v2",
+        "output/docs/leaderboard/v2",
+        None,
+        (),
+        V2_FAMILIES,
+    ),
+    ("v2", True): Setting(
+        "projects/leaderboard_v2_quick.py",
+        (0,),
+        "output/leaderboard_v2_quick",
+        "output/docs/leaderboard/v2/quick",
+        None,
+        (),
+        V2_FAMILIES,
+    ),
 }
 
 
@@ -173,7 +238,9 @@ def entry_command(args, entry, seed):
     """The command line a results file records: this script for the one (entry, seed)."""
     # overrides first: after --entries / --seeds, argparse would read them as entries or seeds
     return shlex.join(
-        ["scripts/leaderboard.py", *args.overrides, *(["--quick"] if args.quick else [])]
+        ["scripts/leaderboard.py", *args.overrides]
+        + (["--protocol", args.protocol] if args.protocol != "v1" else [])
+        + (["--quick"] if args.quick else [])
         + ["--entries", entry, "--seeds", str(seed)]
     )
 
@@ -207,7 +274,19 @@ def entry_record(args, entry, chain, seed, cfg, phases, *, command, commit, omp_
         phase_load_avg={name: timing["load_avg"] for name, timing in timings.items()},
         omp_num_threads=omp_num_threads,
     )
+    curves = {name: phase_curve(phases[name]) for name in chain if int(cfg.phases[name].train.eval_period or 0) > 0}
+    if curves:
+        record["curves"] = curves
     return record
+
+
+def phase_curve(phase):
+    """The learning curve of a phase evaluated every ``train.eval_period`` iterations (its final evaluation the
+    last point), from its metrics.json (ltdet2.engine.leaderboard.read_learning_curve)."""
+    path = os.path.join(phase.output_dir, "metrics.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"phase {phase.name}: no {path} to read its learning curve from")
+    return read_learning_curve(path)
 
 
 def run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command):
@@ -391,13 +470,22 @@ def threads_note(records, seed):
     return f", {' / '.join(labels)} per process"
 
 
-def build_outputs(results_dir, docs_dir, order):
-    """The table and plots from the results files of ``results_dir`` alone; returns the table."""
+def build_outputs(results_dir, docs_dir, order, setting=SETTINGS["v1", False]):
+    """The table and plots from the results files of ``results_dir`` alone (the pairs of ``setting``); returns the
+    table."""
     records = load_entry_results(results_dir)
     names = list(
         dict.fromkeys([*(n for n in order if any(r["entry"] == n for r in records)), *(r["entry"] for r in records)])
     )
-    table = format_leaderboard_table(records, names, reference=REFERENCE_ENTRY, pairs=COMPOSITION_PAIRS)
+    table = format_leaderboard_table(
+        records, names, reference=setting.reference, pairs=setting.pairs, families=setting.families
+    )
+    curves = format_curves_table(records, CURVE_PHASE)
+    if curves:
+        table += (
+            f"\n\nThe shared {CURVE_PHASE}'s learning curve (box AP on the val set; docs/leaderboard/protocol.md: "
+            f"converged when the last quarter gains under 1 AP):\n\n{curves}"
+        )
     machines = sorted({r.get("machine", "?") for r in records})
     commits = sorted({str(r.get("commit")) for r in records})
     totals = "; ".join(
@@ -417,6 +505,7 @@ def build_outputs(results_dir, docs_dir, order):
     plot_apr_vs_apf(records, os.path.join(docs_dir, "apr_vs_apf.png"), entries=names)
     plot_entries_per_class_ap(records, os.path.join(docs_dir, "per_class_ap"), entries=names)
     plot_ap_by_image_count(records, os.path.join(docs_dir, "ap_by_image_count.png"), entries=names)
+    plot_learning_curves(records, CURVE_PHASE, os.path.join(docs_dir, "learning_curve.png"))
     return text
 
 
@@ -432,6 +521,13 @@ def main(argv=None):
     )
     parser.add_argument("--results-dir", help="results files (default <docs-dir>/results)")
     parser.add_argument("--quick", action="store_true", help="the short setting: fewer iterations, seed 0")
+    parser.add_argument(
+        "--protocol",
+        choices=("v1", "v2"),
+        default="v1",
+        help="v1: projects/leaderboard.py (450 iterations, unmatched controls; docs/leaderboard); v2: "
+        "projects/leaderboard_v2.py (converged start, matched controls; docs/leaderboard/protocol.md)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
     parser.add_argument("--from-results", action="store_true", help="only rebuild the table and plots")
     parser.add_argument(
@@ -447,11 +543,11 @@ def main(argv=None):
     parser.add_argument("--no-outputs", action="store_true", help="train only: leave the table and plots as they are")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides (before --entries / --seeds)")
     args = parser.parse_args(argv)
-    config_file, seeds, output_dir, docs_dir = SETTINGS[args.quick]
-    args.config_file = args.config_file or config_file
-    seeds = args.seeds or seeds
-    output_dir = args.output_dir or output_dir
-    docs_dir = args.docs_dir or docs_dir
+    setting = SETTINGS[args.protocol, args.quick]
+    args.config_file = args.config_file or setting.config_file
+    seeds = args.seeds or list(setting.seeds)
+    output_dir = args.output_dir or setting.output_dir
+    docs_dir = args.docs_dir or setting.docs_dir
     results_dir = args.results_dir or os.path.join(docs_dir, "results")
 
     cfg = load_config(args.config_file, args.overrides)
@@ -492,7 +588,7 @@ def main(argv=None):
     if not os.path.isdir(results_dir):
         print(f"no results in {results_dir} yet", flush=True)
         return None
-    text = build_outputs(results_dir, docs_dir, list(chains))
+    text = build_outputs(results_dir, docs_dir, list(chains), setting)
     print(text)
     return text
 

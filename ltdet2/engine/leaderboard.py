@@ -23,6 +23,7 @@ The phases of several entries and seeds can train at once (``scripts/leaderboard
 """
 
 import glob
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -50,6 +51,12 @@ __all__ = [
     "phase_jobs",
     "results_path",
     "write_entry_results",
+    "CURVE_METRICS",
+    "read_learning_curve",
+    "seed_curves",
+    "curve_gain",
+    "format_curves_table",
+    "plot_learning_curves",
     "load_entry_results",
     "records_by_seed",
     "format_leaderboard_table",
@@ -110,12 +117,15 @@ def entry_chains(phases):
     return chains
 
 
-def evaluate_entries_only(phases):
-    """Removes ``dataloader.evaluator`` from every phase that is not an entry (on a CPU a Mask R-CNN evaluation
-    costs minutes; the runner evaluates a phase without one to nothing). Returns ``phases``."""
+def evaluate_entries_only(phases, keep=()):
+    """Removes ``dataloader.evaluator`` from every phase that is not an entry nor in ``keep`` (on a CPU a Mask R-CNN
+    evaluation costs minutes; the runner evaluates a phase without one to nothing). Returns ``phases``."""
     entries = entry_chains(phases)
+    unknown = sorted(set(keep) - set(phases))
+    if unknown:
+        raise KeyError(f"evaluate_entries_only: keep={unknown} are not phases of the project ({list(phases)})")
     for name, phase in phases.items():
-        if name not in entries:
+        if name not in entries and name not in keep:
             phase["dataloader"].pop("evaluator", None)
     return phases
 
@@ -224,13 +234,15 @@ def records_by_seed(records, entries=None):
     return [by_seed[seed] for seed in sorted(by_seed)]
 
 
-def format_leaderboard_table(records, entries=None, reference=None, pairs=()):
+def format_leaderboard_table(records, entries=None, reference=None, pairs=(), families=()):
     """Markdown: the mean ± std table over seeds (:func:`ltdet2.engine.results.format_mean_std_table`) of the
     entries' box AP, AP50, APr, APc, APf, mask AP, mask APr, training and wall time; with ``reference`` (an
     entry) and at least 2 seeds, the paired differences of every other entry against it (box AP, APr, APc, APf),
     followed by those of ``pairs`` ((entry, other entry), e.g. a composition against one of its parts) whose two
     entries both have results: one table, so Holm's correction runs over all its (pair, metric) cells
-    (:func:`ltdet2.engine.results.format_paired_differences`)."""
+    (:func:`ltdet2.engine.results.format_paired_differences`). ``families`` ((title, pairs), ...): one paired
+    table per family, each under its title and Holm-corrected on its own (a family without two entries with
+    results is left out)."""
     merged = records_by_seed(records, entries)
     if not merged:
         have = sorted({r["entry"] for r in records})
@@ -243,6 +255,12 @@ def format_leaderboard_table(records, entries=None, reference=None, pairs=()):
         compared = [(name, reference) for name in present if name != reference]
         compared += [(a, b) for a, b in pairs if a in present and b in present and (a, b) not in compared]
         table += "\n\n" + format_paired_differences(merged, compared, "bbox")
+    if len(merged) >= 2:
+        present = set(dict.fromkeys(n for r in merged for n in r["phases"]))
+        for title, family in families:
+            compared = [(a, b) for a, b in family if a in present and b in present]
+            if compared:
+                table += f"\n\n{title}\n\n" + format_paired_differences(merged, compared, "bbox")
     return table
 
 
@@ -381,3 +399,103 @@ def plot_ap_by_image_count(records, out, *, entries=None, task="bbox", edges=IMA
 def write_entry_results(results_dir, record):
     """Writes an (entry, seed) record to its :func:`results_path`; returns the path."""
     return write_results_file(results_path(results_dir, record["entry"], record["seed"]), record)
+
+
+# ---------------------------------------------------------------------------------------------------
+# learning curves: a phase evaluated every ``train.eval_period`` iterations (v2's shared pretrain)
+
+CURVE_METRICS = ("AP", "APr", "APc", "APf")  # of each task (bbox, segm) a curve's points keep
+
+
+def read_learning_curve(metrics_json):
+    """The evaluations of one phase's run, from its Detectron2 ``metrics.json`` (one JSON record per line; an
+    evaluation's metrics are ``bbox/AP``, ``segm/APr``, ... in the record of the iteration it ran after): a list,
+    by iteration, of ``{"iteration": iterations trained, "bbox": {AP, APr, APc, APf}, "segm": {...}}`` (tasks the
+    evaluation had). A resumed run may have written an iteration twice: the last record of it counts."""
+    points = {}
+    with open(metrics_json) as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{metrics_json}:{number}: not a JSON record ({error})") from None
+            tasks = {}
+            for task in ("bbox", "segm"):
+                values = {m: record[f"{task}/{m}"] for m in CURVE_METRICS if f"{task}/{m}" in record}
+                if values:
+                    tasks[task] = values
+            if tasks:
+                iteration = int(record["iteration"]) + 1
+                points.setdefault(iteration, {}).update(tasks)
+    return [{"iteration": it, **tasks} for it, tasks in sorted(points.items())]
+
+
+def seed_curves(records, phase):
+    """{seed: ``phase``'s learning curve} from the records' ``curves`` (a seed's curve is the same in every record
+    that holds it: the first is taken); seeds whose records hold none are left out."""
+    curves = {}
+    for record in records:
+        curve = record.get("curves", {}).get(phase)
+        if curve:
+            curves.setdefault(record["seed"], curve)
+    return curves
+
+
+def curve_gain(curve, *, fraction=0.25, task="bbox", metric="AP"):
+    """How much ``metric`` gained over the last ``fraction`` of the curve's iterations: the last point's value
+    minus that of the last point at or before ``(1 - fraction)`` of the last point's iteration (the protocol's
+    convergence rule, docs/leaderboard/protocol.md: under 1 box AP over the last quarter). NaN when the curve has
+    no such earlier point."""
+    points = [(p["iteration"], p[task][metric]) for p in curve if task in p and metric in p[task]]
+    if len(points) < 2:
+        return float("nan")
+    last_iteration, last_value = points[-1]
+    earlier = [value for iteration, value in points if iteration <= (1 - fraction) * last_iteration]
+    return last_value - earlier[-1] if earlier else float("nan")
+
+
+def format_curves_table(records, phase, *, task="bbox", metric="AP", tolerance=1.0, fraction=0.25):
+    """Markdown: ``phase``'s learning curve per seed (``metric`` at each evaluated iteration), from the records'
+    ``curves`` (a seed's curve is the same in every record that holds it: the first is taken), with the gain over
+    the last ``fraction`` and whether it is under ``tolerance``. Empty when no record holds the curve."""
+    curves = seed_curves(records, phase)
+    if not curves:
+        return ""
+    iterations = sorted({p["iteration"] for curve in curves.values() for p in curve})
+    header = f"| {phase} {task} {metric}: seed | " + " | ".join(str(i) for i in iterations)
+    header += f" | gain over the last {fraction:.0%} | converged (gain < {tolerance:g}) |"
+    lines = [header, "|---|" + "---:|" * (len(iterations) + 2)]
+    for seed, curve in sorted(curves.items()):
+        by_iteration = {p["iteration"]: p.get(task, {}).get(metric, float("nan")) for p in curve}
+        cells = [f"{by_iteration[i]:.2f}" if i in by_iteration else "" for i in iterations]
+        gain = curve_gain(curve, fraction=fraction, task=task, metric=metric)
+        verdict = "?" if math.isnan(gain) else ("yes" if gain < tolerance else "no")
+        lines.append(f"| {seed} | " + " | ".join(cells) + f" | {gain:+.2f} | {verdict} |")
+    return "\n".join(lines)
+
+
+def plot_learning_curves(records, phase, out, *, task="bbox", metrics=("AP", "APr", "APf")):
+    """``phase``'s learning curves (``metrics`` against iterations, one line per seed and metric) from the records'
+    ``curves``; written to ``out`` (PNG, Agg). Returns ``out``, or None when no record holds the curve."""
+    curves = seed_curves(records, phase)
+    if not curves:
+        return None
+    fig = agg_figure(7, 4.5)
+    ax = fig.subplots()
+    for index, metric in enumerate(metrics):
+        for seed, curve in sorted(curves.items()):
+            points = [(p["iteration"], p[task][metric]) for p in curve if metric in p.get(task, {})]
+            if points:
+                x, y = zip(*points)
+                ax.plot(x, y, marker="o", color=f"C{index}", alpha=0.7, label=metric if seed == min(curves) else None)
+    ax.set_xlabel("iterations")
+    ax.set_ylabel(f"{task} AP (%)")
+    ax.set_title(f"{phase}: learning curve, seeds {', '.join(str(s) for s in sorted(curves))}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    return out

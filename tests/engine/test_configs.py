@@ -75,6 +75,8 @@ MULTI_PHASE_PROJECTS = [
     "bacl_lvis_v1_mask.py",
     "leaderboard.py",
     "leaderboard_quick.py",
+    "leaderboard_v2.py",
+    "leaderboard_v2_quick.py",
     "loce.py",
     "loce_ablation.py",
     "loce_lvis_v1.py",
@@ -91,6 +93,8 @@ MULTI_PHASE_PROJECTS = [
 ONE_PHASE_PROJECTS = [
     "baseline.py",
     "baseline_lvis_v1.py",
+    "eqlv2.py",
+    "eqlv2_lvis_v1.py",
     "federated_loss.py",
     "rio.py",
     "rio_lvis_v0_5.py",

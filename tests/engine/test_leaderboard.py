@@ -351,9 +351,12 @@ def test_concurrent_phase_runs_record_their_own_cpu_time_threads_and_log(tmp_pat
 
 def test_quick_run_folders_are_its_own():
     script = load_repo_module("scripts/leaderboard.py")
-    full, quick = script.SETTINGS[False], script.SETTINGS[True]
-    assert quick[1] == [0] and full[1] == [0, 1, 2]
-    assert quick[2] != full[2] and quick[3].startswith(full[3] + "/")
+    for protocol, seeds in (("v1", (0, 1, 2)), ("v2", (0, 1, 2, 3, 4))):
+        full, quick = script.SETTINGS[protocol, False], script.SETTINGS[protocol, True]
+        assert quick.seeds == (0,) and full.seeds == seeds
+        assert quick.output_dir != full.output_dir and quick.docs_dir.startswith(full.docs_dir + "/")
+    v1, v2 = script.SETTINGS["v1", False], script.SETTINGS["v2", False]
+    assert v2.output_dir != v1.output_dir and v2.docs_dir.startswith(v1.docs_dir + "/")  # v1's table stays
 
 
 def test_two_entries_train_end_to_end_on_a_tiny_lt_shapes(tiny_dataset, tmp_path, monkeypatch):

@@ -1,0 +1,158 @@
+# The LT-Shapes leaderboard, v2 (issue #30; the protocol: docs/leaderboard/protocol.md). Same data (LT-Shapes, 72
+# classes), model (the small Mask R-CNN from scratch) and evaluation (LVIS-style box and mask AP, 300 detections) as
+# v1 (projects/leaderboard.py), with a converged start, equal budgets, matched controls and the baselines users
+# compare against. Every entry trains TOTAL_ITERS = PRETRAIN_ITERS + FINETUNE_ITERS iterations, every phase of its
+# chain counted (LOCE's memory warm-up is forward passes only, not counted: protocol.md gives its size).
+#
+#   regime      entry            its phases (iterations)                                            control
+#   end to end  ce               softmax CE from scratch (P + F): the end-to-end control               -
+#               rfs              + repeat-factor sampling (t = 0.001), from scratch (P + F)            ce
+#               rio_replay       RFS + RIO's object replay, linear classifier (P + F)                 ce, rfs
+#               rio              RFS + object replay + RIO's cosine classifier (P + F)                ce, rio_replay
+#               seesaw           Seesaw loss, objectness branch, normalised classifier (P + F)        ce
+#               eqlv2            EQLv2: sigmoid classifier, gradient-guided reweighting (P + F)       ce
+#               federated        Detectron2's federated sigmoid loss (P + F)                          ce
+#               lst              lst_base (top 30 classes, P) -> 3 incremental phases (F/3 each)      ce
+#   decoupled   crt              pretrain (P) -> plain CE, LOCE's trainable set and schedule (F):      ce
+#                                the decoupled control (cRT's re-training, instance sampling; no memory
+#                                warm-up: it has no memory)
+#               loce             pretrain -> EBL + MFS, memory warm-up (F)                            crt
+#               loce_rfs         pretrain -> LOCE with RFS (F; composition)                           crt, loce
+#               replay_ebl       pretrain -> object replay + EBL (F; composition)                     crt, loce
+#               bacl             bacl_representation (stage 1, P) -> FCBL + FHM (F)                   crt
+#               fcbl_replay      bacl_representation -> FCBL with object replay (F; composition)      crt, bacl
+#   step-wise   stepwise_control pretrain -> CE on all data, step-wise's trainable set and lr (F)       ce
+#               stepwise         pretrain -> head expert (F/2, D_head) -> transfer (F/2, D_tail)      stepwise_control
+#
+# `pretrain` is the shared softmax-CE first phase of the decoupled and step-wise entries (trained once per seed);
+# it keeps its evaluator and evaluates every PRETRAIN_ITERS // CURVE_POINTS iterations: its learning curve, recorded
+# in the results file of every entry that starts from it, and checked against the protocol's convergence rule
+# (the last quarter gains under 1 box AP). The controls a pair is formed with are scripts/leaderboard.py's
+# V2_FAMILIES. Run: python scripts/leaderboard.py --protocol v2 [--entries ...] [--seeds 0 1 2 3 4] [--jobs 2]
+from ltdet2.config.eqlv2 import add_eqlv2
+from ltdet2.config.federated import add_federated_loss
+from ltdet2.config.leaderboard import (
+    bacl_chain,
+    decoupled,
+    fine_tune,
+    fine_tune_warmup,
+    from_scratch,
+    lst_chain,
+    stepwise_chain,
+    with_object_replay,
+)
+from ltdet2.config.loce import LOCE_TRAINABLE, add_ebl, add_mfs
+from ltdet2.config.rio import add_cosine_classifier, add_rfs
+from ltdet2.config.schedules import multi_step
+from ltdet2.config.seesaw import add_seesaw
+from ltdet2.config.stepwise import STEPWISE_TRAINABLE
+from ltdet2.data.lt_shapes import NUM_CLASSES
+from ltdet2.engine import make_phase
+from ltdet2.engine.leaderboard import evaluate_entries_only
+
+from ..configs.lt_shapes_defaults import dataloader, optimizer, train
+from ..configs.models.mask_rcnn_r18_fpn_small import model
+
+PRETRAIN_ITERS = 2400  # P: the converged start (docs/leaderboard/protocol.md: its learning curve)
+FINETUNE_ITERS = 600  # F: a decoupled entry's fine-tune (divisible by 2 and 3: step-wise's and LST's phases)
+TOTAL_ITERS = PRETRAIN_ITERS + FINETUNE_ITERS
+CURVE_POINTS = 8  # evaluations of the shared pretrain (its learning curve), the last at its end
+
+
+def leaderboard_v2_phases(
+    model, dataloader, optimizer, train, *, pretrain_iters, finetune_iters, curve_points, checkpoint_period=200
+):
+    """The v2 leaderboard's ``phases`` (the file's header): first phases of ``pretrain_iters``, the entries' own
+    phases of ``finetune_iters`` in all, end-to-end entries of both from scratch; the shared ``pretrain`` evaluated
+    ``curve_points`` times; otherwise only the entries' last phases keep ``dataloader.evaluator``."""
+    if finetune_iters % 6:
+        raise ValueError(f"finetune_iters={finetune_iters}: step-wise (2 phases) and LST (3) need a multiple of 6")
+    if pretrain_iters % curve_points:
+        raise ValueError(f"pretrain_iters={pretrain_iters}: not a multiple of curve_points={curve_points}")
+    model.roi_heads.num_classes = NUM_CLASSES
+    total_iters = pretrain_iters + finetune_iters
+    phases = {}
+
+    def end_to_end(**keys):  # the whole budget from scratch, at LT-Shapes' schedule stretched over it
+        return from_scratch(
+            model, dataloader, optimizer, train, iters=total_iters, checkpoint_period=checkpoint_period, **keys
+        )
+
+    pretrain = phases["pretrain"] = from_scratch(
+        model, dataloader, optimizer, train, iters=pretrain_iters, checkpoint_period=checkpoint_period
+    )
+    ce = phases["ce"] = end_to_end()
+    phases["rfs"] = rfs = make_phase(ce)
+    add_rfs(rfs["dataloader"])
+    phases["rio_replay"] = rio_replay = with_object_replay(make_phase(rfs))
+    phases["rio"] = rio = make_phase(rio_replay)
+    add_cosine_classifier(rio["model"])
+    phases["seesaw"] = seesaw = make_phase(ce)
+    add_seesaw(seesaw["model"])
+    phases["eqlv2"] = eqlv2 = make_phase(ce)
+    add_eqlv2(eqlv2["model"])
+    phases["federated"] = federated = make_phase(ce)
+    add_federated_loss(federated["model"], federated["dataloader"].train.dataset.names)
+
+    # the decoupled control: LOCE's trainable set and schedule, plain CE, no memory to warm up
+    crt = phases["crt"] = fine_tune(pretrain, "pretrain", iters=finetune_iters)
+    crt["train"].trainable = LOCE_TRAINABLE
+    phases["loce"] = loce = decoupled(make_phase(crt))
+    add_ebl(loce["model"])
+    add_mfs(loce["model"])
+    phases["loce_rfs"] = loce_rfs = make_phase(loce)
+    add_rfs(loce_rfs["dataloader"])
+    phases["replay_ebl"] = replay_ebl = decoupled(make_phase(crt))
+    add_ebl(replay_ebl["model"])
+    with_object_replay(replay_ebl)
+
+    # the step-wise control: the pretrain trained on, all data and its own loss, with step-wise's trainable set and
+    # the transfer's schedule shape over the same F iterations (projects/stepwise_ablation.py's `control`)
+    control = phases["stepwise_control"] = fine_tune(pretrain, "pretrain", iters=finetune_iters)
+    control["train"].trainable = STEPWISE_TRAINABLE
+    control["lr_multiplier"] = multi_step(
+        finetune_iters, steps=(finetune_iters // 2,), warmup_iters=fine_tune_warmup(finetune_iters)
+    )
+    phases.update(
+        stepwise_chain(model, dataloader, optimizer, train, iters=finetune_iters, checkpoint_period=checkpoint_period)
+    )
+
+    first = dict(checkpoint_period=checkpoint_period)
+    phases.update(
+        bacl_chain(
+            model,
+            dataloader,
+            optimizer,
+            train,
+            representation_iters=pretrain_iters,
+            classifier_iters=finetune_iters,
+            **first,
+        )
+    )
+    phases.update(
+        lst_chain(
+            model,
+            dataloader,
+            optimizer,
+            train,
+            base_iters=pretrain_iters,
+            incremental_iters=finetune_iters,
+            **first,
+        )
+    )
+    # the learning curve (its last point: the final evaluation), set last: the phases made from it evaluate once
+    pretrain["train"].eval_period = pretrain_iters // curve_points
+    return evaluate_entries_only(phases, keep=("pretrain",))
+
+
+train.output_dir = "output/leaderboard_v2"
+phases = leaderboard_v2_phases(
+    model,
+    dataloader,
+    optimizer,
+    train,
+    pretrain_iters=PRETRAIN_ITERS,
+    finetune_iters=FINETUNE_ITERS,
+    curve_points=CURVE_POINTS,
+)
+del model, dataloader, optimizer  # a project's root: `train` and `phases`

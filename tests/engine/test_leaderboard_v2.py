@@ -1,0 +1,180 @@
+"""The v2 leaderboard (projects/leaderboard_v2.py, docs/leaderboard/protocol.md): equal budgets, end-to-end entries
+from scratch, decoupled entries with the control's trainable set and schedule, the shared pretrain's learning curve
+(read from metrics.json, the convergence rule, its table), the v2 pairs."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from detectron2.config import instantiate
+from detectron2.utils.events import EventStorage
+
+from ltdet2.engine.leaderboard import (
+    chain_iterations,
+    curve_gain,
+    entry_chains,
+    evaluate_entries_only,
+    format_curves_table,
+    format_leaderboard_table,
+    plot_learning_curves,
+    read_learning_curve,
+)
+from ltdet2.engine.phases import load_config
+
+from fixtures.models import ROOT, load_repo_module, make_batch
+
+PROJECT = os.path.join(ROOT, "projects", "leaderboard_v2.py")
+QUICK = os.path.join(ROOT, "projects", "leaderboard_v2_quick.py")
+END_TO_END = ["ce", "rfs", "rio_replay", "rio", "seesaw", "eqlv2", "federated"]
+DECOUPLED = ["crt", "loce", "loce_rfs", "replay_ebl"]
+ENTRIES = [*END_TO_END, *DECOUPLED, "stepwise_control", "stepwise", "bacl", "fcbl_replay", "lst"]
+
+
+@pytest.fixture(scope="module")
+def project():
+    return load_config(PROJECT, ["train.device=cpu"])
+
+
+def test_entries_regimes_and_equal_budgets(project):
+    phases = project.phases
+    chains = entry_chains(phases)
+    assert list(chains) == ENTRIES
+    pretrain_iters, total = phases.pretrain.train.max_iter, phases.ce.train.max_iter
+    assert (pretrain_iters, total) == (2400, 3000)
+    quick = load_config(QUICK, ["train.device=cpu"])
+    for cfg, budget in ((project, total), (quick, 72)):
+        assert {chain_iterations(cfg.phases, c) for c in entry_chains(cfg.phases).values()} == {budget}
+        for name, phase in cfg.phases.items():  # every schedule fits its phase
+            scheduler = instantiate(phase.lr_multiplier)
+            assert 0 < scheduler(0.0) <= 1.0 and 0 < scheduler(0.999) <= 1.0, name
+    # end to end: one phase from scratch, the whole model, the whole budget
+    for name in END_TO_END:
+        assert chains[name] == [name] and phases[name].train.init_from_phase == "", name
+        assert phases[name].train.trainable is None, name
+    # the decoupled entries: from the shared pretrain, the control's trainable set and schedule
+    for name in DECOUPLED + ["bacl", "fcbl_replay"]:
+        assert list(phases[name].train.trainable) == list(phases.crt.train.trainable), name
+        assert phases[name].lr_multiplier == phases.crt.lr_multiplier, name
+    for name in DECOUPLED:
+        assert chains[name] == ["pretrain", name]
+        warmups = [hook for hook in phases[name].train.hooks if "MemoryWarmup" in str(hook._target_)]
+        assert len(warmups) == (name != "crt"), name  # the memories of LOCE and the replay are warmed up
+    assert list(phases.stepwise_control.train.trainable) == list(phases.stepwise.train.trainable)
+    assert chains["stepwise"] == ["pretrain", "stepwise_head_expert", "stepwise"]
+    assert chains["lst"] == ["lst_base", "lst_1", "lst_2", "lst"]
+    # the controls train plain softmax CE: no loss, classifier, sampler or replay of a method
+    for name in ("ce", "crt", "stepwise_control"):
+        predictor = phases[name].model.roi_heads.box_predictor
+        assert predictor.get("cls_loss") is None and predictor.get("classifier") is None, name
+        assert "sampler" not in phases[name].dataloader.train, name
+        assert not phases[name].model.roi_heads.get("feature_sources"), name
+    # the learning curve: only the shared pretrain evaluates periodically, and it keeps its evaluator
+    periodic = {n: p.train.eval_period for n, p in phases.items() if p.train.eval_period}
+    assert periodic == {"pretrain": pretrain_iters // 8}
+    assert [n for n, p in phases.items() if "evaluator" in p.dataloader] == ["pretrain", *ENTRIES]
+
+
+def test_models_that_v2_adds_train_a_step_with_masks(project):
+    """The entries whose models v1 lacks (object replay with a linear classifier, Seesaw, EQLv2, the
+    federated loss)."""
+    batch = make_batch(num_images=2, size=64, mask=True)
+    for name in ("rio_replay", "seesaw", "eqlv2", "federated"):
+        torch.manual_seed(0)
+        model = instantiate(project.phases[name].model).train()
+        with EventStorage(0):
+            losses = model(batch)
+        assert "loss_mask" in losses and torch.isfinite(sum(losses.values())), name
+
+
+def test_v2_pairs_name_entries_and_compare_each_with_its_regimes_control(project):
+    script = load_repo_module("scripts/leaderboard.py")
+    families = script.SETTINGS["v2", False].families
+    pairs = [pair for _, family in families for pair in family]
+    entries = set(entry_chains(project.phases))
+    assert {name for pair in pairs for name in pair} <= entries
+    assert len(set(pairs)) == len(pairs)
+    controls = dict.fromkeys(entries - {"ce"})
+    for entry, other in pairs:
+        if other in ("ce", "crt", "stepwise_control") and controls.get(entry) is None:
+            controls[entry] = other
+    assert controls == {
+        **dict.fromkeys(["crt", "stepwise_control", "rfs", "rio_replay", "rio", "seesaw", "eqlv2", "federated"], "ce"),
+        "lst": "ce",
+        **dict.fromkeys(["loce", "loce_rfs", "replay_ebl", "bacl", "fcbl_replay"], "crt"),
+        "stepwise": "stepwise_control",
+    }
+
+
+def write_metrics(path, records):
+    with open(path, "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+
+
+def test_learning_curve_from_metrics_json_and_the_convergence_rule(tmp_path):
+    metrics = str(tmp_path / "metrics.json")
+    train_line = {"iteration": 19, "total_loss": 1.0}
+    evals = [(299, 20.0), (599, 40.0), (899, 50.0), (1199, 55.0)]
+    records = [train_line]
+    for iteration, ap in evals:
+        records.append({"iteration": iteration, "bbox/AP": ap, "bbox/APr": ap / 10, "segm/AP": ap - 1, "lr": 0.02})
+    records.append({"iteration": 1199, "bbox/AP": 55.5, "bbox/APr": 5.0})  # a resumed run's repeat: the last counts
+    write_metrics(metrics, records)
+    curve = read_learning_curve(metrics)
+    assert [p["iteration"] for p in curve] == [300, 600, 900, 1200]
+    assert curve[0] == {"iteration": 300, "bbox": {"AP": 20.0, "APr": 2.0}, "segm": {"AP": 19.0}}
+    assert curve[-1]["bbox"] == {"AP": 55.5, "APr": 5.0} and curve[-1]["segm"] == {"AP": 54.0}
+    # the last quarter: from iteration 900 (= 3/4 of 1200) to 1200
+    assert curve_gain(curve) == pytest.approx(5.5)
+    assert curve_gain(curve, fraction=0.5) == pytest.approx(15.5)
+    assert curve_gain(curve[:1]) != curve_gain(curve[:1])  # NaN: one point
+    with open(metrics, "a") as f:
+        f.write("{not json\n")
+    with pytest.raises(ValueError, match=r"metrics.json:7: not a JSON record"):
+        read_learning_curve(metrics)
+
+    flat = [{"iteration": i, "bbox": {"AP": 60.0 + i / 1000}} for i in (300, 600, 900, 1200)]
+    records = [
+        {"seed": 0, "entry": "crt", "curves": {"pretrain": curve}},
+        {"seed": 0, "entry": "loce", "curves": {"pretrain": curve}},
+        {"seed": 1, "entry": "crt", "curves": {"pretrain": flat}},
+        {"seed": 1, "entry": "ce"},  # no curve
+    ]
+    table = format_curves_table(records, "pretrain").splitlines()
+    assert table[0] == (
+        "| pretrain bbox AP: seed | 300 | 600 | 900 | 1200 | gain over the last 25% | converged (gain < 1) |"
+    )
+    assert table[2] == "| 0 | 20.00 | 40.00 | 50.00 | 55.50 | +5.50 | no |"
+    assert table[3] == "| 1 | 60.30 | 60.60 | 60.90 | 61.20 | +0.30 | yes |"
+    assert format_curves_table(records, "lst_base") == ""
+    out = plot_learning_curves(records, "pretrain", str(tmp_path / "curve.png"))
+    assert os.path.getsize(out) > 10_000
+    assert plot_learning_curves(records, "lst_base", str(tmp_path / "none.png")) is None
+
+
+def test_evaluate_entries_only_keeps_the_named_phases():
+    phases = {name: {"train": {}, "dataloader": {"evaluator": 1}} for name in ("a", "b")}
+    assert "evaluator" in evaluate_entries_only(phases, keep=("a",))["a"]["dataloader"]
+    with pytest.raises(KeyError, match=r"keep=\['z'\] are not phases"):
+        evaluate_entries_only(phases, keep=("z",))
+
+
+def test_families_are_separate_tables_each_holm_corrected_on_its_own():
+    def record(entry, seed, ap):
+        metrics = {"AP": ap, "AP50": ap, "APr": ap / 2, "APc": ap, "APf": ap + 1}
+        phase = {"bbox": metrics, "segm": metrics}
+        return {"entry": entry, "seed": seed, "phases": {entry: phase}, "wall_s": 60.0, "chain": [entry]}
+
+    records = []
+    for seed, (ce, crt, loce) in enumerate([(30.0, 31.0, 35.0), (32.0, 32.5, 38.0), (31.0, 31.5, 36.5)]):
+        records += [record("ce", seed, ce), record("crt", seed, crt), record("loce", seed, loce)]
+    families = (("Controls", (("crt", "ce"),)), ("Decoupled", (("loce", "crt"), ("eqlv2", "crt"))), ("None", ()))
+    table = format_leaderboard_table(records, ["ce", "crt", "loce"], families=families)
+    assert "\n\nControls\n\n" in table and "\n\nDecoupled\n\n" in table and "\n\nNone\n\n" not in table
+    controls, decoupled = table.split("\n\nControls\n\n")[1].split("\n\nDecoupled\n\n")
+    assert "| crt − ce |" in controls and "loce − crt" not in controls
+    assert "| loce − crt |" in decoupled and "eqlv2" not in decoupled  # an entry without results: left out
+    # Holm over each table's own 4 cells (AP, APr, APc, APf of its one pair), not over the 8 of both
+    assert "m = 4 comparisons" in controls and "m = 4 comparisons" in decoupled
