@@ -15,6 +15,15 @@ side's peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is its own:
              limit and federated filtering, then faster-coco-eval's public LVIS path,
              COCO.loadRes + COCOeval_faster(lvis_style=True) (--skip-public to leave out)
 * official:  LVIS(gt_json_path), LVISResults(gt, list of dicts), LVISEval(...).run()
+* ref:       evaluate_lvis(gt_json_path, results_array) with the direct feed's evaluate_bbox taken
+             from another copy of ltdet2/evaluation/fast_lvis_feed.py (--ref-feed FILE), e.g. an
+             earlier commit's: an A/B of two versions of the feed on the same data
+
+"feed" is the time inside fast_lvis_feed.evaluate_bbox (ours, ours-list and ref), the rest of
+"time" loading the ground truth json and validating the results. With --repeats N every side runs
+N times, in alternating order, each time in a fresh process; "time" is then the median, and the
+ratios against ours are given for the medians and the minima. Every side but official also
+reports a checksum of its per-class AP array (exact equality of every per-class AP).
 
 "input" is the worker's RSS once its input is loaded (the list of dicts for the official side,
 the array for ours), "peak" its peak RSS; peak - input is what the evaluation adds.
@@ -22,11 +31,16 @@ the array for ours), "peak" its peak RSS; peak - input is what the evaluation ad
 Default sizes are LVIS v1 val-like: 20k images, 300 detections per image, 1203 classes.
     nice -n 10 python scripts/benchmark_evaluator.py --skip-official --skip-public  # full size, ours
     nice -n 10 python scripts/benchmark_evaluator.py --num-images 5000              # all sides
+    git show HEAD~1:ltdet2/evaluation/fast_lvis_feed.py > /tmp/ref_feed.py          # A/B of the feed
+    python scripts/benchmark_evaluator.py --num-images 5000 --skip-public --skip-official \
+        --ref-feed /tmp/ref_feed.py --repeats 5
     python scripts/benchmark_evaluator.py --num-images 500 --dets-per-image 100 --num-classes 300
 """
 
 import argparse
 import contextlib
+import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -79,7 +93,14 @@ def _machine():
 # ------------------------------------------------------------------------------------------
 # workers (fresh processes)
 # ------------------------------------------------------------------------------------------
-def _worker(side, gt_path, dets_path, max_dets):
+def _load_module(path, name="ref_fast_lvis_feed"):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _worker(side, gt_path, dets_path, max_dets, ref_feed=None):
     from fixtures.synthetic_lvis import detections_array_to_dicts
 
     arr = np.load(dets_path)
@@ -96,6 +117,17 @@ def _worker(side, gt_path, dets_path, max_dets):
         fast_lvis_feed.enabled = side != "public"
         if fast_lvis_feed.enabled and not fast_lvis_feed.available():
             raise RuntimeError("the direct feed is not available with this faster-coco-eval version")
+        # time inside the feed's evaluate_bbox (evaluate_lvis calls it as fast_lvis_feed.evaluate_bbox)
+        evaluate_bbox = _load_module(ref_feed).evaluate_bbox if side == "ref" else fast_lvis_feed.evaluate_bbox
+        feed_s = []
+
+        def _timed_evaluate_bbox(*a, **k):
+            t = time.perf_counter()
+            out = evaluate_bbox(*a, **k)
+            feed_s.append(time.perf_counter() - t)
+            return out
+
+        fast_lvis_feed.evaluate_bbox = _timed_evaluate_bbox
     rss_in = _rss_mib()
     t0 = time.perf_counter()
     if side == "official":
@@ -111,16 +143,23 @@ def _worker(side, gt_path, dets_path, max_dets):
             ev.run()
         metrics = {k: float(ev.results[k]) * 100 if ev.results[k] >= 0 else float("nan") for k in METRICS}
     else:
-        metrics = evaluate_lvis(gt_path, dets, "bbox", max_dets=max_dets)
+        metrics, per_class = evaluate_lvis(gt_path, dets, "bbox", max_dets=max_dets, return_per_class=True)
     dt = time.perf_counter() - t0
     out = {"side": side, "time_s": dt, "rss_input_mib": rss_in, "peak_rss_mib": _maxrss_mib(),
            "metrics": metrics}  # fmt: skip
+    if side != "official":
+        ap = np.array(list(per_class.values()), dtype=np.float64)
+        out["per_class_ap_sha1"] = hashlib.sha1(ap.tobytes()).hexdigest()  # NaN bytes included
+        if feed_s:
+            out["feed_s"] = sum(feed_s)
     print("@@RESULT@@" + json.dumps(out), flush=True)
 
 
-def _run_side(side, gt_path, dets_path, max_dets, timeout):
+def _run_side(side, gt_path, dets_path, max_dets, timeout, ref_feed=None):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--gt", gt_path,
            "--dets", dets_path, "--max-dets", str(max_dets)]  # fmt: skip
+    if side == "ref":
+        cmd += ["--ref-feed", ref_feed]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -138,6 +177,12 @@ def _report(r):
     if "error" in r:
         print(f"{r['side']:>9}: FAILED, {r['error']}")
         return
+    runs = r.get("runs")
+    if runs:
+        times = ", ".join(f"{t:.2f}" for t in r["times_s"])
+        feed = f"; feed median {r['feed_s']:.2f}s, min {r['feed_s_min']:.2f}s" if "feed_s" in r else ""
+        median, low = r["time_s"], r["time_s_min"]
+        print(f"{r['side']:>9}: {runs} runs, time median {median:.2f}s, min {low:.2f}s ({times}){feed}")
     print(
         f"{r['side']:>9}: {r['time_s']:.1f}s, peak RSS {r['peak_rss_mib'] / 1024:.2f} GiB "
         f"(input loaded: {r['rss_input_mib'] / 1024:.2f} GiB, evaluation adds "
@@ -156,12 +201,44 @@ def _compare(ours, other):
         if not (math.isnan(ours["metrics"][k]) or math.isnan(other["metrics"][k]))
     )  # fmt: skip
     print(f"max |ours - {name}| over metrics: {diff:.4f} AP points")
+    if "per_class_ap_sha1" in other:
+        same = other["per_class_ap_sha1"] == ours["per_class_ap_sha1"] and other["metrics"] == ours["metrics"]
+        print(f"metrics and per-class AP of {name} and ours bit-identical: {same}")
+    if "times_s" in other:
+        print(
+            f"ratio {name} / ours over {len(other['times_s'])} runs each: time median "
+            f"{other['time_s'] / ours['time_s']:.2f}x, min {other['time_s_min'] / ours['time_s_min']:.2f}x"
+            + (f"; feed median {other['feed_s'] / ours['feed_s']:.2f}x, min "
+               f"{other['feed_s_min'] / ours['feed_s_min']:.2f}x" if "feed_s" in other and "feed_s" in ours else "")
+        )  # fmt: skip
     print(
         f"ratio {name} / ours: time {other['time_s'] / ours['time_s']:.1f}x "
         f"({other['time_s']:.1f}s / {ours['time_s']:.1f}s), peak RSS "
         f"{other['peak_rss_mib'] / ours['peak_rss_mib']:.1f}x "
         f"({other['peak_rss_mib'] / 1024:.2f} / {ours['peak_rss_mib'] / 1024:.2f} GiB)"
     )
+
+
+def _summarize_runs(runs):
+    """One side's runs -> its first run's record, times replaced by the median over the runs."""
+    errors = [r for r in runs if "error" in r]
+    if errors:
+        return errors[0]
+    if len(runs) == 1:
+        return runs[0]
+    for r in runs[1:]:  # every run must give the same numbers
+        for k in ("metrics", "per_class_ap_sha1"):
+            if r.get(k) != runs[0].get(k):
+                raise RuntimeError(f"side {r['side']}: {k} differs between runs")
+    out = dict(runs[0])
+    out["runs"] = len(runs)
+    out["times_s"] = [r["time_s"] for r in runs]
+    out["time_s"], out["time_s_min"] = float(np.median(out["times_s"])), min(out["times_s"])
+    out["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
+    if "feed_s" in out:
+        out["feed_times_s"] = [r["feed_s"] for r in runs]
+        out["feed_s"], out["feed_s_min"] = float(np.median(out["feed_times_s"])), min(out["feed_times_s"])
+    return out
 
 
 def main(argv=None):
@@ -177,13 +254,16 @@ def main(argv=None):
     p.add_argument("--ours-list", action="store_true",
                    help="also run evaluate_lvis on a list of dicts (the Detectron2 evaluator's input)")  # fmt: skip
     p.add_argument("--official-timeout", type=float, default=None, help="seconds; stop the official side after")
+    p.add_argument("--ref-feed", default=None,
+                   help="another copy of ltdet2/evaluation/fast_lvis_feed.py: adds the side 'ref' (A/B)")  # fmt: skip
+    p.add_argument("--repeats", type=int, default=1, help="runs of every side, in alternating order")
     p.add_argument("--output", default=None, help="JSON file for every side's time, memory and metrics")
-    p.add_argument("--worker", choices=("ours", "ours-list", "public", "official"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("ours", "ours-list", "public", "official", "ref"), help=argparse.SUPPRESS)
     p.add_argument("--gt", help=argparse.SUPPRESS)
     p.add_argument("--dets", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        return _worker(args.worker, args.gt, args.dets, args.max_dets)
+        return _worker(args.worker, args.gt, args.dets, args.max_dets, args.ref_feed)
 
     from fixtures.synthetic_lvis import make_lvis_detections_fast, make_lvis_gt
 
@@ -207,21 +287,31 @@ def main(argv=None):
         del gt, dets
 
         sides = ["ours"] + (["ours-list"] if args.ours_list else [])
+        sides += ["ref"] if args.ref_feed else []
         sides += [] if args.skip_public else ["public"]
         sides += [] if args.skip_official else ["official"]
-        results = {}
+        ref_feed = os.path.abspath(args.ref_feed) if args.ref_feed else None
+        runs = {side: [] for side in sides}
+        for rep in range(args.repeats):
+            for side in sides if rep % 2 == 0 else sides[::-1]:
+                timeout = args.official_timeout if side == "official" else None
+                runs[side].append(r := _run_side(side, gt_path, dets_path, args.max_dets, timeout, ref_feed))
+                if args.repeats > 1:
+                    print(f"run {rep + 1}/{args.repeats} {side}: " + (
+                        r["error"] if "error" in r else f"{r['time_s']:.2f}s" + (
+                            f" (feed {r['feed_s']:.2f}s)" if "feed_s" in r else "")), flush=True)  # fmt: skip
+        results = {side: _summarize_runs(rs) for side, rs in runs.items()}
         for side in sides:
-            timeout = args.official_timeout if side == "official" else None
-            results[side] = r = _run_side(side, gt_path, dets_path, args.max_dets, timeout)
-            _report(r)
-        for side in ("public", "official"):
+            _report(results[side])
+        for side in ("ref", "public", "official"):
             if side in results:
                 _compare(results["ours"], results[side])
         if args.output:
             from ltdet2.engine.results import git_commit, machine_description
             from ltdet2.utils.json_io import write_json_atomic
 
-            settings = {k: getattr(args, k) for k in ("num_images", "dets_per_image", "num_classes", "max_objects")}
+            settings = {k: getattr(args, k) for k in ("num_images", "dets_per_image", "num_classes", "max_objects",
+                                                      "repeats")}  # fmt: skip
             record = {
                 "sides": results,
                 "settings": {**settings, "max_dets": args.max_dets, "seed": args.seed, "load_avg": os.getloadavg()},

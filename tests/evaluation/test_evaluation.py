@@ -166,6 +166,92 @@ def test_direct_engine_feed_identical_to_engine_path(gt_dict):
         assert ref.stats_as_dict == ev.stats_as_dict
 
 
+def _sparse_lvis_case():
+    """
+    Ground truth and [N, 7] detections where almost every (image, category) pair is empty (no
+    detection, no ground truth), with LVIS's negative and not-exhaustive category lists, images
+    without annotations, categories without any pair, and scores tied across images.
+    """
+    gt = make_lvis_gt(num_images=90, num_classes=500, seed=3, max_objects=5)
+    rng = np.random.default_rng(3)
+    C = len(gt["categories"])
+    for k in range(5):  # images without annotations: a negative list, no list, a not-exhaustive list
+        neg = sorted(rng.choice(C, size=4, replace=False).tolist()) if k < 3 else []
+        nel = [int(rng.integers(C)) + 1] if k == 4 else []
+        gt["images"].append(
+            {"id": 1000 + k, "height": 480, "width": 640, "file_name": f"extra_{k}.jpg",
+             "neg_category_ids": [c + 1 for c in neg], "not_exhaustive_category_ids": nel}
+        )  # fmt: skip
+    dets = make_lvis_detections_fast(gt, seed=3, dets_per_image=30, as_array=True)
+    dets[:, 5] = np.round(dets[:, 5], 1)  # ties in score across images (their order breaks them)
+    return gt, dets
+
+
+@ONE_PATH
+@pytest.mark.parametrize("max_dets", [300, 12])
+def test_direct_feed_sparse_pairs_identical_to_public_path(monkeypatch, max_dets):
+    """
+    The direct feed evaluates only the non-empty (image, category) pairs, renumbered per category
+    in image order: bit-identical to faster-coco-eval's public path, which evaluates all pairs.
+    """
+    from ltdet2.evaluation import lvis_evaluation as L
+
+    gt_dict, dets = _sparse_lvis_case()
+    gt = L.load_lvis_gt(gt_dict)
+    cols = L._limit_columns_per_image(L._columns_from_array(dets, gt, "<test>"), max_dets)
+    img, cat, score = cols[0], cols[1], cols[3]
+    # the case is what it should be: mostly empty pairs, every LVIS branch, cross-image ties
+    evaluable = L._evaluable_pairs(gt)
+    kept = np.array([(i, c) in evaluable for i, c in zip(img.tolist(), cat.tolist())])
+    nonempty = {(a["image_id"], a["category_id"]) for a in gt_dict["annotations"]}
+    nonempty |= set(zip(img[kept].tolist(), cat[kept].tolist()))
+    assert len(nonempty) < 0.02 * len(gt_dict["images"]) * len(gt_dict["categories"])
+    assert 0 < kept.sum() < len(kept)  # detections the federated filtering drops
+    used = {c for _, c in nonempty}
+    assert len(used) < len(gt_dict["categories"])  # categories without any pair
+    nel = {(im["id"], c) for im in gt_dict["images"] for c in im["not_exhaustive_category_ids"]}
+    assert any((i, c) in nel for i, c in zip(img[kept].tolist(), cat[kept].tolist()))
+    neg = {(im["id"], c) for im in gt_dict["images"] for c in im["neg_category_ids"]}
+    assert any((i, c) in neg for i, c in zip(img[kept].tolist(), cat[kept].tolist()))
+    assert any(i >= 1000 for i in img[kept].tolist())  # an image without annotations
+    ties = {}
+    for i, c, s in zip(img[kept].tolist(), cat[kept].tolist(), score[kept].tolist()):
+        ties.setdefault((c, s), set()).add(i)
+    assert sum(len(v) > 1 for v in ties.values()) > 20
+
+    ref = L._evaluate_public(gt, L._column_dicts(*cols), "bbox", max_dets)
+    for pairs_per_call in (1 << 20, 40, 1):
+        ev = fast_lvis_feed.evaluate_bbox(gt, *cols, max_dets, max_pairs_per_call=pairs_per_call)
+        for k in ("precision", "recall", "scores"):
+            assert np.array_equal(np.asarray(ref.eval[k]), np.asarray(ev.eval[k])), (k, pairs_per_call)
+        assert ref.eval["matched"] == ev.eval["matched"]
+        assert ref.stats_as_dict == ev.stats_as_dict
+    # and through evaluate_lvis: every metric and per-class AP
+    out = {}
+    for enabled in (True, False):
+        monkeypatch.setattr(fast_lvis_feed, "enabled", enabled)
+        out[enabled] = evaluate_lvis(gt_dict, dets, max_dets=max_dets, return_per_class=True, instance_buckets=True)
+    _same(out[True][0], out[False][0])
+    _same(out[True][1], out[False][1])
+    assert sum(not math.isnan(v) for v in out[True][1].values()) > 50
+
+
+@ONE_PATH
+def test_category_chunks():
+    """Every category in one chunk, each chunk's slot count covers its categories', calls bounded."""
+    slots = np.array([0, 7, 3, 100, 7, 0, 1, 60, 2, 2, 40, 5])
+    for max_pairs in (1 << 20, 100, 9, 1):
+        order, chunks = fast_lvis_feed._category_chunks(slots, max_pairs)
+        assert sorted(order.tolist()) == list(range(len(slots)))
+        assert [c0 for c0, _, _ in chunks] == [0] + [c1 for _, c1, _ in chunks[:-1]]
+        assert chunks[-1][1] == len(slots)
+        for c0, c1, m in chunks:
+            n = slots[order[c0:c1]]
+            assert m == max(n.max(), 1) and n.min() >= 0.75 * n.max()
+            assert c1 - c0 == 1 or (c1 - c0) * m <= max_pairs
+        assert slots[order].tolist() == sorted(slots.tolist(), reverse=True)
+
+
 @ONE_PATH
 def test_direct_feed_only_for_supported_engine_version(monkeypatch, caplog):
     """Another faster-coco-eval version: the direct feed is not used, and that is logged once."""
