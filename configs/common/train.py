@@ -11,7 +11,9 @@ train = dict(
     # a length in epochs of the phase's training set instead (with max_iter=None): max_iter is computed when the
     # set is registered, e.g. after a derived phase set is built (ltdet2.engine.epochs)
     epochs=None,
-    amp=dict(enabled=False),
+    # mixed precision: on CUDA Detectron2's AMPTrainer (precision None: float16); on a CPU bfloat16 autocast in the
+    # backbone, RPN head, box head and mask head layers only (ltdet2.engine.precision)
+    amp=dict(enabled=False, precision=None),
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     checkpointer=dict(period=5000, max_to_keep=3),
     eval_period=0,  # 0: evaluate once, at the end of each phase

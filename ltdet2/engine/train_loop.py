@@ -91,6 +91,7 @@ phase runner may instantiate entries before training (:func:`initial_checkpoint_
 
 import contextlib
 import contextvars
+import functools
 import inspect
 import logging
 import math
@@ -113,6 +114,7 @@ from detectron2.utils.events import CommonMetricPrinter
 from ..utils.lazy_config import lazy_target
 from .checkpoint import AtomicCheckpointer, PeriodicCheckpointer, capture_rng_state, restore_rng_state
 from .freezing import check_frozen_terms, freeze_all_but
+from .precision import autocast_training_modules, training_precision
 from .stop_requests import TrainingInterrupted, stop_requested_on_any_rank, stop_requests_armed
 
 logger = logging.getLogger("detectron2")
@@ -478,7 +480,19 @@ def build_model(cfg):
     freeze_all_but(model, cfg.train.get("trainable", None))
     check_frozen_terms(model, cfg.train.get("frozen_terms", None) or ())
     model.to(cfg.train.device)
+    precision = training_precision(cfg.train.amp, cfg.train.device)
+    if precision is not None and torch.device(cfg.train.device).type == "cpu":
+        autocast_training_modules(model, precision)  # CUDA: Detectron2's AMPTrainer (trainer_class)
     return model
+
+
+def trainer_class(cfg):
+    """The phase's trainer: Detectron2's ``AMPTrainer`` (with ``train.amp.precision``) for ``train.amp`` on CUDA;
+    otherwise the plain one (on a CPU, :func:`build_model` scoped the autocast to the model's heavy modules)."""
+    precision = training_precision(cfg.train.amp, cfg.train.device)
+    if precision is None or torch.device(cfg.train.device).type == "cpu":
+        return Trainer
+    return functools.partial(AMPTrainerWithNamedLosses, precision=precision)
 
 
 INITIAL_TRANSFORM_METHOD = "transform_initial_checkpoint"
@@ -716,7 +730,7 @@ def do_train(cfg, *, resume=False):
     train_loader = ReplayableLoader(instantiate(cfg.dataloader.train), seed=cfg.train.get("seed", -1))
 
     model = create_ddp_model(model, cfg)
-    trainer = (AMPTrainerWithNamedLosses if cfg.train.amp.enabled else Trainer)(model, train_loader, optimizer)
+    trainer = trainer_class(cfg)(model, train_loader, optimizer)
     checkpointer = AtomicCheckpointer(
         model,
         cfg.train.output_dir,
