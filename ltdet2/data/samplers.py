@@ -24,6 +24,9 @@ itself, rounds ``r_I`` up (official, deterministic) or stochastically (Detectron
 
 LST's balanced replay resampled each epoch (issue #13, official code): :class:`ReplayDrawSampler` trains epoch e
 on a phase set's untagged entries and its replay draw ``e mod E`` (:func:`replay_draw_sampler`).
+
+Class-aware (class-balanced) image sampling (cRT's stage 2, issue #30): :class:`ClassAwareSampler` draws a class, each
+class equally often, then an image that holds it (:func:`class_aware_sampler`).
 """
 
 import logging
@@ -52,6 +55,8 @@ __all__ = [
     "stepwise_repeat_factor_sampler",
     "ReplayDrawSampler",
     "replay_draw_sampler",
+    "ClassAwareSampler",
+    "class_aware_sampler",
 ]
 
 logger = logging.getLogger(__name__)
@@ -427,5 +432,132 @@ def replay_draw_sampler(dataset_dicts: Sequence[dict], *, shuffle: bool = True, 
         len(sampler._every_epoch),
         sampler.num_draws,
         len(draws),
+    )
+    return sampler
+
+
+# --- class-aware (class-balanced) sampling: cRT's stage 2 ---------------------------------------------------------
+
+
+def _grouped_permutations(group, shuffle, generator):
+    """Positions ``0..len(group)-1`` ordered by ``group`` (ascending), within each group in random order (in index
+    order unshuffled): a permutation of every group at once."""
+    if not len(group):
+        return torch.zeros(0, dtype=torch.long)
+    perm = torch.randperm(len(group), generator=generator) if shuffle else torch.arange(len(group))
+    return perm[torch.argsort(group[perm], stable=True)]
+
+
+class ClassAwareSampler(TrainingSampler):
+    """Class-aware sampling (Shen et al. 2016, "Relay backpropagation"; the class-balanced sampling of cRT, Kang et
+    al. 2020): each draw is a class, then an image that holds it, so that every class is drawn equally often. As the
+    EQLv2 code's ``CASDataset`` (tztztztztz/eqlv2, mmdet/datasets/class_balance_dataset_wrapper.py, its cRT's
+    sampler): the classes come in rounds, each a permutation of the classes that have an image, and each class's
+    images in a stream of its own, permutation after permutation, so a class's images are all drawn once before any
+    is drawn again. A class without an image is never drawn; an image without an annotation neither.
+
+    Detectron2's :class:`TrainingSampler` otherwise: an infinite index stream from the seed, the same on every rank,
+    rank r of W taking positions r, r + W, ... . On resume the stream restarts from its seed; ltdet2's trainer then
+    skips the batches already trained (``train.resume_data="replay"``, the default), as for the other samplers here.
+
+    Args:
+        image_index, class_index: [P] the (image, class) pairs: image ``image_index[p]`` (its position in the
+            dataset) holds class ``class_index[p]``; duplicates count once.
+        num_images: the dataset's length (the sampler's ``size``; default: the largest image index + 1).
+        shuffle: permute the classes of each round and each class's images (False: ascending order).
+        seed: as :class:`TrainingSampler` (None: a random seed shared by all ranks).
+        rounds_per_block: rounds drawn at once (vectorized; default about 65536 draws). Part of the stream, as the
+            seed: another value draws the random numbers in another order.
+    """
+
+    def __init__(self, image_index, class_index, num_images=None, *, shuffle=True, seed=None, rounds_per_block=None):
+        images, classes = unique_image_class_pairs(image_index, class_index)
+        if not len(images):
+            raise ValueError("ClassAwareSampler: no (image, class) pair: no image holds an annotation")
+        if images.min() < 0:
+            raise ValueError(f"ClassAwareSampler: image indices must be >= 0, got {int(images.min())}")
+        num_images = int(images.max()) + 1 if num_images is None else int(num_images)
+        if images.max() >= num_images:
+            raise ValueError(f"ClassAwareSampler: image index {int(images.max())} >= num_images {num_images}")
+        super().__init__(num_images, shuffle=shuffle, seed=seed)
+        order = np.argsort(classes, kind="stable")
+        self.classes, counts = np.unique(classes, return_counts=True)  # [C'] the classes drawn, their image counts
+        self._class_images = torch.as_tensor(images[order])  # [P] each class's images, class after class
+        self._counts = torch.as_tensor(counts)
+        self._offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(counts)[:-1]]))
+        self._rounds = int(rounds_per_block or max(1, 65536 // len(counts)))
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes drawn (those with an image)."""
+        return len(self._counts)
+
+    def class_image_count(self) -> np.ndarray:
+        """[C'] the number of images of each drawn class (``self.classes``)."""
+        return self._counts.numpy().copy()
+
+    def _new_permutations(self, needed, generator):
+        """Fresh permutations of each class's images, ``needed[c]`` of them for class c: (flat images, start of
+        class c's first one)."""
+        blocks = torch.repeat_interleave(torch.arange(self.num_classes), needed)  # class of each (class, t) block
+        sizes = self._counts[blocks]
+        starts = torch.cumsum(sizes, 0) - sizes
+        block_of = torch.repeat_interleave(torch.arange(len(blocks)), sizes)  # block of each new element
+        within = torch.arange(int(sizes.sum())) - starts[block_of]
+        flat = self._class_images[self._offsets[blocks][block_of] + within]
+        flat = flat[_grouped_permutations(block_of, self._shuffle, generator)]
+        first_block = torch.cumsum(needed, 0) - needed
+        first_start = torch.zeros(self.num_classes, dtype=torch.long)
+        has = needed > 0
+        first_start[has] = starts[first_block[has]]
+        return flat, first_start
+
+    def _infinite_indices(self):
+        g = torch.Generator()
+        g.manual_seed(self._seed)
+        num_classes, counts, offsets, rounds = self.num_classes, self._counts, self._offsets, self._rounds
+        # each class's current permutation of its images (the segment at offsets[c]) and its stream position in it
+        current, _ = self._new_permutations(torch.ones(num_classes, dtype=torch.long), g)
+        position = torch.zeros(num_classes, dtype=torch.long)
+        steps = torch.arange(rounds)
+        while True:
+            if self._shuffle:
+                class_order = torch.argsort(torch.rand(rounds, num_classes, generator=g), dim=1)  # [R, C'] rounds
+            else:
+                class_order = torch.arange(num_classes).expand(rounds, num_classes)
+            # class c's draw in round r: element position[c] + r of its stream, in permutation `which` (0: current)
+            at = position[:, None] + steps  # [C', R]
+            which, element = at // counts[:, None], at % counts[:, None]
+            needed = which[:, -1]  # fresh permutations per class in this block
+            fresh, fresh_start = self._new_permutations(needed, g)
+            images = current[offsets[:, None] + element]
+            later = which > 0
+            rows = torch.nonzero(later, as_tuple=True)[0]
+            images[later] = fresh[fresh_start[rows] + (which[later] - 1) * counts[rows] + element[later]]
+            yield from images[class_order, steps[:, None]].reshape(-1).tolist()
+            renewed = torch.nonzero(needed > 0, as_tuple=True)[0]
+            if len(renewed):  # the last permutation drawn from becomes the class's current one
+                sizes = counts[renewed]
+                class_of = torch.repeat_interleave(renewed, sizes)
+                within = torch.arange(int(sizes.sum())) - torch.repeat_interleave(torch.cumsum(sizes, 0) - sizes, sizes)
+                last = fresh_start + (needed - 1) * counts
+                current[offsets[class_of] + within] = fresh[last[class_of] + within]
+            position = position + rounds - needed * counts
+
+
+def class_aware_sampler(dataset_dicts: Sequence[dict], *, shuffle: bool = True, seed: int | None = None):
+    """:class:`ClassAwareSampler` over Detectron2 dataset dicts (their ``category_id``, contiguous); LazyConfig use
+    (the sampler must index the same dicts as the loader's dataset)::
+
+        dataloader.train.sampler = L(class_aware_sampler)(dataset_dicts="${..dataset}")
+    """
+    images, classes = dataset_dict_pairs(dataset_dicts)
+    sampler = ClassAwareSampler(images, classes, len(dataset_dicts), shuffle=shuffle, seed=seed)
+    logger.info(
+        "Class-aware sampling over %d classes of %d images (%d with an annotation); the rarest class has %d images",
+        sampler.num_classes,
+        len(dataset_dicts),
+        len(np.unique(images)),
+        int(sampler.class_image_count().min()),
     )
     return sampler

@@ -53,6 +53,8 @@ def _instantiate_namespace(cfg):
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: os.path.relpath(p, ROOT))
 def test_config_instantiates(path):
+    if path.endswith("federated_loss_lvis_v1.py"):  # its model reads lvis_v1_train's json: test_lvis_projects.py
+        pytest.skip("building the federated loss's class weights reads the LVIS v1 training json")
     cfg = LazyConfig.load(path)
     with open(path) as f:
         body = ast.parse(f.read()).body
@@ -73,6 +75,7 @@ MULTI_PHASE_PROJECTS = [
     "bacl_lvis_v0_5.py",
     "bacl_lvis_v1.py",
     "bacl_lvis_v1_mask.py",
+    "crt_lvis_v1.py",
     "leaderboard.py",
     "leaderboard_quick.py",
     "leaderboard_v2.py",
@@ -96,6 +99,7 @@ ONE_PHASE_PROJECTS = [
     "eqlv2.py",
     "eqlv2_lvis_v1.py",
     "federated_loss.py",
+    "federated_loss_lvis_v1.py",
     "rio.py",
     "rio_lvis_v0_5.py",
     "rio_lvis_v1.py",

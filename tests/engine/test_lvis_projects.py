@@ -38,12 +38,16 @@ PROJECTS = {
     "bacl_lvis_v0_5.py": (None, 2),
     "bacl_lvis_v1.py": ("representation", 1),
     "bacl_lvis_v1_mask.py": ("representation", 1),
+    "crt_lvis_v1.py": (None, 2),
+    "federated_loss_lvis_v1.py": (None, 2),
     "loce_lvis_v1.py": (None, 2),
     "lst_lvis_v0_5.py": ("base", 3),
     "lst_lvis_v1.py": ("base", 3),
     "stepwise_lvis_v0_5.py": (None, 2),
     "stepwise_lvis_v1.py": ("pretrain", 1),
 }
+# overrides after TINY's: cRT's stage 2 re-initialises its classifier from the pretrain's checkpoint, as it trains
+AFTER_TINY = {"crt_lvis_v1.py": ["phases.crt.train.init_reinitialize=[roi_heads.box_predictor.cls_score.]"]}
 # LST's phases are 10 epochs of the set they build (train.epochs): here this fraction of an epoch of the base
 # phase set (~100 entries at batch 2: 3 iterations; its two steps need at least 3)
 LST_EPOCHS = 0.06
@@ -133,7 +137,7 @@ def test_lvis_project_trains_and_evaluates_on_detectron2s_lvis_registrations(
     config_file = os.path.join(ROOT, "projects", project)
     output = str(tmp_path / "out")
     only, iterations = PROJECTS[project]
-    cfg = load_config(config_file, tiny_overrides(config_file, output, iterations))
+    cfg = load_config(config_file, tiny_overrides(config_file, output, iterations) + AFTER_TINY.get(project, []))
     scored = []
     score_annotations = derived.score_annotations
     monkeypatch.setattr(derived, "score_annotations", lambda *a, **k: scored.append(a[1]) or score_annotations(*a, **k))
@@ -164,3 +168,47 @@ def test_lvis_project_trains_and_evaluates_on_detectron2s_lvis_registrations(
             with open(os.path.join(output, phase, f"{builder.name}.json")) as f:
                 entries = len(json.load(f)["images"])
             assert trained == max(1, round(LST_EPOCHS * entries / 2)) == 3
+
+
+def test_federated_loss_lvis_v1_has_centernet2s_lvis_setting():
+    """CenterNet2's LVIS_CenterNet2_R50_Fed_1x.yaml on the shared Mask R-CNN: sigmoid CE + federated loss (50 classes,
+    image_count ** 0.5 of the training set), RFS at 0.001, 1x at batch 16 with its warm-up, 300 detections at 0.02."""
+    cfg = load_config(os.path.join(ROOT, "projects", "federated_loss_lvis_v1.py"))
+    assert "phases" not in cfg
+    predictor = cfg.model.roi_heads.box_predictor
+    assert predictor.use_sigmoid_ce and predictor.use_fed_loss and predictor.fed_loss_num_classes == 50
+    weights = predictor.get_fed_loss_cls_weights
+    assert (weights.dataset_name, weights.freq_weight_power, weights.num_classes) == ("lvis_v1_train", 0.5, 1203)
+    assert predictor.get("cls_loss", None) is None  # Detectron2's own loss, not one of ltdet2's
+    assert (predictor.test_score_thresh, predictor.test_topk_per_image) == (0.02, 300)
+    assert cfg.model.roi_heads.mask_head is not None and cfg.model.roi_heads.num_classes == 1203
+    sampler = cfg.dataloader.train.sampler
+    assert sampler._target_.__name__ == "repeat_factor_sampler" and (sampler.threshold, sampler.power) == (0.001, 0.5)
+    assert cfg.dataloader.train.total_batch_size == 16 and cfg.optimizer.lr == 0.02
+    assert cfg.train.max_iter == 90000 and cfg.train.init_checkpoint.endswith("ImageNetPretrained/MSRA/R-50.pkl")
+    schedule = cfg.lr_multiplier
+    assert list(schedule.scheduler.milestones) == [60000, 80000] and schedule.scheduler.num_updates == 90000
+    assert schedule.warmup_length * 90000 == pytest.approx(4000) and schedule.warmup_factor == 0.00025
+
+
+def test_crt_lvis_v1_has_the_eqlv2_codes_crt_setting():
+    """The EQLv2 code's cRT (configs/decouple/crt_r50_8x2_1x.py): a 1x instance-sampled Mask R-CNN, then only the
+    classifier, re-initialised, with class-aware sampling for 75000 iterations (steps 50000, 70000)."""
+    cfg = load_config(os.path.join(ROOT, "projects", "crt_lvis_v1.py"))
+    assert list(cfg.phases) == ["pretrain", "crt"]
+    pretrain, crt = cfg.phases.pretrain, cfg.phases.crt
+    # stage 1: 12 epochs of the 100170 images at batch 16, steps at epochs 8 and 11, Detectron2's instance sampling
+    assert pretrain.train.max_iter == 75128 and list(pretrain.lr_multiplier.scheduler.milestones) == [50085, 68867]
+    assert pretrain.dataloader.train.get("sampler", None) is None and pretrain.train.trainable is None
+    assert pretrain.train.init_checkpoint.endswith("ImageNetPretrained/MSRA/R-50.pkl")
+    assert pretrain.model.roi_heads.box_predictor.get("use_sigmoid_ce", False) is False  # softmax CE
+    # stage 2: the classifier alone, re-initialised, class-aware sampling
+    assert list(crt.train.trainable) == list(crt.train.init_reinitialize) == ["roi_heads.box_predictor.cls_score."]
+    assert crt.dataloader.train.sampler._target_.__name__ == "class_aware_sampler"
+    assert crt.train.max_iter == 75000 and list(crt.lr_multiplier.scheduler.milestones) == [50000, 70000]
+    for phase in (pretrain, crt):
+        assert phase.dataloader.train.total_batch_size == 16 and phase.optimizer.lr == 0.02
+        assert phase.lr_multiplier.warmup_length * phase.train.max_iter == pytest.approx(500)
+        assert phase.lr_multiplier.warmup_factor == 0.001
+        assert phase.model.roi_heads.box_predictor.test_topk_per_image == 300
+    assert crt.model == pretrain.model  # plain CE, the same model: only what trains and the data differ
