@@ -149,6 +149,8 @@ def leaderboard_v2_phases(
     )
     # the learning curve (its last point: the final evaluation), set last: the phases made from it evaluate once
     pretrain["train"].eval_period = pretrain_iters // curve_points
+    if pretrain["train"].eval_period % pretrain["train"].log_period:  # metrics.json would lose curve points
+        raise ValueError(f"curve period {pretrain_iters // curve_points}: not a multiple of train.log_period")
     return evaluate_entries_only(phases, keep=("pretrain",))
 
 

@@ -12,6 +12,7 @@ from .leaderboard_v2 import leaderboard_v2_phases
 QUICK_CURVE_POINTS = 2
 
 quick_settings(model, dataloader, optimizer, train)
+train.log_period = QUICK_PRETRAIN_ITERS // QUICK_CURVE_POINTS // 2  # divides the curve's period (metrics.json)
 train.output_dir = "output/leaderboard_v2_quick"
 phases = leaderboard_v2_phases(
     model,

@@ -274,19 +274,34 @@ def entry_record(args, entry, chain, seed, cfg, phases, *, command, commit, omp_
         phase_load_avg={name: timing["load_avg"] for name, timing in timings.items()},
         omp_num_threads=omp_num_threads,
     )
-    curves = {name: phase_curve(phases[name]) for name in chain if int(cfg.phases[name].train.eval_period or 0) > 0}
+    curves = {
+        name: phase_curve(phases[name], cfg.phases[name].train)
+        for name in chain
+        if int(cfg.phases[name].train.eval_period or 0) > 0
+    }
     if curves:
         record["curves"] = curves
     return record
 
 
-def phase_curve(phase):
+def phase_curve(phase, train):
     """The learning curve of a phase evaluated every ``train.eval_period`` iterations (its final evaluation the
-    last point), from its metrics.json (ltdet2.engine.leaderboard.read_learning_curve)."""
+    last point), from its metrics.json (ltdet2.engine.leaderboard.read_learning_curve); an error naming the
+    evaluations metrics.json lacks (Detectron2's writers keep only the latest value of a metric between two writes,
+    every ``train.log_period`` iterations: an eval_period that is not a multiple of it can lose points)."""
     path = os.path.join(phase.output_dir, "metrics.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"phase {phase.name}: no {path} to read its learning curve from")
-    return read_learning_curve(path)
+    curve = read_learning_curve(path)
+    period, max_iter = int(train.eval_period), int(train.max_iter)
+    expected = sorted({*range(period, max_iter + 1, period), max_iter})
+    missing = sorted(set(expected) - {point["iteration"] for point in curve})
+    if missing:
+        raise ValueError(
+            f"phase {phase.name}: {path} lacks the evaluations after iterations {missing} of its learning curve "
+            f"(eval_period {period}, log_period {train.log_period}: make eval_period a multiple of log_period)"
+        )
+    return curve
 
 
 def run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command):

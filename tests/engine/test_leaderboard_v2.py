@@ -21,7 +21,8 @@ from ltdet2.engine.leaderboard import (
     plot_learning_curves,
     read_learning_curve,
 )
-from ltdet2.engine.phases import load_config
+from ltdet2.engine.phases import load_config, run_phases
+from ltdet2.utils.json_io import read_json
 
 from fixtures.models import ROOT, load_repo_module, make_batch
 
@@ -180,3 +181,50 @@ def test_families_are_separate_tables_each_holm_corrected_on_its_own():
     assert "| loce − crt |" in decoupled and "eqlv2" not in decoupled  # an entry without results: left out
     # Holm over each table's own 4 cells (AP, APr, APc, APf of its one pair), not over the 8 of both
     assert "m = 4 comparisons" in controls and "m = 4 comparisons" in decoupled
+
+
+def test_v2_entry_trains_end_to_end_with_the_pretrains_learning_curve(tiny_dataset, tmp_path, monkeypatch):
+    """scripts/leaderboard.py --protocol v2 with the real runner (in this process): the shared pretrain (4 iterations,
+    evaluated every 2: a curve of 2 points) and the decoupled control `crt` (2 iterations); the curve is in the
+    entry's results file, the table and the plot."""
+    from fixtures.models import TEST_DEVICE, TINY_LT_SHAPES
+
+    script = load_repo_module("scripts/leaderboard.py")
+    (train_name, val_name), n = tiny_dataset, TINY_LT_SHAPES.num_classes
+    overrides = [
+        "train.max_iter=2",
+        f"train.device={TEST_DEVICE}",
+        "model.roi_heads.box_predictor.test_score_thresh=0.0",
+        "model.roi_heads.box_predictor.test_topk_per_image=5",
+        "dataloader.train.num_workers=0",
+        "dataloader.test.num_workers=0",
+        "dataloader.train.total_batch_size=2",
+        "phases.pretrain.train.max_iter=4",
+        "phases.pretrain.train.eval_period=2",
+        "phases.pretrain.train.log_period=1",  # metrics.json keeps every evaluation (scripts/leaderboard.py)
+    ]
+    for phase in ("pretrain", "crt"):
+        overrides += [
+            f"phases.{phase}.model.roi_heads.num_classes={n}",
+            f"phases.{phase}.dataloader.train.dataset.names={train_name}",
+            f"phases.{phase}.dataloader.test.dataset.names={val_name}",
+        ]
+
+    def run_in_process(config_file, phase, seed, seed_dir, phase_overrides):
+        cfg = load_config(config_file, [f"train.seed={seed}", f"train.output_dir={seed_dir}", *phase_overrides])
+        run_phases(cfg, only=phase.name)
+
+    monkeypatch.setattr(script, "run_phase", run_in_process)
+    docs = str(tmp_path / "docs")
+    args = ["--protocol", "v2", "--output-dir", str(tmp_path / "out"), "--docs-dir", docs]
+    script.main([*overrides, *args, "--seeds", "0", "--entries", "crt"])
+    record = read_json(os.path.join(docs, "results", "crt_seed0.json"))
+    assert record["project"] == "projects/leaderboard_v2.py" and record["iterations"] == 6
+    assert record["command"].startswith("scripts/leaderboard.py train.max_iter=2 ")
+    assert " --protocol v2 --entries crt --seeds 0" in record["command"]
+    curve = record["curves"]["pretrain"]
+    assert [point["iteration"] for point in curve] == [2, 4]
+    assert all(set(point) == {"iteration", "bbox", "segm"} and "APr" in point["bbox"] for point in curve)
+    table = open(os.path.join(docs, "leaderboard.md")).read()
+    assert "| pretrain bbox AP: seed | 2 | 4 | gain over the last 25% | converged (gain < 1) |" in table
+    assert os.path.getsize(os.path.join(docs, "learning_curve.png")) > 10_000
