@@ -17,6 +17,7 @@ from ltdet2.data.lt_shapes import LTShapesSpec
 from ltdet2.engine.freezing import check_frozen_terms, freeze_all_but
 from ltdet2.engine.phases import load_config, resolve_phases
 from ltdet2.engine.project_config import PHASE_KEYS, PROJECT_ROOT_KEYS
+from ltdet2.modeling.meta_arch import DeformableDETR
 
 from fixtures.models import ROOT
 
@@ -32,11 +33,15 @@ def _instantiate_namespace(cfg):
     model = None
     if "model" in cfg:
         model = instantiate(cfg.model)
-        # the classifier gives C+1 columns (background last) for the model's class count
-        predictor = model.roi_heads.box_predictor
-        features = torch.zeros(2, predictor.bbox_pred.in_features)
-        num_logits = getattr(predictor, "num_logits", model.roi_heads.num_classes + 1)
-        assert predictor.cls_score(features).shape == (2, num_logits)
+        if isinstance(model, DeformableDETR):
+            # sigmoid scores: C columns (no background) on every decoder layer and the encoder's proposals
+            assert {head.out_features for head in model.detr.class_embed} == {model.num_classes}
+        else:
+            # the classifier gives C+1 columns (background last) for the model's class count
+            predictor = model.roi_heads.box_predictor
+            features = torch.zeros(2, predictor.bbox_pred.in_features)
+            num_logits = getattr(predictor, "num_logits", model.roi_heads.num_classes + 1)
+            assert predictor.cls_score(features).shape == (2, num_logits)
     if "optimizer" in cfg and model is not None:
         cfg.optimizer.params.model = model
         optimizer = instantiate(cfg.optimizer)
@@ -96,6 +101,8 @@ MULTI_PHASE_PROJECTS = [
 ONE_PHASE_PROJECTS = [
     "baseline.py",
     "baseline_lvis_v1.py",
+    "deformable_detr.py",
+    "deformable_detr_lvis_v1.py",
     "eqlv2.py",
     "eqlv2_lvis_v1.py",
     "federated_loss.py",

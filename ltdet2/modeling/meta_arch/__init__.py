@@ -1,3 +1,4 @@
+from .deformable_detr import DeformableDETR
 from .teacher_student import TeacherStudentRCNN
 
-__all__ = ["TeacherStudentRCNN"]
+__all__ = ["DeformableDETR", "TeacherStudentRCNN"]
