@@ -5,28 +5,18 @@
 # on every parameter, gradient norm clipped to 0.1, no warm-up, lr x0.1 at 80% of training (the paper: epoch 40 of
 # 50). One phase: a plain single-phase config. For LVIS v1: projects/deformable_detr_lvis_v1.py.
 from detectron2.config import LazyCall as L
-from detectron2.solver.build import get_default_optimizer_params
 
 from ltdet2.config.schedules import multi_step
 from ltdet2.data.lt_shapes import LTShapesSpec
-from ltdet2.modeling.meta_arch.deformable_detr import AdamWWithGradClip, DeformableDetrLRFactor
 
+from ..configs.common.optim import DeformableDETRAdamW
 from ..configs.lt_shapes_defaults import dataloader, train
 from ..configs.models.deformable_detr_r18_small import model
 
 model.num_classes = LTShapesSpec().num_classes
 dataloader.train.mapper.use_instance_mask = False  # boxes only
 
-optimizer = L(AdamWWithGradClip)(
-    params=L(get_default_optimizer_params)(
-        base_lr="${..lr}",
-        lr_factor_func=L(DeformableDetrLRFactor)(backbone=0.1, linear_proj=0.1),
-    ),
-    lr=2e-4,
-    betas=(0.9, 0.999),
-    weight_decay=1e-4,
-    clip_max_norm=0.1,
-)
+optimizer = DeformableDETRAdamW
 
 MAX_ITER = 2000
 lr_multiplier = multi_step(MAX_ITER, steps=(int(0.8 * MAX_ITER),), warmup_iters=0)

@@ -17,11 +17,10 @@
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.modeling.backbone import BasicStem, ResNet
-from detectron2.solver.build import get_default_optimizer_params
 
 from ltdet2.config.schedules import epochs_to_iters, multi_step
-from ltdet2.modeling.meta_arch.deformable_detr import AdamWWithGradClip, DeformableDetrLRFactor
 
+from ..configs.common.optim import DeformableDETRAdamW
 from ..configs.lvis_v1_defaults import BATCH_SIZE, NUM_CLASSES, NUM_TRAIN_IMAGES, dataloader, train
 from ..configs.models.deformable_detr_r18_small import model
 
@@ -60,16 +59,7 @@ dataloader.train.mapper.augmentations = [
 dataloader.train.mapper.use_instance_mask = False  # boxes only
 dataloader.train.total_batch_size = BATCH_SIZE
 
-optimizer = L(AdamWWithGradClip)(
-    params=L(get_default_optimizer_params)(
-        base_lr="${..lr}",
-        lr_factor_func=L(DeformableDetrLRFactor)(backbone=0.1, linear_proj=0.1),
-    ),
-    lr=2e-4,
-    betas=(0.9, 0.999),
-    weight_decay=1e-4,
-    clip_max_norm=0.1,
-)
+optimizer = DeformableDETRAdamW
 
 train.max_iter = iters(50)
 lr_multiplier = multi_step(iters(50), steps=(iters(40),), warmup_iters=0)
