@@ -39,10 +39,10 @@ PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def training_precision(amp_cfg, device: str) -> torch.dtype | None:
-    """The autocast dtype of ``train.amp`` (``enabled``, ``precision``) on ``device``; None when it is off. The
-    default precision is float16 on CUDA (Detectron2's ``AMPTrainer``) and bfloat16 on a CPU, the only one a CPU
-    takes."""
-    if not amp_cfg.get("enabled", False):
+    """The autocast dtype of ``train.amp`` (``enabled``, ``precision``; None or missing: off) on ``device``; None
+    when it is off. The default precision is float16 on CUDA (Detectron2's ``AMPTrainer``) and bfloat16 on a CPU,
+    the only one a CPU takes."""
+    if amp_cfg is None or not amp_cfg.get("enabled", False):
         return None
     device_type = torch.device(device).type
     name = amp_cfg.get("precision", None) or ("bfloat16" if device_type == "cpu" else "float16")

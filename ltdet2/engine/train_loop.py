@@ -480,7 +480,7 @@ def build_model(cfg):
     freeze_all_but(model, cfg.train.get("trainable", None))
     check_frozen_terms(model, cfg.train.get("frozen_terms", None) or ())
     model.to(cfg.train.device)
-    precision = training_precision(cfg.train.amp, cfg.train.device)
+    precision = training_precision(cfg.train.get("amp", None), cfg.train.device)
     if precision is not None and torch.device(cfg.train.device).type == "cpu":
         autocast_training_modules(model, precision)  # CUDA: Detectron2's AMPTrainer (trainer_class)
     return model
@@ -489,7 +489,7 @@ def build_model(cfg):
 def trainer_class(cfg):
     """The phase's trainer: Detectron2's ``AMPTrainer`` (with ``train.amp.precision``) for ``train.amp`` on CUDA;
     otherwise the plain one (on a CPU, :func:`build_model` scoped the autocast to the model's heavy modules)."""
-    precision = training_precision(cfg.train.amp, cfg.train.device)
+    precision = training_precision(cfg.train.get("amp", None), cfg.train.device)
     if precision is None or torch.device(cfg.train.device).type == "cpu":
         return Trainer
     return functools.partial(AMPTrainerWithNamedLosses, precision=precision)

@@ -289,8 +289,8 @@ def test_a_finished_one_phase_run_is_refused_without_resume(finished, tiny_datas
 
 def test_leaderboard_defaults_write_under_output_and_quick_trains_in_a_fresh_clone(tmp_path, monkeypatch, capsys):
     script = load_repo_module("scripts/leaderboard.py")
-    for _, _, output_dir, docs_dir in script.SETTINGS.values():
-        assert output_dir.startswith("output/") and docs_dir.startswith("output/")
+    for setting in script.SETTINGS.values():
+        assert setting.output_dir.startswith("output/") and setting.docs_dir.startswith("output/")
     monkeypatch.chdir(tmp_path)  # a fresh clone: no output/ yet (the committed docs/ results are not read)
     calls = []
     monkeypatch.setattr(script, "run_entry", lambda *args: calls.append(args))
@@ -309,7 +309,11 @@ def test_no_script_writes_under_docs_by_default():
             text = f.read()
         assert not re.search(r"default=[\"']docs/", text), path
     script = load_repo_module("scripts/leaderboard.py")
-    assert not any(str(value).startswith("docs") for setting in script.SETTINGS.values() for value in setting)
+    assert not any(
+        str(value).startswith("docs")
+        for setting in script.SETTINGS.values()
+        for value in (setting.config_file, setting.output_dir, setting.docs_dir)
+    )
 
 
 def test_the_runner_evaluates_itself_when_training_does_not(tiny_dataset, tmp_path, monkeypatch):
