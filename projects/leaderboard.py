@@ -31,12 +31,10 @@
 # Run: python scripts/leaderboard.py [--entries ce loce] [--seeds 0 1 2] [--jobs 2] [--quick] [--dry-run]
 from ltdet2.config.leaderboard import (
     LST_INCREMENTAL_PHASES,
-    bacl_chain,
     decoupled,
     fine_tune,
     from_scratch,
-    lst_chain,
-    stepwise_chain,
+    method_chains,
     with_object_replay,
 )
 from ltdet2.config.loce import add_ebl, add_mfs
@@ -75,27 +73,13 @@ def leaderboard_phases(model, dataloader, optimizer, train, *, pretrain_iters, f
     add_ebl(replay_ebl["model"])
     with_object_replay(replay_ebl)
     phases.update(
-        stepwise_chain(model, dataloader, optimizer, train, iters=finetune_iters, checkpoint_period=checkpoint_period)
-    )
-    phases.update(
-        bacl_chain(
+        method_chains(
             model,
             dataloader,
             optimizer,
             train,
-            representation_iters=pretrain_iters,
-            classifier_iters=finetune_iters,
-            checkpoint_period=checkpoint_period,
-        )
-    )
-    phases.update(
-        lst_chain(
-            model,
-            dataloader,
-            optimizer,
-            train,
-            base_iters=pretrain_iters,
-            incremental_iters=finetune_iters,
+            pretrain_iters=pretrain_iters,
+            finetune_iters=finetune_iters,
             checkpoint_period=checkpoint_period,
         )
     )

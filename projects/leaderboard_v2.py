@@ -32,13 +32,11 @@
 from ltdet2.config.eqlv2 import add_eqlv2
 from ltdet2.config.federated import add_federated_loss
 from ltdet2.config.leaderboard import (
-    bacl_chain,
     decoupled,
     fine_tune,
     fine_tune_warmup,
     from_scratch,
-    lst_chain,
-    stepwise_chain,
+    method_chains,
     with_object_replay,
 )
 from ltdet2.config.loce import LOCE_TRAINABLE, add_ebl, add_mfs
@@ -121,30 +119,14 @@ def leaderboard_v2_phases(
         finetune_iters, steps=(finetune_iters // 2,), warmup_iters=fine_tune_warmup(finetune_iters)
     )
     phases.update(
-        stepwise_chain(model, dataloader, optimizer, train, iters=finetune_iters, checkpoint_period=checkpoint_period)
-    )
-
-    first = dict(checkpoint_period=checkpoint_period)
-    phases.update(
-        bacl_chain(
+        method_chains(
             model,
             dataloader,
             optimizer,
             train,
-            representation_iters=pretrain_iters,
-            classifier_iters=finetune_iters,
-            **first,
-        )
-    )
-    phases.update(
-        lst_chain(
-            model,
-            dataloader,
-            optimizer,
-            train,
-            base_iters=pretrain_iters,
-            incremental_iters=finetune_iters,
-            **first,
+            pretrain_iters=pretrain_iters,
+            finetune_iters=finetune_iters,
+            checkpoint_period=checkpoint_period,
         )
     )
     # the learning curve (its last point: the final evaluation), set last: the phases made from it evaluate once

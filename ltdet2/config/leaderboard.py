@@ -29,6 +29,7 @@ __all__ = [
     "stepwise_chain",
     "bacl_chain",
     "lst_chain",
+    "method_chains",
 ]
 
 
@@ -151,4 +152,37 @@ def lst_chain(model, dataloader, optimizer, train, *, base_iters, incremental_it
     phases = {base_name: base}
     phases.update({phase_name: phase for phase_name, phase in chain.items() if phase_name != last})
     phases[name] = chain[last]
+    return phases
+
+
+def method_chains(model, dataloader, optimizer, train, *, pretrain_iters, finetune_iters, checkpoint_period):
+    """The three chains both leaderboards hold, in this order: step-wise after the project's ``pretrain``
+    (:func:`stepwise_chain`, ``finetune_iters``), BACL (:func:`bacl_chain`, its stage 1 ``pretrain_iters`` from
+    scratch) and LST (:func:`lst_chain`, its base phase ``pretrain_iters``, the incremental phases
+    ``finetune_iters`` in all). Returns their ordered phases."""
+    phases = stepwise_chain(
+        model, dataloader, optimizer, train, iters=finetune_iters, checkpoint_period=checkpoint_period
+    )
+    phases.update(
+        bacl_chain(
+            model,
+            dataloader,
+            optimizer,
+            train,
+            representation_iters=pretrain_iters,
+            classifier_iters=finetune_iters,
+            checkpoint_period=checkpoint_period,
+        )
+    )
+    phases.update(
+        lst_chain(
+            model,
+            dataloader,
+            optimizer,
+            train,
+            base_iters=pretrain_iters,
+            incremental_iters=finetune_iters,
+            checkpoint_period=checkpoint_period,
+        )
+    )
     return phases
