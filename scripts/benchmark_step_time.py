@@ -38,6 +38,13 @@ batches diverge from scratch at the project's 0.02 without its warm-up.)
 
 The first step's losses of both models (same weights, same batch) are compared and reported (``first_step_losses``),
 so a change that should keep the numbers shows that it does.
+
+``--baseline-config-file`` takes the baseline phase from another config: two different detectors on the same batches
+(the baseline's loader), each from its own seeded initialisation (no weights are shared, so ``--checkpoint`` is
+refused), e.g. the small Deformable DETR against the small Faster R-CNN, per training step:
+
+    python scripts/benchmark_step_time.py --config-file projects/deformable_detr.py \
+        --baseline-config-file projects/baseline.py --output docs/results/speed/step_detr_vs_faster_rcnn.json
 """
 
 import argparse
@@ -125,6 +132,11 @@ def step_time_result(baseline_times, method_times, *, baseline_phase, method_pha
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True)
+    parser.add_argument(
+        "--baseline-config-file",
+        default=None,
+        help="take the baseline phase from this config (default: --config-file): another detector, its own weights",
+    )
     parser.add_argument("--baseline-phase", default=None, help="needed when the config has several phases")
     parser.add_argument("--method-phase", default=None, help="needed when the config has several phases")
     parser.add_argument("--steps", type=int, default=10)
@@ -138,19 +150,23 @@ def main():
     parser.add_argument("--method-opts", nargs="*", default=[], help="overrides of the method phase only")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    baseline_config_file = args.baseline_config_file or args.config_file
+    two_models = baseline_config_file != args.config_file
+    if two_models and args.checkpoint:
+        parser.error("--checkpoint with --baseline-config-file: the two detectors share no weights to start from")
 
     sides = {}
-    for side, phase_name, opts in (
-        ("baseline", args.baseline_phase, args.baseline_opts),
-        ("method", args.method_phase, args.method_opts),
+    for side, config_file, phase_name, opts in (
+        ("baseline", baseline_config_file, args.baseline_phase, args.baseline_opts),
+        ("method", args.config_file, args.method_phase, args.method_opts),
     ):
-        resolved = resolve_phases(load_config(args.config_file, [*args.overrides, *opts]))
+        resolved = resolve_phases(load_config(config_file, [*args.overrides, *opts]))
         chain_teachers(resolved)  # a teacher-student phase gets its teacher as the runner gives it
         phases = {p.name: p for p in resolved}
         if phase_name is None and len(phases) == 1:
             phase_name = next(iter(phases))
         if phase_name not in phases:
-            parser.error(f"phase {phase_name!r}: {args.config_file} has phases {list(phases)}")
+            parser.error(f"phase {phase_name!r}: {config_file} has phases {list(phases)}")
         sides[side] = (phases[phase_name], resolved)
     # the baseline's training set, when the phase derives it (e.g. LST's phase sets), is built as the runner does
     baseline_phase, resolved = sides["baseline"]
@@ -159,7 +175,7 @@ def main():
     baseline, baseline_optimizer = build(baseline_cfg)
     if args.checkpoint:
         DetectionCheckpointer(baseline).load(args.checkpoint)
-    method, method_optimizer = build(method_cfg, baseline.state_dict())
+    method, method_optimizer = build(method_cfg, None if two_models else baseline.state_dict())
     loader = instantiate(baseline_cfg.dataloader.train)
     batches = list(itertools.islice(iter(loader), args.warmup + args.steps))
 
@@ -179,6 +195,7 @@ def main():
     gpu = f" ({torch.cuda.get_device_name()})" if str(device).startswith("cuda") else ""
     settings = {
         "config_file": args.config_file,
+        "baseline_config_file": baseline_config_file,
         "checkpoint": args.checkpoint,
         "batch_size": baseline_cfg.dataloader.train.total_batch_size,
         "baseline_opts": args.baseline_opts,
