@@ -1,10 +1,12 @@
-"""Exemplar scoring: every annotation of a dataset scored by a trained R-CNN's box head (step-wise, issue #12).
+"""Exemplar scoring: every annotation of a dataset scored by a trained detector (step-wise, issues #12, #31).
 
-Each ground-truth box is used as an RoI of its own image: backbone -> ``roi_heads.box_pooler`` on the GT boxes
-(in the coordinates of the resized image the model sees) -> ``box_head`` -> ``box_predictor``; the class
-probabilities come from the predictor's own scoring (``predict_class_probabilities`` of
-:class:`~ltdet2.modeling.LongTailOutputLayers`, else Detectron2's softmax / ``use_sigmoid_ce`` sigmoid), background
-at column C. The score of an annotation is
+A model with an ``annotation_scores(inputs, score)`` method scores the annotations itself (e.g.
+:meth:`~ltdet2.modeling.meta_arch.DeformableDETR.annotation_scores`: the Hungarian-matched query's sigmoids, as the
+official code). Otherwise the model is an R-CNN scored by its box head: each ground-truth box is used as an RoI of
+its own image: backbone -> ``roi_heads.box_pooler`` on the GT boxes (in the coordinates of the resized image the
+model sees) -> ``box_head`` -> ``box_predictor``; the class probabilities come from the predictor's own scoring
+(``predict_class_probabilities`` of :class:`~ltdet2.modeling.LongTailOutputLayers`, else Detectron2's softmax /
+``use_sigmoid_ce`` sigmoid), background at column C. The score of an annotation is
 
 - ``"max_foreground"`` (official code, ``models/deformable_detr_data.py:354-356``, there the matched query's max
   sigmoid): the largest foreground probability, whatever the class;
@@ -149,12 +151,15 @@ def score_annotations(
     num_workers=0,
     distributed=None,
 ):
-    """Scores every annotation of the registered dataset ``dataset_name`` with ``model``'s box head (module
-    docstring). Runs under ``torch.no_grad()`` with the model in eval mode (its mode is restored after).
+    """Scores every annotation of the registered dataset ``dataset_name`` with ``model`` (its ``annotation_scores``
+    or its box head: module docstring). Runs under ``torch.no_grad()`` with the model in eval mode (its mode is
+    restored after).
 
     Args:
-        model: a :class:`GeneralizedRCNN`-like model (``preprocess_image``, ``backbone``, and ``roi_heads`` with
-            ``box_pooler``, ``box_head``, ``box_predictor``, ``box_in_features``); a DDP wrapper is unwrapped.
+        model: a model with ``annotation_scores(inputs, score) -> [sum G_i]`` (inputs: a batch of
+            :class:`AnnotationBoxMapper` outputs), or a :class:`GeneralizedRCNN`-like model (``preprocess_image``,
+            ``backbone``, and ``roi_heads`` with ``box_pooler``, ``box_head``, ``box_predictor``,
+            ``box_in_features``); a DDP wrapper is unwrapped.
         mapper_augmentations: the test mapper's augmentations (the resize); None: images at their native size.
         score: ``"max_foreground"`` (official code) or ``"ground_truth"`` (option).
         batch_size: images per forward pass (per process).
@@ -168,10 +173,15 @@ def score_annotations(
     if score not in SCORE_MODES:
         raise ValueError(f"score_annotations: score must be one of {SCORE_MODES}, got {score!r}")
     model = getattr(model, "module", model)  # DDP
-    heads = getattr(model, "roi_heads", None)
-    missing = [k for k in ("box_pooler", "box_head", "box_predictor", "box_in_features") if not hasattr(heads, k)]
-    if missing:
-        raise TypeError(f"score_annotations: {type(model).__name__}.roi_heads has no {missing} (R-CNN box head needed)")
+    scorer = getattr(model, "annotation_scores", None)
+    if scorer is None:
+        heads = getattr(model, "roi_heads", None)
+        missing = [k for k in ("box_pooler", "box_head", "box_predictor", "box_in_features") if not hasattr(heads, k)]
+        if missing:
+            raise TypeError(
+                f"score_annotations: {type(model).__name__} has no annotation_scores method and its roi_heads has no "
+                f"{missing} (R-CNN box head needed)"
+            )
     if distributed is None:
         distributed = comm.get_world_size() > 1
     # Detectron2's load_lvis_json drops the json annotation ids: recovered from its json_file
@@ -190,7 +200,8 @@ def score_annotations(
     try:
         with torch.no_grad():
             for index, inputs in enumerate(loader):
-                columns["score"].append(_box_scores(model, inputs, score).float().cpu())
+                scores = scorer(inputs, score) if scorer is not None else _box_scores(model, inputs, score)
+                columns["score"].append(scores.float().cpu())
                 columns["annotation_id"].append(torch.cat([x["annotation_ids"] for x in inputs]))
                 columns["category_id"].append(torch.cat([x["classes"] for x in inputs]))
                 columns["image_id"].append(

@@ -23,9 +23,8 @@ import copy
 from omegaconf import OmegaConf
 
 from detectron2.config import instantiate
-from detectron2.modeling import GeneralizedRCNN
 
-from ltdet2.modeling import TeacherStudentRCNN
+from ltdet2.modeling.meta_arch.frozen_teacher import FrozenTeacherMixin
 
 from ..utils.lazy_config import lazy_target
 
@@ -150,7 +149,7 @@ def chain_checkpoints(phases):
 def chain_teachers(phases):
     """A phase with ``train.teacher_from_phase = NAME`` gets NAME's final checkpoint as ``model.teacher_weights``
     and, when its ``model.teacher`` is None, a copy of NAME's ``model`` config as ``model.teacher`` (the
-    teacher-student model, :class:`ltdet2.modeling.TeacherStudentRCNN`, builds and freezes it)."""
+    teacher-student model, e.g. :class:`ltdet2.modeling.TeacherStudentRCNN`, builds and freezes it)."""
     for index, phase in enumerate(phases):
         source = teacher_phase(phases, index)
         if source is None:
@@ -161,12 +160,16 @@ def chain_teachers(phases):
 
 
 def teacher_model_config(model_cfg):
-    """A copy of an earlier phase's model config to build its frozen model from: a teacher-student model's own
-    teacher and distillation terms are left out (a teacher is the phase's student alone, as its checkpoint)."""
+    """A copy of an earlier phase's model config to build its frozen model from: a teacher-student model
+    (:class:`~ltdet2.modeling.meta_arch.frozen_teacher.FrozenTeacherMixin`: ``TeacherStudentRCNN``,
+    ``TeacherStudentDETR``) becomes its ``student_class`` without its own ``teacher_student_arguments`` (teacher,
+    distillation terms: a teacher is the phase's student alone, as its checkpoint)."""
     teacher = copy.deepcopy(model_cfg)
     target = lazy_target(teacher)
-    if isinstance(target, type) and issubclass(target, TeacherStudentRCNN):
-        for key in ("teacher", "teacher_weights", "distillers"):
+    if isinstance(target, type) and issubclass(target, FrozenTeacherMixin):
+        if target.student_class is None:
+            raise TypeError(f"teacher_model_config: {target.__name__} names no student_class")
+        for key in target.teacher_student_arguments:
             teacher.pop(key, None)
-        teacher._target_ = GeneralizedRCNN
+        teacher._target_ = target.student_class
     return teacher

@@ -48,7 +48,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.evaluation.evaluator import inference_context
 from detectron2.utils import comm
 
-from ..modeling import TeacherStudentRCNN
+from ..modeling.meta_arch.frozen_teacher import FrozenTeacherMixin
 from ..utils.files import file_identity
 from ..utils.json_io import read_json, write_json_atomic
 from .checkpoint import AtomicCheckpointer, remove_interrupted_writes
@@ -457,7 +457,7 @@ def evaluated_parameters(model):
     teacher-student model's distillation terms (training only; LST's weight generator term is left out of its
     ``model_final``)."""
     model = getattr(model, "module", model)
-    training_only = "distillers." if isinstance(model, TeacherStudentRCNN) else None
+    training_only = "distillers." if isinstance(model, FrozenTeacherMixin) else None
     return [name for name, _ in model.named_parameters() if training_only is None or not name.startswith(training_only)]
 
 

@@ -13,15 +13,17 @@ from .box_predictors import (
 )
 from .classifiers import CosineClassifier, WeightNormCosineClassifier
 from .distillers import (
+    DetrDistillationContext,
     DistillationContext,
     MaskedFeatureDistillation,
     MetaWeightGeneratorTerm,
     OldClassLogitDistillation,
+    SharedQueryKLDistillation,
     SharedRoIKLDistillation,
 )
 from .losses.sigmoid_background import sigmoid_background_probs
 from .mask_heads import NormalizedConv2d, NormalizedMaskRCNNConvUpsampleHead, TransferMaskHead
-from .meta_arch import TeacherStudentRCNN
+from .meta_arch import TeacherStudentDETR, TeacherStudentRCNN
 from .roi_heads import LongTailROIHeads
 from .weight_generator import MetaWeightGenerator
 
@@ -43,10 +45,13 @@ __all__ = [
     "NormalizedMaskRCNNConvUpsampleHead",
     "TransferMaskHead",
     "DistillationContext",
+    "DetrDistillationContext",
     "MaskedFeatureDistillation",
     "MetaWeightGenerator",
     "MetaWeightGeneratorTerm",
     "OldClassLogitDistillation",
+    "SharedQueryKLDistillation",
     "SharedRoIKLDistillation",
+    "TeacherStudentDETR",
     "TeacherStudentRCNN",
 ]

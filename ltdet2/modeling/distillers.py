@@ -1,6 +1,7 @@
 """Distillation terms: small modules that turn one training iteration of a teacher and a student into losses.
 
-:class:`~ltdet2.modeling.TeacherStudentRCNN` runs each term on a :class:`DistillationContext` and adds the named
+:class:`~ltdet2.modeling.TeacherStudentRCNN` (:class:`~ltdet2.modeling.TeacherStudentDETR`) runs each term on a
+:class:`DistillationContext` (:class:`DetrDistillationContext`) and adds the named
 losses it returns to the student's. The terms hold no parameters and no state (nothing in checkpoints).
 """
 
@@ -38,6 +39,7 @@ class DistillationContext:
             when the student's heads do not keep them.
         student: the student (the unwrapped model, not a DDP wrapper).
         teacher: the frozen teacher (eval mode, no gradients).
+        feature_strides: name -> stride of the features; None: those of ``student.backbone.output_shape()``.
     """
 
     images: ImageList
@@ -47,6 +49,27 @@ class DistillationContext:
     sampled_proposals: list[Instances] | None
     student: nn.Module
     teacher: nn.Module
+    feature_strides: dict[str, int] | None = None
+
+    def stride(self, name: str) -> int:
+        """The stride of feature ``name`` (``feature_strides``, else the student's backbone's)."""
+        if self.feature_strides is not None:
+            return self.feature_strides[name]
+        return self.student.backbone.output_shape()[name].stride
+
+
+@dataclass
+class DetrDistillationContext(DistillationContext):
+    """A :class:`DistillationContext` of :class:`~ltdet2.modeling.meta_arch.TeacherStudentDETR`: the features are
+    both models' ``detr.model.input_proj`` outputs (``input_proj.{k}``, strides ``feature_strides``, the
+    wrapper's ``level_strides``), ``sampled_proposals`` is None, and
+
+    Attributes:
+        teacher_decoder_states: ``[B, L, Q, d]`` the teacher's decoder output queries of every layer
+            (``intermediate_hidden_states``), under no_grad.
+    """
+
+    teacher_decoder_states: torch.Tensor | None = None
 
 
 class ClassSubset:
@@ -123,11 +146,14 @@ class MaskedFeatureDistillation(nn.Module):
     (step-wise knowledge transfer, Eq. 3: the paper distils the expert's head-class knowledge there).
 
     Per level, the mask is the union of the image's valid ground-truth boxes (``gt_valid`` not False) of the
-    chosen classes, rasterised at the level's stride by :func:`box_masks`; the loss is
+    chosen classes, rasterised at the level's stride (:meth:`DistillationContext.stride`) by :func:`box_masks`, in
+    each image's unpadded coordinates (the step-wise official code scales the boxes by the padded size, which
+    shifts the masks of the smaller images of a batch: a bug, not followed); the loss is
     :func:`~ltdet2.modeling.losses.masked_feature_distillation` times ``weight``.
 
     Args:
-        in_features: FPN levels (the step-wise official code distils its 4 input projections; p2-p5 here).
+        in_features: FPN levels (the step-wise official code distils its 4 input projections; p2-p5 here for an
+            R-CNN, ``input_proj.0``-``input_proj.3`` for :class:`~ltdet2.modeling.meta_arch.TeacherStudentDETR`).
         classes: contiguous class indices; or ``classes_from_dataset``: the classes in at least ``min_images``
             training images of that registered dataset (``LVISMeta.head_classes``); neither: every class.
         weight: lambda_fm (1, the official code's).
@@ -154,7 +180,6 @@ class MaskedFeatureDistillation(nn.Module):
 
     def masks(self, context: DistillationContext) -> list[torch.Tensor]:
         """Per level of ``in_features``, ``[B, H, W]`` bool masks of the chosen classes' boxes."""
-        strides = context.student.backbone.output_shape()
         device = context.student_features[self.in_features[0]].device
         boxes = torch.cat([t.gt_boxes.tensor for t in context.targets]).to(device)
         classes = torch.cat([t.gt_classes for t in context.targets]).to(device)
@@ -167,7 +192,7 @@ class MaskedFeatureDistillation(nn.Module):
         masks = []
         for name in self.in_features:
             num_images, _, height, width = context.student_features[name].shape
-            masks.append(box_masks(boxes, rows_image, num_images, strides[name].stride, height, width))
+            masks.append(box_masks(boxes, rows_image, num_images, context.stride(name), height, width))
         return masks
 
     def forward(self, context: DistillationContext) -> dict[str, torch.Tensor]:
@@ -189,7 +214,29 @@ class MaskedFeatureDistillation(nn.Module):
         return f"in_features={self.in_features}, {self.classes!r}, weight={self.weight}, empty={self.empty!r}"
 
 
-class SharedRoIKLDistillation(nn.Module):
+class _ClassColumnKL(nn.Module):
+    """A KL distillation term over some class columns (``classes`` / ``classes_from_dataset`` / ``min_images`` as
+    :class:`MaskedFeatureDistillation`), with its ``weight`` and temperature ``temperature``."""
+
+    def __init__(
+        self,
+        *,
+        classes: Sequence[int] | None = None,
+        classes_from_dataset: str | None = None,
+        min_images: int = 30,
+        weight: float = 0.1,
+        temperature: float = 1.0,
+    ):
+        super().__init__()
+        self.classes = ClassSubset(classes, classes_from_dataset, min_images, type(self).__name__)
+        self.weight = weight
+        self.temperature = temperature
+
+    def extra_repr(self):
+        return f"{self.classes!r}, weight={self.weight}, temperature={self.temperature}"
+
+
+class SharedRoIKLDistillation(_ClassColumnKL):
     """KL distillation on RoIs both models see through the teacher: the R-CNN analogue of the step-wise
     method's shared object queries (its Eq. 4; our mapping onto R-CNN).
 
@@ -206,20 +253,6 @@ class SharedRoIKLDistillation(nn.Module):
         weight: lambda_cls (0.1, the official code's).
         temperature: T (1, the official code's).
     """
-
-    def __init__(
-        self,
-        *,
-        classes: Sequence[int] | None = None,
-        classes_from_dataset: str | None = None,
-        min_images: int = 30,
-        weight: float = 0.1,
-        temperature: float = 1.0,
-    ):
-        super().__init__()
-        self.classes = ClassSubset(classes, classes_from_dataset, min_images, "SharedRoIKLDistillation")
-        self.weight = weight
-        self.temperature = temperature
 
     def forward(self, context: DistillationContext) -> dict[str, torch.Tensor]:
         if context.sampled_proposals is None:
@@ -240,8 +273,46 @@ class SharedRoIKLDistillation(nn.Module):
         loss = kl_distillation(student_logits, teacher_logits, columns, temperature=self.temperature)
         return {"loss_distill_kl": loss * self.weight}
 
-    def extra_repr(self):
-        return f"{self.classes!r}, weight={self.weight}, temperature={self.temperature}"
+
+class SharedQueryKLDistillation(_ClassColumnKL):
+    """The step-wise method's KL distillation with shared object queries (paper Eq. 4; official
+    ``deformable_detr_local1.py:185-209, 289-308``), for :class:`~ltdet2.modeling.meta_arch.TeacherStudentDETR`.
+
+    For every decoder layer l, the teacher's output queries ``q_l`` (``[B, Q, d]``, the context's
+    ``teacher_decoder_states``) go through the teacher's and the student's class heads ``detr.class_embed[l]``; the
+    loss of layer l is :func:`~ltdet2.modeling.losses.kl_distillation` between them: ``KL(softmax(z_T) ||
+    softmax(z_S))`` over the chosen classes' columns (softmax, as the official code, although the detector scores
+    with sigmoids), the mean over the B x Q rows (every query, matched or not; "batchmean"), times ``weight``.
+    ``q_l`` is the teacher's, under no_grad: the gradient reaches only the student's class heads. Losses
+    ``loss_distill_kl`` (last layer) and ``loss_distill_kl_{l}`` (the others), as the detection losses are named.
+
+    Args:
+        classes, classes_from_dataset, min_images: the distilled columns, as :class:`MaskedFeatureDistillation`
+            (the official code: the head classes); neither: every class.
+        weight: lambda_cls per layer (0.1, the official code's).
+        temperature: T (1, the official code's).
+    """
+
+    def forward(self, context: DistillationContext) -> dict[str, torch.Tensor]:
+        states = getattr(context, "teacher_decoder_states", None)
+        if states is None:
+            raise ValueError(
+                "SharedQueryKLDistillation needs the teacher's decoder states (DetrDistillationContext."
+                f"teacher_decoder_states): use it in a TeacherStudentDETR, not a {type(context.student).__name__}"
+            )
+        student_heads, teacher_heads = context.student.detr.class_embed, context.teacher.detr.class_embed
+        num_layers = states.shape[1]
+        columns = self.classes.index_tensor(states.device)
+        losses = {}
+        for layer in range(num_layers):
+            queries = states[:, layer].detach().flatten(0, 1)  # [B * Q, d]
+            with torch.no_grad():
+                teacher_logits = teacher_heads[layer](queries)
+            student_logits = student_heads[layer](queries)
+            loss = kl_distillation(student_logits, teacher_logits, columns, temperature=self.temperature)
+            name = "loss_distill_kl" if layer == num_layers - 1 else f"loss_distill_kl_{layer}"
+            losses[name] = loss * self.weight
+        return losses
 
 
 def unscaled_cosine_logits(model: nn.Module, features: dict[str, torch.Tensor], boxes: list[Boxes]) -> torch.Tensor:
@@ -319,6 +390,8 @@ from .meta_weight_term import MetaWeightGeneratorTerm, new_class_boxes  # noqa: 
 
 __all__ = [
     "DistillationContext",
+    "DetrDistillationContext",
+    "SharedQueryKLDistillation",
     "MetaWeightGeneratorTerm",
     "MaskedFeatureDistillation",
     "OldClassLogitDistillation",

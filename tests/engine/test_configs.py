@@ -95,6 +95,10 @@ MULTI_PHASE_PROJECTS = [
     "rio_ablation.py",
     "stepwise.py",
     "stepwise_ablation.py",
+    "stepwise_detr.py",
+    "stepwise_detr_ablation.py",
+    "stepwise_detr_lvis_v0_5.py",
+    "stepwise_detr_lvis_v1.py",
     "stepwise_lvis_v0_5.py",
     "stepwise_lvis_v1.py",
 ]

@@ -39,12 +39,15 @@ PROJECTS = {
     "bacl_lvis_v1.py": ("representation", 1),
     "bacl_lvis_v1_mask.py": ("representation", 1),
     "crt_lvis_v1.py": (None, 2),
+    "deformable_detr_lvis_v1.py": (None, 2),
     "federated_loss_lvis_v1.py": (None, 2),
     "loce_lvis_v1.py": (None, 2),
     "lst_lvis_v0_5.py": ("base", 3),
     "lst_lvis_v1.py": ("base", 3),
     "stepwise_lvis_v0_5.py": (None, 2),
     "stepwise_lvis_v1.py": ("pretrain", 1),
+    "stepwise_detr_lvis_v0_5.py": (None, 2),
+    "stepwise_detr_lvis_v1.py": ("pretrain", 1),
 }
 # overrides after TINY's: cRT's stage 2 re-initialises its classifier from the pretrain's checkpoint, as it trains
 AFTER_TINY = {"crt_lvis_v1.py": ["phases.crt.train.init_reinitialize=[roi_heads.box_predictor.cls_score.]"]}
@@ -83,6 +86,17 @@ TINY = (
     ("train.derived_datasets.0.min_images", "3"),
     ("model.distillers.0.min_images", "3"),
     ("model.distillers.1.min_images", "3"),
+    # Deformable DETR: its last resize (after the flip and DETR's random resize-and-crop) to the short edge 64; a
+    # narrow, shallow transformer with fewer queries (two-stage mode keeps num_queries of the 85 encoder positions of
+    # a 64 px image)
+    ("dataloader.train.mapper.augmentations.2.short_edge_length", "[64]"),
+    ("dataloader.train.mapper.augmentations.2.max_size", "64"),
+    ("model.d_model", "64"),
+    ("model.encoder_layers", "1"),
+    ("model.decoder_layers", "2"),
+    ("model.ffn_dim", "128"),
+    ("model.num_queries", "50"),
+    ("model.num_detections", "10"),
 )
 
 
@@ -153,7 +167,8 @@ def test_lvis_project_trains_and_evaluates_on_detectron2s_lvis_registrations(
     }
     assert len(scored) == len(requests)
     for phase, metrics in results.items():
-        mask = phases[phase].model.roi_heads.get("mask_head", None) is not None  # Mask R-CNN: bbox and segm
+        roi_heads = phases[phase].model.get("roi_heads", None) or {}  # Deformable DETR has none
+        mask = roi_heads.get("mask_head", None) is not None  # Mask R-CNN: bbox and segm
         assert set(metrics) == ({"bbox", "segm"} if mask else {"bbox"}), (phase, metrics)
         for task in metrics.values():
             assert task["AP"] == task["AP"] and 0 <= task["AP"] <= 100  # evaluated: a number, not NaN

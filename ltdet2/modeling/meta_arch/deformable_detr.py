@@ -124,6 +124,11 @@ class DeformableDETR(nn.Module):
     of them per image with their query's box; boxes in the input image's pixels, then
     :func:`detector_postprocess` to the dict's ``height``/``width`` (clipped; empty boxes dropped).
 
+    Exemplar scores (step-wise): :meth:`annotation_scores`, the Hungarian-matched query's sigmoids of each annotation
+    (what :func:`~ltdet2.engine.exemplar_scoring.score_annotations` calls). The training step is
+    :meth:`training_outputs` then :meth:`losses` (:class:`~ltdet2.modeling.meta_arch.TeacherStudentDETR` runs them
+    with hooks).
+
     Args:
         backbone: a Detectron2 backbone whose ``in_features`` outputs go to the transformer (fine strides first).
         num_classes: the class count (sigmoid scores, no background column).
@@ -349,26 +354,50 @@ class DeformableDETR(nn.Module):
     def targets_from_instances(instances, image_sizes, device):
         """``transformers``' labels: per image ``class_labels`` and ``boxes`` (cx, cy, w, h) divided by the image's
         unpadded (width, height)."""
+        return DeformableDETR.normalized_targets(
+            [inst.gt_boxes.tensor for inst in instances], [inst.gt_classes for inst in instances], image_sizes, device
+        )
+
+    @staticmethod
+    def normalized_targets(boxes, classes, image_sizes, device):
+        """``transformers``' labels from per-image ``[G, 4]`` xyxy ``boxes`` in input-image pixels and ``[G]``
+        contiguous ``classes``: ``class_labels`` and ``boxes`` (cx, cy, w, h) divided by the image's unpadded
+        (width, height)."""
         targets = []
-        for inst, (h, w) in zip(instances, image_sizes):
+        for image_boxes, image_classes, (h, w) in zip(boxes, classes, image_sizes):
             scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
-            boxes = inst.gt_boxes.tensor.to(device=device, dtype=torch.float32)
+            image_boxes = image_boxes.to(device=device, dtype=torch.float32)
             targets.append(
-                {"class_labels": inst.gt_classes.to(device), "boxes": box_xyxy_to_cxcywh(boxes / scale)},
+                {"class_labels": image_classes.to(device), "boxes": box_xyxy_to_cxcywh(image_boxes / scale)},
             )
         return targets
+
+    def matcher(self):
+        """``transformers``' Hungarian matcher with the model's costs (``matcher_costs``), as its criterion has it."""
+        from transformers.loss.loss_deformable_detr import DeformableDetrHungarianMatcher
+
+        config = self.detr.config
+        return DeformableDetrHungarianMatcher(
+            class_cost=config.class_cost, bbox_cost=config.bbox_cost, giou_cost=config.giou_cost
+        )
 
     # --- forward -----------------------------------------------------------------------------------------------------
 
     def forward(self, batched_inputs):
         if not self.training:
             return self.inference(batched_inputs)
+        _, _, targets, outputs = self.training_outputs(batched_inputs)
+        return self.losses(outputs, targets)
+
+    def training_outputs(self, batched_inputs):
+        """The training step before the losses: ``(images, mask, targets, outputs)``, the padded :class:`ImageList`,
+        the pixel mask, ``transformers``' labels and ``DeformableDetrForObjectDetection``'s output with them."""
         if "instances" not in batched_inputs[0]:
             raise ValueError("DeformableDETR: training inputs need 'instances' (DatasetMapper with is_train=True)")
         images, mask = self.preprocess_image(batched_inputs)
         targets = self.targets_from_instances([x["instances"] for x in batched_inputs], images.image_sizes, self.device)
         outputs = self.detr(pixel_values=images.tensor, pixel_mask=mask, labels=targets)
-        return self.losses(outputs, targets)
+        return images, mask, targets, outputs
 
     def losses(self, outputs, targets):
         """The weighted loss terms (Detectron2's dict of scalars) from ``DeformableDetrForObjectDetection``'s output
@@ -391,14 +420,14 @@ class DeformableDETR(nn.Module):
     def encoder_losses(self, outputs, targets):
         """The official code's ``enc_outputs`` terms: ``transformers``' criterion on the encoder's proposals
         (sigmoid of the proposal boxes, all classes scored) against the same boxes with every label 0."""
-        from transformers.loss.loss_deformable_detr import DeformableDetrHungarianMatcher, DeformableDetrImageLoss
+        from transformers.loss.loss_deformable_detr import DeformableDetrImageLoss
 
         config = self.detr.config
-        matcher = DeformableDetrHungarianMatcher(
-            class_cost=config.class_cost, bbox_cost=config.bbox_cost, giou_cost=config.giou_cost
-        )
         criterion = DeformableDetrImageLoss(
-            matcher=matcher, num_classes=config.num_labels, focal_alpha=config.focal_alpha, losses=["labels", "boxes"]
+            matcher=self.matcher(),
+            num_classes=config.num_labels,
+            focal_alpha=config.focal_alpha,
+            losses=["labels", "boxes"],
         )
         enc_outputs = {
             "logits": outputs.enc_outputs_class,
@@ -429,6 +458,44 @@ class DeformableDETR(nn.Module):
             height, width = x.get("height", size[0]), x.get("width", size[1])
             processed.append({"instances": detector_postprocess(result, height, width)})
         return processed
+
+    @torch.no_grad()
+    def annotation_scores(self, inputs, score: str = "max_foreground") -> torch.Tensor:
+        """Exemplar scores (step-wise, ``../shared/reference/stepwise.md`` §2.2) of the annotations of a batch of
+        :class:`~ltdet2.engine.exemplar_scoring.AnnotationBoxMapper` outputs (``image``, ``boxes`` xyxy in the
+        resized image's pixels, ``classes`` contiguous): ``[sum G_i]`` float, in the inputs' order.
+
+        The model runs as at inference (call it in eval mode); the last decoder layer's queries are
+        Hungarian-matched to each image's annotations with the model's own matcher (:meth:`matcher`: its costs,
+        boxes normalised by the image's unpadded size as in training). An annotation's score is its matched query's
+        largest sigmoid over the classes (``"max_foreground"``, the official ``deformable_detr_data.py:354-356``) or
+        its sigmoid of the annotation's class (``"ground_truth"``). An image with more annotations than queries
+        leaves some unmatched: they score 0.
+        """
+        if score not in ("max_foreground", "ground_truth"):
+            raise ValueError(f"DeformableDETR.annotation_scores: score={score!r}; expected max_foreground/ground_truth")
+        images, mask = self.preprocess_image(inputs)
+        outputs = self.detr(pixel_values=images.tensor, pixel_mask=mask)
+        device = outputs.logits.device
+        boxes = [x["boxes"] for x in inputs]
+        classes = [x["classes"].to(device=device, dtype=torch.long) for x in inputs]
+        counts = [len(b) for b in boxes]
+        scores = outputs.logits.new_zeros(sum(counts), dtype=torch.float32)
+        if not scores.numel():
+            return scores
+        targets = self.normalized_targets(boxes, classes, images.image_sizes, device)
+        indices = self.matcher()({"logits": outputs.logits, "pred_boxes": outputs.pred_boxes}, targets)
+        starts = torch.tensor([0, *counts[:-1]], device=device).cumsum(0)
+        image = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(indices)]).to(device)
+        query = torch.cat([q for q, _ in indices]).to(device)
+        row = torch.cat([a.to(device) + starts[i] for i, (_, a) in enumerate(indices)])  # annotation rows matched
+        probs = outputs.logits[image, query].float().sigmoid()  # [M, C]
+        if score == "max_foreground":
+            matched = probs.max(dim=1).values
+        else:
+            matched = probs.gather(1, torch.cat(classes)[row, None])[:, 0]
+        scores[row] = matched
+        return scores
 
     def detections(self, logits, pred_boxes, image_sizes):
         """Deformable DETR's ``PostProcess``: per image the top ``num_detections`` (query, class) sigmoid scores, with

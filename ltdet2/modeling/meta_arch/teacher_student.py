@@ -1,47 +1,33 @@
 """GeneralizedRCNN trained with distillation from a frozen teacher (step-wise knowledge transfer, LST)."""
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import configurable, instantiate
+from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 
 from ..distillers import DistillationContext
+from .frozen_teacher import FrozenTeacherMixin
 from .shared_stages import SharedStagesBottomUp, StageOutputs, shared_frozen_stages
 
 logger = logging.getLogger(__name__)
 
 
-class _TeacherCheckpointer(DetectionCheckpointer):
-    """Remembers the entries of another shape (which Detectron2 skips) and the parameters the checkpoint lacked (a
-    teacher must not run with random weights)."""
-
-    missing_keys: list[str] = []
-    incorrect_shapes: list[tuple] = []  # (key, shape in the checkpoint, shape in the model)
-
-    def _load_model(self, checkpoint):
-        incompatible = super()._load_model(checkpoint)
-        self.missing_keys = list(incompatible.missing_keys)
-        self.incorrect_shapes = list(incompatible.incorrect_shapes)
-        return incompatible
-
-
 @META_ARCH_REGISTRY.register()
-class TeacherStudentRCNN(GeneralizedRCNN):
+class TeacherStudentRCNN(FrozenTeacherMixin, GeneralizedRCNN):
     """The student, a :class:`GeneralizedRCNN`, trained with its usual losses plus the losses of distillation
     terms (``distillers``: modules ``forward(DistillationContext) -> dict of named losses``) between it and a
     frozen teacher.
 
     The teacher is not a submodule: it is in neither ``state_dict`` (checkpoints hold the student only),
     ``parameters()`` (nor the optimizer, nor DDP), and ``model.train()`` does not reach it. It is built at the
-    first training step that has distillers: ``teacher`` instantiated (when it is a config), ``teacher_weights``
-    loaded with :class:`DetectionCheckpointer` (every parameter must be there, with the teacher's shape; the phase
-    runner checks the class rows before training), moved to the student's device,
+    first training step that has distillers (:class:`~ltdet2.modeling.meta_arch.frozen_teacher.FrozenTeacherMixin`,
+    shared with :class:`~ltdet2.modeling.meta_arch.TeacherStudentDETR`): ``teacher`` instantiated (when it is a
+    config), ``teacher_weights`` loaded with :class:`DetectionCheckpointer` (every parameter must be there, with the
+    teacher's shape; the phase runner checks the class rows before training), moved to the student's device,
     ``eval()`` (dropout off, BatchNorm on its statistics) and ``requires_grad_(False)``; it runs under
     ``torch.no_grad()``. After a resume it is built again from ``teacher_weights``. Inference is the student
     alone. Without distillers the model is exactly :class:`GeneralizedRCNN` (no teacher is built).
@@ -68,6 +54,10 @@ class TeacherStudentRCNN(GeneralizedRCNN):
         other arguments: those of :class:`GeneralizedRCNN`.
     """
 
+    student_class = GeneralizedRCNN
+    teacher_student_arguments = ("teacher", "teacher_weights", "distillers", "share_frozen_stages")
+    teacher_class_count_key = "model.teacher.roi_heads.num_classes"
+
     @configurable
     def __init__(
         self,
@@ -79,69 +69,12 @@ class TeacherStudentRCNN(GeneralizedRCNN):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.distillers = nn.ModuleList(distillers)
-        self.teacher_weights = teacher_weights
+        self._init_teacher(teacher, teacher_weights, distillers)
         self.share_frozen_stages = share_frozen_stages
         object.__setattr__(self, "_student_stages", None)  # StageOutputs of the shared stages, set with the teacher
-        # plain attributes (object.__setattr__): nn.Module would register a module as a submodule
-        object.__setattr__(self, "_teacher_spec", teacher)
-        object.__setattr__(self, "_teacher", None)
-
-    @property
-    def teacher(self) -> nn.Module | None:
-        """The built teacher (None before the first training step with distillers)."""
-        return self._teacher
-
-    def teacher_model(self) -> nn.Module:
-        """The frozen teacher on the student's device, built on first call."""
-        if self._teacher is None:
-            object.__setattr__(self, "_teacher", self._build_teacher())
-        if self._teacher.pixel_mean.device != self.device:
-            self._teacher.to(self.device)
-        return self._teacher
-
-    def _check_teacher_weights(self):
-        path = self.teacher_weights
-        if path is None or ("://" not in path and not os.path.isfile(path)):
-            raise FileNotFoundError(
-                f"TeacherStudentRCNN: teacher_weights {path!r} is not a file; the phase runner sets it to the final "
-                "checkpoint of the phase named by train.teacher_from_phase (or set model.teacher_weights)"
-            )
 
     def _build_teacher(self) -> nn.Module:
-        self._check_teacher_weights()
-        path = self.teacher_weights
-        if self._teacher_spec is None:
-            raise ValueError(
-                "TeacherStudentRCNN: model.teacher is None; set train.teacher_from_phase (the runner copies that "
-                "phase's model config) or model.teacher"
-            )
-        spec = self._teacher_spec
-        if isinstance(spec, nn.Module):
-            teacher = spec
-        else:
-            with torch.random.fork_rng(devices=[]):  # the student's random draws do not depend on when it is built
-                teacher = instantiate(spec)
-        checkpointer = _TeacherCheckpointer(teacher)
-        checkpointer.load(path)
-        shapes = checkpointer.incorrect_shapes
-        if shapes:
-            listed = "; ".join(
-                f"{key}: {tuple(saved)} in the checkpoint, {tuple(own)} in the teacher"
-                for key, saved, own in shapes[:8]
-            )
-            raise ValueError(
-                f"TeacherStudentRCNN: teacher checkpoint {path} does not fit the teacher model (model.teacher): "
-                f"{len(shapes)} entries have another shape ({listed}{' ...' if len(shapes) > 8 else ''}). It was saved "
-                f"for another model (another class count: model.teacher.roi_heads.num_classes?)"
-            )
-        if checkpointer.missing_keys:
-            raise KeyError(
-                f"TeacherStudentRCNN: teacher checkpoint {path} lacks parameters {checkpointer.missing_keys[:10]}"
-                f"{' ...' if len(checkpointer.missing_keys) > 10 else ''}"
-            )
-        teacher.to(self.device).eval().requires_grad_(False)
-        logger.info(f"TeacherStudentRCNN: teacher {type(teacher).__name__} built from {path}")
+        teacher = super()._build_teacher()
         shared = shared_frozen_stages(self, teacher) if self.share_frozen_stages else []
         if shared:
             object.__setattr__(self, "_student_stages", StageOutputs(self.backbone.bottom_up, shared))
@@ -194,15 +127,7 @@ class TeacherStudentRCNN(GeneralizedRCNN):
             student=self,
             teacher=teacher,
         )
-        for index, distiller in enumerate(self.distillers):
-            for name, value in distiller(context).items():
-                if name in losses:
-                    raise KeyError(
-                        f"TeacherStudentRCNN: distiller {index} ({type(distiller).__name__}) returns loss "
-                        f"{name!r}, which another loss already has"
-                    )
-                losses[name] = value
-        return losses
+        return self._add_distillation_losses(losses, context)
 
     def _take_student_stages(self):
         """Ends the recording of the student's shared stages (nothing is kept after the teacher's backbone)."""
