@@ -9,11 +9,13 @@ ranks' gradients against the official objective's."""
 import os
 import socket
 import sys
+import types
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import transformers.utils
 from torch import nn
 from torchvision.ops import generalized_box_iou, sigmoid_focal_loss
 
@@ -22,7 +24,7 @@ from detectron2.modeling import Backbone
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from ltdet2.modeling.meta_arch import DeformableDETR
+from ltdet2.modeling.meta_arch import DeformableDETR, deformable_detr
 from ltdet2.modeling.meta_arch.deformable_detr import box_cxcywh_to_xyxy
 
 WORLD_SIZE = 2
@@ -224,3 +226,15 @@ def test_terms_are_normalised_by_the_mean_box_count_over_processes(tmp_path, mon
         atol = 1e-5 * max(grad.abs().max() for grad in expected_grads.values())
         for name, grad in summed.items():
             assert_close(grad, expected_grads[name], f"{case}: gradient of {name}", rtol=1e-4, atol=atol)
+
+
+def test_accelerate_s_own_normalisation_is_refused(monkeypatch):
+    """With accelerate's PartialState set up, transformers already divides by the mean box count: the wrapper refuses
+    to correct a second time (accelerate is not a dependency: a stand-in module)."""
+    state = types.SimpleNamespace(_shared_state={"num_processes": 2})
+    monkeypatch.setitem(sys.modules, "accelerate", types.SimpleNamespace(PartialState=state))
+    monkeypatch.setattr(transformers.utils, "is_accelerate_available", lambda: True)
+    with pytest.raises(RuntimeError, match="a second time"):
+        deformable_detr._refuse_accelerate_normalisation()
+    state._shared_state = {}
+    deformable_detr._refuse_accelerate_normalisation()  # set up by nobody: nothing to refuse

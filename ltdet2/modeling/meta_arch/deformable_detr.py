@@ -37,6 +37,22 @@ def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
 
 
+def _refuse_accelerate_normalisation():
+    """``transformers``' criterion already divides by the mean box count over the processes when ``accelerate``'s
+    ``PartialState`` is set up; the wrapper's correction would then apply twice: refused."""
+    from transformers.utils import is_accelerate_available
+
+    if is_accelerate_available():
+        from accelerate import PartialState
+
+        if PartialState._shared_state:
+            raise RuntimeError(
+                "DeformableDETR: accelerate's PartialState is initialised, so transformers' loss already normalises "
+                "by the mean box count over the processes, and this wrapper's correction (Detectron2's launch, "
+                "torch.distributed) would apply a second time; train with Detectron2's launcher without accelerate"
+            )
+
+
 class _BackboneAdapter(nn.Module):
     """A Detectron2 backbone in the place of ``transformers``' ``DeformableDetrConvEncoder``: ``forward(pixel_values,
     pixel_mask)`` gives ``[(feature_map, mask)]`` for ``in_features`` (the mask resized to each map as the encoder does:
@@ -441,6 +457,7 @@ class DeformableDETR(nn.Module):
         which turns ``transformers``' normalisation by the local count into the official one; None with one."""
         if comm.get_world_size() == 1:
             return None
+        _refuse_accelerate_normalisation()
         local = float(sum(len(t["class_labels"]) for t in targets))
         total = torch.tensor([local], device=self.device)
         torch.distributed.all_reduce(total)
