@@ -2,16 +2,17 @@
 """Submits an ltdet2 training (a project with phases, or any LazyConfig) to Slurm, through submitit.
 
     python scripts/slurm_launch.py --config-file projects/loce_lvis_v1.py \
-        --nodes 1 --gpus-per-node 8 --partition gpu --timeout 1440 [--resume] [--phase NAME] [key=value ...]
+        --nodes 1 --gpus-per-node 8 --partition gpu --timeout 1440 [--resume | --restart] [--phase NAME] [key=value ...]
 
-The training script's arguments (``--config-file``, ``--phase``, ``--resume``, ``--eval-only`` and the
+The training script's arguments (``--config-file``, ``--phase``, ``--resume``, ``--restart``, ``--eval-only`` and the
 ``key=value`` overrides, checked before submitting) plus the job's resources: one task per GPU
 (``--gpus-per-node``), or ``--gpus-per-node 0 --tasks-per-node N`` for N CPU processes joined with gloo.
 ``--account``, ``--qos``, ``--constraint``, ``--comment`` and ``--slurm-option KEY=VALUE`` (any sbatch
 option) pass through to sbatch.
 
 On preemption or time-out the job saves a checkpoint, requeues itself (at most ``--max-requeues``
-times) and continues with ``--resume``. Logs: the run's output folder (``train.output_dir``); Slurm's
+times) and continues with ``--resume`` (a job submitted with ``--restart`` restarts its unfinished phases once, when it
+first starts, and resumes when requeued). Logs: the run's output folder (``train.output_dir``); Slurm's
 and submitit's files in its ``slurm/`` folder (or ``--job-dir``). See ltdet2.engine.launch_slurm.
 
 Exit status: 0 submitted; 2 refused (nothing submitted, nothing left behind); 3 sbatch exited 0 but printed no job
@@ -40,6 +41,12 @@ def argument_parser():
     train.add_argument("--config-file", required=True, metavar="FILE", help="path to the (project) config file")
     train.add_argument("--phase", default=None, help="run (or evaluate) only this phase of the project")
     train.add_argument("--resume", action="store_true", help="continue the run in the output folder")
+    train.add_argument(
+        "--restart",
+        action="store_true",
+        help="train the unfinished phases from their beginning, removing their earlier checkpoints (a requeued job "
+        "resumes instead)",
+    )
     train.add_argument("--eval-only", action="store_true", help="evaluate the phases' final checkpoints")
     train.add_argument("opts", nargs=argparse.REMAINDER, help="key=value overrides of the config")
     slurm = parser.add_argument_group("Slurm job")
@@ -92,6 +99,8 @@ def parse_args(argv=None):
 
 
 def check_args(parser, args):
+    if args.resume and args.restart:
+        parser.error("--resume and --restart: choose one (continue the unfinished phases, or train them again)")
     if not os.path.isfile(args.config_file):
         parser.error(f"--config-file {args.config_file}: no such file")
     args.config_file = os.path.abspath(args.config_file)

@@ -88,7 +88,7 @@ class SlurmTrainJob:
     in a process group built from the Slurm environment.
 
     Args:
-        train_args: the training script's arguments (``config_file``, ``opts``, ``resume``, ``phase``,
+        train_args: the training script's arguments (``config_file``, ``opts``, ``resume``, ``restart``, ``phase``,
             ``eval_only``).
         tasks_per_node: processes per node (one per GPU).
         use_gpus: NCCL and one GPU per process, or gloo on CPUs.
@@ -109,8 +109,8 @@ class SlurmTrainJob:
         env = submitit.JobEnvironment()
         args = copy.copy(self.train_args)
         restarts = restart_count()
-        if restarts > 0:  # requeued, by this job or by Slurm: continue where it stopped
-            args.resume = True
+        if restarts > 0:  # requeued, by this job or by Slurm: continue where it stopped (never restart again)
+            args.resume, args.restart = True, False
         arm_stop_signal()  # replaces submitit's USR2 handler: checkpoint at the end of the iteration, on every rank
         if not self.use_gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -167,7 +167,7 @@ class SlurmTrainJob:
         from submitit.helpers import DelayedSubmission  # here: only Slurm jobs use submitit
 
         resumed = copy.copy(self.train_args)
-        resumed.resume = True
+        resumed.resume, resumed.restart = True, False
         job = SlurmTrainJob(
             resumed,
             tasks_per_node=self.tasks_per_node,
@@ -248,10 +248,10 @@ def live_jobs(job_ids):
     return {job: state for job, state in states.items() if state not in ("COMPLETED", "FAILED", "CANCELLED")}
 
 
-def check_job_folder(job_folder, output_dir, config_file, overrides, *, resume):
+def check_job_folder(job_folder, output_dir, config_file, overrides, *, resume, restart=False):
     """The run's record in ``job_folder``: a folder holding another run (another config or other
-    overrides) is refused; so is this run's folder when it holds checkpoints and ``resume`` is off (they
-    would be overwritten), or while one of its jobs is still pending or running. Returns the record."""
+    overrides) is refused; so is this run's folder when it holds checkpoints and neither ``resume`` nor ``restart``
+    is on (they would be overwritten), or while one of its jobs is still pending or running. Returns the record."""
     record_file = os.path.join(job_folder, RUN_RECORD)
     record = read_json(record_file, what="run record") if os.path.isfile(record_file) else None
     if record is not None and not same_run(record, config_file, overrides):
@@ -268,10 +268,11 @@ def check_job_folder(job_folder, output_dir, config_file, overrides, *, resume):
                 f"submitted"
             )
     earlier = phase_outputs(output_dir) if os.path.isdir(output_dir) else []
-    if earlier and not resume:
+    if earlier and not (resume or restart):
         raise SlurmLaunchError(
             f"{output_dir} already holds a run's checkpoints ({earlier[:3]}{' ...' if len(earlier) > 3 else ''}): "
-            f"add --resume to continue it (finished phases are skipped), or choose another output folder "
+            f"add --resume to continue it (finished phases are skipped), --restart to train its unfinished phases "
+            f"again from their beginning, or choose another output folder "
             f"(train.output_dir=...); nothing was submitted"
         )
     return record or {"config_file": config_file, "overrides": list(overrides), "jobs": []}
@@ -333,7 +334,8 @@ def submit(args):
     check_batch_sizes(cfg, world_size)
     output_dir = os.path.abspath(cfg.train.output_dir)
     job_folder = os.path.abspath(args.job_dir or os.path.join(output_dir, SLURM_FOLDER))
-    record = check_job_folder(job_folder, output_dir, args.config_file, args.opts, resume=args.resume)
+    restart = getattr(args, "restart", False)
+    record = check_job_folder(job_folder, output_dir, args.config_file, args.opts, resume=args.resume, restart=restart)
 
     import submitit  # here: only Slurm jobs use submitit
     from submitit.core.utils import FailedSubmissionError
@@ -343,6 +345,7 @@ def submit(args):
         opts=[*args.opts, f"train.output_dir={output_dir}"]
         + ([] if args.gpus_per_node or any(o.startswith("train.device=") for o in args.opts) else ["train.device=cpu"]),
         resume=args.resume,
+        restart=restart,
         eval_only=args.eval_only,
         phase=args.phase,
         num_gpus=args.tasks_per_node,
@@ -364,6 +367,7 @@ def submit(args):
         "submitted": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": shlex.join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
         "resume": args.resume,
+        "restart": restart,
         "nodes": args.nodes,
         "tasks_per_node": args.tasks_per_node,
         "gpus_per_node": args.gpus_per_node,

@@ -77,6 +77,7 @@ def test_flags_after_overrides_and_defaults(script):
         (["--timeout", "0"], "--timeout is in minutes"),
         (["--max-requeues", "-1"], "--max-requeues must be 0 or more"),
         (["--slurm-option", "=5"], "write KEY=VALUE"),
+        (["--resume", "--restart"], "--resume and --restart: choose one"),
     ],
 )
 def test_bad_arguments_are_refused(script, capsys, argv, message):
@@ -203,6 +204,24 @@ def test_checkpoints_of_this_run_need_resume_and_a_queued_job_blocks(script, tmp
     assert "job(s) {'4242': 'RUNNING'} of this run are still in the queue" in capsys.readouterr().err
     assert (output_dir / "slurm" / RUN_RECORD).read_text() == record and checkpoint.read_bytes() == b"weights"
     assert [c for c in called(calls) if c.startswith("sbatch")] and "squeue --noheader" in called(calls)[-1]
+
+
+def test_restart_trains_unfinished_phases_again_once_and_a_requeue_resumes(script, tmp_path, fake_slurm, capsys):
+    """--restart is accepted on a folder with checkpoints and reaches the job; the job requeued (Slurm's restart
+    count, or its own requeue) resumes instead of removing its checkpoints again."""
+    output_dir = tmp_path / "run"
+    (output_dir / "pretrain").mkdir(parents=True)
+    (output_dir / "pretrain" / "model_0000001.pth").write_bytes(b"weights")
+    argv = ["--config-file", PROJECT, "--gpus-per-node", "0", f"train.output_dir={output_dir}", "--restart"]
+    assert script.main(argv) == 0
+    assert "Submitted job 4242" in capsys.readouterr().out
+    record = json.loads((output_dir / "slurm" / RUN_RECORD).read_text())
+    assert record["jobs"][0]["restart"] and not record["jobs"][0]["resume"]
+    with open(output_dir / "slurm" / "4242_submitted.pkl", "rb") as f:
+        job = pickle.load(f).function
+    assert job.train_args.restart and not job.train_args.resume
+    requeued = job.checkpoint().function.train_args
+    assert requeued.resume and not requeued.restart and job.train_args.restart  # the original job is unchanged
 
 
 def interrupted_job(tmp_path, max_requeues=2):
