@@ -21,21 +21,18 @@ from detectron2.config import instantiate
 from ltdet2.config.eqlv2 import add_eqlv2
 from ltdet2.config.long_tail import use_long_tail_heads
 from ltdet2.config.seesaw import add_seesaw
-from ltdet2.engine.phases import load_config, run_phases
 from ltdet2.memory import CumulativeCount, GradientRatio, PredictorBatch
 from ltdet2.modeling.box_predictors.scoring import SigmoidBackgroundScoring, SoftmaxScoring
 from ltdet2.modeling.losses import EQLv2Loss, eqlv2_loss, eqlv2_weights, weighted_sigmoid_loss
 
 from fixtures.models import (
     NUM_CLASSES,
-    ROOT,
-    SHORT_RUN_OVERRIDES,
     TEST_DEVICE,
     TINY_LT_SHAPES,
     make_batch,
     small_model_cfg,
-    tiny_run_overrides,
     train_losses,
+    train_short_one_phase_project,
 )
 
 K = 5
@@ -411,23 +408,13 @@ def test_global_sync_sums_the_ranks_gradients(tmp_path, monkeypatch):
 
 
 def test_eqlv2_project_trains_a_few_iterations(tmp_path, tiny_dataset):
-    out = str(tmp_path / "run")
     num_classes = TINY_LT_SHAPES.num_classes
-    cfg = load_config(
-        os.path.join(ROOT, "projects", "eqlv2.py"),
-        [
-            *tiny_run_overrides(tiny_dataset, out),
-            *SHORT_RUN_OVERRIDES,
-            # EQLv2's pieces hold a copy of the class count (ltdet2.config.eqlv2)
-            f"model.roi_heads.indicators.eqlv2_gradients.num_classes={num_classes}",
-            f"model.roi_heads.box_predictor.cls_loss.num_classes={num_classes}",
-            "train.allow_empty_eval=True",  # 3 iterations: this checks the run, not AP
-        ],
-    )
-    assert "phases" not in cfg  # one phase: a plain config
-    results = run_phases(cfg)
-    assert {"AP", "APr"} <= set(results[""]["bbox"])
-    final = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)["model"]
+    # EQLv2's pieces hold a copy of the class count (ltdet2.config.eqlv2)
+    overrides = [
+        f"model.roi_heads.indicators.eqlv2_gradients.num_classes={num_classes}",
+        f"model.roi_heads.box_predictor.cls_loss.num_classes={num_classes}",
+    ]
+    _, final = train_short_one_phase_project("eqlv2.py", tiny_dataset, str(tmp_path / "run"), overrides)
     prefix = "roi_heads.indicators.eqlv2_gradients."
     assert final[prefix + "pos_grad"].shape == (num_classes,) and int(final[prefix + "num_updates"]) == 3
     assert (final[prefix + "neg_grad"] > 0).all() and final[prefix + "pos_grad"].sum() > 0

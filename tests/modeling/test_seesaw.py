@@ -5,7 +5,6 @@ checkpoint, the objectness-aware scoring and the normalised linear classifier co
 and the LT-Shapes project trains a few iterations."""
 
 import math
-import os
 
 import pytest
 import torch
@@ -18,7 +17,6 @@ from detectron2.utils.events import EventStorage
 
 from ltdet2.config.long_tail import use_long_tail_heads
 from ltdet2.config.seesaw import add_seesaw
-from ltdet2.engine.phases import load_config, run_phases
 from ltdet2.memory import CumulativeCount
 from ltdet2.modeling.box_predictors.scoring import ObjectnessSoftmaxScoring, SoftmaxScoring
 from ltdet2.modeling.classifiers import CosineClassifier
@@ -27,16 +25,14 @@ from ltdet2.modeling.losses.seesaw import objectness_softmax_probs, seesaw_loss_
 
 from fixtures.models import (
     NUM_CLASSES,
-    ROOT,
-    SHORT_RUN_OVERRIDES,
     SMALL_BOX_FEATURE_DIM,
     TEST_DEVICE,
     TINY_LT_SHAPES,
     make_batch,
     predictor_rows_with_extras,
     small_model_cfg,
-    tiny_run_overrides,
     train_losses,
+    train_short_one_phase_project,
 )
 
 K = 5
@@ -372,24 +368,14 @@ def test_predictor_losses_with_extra_rows_and_their_weights():
 
 
 def test_seesaw_project_trains_a_few_iterations(tmp_path, tiny_dataset):
-    out = str(tmp_path / "run")
     num_classes = TINY_LT_SHAPES.num_classes
-    cfg = load_config(
-        os.path.join(ROOT, "projects", "seesaw.py"),
-        [
-            *tiny_run_overrides(tiny_dataset, out),
-            *SHORT_RUN_OVERRIDES,
-            # Seesaw's pieces hold a copy of the class count (configs/seesaw.py)
-            f"model.roi_heads.indicators.seesaw_count.num_classes={num_classes}",
-            f"model.roi_heads.box_predictor.cls_loss.num_classes={num_classes}",
-            f"model.roi_heads.box_predictor.classifier.num_classes={num_classes}",
-            "train.allow_empty_eval=True",  # 3 iterations: this checks the run, not AP
-        ],
-    )
-    assert "phases" not in cfg  # one phase: a plain config
-    results = run_phases(cfg)
-    assert {"AP", "APr"} <= set(results[""]["bbox"])
-    final = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)["model"]
+    # Seesaw's pieces hold a copy of the class count (ltdet2.config.seesaw)
+    overrides = [
+        f"model.roi_heads.indicators.seesaw_count.num_classes={num_classes}",
+        f"model.roi_heads.box_predictor.cls_loss.num_classes={num_classes}",
+        f"model.roi_heads.box_predictor.classifier.num_classes={num_classes}",
+    ]
+    _, final = train_short_one_phase_project("seesaw.py", tiny_dataset, str(tmp_path / "run"), overrides)
     counts = final["roi_heads.indicators.seesaw_count.counts"]
     assert counts.shape == (num_classes,) and counts.sum() > 0
     assert final["roi_heads.box_predictor.cls_score.weight"].shape[0] == num_classes + 2
