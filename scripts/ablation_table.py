@@ -151,7 +151,10 @@ def main():
         malformed = [p for p, pair in zip(args.paired, pairs) if len(pair) != 2]
         if malformed:
             parser.error(f"--paired takes METHOD-REFERENCE phase pairs, got {malformed}")
-        table += "\n\n" + format_paired_differences(records, pairs, args.task)
+        if len(records) >= 2:
+            table += "\n\n" + format_paired_differences(records, pairs, args.task)
+        else:  # one seed so far (a run in pieces): its results file is written, the paired table waits
+            table += f"\n\nPaired differences ({', '.join(args.paired)}): need at least 2 seeds, have {len(records)}."
     os.makedirs(table_dir, exist_ok=True)
     with open(os.path.join(table_dir, "ablation_table.md"), "w") as f:
         f.write(table + "\n")

@@ -108,3 +108,17 @@ def test_from_results_paired_table_has_the_intervals_and_holm_note(script, tmp_p
     )
     assert row.endswith("| none |")  # nothing passes with 3 seeds here, Holm or not
     assert "Holm over this table's m = 4 comparisons" in printed and "0 results; Holm stopped at rank 1" in printed
+
+
+def test_a_paired_table_of_one_seed_waits_for_the_second(script, tmp_path, monkeypatch, capsys):
+    """A run in pieces: one seed's results so far; --paired notes that it needs 2 seeds instead of failing."""
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
+    metrics = {"AP": 10.0, "AP50": 10.0, "APr": 1.0, "APc": 2.0, "APf": 3.0}
+    phases = {"pretrain": {"bbox": metrics}, "finetune": {"bbox": metrics}}
+    (results_dir / "seed0.json").write_text(json.dumps({"seed": 0, "phases": phases}))
+    monkeypatch.setattr(
+        sys, "argv", ["ablation_table.py", "--from-results", str(results_dir), "--paired", "finetune-pretrain"]
+    )
+    script.main()
+    assert "Paired differences (finetune-pretrain): need at least 2 seeds, have 1." in capsys.readouterr().out

@@ -351,6 +351,33 @@ def test_the_step_wise_trainable_set_is_every_class_head_and_input_projection(tm
     assert not torch.equal(model.detr.class_embed[0].weight, heads_before)
 
 
+def test_a_frozen_backbone_with_the_teacher_s_weights_is_shared_and_the_losses_stay_the_same(tmp_path):
+    """The step-wise transfer's student (only class heads and input projections train) and its teacher hold the same
+    backbone: the teacher takes the student's backbone outputs instead of running its own, with the same losses. A
+    teacher with other backbone weights runs its own."""
+    batch = training_batch()
+    losses, calls = {}, {}
+    for share in (True, False):
+        student, _ = teacher_student(tmp_path, distillers(), teacher_seed=0)
+        student.share_frozen_backbone = share  # the constructor argument, read when the teacher is built
+        freeze_all_but(student, STEPWISE_DETR_TRAINABLE)  # the backbone's BatchNorm becomes FrozenBatchNorm2d
+        with torch.no_grad():  # the student's input projections apart from the teacher's: a feature loss to compare
+            student.detr.model.input_proj[0][0].weight.mul_(1.1)
+        teacher = student.teacher_model()
+        calls[share] = []
+        teacher.backbone.register_forward_hook(lambda module, args, output, share=share: calls[share].append(1))
+        losses[share] = losses_of(student, batch)
+        assert student._shares_backbone is share
+    assert calls == {True: [], False: [1]}
+    assert losses[True].keys() == losses[False].keys() and losses[True]["loss_distill_feature"] > 0
+    for name, value in losses[False].items():
+        torch.testing.assert_close(losses[True][name], value, rtol=0, atol=0, msg=name)
+    other, _ = teacher_student(tmp_path, distillers(), teacher_seed=1)
+    freeze_all_but(other, STEPWISE_DETR_TRAINABLE)
+    other.teacher_model()
+    assert not other._shares_backbone  # the teacher's backbone weights are not the student's
+
+
 # --- the projects -----------------------------------------------------------------------------------------------------
 
 PROJECTS = {

@@ -8,7 +8,7 @@ from torch import nn
 
 from detectron2.modeling.backbone import ResNet
 
-__all__ = ["StageOutputs", "SharedStagesBottomUp", "shared_frozen_stages"]
+__all__ = ["StageOutputs", "SharedStagesBottomUp", "frozen_module", "same_frozen_weights", "shared_frozen_stages"]
 
 _MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
@@ -22,14 +22,14 @@ def _bottom_up(model: nn.Module) -> ResNet | None:
     return bottom_up if isinstance(bottom_up, ResNet) else None
 
 
-def _frozen(stage: nn.Module) -> bool:
+def frozen_module(stage: nn.Module) -> bool:
     """No parameter trains and the output does not depend on train/eval mode (FrozenBatchNorm2d, not BatchNorm)."""
     return not any(p.requires_grad for p in stage.parameters()) and not any(
         isinstance(m, _MODE_DEPENDENT) for m in stage.modules()
     )
 
 
-def _same_weights(student_stage: nn.Module, teacher_stage: nn.Module) -> bool:
+def same_frozen_weights(student_stage: nn.Module, teacher_stage: nn.Module) -> bool:
     """Same parameters and normalisation statistics (BatchNorm's ``num_batches_tracked`` aside: a teacher in eval
     mode with BatchNorm computes what the student's FrozenBatchNorm2d with the same statistics computes)."""
     student = {k: v for k, v in student_stage.state_dict().items() if not k.endswith("num_batches_tracked")}
@@ -56,7 +56,9 @@ def shared_frozen_stages(student: nn.Module, teacher: nn.Module) -> list[str]:
         return []
     shared = []
     for (name, student_stage), (teacher_name, teacher_stage) in zip(_stages(student_resnet), _stages(teacher_resnet)):
-        if name != teacher_name or not _frozen(student_stage) or not _same_weights(student_stage, teacher_stage):
+        if name != teacher_name or not frozen_module(student_stage):
+            break
+        if not same_frozen_weights(student_stage, teacher_stage):
             break
         shared.append(name)
     return shared

@@ -1,6 +1,7 @@
 """Deformable DETR trained with distillation from a frozen teacher (step-wise knowledge transfer on the paper's own
 detector; ``../shared/reference/stepwise.md`` §2.6)."""
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -12,8 +13,11 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from ..distillers import DetrDistillationContext
 from .deformable_detr import DeformableDETR
 from .frozen_teacher import FrozenTeacherMixin
+from .shared_stages import frozen_module, same_frozen_weights
 
 __all__ = ["TeacherStudentDETR", "input_proj_names"]
+
+logger = logging.getLogger(__name__)
 
 
 def input_proj_names(num_levels: int) -> list[str]:
@@ -68,10 +72,16 @@ class TeacherStudentDETR(FrozenTeacherMixin, DeformableDETR):
             (``train.teacher_from_phase``).
         teacher_weights: checkpoint of the teacher (the runner sets the phase's final checkpoint).
         distillers: distillation terms.
+        share_frozen_backbone: the teacher takes the student's backbone outputs instead of running its own backbone
+            when the student's backbone is frozen (no trainable parameter, no BatchNorm in train mode) and holds the
+            teacher's weights, on the same normalised images (decided and logged when the teacher is built; ours, a
+            speed-up: step-wise trains only the class heads and input projections, so the head expert's backbone
+            is the student's). The teacher's outputs are the same.
         other arguments: those of :class:`DeformableDETR`.
     """
 
     student_class = DeformableDETR
+    teacher_student_arguments = FrozenTeacherMixin.teacher_student_arguments + ("share_frozen_backbone",)
 
     @configurable
     def __init__(
@@ -80,10 +90,28 @@ class TeacherStudentDETR(FrozenTeacherMixin, DeformableDETR):
         teacher: nn.Module | Mapping | None = None,
         teacher_weights: str | None = None,
         distillers: Sequence[nn.Module] = (),
+        share_frozen_backbone: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self._init_teacher(teacher, teacher_weights, distillers)
+        self.share_frozen_backbone = share_frozen_backbone
+        self._shares_backbone = False  # decided when the teacher is built
+
+    def _build_teacher(self) -> nn.Module:
+        teacher = super()._build_teacher()
+        same_input = torch.equal(self.pixel_mean, teacher.pixel_mean.to(self.device)) and torch.equal(
+            self.pixel_std, teacher.pixel_std.to(self.device)
+        )
+        self._shares_backbone = bool(
+            self.share_frozen_backbone
+            and same_input
+            and frozen_module(self.backbone)
+            and same_frozen_weights(self.backbone, teacher.backbone)
+        )
+        if self._shares_backbone:
+            logger.info("TeacherStudentDETR: the teacher takes the backbone outputs from the student (frozen there)")
+        return teacher
 
     @property
     def feature_names(self) -> list[str]:
@@ -94,14 +122,19 @@ class TeacherStudentDETR(FrozenTeacherMixin, DeformableDETR):
         if not self.training or not self.distillers:
             return super().forward(batched_inputs)
         teacher = self.teacher_model()
-        with _KeepOutputs(self.detr.model.input_proj) as student_levels:
+        kept = [*self.detr.model.input_proj] + ([self.backbone] if self._shares_backbone else [])
+        with _KeepOutputs(kept) as student_outputs:
             images, mask, targets, outputs = self.training_outputs(batched_inputs)
+        student_levels = student_outputs.outputs[: len(self.detr.model.input_proj)]
+        backbone_features = student_outputs.outputs[-1] if self._shares_backbone else None
         losses = self.losses(outputs, targets)
-        teacher_levels, teacher_states = self._teacher_outputs(teacher, batched_inputs, images.tensor)
+        teacher_levels, teacher_states = self._teacher_outputs(
+            teacher, batched_inputs, images.tensor, backbone_features
+        )
         names = self.feature_names
         context = DetrDistillationContext(
             images=images,
-            student_features=dict(zip(names, student_levels.outputs)),
+            student_features=dict(zip(names, student_levels)),
             teacher_features=dict(zip(names, teacher_levels)),
             targets=[x["instances"].to(self.device) for x in batched_inputs],
             sampled_proposals=None,
@@ -113,15 +146,24 @@ class TeacherStudentDETR(FrozenTeacherMixin, DeformableDETR):
         return self._add_distillation_losses(losses, context)
 
     @torch.no_grad()
-    def _teacher_outputs(self, teacher, batched_inputs, student_images: torch.Tensor):
+    def _teacher_outputs(self, teacher, batched_inputs, student_images: torch.Tensor, backbone_features=None):
         """The teacher's ``input_proj`` outputs (per level ``[B, d, H_k, W_k]``) and decoder output queries
-        (``[B, L, Q, d]``) on the batch; ``student_images``: the student's padded batch tensor."""
+        (``[B, L, Q, d]``) on the batch; ``student_images``: the student's padded batch tensor;
+        ``backbone_features``: the student's backbone outputs, which the teacher takes instead of running its
+        backbone (``share_frozen_backbone``), or None."""
         images, mask = teacher.preprocess_image(batched_inputs)
         if images.tensor.shape != student_images.shape:
             raise ValueError(
                 f"TeacherStudentDETR: the teacher pads the batch to {tuple(images.tensor.shape)}, the student to "
                 f"{tuple(student_images.shape)}"
             )
-        with _KeepOutputs(teacher.detr.model.input_proj) as levels:
-            outputs = teacher.detr.model(pixel_values=images.tensor, pixel_mask=mask)
+        adapter = teacher.detr.model.backbone  # _BackboneAdapter: its backbone is a plain attribute
+        own_backbone = adapter.backbone
+        if backbone_features is not None:
+            object.__setattr__(adapter, "backbone", lambda pixel_values: backbone_features)
+        try:
+            with _KeepOutputs(teacher.detr.model.input_proj) as levels:
+                outputs = teacher.detr.model(pixel_values=images.tensor, pixel_mask=mask)
+        finally:
+            object.__setattr__(adapter, "backbone", own_backbone)
         return levels.outputs, outputs.intermediate_hidden_states
