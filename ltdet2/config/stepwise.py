@@ -43,6 +43,29 @@ def scaled_groups(groups, scale):
     return [dict(g, threshold=g["threshold"] * scale) if "threshold" in g else dict(g) for g in groups]
 
 
+def smooth_tail_sets(source, *, prefix, quota_scale=1.0, threshold_scale=1.0):
+    """The options of :func:`use_smooth_tail_set` for D_head and D_tail (a pair of dicts), both drawn from ``source``
+    and scored by phase ``pretrain``, named ``<prefix>_d_head`` / ``<prefix>_d_tail``: the paper's quotas times
+    ``quota_scale`` (D_tail keeps every tail annotation) and the official RFS groups with thresholds times
+    ``threshold_scale``."""
+    common = dict(source=source, scores_from_phase="pretrain")
+    d_head = dict(
+        common,
+        name=f"{prefix}_d_head",
+        head_quota=round(D_HEAD_QUOTAS["head_quota"] * quota_scale),
+        tail_quota=round(D_HEAD_QUOTAS["tail_quota"] * quota_scale),
+        groups=scaled_groups(STEPWISE_HEAD_GROUPS, threshold_scale),
+    )
+    d_tail = dict(
+        common,
+        name=f"{prefix}_d_tail",
+        head_quota=round(D_TAIL_QUOTAS["head_quota"] * quota_scale),
+        tail_quota=None,
+        groups=scaled_groups(STEPWISE_TAIL_GROUPS, threshold_scale),
+    )
+    return d_head, d_tail
+
+
 def use_smooth_tail_set(
     phase,
     *,
@@ -153,33 +176,18 @@ def stepwise_phases(
         model=model, dataloader=dataloader, optimizer=optimizer, lr_multiplier=lr_multiplier, train=train
     )
 
-    head_expert = make_phase(pretrain)
-    add_head_expert(
-        head_expert,
-        name=f"{source}_stepwise_d_head",
-        source=source,
-        scores_from_phase="pretrain",
-        head_quota=round(D_HEAD_QUOTAS["head_quota"] * quota_scale),
-        tail_quota=round(D_HEAD_QUOTAS["tail_quota"] * quota_scale),
-        groups=scaled_groups(STEPWISE_HEAD_GROUPS, threshold_scale),
+    d_head, d_tail = smooth_tail_sets(
+        source, prefix=f"{source}_stepwise", quota_scale=quota_scale, threshold_scale=threshold_scale
     )
+    head_expert = make_phase(pretrain)
+    add_head_expert(head_expert, **d_head)
     head_expert["train"].init_from_phase = "pretrain"  # explicit: an ablation may insert phases before it
     head_expert["train"].max_iter = head_iters
     head_expert["optimizer"].lr = optimizer.lr * 0.1
     head_expert["lr_multiplier"] = multi_step(head_iters, steps=(), warmup_iters=warmup_iters)
 
     transfer = make_phase(pretrain)
-    add_knowledge_transfer(
-        transfer,
-        teacher_from_phase="head_expert",
-        classes_from_dataset=source,
-        name=f"{source}_stepwise_d_tail",
-        source=source,
-        scores_from_phase="pretrain",
-        head_quota=round(D_TAIL_QUOTAS["head_quota"] * quota_scale),
-        tail_quota=None,
-        groups=scaled_groups(STEPWISE_TAIL_GROUPS, threshold_scale),
-    )
+    add_knowledge_transfer(transfer, teacher_from_phase="head_expert", classes_from_dataset=source, **d_tail)
     transfer["train"].max_iter = transfer_iters
     transfer["lr_multiplier"] = multi_step(transfer_iters, steps=(transfer_iters // 2,), warmup_iters=warmup_iters)
     for phase in (head_expert, transfer):

@@ -12,7 +12,13 @@ to the phases of a DETR project (see ``projects/stepwise_detr.py``).
 from detectron2.config import LazyCall as L
 
 from ltdet2.config.schedules import epochs_to_iters, multi_step
-from ltdet2.config.stepwise import D_HEAD_QUOTAS, D_TAIL_QUOTAS, HEAD_MIN_IMAGES, scaled_groups, use_smooth_tail_set
+from ltdet2.config.stepwise import (
+    D_HEAD_QUOTAS,
+    D_TAIL_QUOTAS,
+    HEAD_MIN_IMAGES,
+    smooth_tail_sets,
+    use_smooth_tail_set,
+)
 from ltdet2.data.samplers import STEPWISE_HEAD_GROUPS, STEPWISE_TAIL_GROUPS
 from ltdet2.engine import make_phase
 from ltdet2.modeling.distillers import MaskedFeatureDistillation, SharedQueryKLDistillation
@@ -131,31 +137,16 @@ def stepwise_detr_phases(
         model=model, dataloader=dataloader, optimizer=optimizer, lr_multiplier=lr_multiplier, train=train
     )
 
-    head_expert = make_phase(pretrain)
-    add_detr_head_expert(
-        head_expert,
-        iters=head_iters,
-        name=f"{source}_stepwise_detr_d_head",
-        source=source,
-        scores_from_phase="pretrain",
-        head_quota=round(D_HEAD_QUOTAS["head_quota"] * quota_scale),
-        tail_quota=round(D_HEAD_QUOTAS["tail_quota"] * quota_scale),
-        groups=scaled_groups(STEPWISE_HEAD_GROUPS, threshold_scale),
+    d_head, d_tail = smooth_tail_sets(
+        source, prefix=f"{source}_stepwise_detr", quota_scale=quota_scale, threshold_scale=threshold_scale
     )
+    head_expert = make_phase(pretrain)
+    add_detr_head_expert(head_expert, iters=head_iters, **d_head)
     head_expert["train"].init_from_phase = "pretrain"  # explicit: the control may come before it
 
     transfer = make_phase(pretrain)
     add_detr_knowledge_transfer(
-        transfer,
-        iters=transfer_iters,
-        teacher_from_phase="head_expert",
-        classes_from_dataset=source,
-        name=f"{source}_stepwise_detr_d_tail",
-        source=source,
-        scores_from_phase="pretrain",
-        head_quota=round(D_TAIL_QUOTAS["head_quota"] * quota_scale),
-        tail_quota=None,
-        groups=scaled_groups(STEPWISE_TAIL_GROUPS, threshold_scale),
+        transfer, iters=transfer_iters, teacher_from_phase="head_expert", classes_from_dataset=source, **d_tail
     )
     transfer["train"].init_from_phase = "head_expert"
     phases = dict(pretrain=pretrain)
