@@ -8,7 +8,14 @@ from torch import nn
 
 from detectron2.modeling.backbone import ResNet
 
-__all__ = ["StageOutputs", "SharedStagesBottomUp", "frozen_module", "same_frozen_weights", "shared_frozen_stages"]
+__all__ = [
+    "StageOutputs",
+    "SharedStagesBottomUp",
+    "frozen_module",
+    "same_frozen_weights",
+    "same_preprocessing",
+    "shared_frozen_stages",
+]
 
 _MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
@@ -40,6 +47,16 @@ def same_frozen_weights(student_stage: nn.Module, teacher_stage: nn.Module) -> b
     )
 
 
+def same_preprocessing(student: nn.Module, teacher: nn.Module) -> bool:
+    """The two models normalise the same images alike (``input_format``, ``pixel_mean``, ``pixel_std``), so the
+    student's backbone sees what the teacher's would."""
+    return (
+        student.input_format == teacher.input_format
+        and torch.equal(student.pixel_mean, teacher.pixel_mean.to(student.pixel_mean.device))
+        and torch.equal(student.pixel_std, teacher.pixel_std.to(student.pixel_std.device))
+    )
+
+
 def shared_frozen_stages(student: nn.Module, teacher: nn.Module) -> list[str]:
     """The longest prefix of the ResNet stages (``stem``, ``res2``, ...) that the teacher can take from the
     student: frozen in the student and with the teacher's weights, on the same preprocessed images. Empty when a
@@ -47,12 +64,7 @@ def shared_frozen_stages(student: nn.Module, teacher: nn.Module) -> list[str]:
     student_resnet, teacher_resnet = _bottom_up(student), _bottom_up(teacher)
     if student_resnet is None or teacher_resnet is None:
         return []
-    same_input = (
-        student.input_format == teacher.input_format
-        and torch.equal(student.pixel_mean, teacher.pixel_mean.to(student.pixel_mean.device))
-        and torch.equal(student.pixel_std, teacher.pixel_std.to(student.pixel_std.device))
-    )
-    if not same_input:
+    if not same_preprocessing(student, teacher):
         return []
     shared = []
     for (name, student_stage), (teacher_name, teacher_stage) in zip(_stages(student_resnet), _stages(teacher_resnet)):

@@ -13,7 +13,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from ..distillers import DetrDistillationContext
 from .deformable_detr import DeformableDETR
 from .frozen_teacher import FrozenTeacherMixin
-from .shared_stages import frozen_module, same_frozen_weights
+from .shared_stages import frozen_module, same_frozen_weights, same_preprocessing
 
 __all__ = ["TeacherStudentDETR", "input_proj_names"]
 
@@ -100,12 +100,9 @@ class TeacherStudentDETR(FrozenTeacherMixin, DeformableDETR):
 
     def _build_teacher(self) -> nn.Module:
         teacher = super()._build_teacher()
-        same_input = torch.equal(self.pixel_mean, teacher.pixel_mean.to(self.device)) and torch.equal(
-            self.pixel_std, teacher.pixel_std.to(self.device)
-        )
         self._shares_backbone = bool(
             self.share_frozen_backbone
-            and same_input
+            and same_preprocessing(self, teacher)
             and frozen_module(self.backbone)
             and same_frozen_weights(self.backbone, teacher.backbone)
         )
