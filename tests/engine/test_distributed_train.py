@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 
 from ltdet2.engine.checkpoint import rank_state_file
 
+from fixtures.distributed import free_port
 from fixtures.models import ROOT, TINY_LT_SHAPES
 
 PROJECT = os.path.join(ROOT, "tests", "configs", "tiny_distributed.py")
@@ -80,14 +81,6 @@ def _worker(rank, port, data_root, out, states):
         torch.save(stops, os.path.join(states, f"stops_rank{rank}.pt"))
     finally:
         launch.close_process_group()  # collects the interrupted runs' DDP models first
-
-
-def free_port():
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

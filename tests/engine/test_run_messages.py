@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import stat
 from types import SimpleNamespace
 
@@ -30,6 +29,7 @@ from ltdet2.engine.launch_slurm import RUN_RECORD
 from ltdet2.engine.phases import DONE_FILE, run_phases
 from ltdet2.modeling import TeacherStudentRCNN
 
+from fixtures.distributed import free_port
 from fixtures.models import ROOT, TINY_LT_SHAPES, load_repo_module, small_model_cfg
 from fixtures.runs import PROJECT, load_tiny_run
 
@@ -385,12 +385,6 @@ def _batch_worker(rank, port, data_root, out):
         launch.close_process_group()
     with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
         f.write(outcome)
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_a_total_batch_that_does_not_divide_among_the_processes_names_both_numbers(tmp_path, tiny_dataset):

@@ -2,7 +2,6 @@
 that saw the global batches (rank 0's rows, then rank 1's)."""
 
 import os
-import socket
 import sys
 
 import pytest
@@ -18,6 +17,8 @@ from ltdet2.memory import (
     SoftConfusionMatrix,
     TruePositiveRate,
 )
+
+from fixtures.distributed import free_port
 
 WORLD_SIZE = 2
 STEPS = 4
@@ -102,12 +103,6 @@ def _worker(rank, port, out_dir):
         )
     finally:
         dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def assert_nested_equal(a, b, exact=True):

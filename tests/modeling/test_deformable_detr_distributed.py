@@ -7,7 +7,6 @@ local / mean, the last layer's focal, L1 and GIoU terms against the official for
 ranks' gradients against the official objective's."""
 
 import os
-import socket
 import sys
 import types
 
@@ -26,6 +25,8 @@ from detectron2.utils.events import EventStorage
 
 from ltdet2.modeling.meta_arch import DeformableDETR, deformable_detr
 from ltdet2.modeling.meta_arch.deformable_detr import box_cxcywh_to_xyxy
+
+from fixtures.distributed import free_port
 
 WORLD_SIZE = 2
 NUM_CLASSES = 3
@@ -119,12 +120,6 @@ def _worker(rank, port, out_dir):
         torch.save({"weights": weights, "results": results}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def direct_inputs(model, batch):

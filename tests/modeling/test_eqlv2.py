@@ -6,7 +6,6 @@ helper refuses what cannot work, and the LT-Shapes project trains a few iteratio
 
 import math
 import os
-import socket
 import sys
 
 import pytest
@@ -25,6 +24,7 @@ from ltdet2.memory import CumulativeCount, GradientRatio, PredictorBatch
 from ltdet2.modeling.box_predictors.scoring import SigmoidBackgroundScoring, SoftmaxScoring
 from ltdet2.modeling.losses import EQLv2Loss, eqlv2_loss, eqlv2_weights, weighted_sigmoid_loss
 
+from fixtures.distributed import free_port
 from fixtures.models import (
     NUM_CLASSES,
     TEST_DEVICE,
@@ -379,12 +379,6 @@ def _sync_worker(rank, port, out_dir):
         torch.save(indicator.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed (gloo)")
