@@ -16,15 +16,6 @@ PRETRAIN_ITERS = epochs_to_iters(50, NUM_TRAIN_IMAGES, BATCH_SIZE)
 train.max_iter = PRETRAIN_ITERS
 lr_multiplier = multi_step(PRETRAIN_ITERS, steps=(epochs_to_iters(40, NUM_TRAIN_IMAGES, BATCH_SIZE),), warmup_iters=0)
 train.output_dir = "output/stepwise_detr_lvis_v0_5"
-# estimated set sizes in images, as projects/stepwise_lvis_v0_5.py; the builders log the real sizes
-phases = lvis_detr_phases(
-    model,
-    dataloader,
-    optimizer,
-    lr_multiplier,
-    train,
-    source="lvis_v0.5_train",
-    set_images=(40000, 25000),
-    batch_size=BATCH_SIZE,
-)
+# FT 1 epoch, KT 2 epochs of the sets they build (their lengths are logged when the sets are built)
+phases = lvis_detr_phases(model, dataloader, optimizer, lr_multiplier, train, source="lvis_v0.5_train")
 del model, dataloader, optimizer, lr_multiplier  # a project's root: `train` and `phases`

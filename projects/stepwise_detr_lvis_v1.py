@@ -7,20 +7,9 @@
 # layer); the official step-wise RFS in each set (ltdet2/config/stepwise_detr.py:lvis_detr_phases).
 from ltdet2.config.stepwise_detr import lvis_detr_phases
 
-from ..configs.lvis_v1_defaults import BATCH_SIZE
 from .deformable_detr_lvis_v1 import dataloader, lr_multiplier, model, optimizer, train
 
 train.output_dir = "output/stepwise_detr_lvis_v1"
-# estimated set sizes in images (100k training images), as projects/stepwise_lvis_v1.py; the builders log the real
-# sizes
-phases = lvis_detr_phases(
-    model,
-    dataloader,
-    optimizer,
-    lr_multiplier,
-    train,
-    source="lvis_v1_train",
-    set_images=(60000, 30000),
-    batch_size=BATCH_SIZE,
-)
+# FT 1 epoch, KT 2 epochs of the sets they build (their lengths are logged when the sets are built)
+phases = lvis_detr_phases(model, dataloader, optimizer, lr_multiplier, train, source="lvis_v1_train")
 del model, dataloader, optimizer, lr_multiplier  # a project's root: `train` and `phases`

@@ -7,9 +7,6 @@ from ltdet2.config.stepwise import lvis_phases
 from ..configs.lvis_v0_5_defaults import dataloader, lr_multiplier, model, optimizer, train
 
 train.output_dir = "output/stepwise_lvis_v0_5"
-# estimated set sizes in images (57k training images): D_head ~ 545 head classes x 200 + the tail's 30 each,
-# D_tail ~ 545 x 50 + every tail annotation; the builders log the real sizes
-phases = lvis_phases(
-    model, dataloader, optimizer, lr_multiplier, train, source="lvis_v0.5_train", set_images=(40000, 25000)
-)
+# FT 1 epoch, KT 2 epochs of the sets they build (their lengths are logged when the sets are built)
+phases = lvis_phases(model, dataloader, optimizer, lr_multiplier, train, source="lvis_v0.5_train")
 del model, dataloader, optimizer, lr_multiplier  # a project's root: `train` and `phases`

@@ -7,8 +7,6 @@ from ltdet2.config.stepwise import lvis_phases
 from ..configs.lvis_v1_defaults import dataloader, lr_multiplier, model, optimizer, train
 
 train.output_dir = "output/stepwise_lvis_v1"
-# estimated set sizes in images (100k training images); the builders log the real sizes
-phases = lvis_phases(
-    model, dataloader, optimizer, lr_multiplier, train, source="lvis_v1_train", set_images=(60000, 30000)
-)
+# FT 1 epoch, KT 2 epochs of the sets they build (their lengths are logged when the sets are built)
+phases = lvis_phases(model, dataloader, optimizer, lr_multiplier, train, source="lvis_v1_train")
 del model, dataloader, optimizer, lr_multiplier  # a project's root: `train` and `phases`

@@ -12,7 +12,7 @@ import copy
 from detectron2.config import LazyCall as L
 
 from ltdet2.config.long_tail import use_long_tail_heads
-from ltdet2.config.schedules import epochs_to_iters, multi_step
+from ltdet2.config.schedules import set_phase_length
 from ltdet2.data import ExemplarSetBuilder
 from ltdet2.data.samplers import STEPWISE_HEAD_GROUPS, STEPWISE_TAIL_GROUPS, stepwise_repeat_factor_sampler
 from ltdet2.engine import make_phase
@@ -160,18 +160,22 @@ def stepwise_phases(
     train,
     *,
     source,
-    head_iters,
-    transfer_iters,
+    head_iters=None,
+    transfer_iters=None,
     warmup_iters,
     checkpoint_period,
+    head_epochs=None,
+    transfer_epochs=None,
     quota_scale=1.0,
     threshold_scale=1.0,
 ):
     """The step-wise phases: ``pretrain`` (``model`` ... ``train`` as given, on ``source``); ``head_expert``, from
     it, ``head_iters`` on D_head at 0.1x the base lr (paper: 1 epoch at 0.1x); ``transfer`` ``transfer_iters`` on
-    D_tail at the base lr, x0.1 halfway (paper: 2 epochs, x0.1 after the first), teacher = the head expert. The
-    paper's quotas and the official RFS thresholds, times ``quota_scale`` / ``threshold_scale`` for a set of
-    another size. Returns the ``phases`` mapping."""
+    D_tail at the base lr, x0.1 halfway (paper: 2 epochs, x0.1 after the first), teacher = the head expert. Either
+    length may be given instead in epochs of the phase's set (``head_epochs`` / ``transfer_epochs``), counted when
+    the set is built (:func:`~ltdet2.config.schedules.set_phase_length`). The paper's quotas and the official RFS
+    thresholds, times ``quota_scale`` / ``threshold_scale`` for a set of another size. Returns the ``phases``
+    mapping."""
     pretrain = make_phase(
         model=model, dataloader=dataloader, optimizer=optimizer, lr_multiplier=lr_multiplier, train=train
     )
@@ -182,27 +186,32 @@ def stepwise_phases(
     head_expert = make_phase(pretrain)
     add_head_expert(head_expert, **d_head)
     head_expert["train"].init_from_phase = "pretrain"  # explicit: an ablation may insert phases before it
-    head_expert["train"].max_iter = head_iters
     head_expert["optimizer"].lr = optimizer.lr * 0.1
-    head_expert["lr_multiplier"] = multi_step(head_iters, steps=(), warmup_iters=warmup_iters)
+    set_phase_length(head_expert, iters=head_iters, epochs=head_epochs, warmup_iters=warmup_iters, where="head_expert")
 
     transfer = make_phase(pretrain)
     add_knowledge_transfer(transfer, teacher_from_phase="head_expert", classes_from_dataset=source, **d_tail)
-    transfer["train"].max_iter = transfer_iters
-    transfer["lr_multiplier"] = multi_step(transfer_iters, steps=(transfer_iters // 2,), warmup_iters=warmup_iters)
+    set_phase_length(
+        transfer,
+        iters=transfer_iters,
+        epochs=transfer_epochs,
+        step_fractions=(0.5,),
+        warmup_iters=warmup_iters,
+        where="transfer",
+    )
     for phase in (head_expert, transfer):
         phase["train"].init_checkpoint = ""  # from the phase before it (the runner gives it), not ImageNet
         phase["train"].checkpointer.period = checkpoint_period
     return dict(pretrain=pretrain, head_expert=head_expert, transfer=transfer)
 
 
-def lvis_phases(model, dataloader, optimizer, lr_multiplier, train, *, source, set_images, batch_size=16):
+def lvis_phases(model, dataloader, optimizer, lr_multiplier, train, *, source):
     """The step-wise phases on LVIS with the R-CNN schedule we propose (reference §3; the paper's is Deformable
     DETR's, no R-CNN schedule is published): ``pretrain`` the shared baseline schedule as given; ``head_expert``
     1 epoch of D_head at 0.1x the base lr (paper: 1 epoch at 0.1x); ``transfer`` 2 epochs of D_tail at the base
-    lr, x0.1 after the first (paper). The paper's quotas (200 / 30, 50 / all) and the official step-wise RFS.
-    ``set_images``: estimated images of (D_head, D_tail), which set the epoch lengths (the sets are built when
-    their phases start; the builder logs their sizes: adjust max_iter when they differ much)."""
+    lr, x0.1 after the first (paper). Each length is counted in epochs of the set the phase builds, when it is
+    built (logged; the official code's epoch is the set's size even with its RFS). The paper's quotas (200 / 30,
+    50 / all) and the official step-wise RFS."""
     return stepwise_phases(
         model,
         dataloader,
@@ -210,8 +219,8 @@ def lvis_phases(model, dataloader, optimizer, lr_multiplier, train, *, source, s
         lr_multiplier,
         train,
         source=source,
-        head_iters=epochs_to_iters(1, set_images[0], batch_size),
-        transfer_iters=epochs_to_iters(2, set_images[1], batch_size),
+        head_epochs=1,
+        transfer_epochs=2,
         warmup_iters=100,
         checkpoint_period=1000,
     )

@@ -11,7 +11,7 @@ to the phases of a DETR project (see ``projects/stepwise_detr.py``).
 
 from detectron2.config import LazyCall as L
 
-from ltdet2.config.schedules import epochs_to_iters, multi_step
+from ltdet2.config.schedules import multi_step, set_phase_length
 from ltdet2.config.stepwise import (
     D_HEAD_QUOTAS,
     D_TAIL_QUOTAS,
@@ -49,25 +49,25 @@ FEATURE_WEIGHT = 1.0  # lambda_fm (paper and official code)
 KL_WEIGHT = 0.1  # lambda_cls per decoder layer (official main.py:111)
 
 
-def add_detr_head_expert(phase, *, iters, lr=None, **set_options):
+def add_detr_head_expert(phase, *, iters=None, epochs=None, lr=None, **set_options):
     """Step 1 on Deformable DETR: fine-tune the class heads and input projections (:data:`STEPWISE_DETR_TRAINABLE`)
-    on D_head for ``iters`` (paper: 1 epoch) at ``lr`` (None: :data:`HEAD_EXPERT_LR_FACTOR` x the phase's
-    optimizer lr, the paper's 2e-5 from 2e-4), constant (no warm-up, as DETR); ``set_options``: those of
+    on D_head for ``iters`` (or ``epochs`` of D_head, counted when it is built; paper: 1 epoch) at ``lr`` (None:
+    :data:`HEAD_EXPERT_LR_FACTOR` x the phase's optimizer lr, the paper's 2e-5 from 2e-4), constant (no warm-up, as
+    DETR); ``set_options``: those of
     :func:`~ltdet2.config.stepwise.use_smooth_tail_set` (default quotas 200 / 30 and the official D_head RFS)."""
     set_options.setdefault("groups", STEPWISE_HEAD_GROUPS)
     use_smooth_tail_set(phase, **{**D_HEAD_QUOTAS, **set_options})
     phase["train"].trainable = list(STEPWISE_DETR_TRAINABLE)
-    phase["train"].max_iter = iters
     phase["optimizer"].lr = lr if lr is not None else phase["optimizer"].lr * HEAD_EXPERT_LR_FACTOR
-    phase["lr_multiplier"] = multi_step(iters, steps=(), warmup_iters=0)
-    return phase
+    return set_phase_length(phase, iters=iters, epochs=epochs, where="add_detr_head_expert")
 
 
 def add_detr_knowledge_transfer(
     phase,
     *,
-    iters,
     teacher_from_phase,
+    iters=None,
+    epochs=None,
     classes_from_dataset,
     feature_weight=FEATURE_WEIGHT,
     kl_weight=KL_WEIGHT,
@@ -76,7 +76,8 @@ def add_detr_knowledge_transfer(
     **set_options,
 ):
     """Step 2 on Deformable DETR: the unified model (initialised from the phase before it, the head expert) trains
-    the same parts on D_tail for ``iters`` (paper: 2 epochs, lr x0.1 after the first) at the phase's lr, with the
+    the same parts on D_tail for ``iters`` (or ``epochs`` of D_tail, counted when it is built; paper: 2 epochs, lr
+    x0.1 after the first: here x0.1 halfway) at the phase's lr, with the
     frozen model of ``teacher_from_phase`` as teacher (:class:`TeacherStudentDETR`): its detection loss + masked
     feature distillation on the ``input_proj`` outputs inside head-class boxes (``feature_weight``, paper 1) + KL
     over the shared object queries on the head-class columns of every decoder layer (``kl_weight`` each, official
@@ -102,9 +103,9 @@ def add_detr_knowledge_transfer(
     ]
     phase["train"].teacher_from_phase = teacher_from_phase
     phase["train"].trainable = list(STEPWISE_DETR_TRAINABLE)
-    phase["train"].max_iter = iters
-    phase["lr_multiplier"] = multi_step(iters, steps=(iters // 2,), warmup_iters=0)
-    return phase
+    return set_phase_length(
+        phase, iters=iters, epochs=epochs, step_fractions=(0.5,), where="add_detr_knowledge_transfer"
+    )
 
 
 def stepwise_detr_phases(
@@ -115,9 +116,11 @@ def stepwise_detr_phases(
     train,
     *,
     source,
-    head_iters,
-    transfer_iters,
     checkpoint_period,
+    head_iters=None,
+    transfer_iters=None,
+    head_epochs=None,
+    transfer_epochs=None,
     quota_scale=1.0,
     threshold_scale=1.0,
     loss_weights=STEPWISE_DETR_LOSS_WEIGHTS,
@@ -125,13 +128,20 @@ def stepwise_detr_phases(
 ):
     """The step-wise phases on Deformable DETR: ``pretrain`` (``model`` ... ``train`` as given, on ``source``);
     ``head_expert``, from it, ``head_iters`` on D_head (:func:`add_detr_head_expert`); ``transfer``
-    ``transfer_iters`` on D_tail (:func:`add_detr_knowledge_transfer`), teacher = the head expert. Both sets are
-    scored by the pretrained DETR. The paper's quotas and the official RFS thresholds, times ``quota_scale`` /
-    ``threshold_scale`` for a set of another size; ``loss_weights`` in every phase (the step-wise code's).
+    ``transfer_iters`` on D_tail (:func:`add_detr_knowledge_transfer`), teacher = the head expert; either length
+    may be given instead in epochs of the phase's set (``head_epochs`` / ``transfer_epochs``, counted when it is
+    built). Both sets are scored by the pretrained DETR. The paper's quotas and the official RFS thresholds, times
+    ``quota_scale`` / ``threshold_scale`` for a set of another size; ``loss_weights`` in every phase (the step-wise
+    code's).
 
     ``control`` adds, after the pretrain, the ablation's control: the pretrain continued on all of ``source`` with
     its own loss, the same trainable set and ``head_iters + transfer_iters`` iterations at the base lr (x0.1
-    halfway, as the transfer). Returns the ``phases`` mapping."""
+    halfway, as the transfer; the lengths in iterations). Returns the ``phases`` mapping."""
+    if control and (head_iters is None or transfer_iters is None):
+        raise ValueError(
+            "stepwise_detr_phases: the control trains head_iters + transfer_iters iterations; give both in "
+            f"iterations (got head_iters={head_iters!r}, transfer_iters={transfer_iters!r})"
+        )
     model.loss_weights = dict(loss_weights)
     pretrain = make_phase(
         model=model, dataloader=dataloader, optimizer=optimizer, lr_multiplier=lr_multiplier, train=train
@@ -141,12 +151,17 @@ def stepwise_detr_phases(
         source, prefix=f"{source}_stepwise_detr", quota_scale=quota_scale, threshold_scale=threshold_scale
     )
     head_expert = make_phase(pretrain)
-    add_detr_head_expert(head_expert, iters=head_iters, **d_head)
+    add_detr_head_expert(head_expert, iters=head_iters, epochs=head_epochs, **d_head)
     head_expert["train"].init_from_phase = "pretrain"  # explicit: the control may come before it
 
     transfer = make_phase(pretrain)
     add_detr_knowledge_transfer(
-        transfer, iters=transfer_iters, teacher_from_phase="head_expert", classes_from_dataset=source, **d_tail
+        transfer,
+        iters=transfer_iters,
+        epochs=transfer_epochs,
+        teacher_from_phase="head_expert",
+        classes_from_dataset=source,
+        **d_tail,
     )
     transfer["train"].init_from_phase = "head_expert"
     phases = dict(pretrain=pretrain)
@@ -166,14 +181,12 @@ def stepwise_detr_phases(
     return phases
 
 
-def lvis_detr_phases(
-    model, dataloader, optimizer, lr_multiplier, train, *, source, set_images, batch_size, checkpoint_period=1000
-):
+def lvis_detr_phases(model, dataloader, optimizer, lr_multiplier, train, *, source, checkpoint_period=1000):
     """The step-wise phases on LVIS with the paper's schedule (reference §3): ``pretrain`` as given; ``head_expert``
     1 epoch of D_head at 0.1x the base lr (2e-5); ``transfer`` 2 epochs of D_tail at the base lr (2e-4), x0.1 after
-    the first. The paper's quotas (200 / 30, 50 / all) and the official step-wise RFS. ``set_images``: estimated
-    images of (D_head, D_tail), which set the epoch lengths (the sets are built when their phases start; the builder
-    logs their sizes: adjust max_iter when they differ much), at ``batch_size`` images per iteration."""
+    the first. Each length is counted in epochs of the set the phase builds, when it is built (logged; the official
+    code's epoch is the set's size even with its RFS). The paper's quotas (200 / 30, 50 / all) and the official
+    step-wise RFS."""
     return stepwise_detr_phases(
         model,
         dataloader,
@@ -181,7 +194,7 @@ def lvis_detr_phases(
         lr_multiplier,
         train,
         source=source,
-        head_iters=epochs_to_iters(1, set_images[0], batch_size),
-        transfer_iters=epochs_to_iters(2, set_images[1], batch_size),
+        head_epochs=1,
+        transfer_epochs=2,
         checkpoint_period=checkpoint_period,
     )

@@ -1,6 +1,6 @@
-"""Phase lengths in epochs of the phase's own set (ltdet2.engine.epochs; LST trains every phase 10 epochs), the
-LVIS LST projects' schedules and COCO initialisation, and train.init_reinitialize (a COCO-shaped checkpoint's
-class-specific heads start fresh)."""
+"""Phase lengths in epochs of the phase's own set (ltdet2.engine.epochs; LST trains every phase 10 epochs, step-wise
+its head expert 1 and its transfer 2), the LVIS LST and step-wise projects' schedules and LST's COCO initialisation,
+and train.init_reinitialize (a COCO-shaped checkpoint's class-specific heads start fresh)."""
 
 import copy
 import os
@@ -14,6 +14,8 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog
 
 from ltdet2.config import lst as lst_configs
+from ltdet2.config.schedules import set_phase_length
+from ltdet2.config.stepwise_detr import stepwise_detr_phases
 from ltdet2.data.incremental import REPLAY_DRAW_KEY
 from ltdet2.engine.checkpoint import AtomicCheckpointer
 from ltdet2.engine.derived import derived_dataset_builders, prepare_derived_datasets
@@ -107,6 +109,41 @@ def test_lvis_lst_phases_run_ten_epochs_of_their_sets_at_800_from_coco(name):
         else:
             assert cfg.optimizer.lr == 0.002 and steps(scheduler, 10000) == [6000]
             assert cfg.train.init_checkpoint == "" and list(cfg.train.init_reinitialize) == []
+
+
+@pytest.mark.parametrize(
+    "name", ["stepwise_lvis_v0_5.py", "stepwise_lvis_v1.py", "stepwise_detr_lvis_v0_5.py", "stepwise_detr_lvis_v1.py"]
+)
+def test_lvis_stepwise_phases_run_one_and_two_epochs_of_their_sets(name):
+    phases = {p.name: p.cfg for p in resolve_phases(load_config(os.path.join(ROOT, "projects", name)))}
+    assert phases["pretrain"].train.epochs is None and phases["pretrain"].train.max_iter > 0
+    warmup = 0 if "detr" in name else 100  # DETR trains without warm-up
+    for phase, epochs, expected_steps in (("head_expert", 1, []), ("transfer", 2, [5000])):
+        cfg = copy.deepcopy(phases[phase])
+        assert cfg.train.epochs == epochs and cfg.train.max_iter is None
+        cfg.train.max_iter = 10000  # what resolve_epoch_schedule writes once the set is built
+        scheduler = instantiate(cfg.lr_multiplier)
+        assert steps(scheduler, 10000) == expected_steps  # transfer: x0.1 after the first of its two epochs
+        assert scheduler(warmup / 10000) == pytest.approx(1.0) and (warmup == 0 or scheduler(0.0) < 0.01)
+    assert phases["head_expert"].optimizer.lr == pytest.approx(0.1 * phases["pretrain"].optimizer.lr)
+
+
+def test_the_stepwise_detr_control_needs_lengths_in_iterations():
+    with pytest.raises(ValueError, match=r"the control trains head_iters \+ transfer_iters iterations"):
+        stepwise_detr_phases(
+            None,
+            None,
+            None,
+            None,
+            None,
+            source="s",
+            checkpoint_period=10,
+            head_epochs=1,
+            transfer_epochs=2,
+            control=True,
+        )
+    with pytest.raises(ValueError, match=r"head_expert: give a phase's length either in iterations or in epochs"):
+        set_phase_length({"train": OmegaConf.create({})}, iters=10, epochs=1, where="head_expert")
 
 
 def test_imagenet_is_the_named_alternative_init():
