@@ -2,7 +2,6 @@
 # R-50-FPN, batch 16, lr 0.02; "pretrain" 24 epochs (steps at 16 / 22) with softmax CE; "finetune"
 # 6 epochs (steps at 3 / 5) with EBL (alpha 0.9, background score 0.01) + MFS (M 80 per class in
 # float16, k 8 classes x m 4 features); 300 detections, score threshold 1e-4.
-import torch
 
 from ltdet2.config.loce import LOCE_TRAINABLE, add_ebl, add_memory_warmup, add_mfs
 from ltdet2.config.schedules import epochs_to_iters, multi_step
@@ -36,7 +35,7 @@ pretrain = make_phase(
 
 finetune = make_phase(pretrain)
 add_ebl(finetune["model"])
-add_mfs(finetune["model"], storage_dtype=torch.float16)  # 1203x80x256x7x7: 2.4 GB
+add_mfs(finetune["model"], storage_dtype="float16")  # 1203x80x256x7x7: 2.4 GB
 finetune["train"].trainable = LOCE_TRAINABLE
 add_memory_warmup(finetune["train"], images_per_class=5)  # official: memory and mean scores filled first
 finetune["train"].max_iter = iters(6)

@@ -7,13 +7,27 @@ import torch
 from .base import MemorySample, StateModule
 from .sync import all_gather_rows, check_sync, shared_generator
 
-__all__ = ["ClassQueue"]
+__all__ = ["ClassQueue", "STORAGE_DTYPES", "resolve_storage_dtype"]
 
 _CAST_BLOCK_BYTES = 4 << 20
 
 SAMPLE_MODES = ("random", "random_distinct", "recent")
 
 FieldSpec = int | Sequence[int] | tuple[Sequence[int], torch.dtype]
+
+# a reduced-precision store by name, as a config writes it (a LazyConfig's config.yaml cannot hold a torch.dtype);
+# "" is no reduction (the yacs default)
+STORAGE_DTYPES = {"": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_storage_dtype(value, where="storage_dtype"):
+    """The torch dtype (or None) of a store's ``storage_dtype``: None, a name of :data:`STORAGE_DTYPES` or one of
+    its dtypes."""
+    if value is None or (isinstance(value, torch.dtype) and value in STORAGE_DTYPES.values()):
+        return value
+    if isinstance(value, str) and value in STORAGE_DTYPES:
+        return STORAGE_DTYPES[value]
+    raise ValueError(f"{where}={value!r}: expected None or one of {tuple(STORAGE_DTYPES)} (or their torch dtypes)")
 
 
 def _parse_field(name: str, spec) -> tuple[tuple[int, ...], torch.dtype]:
@@ -41,8 +55,9 @@ class ClassQueue(StateModule):
         capacity: entries per class (M).
         fields: name -> per-entry shape, or ``(shape, dtype)``; dtype defaults to float32 and is the
             dtype ``sample`` returns (the caller's compute dtype).
-        storage_dtype: if given, floating fields are stored in this dtype (e.g. ``torch.float16`` to
-            halve LOCE's pre-FC memory). Integer fields keep their dtype.
+        storage_dtype: if given, floating fields are stored in this dtype (``"float16"`` / ``torch.float16`` to
+            halve LOCE's pre-FC memory, or ``"bfloat16"``; the name is what a config holds). Integer fields keep
+            their dtype.
         sync: ``"local"`` or ``"global"`` (see :mod:`ltdet2.memory.sync`).
 
     Push and sample are vectorized: no Python loop over classes or entries.
@@ -54,7 +69,7 @@ class ClassQueue(StateModule):
         capacity: int,
         fields: Mapping[str, FieldSpec],
         *,
-        storage_dtype: torch.dtype | None = None,
+        storage_dtype: torch.dtype | str | None = None,
         sync: str = "local",
     ):
         super().__init__()
@@ -65,7 +80,7 @@ class ClassQueue(StateModule):
         self.num_classes = int(num_classes)
         self.capacity = int(capacity)
         self.sync = check_sync(sync)
-        self.storage_dtype = storage_dtype
+        storage_dtype = self.storage_dtype = resolve_storage_dtype(storage_dtype, "ClassQueue: storage_dtype")
         self.field_shapes: dict[str, tuple[int, ...]] = {}
         self.field_dtypes: dict[str, torch.dtype] = {}
         for name, spec in fields.items():

@@ -134,6 +134,20 @@ def test_project_phases_are_complete(name):
     _instantiate_namespace(phases[-1].cfg)
 
 
+@pytest.mark.parametrize("path", PROJECT_FILES, ids=os.path.basename)
+def test_every_phase_config_saves_as_readable_yaml(path, tmp_path):
+    """Each phase's config.yaml (Detectron2's LazyConfig.save, as the runner writes it) is YAML that loads back,
+    not the cloudpickle file Detectron2 falls back to for a value YAML cannot hold (a torch.dtype, a lambda)."""
+    phases = resolve_phases(load_config(path))
+    for phase in phases:
+        saved = tmp_path / f"{phase.name or 'config'}.yaml"
+        LazyConfig.save(phase.cfg, str(saved))
+        assert saved.is_file() and not os.path.exists(f"{saved}.pkl"), phase.name
+        loaded = LazyConfig.load(str(saved))  # the callables as their dotted names
+        assert sorted(loaded.keys()) == sorted(phase.cfg.keys()), phase.name
+        assert loaded.train.max_iter == phase.cfg.train.max_iter and loaded.model.keys() == phase.cfg.model.keys()
+
+
 @pytest.mark.parametrize("name", MULTI_PHASE_PROJECTS)
 def test_detectron2_script_refuses_a_multi_phase_project(name):
     """Detectron2's tools/lazyconfig_train_net.py loads the file, applies overrides and instantiates

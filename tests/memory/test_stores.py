@@ -175,6 +175,18 @@ def test_float16_storage_and_output_dtype():
     assert queue.nbytes == 2 * 4 * (6 + 4) * 2 + 2 * 2 * 8
 
 
+def test_storage_dtype_by_name_as_a_config_holds_it():
+    for name, dtype in (("float16", torch.float16), ("bfloat16", torch.bfloat16), ("", None)):
+        queue = ClassQueue(2, 4, {"features": 3, "ids": ((), torch.int64)}, storage_dtype=name)
+        assert queue.storage_dtype == dtype
+        assert queue.storage("features").dtype == (dtype or torch.float32)
+        assert queue.storage("ids").dtype == torch.int64
+    with pytest.raises(ValueError, match=r"ClassQueue: storage_dtype='half': expected None or one of"):
+        ClassQueue(2, 4, {"features": 3}, storage_dtype="half")
+    with pytest.raises(ValueError, match=r"storage_dtype=torch.float64"):
+        ClassQueue(2, 4, {"features": 3}, storage_dtype=torch.float64)
+
+
 def test_queue_state_dict_round_trip():
     queue = make_queue()
     gen = torch.Generator().manual_seed(0)

@@ -59,7 +59,7 @@ class MemoryFeatureSampler(FeatureSource):
         class_draw: ``"with_replacement"`` (official) or ``"distinct"``, see above.
         indicator: name of the ROI heads' indicator giving s ([C] or [C+1]; LOCE: "mean_score").
             For the paper's dataset-guided ablation, an ``InstanceFrequency`` indicator.
-        storage_dtype: e.g. torch.float16 to halve the memory (LVIS: 1203 x 80 x 256x7x7).
+        storage_dtype: "float16" (or torch.float16) to halve the memory (LVIS: 1203 x 80 x 256x7x7); see ClassQueue.
         sync: "local" (per rank, as the official code) or "global".
         shared_eta: False (the paper, default): dense-box offsets drawn per box, pattern and coordinate; True
             (the official code): one [16, 4] draw per image, shared by its objects
@@ -78,7 +78,7 @@ class MemoryFeatureSampler(FeatureSource):
         per_class: int = 4,
         class_draw: str = "with_replacement",
         indicator: str | None = "mean_score",
-        storage_dtype: torch.dtype | None = None,
+        storage_dtype: torch.dtype | str | None = None,
         sync: str = "local",
         shared_eta: bool = False,
     ):

@@ -9,6 +9,7 @@ import torch
 from ltdet2.data.class_counts import dataset_class_image_count
 from ltdet2.data.lvis_meta import LVISMeta
 from ltdet2.memory import ClassQueue
+from ltdet2.memory.class_queue import resolve_storage_dtype
 
 from ..extra_rows import ExtraRows
 from .base import FeatureSource
@@ -81,7 +82,7 @@ class ObjectReplay(FeatureSource):
         capacity: entries per targeted class (RIO: 60).
         per_class: entries replayed per present targeted class (RIO: 20).
         mode: "recent" (official default) or "random" (official option, without replacement).
-        storage_dtype: e.g. torch.float16 to halve the store.
+        storage_dtype: "float16" (or torch.float16) to halve the store; see ClassQueue.
         sync: "local" (per rank, as the official code) or "global" (see :class:`ClassQueue`).
     """
 
@@ -99,7 +100,7 @@ class ObjectReplay(FeatureSource):
         capacity: int = 60,
         per_class: int = 20,
         mode: str = "recent",
-        storage_dtype: torch.dtype | None = None,
+        storage_dtype: torch.dtype | str | None = None,
         sync: str = "local",
     ):
         super().__init__()
@@ -114,7 +115,7 @@ class ObjectReplay(FeatureSource):
         self.capacity = int(capacity)
         self.per_class = int(per_class)
         self.mode = mode
-        self.storage_dtype = storage_dtype
+        self.storage_dtype = resolve_storage_dtype(storage_dtype, "ObjectReplay: storage_dtype")
         self.sync = sync
         if dataset_name is not None and not isinstance(dataset_name, str):
             dataset_name = [str(name) for name in dataset_name]

@@ -11,6 +11,7 @@ from detectron2.config import configurable, instantiate
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Boxes, Instances
 
+from ltdet2.memory.class_queue import resolve_storage_dtype
 from ltdet2.memory.indicators import UPDATE_TIMINGS, MeanScore, SoftConfusionMatrix
 
 from ..box_predictors import LongTailOutputLayers
@@ -27,13 +28,6 @@ logger = logging.getLogger(__name__)
 _KEPT_ROI_FIELDS = ("proposal_boxes", "gt_classes", "gt_indices", "gt_boxes")
 # mask_inference_dtype -> autocast dtype of the mask head at inference (None: no autocast)
 MASK_INFERENCE_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
-_STORAGE_DTYPES = {"": None, "float16": torch.float16, "bfloat16": torch.bfloat16}  # MODEL.LTDET2.*.STORAGE_DTYPE
-
-
-def _storage_dtype(name: str):
-    if name not in _STORAGE_DTYPES:
-        raise ValueError(f"storage dtype {name!r}: expected one of {tuple(_STORAGE_DTYPES)}")
-    return _STORAGE_DTYPES[name]
 
 
 def split_ignored_targets(targets: Instances) -> tuple[Instances, Instances, torch.Tensor | None]:
@@ -225,7 +219,7 @@ class LongTailROIHeads(StandardROIHeads):
                     num_sampled_classes=options.MFS.NUM_SAMPLED_CLASSES,
                     per_class=options.MFS.PER_CLASS,
                     indicator="mean_score",
-                    storage_dtype=_storage_dtype(options.MFS.STORAGE_DTYPE),
+                    storage_dtype=resolve_storage_dtype(options.MFS.STORAGE_DTYPE, "MODEL.LTDET2.MFS.STORAGE_DTYPE"),
                     shared_eta=options.MFS.SHARED_ETA,
                 )
             )
@@ -242,7 +236,9 @@ class LongTailROIHeads(StandardROIHeads):
                     capacity=options.REPLAY.CAPACITY,
                     per_class=options.REPLAY.PER_CLASS,
                     mode=options.REPLAY.MODE,
-                    storage_dtype=_storage_dtype(options.REPLAY.STORAGE_DTYPE),
+                    storage_dtype=resolve_storage_dtype(
+                        options.REPLAY.STORAGE_DTYPE, "MODEL.LTDET2.REPLAY.STORAGE_DTYPE"
+                    ),
                     sync="local",
                 )
             )
