@@ -313,9 +313,16 @@ def run_entry(args, entry, chain, seed, cfg, phases, seed_dir, command):
             print(f"  phase {name}: finished in {phases[name].output_dir}, not run again", flush=True)
         else:
             run_phase(args.config_file, phases[name], seed, seed_dir, args.overrides)
-    # None: the library default (all cores)
-    threads = os.environ.get("OMP_NUM_THREADS")
+    threads = entry_threads(phases[entry])
     return entry_record(args, entry, chain, seed, cfg, phases, command=command, commit=commit, omp_num_threads=threads)
+
+
+def entry_threads(phase):
+    """The threads a results file records: those of the entry's own last phase as it ran (its :data:`WALL_FILE`,
+    also when an earlier invocation trained it), else this process's OMP_NUM_THREADS (None: the library default,
+    all cores)."""
+    threads = phase_timing(phase)["threads"]
+    return os.environ.get("OMP_NUM_THREADS") if threads is None else threads
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -465,10 +472,9 @@ def train_with_jobs(args, cfg, chains, entries, seeds, output_dir, results_dir):
 
 
 def write_job_results(args, entry, chain, seed, cfg, phases, results_dir, commit):
-    """Writes the results file of an (entry, seed) whose chain is done; its ``omp_num_threads`` is the threads of
-    the entry's own last phase (its :data:`WALL_FILE`; this process's OMP_NUM_THREADS where that lacks them)."""
-    threads = phase_timing(phases[entry])["threads"]
-    threads = os.environ.get("OMP_NUM_THREADS") if threads is None else threads
+    """Writes the results file of an (entry, seed) whose chain is done; its ``omp_num_threads``:
+    :func:`entry_threads`."""
+    threads = entry_threads(phases[entry])
     command = entry_command(args, entry, seed)
     record = entry_record(
         args, entry, chain, seed, cfg, phases, command=command, commit=commit, omp_num_threads=threads

@@ -320,6 +320,20 @@ def test_a_phase_run_records_its_wall_and_cpu_time_and_the_load(tmp_path, monkey
     assert np.isnan(unrecorded["wall_s"]) and np.isnan(unrecorded["cpu_s"]) and unrecorded["load_avg"] is None
 
 
+def test_a_results_file_records_the_threads_its_entry_s_phase_ran_with(tmp_path, monkeypatch):
+    """Sequential and --jobs runs alike: the threads of the entry's phase as it ran (also in an earlier invocation),
+    the environment's only for a phase without its record."""
+    script = load_repo_module("scripts/leaderboard.py")
+    phase = SimpleNamespace(name="loce", output_dir=str(tmp_path))
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert script.entry_threads(phase) == "2"  # no record
+    with open(os.path.join(tmp_path, script.WALL_FILE), "w") as f:
+        json.dump({"wall_s": 1.0, "cpu_s": 1.0, "load_avg": [1, 1, 1], "threads": "1"}, f)
+    assert script.entry_threads(phase) == "1"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert script.entry_threads(SimpleNamespace(name="ce", output_dir=str(tmp_path / "none"))) is None
+
+
 def test_concurrent_phase_runs_record_their_own_cpu_time_threads_and_log(tmp_path, monkeypatch):
     """Two phases at once (--jobs): each records its own process's CPU seconds (os.wait4), not those of whichever
     process ended meanwhile, the threads of the environment it was given, and its output in its log."""
