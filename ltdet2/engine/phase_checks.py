@@ -244,16 +244,30 @@ def check_phase_checkpoints(phase, *, resume=False):
         _check_initial_checkpoint(phase, checks)
 
 
+def _class_row_check(model_cfg):
+    """(the key of a model config's class count, the check of a checkpoint's class rows against it): the model
+    class's own ``checkpoint_class_rows_unlike(state_dict, num_classes)`` with ``num_classes`` (e.g.
+    :class:`~ltdet2.modeling.meta_arch.DeformableDETR`), else Detectron2's R-CNN layout
+    (:func:`~ltdet2.modeling.expansion.class_rows_unlike`, ``roi_heads.num_classes``)."""
+    try:
+        target = lazy_target(model_cfg)
+    except Exception:  # a dotted name that does not locate here: left to the build
+        target = None
+    check = getattr(target, "checkpoint_class_rows_unlike", None)
+    return ("num_classes", check) if callable(check) else ("roi_heads.num_classes", class_rows_unlike)
+
+
 def _check_teacher_checkpoint(phase):
     model = phase.cfg.model
     path, teacher = model.get("teacher_weights", None), model.get("teacher", None)
     if not path or not model.get("distillers", None) or not isinstance(teacher, DictConfig):
         return
-    expected = _class_count(teacher, "roi_heads.num_classes")
+    count_key, rows_unlike = _class_row_check(teacher)
+    expected = _class_count(teacher, count_key)
     state = checkpoint_model_state(path) if expected is not None else None
     if not state:
         return
-    unlike = class_rows_unlike(state, expected)
+    unlike = rows_unlike(state, expected)
     if unlike:
         source = teacher_phase_name(phase.cfg.train)
         listed = "; ".join(
@@ -267,7 +281,7 @@ def _check_teacher_checkpoint(phase):
         )
         raise CheckpointMismatchError(
             f"{phase.where}: its teacher's checkpoint {path} (model.teacher_weights) does not fit "
-            f"model.teacher, which has {expected} classes (model.teacher.roi_heads.num_classes): {listed}"
+            f"model.teacher, which has {expected} classes (model.teacher.{count_key}): {listed}"
             f"{' ...' if len(unlike) > 4 else ''}. {hint}"
         )
 

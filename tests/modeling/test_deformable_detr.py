@@ -25,7 +25,7 @@ from ltdet2.modeling.meta_arch.deformable_detr import (
     box_xyxy_to_cxcywh,
 )
 
-from fixtures.models import ROOT, TEST_DEVICE, TINY_LT_SHAPES
+from fixtures.models import ROOT, TEST_DEVICE, TINY_LT_SHAPES, tiny_detr_overrides
 
 NUM_CLASSES = 6
 # (height, width) of the batch's images: different, so that the batch is padded on both sides
@@ -292,28 +292,11 @@ def test_lt_shapes_project_optimizer_groups():
 # --- the LT-Shapes project --------------------------------------------------------------------------------------------
 
 
-def tiny_project_overrides(out, tiny_dataset, checkpoint_period=100):
-    train_name, val_name = tiny_dataset
-    return [
-        f"train.output_dir={out}",
-        f"dataloader.train.dataset.names={train_name}",
-        f"dataloader.test.dataset.names={val_name}",
-        f"model.num_classes={TINY_LT_SHAPES.num_classes}",
-        f"train.device={TEST_DEVICE}",
-        "dataloader.train.num_workers=0",
-        "dataloader.test.num_workers=0",
-        "model.num_queries=50",  # a 64x64 image gives the encoder 85 positions
-        "train.max_iter=3",
-        "train.log_period=1",
-        f"train.checkpointer.period={checkpoint_period}",
-        "dataloader.train.total_batch_size=2",
-        "train.allow_empty_eval=True",  # 3 iterations: this checks the run, not AP
-    ]
-
-
 def test_deformable_detr_project_trains_a_few_iterations_and_evaluates(tmp_path, tiny_dataset):
     out = str(tmp_path / "run")
-    cfg = load_config(os.path.join(ROOT, "projects", "deformable_detr.py"), tiny_project_overrides(out, tiny_dataset))
+    cfg = load_config(
+        os.path.join(ROOT, "projects", "deformable_detr.py"), tiny_detr_overrides(tiny_dataset, out, iterations=3)
+    )
     assert "phases" not in cfg  # one phase: a plain config
     results = run_phases(cfg)
     assert {"AP", "APr", "APc", "APf"} <= set(results[""]["bbox"])
@@ -332,13 +315,15 @@ def test_a_run_resumed_mid_phase_ends_with_the_uninterrupted_run_s_weights(tmp_p
     after its second iteration and resumed ends bit for bit where the uninterrupted one does."""
     out = str(tmp_path / "run")
     project = os.path.join(ROOT, "projects", "deformable_detr.py")
-    run_phases(load_config(project, tiny_project_overrides(out, tiny_dataset, checkpoint_period=1)))
+    run_phases(load_config(project, tiny_detr_overrides(tiny_dataset, out, iterations=3, checkpoint_period=1)))
     final = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)
     for name in ("phase_done.json", "model_final.pth", "model_0000002.pth"):
         os.remove(os.path.join(out, name))
     with open(os.path.join(out, "last_checkpoint"), "w") as f:
         f.write("model_0000001.pth")
-    run_phases(load_config(project, tiny_project_overrides(out, tiny_dataset, checkpoint_period=1)), resume=True)
+    run_phases(
+        load_config(project, tiny_detr_overrides(tiny_dataset, out, iterations=3, checkpoint_period=1)), resume=True
+    )
     resumed = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)
     assert resumed["iteration"] == final["iteration"] == 2
     assert resumed["model"].keys() == final["model"].keys()

@@ -7,9 +7,11 @@ and pretrain -> head_expert -> transfer end to end on a tiny LT-Shapes."""
 import json
 import math
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch.nn import functional as F
 
 from detectron2.config import LazyCall as L
@@ -18,6 +20,8 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
 
 from ltdet2.config.stepwise_detr import STEPWISE_DETR_LOSS_WEIGHTS, STEPWISE_DETR_TRAINABLE
+from ltdet2.engine import phase_checks
+from ltdet2.engine.checkpoint import CheckpointMismatchError
 from ltdet2.engine.freezing import freeze_all_but
 from ltdet2.engine.phase_graph import teacher_model_config
 from ltdet2.engine.phases import load_config, resolve_phases, run_phases
@@ -25,7 +29,7 @@ from ltdet2.modeling.distillers import DetrDistillationContext, MaskedFeatureDis
 from ltdet2.modeling.meta_arch import DeformableDETR, TeacherStudentDETR
 from ltdet2.modeling.meta_arch.teacher_student_detr import input_proj_names
 
-from fixtures.models import ROOT, TEST_DEVICE, TINY_LT_SHAPES
+from fixtures.models import ROOT, TEST_DEVICE, tiny_detr_overrides
 
 NUM_CLASSES = 6
 SIZES = ((64, 80), (72, 56))  # different: the batch is padded on both sides
@@ -226,6 +230,33 @@ def test_teacher_model_config_turns_a_teacher_student_detr_into_its_deformable_d
     assert sorted(teacher) == sorted(small_cfg())
     assert cfg._target_ is TeacherStudentDETR and "distillers" in cfg  # a copy
     assert teacher_model_config(small_cfg()) == small_cfg()
+
+
+def test_a_teacher_checkpoint_of_another_class_count_is_refused_before_the_phase_trains(tmp_path):
+    path = str(tmp_path / "head_expert.pth")
+    torch.save({"model": small_detr(num_classes=3).state_dict()}, path)
+    cfg = small_cfg()
+    cfg._target_ = TeacherStudentDETR
+    cfg.teacher = small_cfg()  # NUM_CLASSES, as the runner builds it from the teacher phase's config
+    cfg.teacher_weights = path
+    cfg.distillers = distillers()
+    phase = SimpleNamespace(
+        cfg=OmegaConf.create({"model": cfg, "train": {"teacher_from_phase": "head_expert"}}), where="phase 'transfer'"
+    )
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=rf"phase 'transfer': its teacher's checkpoint .*head_expert.pth \(model.teacher_weights\) does not fit "
+        rf"model.teacher, which has {NUM_CLASSES} classes \(model.teacher.num_classes\): "
+        rf"detr.model.decoder.class_embed.0.weight: \(3, 64\) in the checkpoint, {NUM_CLASSES} rows for "
+        rf"{NUM_CLASSES} classes;.*"
+        r"was phase 'head_expert' trained with another class count",
+    ):
+        phase_checks._check_teacher_checkpoint(phase)
+    torch.save({"model": small_detr().state_dict()}, path)
+    phase_checks._check_teacher_checkpoint(phase)  # the same class count: no complaint
+    unlike = DeformableDETR.checkpoint_class_rows_unlike(small_detr(num_classes=3).state_dict(), NUM_CLASSES)
+    heads = len(small_detr().detr.class_embed)  # every decoder layer's and the encoder's proposal head
+    assert len(unlike) == 2 * 2 * heads  # weight and bias, under detr.class_embed and detr.model.decoder.class_embed
 
 
 # --- the terms --------------------------------------------------------------------------------------------------------
@@ -436,24 +467,10 @@ def test_stepwise_detr_phases_hold_the_methods_pieces(name):
 
 def test_stepwise_detr_trains_pretrain_head_expert_and_transfer(tiny_dataset, tmp_path):
     output = str(tmp_path / "stepwise")
-    train_name, val_name = tiny_dataset
-    overrides = [
-        f"train.output_dir={output}",
-        f"phases.pretrain.dataloader.train.dataset.names={train_name}",
-        f"dataloader.test.dataset.names={val_name}",
-        f"model.num_classes={TINY_LT_SHAPES.num_classes}",
-        f"train.device={TEST_DEVICE}",
-        "dataloader.train.num_workers=0",
-        "dataloader.test.num_workers=0",
-        "model.num_queries=50",  # a 64x64 image gives the encoder 85 positions
-        "model.d_model=64",
-        "model.ffn_dim=128",
-        "train.max_iter=2",
-        "train.log_period=1",
-        "train.checkpointer.period=100",
-        "dataloader.train.total_batch_size=2",
-        "train.allow_empty_eval=True",  # 2 iterations a phase: this checks the run, not AP
-    ]
+    train_name, _ = tiny_dataset
+    overrides = tiny_detr_overrides(
+        tiny_dataset, output, iterations=2, train_key="phases.pretrain.dataloader.train.dataset.names"
+    ) + ["model.d_model=64", "model.ffn_dim=128"]
     for phase in ("head_expert", "transfer"):
         derived = f"{train_name}_{os.path.basename(output)}_detr_{phase}"
         overrides += [

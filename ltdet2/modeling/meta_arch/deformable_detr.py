@@ -10,6 +10,7 @@ from a config, never with ``from_pretrained``: nothing is downloaded, and the mu
 
 import contextlib
 import math
+import re
 
 import torch
 from torch import nn
@@ -25,6 +26,10 @@ __all__ = ["DeformableDETR", "DeformableDetrLRFactor", "AdamWWithGradClip", "box
 
 # the loss terms of transformers' criterion and the key of their weight in ``loss_weights``
 _LOSS_TERMS = {"loss_ce": "cls", "loss_bbox": "bbox", "loss_giou": "giou"}
+
+
+# a class head's entries in a state dict: detr.class_embed.<i> and detr.model.decoder.class_embed.<i> (shared)
+_CLASS_HEAD_KEY = re.compile(r"(^|\.)class_embed\.\d+\.(weight|bias)$")
 
 
 def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
@@ -272,6 +277,17 @@ class DeformableDETR(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         if self.pixel_mean.shape != self.pixel_std.shape:
             raise ValueError(f"DeformableDETR: pixel_mean {pixel_mean} and pixel_std {pixel_std} have different shapes")
+
+    @staticmethod
+    def checkpoint_class_rows_unlike(state_dict, num_classes: int) -> list:
+        """(key, shape, rows expected) of a checkpoint's class-head entries (``...class_embed.<i>.weight`` /
+        ``.bias``: ``num_classes`` rows, sigmoid scores, no background row) that hold another count; the phase runner
+        checks a teacher's checkpoint with it before the phase trains."""
+        return [
+            (key, tuple(value.shape), num_classes)
+            for key, value in state_dict.items()
+            if _CLASS_HEAD_KEY.search(key) and int(value.shape[0]) != num_classes
+        ]
 
     @classmethod
     def from_config(cls, cfg):
