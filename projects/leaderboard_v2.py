@@ -42,7 +42,7 @@ from ltdet2.config.leaderboard import (
 from ltdet2.config.loce import LOCE_TRAINABLE, add_ebl, add_mfs
 from ltdet2.config.long_tail import use_long_tail_heads
 from ltdet2.config.rio import add_cosine_classifier, add_rfs
-from ltdet2.config.schedules import multi_step
+from ltdet2.config.schedules import set_phase_length
 from ltdet2.config.seesaw import add_seesaw
 from ltdet2.config.stepwise import STEPWISE_TRAINABLE
 from ltdet2.data.lt_shapes import NUM_CLASSES
@@ -115,8 +115,8 @@ def leaderboard_v2_phases(
     # the transfer's schedule shape over the same F iterations (projects/stepwise_ablation.py's `control`)
     control = phases["stepwise_control"] = fine_tune(pretrain, "pretrain", iters=finetune_iters)
     control["train"].trainable = STEPWISE_TRAINABLE
-    control["lr_multiplier"] = multi_step(
-        finetune_iters, steps=(finetune_iters // 2,), warmup_iters=fine_tune_warmup(finetune_iters)
+    set_phase_length(
+        control, iters=finetune_iters, step_fractions=(0.5,), warmup_iters=fine_tune_warmup(finetune_iters)
     )
     phases.update(
         method_chains(

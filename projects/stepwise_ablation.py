@@ -13,7 +13,7 @@
 # Run: python scripts/ablation_table.py --config-file projects/stepwise_ablation.py --seeds 0 1 2 \
 #          --output-dir output/stepwise_ablation --results-dir docs/results/stepwise_ablation \
 #          --paired transfer-control transfer-pretrain
-from ltdet2.config.schedules import multi_step
+from ltdet2.config.schedules import set_phase_length
 from ltdet2.config.stepwise import STEPWISE_TRAINABLE, use_smooth_tail_set
 from ltdet2.data import ValidityDatasetMapper
 from ltdet2.engine import make_phase
@@ -31,9 +31,7 @@ def independent_of_fine_tune(phase, *, iterations):
     its lr schedule the transfer's stretched over them."""
     phase = make_phase(phase)
     phase["train"].init_from_phase = "pretrain"
-    phase["train"].max_iter = iterations
-    phase["lr_multiplier"] = multi_step(iterations, steps=(iterations // 2,), warmup_iters=10)
-    return phase
+    return set_phase_length(phase, iters=iterations, step_fractions=(0.5,), warmup_iters=10)
 
 
 control = independent_of_fine_tune(pretrain, iterations=TOTAL_ITERS)

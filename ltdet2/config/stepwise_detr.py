@@ -11,7 +11,7 @@ to the phases of a DETR project (see ``projects/stepwise_detr.py``).
 
 from detectron2.config import LazyCall as L
 
-from ltdet2.config.schedules import multi_step, set_phase_length
+from ltdet2.config.schedules import set_phase_length
 from ltdet2.config.stepwise import (
     D_HEAD_QUOTAS,
     D_TAIL_QUOTAS,
@@ -170,8 +170,7 @@ def stepwise_detr_phases(
         control_phase = make_phase(pretrain)
         control_phase["train"].init_from_phase = "pretrain"
         control_phase["train"].trainable = list(STEPWISE_DETR_TRAINABLE)
-        control_phase["train"].max_iter = total
-        control_phase["lr_multiplier"] = multi_step(total, steps=(total // 2,), warmup_iters=0)
+        set_phase_length(control_phase, iters=total, step_fractions=(0.5,), where="control")
         phases["control"] = control_phase
     phases.update(head_expert=head_expert, transfer=transfer)
     for name, phase in phases.items():
