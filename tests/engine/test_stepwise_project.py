@@ -99,8 +99,8 @@ def tiny_stepwise_overrides(tiny_dataset, output_dir, *, max_iter=4):
     """projects/stepwise.py on the tiny LT-Shapes: its sets drawn from the tiny training set under names of
     their own, head classes from 4 images (the tiny set has no class in 30)."""
     train_name, _ = tiny_dataset
-    overrides = [o for o in tiny_run_overrides(tiny_dataset, output_dir) if "dataloader.train.dataset" not in o]
-    overrides += [f"phases.pretrain.dataloader.train.dataset.names={train_name}", f"train.max_iter={max_iter}"]
+    overrides = tiny_run_overrides(tiny_dataset, output_dir, train_key="phases.pretrain.dataloader.train.dataset.names")
+    overrides += [f"train.max_iter={max_iter}"]
     overrides += ["train.checkpointer.period=2", "dataloader.train.total_batch_size=4", "train.allow_empty_eval=True"]
     for phase in ("head_expert", "transfer"):
         derived = f"{train_name}_{os.path.basename(output_dir)}_{phase}"
