@@ -74,8 +74,12 @@ def _erode(mask: np.ndarray, iterations: int) -> np.ndarray:
 def _polygon_area(polygon: np.ndarray) -> float:
     # The shoelace area of the polygon, like COCO / LVIS polygon annotations; pycocotools' mask area
     # would be the rasterised pixel count, a different number (and different json bytes).
+    # math.fsum, not np.dot: BLAS sums in a CPU-dependent order (OpenBLAS' AVX-512 kernel and its AVX2 one gave
+    # different 2-decimal areas), and the json bytes must not depend on the machine.
     x, y = polygon[:, 0], polygon[:, 1]
-    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
+    forward = math.fsum((x * np.roll(y, -1)).tolist())
+    backward = math.fsum((y * np.roll(x, -1)).tolist())
+    return float(abs(forward - backward) / 2.0)
 
 
 def render_image(rng: np.random.Generator, classes: np.ndarray, class_rank: np.ndarray, spec: LTShapesSpec):
