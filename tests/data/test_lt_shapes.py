@@ -50,8 +50,9 @@ SMALL = LTShapesSpec(
 #   sha256sum train/*.png val/*.png | sha256sum     (-> "png")
 # The output must stay byte-identical for a (spec, seed): a change here needs a GENERATOR_VERSION bump.
 # Exception, at version 1: the `area` of the train json of SMALL and MEDIUM was re-recorded when the shoelace sums
-# moved from np.dot to math.fsum (np.dot's rounding depended on the CPU's OpenBLAS kernel: the old digests held only
-# on AVX-512 machines). Only some areas' second decimal moved, which no training, loss or AP over all areas reads.
+# moved from np.dot to math.fsum (np.dot's rounding depended on the CPU's OpenBLAS kernel: the old digests held with
+# its SkylakeX kernel, OPENBLAS_CORETYPE=SkylakeX, not with Haswell's or Zen's). Only some areas' second decimal
+# moved, which no training, loss or AP over all areas reads.
 # PNG bytes also depend on Pillow's zlib: if only "png" differs after such an upgrade, compare decoded pixels.
 DIGESTS = {
     ("SMALL", 1): {
@@ -77,7 +78,7 @@ DIGESTS = {
 # DONE 7028dd7bfac61ad015d7913f8efb086fb8717804a6ac4654dc8318545fd3c9f4,
 # lt_shapes_train.json 06b3ff3599875d4416313021c367b058d6bfb6482b218b4abc454801eb2bf8ed,
 # lt_shapes_val.json 39a6c438f0c44b0b8ae34fcb65dd420862e861b502d552990da0f17f682f03c9 (both with math.fsum areas;
-# np.dot's on AVX-512 machines gave ff0edd65... and 6574646d...),
+# the np.dot areas of the machine that first recorded them gave ff0edd65... and 6574646d...),
 # png e706a1297a53829f617d71d567b96254e68dc0dfaaf7b163abab1bbb64dca8cc
 
 
