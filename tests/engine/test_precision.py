@@ -59,17 +59,23 @@ def test_autocast_in_the_heavy_modules_only_and_float32_elsewhere():
     sum(losses.values()).backward()
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in reduced.parameters())
 
-    # the float32 model on the same batch, RoI sampling seeded alike: close losses, gradients of the same direction.
-    # Measured on CPUs with native bf16 (AVX-512 BF16); on an AVX2-only AMD EPYC (2026-12-07) loss_box_reg drifted 9%,
-    # (cause not yet investigated: likely the non-native bf16 kernels), so closeness is asserted where it was measured.
-    if not torch.cpu._is_avx512_bf16_supported():
-        return
+    # the float32 model on the same batch and the same proposals, RoI sampling seeded alike: close losses, gradients of
+    # the same direction. The proposals are shared because an untrained RPN's objectness logits are nearly tied, so
+    # bf16's rounding reorders its top-k and NMS and the RoI sampler draws other boxes (on an AVX2-only EPYC,
+    # 2026-12-07: loss_box_reg 0.788 against 0.868 from that alone; with shared proposals 0.004% apart).
+    proposals = {}
+    reference.proposal_generator.register_forward_hook(lambda module, inputs, output: proposals.update(fp32=output[0]))
+    reduced.proposal_generator.register_forward_hook(lambda module, inputs, output: (proposals["fp32"], output[1]))
     reference_losses = train_losses(reference, batch)
+    reduced.zero_grad(set_to_none=True)
+    losses = train_losses(reduced, batch)
     sum(reference_losses.values()).backward()
+    sum(losses.values()).backward()
+    assert losses.keys() == reference_losses.keys()
     for name, value in reference_losses.items():
-        assert abs(float(losses[name]) - float(value)) <= 0.05 * abs(float(value)) + 1e-3, name
+        assert abs(float(losses[name]) - float(value)) <= 0.01 * abs(float(value)) + 1e-3, name
     cosine = torch.nn.functional.cosine_similarity(flat_gradients(reduced), flat_gradients(reference), dim=0)
-    assert cosine > 0.9
+    assert cosine > 0.95
 
 
 def test_eval_mode_is_float32_and_parameters_and_checkpoints_are_unchanged():
