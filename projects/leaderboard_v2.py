@@ -55,7 +55,10 @@ from ..configs.models.mask_rcnn_r18_fpn_small import model
 PRETRAIN_ITERS = 2400  # P: the converged start (docs/leaderboard/protocol.md: its learning curve)
 FINETUNE_ITERS = 600  # F: a decoupled entry's fine-tune (divisible by 2 and 3: step-wise's and LST's phases)
 TOTAL_ITERS = PRETRAIN_ITERS + FINETUNE_ITERS
-MASK_INFERENCE_DTYPE = "bfloat16"  # the mask head's at inference (LongTailROIHeads); "float32": Detectron2's
+# the mask head's at inference (LongTailROIHeads), Detectron2's: the same numbers on every machine. bfloat16 is 2.4x
+# faster per evaluation on CPUs with bf16 instructions but 6x slower without them (AVX2), and its masks move mask AP
+# by up to 0.07: entries evaluated on different machines would not compare exactly (docs/leaderboard/protocol.md)
+MASK_INFERENCE_DTYPE = "float32"
 CURVE_POINTS = 8  # evaluations of the shared pretrain (its learning curve), the last at its end
 
 
@@ -70,9 +73,8 @@ def leaderboard_v2_phases(
     if pretrain_iters % curve_points:
         raise ValueError(f"pretrain_iters={pretrain_iters}: not a multiple of curve_points={curve_points}")
     model.roi_heads.num_classes = NUM_CLASSES
-    # every entry evaluated alike, with the mask head in bfloat16 on a CPU (2.4x per evaluation; box AP identical,
-    # mask AP within 0.07 on trained ce, loce and LST checkpoints: docs/results/speed/bf16_mask_inference_ap.json).
-    # Detectron2's heads with no long-tail option otherwise: the control's training is Detectron2's
+    # every entry evaluated alike (MASK_INFERENCE_DTYPE), by ltdet2's heads with no long-tail option: the control's
+    # training and inference are Detectron2's
     use_long_tail_heads(model)
     model.roi_heads.mask_inference_dtype = MASK_INFERENCE_DTYPE
     total_iters = pretrain_iters + finetune_iters

@@ -47,7 +47,7 @@ CLASSIFIERS = ("", "CosineClassifier", "WeightNormCosineClassifier")  # "": Dete
 CLASS_SCORINGS = ("softmax", "sigmoid_background")
 STORAGE_DTYPES = ("", "float16", "bfloat16")
 REPLAY_MODES = ("recent", "random")
-MASK_INFERENCE_DTYPES = ("float32", "bfloat16")  # ltdet2.modeling.roi_heads.long_tail_roi_heads
+MASK_INFERENCE_DTYPES = ("float32", "bfloat16", "auto")  # ltdet2.modeling.roi_heads.long_tail_roi_heads
 
 
 def add_ltdet2_config(cfg):

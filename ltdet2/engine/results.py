@@ -63,7 +63,8 @@ def log_phase_table(rows, title=None):
 
 
 def machine_description() -> str:
-    """e.g. ``"2 x86_64 cores (AMD EPYC 7B13), no GPU"``: what the figures were measured on."""
+    """e.g. ``"2 x86_64 cores (AMD EPYC 7B13, AVX2), no GPU"``: what the figures were measured on, with the vector
+    instructions PyTorch's CPU kernels use (:func:`ltdet2.utils.cpu.cpu_capability`: bf16 speed depends on them)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -75,6 +76,9 @@ def machine_description() -> str:
         import torch  # a heavy import, for the GPU name alone
 
         gpu = f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU"
+        from ltdet2.utils.cpu import cpu_capability
+
+        cpu += f", {cpu_capability()}"
     except Exception:  # noqa: BLE001 - the description must not fail a finished run
         gpu = "GPU unknown"
     return f"{os.cpu_count()} {platform.machine()} cores ({cpu}), {gpu}"

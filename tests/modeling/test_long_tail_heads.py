@@ -2,6 +2,7 @@
 indicators behave as specified."""
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
@@ -417,6 +418,50 @@ def test_bfloat16_mask_inference():
         assert 0 < difference < 2e-2
 
 
+@pytest.mark.parametrize("native_bfloat16", [True, False])
+def test_auto_mask_inference_dtype_is_bfloat16_only_on_a_cpu_with_bf16_instructions(
+    monkeypatch, caplog, native_bfloat16
+):
+    """mask_inference_dtype="auto": the mask head in bf16 on a CPU with bf16 instructions; float32 without them
+    (where bf16 is emulated and slower), with the same masks as "float32"; the choice logged once."""
+    from ltdet2.modeling.roi_heads import long_tail_roi_heads
+
+    monkeypatch.setattr(long_tail_roi_heads, "has_native_cpu_bfloat16", lambda: native_bfloat16)
+    float32, _ = paired_models(mask=True)
+    auto = instantiate(long_tail_cfg(small_model_cfg(mask=True), mask_inference_dtype="auto"))
+    auto.load_state_dict(float32.state_dict())
+    batch = make_batch(mask=True)
+    dtypes = []
+    auto.roi_heads.mask_head.predictor.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    outputs = []
+    with caplog.at_level(logging.INFO, logger=long_tail_roi_heads.logger.name):
+        for model in (float32, auto, auto):
+            model.eval()
+            with torch.no_grad():
+                outputs.append(model.inference(batch, do_postprocess=False))
+    expected_dtype = torch.bfloat16 if native_bfloat16 else torch.float32
+    assert dtypes == [expected_dtype] * 2
+    choice = "bfloat16" if native_bfloat16 else "float32"
+    assert [r.getMessage() for r in caplog.records if "mask_inference_dtype" in r.getMessage()] == [
+        f"mask_inference_dtype='auto' on cpu: the mask head runs in {choice} at inference"
+    ]
+    for expected, actual in zip(outputs[0], outputs[1], strict=True):
+        assert actual.pred_masks.dtype == torch.float32
+        assert torch.equal(expected.pred_masks, actual.pred_masks) != native_bfloat16
+
+
+def test_auto_mask_inference_dtype_is_float32_on_cuda(monkeypatch):
+    from ltdet2.modeling.roi_heads import long_tail_roi_heads
+
+    monkeypatch.setattr(long_tail_roi_heads, "has_native_cpu_bfloat16", lambda: True)
+    assert long_tail_roi_heads.resolve_mask_inference_dtype("auto", "cuda") is None
+    assert long_tail_roi_heads.resolve_mask_inference_dtype("auto", "cpu") is torch.bfloat16
+    assert long_tail_roi_heads.resolve_mask_inference_dtype("bfloat16", "cuda") is torch.bfloat16
+    assert long_tail_roi_heads.resolve_mask_inference_dtype("float32", "cpu") is None
+
+
 def test_unknown_mask_inference_dtype_is_refused():
-    with pytest.raises(ValueError, match=r"mask_inference_dtype 'float16': expected one of \['bfloat16', 'float32'\]"):
+    with pytest.raises(
+        ValueError, match=r"mask_inference_dtype 'float16': expected one of \['auto', 'bfloat16', 'float32'\]"
+    ):
         instantiate(long_tail_cfg(small_model_cfg(mask=True), mask_inference_dtype="float16"))

@@ -13,6 +13,7 @@ from detectron2.structures import Boxes, Instances
 
 from ltdet2.memory.class_queue import resolve_storage_dtype
 from ltdet2.memory.indicators import UPDATE_TIMINGS, MeanScore, SoftConfusionMatrix
+from ltdet2.utils.cpu import has_native_cpu_bfloat16
 
 from ..box_predictors import LongTailOutputLayers
 from ..extra_rows import ExtraRowsBatch
@@ -26,8 +27,18 @@ logger = logging.getLogger(__name__)
 
 
 _KEPT_ROI_FIELDS = ("proposal_boxes", "gt_classes", "gt_indices", "gt_boxes")
-# mask_inference_dtype -> autocast dtype of the mask head at inference (None: no autocast)
-MASK_INFERENCE_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+MASK_INFERENCE_DTYPES = ("float32", "bfloat16", "auto")
+
+
+def resolve_mask_inference_dtype(choice: str, device_type: str) -> torch.dtype | None:
+    """The autocast dtype of the mask head at inference (None: float32, no autocast) for a ``mask_inference_dtype``
+    choice on ``device_type``. ``"auto"`` is bfloat16 only on a CPU with native bf16
+    (:func:`~ltdet2.utils.cpu.has_native_cpu_bfloat16`): on an AVX2-only CPU bf16 made the mask head about 6x slower
+    (docs/results/speed/inference_bf16_avx2.json); on CUDA it is float32 (not measured there; ask for ``"bfloat16"``
+    by name)."""
+    if choice == "auto":
+        choice = "bfloat16" if device_type == "cpu" and has_native_cpu_bfloat16() else "float32"
+    return torch.bfloat16 if choice == "bfloat16" else None
 
 
 def split_ignored_targets(targets: Instances) -> tuple[Instances, Instances, torch.Tensor | None]:
@@ -106,11 +117,13 @@ class LongTailROIHeads(StandardROIHeads):
         indicators: name -> learning-status indicator (or its LazyConfig); owned (and checkpointed)
             here and bound by name to every module under the heads that reads them (feature sources,
             the predictor's loss or classifier: :class:`~ltdet2.modeling.indicator_links.IndicatorUser`).
-        mask_inference_dtype: ``"float32"`` (default, Detectron2's) or ``"bfloat16"``: at inference the mask head
-            runs under bf16 autocast (its convolutions and deconvolution; the mask pooler stays float32, as
-            torchvision's autocast rule for RoIAlign keeps it) and its ``pred_masks`` come back as float32
-            probabilities. About 2x faster mask head on CPUs with bf16 instructions; masks differ by bf16 rounding
-            (3 significant digits), so check AP before using it (``docs/benchmarks.md``). Training is unchanged.
+        mask_inference_dtype: ``"float32"`` (default, Detectron2's), ``"bfloat16"`` or ``"auto"``: with bfloat16, at
+            inference the mask head runs under bf16 autocast (its convolutions and deconvolution; the mask pooler
+            stays float32, as torchvision's autocast rule for RoIAlign keeps it) and its ``pred_masks`` come back as
+            float32 probabilities. About 2x faster mask head on CPUs with bf16 instructions, about 6x slower on
+            CPUs without them (AVX2); masks differ by bf16 rounding (3 significant digits), so check AP before
+            using it (``docs/benchmarks.md``). ``"auto"``: bfloat16 on a CPU with bf16 instructions, float32
+            elsewhere (:func:`resolve_mask_inference_dtype`; the choice is logged once). Training is unchanged.
         other arguments: those of :class:`StandardROIHeads`.
     """
 
@@ -129,6 +142,7 @@ class LongTailROIHeads(StandardROIHeads):
                 f"mask_inference_dtype {mask_inference_dtype!r}: expected one of {sorted(MASK_INFERENCE_DTYPES)}"
             )
         self.mask_inference_dtype = mask_inference_dtype
+        self._logged_mask_inference_dtype = False
         self.feature_sources = nn.ModuleList(feature_sources)
         # LazyConfig does not instantiate the values of a plain dict; do it here
         self.indicators = nn.ModuleDict({name: instantiate(value) for name, value in (indicators or {}).items()})
@@ -258,12 +272,20 @@ class LongTailROIHeads(StandardROIHeads):
         return ret
 
     def _forward_mask(self, features, instances):
-        """StandardROIHeads' mask branch; at inference with ``mask_inference_dtype="bfloat16"`` under bf16 autocast,
+        """StandardROIHeads' mask branch; at inference with a bfloat16 ``mask_inference_dtype`` under bf16 autocast,
         its ``pred_masks`` cast back to float32."""
-        dtype = MASK_INFERENCE_DTYPES[self.mask_inference_dtype]
-        if self.training or dtype is None or not self.mask_on:
+        if self.training or not self.mask_on:
             return super()._forward_mask(features, instances)
         device_type = next(iter(features.values())).device.type
+        dtype = resolve_mask_inference_dtype(self.mask_inference_dtype, device_type)
+        if self.mask_inference_dtype == "auto" and not self._logged_mask_inference_dtype:
+            self._logged_mask_inference_dtype = True
+            logger.info(
+                f"mask_inference_dtype='auto' on {device_type}: the mask head runs in "
+                f"{'bfloat16' if dtype is not None else 'float32'} at inference"
+            )
+        if dtype is None:
+            return super()._forward_mask(features, instances)
         with torch.autocast(device_type, dtype=dtype):
             instances = super()._forward_mask(features, instances)
         for instances_per_image in instances:
