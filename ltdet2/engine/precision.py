@@ -22,6 +22,8 @@ import logging
 import torch
 from torch import nn
 
+from ltdet2.utils.cpu import cpu_capability, has_native_cpu_bfloat16
+
 __all__ = ["AUTOCAST_METHODS", "autocast_training_modules", "training_precision"]
 
 logger = logging.getLogger("detectron2")
@@ -113,4 +115,11 @@ def autocast_training_modules(model: nn.Module, dtype: torch.dtype, methods=AUTO
             f"Training precision {str(dtype).replace('torch.', '')} (autocast, training mode only) in {wrapped}; the "
             "poolers, the box predictor and the losses in float32"
         )
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        if dtype == torch.bfloat16 and on_cpu and not has_native_cpu_bfloat16():
+            logger.warning(
+                f"bfloat16 training on a CPU without bf16 instructions ({cpu_capability()}): oneDNN emulates bf16, "
+                "and a Mask R-CNN step was 11.9x slower than float32 on such a CPU "
+                "(docs/results/speed/step_mask_rcnn_bf16_training_avx2.json); train.amp.enabled=False trains in float32"
+            )
     return wrapped

@@ -3,6 +3,7 @@ head and mask head layers while training; poolers, predictor and losses in float
 parameters and checkpoints; float16 on a CPU refused; a short project run in bfloat16."""
 
 import copy
+import logging
 import os
 
 import pytest
@@ -107,6 +108,19 @@ def test_training_precision_and_trainer_choice():
     cfg.train.device = "cuda"
     trainer = trainer_class(cfg)
     assert trainer.func.__name__ == "AMPTrainerWithNamedLosses" and trainer.keywords == {"precision": torch.bfloat16}
+
+
+@pytest.mark.parametrize("native_bfloat16", [True, False])
+def test_bfloat16_training_on_a_cpu_without_bf16_instructions_is_warned_of(monkeypatch, caplog, native_bfloat16):
+    from ltdet2.engine import precision
+
+    monkeypatch.setattr(precision, "has_native_cpu_bfloat16", lambda: native_bfloat16)
+    monkeypatch.setattr(precision.logger, "propagate", True)  # Detectron2's setup_logger turns it off
+    with caplog.at_level(logging.INFO, logger=precision.logger.name):
+        assert autocast_training_modules(instantiate(small_model_cfg(mask=True)), torch.bfloat16)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == (not native_bfloat16)
+    assert all("bfloat16 training on a CPU without bf16 instructions" in w for w in warnings)
 
 
 def test_a_project_trains_in_bfloat16_on_a_cpu(tmp_path, tiny_dataset):

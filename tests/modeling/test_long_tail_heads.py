@@ -427,6 +427,8 @@ def test_auto_mask_inference_dtype_is_bfloat16_only_on_a_cpu_with_bf16_instructi
     from ltdet2.modeling.roi_heads import long_tail_roi_heads
 
     monkeypatch.setattr(long_tail_roi_heads, "has_native_cpu_bfloat16", lambda: native_bfloat16)
+    for name in ("ltdet2", long_tail_roi_heads.logger.name):  # Detectron2's setup_logger may have turned it off
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
     float32, _ = paired_models(mask=True)
     auto = instantiate(long_tail_cfg(small_model_cfg(mask=True), mask_inference_dtype="auto"))
     auto.load_state_dict(float32.state_dict())
