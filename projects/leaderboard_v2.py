@@ -56,7 +56,7 @@ PRETRAIN_ITERS = 2400  # P: the converged start (docs/leaderboard/protocol.md: i
 FINETUNE_ITERS = 600  # F: a decoupled entry's fine-tune (divisible by 2 and 3: step-wise's and LST's phases)
 TOTAL_ITERS = PRETRAIN_ITERS + FINETUNE_ITERS
 # the mask head's at inference (LongTailROIHeads), Detectron2's: the same numbers on every machine. bfloat16 is 2.4x
-# faster per evaluation on CPUs with bf16 instructions but 6x slower without them (AVX2), and its masks move mask AP
+# faster per evaluation on CPUs with bf16 instructions but 7x slower without them (AVX2), and its masks move mask AP
 # by up to 0.07: entries evaluated on different machines would not compare exactly (docs/leaderboard/protocol.md)
 MASK_INFERENCE_DTYPE = "float32"
 CURVE_POINTS = 8  # evaluations of the shared pretrain (its learning curve), the last at its end

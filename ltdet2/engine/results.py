@@ -76,11 +76,14 @@ def machine_description() -> str:
         import torch  # a heavy import, for the GPU name alone
 
         gpu = f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU"
+    except Exception:  # noqa: BLE001 - the description must not fail a finished run
+        gpu = "GPU unknown"
+    try:
         from ltdet2.utils.cpu import cpu_capability
 
         cpu += f", {cpu_capability()}"
-    except Exception:  # noqa: BLE001 - the description must not fail a finished run
-        gpu = "GPU unknown"
+    except Exception:  # noqa: BLE001 - likewise
+        pass
     return f"{os.cpu_count()} {platform.machine()} cores ({cpu}), {gpu}"
 
 

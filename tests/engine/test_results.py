@@ -245,3 +245,15 @@ def test_mean_std_cell_uses_the_seeds_that_have_the_value():
     assert mean_std_cell([1.0, 2.0, 4.0]) == "2.33 ± 1.53"  # sample std (n-1)
     assert mean_std_cell([1.0, nan, 3.0]) == "2.00 ± 1.41" and mean_std_cell([nan, 5.0]) == "5.00"
     assert mean_std_cell([nan, nan]) == "–"
+
+
+def test_machine_description_names_the_cpu_instructions(monkeypatch):
+    """bf16's speed depends on them (docs/benchmarks.md#cpu-speed): "... cores (<cpu>, AVX2), no GPU"."""
+    from ltdet2.engine.results import machine_description
+    from ltdet2.utils import cpu
+
+    monkeypatch.setattr(cpu.torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(cpu, "has_native_cpu_bfloat16", lambda: True)
+    assert ", AVX512, bf16), " in machine_description()
+    monkeypatch.setattr(cpu, "has_native_cpu_bfloat16", lambda: False)
+    assert ", AVX512), " in machine_description()

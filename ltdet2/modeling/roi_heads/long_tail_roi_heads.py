@@ -33,7 +33,7 @@ MASK_INFERENCE_DTYPES = ("float32", "bfloat16", "auto")
 def resolve_mask_inference_dtype(choice: str, device_type: str) -> torch.dtype | None:
     """The autocast dtype of the mask head at inference (None: float32, no autocast) for a ``mask_inference_dtype``
     choice on ``device_type``. ``"auto"`` is bfloat16 only on a CPU with native bf16
-    (:func:`~ltdet2.utils.cpu.has_native_cpu_bfloat16`): on an AVX2-only CPU bf16 made the mask head about 6x slower
+    (:func:`~ltdet2.utils.cpu.has_native_cpu_bfloat16`): on an AVX2-only CPU bf16 made the mask head 6-7x slower
     (docs/results/speed/inference_bf16_avx2.json); on CUDA it is float32 (not measured there; ask for ``"bfloat16"``
     by name)."""
     if choice == "auto":
@@ -120,7 +120,7 @@ class LongTailROIHeads(StandardROIHeads):
         mask_inference_dtype: ``"float32"`` (default, Detectron2's), ``"bfloat16"`` or ``"auto"``: with bfloat16, at
             inference the mask head runs under bf16 autocast (its convolutions and deconvolution; the mask pooler
             stays float32, as torchvision's autocast rule for RoIAlign keeps it) and its ``pred_masks`` come back as
-            float32 probabilities. About 2x faster mask head on CPUs with bf16 instructions, about 6x slower on
+            float32 probabilities. About 2x faster mask head on CPUs with bf16 instructions, 6-7x slower on
             CPUs without them (AVX2); masks differ by bf16 rounding (3 significant digits), so check AP before
             using it (``docs/benchmarks.md``). ``"auto"``: bfloat16 on a CPU with bf16 instructions, float32
             elsewhere (:func:`resolve_mask_inference_dtype`; the choice is logged once). Training is unchanged.
