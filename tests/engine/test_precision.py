@@ -111,14 +111,18 @@ def test_training_precision_and_trainer_choice():
 
 
 @pytest.mark.parametrize("native_bfloat16", [True, False])
-def test_bfloat16_training_on_a_cpu_without_bf16_instructions_is_warned_of(monkeypatch, caplog, native_bfloat16):
+def test_bfloat16_training_on_a_cpu_without_bf16_instructions_is_warned_of(monkeypatch, native_bfloat16):
     from ltdet2.engine import precision
 
     monkeypatch.setattr(precision, "has_native_cpu_bfloat16", lambda: native_bfloat16)
-    monkeypatch.setattr(precision.logger, "propagate", True)  # Detectron2's setup_logger turns it off
-    with caplog.at_level(logging.INFO, logger=precision.logger.name):
+    warnings = []
+    handler = logging.Handler(logging.WARNING)  # on the logger itself: Detectron2's setup_logger stops propagation
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    precision.logger.addHandler(handler)
+    try:
         assert autocast_training_modules(instantiate(small_model_cfg(mask=True)), torch.bfloat16)
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    finally:
+        precision.logger.removeHandler(handler)
     assert len(warnings) == (not native_bfloat16)
     assert all("bfloat16 training on a CPU without bf16 instructions" in w for w in warnings)
 

@@ -419,16 +419,12 @@ def test_bfloat16_mask_inference():
 
 
 @pytest.mark.parametrize("native_bfloat16", [True, False])
-def test_auto_mask_inference_dtype_is_bfloat16_only_on_a_cpu_with_bf16_instructions(
-    monkeypatch, caplog, native_bfloat16
-):
+def test_auto_mask_inference_dtype_is_bfloat16_only_on_a_cpu_with_bf16_instructions(monkeypatch, native_bfloat16):
     """mask_inference_dtype="auto": the mask head in bf16 on a CPU with bf16 instructions; float32 without them
     (where bf16 is emulated and slower), with the same masks as "float32"; the choice logged once."""
     from ltdet2.modeling.roi_heads import long_tail_roi_heads
 
     monkeypatch.setattr(long_tail_roi_heads, "has_native_cpu_bfloat16", lambda: native_bfloat16)
-    for name in ("ltdet2", long_tail_roi_heads.logger.name):  # Detectron2's setup_logger may have turned it off
-        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
     float32, _ = paired_models(mask=True)
     auto = instantiate(long_tail_cfg(small_model_cfg(mask=True), mask_inference_dtype="auto"))
     auto.load_state_dict(float32.state_dict())
@@ -436,15 +432,24 @@ def test_auto_mask_inference_dtype_is_bfloat16_only_on_a_cpu_with_bf16_instructi
     dtypes = []
     auto.roi_heads.mask_head.predictor.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
     outputs = []
-    with caplog.at_level(logging.INFO, logger=long_tail_roi_heads.logger.name):
+    messages = []
+    handler = logging.Handler(logging.INFO)  # on the logger itself: a run's setup_logger("ltdet2") stops propagation
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger, level = long_tail_roi_heads.logger, long_tail_roi_heads.logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
         for model in (float32, auto, auto):
             model.eval()
             with torch.no_grad():
                 outputs.append(model.inference(batch, do_postprocess=False))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     expected_dtype = torch.bfloat16 if native_bfloat16 else torch.float32
     assert dtypes == [expected_dtype] * 2
     choice = "bfloat16" if native_bfloat16 else "float32"
-    assert [r.getMessage() for r in caplog.records if "mask_inference_dtype" in r.getMessage()] == [
+    assert [m for m in messages if "mask_inference_dtype" in m] == [
         f"mask_inference_dtype='auto' on cpu: the mask head runs in {choice} at inference"
     ]
     for expected, actual in zip(outputs[0], outputs[1], strict=True):
