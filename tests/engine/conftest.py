@@ -2,6 +2,7 @@ import logging
 
 import pytest
 
+from fixtures.logs import logged_messages
 from fixtures.runs import train_pretrain
 
 
@@ -14,13 +15,5 @@ def trained(tmp_path_factory, tiny_dataset):
 @pytest.fixture
 def messages():
     """The messages of the detectron2 logger from INFO on (Detectron2's setup_logger stops its propagation)."""
-    found = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: found.append(record.getMessage())
-    logger = logging.getLogger("detectron2")
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    yield found
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    with logged_messages("detectron2", logging.INFO) as found:
+        yield found

@@ -16,6 +16,7 @@ from ltdet2.engine.phases import load_config, run_phases
 from ltdet2.engine.precision import autocast_training_modules, training_precision
 from ltdet2.engine.train_loop import Trainer, trainer_class
 
+from fixtures.logs import logged_messages
 from fixtures.models import ROOT, SHORT_RUN_OVERRIDES, make_batch, small_model_cfg, tiny_run_overrides, train_losses
 
 
@@ -115,14 +116,8 @@ def test_bfloat16_training_on_a_cpu_without_bf16_instructions_is_warned_of(monke
     from ltdet2.engine import precision
 
     monkeypatch.setattr(precision, "has_native_cpu_bfloat16", lambda: native_bfloat16)
-    warnings = []
-    handler = logging.Handler(logging.WARNING)  # on the logger itself: Detectron2's setup_logger stops propagation
-    handler.emit = lambda record: warnings.append(record.getMessage())
-    precision.logger.addHandler(handler)
-    try:
+    with logged_messages(precision.logger.name, logging.WARNING) as warnings:
         assert autocast_training_modules(instantiate(small_model_cfg(mask=True)), torch.bfloat16)
-    finally:
-        precision.logger.removeHandler(handler)
     assert len(warnings) == (not native_bfloat16)
     assert all("bfloat16 training on a CPU without bf16 instructions" in w for w in warnings)
 

@@ -16,6 +16,7 @@ import pytest
 from ltdet2.engine import phases as phases_module
 from ltdet2.engine.launch import RUN_LOCK_FILE, OutputDirLocked, RunLock
 
+from fixtures.logs import logged_messages
 from fixtures.models import ROOT, load_repo_module
 
 PROJECT = os.path.join(ROOT, "tests", "configs", "tiny_two_phase.py")
@@ -88,12 +89,8 @@ def test_a_second_run_on_a_locked_folder_is_refused_naming_the_holder(tmp_path, 
 @pytest.fixture
 def logged():
     """The messages of Detectron2's logger (which stops propagating once a run has set it up)."""
-    messages = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logging.getLogger("detectron2").addHandler(handler)
-    yield messages
-    logging.getLogger("detectron2").removeHandler(handler)
+    with logged_messages("detectron2", logging.WARNING) as messages:
+        yield messages
 
 
 def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, script, phases_run, logged):

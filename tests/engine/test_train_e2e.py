@@ -14,6 +14,7 @@ from detectron2.utils.logger import setup_logger
 from ltdet2.engine.phases import DONE_FILE, load_config, run_phases
 from ltdet2.utils.json_io import read_json
 
+from fixtures.logs import logged_messages
 from fixtures.models import ROOT, loce_tiny_overrides
 from fixtures.runs import load_tiny_run, metrics_iterations
 
@@ -67,14 +68,8 @@ def test_two_phases_train_skip_resume_and_evaluate(tmp_path, tiny_dataset):
         f.write("model_0000001.pth")
     pretrain_done_mtime = os.path.getmtime(os.path.join(out, "pretrain", DONE_FILE))
 
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logging.getLogger("detectron2").addHandler(handler)
-    try:
+    with logged_messages("detectron2", logging.DEBUG) as messages:
         resumed = run_phases(load(out, tiny_dataset), resume=True)
-    finally:
-        logging.getLogger("detectron2").removeHandler(handler)
     assert any("phase 'pretrain' already finished" in m for m in messages)
     assert any("Starting training from iteration 2" in m for m in messages)
     assert os.path.getmtime(os.path.join(out, "pretrain", DONE_FILE)) == pretrain_done_mtime

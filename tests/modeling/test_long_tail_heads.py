@@ -20,6 +20,7 @@ from ltdet2.modeling.feature_sources import FeatureSource, MemoryFeatureSampler
 from ltdet2.modeling.losses import EquilibriumLoss
 
 from fixtures.indicators import BatchRecorder
+from fixtures.logs import logged_messages
 from fixtures.models import (
     NUM_CLASSES,
     long_tail_cfg,
@@ -432,20 +433,11 @@ def test_auto_mask_inference_dtype_is_bfloat16_only_on_a_cpu_with_bf16_instructi
     dtypes = []
     auto.roi_heads.mask_head.predictor.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
     outputs = []
-    messages = []
-    handler = logging.Handler(logging.INFO)  # on the logger itself: a run's setup_logger("ltdet2") stops propagation
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger, level = long_tail_roi_heads.logger, long_tail_roi_heads.logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    try:
+    with logged_messages(long_tail_roi_heads.logger.name, logging.INFO) as messages:
         for model in (float32, auto, auto):
             model.eval()
             with torch.no_grad():
                 outputs.append(model.inference(batch, do_postprocess=False))
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     expected_dtype = torch.bfloat16 if native_bfloat16 else torch.float32
     assert dtypes == [expected_dtype] * 2
     choice = "bfloat16" if native_bfloat16 else "float32"
