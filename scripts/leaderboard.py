@@ -20,7 +20,11 @@ is not run again, so a shared phase trains once per seed. When the entry's last 
 ``<results-dir>/<entry>_seed<N>.json`` is written (box and mask metrics with per-class AP of the entry's last
 phase, the command, commit, machine, iterations and the wall time of each phase's run); an (entry, seed) whose
 results file exists is skipped. The results files of docs/ are committed, so the work spans machines and sittings.
-A seed's folder is one run's while it trains: the script holds its ``run.lock`` (its training processes run under
+Before anything trains (or, with ``--from-results``, before the table is built), results files of another protocol
+are refused: those whose entry the project now trains over another chain or number of iterations. So are phase
+folders that a wanted (entry, seed) needs and whose ``config.yaml`` differs from the project's config for that seed
+(a finished phase would be skipped, an interrupted one resumed, under other values). A seed's folder is one run's
+while it trains: the script holds its ``run.lock`` (its training processes run under
 it), and another leaderboard or training run on that folder is refused (ltdet2.engine.launch.RunLock).
 Then, from the results files alone: ``<docs-dir>/leaderboard.md`` (mean ± std over seeds of box AP, AP50, APr,
 APc, APf, mask AP, mask APr and wall time per entry, and the paired differences to ``ce`` and of
@@ -60,9 +64,12 @@ and the measured time in the README.
 import argparse
 import concurrent.futures
 import contextlib
+import copy
+import glob
 import os
 import shlex
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 
@@ -73,6 +80,7 @@ from ltdet2.engine.leaderboard import (
     format_curves_table,
     format_leaderboard_table,
     load_entry_results,
+    mismatched_records,
     phase_jobs,
     plot_ap_by_image_count,
     plot_apr_vs_apf,
@@ -83,12 +91,15 @@ from ltdet2.engine.leaderboard import (
     seed_wall_times,
     write_entry_results,
 )
+from ltdet2.engine.phase_checks import changed_config_keys, format_config_changes
 from ltdet2.engine.phases import load_config, resolve_phases
 from ltdet2.engine.results import git_commit, phase_record, results_record
 from ltdet2.utils.json_io import read_json, write_json_atomic
 
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lazyconfig_train_net.py")
-WALL_FILE = "leaderboard_wall.json"  # in a phase's folder: the wall seconds of the run that trained it
+WALL_FILE = "leaderboard_wall.json"  # in a phase's folder: the wall and CPU seconds of the runs that trained it
+RUNS_FILE = "leaderboard_runs.json"  # in a phase's folder: each invocation that trained it, kept up while it runs
+HEARTBEAT_S = 60.0  # how often a running invocation's RUNS_FILE entry is brought up to date
 REFERENCE_ENTRY = "ce"
 # the compositions against the entry that differs from them in one part (paired differences, after those to ce)
 COMPOSITION_PAIRS = (
@@ -173,6 +184,46 @@ def seed_phases(cfg, seed_dir):
     return {phase.name: phase for phase in resolve_phases(cfg)}
 
 
+def check_results_match_project(results_dir, cfg, chains, config_file):
+    """Refuses results files in ``results_dir`` whose entry the project has but which were trained over another chain
+    or number of iterations (another protocol, e.g. another pretrain length): they would be skipped as done and
+    tabulated with the project's own."""
+    if not glob.glob(os.path.join(results_dir, "*.json")):  # none yet (load_entry_results refuses an empty folder)
+        return
+    mismatched = mismatched_records(load_entry_results(results_dir), cfg.phases, chains)
+    if mismatched:
+        raise ValueError(
+            f"{results_dir}: {len(mismatched)} results file(s) were not trained as {config_file} trains their entries "
+            f"now ({'; '.join(mismatched)}): they would be skipped as done and tabulated as this project's. Move "
+            f"them out of {results_dir}, with the training folders they came from, and run again"
+        )
+
+
+def check_phases_match_project(cfg, chains, wanted, output_dir, config_file):
+    """Refuses phases in the seeds' folders that the ``wanted`` (seed, entry) pairs need and that ran with another
+    config than the project gives them now (their ``config.yaml``: :func:`ltdet2.engine.phase_checks.
+    changed_config_keys`, the seed set as the training processes set it). A finished one would be skipped (its
+    entries fine-tuned from another start), an interrupted one resumed under the new config."""
+    checked = copy.deepcopy(cfg)  # the seed is set on every phase, as train_command's override does
+    problems = []
+    for seed in sorted({seed for seed, _ in wanted}):
+        names = {name for s, entry in wanted if s == seed for name in chains[entry]}
+        for train in (checked.train, *(phase.train for phase in checked.phases.values())):
+            train.seed = seed
+        phases = seed_phases(checked, os.path.join(output_dir, f"seed{seed}"))
+        for name in (name for name in phases if name in names):
+            changes = changed_config_keys(phases[name])
+            if changes:
+                path = os.path.join(phases[name].output_dir, "config.yaml")
+                problems.append(f"seed {seed} phase '{name}' ({path}): {format_config_changes(changes)}")
+    if problems:
+        raise ValueError(
+            f"{len(problems)} phase(s) in {output_dir} ran with another config than {config_file} gives them now: "
+            f"{'; '.join(problems)}. Their entries would train from or resume those runs. Move the seed folders "
+            f"away (they keep those runs), or give --output-dir a new folder, and run again"
+        )
+
+
 def run_process(command, *, env=None, stdout=None):
     """Runs ``command`` to its end, as ``subprocess.run(command, env=env, check=True)`` does (its stderr goes with
     ``stdout`` when that is given), and returns the CPU seconds (user + system) of that process and of the children
@@ -191,13 +242,72 @@ def run_process(command, *, env=None, stdout=None):
     return usage.ru_utime + usage.ru_stime
 
 
+@contextlib.contextmanager
+def recorded_invocation(phase, threads, *, heartbeat_s=None):
+    """Records one invocation that trains ``phase`` in its :data:`RUNS_FILE`: ``{"runs": [{"start", "seen", "end",
+    "cpu_s", "threads"}, ...], "unrecorded_earlier": bool}`` (epoch seconds). ``seen`` is brought up to date every
+    ``heartbeat_s`` (default :data:`HEARTBEAT_S`) while it runs, so an invocation killed outright (a sitting that
+    ends, a lost machine) still counts up to its last heartbeat; ``end`` is set however it ends. The caller sets
+    the yielded run's ``cpu_s``. ``unrecorded_earlier``: the folder held checkpoints before its first record (a run
+    of an older script, or checkpoints copied in), whose time is not known."""
+    path = os.path.join(phase.output_dir, RUNS_FILE)
+    if os.path.isfile(path):
+        runs = read_json(path, what="phase runs")
+    else:
+        os.makedirs(phase.output_dir, exist_ok=True)
+        earlier = glob.glob(os.path.join(phase.output_dir, "model_*.pth"))
+        runs = {"runs": [], "unrecorded_earlier": bool(earlier)}
+    now = time.time()
+    run = {"start": now, "seen": now, "end": None, "cpu_s": None, "threads": threads}
+    runs["runs"].append(run)
+    writing = threading.Lock()
+
+    def save():
+        with writing:
+            write_json_atomic(path, runs, indent=1)
+
+    save()
+    stop = threading.Event()
+
+    def heartbeat():
+        while not stop.wait(HEARTBEAT_S if heartbeat_s is None else heartbeat_s):
+            run["seen"] = time.time()
+            save()
+
+    beating = threading.Thread(target=heartbeat, daemon=True)
+    beating.start()
+    try:
+        yield run
+    finally:
+        stop.set()
+        beating.join()
+        run["seen"] = run["end"] = time.time()
+        save()
+
+
+def invocation_totals(runs):
+    """The wall seconds of every recorded invocation (to its end, or its last heartbeat when it was killed), the CPU
+    seconds of those that recorded them, their number and how many lack CPU seconds."""
+    wall = sum((run["end"] if run["end"] is not None else run["seen"]) - run["start"] for run in runs["runs"])
+    cpu = [run["cpu_s"] for run in runs["runs"] if run["cpu_s"] is not None]
+    return {
+        "wall_s": wall,
+        "cpu_s": sum(cpu),
+        "runs": len(runs["runs"]),
+        "runs_without_cpu": len(runs["runs"]) - len(cpu),
+        "unrecorded_earlier": bool(runs.get("unrecorded_earlier")),
+    }
+
+
 def run_phase(config_file, phase, seed, seed_dir, overrides, env=None, log_path=None):
     """Trains (and, for an entry, evaluates) one phase in its own process, with ``env`` (default: this process's
-    environment) and its output appended to ``log_path`` (default: this process's stdout and stderr); records in
-    the phase's :data:`WALL_FILE` its wall time, the CPU seconds of the process (user + system, its data workers
-    included: less sensitive than the wall time to other work on the machine), the machine's load average at its
-    end and its ``threads`` (its OMP_NUM_THREADS as the environment holds it, a string; None: the library
-    default, all cores). Returns the wall seconds."""
+    environment) and its output appended to ``log_path`` (default: this process's stdout and stderr). Each
+    invocation is recorded as it runs (:func:`recorded_invocation`); when the phase finishes, its :data:`WALL_FILE`
+    gets the wall and CPU seconds (user + system, its data workers included: less sensitive than the wall time to
+    other work on the machine) of every invocation that trained it, interrupted ones included
+    (:func:`invocation_totals`), the machine's load average at the end and the last invocation's ``threads`` (its
+    OMP_NUM_THREADS as the environment holds it, a string; None: the library default, all cores). Returns this
+    invocation's wall seconds."""
     command = train_command(
         TRAIN_SCRIPT, config_file, seed=seed, output_dir=seed_dir, overrides=overrides, phase=phase.name
     )
@@ -209,20 +319,22 @@ def run_phase(config_file, phase, seed, seed_dir, overrides, env=None, log_path=
             log = files.enter_context(open(log_path, "a"))
         print("+", shlex.join(command), file=log, flush=True)
         start = time.perf_counter()
-        cpu_s = run_process(command, env=env, stdout=log)
+        with recorded_invocation(phase, threads) as run:
+            run["cpu_s"] = run_process(command, env=env, stdout=log)
+        wall_s = time.perf_counter() - start
     timing = {
-        "wall_s": time.perf_counter() - start,
-        "cpu_s": cpu_s,
+        **invocation_totals(read_json(os.path.join(phase.output_dir, RUNS_FILE), what="phase runs")),
         "load_avg": list(os.getloadavg()),  # 1, 5, 15 min
         "threads": threads,
     }
     write_json_atomic(os.path.join(phase.output_dir, WALL_FILE), timing, indent=1)
-    return timing["wall_s"]
+    return wall_s
 
 
 def phase_timing(phase):
-    """The phase's recorded run, read once: {"wall_s", "cpu_s", "load_avg", "threads"}, NaN / None for what it
-    lacks."""
+    """The phase's recorded runs, read once: {"wall_s", "cpu_s", "load_avg", "threads", "runs",
+    "runs_without_cpu", "unrecorded_earlier"} (:func:`run_phase`), NaN / None for what it lacks (a record of before
+    2026-12-07 holds the last invocation's times only)."""
     path = os.path.join(phase.output_dir, WALL_FILE)
     timing = read_json(path, what="wall time") if os.path.isfile(path) else {}
     nan = float("nan")
@@ -231,6 +343,9 @@ def phase_timing(phase):
         "cpu_s": timing.get("cpu_s", nan),
         "load_avg": timing.get("load_avg"),
         "threads": timing.get("threads"),
+        "runs": timing.get("runs"),
+        "runs_without_cpu": timing.get("runs_without_cpu"),
+        "unrecorded_earlier": timing.get("unrecorded_earlier"),
     }
 
 
@@ -272,6 +387,12 @@ def entry_record(args, entry, chain, seed, cfg, phases, *, command, commit, omp_
         phase_cpu_s=cpu,
         cpu_s=sum(cpu.values()),
         phase_load_avg={name: timing["load_avg"] for name, timing in timings.items()},
+        # how each phase's times were gathered: its invocations, those without CPU seconds, and whether it was
+        # resumed from checkpoints whose time is not known (then its wall and CPU seconds are a lower bound)
+        phase_runs={
+            name: {key: timing[key] for key in ("runs", "runs_without_cpu", "unrecorded_earlier")}
+            for name, timing in timings.items()
+        },
         omp_num_threads=omp_num_threads,
     )
     curves = {
@@ -580,6 +701,15 @@ def main(argv=None):
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: must be at least 1")
 
+    check_results_match_project(results_dir, cfg, chains, args.config_file)
+    if not args.from_results:
+        wanted = [
+            (seed, entry)
+            for seed in seeds
+            for entry in entries
+            if not os.path.isfile(results_path(results_dir, entry, seed))
+        ]
+        check_phases_match_project(cfg, chains, wanted, output_dir, args.config_file)
     if args.jobs > 1 and not args.from_results:
         train_with_jobs(args, cfg, chains, entries, seeds, output_dir, results_dir)
     elif not args.from_results:

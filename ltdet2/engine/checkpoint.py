@@ -513,7 +513,19 @@ class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
     """Detectron2's hook, but registered on every rank (each save is collective:
     :meth:`AtomicCheckpointer.save_on_all_ranks`; rank 0 alone removes files), and ``max_to_keep`` also
     counts the checkpoints an interrupted run left (those of iterations before the one training starts
-    at): a resume keeps the newest ``max_to_keep``."""
+    at): a resume keeps the newest ``max_to_keep``. ``keep`` (``train.checkpointer.keep``): iterations whose
+    periodic checkpoints are never removed nor counted in ``max_to_keep`` (e.g. the last before a learning-rate step,
+    from which a longer schedule with the same start can continue); each must be one the period saves at."""
+
+    def __init__(self, checkpointer, period, *args, keep=(), **kwargs):
+        super().__init__(checkpointer, period, *args, **kwargs)
+        self.keep = {int(iteration) for iteration in keep}
+        off_period = sorted(i for i in self.keep if (i + 1) % period)
+        if off_period:
+            raise ValueError(
+                f"train.checkpointer.keep={sorted(self.keep)}: no checkpoint is saved after iterations {off_period} "
+                f"(train.checkpointer.period={period} saves after iterations k * {period} - 1)"
+            )
 
     def before_train(self):
         super().before_train()
@@ -523,7 +535,9 @@ class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
         earlier = [
             path
             for path in checkpoints_in(self.checkpointer.save_dir)
-            if (m := _PERIODIC_NAME.match(os.path.basename(path))) and int(m.group(1)) < start_iter
+            if (m := _PERIODIC_NAME.match(os.path.basename(path)))
+            and int(m.group(1)) < start_iter
+            and int(m.group(1)) not in self.keep
         ]
         earlier = earlier[::-1]  # oldest first, as the hook keeps them
         for path in earlier[: -self.max_to_keep] if self.max_to_keep > 0 else earlier:
@@ -537,7 +551,7 @@ class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
         if (iteration + 1) % self.period == 0:
             name = f"{self.file_prefix}_{iteration:07d}"
             self.checkpointer.save_on_all_ranks(name, **state)
-            if self.max_to_keep is not None and comm.is_main_process():
+            if self.max_to_keep is not None and comm.is_main_process() and iteration not in self.keep:
                 self.recent_checkpoints.append(os.path.join(self.checkpointer.save_dir, f"{name}.pth"))
                 if len(self.recent_checkpoints) > self.max_to_keep:
                     remove_checkpoint(self.recent_checkpoints.pop(0))

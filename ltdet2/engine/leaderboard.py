@@ -58,6 +58,7 @@ __all__ = [
     "format_curves_table",
     "plot_learning_curves",
     "load_entry_results",
+    "mismatched_records",
     "records_by_seed",
     "format_leaderboard_table",
     "seed_wall_times",
@@ -205,6 +206,28 @@ def load_entry_results(results_dir):
                 f"<entry>_seed<N>.json or lacks its entry's phase; files: {names}"
             )
     return records
+
+
+def mismatched_records(records, phases, chains):
+    """["<entry> seed <N>: what differs", ...] of the results ``records`` whose entry the project (``phases``, its
+    ``chains``: :func:`entry_chains`) has but which were trained over another chain or another number of iterations
+    than it gives that entry now (:func:`chain_iterations`): files of another protocol (e.g. another pretrain
+    length), which must not be skipped as done nor tabulated with this protocol's. Records of entries the project
+    lacks, and records without ``chain`` / ``iterations``, are not judged."""
+    mismatched = []
+    for record in records:
+        entry = record.get("entry")
+        if entry not in chains:
+            continue
+        chain, iterations = chains[entry], chain_iterations(phases, chains[entry])
+        differs = []
+        if "chain" in record and list(record["chain"]) != list(chain):
+            differs.append(f"chain {record['chain']}, the project's {chain}")
+        if "iterations" in record and int(record["iterations"]) != iterations:
+            differs.append(f"{record['iterations']} iterations, the project's {iterations}")
+        if differs:
+            mismatched.append(f"{entry} seed {record['seed']}: " + "; ".join(differs))
+    return mismatched
 
 
 def _merged_task(record):

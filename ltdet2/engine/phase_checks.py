@@ -53,6 +53,8 @@ __all__ = [
     "check_earlier_run",
     "warn_if_config_changed",
     "changed_config_keys",
+    "format_config_changes",
+    "read_config_yaml",
     "require_loadable_final",
     "require_final_checkpoint",
     "require_init_checkpoint",
@@ -332,14 +334,19 @@ def warn_if_config_changed(phase):
         return
     if not changes:
         return
-    listed = "; ".join(f"{key}: {_short(old)} -> {_short(new)}" for key, old, new in changes[:CHANGES_SHOWN])
-    more = f" and {len(changes) - CHANGES_SHOWN} more" if len(changes) > CHANGES_SHOWN else ""
     logger.warning(
         f"phase '{phase.name}' already finished, and its config has changed since it trained "
-        f"({os.path.join(phase.output_dir, 'config.yaml')}): {listed}{more}. It is skipped: its outputs (its "
-        f"checkpoints, results and the datasets it built) are those of the old values. To train it with the new "
-        f"ones, delete {phase.done_file} and run with --restart"
+        f"({os.path.join(phase.output_dir, 'config.yaml')}): {format_config_changes(changes)}. It is skipped: its "
+        f"outputs (its checkpoints, results and the datasets it built) are those of the old values. To train it with "
+        f"the new ones, delete {phase.done_file} and run with --restart"
     )
+
+
+def format_config_changes(changes):
+    """``changed_config_keys``' list as one line: "key: old -> new; ..." (the first :data:`CHANGES_SHOWN`)."""
+    listed = "; ".join(f"{key}: {_short(old)} -> {_short(new)}" for key, old, new in changes[:CHANGES_SHOWN])
+    more = f" and {len(changes) - CHANGES_SHOWN} more" if len(changes) > CHANGES_SHOWN else ""
+    return listed + more
 
 
 def changed_config_keys(phase):
@@ -351,7 +358,7 @@ def changed_config_keys(phase):
     if not os.path.isfile(saved_path):
         return None
     try:
-        saved = _read_config_yaml(saved_path)
+        saved = read_config_yaml(saved_path)
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return None
     with tempfile.TemporaryDirectory() as folder:  # the current config, as run_phase saves it
@@ -359,7 +366,7 @@ def changed_config_keys(phase):
         LazyConfig.save(phase.cfg, current_path)
         if not os.path.isfile(current_path):
             return None
-        current = _read_config_yaml(current_path)
+        current = read_config_yaml(current_path)
     if not isinstance(saved, dict) or not isinstance(current, dict):
         return None
     ignored = list(RUN_SPECIFIC_KEYS)
@@ -376,7 +383,7 @@ def changed_config_keys(phase):
     ]
 
 
-def _read_config_yaml(path):
+def read_config_yaml(path):
     """A config.yaml as plain data, without running anything: objects LazyConfig.save wrote with a python tag (e.g.
     Detectron2's ShapeSpec) are read as their fields, under the key "!python"."""
 

@@ -85,6 +85,19 @@ def test_resume_keeps_max_to_keep_with_the_checkpoints_of_the_interrupted_run(tm
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000005.pth", "model_0000006.pth"]
 
 
+def test_kept_checkpoints_are_neither_removed_nor_counted_in_max_to_keep(tmp_path):
+    checkpointer = save_iterations(tmp_path, [1, 3, 5, 7])  # period 2: saved after iterations 1, 3, 5, 7
+    hook = PeriodicCheckpointer(checkpointer, period=2, max_to_keep=1, keep=[3])
+    hook.trainer = SimpleNamespace(start_iter=8, iter=8, max_iter=20)
+    hook.before_train()  # a resume: the interrupted run's newest one, and the kept one
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000003.pth", "model_0000007.pth"]
+    hook.step(9)
+    hook.step(11)
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000003.pth", "model_0000011.pth"]
+    with pytest.raises(ValueError, match=r"keep=\[4\]: no checkpoint is saved after iterations \[4\] \(train"):
+        PeriodicCheckpointer(checkpointer, period=2, max_to_keep=1, keep=[4])
+
+
 def resume(folder):
     checkpointer, progress = checkpointer_in(folder)
     checkpointer.resume_or_load("", resume=True)

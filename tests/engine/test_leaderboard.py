@@ -29,6 +29,7 @@ from ltdet2.engine.leaderboard import (
     evaluate_entries_only,
     format_leaderboard_table,
     load_entry_results,
+    mismatched_records,
     phase_inputs,
     phase_jobs,
     plot_apr_vs_apf,
@@ -165,6 +166,7 @@ def test_script_trains_shared_phases_once_writes_results_and_skips_them(tmp_path
     assert [c["AP"] for c in record["phases"]["loce"]["per_class_ap_segm"]] == [1.0, 2.0, 3.0, 4.0]
     assert record["wall_s"] == 120.0 and record["eval_s"] == 15.0 and record["train_s"] == 105.0
     assert record["cpu_s"] == 200.0 and record["phase_load_avg"]["loce"] == [1.0, 1.5, 2.0]
+    assert record["phase_runs"]["loce"] == {"runs": None, "runs_without_cpu": None, "unrecorded_earlier": None}
     assert record["command"] == "scripts/leaderboard.py --quick --entries loce --seeds 1"
     assert record["project"] == "projects/leaderboard_quick.py" and record["seed"] == 1
 
@@ -185,6 +187,60 @@ def test_script_trains_shared_phases_once_writes_results_and_skips_them(tmp_path
     with pytest.raises(SystemExit):
         script.main([*common, "--entries", "pretrain"])  # not an entry
     assert "--entries ['pretrain']" in capsys.readouterr().err
+
+
+def test_results_and_phases_of_another_protocol_are_refused_before_anything_trains(tmp_path, monkeypatch):
+    from detectron2.config import LazyConfig
+
+    script = load_repo_module("scripts/leaderboard.py")
+    calls = []
+    monkeypatch.setattr(script, "run_phase", fake_phase_run(calls, lambda name, seed: metrics(10.0)))
+    out, docs = str(tmp_path / "out"), str(tmp_path / "docs")
+    common = ["--quick", "--output-dir", out, "--docs-dir", docs, "--seeds", "0"]
+    script.main([*common, "--entries", "loce"])
+    assert calls == [(0, "pretrain"), (0, "loce")]
+
+    # a pretrain of another length (the protocol's P changed): loce's file is not this project's, for training
+    # and for the table alike
+    calls.clear()
+    longer = "phases.pretrain.train.max_iter=96"
+    for extra in ([], ["--from-results"]):
+        with pytest.raises(
+            ValueError, match=r"1 results file\(s\) were not trained as .*leaderboard_quick.py trains"
+        ) as e:
+            script.main([longer, *common, "--entries", "loce", "ce", *extra])
+        assert "(loce seed 0: 72 iterations, the project's 120)" in str(e.value) and calls == []
+
+    # the pretrain's own config, as the training process saved it (seed set), then the same change with no results
+    # file in the way: the finished pretrain is refused, named with its key, before ce or loce train
+    project = load_config(QUICK, ["train.seed=0"])
+    LazyConfig.save(project.phases.pretrain, os.path.join(out, "seed0", "pretrain", "config.yaml"))
+    os.remove(os.path.join(docs, "results", "loce_seed0.json"))
+    script.main([*common, "--entries", "loce", "--dry-run"])  # the config it ran with: accepted
+    with pytest.raises(
+        ValueError, match=r"1 phase\(s\) in .* ran with another config than .*leaderboard_quick.py"
+    ) as e:
+        script.main([longer, *common, "--entries", "loce", "ce"])
+    assert "seed 0 phase 'pretrain' (" in str(e.value) and "train.max_iter: 48 -> 96" in str(e.value)
+    assert calls == []
+    script.main([longer, *common, "--seeds", "1", "--entries", "loce"])  # another seed's folder: not judged
+    assert calls == [(1, "pretrain"), (1, "loce")]
+
+
+def test_mismatched_records_name_the_chain_and_the_iterations_that_differ():
+    phases = {"pretrain": {"train": SimpleNamespace(max_iter=300)}, "loce": {"train": SimpleNamespace(max_iter=150)}}
+    chains = {"loce": ["pretrain", "loce"]}
+    records = [
+        {"entry": "loce", "seed": 0, "chain": ["pretrain", "loce"], "iterations": 450},  # as the project trains it
+        {"entry": "loce", "seed": 1, "chain": ["pretrain", "loce"], "iterations": 600},
+        {"entry": "loce", "seed": 2, "chain": ["loce"], "iterations": 150},
+        {"entry": "loce", "seed": 3},  # nothing recorded to judge
+        {"entry": "gone", "seed": 0, "chain": ["gone"], "iterations": 1},  # an entry the project no longer has
+    ]
+    assert mismatched_records(records, phases, chains) == [
+        "loce seed 1: 600 iterations, the project's 450",
+        "loce seed 2: chain ['loce'], the project's ['pretrain', 'loce']; 150 iterations, the project's 450",
+    ]
 
 
 def fake_record(entry, seed, ap, apr, apf, wall_s=600.0, train_s=540.0):
@@ -313,11 +369,50 @@ def test_a_phase_run_records_its_wall_and_cpu_time_and_the_load(tmp_path, monkey
     phase = SimpleNamespace(name="p", output_dir=str(tmp_path))
     wall = script.run_phase("projects/x.py", phase, 0, str(tmp_path), [])
     timing = read_json(os.path.join(tmp_path, script.WALL_FILE))
-    assert timing["wall_s"] == wall > 0 and 0.05 < timing["cpu_s"] and len(timing["load_avg"]) == 3
+    assert timing["wall_s"] == pytest.approx(wall, abs=0.2) and 0.05 < timing["cpu_s"] and len(timing["load_avg"]) == 3
+    assert timing["runs"] == 1 and timing["runs_without_cpu"] == 0 and timing["unrecorded_earlier"] is False
     assert script.phase_timing(phase) == timing
     missing = SimpleNamespace(name="q", output_dir=str(tmp_path / "none"))
     unrecorded = script.phase_timing(missing)
     assert np.isnan(unrecorded["wall_s"]) and np.isnan(unrecorded["cpu_s"]) and unrecorded["load_avg"] is None
+
+
+def test_a_phase_s_times_add_up_over_its_invocations_killed_ones_to_their_last_heartbeat(tmp_path, monkeypatch):
+    """A phase resumed over several sittings: its WALL_FILE counts every invocation, not only the last; one killed
+    outright counts to its last heartbeat, one that failed without CPU seconds is counted as such, and checkpoints
+    found before the first record mark its times as a lower bound."""
+    script = load_repo_module("scripts/leaderboard.py")
+    commands = [
+        [sys.executable, "-c", "raise SystemExit(3)"],
+        [sys.executable, "-c", "sum(i * i for i in range(10**6))"],
+    ]
+    monkeypatch.setattr(script, "train_command", lambda *args, **kwargs: commands.pop(0))
+    phase = SimpleNamespace(name="p", output_dir=str(tmp_path))
+    open(tmp_path / "model_0000199.pth", "wb").close()  # from a run nobody recorded
+    runs_file = os.path.join(tmp_path, script.RUNS_FILE)
+    killed = {"start": 1000.0, "seen": 1600.0, "end": None, "cpu_s": None, "threads": "2"}  # a sitting that ended
+    with pytest.raises(subprocess.CalledProcessError):
+        script.run_phase("p.py", phase, 0, str(tmp_path), [])
+    runs = read_json(runs_file)
+    assert runs["unrecorded_earlier"] is True and runs["runs"][0]["cpu_s"] is None and runs["runs"][0]["end"]
+    runs["runs"].insert(0, killed)
+    with open(runs_file, "w") as f:
+        json.dump(runs, f)
+    failed_wall = runs["runs"][1]["end"] - runs["runs"][1]["start"]
+    wall = script.run_phase("p.py", phase, 0, str(tmp_path), [])
+    timing = script.phase_timing(phase)
+    assert timing["wall_s"] == pytest.approx(600.0 + failed_wall + wall, abs=0.2)
+    assert timing["runs"] == 3 and timing["runs_without_cpu"] == 2 and timing["unrecorded_earlier"] is True
+    assert 0 < timing["cpu_s"] < 60  # the one invocation that ended with its CPU seconds
+
+    # while an invocation runs, its entry's "seen" follows it at every heartbeat
+    fresh = SimpleNamespace(name="q", output_dir=str(tmp_path / "q"))
+    with script.recorded_invocation(fresh, "1", heartbeat_s=0.02) as run:
+        time.sleep(0.2)
+        during = read_json(os.path.join(fresh.output_dir, script.RUNS_FILE))["runs"][0]
+        assert during["end"] is None and during["seen"] > during["start"] and run["threads"] == "1"
+    after = read_json(os.path.join(fresh.output_dir, script.RUNS_FILE))
+    assert after["unrecorded_earlier"] is False and after["runs"][0]["end"] >= during["seen"]
 
 
 def test_a_results_file_records_the_threads_its_entry_s_phase_ran_with(tmp_path, monkeypatch):

@@ -43,7 +43,9 @@ def test_entries_regimes_and_equal_budgets(project):
     chains = entry_chains(phases)
     assert list(chains) == ENTRIES
     pretrain_iters, total = phases.pretrain.train.max_iter, phases.ce.train.max_iter
-    assert (pretrain_iters, total) == (2400, 3000)
+    assert (pretrain_iters, total) == (4800, 5400)
+    assert list(phases.pretrain.train.checkpointer.keep) == [3599]  # the last before its first step, for a 2P
+    assert "keep" not in phases.crt.train.checkpointer and "keep" not in phases.ce.train.checkpointer
     quick = load_config(QUICK, ["train.device=cpu"])
     for cfg, budget in ((project, total), (quick, 72)):
         assert {chain_iterations(cfg.phases, c) for c in entry_chains(cfg.phases).values()} == {budget}
@@ -78,6 +80,16 @@ def test_entries_regimes_and_equal_budgets(project):
     periodic = {n: p.train.eval_period for n, p in phases.items() if p.train.eval_period}
     assert periodic == {"pretrain": pretrain_iters // 8}
     assert [n for n, p in phases.items() if "evaluator" in p.dataloader] == ["pretrain", *ENTRIES]
+
+
+def test_the_doubled_pretrain_repeats_the_failed_one_up_to_its_first_step():
+    """Seed 0's P = 4800 pretrain continued from the P = 2400 run's iteration-1799 checkpoint (protocol.md): the
+    two schedules give the same learning rate, bit for bit, at every iteration before 2400's first step."""
+    from ltdet2.config.leaderboard import from_scratch_schedule
+
+    failed, doubled = instantiate(from_scratch_schedule(2400)), instantiate(from_scratch_schedule(4800))
+    assert [failed(i / 2400) for i in range(1800)] == [doubled(i / 4800) for i in range(1800)]
+    assert failed(1800 / 2400) == 0.1 and doubled(1800 / 4800) == 1.0  # 2400's first step
 
 
 def test_models_that_v2_adds_train_a_step_with_masks(project):
@@ -156,6 +168,37 @@ def test_learning_curve_from_metrics_json_and_the_convergence_rule(tmp_path):
     out = plot_learning_curves(records, "pretrain", str(tmp_path / "curve.png"))
     assert os.path.getsize(out) > 10_000
     assert plot_learning_curves(records, "lst_base", str(tmp_path / "none.png")) is None
+
+
+def test_learning_curve_script_judges_a_finished_run_only(tmp_path, capsys):
+    script = load_repo_module("scripts/learning_curve.py")
+    phase_dir = tmp_path / "pretrain"
+    phase_dir.mkdir()
+    (phase_dir / "config.yaml").write_text("train:\n  max_iter: 1200\n  eval_period: 300\n  seed: 0\n")
+    evals = [(299, 20.0), (599, 40.0), (899, 54.5)]
+    write_metrics(
+        str(phase_dir / "metrics.json"), [{"iteration": i, "bbox/AP": ap, "segm/AP": ap - 1} for i, ap in evals]
+    )
+    record = script.main([str(phase_dir)])
+    assert record["verdict"] == "unfinished" and record["gain"] != record["gain"]  # NaN: no verdict on a cut run
+    assert "unfinished at iteration 900: no verdict (max_iter 1200, evaluated every 300)" in capsys.readouterr().out
+
+    for last_ap, verdict in ((55.4, "converged"), (55.5, "not converged")):  # 1 AP over 900 -> 1200: not under 1
+        write_metrics(
+            str(phase_dir / "metrics.json"), [{"iteration": i, "bbox/AP": ap} for i, ap in [*evals, (1199, last_ap)]]
+        )
+        out = str(tmp_path / "curve.json")
+        record = script.main([str(phase_dir), "--output", out])
+        assert record["verdict"] == verdict and record["gain"] == pytest.approx(last_ap - 54.5)
+        written = read_json(out)
+        assert written["verdict"] == verdict and [p["iteration"] for p in written["curve"]] == [300, 600, 900, 1200]
+        assert written["max_iter"] == 1200 and written["command"].startswith("scripts/learning_curve.py ")
+        assert "machine" in written and "commit" in written
+    assert "| 1200 | 55.50 | nan |" in capsys.readouterr().out
+    assert script.main([str(phase_dir), "--tolerance", "2"])["verdict"] == "converged"
+    os.remove(phase_dir / "config.yaml")
+    with pytest.raises(FileNotFoundError, match=r"no config.yaml \(not a phase's training folder\?\)"):
+        script.main([str(phase_dir)])
 
 
 def test_evaluate_entries_only_keeps_the_named_phases():
