@@ -53,7 +53,7 @@ from ..configs.lt_shapes_defaults import dataloader, optimizer, train
 from ..configs.models.mask_rcnn_r18_fpn_small import model
 
 # P: the converged start (docs/leaderboard/protocol.md: its learning curve). 2400 failed the convergence rule on
-# seed 0 (box AP +9 over its last quarter: docs/leaderboard/v2/curves/pretrain_P2400_seed0.json), so P was doubled
+# seed 0 (box AP +10.5 over its last quarter: docs/leaderboard/v2/curves/pretrain_P2400_seed0.json), so P was doubled
 PRETRAIN_ITERS = 4800
 FINETUNE_ITERS = 600  # F: a decoupled entry's fine-tune (divisible by 2 and 3: step-wise's and LST's phases)
 TOTAL_ITERS = PRETRAIN_ITERS + FINETUNE_ITERS
