@@ -64,7 +64,6 @@ and the measured time in the README.
 import argparse
 import concurrent.futures
 import contextlib
-import copy
 import glob
 import os
 import shlex
@@ -73,7 +72,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ltdet2.engine.launch import RunLock, train_command
+from ltdet2.engine.launch import RunLock, train_command, train_overrides
 from ltdet2.engine.leaderboard import (
     chain_iterations,
     entry_chains,
@@ -199,23 +198,22 @@ def check_results_match_project(results_dir, cfg, chains, config_file):
         )
 
 
-def check_phases_match_project(cfg, chains, wanted, output_dir, config_file):
+def check_phases_match_project(config_file, overrides, chains, wanted, output_dir):
     """Refuses phases in the seeds' folders that the ``wanted`` (seed, entry) pairs need and that ran with another
     config than the project gives them now (their ``config.yaml``: :func:`ltdet2.engine.phase_checks.
-    changed_config_keys`, the seed set as the training processes set it). A finished one would be skipped (its
-    entries fine-tuned from another start), an interrupted one resumed under the new config."""
-    checked = copy.deepcopy(cfg)  # the seed is set on every phase, as train_command's override does
+    changed_config_keys`, against the config each seed's training processes load: ``train_overrides``). A finished
+    one would be skipped (its entries fine-tuned from another start), an interrupted one resumed under the new
+    config."""
     problems = []
     for seed in sorted({seed for seed, _ in wanted}):
         names = {name for s, entry in wanted if s == seed for name in chains[entry]}
-        for train in (checked.train, *(phase.train for phase in checked.phases.values())):
-            train.seed = seed
-        phases = seed_phases(checked, os.path.join(output_dir, f"seed{seed}"))
-        for name in (name for name in phases if name in names):
-            changes = changed_config_keys(phases[name])
+        seed_dir = os.path.join(output_dir, f"seed{seed}")
+        seed_cfg = load_config(config_file, train_overrides(seed=seed, output_dir=seed_dir, overrides=overrides))
+        for phase in (phase for phase in resolve_phases(seed_cfg) if phase.name in names):
+            changes = changed_config_keys(phase)
             if changes:
-                path = os.path.join(phases[name].output_dir, "config.yaml")
-                problems.append(f"seed {seed} phase '{name}' ({path}): {format_config_changes(changes)}")
+                path = os.path.join(phase.output_dir, "config.yaml")
+                problems.append(f"seed {seed} phase '{phase.name}' ({path}): {format_config_changes(changes)}")
     if problems:
         raise ValueError(
             f"{len(problems)} phase(s) in {output_dir} ran with another config than {config_file} gives them now: "
@@ -461,17 +459,23 @@ def phase_log_path(seed_dir, name):
     return os.path.join(seed_dir, "logs", f"{name}.log")
 
 
+def missing_results(entries, seeds, results_dir):
+    """The (seed, entry) pairs without a results file, in seed then entry order."""
+    return [
+        (seed, entry)
+        for seed in seeds
+        for entry in entries
+        if not os.path.isfile(results_path(results_dir, entry, seed))
+    ]
+
+
 def wanted_entries(entries, seeds, results_dir):
-    """The (seed, entry) pairs without a results file, in seed then entry order; the others are printed as
-    skipped."""
-    wanted = []
+    """:func:`missing_results`; the others are printed as skipped."""
+    wanted = missing_results(entries, seeds, results_dir)
     for seed in seeds:
         for entry in entries:
-            path = results_path(results_dir, entry, seed)
-            if os.path.isfile(path):
-                print(f"{entry} seed {seed}: {path} exists, skipped", flush=True)
-            else:
-                wanted.append((seed, entry))
+            if (seed, entry) not in wanted:
+                print(f"{entry} seed {seed}: {results_path(results_dir, entry, seed)} exists, skipped", flush=True)
     return wanted
 
 
@@ -703,13 +707,8 @@ def main(argv=None):
 
     check_results_match_project(results_dir, cfg, chains, args.config_file)
     if not args.from_results:
-        wanted = [
-            (seed, entry)
-            for seed in seeds
-            for entry in entries
-            if not os.path.isfile(results_path(results_dir, entry, seed))
-        ]
-        check_phases_match_project(cfg, chains, wanted, output_dir, args.config_file)
+        wanted = missing_results(entries, seeds, results_dir)
+        check_phases_match_project(args.config_file, args.overrides, chains, wanted, output_dir)
     if args.jobs > 1 and not args.from_results:
         train_with_jobs(args, cfg, chains, entries, seeds, output_dir, results_dir)
     elif not args.from_results:

@@ -19,12 +19,17 @@ import os
 import shlex
 import sys
 
-from ltdet2.engine.leaderboard import curve_gain, read_learning_curve
+from ltdet2.engine.leaderboard import (
+    CONVERGENCE_FRACTION,
+    CONVERGENCE_TOLERANCE,
+    curve_gain,
+    read_learning_curve,
+)
 from ltdet2.engine.phase_checks import read_config_yaml
 from ltdet2.engine.results import git_commit, machine_description, write_results_file
 
 
-def curve_record(phase_dir, *, fraction=0.25, tolerance=1.0):
+def curve_record(phase_dir, *, fraction=CONVERGENCE_FRACTION, tolerance=CONVERGENCE_TOLERANCE):
     """The learning curve of the run in ``phase_dir`` and the rule's verdict on it: "converged" / "not converged"
     (box AP gain over the last ``fraction`` of ``train.max_iter`` under ``tolerance``, or not), "unfinished" when
     the curve's last evaluation is not at ``train.max_iter``."""
@@ -64,11 +69,10 @@ def format_curve(record):
         ]
         lines.append(f"| {point['iteration']} | " + " | ".join(f"{v:.2f}" for v in cells) + " |")
     last = record["curve"][-1]["iteration"]
-    judged = (
-        f"gain {record['gain']:+.2f}: {record['verdict']}"
-        if record["verdict"] != "unfinished"
-        else (f"unfinished at iteration {last}: no verdict")
-    )
+    if record["verdict"] == "unfinished":
+        judged = f"unfinished at iteration {last}: no verdict"
+    else:
+        judged = f"gain {record['gain']:+.2f}: {record['verdict']}"
     lines.append(
         f"\n{record['rule']}: {judged} (max_iter {record['max_iter']}, evaluated every {record['eval_period']})"
     )
@@ -79,8 +83,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("phase_dir", help="a phase's training folder (its metrics.json and config.yaml)")
     parser.add_argument("--output", help="write the curve and verdict to this JSON results file")
-    parser.add_argument("--fraction", type=float, default=0.25, help="the last part of the run judged (0.25)")
-    parser.add_argument("--tolerance", type=float, default=1.0, help="box AP gain under which it converged (1.0)")
+    parser.add_argument(
+        "--fraction", type=float, default=CONVERGENCE_FRACTION, help="the last part of the run judged (%(default)s)"
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=CONVERGENCE_TOLERANCE,
+        help="box AP gain under which it converged (%(default)s)",
+    )
     args = parser.parse_args(argv)
     record = curve_record(args.phase_dir, fraction=args.fraction, tolerance=args.tolerance)
     print(format_curve(record))

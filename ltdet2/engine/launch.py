@@ -45,6 +45,7 @@ __all__ = [
     "split_flags_from_overrides",
     "checkpoint_to_evaluate",
     "train_command",
+    "train_overrides",
     "RUN_LOCK_FILE",
     "FORCE_LOCK_ENV",
     "OutputDirLocked",
@@ -118,7 +119,14 @@ def train_command(train_script, config_file, *, seed, output_dir, overrides=(), 
     only that phase (``--phase``). Used by the scripts that run a project for several seeds or entries."""
     command = [sys.executable, train_script, "--config-file", config_file, "--resume"]
     command += ["--phase", phase] if phase else []
-    return command + [f"train.seed={seed}", f"train.output_dir={output_dir}", *overrides]
+    return command + train_overrides(seed=seed, output_dir=output_dir, overrides=overrides)
+
+
+def train_overrides(*, seed, output_dir, overrides=()):
+    """The overrides :func:`train_command` gives the training process, in its order: ``train.seed`` and
+    ``train.output_dir``, then ``overrides`` (which win). ``load_config(config_file, train_overrides(...))`` is the
+    config that process trains."""
+    return [f"train.seed={seed}", f"train.output_dir={output_dir}", *overrides]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -52,6 +52,8 @@ __all__ = [
     "results_path",
     "write_entry_results",
     "CURVE_METRICS",
+    "CONVERGENCE_FRACTION",
+    "CONVERGENCE_TOLERANCE",
     "read_learning_curve",
     "seed_curves",
     "curve_gain",
@@ -428,6 +430,9 @@ def write_entry_results(results_dir, record):
 # learning curves: a phase evaluated every ``train.eval_period`` iterations (v2's shared pretrain)
 
 CURVE_METRICS = ("AP", "APr", "APc", "APf")  # of each task (bbox, segm) a curve's points keep
+# the protocol's convergence rule (docs/leaderboard/protocol.md): box AP gains under 1 over the last quarter
+CONVERGENCE_FRACTION = 0.25
+CONVERGENCE_TOLERANCE = 1.0
 
 
 def read_learning_curve(metrics_json):
@@ -467,7 +472,7 @@ def seed_curves(records, phase):
     return curves
 
 
-def curve_gain(curve, *, fraction=0.25, task="bbox", metric="AP"):
+def curve_gain(curve, *, fraction=CONVERGENCE_FRACTION, task="bbox", metric="AP"):
     """How much ``metric`` gained over the last ``fraction`` of the curve's iterations: the last point's value
     minus that of the last point at or before ``(1 - fraction)`` of the last point's iteration (the protocol's
     convergence rule, docs/leaderboard/protocol.md: under 1 box AP over the last quarter). NaN when the curve has
@@ -480,7 +485,15 @@ def curve_gain(curve, *, fraction=0.25, task="bbox", metric="AP"):
     return last_value - earlier[-1] if earlier else float("nan")
 
 
-def format_curves_table(records, phase, *, task="bbox", metric="AP", tolerance=1.0, fraction=0.25):
+def format_curves_table(
+    records,
+    phase,
+    *,
+    task="bbox",
+    metric="AP",
+    tolerance=CONVERGENCE_TOLERANCE,
+    fraction=CONVERGENCE_FRACTION,
+):
     """Markdown: ``phase``'s learning curve per seed (``metric`` at each evaluated iteration), from the records'
     ``curves`` (a seed's curve is the same in every record that holds it: the first is taken), with the gain over
     the last ``fraction`` and whether it is under ``tolerance``. Empty when no record holds the curve."""
