@@ -26,14 +26,29 @@ A YAML (yacs) config (``MODEL:``, ``_BASE_:`` ...) is refused in one line naming
 those; a ``config.yaml`` that a LazyConfig run saved loads. Every run ends with one line naming where its outputs are
 (the output folder, ``model_final.pth``, ``metrics.json`` with the final evaluation's metrics at the last iteration,
 the evaluation results), and ``--eval-only`` appends its metrics to ``eval_only_metrics.json`` in the phase's folder.
+
+To stop a run so that it continues later exactly where it stopped, send it SIGUSR2 (``kill -USR2 PID``, or
+``pkill -USR2 -f lazyconfig_train_net.py``): it saves a checkpoint of the iteration it is in, logs its path and exits
+with status 75 (ltdet2.engine.launch.INTERRUPTED_EXIT_STATUS); ``--resume`` continues from it. A phase whose periodic
+evaluation was cut short evaluates it first (ltdet2.engine.train_loop.EvalHook). With several processes
+(``--num-gpus``), the launcher passes the signal on to them.
 """
 
 import logging
 import os
+import sys
+
+from torch.multiprocessing import ProcessExitedException
 
 from detectron2.engine import default_argument_parser, launch
 
-from ltdet2.engine.launch import checkpoint_to_evaluate, split_flags_from_overrides, train_main
+from ltdet2.engine.launch import (
+    INTERRUPTED_EXIT_STATUS,
+    checkpoint_to_evaluate,
+    forward_stop_signal_to_children,
+    split_flags_from_overrides,
+    train_main_until_stopped,
+)
 from ltdet2.engine.project_config import yacs_config_problem
 
 logger = logging.getLogger("detectron2")
@@ -79,19 +94,26 @@ def parse_args(argv=None):
 
 
 def main(args):
-    return train_main(args)
+    return train_main_until_stopped(args)
 
 
 def invoke_main():
     args = parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    if args.num_gpus * args.num_machines > 1:  # Detectron2's launch trains in child processes
+        forward_stop_signal_to_children()
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except ProcessExitedException as e:  # a child stopped on request: the launcher exits as a single process would
+        if e.exit_code != INTERRUPTED_EXIT_STATUS:
+            raise
+        sys.exit(INTERRUPTED_EXIT_STATUS)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from detectron2.utils.logger import setup_logger
 from . import phases
 from .ranks import on_main_process, raise_if_any_rank_failed
 from .stop_requests import (
+    INTERRUPTED_EXIT_STATUS,
     TrainingInterrupted,
     arm_stop_signal,
     disarm_stop_requests,
@@ -42,6 +43,8 @@ logger = logging.getLogger("detectron2")
 
 __all__ = [
     "train_main",
+    "train_main_until_stopped",
+    "forward_stop_signal_to_children",
     "split_flags_from_overrides",
     "checkpoint_to_evaluate",
     "train_command",
@@ -54,6 +57,7 @@ __all__ = [
     "raise_if_any_rank_failed",
     "init_process_group",
     "close_process_group",
+    "INTERRUPTED_EXIT_STATUS",
     "TrainingInterrupted",
     "arm_stop_signal",
     "disarm_stop_requests",
@@ -87,6 +91,37 @@ def train_main(args):
     finally:
         if comm.is_main_process():
             lock.release()
+
+
+def train_main_until_stopped(args):
+    """:func:`train_main` with SIGUSR2 as a stop request (:func:`arm_stop_signal`): training saves a checkpoint of
+    the iteration it is in when the signal comes and the process exits with status :data:`INTERRUPTED_EXIT_STATUS`,
+    after a warning naming the checkpoint; ``--resume`` continues exactly from it. A signal during a phase's final
+    evaluation (or between phases) lets that evaluation finish and stops before the next phase trains a step. The
+    signal's previous handler is put back when training ends. scripts/lazyconfig_train_net.py trains so (a Slurm
+    job's signal is :mod:`ltdet2.engine.launch_slurm`'s: it requeues the job)."""
+    previous = arm_stop_signal()
+    try:
+        return train_main(args)
+    except TrainingInterrupted as stopped:
+        logger.warning(str(stopped))
+        raise SystemExit(INTERRUPTED_EXIT_STATUS) from None
+    finally:
+        disarm_stop_requests()
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def forward_stop_signal_to_children():
+    """In a launcher process that trains in child processes (Detectron2's ``launch`` with several processes): passes
+    SIGUSR2 on to each of them (each saves its checkpoint and stops, :func:`train_main_until_stopped`) instead of
+    ending this process, SIGUSR2's default."""
+    import multiprocessing
+
+    def handler(signum, frame):
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signum)
+
+    signal.signal(signal.SIGUSR2, handler)
 
 
 def split_flags_from_overrides(parser, opts):

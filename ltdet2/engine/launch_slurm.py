@@ -153,7 +153,7 @@ class SlurmTrainJob:
             subprocess.run(["scontrol", "requeue", str(env.job_id)], check=True, timeout=120)
             logger.warning(
                 f"job {env.job_id} requeued (requeue {restarts + 1} of at most {self.max_requeues}); it resumes from "
-                f"{stopped.checkpoint}"
+                f"{stopped.resume_point()}"
             )
 
         try:
@@ -181,8 +181,8 @@ class SlurmTrainJob:
 def requeue_limit_message(job_id, restarts, max_requeues, stopped):
     return (
         f"job {job_id} was preempted or timed out and is NOT requeued: it was requeued {restarts} times already, "
-        f"the limit (--max-requeues {max_requeues}). Its last checkpoint is {stopped.checkpoint} (iteration "
-        f"{stopped.iteration}); submit the same command again with --resume to continue from it"
+        f"the limit (--max-requeues {max_requeues}). It resumes from "
+        f"{stopped.resume_point()}; submit the same command again with --resume to continue from it"
     )
 
 

@@ -77,6 +77,7 @@ from .phase_graph import (
 from .project_config import load_config
 from .ranks import on_main_process, raise_if_any_rank_failed
 from .results import log_phase_table
+from .stop_requests import TrainingInterrupted, stop_requested_on_any_rank, stop_requests_armed
 from .train_loop import (
     FINAL_CHECKPOINT,
     build_model,
@@ -513,6 +514,11 @@ def run_phases(cfg, *, resume=False, restart=False, only=None, eval_only=False, 
             register_derived_datasets(phase, phases, builders)
             all_results[phase.name] = done["results"]
             continue
+        if stop_requests_armed() and stop_requested_on_any_rank():  # a stop requested during the last phase's end
+            raise TrainingInterrupted(
+                f"training stopped on request before {phase.where} started; run again with --resume to continue",
+                phase=phase.name,
+            )
         on_main_process(lambda p=phase: check_dataset_files(p))
         on_main_process(lambda p=phase: check_phase_checkpoints(p, resume=resume))
         on_main_process(lambda p=phase: check_earlier_run(p, resume=resume, restart=restart))

@@ -15,6 +15,7 @@ from detectron2.utils import comm
 logger = logging.getLogger("detectron2")
 
 __all__ = [
+    "INTERRUPTED_EXIT_STATUS",
     "TrainingInterrupted",
     "arm_stop_signal",
     "disarm_stop_requests",
@@ -24,13 +25,26 @@ __all__ = [
 ]
 
 
-class TrainingInterrupted(RuntimeError):
-    """Training stopped on request after saving a checkpoint; ``--resume`` continues from it."""
+# the exit status of a training process that stopped on request after saving a checkpoint (sysexits.h's EX_TEMPFAIL:
+# a temporary failure, to be run again): scripts/lazyconfig_train_net.py, and the phase runs of scripts/leaderboard.py
+INTERRUPTED_EXIT_STATUS = 75
 
-    def __init__(self, message, *, checkpoint=None, iteration=None):
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on request after saving a checkpoint (``checkpoint``, of ``iteration``), or before a phase
+    trained its first step (``phase``: its name; no checkpoint); ``--resume`` continues from it."""
+
+    def __init__(self, message, *, checkpoint=None, iteration=None, phase=None):
         super().__init__(message)
         self.checkpoint = checkpoint
         self.iteration = iteration
+        self.phase = phase
+
+    def resume_point(self):
+        """Where ``--resume`` continues: the checkpoint and its iteration, or the start of the phase."""
+        if self.checkpoint is not None:
+            return f"{self.checkpoint} (iteration {self.iteration})"
+        return f"the start of phase '{self.phase}'" if self.phase else "the start of the phase"
 
 
 _STOP = {"armed": False, "reason": None}

@@ -13,6 +13,9 @@ freezing (``train.trainable``), the phase's own hooks (``train.hooks``, below), 
   >= 0`` (the default, 0);
 * a stop request (a preemption or time-out signal, :mod:`ltdet2.engine.launch`) saves a checkpoint of
   the current iteration on every rank and stops with :class:`~ltdet2.engine.launch.TrainingInterrupted`;
+* a periodic evaluation leaves the RNG states as it found them, and one that a stop or a kill cut short (the
+  checkpoint of its iteration is saved before it) runs when the run resumes (:class:`EvalHook`), so a learning
+  curve keeps every point;
 * a resume at the end of the schedule (a run killed while it saved ``model_final``: its last periodic checkpoint
   is of the last iteration) takes no step and writes ``model_final`` from that checkpoint; a resume from a
   checkpoint beyond ``train.max_iter`` is refused, as is a schedule without iterations (``train.max_iter`` < 1);
@@ -93,6 +96,7 @@ import contextlib
 import contextvars
 import functools
 import inspect
+import json
 import logging
 import math
 import os
@@ -111,6 +115,7 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import CommonMetricPrinter
 
+from ..utils.json_io import read_json, write_json_atomic
 from ..utils.lazy_config import lazy_target
 from .checkpoint import AtomicCheckpointer, PeriodicCheckpointer, capture_rng_state, restore_rng_state
 from .freezing import check_frozen_terms, freeze_all_but
@@ -347,17 +352,89 @@ def put_evaluation_metrics(storage, results, iteration):
     return non_finite
 
 
+PERIODIC_EVALUATIONS_FILE = "periodic_evaluations.json"
+
+
 class EvalHook(hooks.EvalHook):
     """Detectron2's ``EvalHook`` (the periodic evaluation, ``train.eval_period``), its metrics put in the storage as
-    :func:`put_evaluation_metrics` puts them (non-finite ones left out)."""
+    :func:`put_evaluation_metrics` puts them (non-finite ones left out), made exact across a resume:
+
+    * an evaluation leaves the RNG states as it found them (the test loader draws its seed from torch's global
+      generator), so the training after it is the same whether or not the run was resumed from the checkpoint of the
+      evaluation's iteration (saved before the evaluation, with the RNG states of then);
+    * ``output_dir``: each finished evaluation's finite metrics are recorded, by iteration, in its
+      :data:`PERIODIC_EVALUATIONS_FILE` (main process). A run resumed right after an evaluation's iteration (the
+      checkpoint of that iteration saved, the run killed or stopped on request before the evaluation finished)
+      evaluates it first, with the checkpoint's weights, as the evaluation would have; when the file has that
+      evaluation but metrics.json lacks its metrics (killed before the writers wrote them), they are put back from
+      the file. So a learning curve keeps every point whenever the run was stopped.
+    """
+
+    def __init__(self, eval_period, eval_function, *, output_dir=None):
+        super().__init__(eval_period, eval_function, eval_after_train=False)
+        self.output_dir = output_dir
 
     def _do_eval(self):
-        results = self._func()
+        self._evaluate(self.trainer.storage.iter)
+
+    def _evaluate(self, iteration):
+        rng_state = capture_rng_state()
+        try:
+            results = self._func()
+        finally:
+            restore_rng_state(rng_state)
         if results:
             if not isinstance(results, dict):
                 raise TypeError(f"the evaluation function must return a dict, got {type(results).__name__}")
-            put_evaluation_metrics(self.trainer.storage, results, self.trainer.storage.iter)
+            put_evaluation_metrics(self.trainer.storage, results, iteration)
+            if self.output_dir is not None and comm.is_main_process():
+                recorded = self._recorded()
+                recorded[str(iteration)] = evaluation_scalars(results)[0]
+                write_json_atomic(os.path.join(self.output_dir, PERIODIC_EVALUATIONS_FILE), recorded, indent=1)
         comm.synchronize()  # evaluation may take different times on the ranks: they start the next step together
+
+    def _recorded(self):
+        path = os.path.join(self.output_dir, PERIODIC_EVALUATIONS_FILE)
+        return read_json(path, what="periodic evaluations") if os.path.isfile(path) else {}
+
+    def before_train(self):
+        iteration = self.trainer.start_iter - 1  # the iteration the run resumed after
+        due = self._period > 0 and iteration >= 0 and (iteration + 1) % self._period == 0
+        if self.output_dir is None or not due or iteration + 1 >= self.trainer.max_iter:
+            return
+        # decided on the main process (which writes metrics.json), the same on every rank: evaluation is collective
+        missing = comm.all_gather(self._missing_metrics(iteration) if comm.is_main_process() else None)[0]
+        if missing is None:
+            logger.info(
+                f"The periodic evaluation after iteration {iteration} did not finish before the run stopped: "
+                f"evaluating the resumed checkpoint now"
+            )
+            self._evaluate(iteration)
+        elif missing:
+            logger.info(
+                f"Putting back the metrics of the periodic evaluation after iteration {iteration}, which the run "
+                f"stopped before writing to metrics.json, from {PERIODIC_EVALUATIONS_FILE}"
+            )
+            self.trainer.storage.put_scalars(**missing, smoothing_hint=False, cur_iter=iteration)
+
+    def _missing_metrics(self, iteration):
+        """None when the evaluation after ``iteration`` never finished; else {name: value} of its metrics that
+        metrics.json lacks at ``iteration`` (empty: none)."""
+        metrics = self._recorded().get(str(iteration))
+        if metrics is None:
+            return None
+        written = {}
+        path = os.path.join(self.output_dir, "metrics.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut short by the kill
+                        continue
+                    if record.get("iteration") == iteration:
+                        written.update(record)
+        return {name: value for name, value in metrics.items() if name not in written}
 
 
 class PeriodicWriter(hooks.PeriodicWriter):
@@ -393,7 +470,11 @@ class PeriodicWriter(hooks.PeriodicWriter):
             return
         self.closed = True
         for writer in self._writers:
-            writer.write()
+            # Detectron2's progress printer, writing again an iteration it printed before the iteration timer's first
+            # "time" (its first iterations), divides by zero estimating the ETA: that would hide why training stopped
+            printed = getattr(writer, "_last_write", None) if isinstance(writer, CommonMetricPrinter) else None
+            if printed is None or printed[0] != self.trainer.storage.iter:
+                writer.write()
             writer.close()
 
 
@@ -758,7 +839,7 @@ def do_train(cfg, *, resume=False):
             PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer),  # on every rank: each rank saves its state
             StopOnRequest(checkpointer, cfg.train.checkpointer.period) if stop_requests_armed() else None,
             # periodic evaluation only (eval_after_train=False): the final one is FinalEvaluation's
-            EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model), eval_after_train=False),
+            EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model), output_dir=cfg.train.output_dir),
             writers,
             SaveFinalAtTheEnd(),
             *[entry for entry in phase_hooks if isinstance(entry, HookBase)],

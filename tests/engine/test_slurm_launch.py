@@ -253,7 +253,7 @@ def test_a_stopped_job_at_the_requeue_limit_stops_and_says_how_to_continue(tmp_p
     with pytest.raises(
         RequeueLimitReached,
         match=r"job 77 was preempted or timed out and is NOT requeued: it was requeued 2 times already, the limit "
-        r"\(--max-requeues 2\). Its last checkpoint is .*/finetune/model_0000004.pth \(iteration 4\); submit the "
+        r"\(--max-requeues 2\). It resumes from .*/finetune/model_0000004.pth \(iteration 4\); submit the "
         r"same command again with --resume",
     ):
         job._requeue_or_stop(env, stopped, restarts=2)
