@@ -30,7 +30,10 @@ Then, from the results files alone: ``<docs-dir>/leaderboard.md`` (mean ± std o
 APc, APf, mask AP, mask APr and wall time per entry, and the paired differences to ``ce`` and of
 ``COMPOSITION_PAIRS``, with paired-t intervals, Holm-corrected over that table),
 ``<docs-dir>/apr_vs_apf.png``, ``<docs-dir>/per_class_ap/<entry>.png`` and ``<docs-dir>/ap_by_image_count.png``
-(every entry's mean per-class AP per bin of training image count).
+(every entry's mean per-class AP per bin of training image count); with ``--protocol v2``, one paired table per
+family (``V2_FAMILIES``, each Holm-corrected on its own), ``<docs-dir>/learning_curve.png`` and
+``<docs-dir>/paired_differences.png`` (each family's paired differences, APr against APf, with their corrected
+intervals).
 
 ``--jobs N`` (N > 1) schedules phases instead of running them one after another: every phase that the wanted
 (entry, seed) pairs still lack is one job (seed, phase), a shared phase one per seed, waiting for its input phases
@@ -94,6 +97,7 @@ from ltdet2.engine.leaderboard import (
     plot_apr_vs_apf,
     plot_entries_per_class_ap,
     plot_learning_curves,
+    plot_paired_differences,
     read_learning_curve,
     results_path,
     seed_wall_times,
@@ -746,6 +750,8 @@ def build_outputs(results_dir, docs_dir, order, setting=SETTINGS["v1", False]):
     plot_entries_per_class_ap(records, os.path.join(docs_dir, "per_class_ap"), entries=names)
     plot_ap_by_image_count(records, os.path.join(docs_dir, "ap_by_image_count.png"), entries=names)
     plot_learning_curves(records, CURVE_PHASE, os.path.join(docs_dir, "learning_curve.png"))
+    if setting.families:
+        plot_paired_differences(records, setting.families, os.path.join(docs_dir, "paired_differences.png"))
     return text
 
 

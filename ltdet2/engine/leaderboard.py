@@ -38,6 +38,7 @@ from .results import (
     format_paired_differences,
     load_results_files,
     mean_per_class_ap,
+    paired_comparisons,
     write_results_file,
 )
 
@@ -66,6 +67,8 @@ __all__ = [
     "seed_wall_times",
     "apr_apf_points",
     "plot_apr_vs_apf",
+    "paired_difference_points",
+    "plot_paired_differences",
     "plot_entries_per_class_ap",
     "ap_by_image_count",
     "plot_ap_by_image_count",
@@ -341,6 +344,96 @@ def plot_apr_vs_apf(records, out, *, entries=None, task="bbox", title=None):
     ax.set_ylabel(f"APr ({task}, %)")
     ax.grid(alpha=0.3)
     ax.set_title(title or f"APr against APf, mean ± std over seeds {', '.join(map(str, seeds))}")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def paired_difference_points(records, families, *, task="bbox"):
+    """Per family (title, ((method, reference), ...)) of the paired tables: ``[(title, [point, ...]), ...]``, a point
+    per pair whose two entries both have results in at least 2 seeds: {"pair", "seeds", and per metric APf and APr:
+    "mean", "interval" (Holm-corrected, within the family's table of AP, APr, APc and APf, as
+    :func:`format_leaderboard_table` corrects it) and "result" (that interval excludes 0)}. Families without such a
+    pair are left out."""
+    merged = records_by_seed(records)
+    present = {n for r in merged for n in r["phases"]}
+    families_points = []
+    for title, family in families:
+        pairs = [(a, b) for a, b in family if a in present and b in present]
+        if len(merged) < 2 or not pairs:
+            continue
+        rows, _, _ = paired_comparisons(merged, pairs, task, metrics=("AP", "APr", "APc", "APf"))
+        points = []
+        for (method, reference), (_, holding, tests) in zip(pairs, rows):
+            by_metric = dict(zip(("AP", "APr", "APc", "APf"), tests))
+            if len(holding) < 2 or any("holm" not in by_metric[m] for m in ("APr", "APf")):
+                continue
+            point = {"pair": f"{method} − {reference}", "seeds": len(holding)}
+            for metric in ("APr", "APf"):
+                holm_test = by_metric[metric]["holm"]
+                point[metric] = {
+                    "mean": by_metric[metric]["mean"],
+                    "interval": tuple(holm_test["interval"]),
+                    "result": bool(holm_test["rejected"]),
+                }
+            points.append(point)
+        if points:
+            families_points.append((title, points))
+    return families_points
+
+
+def plot_paired_differences(records, families, out, *, task="bbox"):
+    """APr against APf of the paired differences (method − reference, per seed), one panel per family of the paired
+    tables, each with its Holm-corrected intervals as error bars (:func:`paired_difference_points`): a filled point
+    is a result on APr or APf (its interval excludes 0), a hollow one no result. Written to ``out`` (PNG, Agg);
+    returns ``out``, or None without 2 seeds of a pair."""
+    families_points = paired_difference_points(records, families, task=task)
+    if not families_points:
+        return None
+    columns = min(3, len(families_points))
+    panel_rows = math.ceil(len(families_points) / columns)
+    fig = agg_figure(5.2 * columns, 4.6 * panel_rows)
+    axes = np.atleast_1d(fig.subplots(panel_rows, columns)).ravel()
+    for ax, (title, points) in zip(axes, families_points):
+        for index, point in enumerate(points):
+            apf, apr = point["APf"], point["APr"]
+            color = f"C{index % 10}"
+            x_err = [[apf["mean"] - apf["interval"][0]], [apf["interval"][1] - apf["mean"]]]
+            y_err = [[apr["mean"] - apr["interval"][0]], [apr["interval"][1] - apr["mean"]]]
+            filled = apf["result"] or apr["result"]
+            ax.errorbar(
+                apf["mean"],
+                apr["mean"],
+                xerr=x_err,
+                yerr=y_err,
+                fmt="o",
+                color=color,
+                markerfacecolor=color if filled else "white",
+                capsize=3,
+            )
+            ax.annotate(
+                point["pair"],
+                (apf["mean"], apr["mean"]),
+                textcoords="offset points",
+                xytext=(5, 4),
+                fontsize=7,
+                color=color,
+            )
+        ax.axhline(0, color="0.5", linewidth=0.8)
+        ax.axvline(0, color="0.5", linewidth=0.8)
+        ax.set_title(title.replace("`", ""), fontsize=9)
+        ax.set_xlabel(f"Δ APf ({task}, points)")
+        ax.set_ylabel(f"Δ APr ({task}, points)")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(families_points) :]:
+        ax.set_visible(False)
+    seeds = sorted({r["seed"] for r in records})
+    fig.suptitle(
+        f"Paired differences, mean with Holm-corrected intervals (seeds {', '.join(map(str, seeds))}); "
+        "filled: a result (its interval excludes 0)",
+        fontsize=10,
+    )
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -40,6 +40,7 @@ __all__ = [
     "load_results_files",
     "format_mean_std_table",
     "format_paired_differences",
+    "paired_comparisons",
     "paired_t_test",
     "t_interval",
     "t_quantile",
@@ -254,20 +255,12 @@ def _interval(interval) -> str:
     return f"[{interval[0]:+.2f}, {interval[1]:+.2f}]"
 
 
-def format_paired_differences(
-    records: list[dict], pairs: list[tuple[str, str]], task: str = "bbox", metrics=("AP", "APr", "APc", "APf")
-) -> str:
-    """Markdown table of paired differences ``method - reference`` per seed (same seed: same shared phases,
-    e.g. the same pretrain), for each (method, reference) pair of phases and metric, over the n seeds that ran
-    both phases (labelled when not all did), and a note on Holm's correction below it. Each cell: mean ± sample
-    std of the per-seed differences (the per-seed values), the paired t-test's p (two-sided, n-1 degrees of
-    freedom), its 95% interval of the mean, the Holm-corrected interval and whether the gap is a result.
-
-    The rule (the house standard): a gap is a result only when its Holm-corrected interval excludes 0. Holm's
-    step-down runs over the table's comparisons (every (pair, metric) cell with an interval): sorted by p, the
-    k-th of m gets the interval at 1 - 0.05/(m-k+1); at the first whose p is at or above 0.05/(m-k+1) Holm stops,
-    and it and every comparison after it are no result (their intervals at their rank's level; one after the
-    stop whose interval excludes 0 says so). With fewer than 2 seeds a cell has no interval and is no result."""
+def paired_comparisons(records: list[dict], pairs: list[tuple[str, str]], task: str = "bbox", metrics=("AP",)):
+    """The paired differences ``method - reference`` per seed of each pair and metric, and Holm's step-down over
+    them (one family): ``(rows, tested, decisions)``. ``rows``: per pair, ``(label, records holding both phases,
+    tests)``, a :func:`paired_t_test` per metric, with ``"holm"`` (:func:`holm`'s decision and ``interval``, the
+    interval at its rank's level) where it has an interval; ``tested``: the (row, column) of those, in Holm's input
+    order; ``decisions``: Holm's, in that order. What :func:`format_paired_differences` tabulates."""
     if len(records) < 2:
         raise ValueError("paired differences need the results of at least 2 seeds")
     seeds = [r["seed"] for r in records]
@@ -291,7 +284,25 @@ def format_paired_differences(
     for (row, column), decision in zip(tested, decisions):
         test = rows[row][2][column]
         test["holm"] = dict(decision, interval=t_interval(test, decision["alpha"]))
+    return rows, tested, decisions
 
+
+def format_paired_differences(
+    records: list[dict], pairs: list[tuple[str, str]], task: str = "bbox", metrics=("AP", "APr", "APc", "APf")
+) -> str:
+    """Markdown table of paired differences ``method - reference`` per seed (same seed: same shared phases,
+    e.g. the same pretrain), for each (method, reference) pair of phases and metric, over the n seeds that ran
+    both phases (labelled when not all did), and a note on Holm's correction below it. Each cell: mean ± sample
+    std of the per-seed differences (the per-seed values), the paired t-test's p (two-sided, n-1 degrees of
+    freedom), its 95% interval of the mean, the Holm-corrected interval and whether the gap is a result.
+
+    The rule (the house standard): a gap is a result only when its Holm-corrected interval excludes 0. Holm's
+    step-down runs over the table's comparisons (every (pair, metric) cell with an interval): sorted by p, the
+    k-th of m gets the interval at 1 - 0.05/(m-k+1); at the first whose p is at or above 0.05/(m-k+1) Holm stops,
+    and it and every comparison after it are no result (their intervals at their rank's level; one after the
+    stop whose interval excludes 0 says so). With fewer than 2 seeds a cell has no interval and is no result."""
+    seeds = [r["seed"] for r in records]
+    rows, tested, decisions = paired_comparisons(records, pairs, task, metrics)
     lines = [
         f"| {task}: method − reference (paired by seed; seeds {', '.join(map(str, seeds))}) | "
         + " | ".join(f"{m} (per seed)" for m in metrics)

@@ -5,6 +5,7 @@ from scratch, decoupled entries with the control's trainable set and schedule, t
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,7 +19,9 @@ from ltdet2.engine.leaderboard import (
     evaluate_entries_only,
     format_curves_table,
     format_leaderboard_table,
+    paired_difference_points,
     plot_learning_curves,
+    plot_paired_differences,
     read_learning_curve,
 )
 from ltdet2.engine.phases import load_config, run_phases
@@ -225,6 +228,43 @@ def test_families_are_separate_tables_each_holm_corrected_on_its_own():
     assert "| loce − crt |" in decoupled and "eqlv2" not in decoupled  # an entry without results: left out
     # Holm over each table's own 4 cells (AP, APr, APc, APf of its one pair), not over the 8 of both
     assert "m = 4 comparisons" in controls and "m = 4 comparisons" in decoupled
+
+
+def test_paired_differences_plot_with_each_familys_holm_corrected_intervals(tmp_path):
+    """The APr-against-APf picture of the paired differences: per family, each pair's mean differences with the
+    intervals of its table (Holm within the family's 4 metrics), computed here from the per-seed differences."""
+    from scipy.stats import t as student_t
+
+    def record(entry, seed, ap):
+        metrics = {"AP": ap, "AP50": ap, "APr": ap / 2, "APc": ap, "APf": ap + 1}
+        return {"entry": entry, "seed": seed, "phases": {entry: {"bbox": metrics, "segm": metrics}}, "chain": [entry]}
+
+    records = []
+    for seed, (ce, crt, loce) in enumerate([(30.0, 31.0, 35.0), (32.0, 32.5, 38.0), (31.0, 31.5, 36.5)]):
+        records += [record("ce", seed, ce), record("crt", seed, crt), record("loce", seed, loce)]
+    families = (("Controls", (("crt", "ce"),)), ("Decoupled", (("loce", "crt"), ("eqlv2", "crt"))), ("None", ()))
+    (controls, (control_point,)), (decoupled, (loce_point,)) = paired_difference_points(records, families)
+    assert (controls, decoupled) == ("Controls", "Decoupled") and loce_point["pair"] == "loce − crt"
+
+    def interval(differences, level):
+        differences = np.array(differences)
+        half = student_t.ppf(1 - level / 2, 2) * differences.std(ddof=1) / np.sqrt(3)
+        return differences.mean() - half, differences.mean() + half
+
+    # loce − crt: AP, APr, APc and APf differences have the same t (APr's are AP's halves), so Holm ranks them in
+    # the table's order: APr second (level 0.05/3), APf last (0.05); each p = 0.0082 passes its level
+    assert loce_point["APf"]["mean"] == pytest.approx(29 / 6)
+    assert loce_point["APf"]["interval"] == pytest.approx(interval([4.0, 5.5, 5.0], 0.05))
+    assert loce_point["APr"]["interval"] == pytest.approx(interval([2.0, 2.75, 2.5], 0.05 / 3))
+    assert loce_point["APr"]["result"] and loce_point["APf"]["result"]
+    # crt − ce: differences 1, 0.5, 0.5, tied the same way; Holm stops at the first rank (p = 0.057 >= 0.0125), so
+    # none is a result, each interval at its rank's level
+    assert control_point["APr"]["interval"] == pytest.approx(interval([0.5, 0.25, 0.25], 0.05 / 3))
+    assert control_point["APf"]["interval"] == pytest.approx(interval([1.0, 0.5, 0.5], 0.05))
+    assert not control_point["APr"]["result"] and not control_point["APf"]["result"]
+    out = tmp_path / "paired_differences.png"
+    assert plot_paired_differences(records, families, str(out)) == str(out) and out.stat().st_size > 10_000
+    assert plot_paired_differences(records[:3], families, str(tmp_path / "none.png")) is None  # one seed
 
 
 def test_v2_entry_trains_end_to_end_with_the_pretrains_learning_curve(tiny_dataset, tmp_path, monkeypatch):
