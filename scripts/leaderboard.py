@@ -35,6 +35,10 @@ family (``V2_FAMILIES``, each Holm-corrected on its own), ``<docs-dir>/learning_
 ``<docs-dir>/paired_differences.png`` (each family's paired differences, APr against APf, with their corrected
 intervals).
 
+``--rare-images SEED`` trains nothing: it draws the same 4 validation images holding rare classes for ``ce``, ``crt``
+(those of the project that have results) and the entry with the best mean box APr, each from its final checkpoint of
+SEED, side by side with the ground truth, into ``<docs-dir>/rare_images`` (scripts/visualize.py).
+
 ``--jobs N`` (N > 1) schedules phases instead of running them one after another: every phase that the wanted
 (entry, seed) pairs still lack is one job (seed, phase), a shared phase one per seed, waiting for its input phases
 of the same seed (ltdet2.engine.leaderboard.phase_jobs); the chains are independent otherwise (``pretrain``,
@@ -84,6 +88,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from ltdet2.engine.launch import INTERRUPTED_EXIT_STATUS, RunLock, train_command, train_overrides
 from ltdet2.engine.leaderboard import (
     chain_iterations,
@@ -109,6 +115,10 @@ from ltdet2.engine.results import git_commit, phase_record, results_record
 from ltdet2.utils.json_io import read_json, write_json_atomic
 
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lazyconfig_train_net.py")
+VISUALIZE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "visualize.py")
+RARE_IMAGES_DIR = "rare_images"  # in the docs folder: the same rare-class val images for the controls and the best
+PICTURE_CONTROLS = ("ce", "crt")  # drawn beside the entry with the best mean box APr
+RARE_IMAGES = 4
 WALL_FILE = "leaderboard_wall.json"  # in a phase's folder: the wall and CPU seconds of the runs that trained it
 RUNS_FILE = "leaderboard_runs.json"  # in a phase's folder: each invocation that trained it, kept up while it runs
 HEARTBEAT_S = 60.0  # how often a running invocation's RUNS_FILE entry is brought up to date
@@ -755,6 +765,52 @@ def build_outputs(results_dir, docs_dir, order, setting=SETTINGS["v1", False]):
     return text
 
 
+def best_entry_by_apr(records, exclude=(), task="bbox"):
+    """The entry with the highest mean APr over its seeds' records (ties: the first in the records' order), leaving
+    out ``exclude``; None without one."""
+    aprs = {}
+    for record in records:
+        if record["entry"] not in exclude:
+            aprs.setdefault(record["entry"], []).append(record["phases"][record["entry"]][task]["APr"])
+    if not aprs:
+        return None
+    return max(aprs, key=lambda entry: float(np.mean(aprs[entry])))
+
+
+def rare_images_arguments(args, cfg, records, seed, output_dir, docs_dir):
+    """scripts/visualize.py's command line for the same :data:`RARE_IMAGES` validation images holding rare classes
+    (drawn with seed 0) for :data:`PICTURE_CONTROLS` and the entry with the best mean box APr, each from its final
+    checkpoint of ``seed``, into ``<docs_dir>/rare_images``. The entries need results files of ``seed``; a missing
+    checkpoint is an error naming it."""
+    have = {r["entry"] for r in records if r["seed"] == seed}
+    best = best_entry_by_apr([r for r in records if r["entry"] in have], exclude=PICTURE_CONTROLS)
+    entries = [entry for entry in (*PICTURE_CONTROLS, best) if entry in have]
+    if not entries:
+        raise FileNotFoundError(f"--rare-images {seed}: no results file of seed {seed} for {list(PICTURE_CONTROLS)}")
+    seed_dir = os.path.join(output_dir, f"seed{seed}")
+    phases = seed_phases(cfg, seed_dir)
+    missing = [phases[entry].final_checkpoint for entry in entries if not phases[entry].has_final()]
+    if missing:
+        raise FileNotFoundError(f"--rare-images {seed}: the entries' final checkpoints are missing: {missing}")
+    mean_apr = {
+        entry: np.mean([r["phases"][entry]["bbox"]["APr"] for r in records if r["entry"] == entry]) for entry in entries
+    }
+    first, *others = entries
+    argv = ["--config-file", args.config_file, "--phase", first, "--checkpoint", phases[first].final_checkpoint]
+    for entry in others:
+        argv += ["--compare", f"{args.config_file}:{entry}:{phases[entry].final_checkpoint}"]
+    for entry in entries:
+        role = "best box APr" if entry == best else "control"
+        argv += ["--label", f"{entry} ({role}; mean box APr {mean_apr[entry]:.1f})"]
+    argv += ["--classes", "rare", "--num-images", str(RARE_IMAGES), "--seed", "0", "--score-threshold", "0.3"]
+    argv += ["--output", os.path.join(docs_dir, RARE_IMAGES_DIR)]
+    return argv + train_overrides(seed=seed, output_dir=seed_dir, overrides=args.overrides)
+
+
+def run_visualize(argv):
+    run_process([sys.executable, VISUALIZE_SCRIPT, *argv])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", help="the project (default: projects/leaderboard.py, --quick: its own)")
@@ -787,6 +843,14 @@ def main(argv=None):
         " one-thread processes took ~1.5x the time of one seed with both cores)",
     )
     parser.add_argument("--no-outputs", action="store_true", help="train only: leave the table and plots as they are")
+    parser.add_argument(
+        "--rare-images",
+        type=int,
+        metavar="SEED",
+        help=f"train nothing: draw the same {RARE_IMAGES} rare-class val images for the controls "
+        f"{list(PICTURE_CONTROLS)} and the entry with the best mean box APr, from their final checkpoints of SEED, "
+        f"into <docs-dir>/{RARE_IMAGES_DIR} (scripts/visualize.py)",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value config overrides (before --entries / --seeds)")
     args = parser.parse_args(argv)
     setting = SETTINGS[args.protocol, args.quick]
@@ -806,6 +870,11 @@ def main(argv=None):
         parser.error(f"--jobs {args.jobs}: must be at least 1")
 
     check_results_match_project(results_dir, cfg, chains, args.config_file)
+    if args.rare_images is not None:
+        records = load_entry_results(results_dir) if os.path.isdir(results_dir) else []
+        run_visualize(rare_images_arguments(args, cfg, records, args.rare_images, output_dir, docs_dir))
+        print(f"rare-class images written to {os.path.join(docs_dir, RARE_IMAGES_DIR)}", flush=True)
+        return None
     if not args.from_results:
         wanted = missing_results(entries, seeds, results_dir)
         check_phases_match_project(args.config_file, args.overrides, chains, wanted, output_dir)

@@ -516,6 +516,51 @@ def test_two_entries_train_end_to_end_on_a_tiny_lt_shapes(tiny_dataset, tmp_path
     assert os.path.isfile(os.path.join(docs, "leaderboard.md")) and os.path.isfile(os.path.join(docs, "apr_vs_apf.png"))
     assert os.path.isfile(os.path.join(docs, "per_class_ap", "replay_ebl.png"))
 
+    # the rare-class pictures, from the entry's final checkpoint (no control has results here)
+    visualize, drawn = load_repo_module("scripts/visualize.py"), []
+    monkeypatch.setattr(script, "run_visualize", lambda argv: drawn.append((argv, visualize.main(argv))))
+    script.main([*overrides, *args, "--rare-images", "0"])
+    ((argv, written),) = drawn
+    assert argv[argv.index("--phase") + 1] == "replay_ebl" and "--compare" not in argv
+    assert argv[argv.index("--label") + 1].startswith("replay_ebl (best box APr; mean box APr ")
+    assert 1 <= len(written) <= script.RARE_IMAGES
+    assert all(os.path.dirname(path) == os.path.join(docs, "rare_images") for path in written)
+
+
+def test_rare_images_draw_the_controls_and_the_best_entry_by_apr_from_their_checkpoints(tmp_path):
+    script = load_repo_module("scripts/leaderboard.py")
+    cfg = load_config(os.path.join(ROOT, "projects", "leaderboard_v2.py"))
+    aprs = {"ce": (10.0, 12.0), "crt": (20.0, 22.0), "loce": (30.0, 20.0), "rfs": (26.0, 26.0), "bacl": (40.0, 5.0)}
+    records = [
+        {"entry": entry, "seed": seed, "phases": {entry: {"bbox": {"APr": apr}}}}
+        for entry, values in aprs.items()
+        for seed, apr in enumerate(values)
+    ]
+    assert script.best_entry_by_apr(records, exclude=("ce", "crt")) == "rfs"  # mean 26 against loce's 25, bacl's 22.5
+    out, docs = str(tmp_path / "out"), str(tmp_path / "docs")
+    args = SimpleNamespace(config_file="projects/leaderboard_v2.py", overrides=["train.device=cpu"])
+    final = {e: os.path.join(out, "seed1", e, "model_final.pth") for e in ("ce", "crt", "rfs")}
+    with pytest.raises(FileNotFoundError, match=re.escape(str([final["ce"], final["crt"], final["rfs"]]))):
+        script.rare_images_arguments(args, cfg, records, 1, out, docs)
+    for path in final.values():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "wb").close()
+    argv = script.rare_images_arguments(args, cfg, records, 1, out, docs)
+    assert argv[:6] == ["--config-file", "projects/leaderboard_v2.py", "--phase", "ce", "--checkpoint", final["ce"]]
+    compared = [argv[i + 1] for i, token in enumerate(argv) if token == "--compare"]
+    assert compared == [f"projects/leaderboard_v2.py:{e}:{final[e]}" for e in ("crt", "rfs")]
+    labels = [argv[i + 1] for i, token in enumerate(argv) if token == "--label"]
+    assert labels == [
+        "ce (control; mean box APr 11.0)",
+        "crt (control; mean box APr 21.0)",
+        "rfs (best box APr; mean box APr 26.0)",
+    ]
+    assert argv[argv.index("--output") + 1] == os.path.join(docs, "rare_images")
+    assert argv[argv.index("--classes") + 1] == "rare" and argv[argv.index("--num-images") + 1] == "4"
+    assert argv[-3:] == ["train.seed=1", f"train.output_dir={os.path.join(out, 'seed1')}", "train.device=cpu"]
+    with pytest.raises(FileNotFoundError, match="no results file of seed 7"):
+        script.rare_images_arguments(args, cfg, records, 7, out, docs)
+
 
 def test_phase_jobs_plan_the_missing_phases_of_each_seed_longest_path_first(project):
     chains = entry_chains(project.phases)
