@@ -108,7 +108,8 @@ def train_main_until_stopped(args):
         raise SystemExit(INTERRUPTED_EXIT_STATUS) from None
     finally:
         disarm_stop_requests()
-        signal.signal(signal.SIGUSR2, previous)
+        if previous is not None:  # None: a handler that was not set from Python, which cannot be put back
+            signal.signal(signal.SIGUSR2, previous)
 
 
 def forward_stop_signal_to_children():
