@@ -276,23 +276,36 @@ class StopRequests:
             signal.signal(signal.SIGUSR2, previous)
 
     def request(self, reason):
-        if not self.requested:
-            print(
-                f"stop requested ({reason}): the running phases save a checkpoint and stop, no phase starts; "
-                f"run the same command again to continue",
-                flush=True,
-            )
+        first = not self.requested
         self.requested = True
         for proc in list(self.running):
             self.signal(proc)
+        if first:
+            write_unbuffered(
+                f"stop requested ({reason}): the running phases save a checkpoint and stop, no phase starts; "
+                f"run the same command again to continue"
+            )
 
     @staticmethod
     def signal(proc):
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGUSR2)
+        # os.kill, not Popen.send_signal, whose poll() could reap a process another thread waits for (os.wait4)
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGUSR2)
 
 
 STOP = StopRequests()
+
+
+def write_unbuffered(line):
+    """Writes ``line`` to stdout's file descriptor directly: a signal handler may run while the main thread is inside
+    ``print`` (re-entering it raises). Through ``print`` where stdout has no descriptor."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        print(line, flush=True)
+        return
+    os.write(descriptor, (line + "\n").encode())
 
 
 def run_process(command, *, env=None, stdout=None):
@@ -392,6 +405,8 @@ def run_phase(config_file, phase, seed, seed_dir, overrides, env=None, log_path=
     (:func:`invocation_totals`), the machine's load average at the end and the last invocation's ``threads`` (its
     OMP_NUM_THREADS as the environment holds it, a string; None: the library default, all cores). Returns this
     invocation's wall seconds."""
+    if STOP.requested:  # before its log and its record: it does not start
+        raise PhaseStopped("not started: a stop was requested")
     command = train_command(
         TRAIN_SCRIPT, config_file, seed=seed, output_dir=seed_dir, overrides=overrides, phase=phase.name
     )
@@ -920,6 +935,8 @@ def train(args, cfg, chains, entries, seeds, output_dir, results_dir):
                     except PhaseStopped:
                         exit_stopped()
                     print(f"{entry} seed {seed}: wrote {write_entry_results(results_dir, record)}", flush=True)
+        if STOP.requested:  # during the last phase's final evaluation: it finished, as the --jobs path says
+            exit_stopped()
 
 
 if __name__ == "__main__":

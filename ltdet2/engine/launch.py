@@ -105,6 +105,9 @@ def train_main_until_stopped(args):
         return train_main(args)
     except TrainingInterrupted as stopped:
         logger.warning(str(stopped))
+        # every rank stopped at the same point; rank 0 may still be writing the checkpoint, and a launcher ends the
+        # other processes as soon as one exits with a non-zero status
+        comm.synchronize()
         raise SystemExit(INTERRUPTED_EXIT_STATUS) from None
     finally:
         disarm_stop_requests()

@@ -354,8 +354,9 @@ def paired_difference_points(records, families, *, task="bbox"):
     """Per family (title, ((method, reference), ...)) of the paired tables: ``[(title, [point, ...]), ...]``, a point
     per pair whose two entries both have results in at least 2 seeds: {"pair", "seeds", and per metric APf and APr:
     "mean", "interval" (Holm-corrected, within the family's table of AP, APr, APc and APf, as
-    :func:`format_leaderboard_table` corrects it) and "result" (that interval excludes 0)}. Families without such a
-    pair are left out."""
+    :func:`format_leaderboard_table` corrects it) and "result" (Holm's step-down rejects it, the table's "result":
+    its corrected interval excludes 0 and Holm had not stopped before it)}. Families without such a pair are left
+    out."""
     merged = records_by_seed(records)
     present = {n for r in merged for n in r["phases"]}
     families_points = []
@@ -386,7 +387,7 @@ def paired_difference_points(records, families, *, task="bbox"):
 def plot_paired_differences(records, families, out, *, task="bbox"):
     """APr against APf of the paired differences (method − reference, per seed), one panel per family of the paired
     tables, each with its Holm-corrected intervals as error bars (:func:`paired_difference_points`): a filled point
-    is a result on APr or APf (its interval excludes 0), a hollow one no result. Written to ``out`` (PNG, Agg);
+    is a result on APr or APf (as in the table), a hollow one no result. Written to ``out`` (PNG, Agg);
     returns ``out``, or None without 2 seeds of a pair."""
     families_points = paired_difference_points(records, families, task=task)
     if not families_points:
@@ -431,7 +432,7 @@ def plot_paired_differences(records, families, out, *, task="bbox"):
     seeds = sorted({r["seed"] for r in records})
     fig.suptitle(
         f"Paired differences, mean with Holm-corrected intervals (seeds {', '.join(map(str, seeds))}); "
-        "filled: a result (its interval excludes 0)",
+        "filled: a result on APr or APf (Holm rejects it)",
         fontsize=10,
     )
     fig.tight_layout()

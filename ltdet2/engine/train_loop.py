@@ -367,7 +367,9 @@ class EvalHook(hooks.EvalHook):
       checkpoint of that iteration saved, the run killed or stopped on request before the evaluation finished)
       evaluates it first, with the checkpoint's weights, as the evaluation would have; when the file has that
       evaluation but metrics.json lacks its metrics (killed before the writers wrote them), they are put back from
-      the file. So a learning curve keeps every point whenever the run was stopped.
+      the file. So a learning curve keeps every point whenever the run was stopped. A run from iteration 0 removes
+      the file first (an earlier run's, e.g. before ``--restart``); a run started before the file existed (before
+      2026-12-07) evaluates again on such a resume, since it has no record of what finished.
     """
 
     def __init__(self, eval_period, eval_function, *, output_dir=None):
@@ -399,6 +401,10 @@ class EvalHook(hooks.EvalHook):
 
     def before_train(self):
         iteration = self.trainer.start_iter - 1  # the iteration the run resumed after
+        if iteration < 0 and self.output_dir is not None and comm.is_main_process():
+            # a run from the start (--restart, or checkpoints deleted by hand): an earlier run's records are not its own
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(self.output_dir, PERIODIC_EVALUATIONS_FILE))
         due = self._period > 0 and iteration >= 0 and (iteration + 1) % self._period == 0
         if self.output_dir is None or not due or iteration + 1 >= self.trainer.max_iter:
             return

@@ -22,7 +22,13 @@ from detectron2.engine import HookBase
 
 from ltdet2.engine import phases as phases_module
 from ltdet2.engine import train_loop
-from ltdet2.engine.launch import INTERRUPTED_EXIT_STATUS, forward_stop_signal_to_children, stop_requests_armed
+from ltdet2.engine.launch import (
+    INTERRUPTED_EXIT_STATUS,
+    arm_stop_signal,
+    disarm_stop_requests,
+    forward_stop_signal_to_children,
+    stop_requests_armed,
+)
 from ltdet2.engine.project_config import PHASE_KEYS
 from ltdet2.engine.train_loop import PERIODIC_EVALUATIONS_FILE, do_train
 from ltdet2.utils.json_io import read_json
@@ -35,6 +41,7 @@ PROJECT = os.path.join(ROOT, "tests", "configs", "tiny_two_phase.py")
 # the tiny phase: 4 iterations, a checkpoint after iterations 1 and 3; evaluated after iteration 1 (eval_period 2;
 # the evaluation at the end is the final one's)
 EVALUATED = 1
+RUN_STEP = train_loop.Trainer.run_step
 
 
 def one_phase(tiny_dataset, output_dir, *hooks):
@@ -103,24 +110,34 @@ def uninterrupted(tiny_dataset, tmp_path, monkeypatch):
     return folder, probe
 
 
-@pytest.mark.parametrize("stop", ["after_evaluation", "during_evaluation", "before_metrics_written"])
+@pytest.mark.parametrize("stop", ["after_evaluation", "during_evaluation", "before_metrics_written", "stop_request"])
 def test_a_run_stopped_at_an_evaluated_iteration_resumes_to_the_uninterrupted_run(
     stop, uninterrupted, tiny_dataset, tmp_path, monkeypatch
 ):
     """Stopped at the evaluated iteration (its checkpoint saved before the evaluation): after the evaluation
     (recorded: not run again; its draw from the RNG must not change the training after it), during it (run on
     resume, with the checkpoint's weights), or after it but before metrics.json got its metrics (put back from the
-    evaluations file). In each case the final weights and the curve's point are the uninterrupted run's."""
+    evaluations file); or by a stop request (SIGUSR2) at that iteration, whose checkpoint comes before the
+    evaluation. In each case the final weights and the curve's point are the uninterrupted run's."""
     reference, _ = uninterrupted
     probe = Probe(fail_first=stop == "during_evaluation")
     monkeypatch.setattr(train_loop, "do_test", probe)
-    monkeypatch.setattr(StopsAfterTheEvaluation, "stopped", stop == "during_evaluation")
+    monkeypatch.setattr(StopsAfterTheEvaluation, "stopped", stop in ("during_evaluation", "stop_request"))
     folder = tmp_path / "stopped"
-    with pytest.raises(RuntimeError, match="killed"):
-        do_train(one_phase(tiny_dataset, folder, L(StopsAfterTheEvaluation)()))
+    if stop == "stop_request":
+        signal_at(monkeypatch, "stopped", EVALUATED)
+    previous = arm_stop_signal() if stop == "stop_request" else None
+    try:
+        with pytest.raises(RuntimeError, match="killed|stopped on request after iteration 1 "):
+            do_train(one_phase(tiny_dataset, folder, L(StopsAfterTheEvaluation)()))
+    finally:
+        if previous is not None:
+            disarm_stop_requests()
+            signal.signal(signal.SIGUSR2, previous)
+            monkeypatch.setattr(train_loop.Trainer, "run_step", RUN_STEP)
     assert os.path.isfile(folder / f"model_{EVALUATED:07d}.pth") and not os.path.isfile(folder / "model_final.pth")
     recorded = folder / PERIODIC_EVALUATIONS_FILE
-    if stop == "during_evaluation":
+    if stop in ("during_evaluation", "stop_request"):
         assert evaluated_weight(folder) is None and not recorded.exists()
     else:
         assert read_json(recorded) == {str(EVALUATED): {"probe/weight": evaluated_weight(reference)}}
@@ -133,12 +150,13 @@ def test_a_run_stopped_at_an_evaluated_iteration_resumes_to_the_uninterrupted_ru
 
     with logged_messages("detectron2") as messages:
         do_train(one_phase(tiny_dataset, folder), resume=True)
-    assert probe.calls - calls == (1 if stop == "during_evaluation" else 0)
+    assert probe.calls - calls == (1 if stop in ("during_evaluation", "stop_request") else 0)
     assert evaluated_weight(folder) == evaluated_weight(reference)
     assert read_json(recorded) == read_json(reference / PERIODIC_EVALUATIONS_FILE)
     expected = {
         "after_evaluation": [],
         "during_evaluation": [f"The periodic evaluation after iteration {EVALUATED} did not finish"],
+        "stop_request": [f"The periodic evaluation after iteration {EVALUATED} did not finish"],
         "before_metrics_written": [f"Putting back the metrics of the periodic evaluation after iteration {EVALUATED}"],
     }[stop]
     said = [m for m in messages if "periodic evaluation after iteration" in m]
@@ -298,7 +316,7 @@ def stoppable_jobs(script, tmp_path, monkeypatch, stops_itself=()):
     return ready, (args, jobs, phases, {0: str(tmp_path)}, 2, lambda job: None)
 
 
-def test_sigusr2_to_the_leaderboard_stops_its_running_phases_and_starts_no_other(tmp_path, monkeypatch, capsys):
+def test_sigusr2_to_the_leaderboard_stops_its_running_phases_and_starts_no_other(tmp_path, monkeypatch, capfd):
     script = load_repo_module("scripts/leaderboard.py")
     ready, run_args = stoppable_jobs(script, tmp_path, monkeypatch)
 
@@ -315,7 +333,7 @@ def test_sigusr2_to_the_leaderboard_stops_its_running_phases_and_starts_no_other
     sender.join()
     assert failed == {} and script.STOP.requested and not os.path.exists(ready["c"])
     assert signal.getsignal(signal.SIGUSR2) == previous
-    printed = capsys.readouterr().out
+    printed = capfd.readouterr().out
     assert "stop requested (signal SIGUSR2): the running phases save a checkpoint and stop" in printed
     assert "seed 0 phase a: stopped on request" in printed and "seed 0 phase b: stopped on request" in printed
     assert "phase c" not in printed
@@ -323,6 +341,9 @@ def test_sigusr2_to_the_leaderboard_stops_its_running_phases_and_starts_no_other
         (run,) = read_json(tmp_path / name / script.RUNS_FILE)["runs"]
         assert run["end"] is not None and run["cpu_s"] is not None
         assert not (tmp_path / name / script.WALL_FILE).exists()
+    with pytest.raises(script.PhaseStopped, match="not started"):  # after the stop: no log, no record
+        script.run_phase("p.py", run_args[2][0]["c"], 0, str(tmp_path), [], log_path=str(tmp_path / "c.log"))
+    assert not (tmp_path / "c").exists() and not (tmp_path / "c.log").exists()
 
 
 def test_a_phase_process_stopped_directly_stops_the_leaderboard(tmp_path, monkeypatch, capsys):
