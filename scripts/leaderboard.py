@@ -88,10 +88,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 from ltdet2.engine.launch import INTERRUPTED_EXIT_STATUS, RunLock, train_command, train_overrides
 from ltdet2.engine.leaderboard import (
+    apr_apf_points,
     chain_iterations,
     entry_chains,
     format_curves_table,
@@ -312,9 +311,7 @@ def run_process(command, *, env=None, stdout=None):
     """Runs ``command`` to its end, as ``subprocess.run(command, env=env, check=True)`` does (its stderr goes with
     ``stdout`` when that is given), and returns the CPU seconds (user + system) of that process and of the children
     it waited for (its data workers): its own rusage (``os.wait4``), right when other processes run beside it.
-    :class:`PhaseStopped` when it stopped on request (:data:`STOP`); a stop requested earlier starts nothing."""
-    if STOP.requested:
-        raise PhaseStopped("not started: a stop was requested")
+    :class:`PhaseStopped` when it stopped on request (:data:`STOP`; :func:`run_phase` starts none after one)."""
     stderr = None if stdout is None else subprocess.STDOUT
     proc = subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr)
     STOP.running.add(proc)
@@ -781,15 +778,10 @@ def build_outputs(results_dir, docs_dir, order, setting=SETTINGS["v1", False]):
 
 
 def best_entry_by_apr(records, exclude=(), task="bbox"):
-    """The entry with the highest mean APr over its seeds' records (ties: the first in the records' order), leaving
-    out ``exclude``; None without one."""
-    aprs = {}
-    for record in records:
-        if record["entry"] not in exclude:
-            aprs.setdefault(record["entry"], []).append(record["phases"][record["entry"]][task]["APr"])
-    if not aprs:
-        return None
-    return max(aprs, key=lambda entry: float(np.mean(aprs[entry])))
+    """The entry with the highest mean APr over its seeds' records (:func:`ltdet2.engine.leaderboard.apr_apf_points`;
+    ties: the first in the records' order), leaving out ``exclude``; None without one."""
+    mean_apr = {entry: point[0] for entry, point in apr_apf_points(records, task=task).items() if entry not in exclude}
+    return max(mean_apr, key=mean_apr.get) if mean_apr else None
 
 
 def rare_images_arguments(args, cfg, records, seed, output_dir, docs_dir):
@@ -807,9 +799,7 @@ def rare_images_arguments(args, cfg, records, seed, output_dir, docs_dir):
     missing = [phases[entry].final_checkpoint for entry in entries if not phases[entry].has_final()]
     if missing:
         raise FileNotFoundError(f"--rare-images {seed}: the entries' final checkpoints are missing: {missing}")
-    mean_apr = {
-        entry: np.mean([r["phases"][entry]["bbox"]["APr"] for r in records if r["entry"] == entry]) for entry in entries
-    }
+    mean_apr = {entry: point[0] for entry, point in apr_apf_points(records, entries).items()}
     first, *others = entries
     argv = ["--config-file", args.config_file, "--phase", first, "--checkpoint", phases[first].final_checkpoint]
     for entry in others:

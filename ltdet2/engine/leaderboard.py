@@ -34,6 +34,7 @@ from ltdet2.evaluation.plots import agg_figure, plot_per_class_ap
 
 from .phase_graph import phase_input_names
 from .results import (
+    PAIRED_METRICS,
     format_mean_std_table,
     format_paired_differences,
     load_results_files,
@@ -358,17 +359,20 @@ def paired_difference_points(records, families, *, task="bbox"):
     its corrected interval excludes 0 and Holm had not stopped before it)}. Families without such a pair are left
     out."""
     merged = records_by_seed(records)
+    if len(merged) < 2:
+        return []
     present = {n for r in merged for n in r["phases"]}
     families_points = []
     for title, family in families:
         pairs = [(a, b) for a, b in family if a in present and b in present]
-        if len(merged) < 2 or not pairs:
+        if not pairs:
             continue
-        rows, _, _ = paired_comparisons(merged, pairs, task, metrics=("AP", "APr", "APc", "APf"))
+        # the metrics of the family's table (format_paired_differences' default): Holm's family is the same
+        rows, _, _ = paired_comparisons(merged, pairs, task, metrics=PAIRED_METRICS)
         points = []
         for (method, reference), (_, holding, tests) in zip(pairs, rows):
-            by_metric = dict(zip(("AP", "APr", "APc", "APf"), tests))
-            if len(holding) < 2 or any("holm" not in by_metric[m] for m in ("APr", "APf")):
+            by_metric = dict(zip(PAIRED_METRICS, tests))
+            if any("holm" not in by_metric[m] for m in ("APr", "APf")):  # fewer than 2 seeds hold both
                 continue
             point = {"pair": f"{method} − {reference}", "seeds": len(holding)}
             for metric in ("APr", "APf"):

@@ -41,6 +41,7 @@ __all__ = [
     "format_mean_std_table",
     "format_paired_differences",
     "paired_comparisons",
+    "PAIRED_METRICS",
     "paired_t_test",
     "t_interval",
     "t_quantile",
@@ -197,6 +198,7 @@ def format_mean_std_table(
 
 
 PAIRED_ALPHA = 0.05  # the family-wise error rate of one table's paired comparisons
+PAIRED_METRICS = ("AP", "APr", "APc", "APf")  # the metrics of a paired table: its Holm family is pairs x these
 
 
 def t_quantile(probability: float, df: int) -> float:
@@ -288,7 +290,7 @@ def paired_comparisons(records: list[dict], pairs: list[tuple[str, str]], task: 
 
 
 def format_paired_differences(
-    records: list[dict], pairs: list[tuple[str, str]], task: str = "bbox", metrics=("AP", "APr", "APc", "APf")
+    records: list[dict], pairs: list[tuple[str, str]], task: str = "bbox", metrics=PAIRED_METRICS
 ) -> str:
     """Markdown table of paired differences ``method - reference`` per seed (same seed: same shared phases,
     e.g. the same pretrain), for each (method, reference) pair of phases and metric, over the n seeds that ran

@@ -532,7 +532,7 @@ def test_rare_images_draw_the_controls_and_the_best_entry_by_apr_from_their_chec
     cfg = load_config(os.path.join(ROOT, "projects", "leaderboard_v2.py"))
     aprs = {"ce": (10.0, 12.0), "crt": (20.0, 22.0), "loce": (30.0, 20.0), "rfs": (26.0, 26.0), "bacl": (40.0, 5.0)}
     records = [
-        {"entry": entry, "seed": seed, "phases": {entry: {"bbox": {"APr": apr}}}}
+        {"entry": entry, "seed": seed, "phases": {entry: {"bbox": {"APr": apr, "APf": 50.0}}}}
         for entry, values in aprs.items()
         for seed, apr in enumerate(values)
     ]
