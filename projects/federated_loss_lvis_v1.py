@@ -11,6 +11,9 @@
 #   USE_SIGMOID_CE, USE_FED_LOSS); 50 classes per iteration and weights image_count ** 0.5: centernet/config.py lines
 #   53-54 (FED_LOSS_NUM_CAT, FED_LOSS_FREQ_WEIGHT; also Detectron2's FED_LOSS_NUM_CLASSES and
 #   FED_LOSS_FREQ_WEIGHT_POWER), through ltdet2.config.federated;
+# - the sigmoid classifier's biases at -ln 99 (initial probability 0.01): centernet/modeling/roi_heads/
+#   custom_fast_rcnn.py lines 33-37 with MODEL.ROI_BOX_HEAD.PRIOR_PROB 0.01 (centernet/config.py line 47), set in code,
+#   not in the yaml (Detectron2's own port of the loss keeps zero biases);
 # - repeat-factor sampling at threshold 0.001 (square root): the yaml's lines 16-17 (docs/MODEL_ZOO.md line 62: "The
 #   models are trained with repeat-factor sampling");
 # - 1x: 90000 iterations at batch 16, SGD lr 0.02, steps at 60000 and 80000, linear warm-up over 4000 iterations
@@ -33,7 +36,7 @@ from ..configs.lvis_v1_defaults import dataloader, model, optimizer, train  # no
 MAX_ITER = 90000  # Base-CenterNet2.yaml line 48
 STEPS = (60000, 80000)  # line 47
 
-add_federated_loss(model, dataloader.train.dataset.names, num_classes=50, freq_weight_power=0.5)
+add_federated_loss(model, dataloader.train.dataset.names, num_classes=50, freq_weight_power=0.5, prior_prob=0.01)
 add_rfs(dataloader, threshold=0.001)
 model.roi_heads.box_predictor.test_score_thresh = 0.02
 train.max_iter = MAX_ITER

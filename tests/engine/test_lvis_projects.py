@@ -15,6 +15,7 @@ class-balanced pass of every class's images) is off, the memories' capacities an
 cut, fewer proposals, RoIs and detections; everything else is the project's own configuration."""
 
 import json
+import math
 import os
 
 import pytest
@@ -191,7 +192,8 @@ def test_lvis_project_trains_and_evaluates_on_detectron2s_lvis_registrations(
 
 def test_federated_loss_lvis_v1_has_centernet2s_lvis_setting():
     """CenterNet2's LVIS_CenterNet2_R50_Fed_1x.yaml on the shared Mask R-CNN: sigmoid CE + federated loss (50 classes,
-    image_count ** 0.5 of the training set), RFS at 0.001, 1x at batch 16 with its warm-up, 300 detections at 0.02."""
+    image_count ** 0.5 of the training set, biases at prior 0.01), RFS at 0.001, 1x at batch 16 with its warm-up,
+    300 detections at 0.02."""
     cfg = load_config(os.path.join(ROOT, "projects", "federated_loss_lvis_v1.py"))
     assert "phases" not in cfg
     predictor = cfg.model.roi_heads.box_predictor
@@ -199,6 +201,7 @@ def test_federated_loss_lvis_v1_has_centernet2s_lvis_setting():
     weights = predictor.get_fed_loss_cls_weights
     assert (weights.dataset_name, weights.freq_weight_power, weights.num_classes) == ("lvis_v1_train", 0.5, 1203)
     assert predictor.get("cls_loss", None) is None  # Detectron2's own loss, not one of ltdet2's
+    assert predictor.cls_bias_init == pytest.approx(-math.log(99))  # CenterNet2's PRIOR_PROB 0.01
     assert (predictor.test_score_thresh, predictor.test_topk_per_image) == (0.02, 300)
     assert cfg.model.roi_heads.mask_head is not None and cfg.model.roi_heads.num_classes == 1203
     sampler = cfg.dataloader.train.sampler

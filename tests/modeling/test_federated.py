@@ -4,6 +4,7 @@ Detectron2's ``get_fed_loss_cls_weights`` gives from the dataset's ``class_image
 predictor Detectron2's own, and the LT-Shapes project trains a few iterations."""
 
 import json
+import math
 import os
 
 import numpy as np
@@ -18,6 +19,7 @@ from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 
 from ltdet2.config.federated import add_federated_loss
 from ltdet2.engine.phases import load_config
+from ltdet2.modeling import CosineClassifier, LongTailOutputLayers
 from ltdet2.modeling.losses import FederatedClassWeights, SeesawLoss
 
 from fixtures.models import (
@@ -89,6 +91,52 @@ def test_the_helper_keeps_detectron2s_predictor_with_its_federated_loss(tiny_dat
     cfg.roi_heads.box_predictor.cls_loss = L(SeesawLoss)()
     with pytest.raises(ValueError, match="has a cls_loss"):
         add_federated_loss(cfg, tiny_dataset[0], num_classes=2)
+
+
+def test_a_prior_probability_starts_the_classifier_at_centernet2s_bias_with_detectron2s_loss(tiny_dataset):
+    def federated_cfg(**kwargs):
+        cfg = small_model_cfg()
+        cfg.roi_heads.num_classes = TINY_LT_SHAPES.num_classes
+        return add_federated_loss(cfg, tiny_dataset[0], num_classes=4, **kwargs)
+
+    cfg = federated_cfg(prior_prob=0.01)
+    assert cfg.roi_heads.box_predictor._target_ is LongTailOutputLayers
+    torch.manual_seed(0)
+    model = instantiate(cfg).to(TEST_DEVICE)
+    bias = model.roi_heads.box_predictor.cls_score.bias
+    torch.testing.assert_close(bias, torch.full_like(bias, -math.log(99)), rtol=0, atol=0)  # sigmoid = 0.01
+
+    # the same weights in Detectron2's predictor give the same federated loss (same class draws: same seed)
+    reference = instantiate(federated_cfg()).to(TEST_DEVICE)
+    assert type(reference.roi_heads.box_predictor) is FastRCNNOutputLayers
+    reference.load_state_dict(model.state_dict())
+    batch = make_batch(num_images=2, size=96)
+    for record in batch:
+        record["instances"].gt_classes %= TINY_LT_SHAPES.num_classes
+    losses, expected = train_losses(model, batch), train_losses(reference, batch)
+    for name, value in expected.items():
+        torch.testing.assert_close(losses[name], value, rtol=0, atol=0)
+    # Detectron2's zero biases: about 4 ln 2 per RoI (4 classes per iteration); the prior: under half of it
+    with torch.no_grad():
+        reference.roi_heads.box_predictor.cls_score.bias.zero_()
+    zero_bias = train_losses(reference, batch)["loss_cls"]
+    assert 4 * math.log(2) * 0.9 < zero_bias.item() < 4 * math.log(2) * 1.1
+    assert losses["loss_cls"].item() < 0.5 * zero_bias.item()
+
+    with pytest.raises(ValueError, match=r"prior_prob must be in \(0, 1\) or None, got 1.0"):
+        federated_cfg(prior_prob=1.0)
+    cfg = small_model_cfg()
+    cfg.roi_heads.box_predictor.cls_bias_init = -2.0
+    with pytest.raises(ValueError, match="already has cls_bias_init=-2.0"):
+        add_federated_loss(cfg, tiny_dataset[0], num_classes=2, prior_prob=0.01)
+    cfg = small_model_cfg()
+    cfg.roi_heads.box_predictor.classifier = L(CosineClassifier)(input_dim=1024, num_classes=8)
+    with pytest.raises(ValueError, match="has a classifier module, which initialises itself"):
+        add_federated_loss(cfg, tiny_dataset[0], num_classes=2, prior_prob=0.01)
+    cfg = small_model_cfg()
+    cfg.roi_heads.box_predictor._target_ = "torch.nn.Linear"
+    with pytest.raises(ValueError, match="as the box predictor, got Linear"):
+        add_federated_loss(cfg, tiny_dataset[0], num_classes=2, prior_prob=0.01)
 
 
 def test_federated_loss_project_trains_a_few_iterations(tmp_path, tiny_dataset):
