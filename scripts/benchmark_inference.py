@@ -261,6 +261,7 @@ def main(argv=None):
         "command": " ".join(sys.argv),
         "machine": machine_description(),
         "commit": git_commit(),
+        "load_avg": list(os.getloadavg()),  # 1, 5, 15 min, at the end of the timing
     }
 
     rows = [

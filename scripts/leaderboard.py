@@ -3,7 +3,7 @@
 per finished (entry, seed), and rebuilds the table and plots from those files alone.
 
     python scripts/leaderboard.py [key=value ...] [--entries ce loce ...] [--seeds 0 1 2] [--dry-run]
-    python scripts/leaderboard.py --quick              # fewer iterations, seed 0, its own folders (< 30 min)
+    python scripts/leaderboard.py --quick              # fewer iterations, seed 0, its own folders
     python scripts/leaderboard.py --from-results       # only the table and plots, from <docs-dir>/results
     python scripts/leaderboard.py --jobs 2             # the phases of all seeds, 2 processes at a time
     python scripts/leaderboard.py --from-results --docs-dir docs/leaderboard   # the committed table and plots
@@ -61,18 +61,11 @@ files of finished chains are written, and the script exits with status 75 (INTER
 rebuilding the table. A phase process stopped directly (``pkill -USR2 -f lazyconfig_train_net.py``) stops the run the
 same way.
 
-Budget, 2 AMD EPYC cores, no GPU. Measured: the small Mask R-CNN trains at 1.58 s per iteration (batch 8, quiet
-machine, nice 10; 4-19 s when other trainings share the cores). An evaluation of an entry (400 val images, score
-1e-4, 300 detections, box and mask) took ~5 min for a trained model on busy cores (README, LST); a barely trained
-model keeps 300 detections per image and takes ~10 s per image on busy cores, hence only entries are evaluated
-and --quick evaluates COCO-style. Per seed: 3 first phases x 300 + 10 entries x 150 = 2,400 iterations + 10
-evaluations. Measured (the results files' phase wall times, 2026-11-23, with the ``--jobs`` of then, which ran
-whole seeds as processes, the cores split between them): seed 0 alone (2 threads) 2.89 h, ~2.5 h without the other
-work that shared the cores then; seeds 1 and 2 together (``--jobs 2``, two 1-thread processes) 3.79 h, ~1.5x one
-seed. All 3 seeds: 6.68 h (~6.3 h quiet) instead of ~7.5 h one after another (two seeds together, then the third
-alone with both cores). The phase-level ``--jobs`` has not been timed yet. ``--quick``
-(projects/leaderboard_quick.py): 48 + 24 iterations per entry, 384 in all, COCO-style evaluation: see its header
-and the measured time in the README.
+Budget: 3 first phases x 300 + 10 entries x 150 = 2,400 iterations and 10 evaluations per seed (v1); v2's is in
+docs/leaderboard/protocol.md. Only entries are evaluated, and --quick evaluates COCO-style: a barely trained model
+keeps 300 detections per image at score 1e-4. Measured times per seed, with and without ``--jobs``:
+docs/benchmarks.md#leaderboard and docs/leaderboard.md. ``--quick`` (projects/leaderboard_quick.py): 48 + 24
+iterations per entry, 384 in all, COCO-style evaluation.
 """
 
 import argparse
@@ -844,8 +837,7 @@ def main(argv=None):
         help="train the phases of all seeds as jobs, this many processes at a time, each as soon as its input"
         " phases are done (longest remaining path first), the cores split evenly between the jobs running and ready"
         " when one starts; logs in <output-dir>/seed<N>/logs/<phase>.log (1: one phase after another, in this"
-        " process's output; measured 2026-11-23 with the seed-level --jobs of then: on 2 cores, two seeds as 2"
-        " one-thread processes took ~1.5x the time of one seed with both cores)",
+        " process's output; measured times: docs/benchmarks.md#leaderboard)",
     )
     parser.add_argument("--no-outputs", action="store_true", help="train only: leave the table and plots as they are")
     parser.add_argument(

@@ -65,6 +65,7 @@ def test_identical_configs_give_identical_detections(script, tmp_path, tiny_data
     assert (settings["num_images"], settings["rounds"], settings["warmup"]) == (2, 2, 1)
     assert (settings["score_threshold"], settings["detections_per_image"], settings["device"]) == (1e-4, 300, "cpu")
     assert settings["machine"].startswith(f"{os.cpu_count()} ") and settings["commit"]  # where and at what commit
+    assert len(settings["load_avg"]) == 3 and all(load >= 0 for load in settings["load_avg"])
 
 
 def test_method_phase_final_checkpoint_is_the_default_weights(script, tmp_path, tiny_dataset):
