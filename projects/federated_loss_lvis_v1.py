@@ -21,13 +21,14 @@
 #   <= 1333, Detectron2's default), which configs/lvis_v1_defaults.py already has;
 # - test: 300 detections per image (the yaml's line 19), score threshold 0.02 (line 5; the shared defaults' 1e-4
 #   otherwise), per-class NMS at 0.5 (line 6; Detectron2's default already).
-# Not carried over: the CenterNet2 architecture (the yaml's base, lines 2-40 of Base-CenterNet2.yaml) and its
-# gradient clipping (lines 52-53: Detectron2's value clipping at 1.0), which every CenterNet2 config enables and the
-# LazyConfig optimizer ltdet2 trains with has no option for.
+# - gradient clipping: Base-CenterNet2.yaml lines 52-53 (SOLVER.CLIP_GRADIENTS.ENABLED, Detectron2's defaults: each
+#   parameter's gradient clipped by value at 1.0), through ltdet2.config.optim.add_gradient_clipping.
+# Not carried over: the CenterNet2 architecture (the yaml's base, lines 2-40 of Base-CenterNet2.yaml).
 #
 # RFS keeps the iteration count (Detectron2's convention). One phase: a plain single-phase config (also runs with
 # Detectron2's script).
 from ltdet2.config.federated import add_federated_loss
+from ltdet2.config.optim import add_gradient_clipping
 from ltdet2.config.rio import add_rfs
 from ltdet2.config.schedules import multi_step
 
@@ -39,6 +40,7 @@ STEPS = (60000, 80000)  # line 47
 add_federated_loss(model, dataloader.train.dataset.names, num_classes=50, freq_weight_power=0.5, prior_prob=0.01)
 add_rfs(dataloader, threshold=0.001)
 model.roi_heads.box_predictor.test_score_thresh = 0.02
+add_gradient_clipping(optimizer, clip_type="value", clip_value=1.0)
 train.max_iter = MAX_ITER
 lr_multiplier = multi_step(MAX_ITER, steps=STEPS, warmup_iters=4000, warmup_factor=0.00025)
 train.output_dir = "output/federated_loss_lvis_v1"

@@ -25,6 +25,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from ltdet2.engine import derived
 from ltdet2.engine.phases import load_config, run_phases
 from ltdet2.engine.project_config import has_key
+from ltdet2.solver import gradient_clipping_optimizer
 
 from fixtures.lvis_files import detectron2_builtin_lvis, write_builtin_lvis_files
 from fixtures.models import ROOT
@@ -193,7 +194,7 @@ def test_lvis_project_trains_and_evaluates_on_detectron2s_lvis_registrations(
 def test_federated_loss_lvis_v1_has_centernet2s_lvis_setting():
     """CenterNet2's LVIS_CenterNet2_R50_Fed_1x.yaml on the shared Mask R-CNN: sigmoid CE + federated loss (50 classes,
     image_count ** 0.5 of the training set, biases at prior 0.01), RFS at 0.001, 1x at batch 16 with its warm-up,
-    300 detections at 0.02."""
+    gradients clipped by value at 1.0, 300 detections at 0.02."""
     cfg = load_config(os.path.join(ROOT, "projects", "federated_loss_lvis_v1.py"))
     assert "phases" not in cfg
     predictor = cfg.model.roi_heads.box_predictor
@@ -208,6 +209,9 @@ def test_federated_loss_lvis_v1_has_centernet2s_lvis_setting():
     assert sampler._target_.__name__ == "repeat_factor_sampler" and (sampler.threshold, sampler.power) == (0.001, 0.5)
     assert cfg.dataloader.train.total_batch_size == 16 and cfg.optimizer.lr == 0.02
     assert cfg.train.max_iter == 90000 and cfg.train.init_checkpoint.endswith("ImageNetPretrained/MSRA/R-50.pkl")
+    optimizer = cfg.optimizer  # Base-CenterNet2.yaml's CLIP_GRADIENTS: Detectron2's, by value at 1.0
+    assert optimizer._target_ is gradient_clipping_optimizer and optimizer.optimizer_class == "torch.optim.sgd.SGD"
+    assert (optimizer.clip_type, optimizer.clip_value) == ("value", 1.0)
     schedule = cfg.lr_multiplier
     assert list(schedule.scheduler.milestones) == [60000, 80000] and schedule.scheduler.num_updates == 90000
     assert schedule.warmup_length * 90000 == pytest.approx(4000) and schedule.warmup_factor == 0.00025
