@@ -17,8 +17,9 @@
 #   fc_cls from the stage-1 checkpoint). Kang et al.'s cRT likewise re-initialises the classifier and re-trains it
 #   alone, for a few epochs, with class-balanced sampling, on the representation kept fixed;
 # - multi-scale training at short edge 640-800 with flips, score threshold 1e-4 and 300 detections per image:
-#   configs/lvis/mask_rcnn_r50_fpn_mstrain_1x_lvis_v1.py (lines 11-15, 20-34), which configs/lvis_v1_defaults.py
-#   already has (Detectron2's Mask R-CNN R-50-FPN from ImageNet weights).
+#   configs/lvis/mask_rcnn_r50_fpn_sample1e-3_mstrain_1x_lvis_v1.py (lines 9-30; the base of
+#   configs/end2end/mask_rcnn_r50_8x2_1x.py, which turns its repeat-factor sampling off at line 3), which
+#   configs/lvis_v1_defaults.py already has (Detectron2's Mask R-CNN R-50-FPN from ImageNet weights).
 #
 # Lengths are counted in iterations (12 epochs of the 100170 training images at batch 16: 75128, steps at 50085 and
 # 68867); MMDetection counts stage 1 in epochs. Not the LT-Shapes leaderboard's `crt` (projects/leaderboard_v2.py): that

@@ -8,8 +8,10 @@
 # - steps at epochs 16 and 22 of 24 (2x) or 8 and 11 of 12 (1x) and 500 linear warm-up iterations from 0.001:
 #   MMDetection's schedule_2x / schedule_1x (the official configs' base, mmdet 2.3);
 # - multi-scale training at short edge 640-800 (step 32, long edge <= 1333) with flips, score threshold 1e-4 and
-#   300 detections per image: the official configs/lvis/mask_rcnn_r50_fpn_mstrain_1x_lvis_v1.py, which
-#   configs/lvis_v1_defaults.py already has (Detectron2's Mask R-CNN R-50-FPN from ImageNet weights).
+#   300 detections per image: configs/lvis/mask_rcnn_r50_fpn_sample1e-3_mstrain_1x_lvis_v1.py lines 9-30, the base of
+#   the official configs through configs/end2end/mask_rcnn_r50_sample1e-3_8x2_1x.py (whose repeat-factor sampling
+#   configs/end2end/mask_rcnn_r50_8x2_1x.py line 3 turns off: oversample_thr=0.0), which configs/lvis_v1_defaults.py
+#   already has (Detectron2's Mask R-CNN R-50-FPN from ImageNet weights).
 #
 # The length is counted in iterations (24 epochs of the 100170 training images at batch 16: 150255, steps at 100170
 # and 137734), so the file also runs with Detectron2's own script; MMDetection counts epochs.

@@ -729,6 +729,18 @@ def threads_note(records, seed):
     return f", {' / '.join(labels)} per process"
 
 
+def rebuild_command(results_dir, docs_dir, setting):
+    """The command line that rebuilds ``docs_dir``'s table and plots from ``results_dir`` in ``setting``."""
+    protocol, quick = next(key for key, known in SETTINGS.items() if known is setting)
+    command = ["python scripts/leaderboard.py"]
+    command += [f"--protocol {protocol}"] if protocol != "v1" else []
+    command += ["--quick"] if quick else []
+    command += ["--from-results", f"--docs-dir {docs_dir}"]
+    if os.path.normpath(results_dir) != os.path.normpath(os.path.join(docs_dir, "results")):
+        command += [f"--results-dir {results_dir}"]
+    return " ".join(command)
+
+
 def build_outputs(results_dir, docs_dir, order, setting=SETTINGS["v1", False]):
     """The table and plots from the results files of ``results_dir`` alone (the pairs of ``setting``); returns the
     table."""
@@ -756,7 +768,7 @@ def build_outputs(results_dir, docs_dir, order, setting=SETTINGS["v1", False]):
         f"run alone (each shared phase counted in full), its evaluation included; train = wall without the "
         f"evaluation (results files without eval_s count as missing). Machine: {'; '.join(machines)}."
         f" Total wall time (each shared phase once): {totals}. Commits: {', '.join(commits)}. Rebuilt from"
-        f" {results_dir}.\n"
+        f" {results_dir} by `{rebuild_command(results_dir, docs_dir, setting)}`.\n"
     )
     os.makedirs(docs_dir, exist_ok=True)
     with open(os.path.join(docs_dir, "leaderboard.md"), "w") as f:

@@ -702,6 +702,14 @@ def test_jobs_run_the_phases_of_all_seeds_two_at_a_time_with_the_cores_split(tmp
     assert "ce seed 0: " in capsys.readouterr().out
     table = open(os.path.join(docs, "leaderboard.md")).read()
     assert len(rebuilt) == 2 and "seed 2: 0.05 h for 2 of 10 entries, 1 thread(s) per process" in table
+    assert table.endswith(
+        f"Rebuilt from {results} by `python scripts/leaderboard.py --quick --from-results --docs-dir {docs}`.\n"
+    )
+    command = script.rebuild_command("elsewhere", "docs/leaderboard/v2", script.SETTINGS["v2", False])
+    assert command == (
+        "python scripts/leaderboard.py --protocol v2 --from-results --docs-dir docs/leaderboard/v2"
+        " --results-dir elsewhere"
+    )
 
     assert [script.job_threads(2, 2, n) for n in (1, 2, 3)] == [2, 1, 1]
     assert script.job_threads(16, 4, 3) == 5 and script.job_threads(2, 4, 3) == 1  # never fewer than 1
