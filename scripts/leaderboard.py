@@ -442,13 +442,17 @@ def phase_timing(phase):
     }
 
 
+def setting_flags(protocol, quick):
+    """This script's options that choose the setting (:data:`SETTINGS`' key)."""
+    return (["--protocol", protocol] if protocol != "v1" else []) + (["--quick"] if quick else [])
+
+
 def entry_command(args, entry, seed):
     """The command line a results file records: this script for the one (entry, seed)."""
     # overrides first: after --entries / --seeds, argparse would read them as entries or seeds
     return shlex.join(
         ["scripts/leaderboard.py", *args.overrides]
-        + (["--protocol", args.protocol] if args.protocol != "v1" else [])
-        + (["--quick"] if args.quick else [])
+        + setting_flags(args.protocol, args.quick)
         + ["--entries", entry, "--seeds", str(seed)]
     )
 
@@ -732,13 +736,11 @@ def threads_note(records, seed):
 def rebuild_command(results_dir, docs_dir, setting):
     """The command line that rebuilds ``docs_dir``'s table and plots from ``results_dir`` in ``setting``."""
     protocol, quick = next(key for key, known in SETTINGS.items() if known is setting)
-    command = ["python scripts/leaderboard.py"]
-    command += [f"--protocol {protocol}"] if protocol != "v1" else []
-    command += ["--quick"] if quick else []
-    command += ["--from-results", f"--docs-dir {docs_dir}"]
+    command = ["python", "scripts/leaderboard.py", *setting_flags(protocol, quick), "--from-results"]
+    command += ["--docs-dir", docs_dir]
     if os.path.normpath(results_dir) != os.path.normpath(os.path.join(docs_dir, "results")):
-        command += [f"--results-dir {results_dir}"]
-    return " ".join(command)
+        command += ["--results-dir", results_dir]
+    return shlex.join(command)
 
 
 def build_outputs(results_dir, docs_dir, order, setting=SETTINGS["v1", False]):
